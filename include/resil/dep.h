@@ -1,0 +1,229 @@
+/* resil: a dependency - breaker + concurrency limit + retry policy +
+ * timeouts + metrics, under one name.
+ *
+ * One resil_dep per downstream ("orders-db", "session-cache", "payments-api").
+ * Two ways through it:
+ *
+ *   1. Two steps, for code that makes its own call:
+ *        resil_permit p;
+ *        if (resil_dep_admit(dep, deadline, &p, &err) != RESIL_OK) fail fast;
+ *        st = do_the_call(p.deadline);          // use p.deadline, not yours
+ *        resil_dep_done(&p, st);                // exactly once per permit
+ *
+ *   2. One call, which also retries idempotent work within a budget:
+ *        st = resil_dep_call(dep, deadline, RESIL_CALL_IDEMPOTENT, fn, ctx, &err);
+ *
+ * admit checks, in order: draining, the deadline, the breaker, then a
+ * concurrency slot (waiting FIFO in a bounded queue for no longer than the
+ * earlier of max_wait_ms and the deadline). Each refusal is a distinct
+ * status and a distinct rejection counter, and never a dependency failure.
+ *
+ * Every dependency is listed in a process-wide registry from _new to _free,
+ * which the exporters walk.
+ */
+#ifndef RESIL_DEP_H
+#define RESIL_DEP_H
+
+#include "resil/breaker.h"
+#include "resil/deadline.h"
+#include "resil/metrics.h"
+#include "resil/pool.h"
+
+RESIL_BEGIN_DECLS
+
+/* Concurrency limit (bulkhead). */
+typedef struct resil_limit_config {
+  uint32_t max_concurrent; /* default 64; 1..1000000 */
+  uint32_t max_waiters;    /* default 0: reject at once when full; else queue this many */
+  uint32_t max_wait_ms;    /* default 50: longest time in the queue (> 0 when queueing) */
+} resil_limit_config;
+
+/* Retries with exponential backoff and full jitter, limited by a budget. */
+typedef struct resil_retry_config {
+  uint32_t max_attempts;     /* default 1 (no retry); 1..10, first attempt included */
+  uint32_t base_backoff_ms;  /* default 25 */
+  double multiplier;         /* default 2.0; 1.0..10 */
+  uint32_t max_backoff_ms;   /* default 1000; >= base_backoff_ms */
+  uint32_t budget_percent;   /* default 20: retries <= this % of calls in the window; 0..100 */
+  uint32_t budget_min_per_s; /* default 3: retries always allowed at this rate */
+  uint32_t budget_window_ms; /* default 10000 */
+} resil_retry_config;
+
+typedef struct resil_dep_config {
+  const char *name;        /* required; copied; [A-Za-z0-9_.-], 1..63 chars */
+  uint32_t timeout_ms;     /* default 1000: call timeout, the deadline of a call
+                              whose caller gives none, and a cap on any deadline */
+  bool critical;           /* default false: readiness depends on it */
+  resil_breaker_config breaker;
+  resil_limit_config limit;
+  resil_retry_config retry;
+} resil_dep_config;
+
+/* Fill cfg with safe defaults and set its name (may be NULL; set it later).
+ * Call first, then change what you need. Thread-safe. */
+RESIL_API void resil_dep_config_init(resil_dep_config *cfg, const char *name);
+
+/* Check every field and report all problems at once in err->msg, each
+ * named by its path ("orders-db: breaker.failure_rate_percent: 140 is
+ * outside 1..100"). RESIL_OK or RESIL_E_INVALID. Thread-safe. */
+RESIL_API resil_status resil_dep_config_validate(const resil_dep_config *cfg, resil_err *err);
+
+typedef struct resil_dep resil_dep;
+
+/* Create a dependency and add it to the registry. Errors: RESIL_E_INVALID
+ * (bad config, or the name is taken), RESIL_E_NOMEM. Thread-safe. */
+RESIL_API resil_dep *resil_dep_new(const resil_dep_config *cfg, resil_err *err);
+
+/* Remove from the registry and free. No permit may be outstanding and no
+ * other thread may use dep. NULL is a no-op. The attached pool (if any) is
+ * not freed. */
+RESIL_API void resil_dep_free(resil_dep *dep);
+
+/* The dependency's name. Thread-safe. */
+RESIL_API const char *resil_dep_name(const resil_dep *dep);
+
+/* The embedded breaker, e.g. for resil_breaker_set_mode(). Thread-safe. */
+RESIL_API resil_breaker *resil_dep_breaker(resil_dep *dep);
+
+/* The configuration the dependency was created with (name included). */
+RESIL_API const resil_dep_config *resil_dep_get_config(const resil_dep *dep);
+
+/* A call in progress. Fill by resil_dep_admit(); pass to resil_dep_done(). */
+typedef struct resil_permit {
+  resil_dep *dep;
+  resil_deadline deadline; /* min(caller's deadline, now + timeout_ms): use this */
+  uint64_t start_ns;
+  resil_breaker_ticket ticket;
+  uint32_t flags_; /* internal */
+} resil_permit;
+
+/* Ask to call the dependency. deadline may be RESIL_DEADLINE_UNSET (the
+ * dependency's timeout_ms then applies). On RESIL_OK *permit is filled and
+ * must be ended by exactly one resil_dep_done(). Otherwise the status is a
+ * rejection - RESIL_E_DRAINING, RESIL_E_DEADLINE, RESIL_E_BREAKER_OPEN,
+ * RESIL_E_CONCURRENCY_FULL, RESIL_E_QUEUE_TIMEOUT - counted under its
+ * reason, or RESIL_E_INVALID for NULL arguments. err (optional) gets a
+ * sentence naming the dependency and why. May block only when the limit is
+ * full and max_waiters > 0, never past the deadline or max_wait_ms.
+ * Thread-safe; lock-free and allocation-free unless it has to queue. */
+RESIL_API resil_status resil_dep_admit(resil_dep *dep, resil_deadline deadline,
+                                       resil_permit *permit, resil_err *err);
+
+/* End an admitted call with how it went: RESIL_OK, RESIL_E_FAILURE,
+ * RESIL_E_TIMEOUT, RESIL_E_OVERLOAD (dependency failures for the breaker),
+ * RESIL_E_CALLER (ignored by the breaker), or a local rejection that happened
+ * after admission such as RESIL_E_POOL_TIMEOUT or RESIL_E_DEADLINE (counted
+ * under its reason, never a failure). Other statuses count as ignored.
+ * Records latency, frees the concurrency slot (waking the first waiter) and
+ * clears the permit. A second call with the same permit is a no-op.
+ * Thread-safe; lock-free and allocation-free unless a waiter must be woken. */
+RESIL_API void resil_dep_done(resil_permit *permit, resil_status outcome);
+
+/* ---- One-call wrapper with retries ------------------------------------- */
+
+/* Flags for resil_dep_call(). */
+#define RESIL_CALL_IDEMPOTENT 0x1u /* safe to retry */
+
+/* What the wrapper tells an attempt, and what the attempt may tell back. */
+typedef struct resil_attempt {
+  resil_deadline deadline; /* in: this attempt's deadline (the permit's) */
+  uint32_t number;         /* in: 1 for the first attempt */
+  int retry;               /* out: -1 default (retry failures, timeouts and
+                              overload), 0 never, 1 retry even this outcome
+                              (e.g. a serialization failure reported as
+                              RESIL_E_CALLER) */
+  uint32_t retry_after_ms; /* out: the dependency asked to wait this long */
+  resil_err *err;          /* in: where to put detail (never NULL) */
+} resil_attempt;
+
+/* One attempt: do the work under a->deadline and return its outcome as for
+ * resil_dep_done(). */
+typedef resil_status (*resil_call_fn)(void *ctx, resil_attempt *a);
+
+/* Admit, run fn, record, and - if flags has RESIL_CALL_IDEMPOTENT, the
+ * outcome is retryable, attempts remain, the retry budget allows it and the
+ * backoff (full jitter, at least retry_after_ms) ends before the deadline -
+ * sleep and try again. Returns the last attempt's outcome or the rejection
+ * that stopped it (RESIL_E_RETRY_BUDGET is returned only when no attempt
+ * has run; otherwise the last attempt's outcome is returned and the refused
+ * retry is counted). err gets the detail of the last failure. Thread-safe. */
+RESIL_API resil_status resil_dep_call(resil_dep *dep, resil_deadline deadline, unsigned flags,
+                                      resil_call_fn fn, void *ctx, resil_err *err);
+
+/* ---- Operations -------------------------------------------------------- */
+
+/* Start (true) or stop (false) rejecting new calls with RESIL_E_DRAINING.
+ * Calls already admitted go on. Thread-safe. */
+RESIL_API void resil_dep_set_draining(resil_dep *dep, bool draining);
+
+/* Report this pool's gauges with the dependency (snapshot and exporters).
+ * NULL detaches. The pool must outlive the attachment. Thread-safe. */
+RESIL_API void resil_dep_attach_pool(resil_dep *dep, resil_pool *pool);
+
+/* Rejection reasons, in the order of the rejections[] array. */
+typedef enum resil_reject_reason {
+  RESIL_REJECT_BREAKER_OPEN = 0,
+  RESIL_REJECT_CONCURRENCY_FULL,
+  RESIL_REJECT_QUEUE_TIMEOUT,
+  RESIL_REJECT_POOL_TIMEOUT,
+  RESIL_REJECT_DEADLINE,
+  RESIL_REJECT_DRAINING,
+  RESIL_REJECT_RETRY_BUDGET,
+  RESIL_REJECT_COUNT_
+} resil_reject_reason;
+
+/* Call outcomes, in the order of the calls[] array. */
+typedef enum resil_outcome {
+  RESIL_OUTCOME_SUCCESS = 0,
+  RESIL_OUTCOME_FAILURE,
+  RESIL_OUTCOME_TIMEOUT,
+  RESIL_OUTCOME_OVERLOAD,
+  RESIL_OUTCOME_IGNORED,
+  RESIL_OUTCOME_COUNT_
+} resil_outcome;
+
+/* "breaker_open", ...; "success", "failure", ... Never NULL. */
+RESIL_API const char *resil_reject_reason_name(resil_reject_reason r);
+RESIL_API const char *resil_outcome_name(resil_outcome o);
+
+typedef struct resil_dep_stats {
+  char name[64];
+  bool critical;
+  bool draining;
+  uint64_t admitted;                        /* permits handed out */
+  uint64_t calls[RESIL_OUTCOME_COUNT_];     /* admitted calls by outcome */
+  uint64_t rejections[RESIL_REJECT_COUNT_]; /* by reason */
+  uint64_t retries;                         /* extra attempts made */
+  uint32_t in_flight;                       /* admitted, not yet done */
+  uint32_t limit;                           /* max_concurrent */
+  uint32_t waiters;                         /* queued for a slot */
+  uint32_t max_waiters;
+  resil_hist_snapshot latency;              /* admit -> done, admitted calls */
+  resil_breaker_stats breaker;
+  bool has_pool;
+  resil_pool_stats pool;                    /* valid if has_pool */
+  /* Headline: max(in_flight/limit, pool in_use/max); above 1.0 when callers
+   * queue: 1 + waiters/max_waiters (slot or connection queue). */
+  double saturation;
+} resil_dep_stats;
+
+/* A snapshot of everything counted for dep. Counters are read one by one
+ * without stopping writers, so a snapshot taken under load may be a few
+ * calls apart between fields; each counter alone is exact. Thread-safe. */
+RESIL_API void resil_dep_get_stats(const resil_dep *dep, resil_dep_stats *out);
+
+/* ---- Registry ---------------------------------------------------------- */
+
+typedef void (*resil_dep_visit_fn)(void *ctx, resil_dep *dep);
+
+/* Call fn for every registered dependency, in creation order, with the
+ * registry locked: fn must not create or free dependencies. Returns how many
+ * were visited. Thread-safe. */
+RESIL_API size_t resil_registry_foreach(resil_dep_visit_fn fn, void *ctx);
+
+/* The dependency with this name, or NULL. Thread-safe; the result is valid
+ * until that dependency is freed. */
+RESIL_API resil_dep *resil_registry_find(const char *name);
+
+RESIL_END_DECLS
+#endif

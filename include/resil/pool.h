@@ -1,0 +1,153 @@
+/* resil: a generic bounded connection pool driven by connector callbacks.
+ *
+ * Every adapter (Redis, PostgreSQL, HTTP) keeps its driver handles in one of
+ * these. The pool never holds its lock across connect, validate, close or
+ * any I/O. Waiters queue FIFO, bounded in number and in time (the earlier
+ * of the acquire deadline and acquire_timeout_ms); a waiter is served when a
+ * connection comes back or a slot frees.
+ *
+ * A connection handed back with RESIL_POOL_BROKEN (it timed out, errored
+ * mid-call, or its protocol state is unknown) is closed, never lent again,
+ * and its slot is freed for a new connect.
+ *
+ * Thread safety: all functions are thread-safe unless stated.
+ */
+#ifndef RESIL_POOL_H
+#define RESIL_POOL_H
+
+#include "resil/deadline.h"
+#include "resil/metrics.h"
+
+RESIL_BEGIN_DECLS
+
+/* What the pool calls to make, check and close driver connections. Each
+ * callback is invoked without any pool lock held, possibly from several
+ * threads at once. */
+typedef struct resil_pool_connector {
+  /* Open a connection, never blocking past deadline. On success store the
+   * driver handle in *conn and return RESIL_OK. On failure return
+   * RESIL_E_TIMEOUT (deadline hit) or RESIL_E_FAILURE (refused, reset, auth
+   * failed...) with err filled; both count as dependency failures. Required. */
+  resil_status (*connect)(void *ctx, resil_deadline deadline, void **conn, resil_err *err);
+  /* Cheap liveness check of an idle connection (e.g. PING), bounded by
+   * deadline. Return true if usable. Optional (NULL: always usable). */
+  bool (*validate)(void *ctx, void *conn, resil_deadline deadline);
+  /* Close and free a connection. Must not block for long. Required. */
+  void (*close)(void *ctx, void *conn);
+  void *ctx;
+} resil_pool_connector;
+
+typedef struct resil_pool_config {
+  const char *name;              /* copied; used in errors and metrics */
+  uint32_t max_size;             /* default 10; 1..10000 */
+  uint32_t min_idle;             /* default 0; <= max_size: kept open and pre-warmed */
+  uint32_t max_waiters;          /* default 64: callers queued for a connection */
+  uint32_t acquire_timeout_ms;   /* default 1000: longest wait in the queue */
+  uint32_t connect_timeout_ms;   /* default 1000: bound on one connect */
+  uint32_t max_lifetime_ms;      /* default 1800000 (30 min); 0 = no limit */
+  uint32_t lifetime_jitter_percent; /* default 10: lifetime shortened by up to this */
+  uint32_t idle_timeout_ms;      /* default 600000 (10 min); 0 = keep idle ones */
+  uint32_t validate_after_idle_ms; /* default 5000: validate on borrow if idle longer; 0 = always */
+  uint32_t validate_timeout_ms;  /* default 500 */
+  uint32_t housekeeping_ms;      /* default 1000: background thread period for
+                                    eviction and min_idle refill; 0 = no thread
+                                    (eviction happens on acquire/release only) */
+} resil_pool_config;
+
+/* Fill cfg with the defaults above. Call first, then set fields. */
+RESIL_API void resil_pool_config_init(resil_pool_config *cfg);
+
+/* Check every field, reporting all problems at once (field names prefixed
+ * by prefix, which may be NULL). RESIL_OK or RESIL_E_INVALID. */
+RESIL_API resil_status resil_pool_config_validate(const resil_pool_config *cfg,
+                                                  const char *prefix, resil_err *err);
+
+typedef struct resil_pool resil_pool;
+typedef struct resil_pool_conn resil_pool_conn;
+
+/* Create a pool. Opens nothing: call resil_pool_prewarm() for min_idle.
+ * Errors: RESIL_E_INVALID (config or connector), RESIL_E_NOMEM,
+ * RESIL_E_SYSTEM (thread creation). */
+RESIL_API resil_pool *resil_pool_new(const resil_pool_config *cfg,
+                                     const resil_pool_connector *connector, resil_err *err);
+
+/* Open connections until min_idle are idle, or until deadline. Returns
+ * RESIL_OK when min_idle are open, else the last connect error
+ * (RESIL_E_TIMEOUT when the deadline ran out). */
+RESIL_API resil_status resil_pool_prewarm(resil_pool *p, resil_deadline deadline, resil_err *err);
+
+/* Borrow a connection, waiting no longer than the earlier of deadline and
+ * acquire_timeout_ms. An idle connection past its lifetime or idle timeout is
+ * closed and skipped; one idle longer than validate_after_idle_ms is
+ * validated first (a failed check closes it and tries the next). With no idle
+ * connection and a free slot, connects (bounded by connect_timeout_ms and the
+ * deadline). Returns:
+ *   RESIL_OK            *out is yours until resil_pool_release();
+ *   RESIL_E_POOL_TIMEOUT no connection in time, or the waiter queue is full
+ *                        (local rejection: not a dependency failure);
+ *   RESIL_E_DEADLINE     the deadline had passed on entry;
+ *   RESIL_E_TIMEOUT / RESIL_E_FAILURE  connect failed (dependency failure);
+ *   RESIL_E_CLOSED       the pool is draining or closed. */
+RESIL_API resil_status resil_pool_acquire(resil_pool *p, resil_deadline deadline,
+                                          resil_pool_conn **out, resil_err *err);
+
+/* The driver handle of a borrowed connection. */
+RESIL_API void *resil_pool_conn_handle(const resil_pool_conn *c);
+
+/* How a borrowed connection comes back. */
+typedef enum resil_pool_return {
+  RESIL_POOL_OK = 0, /* clean and reusable */
+  RESIL_POOL_BROKEN  /* timed out, errored, or state unknown: close it */
+} resil_pool_return;
+
+/* Give a borrowed connection back. RESIL_POOL_BROKEN closes it (outside the
+ * lock) and frees its slot; so does RESIL_POOL_OK on a connection past its
+ * lifetime or on a draining pool. Wakes the first waiter. */
+RESIL_API void resil_pool_release(resil_pool *p, resil_pool_conn *c, resil_pool_return how);
+
+/* Stop lending (new acquires get RESIL_E_CLOSED, waiters are woken with
+ * it), close idle connections, wait until borrowed ones come back or until
+ * deadline, and close them as they do. RESIL_OK if all were closed,
+ * RESIL_E_TIMEOUT if some were still borrowed at the deadline (they are
+ * closed when released). */
+RESIL_API resil_status resil_pool_drain(resil_pool *p, resil_deadline deadline);
+
+/* Drain with an immediate deadline if not done, stop the housekeeper and
+ * free the pool. No connection may still be borrowed. NULL is a no-op. */
+RESIL_API void resil_pool_free(resil_pool *p);
+
+/* Why the pool closed a connection. */
+typedef enum resil_pool_close_reason {
+  RESIL_POOL_CLOSE_LIFETIME = 0,
+  RESIL_POOL_CLOSE_IDLE,
+  RESIL_POOL_CLOSE_BROKEN,
+  RESIL_POOL_CLOSE_VALIDATION,
+  RESIL_POOL_CLOSE_DRAIN,
+  RESIL_POOL_CLOSE_REASON_COUNT_
+} resil_pool_close_reason;
+
+/* "lifetime", "idle", "broken", "validation", "drain". */
+RESIL_API const char *resil_pool_close_reason_name(resil_pool_close_reason r);
+
+typedef struct resil_pool_stats {
+  uint32_t max;            /* max_size */
+  uint32_t open;           /* connections open (idle + in use) */
+  uint32_t idle;
+  uint32_t in_use;
+  uint32_t connecting;     /* connects in progress (they hold a slot) */
+  uint32_t waiters;        /* callers queued for a connection */
+  uint64_t acquired;       /* successful acquires */
+  uint64_t acquire_timeouts; /* RESIL_E_POOL_TIMEOUT returned */
+  uint64_t connects_ok, connects_failed, connects_timed_out;
+  uint64_t closed[RESIL_POOL_CLOSE_REASON_COUNT_];
+  resil_hist_snapshot acquire_latency; /* time spent in resil_pool_acquire */
+} resil_pool_stats;
+
+/* A snapshot of the pool's gauges and counters. */
+RESIL_API void resil_pool_get_stats(const resil_pool *p, resil_pool_stats *out);
+
+/* The pool's name. */
+RESIL_API const char *resil_pool_name(const resil_pool *p);
+
+RESIL_END_DECLS
+#endif

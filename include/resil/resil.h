@@ -1,0 +1,21 @@
+/* resil: umbrella header for the core library.
+ *
+ *   #include <resil/resil.h>
+ *
+ * brings in deadlines, the breaker, dependencies, the pool, the resolver and
+ * metric types. Adapters have their own headers (resil/redis.h, resil/pg.h,
+ * resil/http.h), installed only when built.
+ */
+#ifndef RESIL_H
+#define RESIL_H
+
+#include "resil/common.h"
+#include "resil/status.h"
+#include "resil/deadline.h"
+#include "resil/metrics.h"
+#include "resil/breaker.h"
+#include "resil/pool.h"
+#include "resil/resolve.h"
+#include "resil/dep.h"
+
+#endif

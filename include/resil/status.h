@@ -1,0 +1,92 @@
+/* resil: one status enum for every function, and an error record with detail.
+ *
+ * A status says what happened in a word an operator can alert on; the
+ * resil_err record adds the sentence (dependency name, phase, driver text).
+ * Statuses double as call outcomes: an adapter ends a call with
+ * resil_dep_done(&permit, status), and the status decides how the breaker
+ * and the metrics count it (see resil_status_class()).
+ */
+#ifndef RESIL_STATUS_H
+#define RESIL_STATUS_H
+
+#include "resil/common.h"
+
+RESIL_BEGIN_DECLS
+
+typedef enum resil_status {
+  RESIL_OK = 0,
+
+  /* -- The dependency's answer (counted as outcomes) ----------------------- */
+  RESIL_E_FAILURE,  /* the dependency failed (I/O error, 5xx, server down...) */
+  RESIL_E_TIMEOUT,  /* the call ran out of time while talking to the dependency */
+  RESIL_E_OVERLOAD, /* the dependency said it is overloaded (429, LOADING...) */
+  RESIL_E_CALLER,   /* the dependency rejected the request itself (404, syntax
+                       error, WRONGTYPE): the caller's fault, never trips the
+                       breaker */
+
+  /* -- Rejected locally, before or instead of talking to the dependency ---- */
+  RESIL_E_BREAKER_OPEN,     /* breaker open or forced open */
+  RESIL_E_CONCURRENCY_FULL, /* max concurrent calls reached, queue full */
+  RESIL_E_QUEUE_TIMEOUT,    /* waited in the concurrency queue for max_wait */
+  RESIL_E_POOL_TIMEOUT,     /* no pooled connection became free in time */
+  RESIL_E_DEADLINE,         /* the deadline was already spent */
+  RESIL_E_DRAINING,         /* the process is draining (SIGTERM) */
+  RESIL_E_RETRY_BUDGET,     /* a retry was refused by the retry budget */
+
+  /* -- Programming, configuration and system errors ----------------------- */
+  RESIL_E_INVALID, /* bad argument or configuration; the message names it */
+  RESIL_E_NOMEM,   /* out of memory */
+  RESIL_E_SYSTEM,  /* an OS call failed (errno in the message) */
+  RESIL_E_CLOSED,  /* the object was closed/drained */
+
+  RESIL_STATUS_COUNT_
+} resil_status;
+
+/* How a status counts. */
+typedef enum resil_status_class {
+  RESIL_CLASS_SUCCESS,   /* RESIL_OK */
+  RESIL_CLASS_FAILURE,   /* FAILURE, TIMEOUT, OVERLOAD: counts against the breaker */
+  RESIL_CLASS_IGNORED,   /* CALLER: counted, but neither success nor failure */
+  RESIL_CLASS_REJECTED,  /* local rejection: never a dependency failure */
+  RESIL_CLASS_ERROR      /* INVALID, NOMEM, SYSTEM, CLOSED: ignored by the breaker */
+} resil_status_class;
+
+/* A constant English sentence for a status, e.g. "rejected: circuit breaker
+ * is open". Never NULL; unknown values give "unknown status". Thread-safe. */
+RESIL_API const char *resil_strerror(resil_status s);
+
+/* A short snake_case name usable as a metric label, e.g. "breaker_open",
+ * "pool_timeout", "timeout". Never NULL. Thread-safe. */
+RESIL_API const char *resil_status_name(resil_status s);
+
+/* Which class a status belongs to (see resil_status_class). Thread-safe. */
+RESIL_API resil_status_class resil_status_class_of(resil_status s);
+
+/* True for the local rejections (BREAKER_OPEN ... RETRY_BUDGET). */
+RESIL_API bool resil_status_is_rejection(resil_status s);
+
+/* Longest detail message kept in a resil_err, including the NUL. */
+#define RESIL_ERR_MSG_MAX 512
+
+/* Error detail. Every function that can fail takes an optional
+ * `resil_err *err` (NULL is allowed); on failure it sets err->status to the
+ * returned status and err->msg to one line naming what went wrong, e.g.
+ * "dep 'orders-db': breaker.failure_rate_percent: 140 is outside 0..100".
+ * On success err is left untouched. */
+typedef struct resil_err {
+  resil_status status;
+  char msg[RESIL_ERR_MSG_MAX];
+} resil_err;
+
+/* Fill err (if not NULL) with status and a printf-style message; returns
+ * status so callers can `return resil_err_set(err, RESIL_E_INVALID, ...)`.
+ * Adapters use it; applications rarely need to. Thread-safe. */
+RESIL_API resil_status resil_err_set(resil_err *err, resil_status status,
+                                     const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 3, 4)))
+#endif
+    ;
+
+RESIL_END_DECLS
+#endif

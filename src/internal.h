@@ -1,0 +1,76 @@
+/* resil internals shared by the core's source files. Not installed. */
+#ifndef RESIL_INTERNAL_H
+#define RESIL_INTERNAL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdarg.h>
+
+#include "resil/resil.h"
+
+#define RESIL_CACHELINE 64
+#define RESIL_STRIPES 8 /* power of two */
+
+/* This thread's stripe, 0..RESIL_STRIPES-1, assigned round-robin on first
+ * use so that two threads rarely share one. */
+unsigned resil__stripe(void);
+
+/* ---- Striped latency histogram ---------------------------------------- */
+typedef struct resil_hist_stripe {
+  _Alignas(RESIL_CACHELINE) _Atomic uint64_t counts[RESIL_HIST_BOUNDS + 1];
+  _Atomic uint64_t sum_ns;
+} resil_hist_stripe;
+
+typedef struct resil_hist {
+  resil_hist_stripe s[RESIL_STRIPES];
+} resil_hist;
+
+void resil__hist_init(resil_hist *h);
+/* Record one observation; lock-free, allocation-free. */
+void resil__hist_observe(resil_hist *h, uint64_t ns);
+void resil__hist_read(const resil_hist *h, resil_hist_snapshot *out);
+/* Index of the bucket ns falls in (RESIL_HIST_BOUNDS for +Inf). */
+unsigned resil__hist_bucket(uint64_t ns);
+
+/* ---- Time and waiting ------------------------------------------------- */
+
+/* Initialise a condition variable that waits on CLOCK_MONOTONIC. */
+int resil__cond_init(pthread_cond_t *c);
+
+/* Wait on c (m held) until signalled or deadline (on the process clock).
+ * Returns 0 if signalled (or spurious), ETIMEDOUT if the deadline passed.
+ * With a fake clock installed, sleeps in slices of at most 10 ms.
+ * An unset deadline is a programming error and waits 1 s at most. */
+int resil__cond_wait_until(pthread_cond_t *c, pthread_mutex_t *m, resil_deadline d);
+
+/* Sleep until d or for at most max_ns, whichever is first (real clock,
+ * sliced under a fake clock). */
+void resil__sleep_until(resil_deadline d, uint64_t max_ns);
+
+/* A fast per-thread pseudo-random number (xorshift), for jitter. */
+uint64_t resil__rand(void);
+
+/* ---- Building error messages with several problems -------------------- */
+typedef struct resil_problems {
+  char buf[RESIL_ERR_MSG_MAX];
+  size_t len;
+  unsigned count;
+  const char *prefix;
+} resil_problems;
+
+void resil__problems_init(resil_problems *p, const char *prefix);
+/* Add "prefix field: message" separated by "; ". Truncates with "..." */
+void resil__problem(resil_problems *p, const char *field, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* RESIL_OK if no problems, else RESIL_E_INVALID with all of them in err. */
+resil_status resil__problems_finish(resil_problems *p, resil_err *err);
+
+/* Checks used by the config validators: each adds a problem naming field. */
+void resil__check_range(resil_problems *p, const char *field, uint64_t v, uint64_t lo,
+                        uint64_t hi);
+void resil__check_range_d(resil_problems *p, const char *field, double v, double lo, double hi);
+
+/* Copy a string into a fixed buffer, always NUL-terminated. */
+void resil__strlcpy(char *dst, const char *src, size_t size);
+
+#endif

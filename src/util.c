@@ -1,0 +1,176 @@
+/* Small shared helpers: stripes, randomness, waiting, error building. */
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include "internal.h"
+
+const char *resil_version(void) { return RESIL_VERSION_STRING; }
+unsigned resil_version_number(void) { return RESIL_VERSION_NUMBER; }
+
+static _Atomic unsigned next_stripe;
+static _Thread_local unsigned my_stripe = ~0u;
+
+unsigned resil__stripe(void) {
+  unsigned s = my_stripe;
+  if (s == ~0u) {
+    s = atomic_fetch_add_explicit(&next_stripe, 1, memory_order_relaxed) & (RESIL_STRIPES - 1);
+    my_stripe = s;
+  }
+  return s;
+}
+
+static _Thread_local uint64_t rng_state;
+
+uint64_t resil__rand(void) {
+  uint64_t x = rng_state;
+  if (x == 0) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    x = ((uint64_t)ts.tv_nsec << 17) ^ (uint64_t)(uintptr_t)&rng_state ^ (uint64_t)ts.tv_sec;
+    x |= 1;
+  }
+  x ^= x << 13;
+  x ^= x >> 7;
+  x ^= x << 17;
+  rng_state = x;
+  return x;
+}
+
+int resil__cond_init(pthread_cond_t *c) {
+  pthread_condattr_t a;
+  int rc = pthread_condattr_init(&a);
+  if (rc) return rc;
+  rc = pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
+  if (rc == 0) rc = pthread_cond_init(c, &a);
+  pthread_condattr_destroy(&a);
+  return rc;
+}
+
+#define FAKE_SLICE_NS 10000000ull
+#define UNSET_WAIT_NS 1000000000ull
+
+static uint64_t real_now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* How long to sleep on the real clock to reach d on the process clock. */
+static uint64_t wait_ns_for(resil_deadline d) {
+  uint64_t ns;
+  if (!resil_deadline_is_set(d)) return UNSET_WAIT_NS;
+  int64_t left = resil_deadline_remaining_ns(d);
+  if (left <= 0) return 0;
+  ns = (uint64_t)left;
+  if (resil_clock_is_fake() && ns > FAKE_SLICE_NS) ns = FAKE_SLICE_NS;
+  return ns;
+}
+
+static struct timespec abs_real(uint64_t wait_ns) {
+  uint64_t at = real_now_ns() + wait_ns;
+  struct timespec ts = {.tv_sec = (time_t)(at / 1000000000ull),
+                        .tv_nsec = (long)(at % 1000000000ull)};
+  return ts;
+}
+
+int resil__cond_wait_until(pthread_cond_t *c, pthread_mutex_t *m, resil_deadline d) {
+  uint64_t ns = wait_ns_for(d);
+  if (ns == 0) return ETIMEDOUT;
+  struct timespec ts = abs_real(ns);
+  int rc = pthread_cond_timedwait(c, m, &ts);
+  if (rc == ETIMEDOUT) {
+    /* A slice under a fake clock, or the real deadline: report a timeout only
+     * if the process clock agrees. */
+    if (!resil_deadline_is_set(d) || resil_deadline_expired(d)) return ETIMEDOUT;
+    return 0;
+  }
+  return 0;
+}
+
+void resil__sleep_until(resil_deadline d, uint64_t max_ns) {
+  resil_deadline cap = resil_deadline_in_ns((int64_t)max_ns);
+  resil_deadline until = resil_deadline_min(d, cap);
+  for (;;) {
+    uint64_t ns = wait_ns_for(until);
+    if (ns == 0) return;
+    struct timespec rel = {.tv_sec = (time_t)(ns / 1000000000ull),
+                           .tv_nsec = (long)(ns % 1000000000ull)};
+    nanosleep(&rel, NULL);
+    if (resil_deadline_expired(until)) return;
+  }
+}
+
+void resil__strlcpy(char *dst, const char *src, size_t size) {
+  if (size == 0) return;
+  size_t n = src ? strlen(src) : 0;
+  if (n >= size) n = size - 1;
+  if (n) memcpy(dst, src, n);
+  dst[n] = '\0';
+}
+
+resil_status resil_err_set(resil_err *err, resil_status status, const char *fmt, ...) {
+  if (err) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err->msg, sizeof err->msg, fmt, ap);
+    va_end(ap);
+    err->status = status;
+  }
+  return status;
+}
+
+void resil__problems_init(resil_problems *p, const char *prefix) {
+  p->buf[0] = '\0';
+  p->len = 0;
+  p->count = 0;
+  p->prefix = prefix ? prefix : "";
+}
+
+static void problems_append(resil_problems *p, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static void problems_append(resil_problems *p, const char *fmt, ...) {
+  if (p->len >= sizeof p->buf - 1) return;
+  va_list ap;
+  va_start(ap, fmt);
+  int n = vsnprintf(p->buf + p->len, sizeof p->buf - p->len, fmt, ap);
+  va_end(ap);
+  if (n < 0) return;
+  if ((size_t)n >= sizeof p->buf - p->len) {
+    p->len = sizeof p->buf - 1;
+    memcpy(p->buf + sizeof p->buf - 4, "...", 4);
+  } else {
+    p->len += (size_t)n;
+  }
+}
+
+void resil__problem(resil_problems *p, const char *field, const char *fmt, ...) {
+  char what[256];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(what, sizeof what, fmt, ap);
+  va_end(ap);
+  problems_append(p, "%s%s%s: %s", p->count ? "; " : "", p->prefix, field, what);
+  p->count++;
+}
+
+resil_status resil__problems_finish(resil_problems *p, resil_err *err) {
+  if (p->count == 0) return RESIL_OK;
+  if (err) {
+    memcpy(err->msg, p->buf, p->len + 1);
+    err->status = RESIL_E_INVALID;
+  }
+  return RESIL_E_INVALID;
+}
+
+void resil__check_range(resil_problems *p, const char *field, uint64_t v, uint64_t lo,
+                        uint64_t hi) {
+  if (v < lo || v > hi)
+    resil__problem(p, field, "%llu is outside %llu..%llu", (unsigned long long)v,
+                   (unsigned long long)lo, (unsigned long long)hi);
+}
+
+void resil__check_range_d(resil_problems *p, const char *field, double v, double lo, double hi) {
+  if (!(v >= lo && v <= hi)) resil__problem(p, field, "%g is outside %g..%g", v, lo, hi);
+}
