@@ -74,3 +74,42 @@ void resil__check_range_d(resil_problems *p, const char *field, double v, double
 void resil__strlcpy(char *dst, const char *src, size_t size);
 
 #endif
+
+/* ---- Coarse clock ------------------------------------------------------ */
+
+/* The process clock at coarse resolution (a few ms; ~3 ns to read) for
+ * checks that tolerate it, like "has the break duration passed". Never ahead
+ * of resil_now_ns(). With a fake clock installed, returns the fake time. */
+uint64_t resil__now_coarse_ns(void);
+
+/* ---- Rolling window of striped counters -------------------------------- */
+
+#define RESIL_WINDOW_VALS 3
+
+typedef struct resil_window_cell {
+  _Alignas(RESIL_CACHELINE) _Atomic uint64_t v[RESIL_WINDOW_VALS];
+} resil_window_cell;
+
+typedef struct resil_window_bucket {
+  _Alignas(RESIL_CACHELINE) _Atomic uint64_t epoch; /* (bucket number << 1) | resetting */
+  resil_window_cell cell[RESIL_STRIPES];
+} resil_window_bucket;
+
+typedef struct resil_window {
+  uint64_t bucket_ns;
+  uint32_t nbuckets;
+  resil_window_bucket *b; /* nbuckets entries */
+} resil_window;
+
+/* Allocate a window of nbuckets buckets covering window_ns. 0 or
+ * RESIL_E_NOMEM. */
+resil_status resil__window_init(resil_window *w, uint64_t window_ns, uint32_t nbuckets);
+void resil__window_destroy(resil_window *w);
+/* Add vals (RESIL_WINDOW_VALS entries) to the bucket holding now. Lock-free
+ * (a bounded spin while another thread recycles the same bucket). */
+void resil__window_add(resil_window *w, uint64_t now, const uint64_t *vals);
+/* Sum of every bucket within the window ending at now. */
+void resil__window_sum(const resil_window *w, uint64_t now, uint64_t *out);
+/* Forget everything. Concurrent adds may survive; callers bump a
+ * generation to keep stale ones out. */
+void resil__window_reset(resil_window *w);

@@ -51,8 +51,8 @@ typedef struct resil_retry_config {
 
 typedef struct resil_dep_config {
   const char *name;        /* required; copied; [A-Za-z0-9_.-], 1..63 chars */
-  uint32_t timeout_ms;     /* default 1000: call timeout, the deadline of a call
-                              whose caller gives none, and a cap on any deadline */
+  uint32_t timeout_ms;     /* default 1000: cap on each attempt's deadline, and
+                              the whole call's deadline when the caller gives none */
   bool critical;           /* default false: readiness depends on it */
   resil_breaker_config breaker;
   resil_limit_config limit;
@@ -192,7 +192,10 @@ typedef struct resil_dep_stats {
   bool draining;
   uint64_t admitted;                        /* permits handed out */
   uint64_t calls[RESIL_OUTCOME_COUNT_];     /* admitted calls by outcome */
-  uint64_t rejections[RESIL_REJECT_COUNT_]; /* by reason */
+  uint64_t rejections[RESIL_REJECT_COUNT_]; /* by reason, before or after admission */
+  uint64_t rejected_after_admit;            /* admitted calls ended by a local
+                                               rejection (e.g. pool_timeout): once
+                                               idle, admitted == sum(calls) + this */
   uint64_t retries;                         /* extra attempts made */
   uint32_t in_flight;                       /* admitted, not yet done */
   uint32_t limit;                           /* max_concurrent */
@@ -203,7 +206,8 @@ typedef struct resil_dep_stats {
   bool has_pool;
   resil_pool_stats pool;                    /* valid if has_pool */
   /* Headline: max(in_flight/limit, pool in_use/max); above 1.0 when callers
-   * queue: 1 + waiters/max_waiters (slot or connection queue). */
+   * queue: 1 + waiters/max_waiters for the slot queue, 1 + waiters/max for
+   * the pool's queue. Alert on >= 1. */
   double saturation;
 } resil_dep_stats;
 

@@ -1,0 +1,575 @@
+/* A dependency: breaker + concurrency limit (bulkhead with a FIFO queue) +
+ * retry policy with a budget + metrics, and the process-wide registry.
+ *
+ * Fast path (closed breaker, free slot): one atomic load of the breaker word,
+ * a CAS on the in-flight count, one clock read at admit and one at done,
+ * striped counter and histogram adds. No lock, no allocation.
+ *
+ * The in-flight count is the one shared cache line written by every call:
+ * an exact limit needs one counter, as any semaphore does.
+ *
+ * Slot hand-off: a call that finds the limit full and may queue takes the
+ * queue mutex, re-tries the CAS and otherwise appends itself to a FIFO list
+ * and sleeps on its own condition variable. done() decrements in-flight and,
+ * only if someone is queued, takes the mutex and grants freed slots to the
+ * oldest waiters. The seq_cst ordering of "in-flight--, then read nwaiters"
+ * against "nwaiters++, then re-try in-flight" means a slot freed while a
+ * waiter enqueues is never missed.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+#define PERMIT_LIVE 0x1u
+
+typedef struct waiter {
+  struct waiter *next, *prev;
+  pthread_cond_t cv;
+  bool granted;
+  bool closed;
+} waiter;
+
+typedef struct dep_stripe {
+  _Alignas(RESIL_CACHELINE) _Atomic uint64_t admitted;
+  _Atomic uint64_t calls[RESIL_OUTCOME_COUNT_];
+  _Atomic uint64_t rejections[RESIL_REJECT_COUNT_];
+  _Atomic uint64_t retries;
+  _Atomic uint64_t late_rejections;
+} dep_stripe;
+
+struct resil_dep {
+  /* read-mostly */
+  resil_dep_config cfg;
+  char name[64];
+  resil_breaker *breaker;
+  _Atomic bool draining;
+  _Atomic(resil_pool *) pool;
+
+  /* the concurrency limit */
+  _Alignas(RESIL_CACHELINE) _Atomic uint32_t in_flight;
+  _Alignas(RESIL_CACHELINE) _Atomic uint32_t nwaiters;
+  pthread_mutex_t qmu;
+  waiter *qhead, *qtail;
+
+  /* retry budget: requests and retries over budget_window_ms */
+  resil_window budget;
+
+  dep_stripe stripe[RESIL_STRIPES];
+  resil_hist latency;
+
+  /* registry */
+  resil_dep *reg_next, *reg_prev;
+};
+
+#define B_REQ 0
+#define B_RETRY 1
+
+/* ---- names ------------------------------------------------------------- */
+
+static const char *const reject_names[RESIL_REJECT_COUNT_] = {
+    "breaker_open", "concurrency_full", "queue_timeout", "pool_timeout",
+    "deadline",     "draining",         "retry_budget"};
+static const char *const outcome_names[RESIL_OUTCOME_COUNT_] = {"success", "failure", "timeout",
+                                                                "overload", "ignored"};
+
+const char *resil_reject_reason_name(resil_reject_reason r) {
+  return (unsigned)r < RESIL_REJECT_COUNT_ ? reject_names[r] : "unknown";
+}
+const char *resil_outcome_name(resil_outcome o) {
+  return (unsigned)o < RESIL_OUTCOME_COUNT_ ? outcome_names[o] : "unknown";
+}
+
+static int reject_reason_of(resil_status s) {
+  switch (s) {
+    case RESIL_E_BREAKER_OPEN: return RESIL_REJECT_BREAKER_OPEN;
+    case RESIL_E_CONCURRENCY_FULL: return RESIL_REJECT_CONCURRENCY_FULL;
+    case RESIL_E_QUEUE_TIMEOUT: return RESIL_REJECT_QUEUE_TIMEOUT;
+    case RESIL_E_POOL_TIMEOUT: return RESIL_REJECT_POOL_TIMEOUT;
+    case RESIL_E_DEADLINE: return RESIL_REJECT_DEADLINE;
+    case RESIL_E_DRAINING: return RESIL_REJECT_DRAINING;
+    case RESIL_E_RETRY_BUDGET: return RESIL_REJECT_RETRY_BUDGET;
+    default: return -1;
+  }
+}
+
+static resil_outcome outcome_of(resil_status s) {
+  switch (s) {
+    case RESIL_OK: return RESIL_OUTCOME_SUCCESS;
+    case RESIL_E_FAILURE: return RESIL_OUTCOME_FAILURE;
+    case RESIL_E_TIMEOUT: return RESIL_OUTCOME_TIMEOUT;
+    case RESIL_E_OVERLOAD: return RESIL_OUTCOME_OVERLOAD;
+    default: return RESIL_OUTCOME_IGNORED;
+  }
+}
+
+/* ---- config ------------------------------------------------------------ */
+
+void resil_dep_config_init(resil_dep_config *c, const char *name) {
+  memset(c, 0, sizeof *c);
+  c->name = name;
+  c->timeout_ms = 1000;
+  c->critical = false;
+  resil_breaker_config_init(&c->breaker);
+  c->limit.max_concurrent = 64;
+  c->limit.max_waiters = 0;
+  c->limit.max_wait_ms = 50;
+  c->retry.max_attempts = 1;
+  c->retry.base_backoff_ms = 25;
+  c->retry.multiplier = 2.0;
+  c->retry.max_backoff_ms = 1000;
+  c->retry.budget_percent = 20;
+  c->retry.budget_min_per_s = 3;
+  c->retry.budget_window_ms = 10000;
+}
+
+static bool name_ok(const char *n) {
+  size_t len = strlen(n);
+  if (len == 0 || len > 63) return false;
+  for (size_t i = 0; i < len; i++) {
+    char ch = n[i];
+    if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+          ch == '_' || ch == '-' || ch == '.'))
+      return false;
+  }
+  return true;
+}
+
+resil_status resil_dep_config_validate(const resil_dep_config *c, resil_err *err) {
+  resil_problems p;
+  char prefix[80];
+  if (!c) return resil_err_set(err, RESIL_E_INVALID, "dependency config is NULL");
+  snprintf(prefix, sizeof prefix, "%.63s: ", c->name ? c->name : "(unnamed)");
+  resil__problems_init(&p, prefix);
+  if (!c->name)
+    resil__problem(&p, "name", "is required");
+  else if (!name_ok(c->name))
+    resil__problem(&p, "name", "'%.63s' must be 1..63 characters of A-Z a-z 0-9 _ . -", c->name);
+  if (c->timeout_ms == 0)
+    resil__problem(&p, "timeout_ms", "must be > 0 (no call may wait forever)");
+  else
+    resil__check_range(&p, "timeout_ms", c->timeout_ms, 1, 3600000);
+  resil__check_range(&p, "limit.max_concurrent", c->limit.max_concurrent, 1, 1000000);
+  resil__check_range(&p, "limit.max_waiters", c->limit.max_waiters, 0, 1000000);
+  if (c->limit.max_waiters) {
+    if (c->limit.max_wait_ms == 0)
+      resil__problem(&p, "limit.max_wait_ms", "must be > 0 when limit.max_waiters is set");
+    else
+      resil__check_range(&p, "limit.max_wait_ms", c->limit.max_wait_ms, 1, 3600000);
+  }
+  resil__check_range(&p, "retry.max_attempts", c->retry.max_attempts, 1, 10);
+  if (c->retry.max_attempts > 1) {
+    resil__check_range(&p, "retry.base_backoff_ms", c->retry.base_backoff_ms, 1, 60000);
+    resil__check_range_d(&p, "retry.multiplier", c->retry.multiplier, 1.0, 10.0);
+    resil__check_range(&p, "retry.max_backoff_ms", c->retry.max_backoff_ms, 1, 600000);
+    if (c->retry.max_backoff_ms < c->retry.base_backoff_ms)
+      resil__problem(&p, "retry.max_backoff_ms", "%u is below retry.base_backoff_ms %u",
+                     c->retry.max_backoff_ms, c->retry.base_backoff_ms);
+  }
+  resil__check_range(&p, "retry.budget_percent", c->retry.budget_percent, 0, 100);
+  resil__check_range(&p, "retry.budget_min_per_s", c->retry.budget_min_per_s, 0, 1000000);
+  resil__check_range(&p, "retry.budget_window_ms", c->retry.budget_window_ms, 100, 3600000);
+  resil_err berr;
+  if (resil_breaker_config_validate(&c->breaker, "", &berr) != RESIL_OK)
+    resil__problem(&p, "breaker", "%s", berr.msg);
+  return resil__problems_finish(&p, err);
+}
+
+/* ---- registry ---------------------------------------------------------- */
+
+static pthread_mutex_t reg_mu = PTHREAD_MUTEX_INITIALIZER;
+static resil_dep *reg_head, *reg_tail;
+
+static resil_dep *find_locked(const char *name) {
+  for (resil_dep *d = reg_head; d; d = d->reg_next)
+    if (strcmp(d->name, name) == 0) return d;
+  return NULL;
+}
+
+resil_dep *resil_registry_find(const char *name) {
+  if (!name) return NULL;
+  pthread_mutex_lock(&reg_mu);
+  resil_dep *d = find_locked(name);
+  pthread_mutex_unlock(&reg_mu);
+  return d;
+}
+
+size_t resil_registry_foreach(resil_dep_visit_fn fn, void *ctx) {
+  size_t n = 0;
+  if (!fn) return 0;
+  pthread_mutex_lock(&reg_mu);
+  for (resil_dep *d = reg_head; d; d = d->reg_next, n++) fn(ctx, d);
+  pthread_mutex_unlock(&reg_mu);
+  return n;
+}
+
+/* ---- lifecycle --------------------------------------------------------- */
+
+resil_dep *resil_dep_new(const resil_dep_config *cfg, resil_err *err) {
+  if (resil_dep_config_validate(cfg, err) != RESIL_OK) return NULL;
+  resil_dep *d = aligned_alloc(RESIL_CACHELINE, sizeof *d);
+  if (!d) {
+    resil_err_set(err, RESIL_E_NOMEM, "%s: out of memory", cfg->name);
+    return NULL;
+  }
+  memset(d, 0, sizeof *d);
+  d->cfg = *cfg;
+  resil__strlcpy(d->name, cfg->name, sizeof d->name);
+  d->cfg.name = d->name;
+  d->cfg.breaker.name = d->name;
+  d->breaker = resil_breaker_new(&d->cfg.breaker, err);
+  if (!d->breaker) {
+    free(d);
+    return NULL;
+  }
+  if (resil__window_init(&d->budget, (uint64_t)cfg->retry.budget_window_ms * 1000000ull, 10) !=
+      RESIL_OK) {
+    resil_breaker_free(d->breaker);
+    free(d);
+    resil_err_set(err, RESIL_E_NOMEM, "%s: out of memory", cfg->name);
+    return NULL;
+  }
+  pthread_mutex_init(&d->qmu, NULL);
+  resil__hist_init(&d->latency);
+
+  pthread_mutex_lock(&reg_mu);
+  if (find_locked(d->name)) {
+    pthread_mutex_unlock(&reg_mu);
+    resil_err_set(err, RESIL_E_INVALID, "%s: a dependency with this name already exists",
+                  d->name);
+    resil__window_destroy(&d->budget);
+    resil_breaker_free(d->breaker);
+    pthread_mutex_destroy(&d->qmu);
+    free(d);
+    return NULL;
+  }
+  d->reg_prev = reg_tail;
+  if (reg_tail)
+    reg_tail->reg_next = d;
+  else
+    reg_head = d;
+  reg_tail = d;
+  pthread_mutex_unlock(&reg_mu);
+  return d;
+}
+
+void resil_dep_free(resil_dep *d) {
+  if (!d) return;
+  pthread_mutex_lock(&reg_mu);
+  if (d->reg_prev)
+    d->reg_prev->reg_next = d->reg_next;
+  else
+    reg_head = d->reg_next;
+  if (d->reg_next)
+    d->reg_next->reg_prev = d->reg_prev;
+  else
+    reg_tail = d->reg_prev;
+  pthread_mutex_unlock(&reg_mu);
+  resil__window_destroy(&d->budget);
+  resil_breaker_free(d->breaker);
+  pthread_mutex_destroy(&d->qmu);
+  free(d);
+}
+
+const char *resil_dep_name(const resil_dep *d) { return d ? d->name : NULL; }
+resil_breaker *resil_dep_breaker(resil_dep *d) { return d ? d->breaker : NULL; }
+const resil_dep_config *resil_dep_get_config(const resil_dep *d) { return d ? &d->cfg : NULL; }
+
+void resil_dep_set_draining(resil_dep *d, bool on) {
+  if (d) atomic_store_explicit(&d->draining, on, memory_order_release);
+}
+
+void resil_dep_attach_pool(resil_dep *d, resil_pool *p) {
+  if (d) atomic_store_explicit(&d->pool, p, memory_order_release);
+}
+
+/* ---- counting ---------------------------------------------------------- */
+
+static inline dep_stripe *my_stripe(resil_dep *d) { return &d->stripe[resil__stripe()]; }
+
+static void count_reject(resil_dep *d, resil_status s) {
+  int r = reject_reason_of(s);
+  if (r >= 0) atomic_fetch_add_explicit(&my_stripe(d)->rejections[r], 1, memory_order_relaxed);
+}
+
+static resil_status reject(resil_dep *d, resil_status s, resil_err *err) {
+  count_reject(d, s);
+  if (!err) return s;
+  switch (s) {
+    case RESIL_E_BREAKER_OPEN: {
+      char why[200];
+      return resil_err_set(err, s, "%s: rejected, circuit breaker %s", d->name,
+                           resil_breaker_describe(d->breaker, why, sizeof why));
+    }
+    case RESIL_E_CONCURRENCY_FULL:
+      return resil_err_set(err, s,
+                           "%s: rejected, %u calls in flight (limit.max_concurrent %u) and %s",
+                           d->name, atomic_load(&d->in_flight), d->cfg.limit.max_concurrent,
+                           d->cfg.limit.max_waiters ? "the wait queue is full"
+                                                    : "no queueing (limit.max_waiters 0)");
+    case RESIL_E_QUEUE_TIMEOUT:
+      return resil_err_set(err, s,
+                           "%s: rejected after waiting for a concurrency slot "
+                           "(limit.max_concurrent %u, waited up to limit.max_wait_ms %u or the "
+                           "deadline)",
+                           d->name, d->cfg.limit.max_concurrent, d->cfg.limit.max_wait_ms);
+    case RESIL_E_DEADLINE:
+      return resil_err_set(err, s, "%s: rejected, the caller's deadline had already passed",
+                           d->name);
+    case RESIL_E_DRAINING:
+      return resil_err_set(err, s, "%s: rejected, the process is draining", d->name);
+    default: return resil_err_set(err, s, "%s: %s", d->name, resil_strerror(s));
+  }
+}
+
+/* ---- the concurrency limit --------------------------------------------- */
+
+static inline bool try_slot(resil_dep *d) {
+  uint32_t cur = atomic_load_explicit(&d->in_flight, memory_order_relaxed);
+  while (cur < d->cfg.limit.max_concurrent) {
+    if (atomic_compare_exchange_weak_explicit(&d->in_flight, &cur, cur + 1, memory_order_seq_cst,
+                                              memory_order_relaxed))
+      return true;
+  }
+  return false;
+}
+
+static void q_remove(resil_dep *d, waiter *w) {
+  if (w->prev)
+    w->prev->next = w->next;
+  else
+    d->qhead = w->next;
+  if (w->next)
+    w->next->prev = w->prev;
+  else
+    d->qtail = w->prev;
+  w->next = w->prev = NULL;
+}
+
+/* Grant freed slots to the oldest waiters. qmu held. */
+static void grant_locked(resil_dep *d) {
+  while (d->qhead && try_slot(d)) {
+    waiter *w = d->qhead;
+    q_remove(d, w);
+    atomic_fetch_sub_explicit(&d->nwaiters, 1, memory_order_seq_cst);
+    w->granted = true;
+    pthread_cond_signal(&w->cv);
+  }
+}
+
+/* Wait for a slot until the earlier of the deadline and max_wait_ms. */
+static resil_status wait_slot(resil_dep *d, resil_deadline deadline) {
+  if (d->cfg.limit.max_waiters == 0) return RESIL_E_CONCURRENCY_FULL;
+  resil_deadline until = resil_deadline_bound(deadline, d->cfg.limit.max_wait_ms);
+  waiter w = {0};
+  resil_status st = RESIL_OK;
+  pthread_mutex_lock(&d->qmu);
+  if (atomic_load_explicit(&d->nwaiters, memory_order_relaxed) >= d->cfg.limit.max_waiters) {
+    pthread_mutex_unlock(&d->qmu);
+    return RESIL_E_CONCURRENCY_FULL;
+  }
+  atomic_fetch_add_explicit(&d->nwaiters, 1, memory_order_seq_cst);
+  if (!d->qhead && try_slot(d)) { /* freed while we came in */
+    atomic_fetch_sub_explicit(&d->nwaiters, 1, memory_order_seq_cst);
+    pthread_mutex_unlock(&d->qmu);
+    return RESIL_OK;
+  }
+  resil__cond_init(&w.cv);
+  w.prev = d->qtail;
+  if (d->qtail)
+    d->qtail->next = &w;
+  else
+    d->qhead = &w;
+  d->qtail = &w;
+  grant_locked(d); /* a slot may have freed between the CAS and the enqueue */
+  while (!w.granted) {
+    if (resil__cond_wait_until(&w.cv, &d->qmu, until) == ETIMEDOUT && !w.granted) {
+      q_remove(d, &w);
+      atomic_fetch_sub_explicit(&d->nwaiters, 1, memory_order_seq_cst);
+      st = resil_deadline_expired(deadline) ? RESIL_E_DEADLINE : RESIL_E_QUEUE_TIMEOUT;
+      break;
+    }
+  }
+  pthread_mutex_unlock(&d->qmu);
+  pthread_cond_destroy(&w.cv);
+  return st;
+}
+
+static void release_slot(resil_dep *d) {
+  atomic_fetch_sub_explicit(&d->in_flight, 1, memory_order_seq_cst);
+  if (atomic_load_explicit(&d->nwaiters, memory_order_seq_cst) > 0) {
+    pthread_mutex_lock(&d->qmu);
+    grant_locked(d);
+    pthread_mutex_unlock(&d->qmu);
+  }
+}
+
+/* ---- admit / done ------------------------------------------------------ */
+
+resil_status resil_dep_admit(resil_dep *d, resil_deadline deadline, resil_permit *p,
+                             resil_err *err) {
+  if (!d || !p)
+    return resil_err_set(err, RESIL_E_INVALID, "resil_dep_admit: %s is NULL",
+                         d ? "permit" : "dependency");
+  p->flags_ = 0;
+  if (atomic_load_explicit(&d->draining, memory_order_relaxed))
+    return reject(d, RESIL_E_DRAINING, err);
+  resil_breaker_ticket t;
+  if (resil_breaker_acquire(d->breaker, &t) != RESIL_OK)
+    return reject(d, RESIL_E_BREAKER_OPEN, err);
+  uint64_t now = resil_now_ns();
+  if (deadline.at_ns && now >= deadline.at_ns) {
+    resil_breaker_record(d->breaker, t, RESIL_E_DEADLINE, 0);
+    return reject(d, RESIL_E_DEADLINE, err);
+  }
+  bool fast = atomic_load_explicit(&d->nwaiters, memory_order_relaxed) == 0 && try_slot(d);
+  if (!fast) {
+    resil_status st = wait_slot(d, deadline);
+    if (st != RESIL_OK) {
+      resil_breaker_record(d->breaker, t, st, 0);
+      return reject(d, st, err);
+    }
+    now = resil_now_ns();
+  }
+  uint64_t cap = now + (uint64_t)d->cfg.timeout_ms * 1000000ull;
+  p->dep = d;
+  p->deadline.at_ns = (deadline.at_ns && deadline.at_ns < cap) ? deadline.at_ns : cap;
+  p->start_ns = now;
+  p->ticket = t;
+  p->flags_ = PERMIT_LIVE;
+  atomic_fetch_add_explicit(&my_stripe(d)->admitted, 1, memory_order_relaxed);
+  return RESIL_OK;
+}
+
+void resil_dep_done(resil_permit *p, resil_status outcome) {
+  if (!p || !(p->flags_ & PERMIT_LIVE) || !p->dep) return;
+  resil_dep *d = p->dep;
+  p->flags_ = 0;
+  uint64_t now = resil_now_ns();
+  uint64_t lat = now > p->start_ns ? now - p->start_ns : 0;
+  resil_breaker_record(d->breaker, p->ticket, outcome, lat);
+  dep_stripe *s = my_stripe(d);
+  if (resil_status_is_rejection(outcome)) {
+    atomic_fetch_add_explicit(&s->rejections[reject_reason_of(outcome)], 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&s->late_rejections, 1, memory_order_relaxed);
+  } else {
+    atomic_fetch_add_explicit(&s->calls[outcome_of(outcome)], 1, memory_order_relaxed);
+    resil__hist_observe(&d->latency, lat);
+  }
+  release_slot(d);
+}
+
+/* ---- retries ----------------------------------------------------------- */
+
+static bool budget_allows(resil_dep *d, uint64_t now) {
+  uint64_t s[RESIL_WINDOW_VALS];
+  resil__window_sum(&d->budget, now, s);
+  const resil_retry_config *r = &d->cfg.retry;
+  uint64_t floor = (uint64_t)r->budget_min_per_s * r->budget_window_ms / 1000;
+  uint64_t by_rate = s[B_REQ] * r->budget_percent / 100;
+  uint64_t allowed = floor > by_rate ? floor : by_rate;
+  return s[B_RETRY] < allowed;
+}
+
+static void budget_add(resil_dep *d, uint64_t now, bool retry) {
+  uint64_t v[RESIL_WINDOW_VALS] = {retry ? 0 : 1, retry ? 1 : 0, 0};
+  resil__window_add(&d->budget, now, v);
+}
+
+/* Full-jitter backoff for attempt n (n >= 1 retries so far), in ns. */
+static uint64_t backoff_ns(const resil_retry_config *r, uint32_t n) {
+  double cap = (double)r->base_backoff_ms;
+  for (uint32_t i = 1; i < n && cap < (double)r->max_backoff_ms; i++) cap *= r->multiplier;
+  if (cap > (double)r->max_backoff_ms) cap = (double)r->max_backoff_ms;
+  double u = (double)(resil__rand() >> 11) / 9007199254740992.0;
+  return (uint64_t)(u * cap * 1e6);
+}
+
+resil_status resil_dep_call(resil_dep *d, resil_deadline deadline, unsigned flags,
+                            resil_call_fn fn, void *ctx, resil_err *err) {
+  if (!d || !fn)
+    return resil_err_set(err, RESIL_E_INVALID, "resil_dep_call: %s is NULL",
+                         d ? "fn" : "dependency");
+  resil_err local;
+  resil_err *e = err ? err : &local;
+  /* The whole call, retries included, ends by the caller's deadline or, if
+   * none, by the dependency's timeout from now; each attempt is also capped
+   * by the timeout (admit does that). */
+  resil_deadline overall =
+      deadline.at_ns ? deadline : resil_deadline_bound(RESIL_DEADLINE_UNSET, d->cfg.timeout_ms);
+  resil_status last = RESIL_OK;
+  budget_add(d, resil_now_ns(), false);
+  for (uint32_t n = 1;; n++) {
+    resil_permit p;
+    resil_status st = resil_dep_admit(d, overall, &p, e);
+    if (st != RESIL_OK) return n == 1 ? st : last;
+    resil_attempt a = {.deadline = p.deadline, .number = n, .retry = -1, .err = e};
+    st = fn(ctx, &a);
+    resil_dep_done(&p, st);
+    last = st;
+    if (st == RESIL_OK) return st;
+    bool retryable = a.retry == 1 || (a.retry == -1 && resil_status_class_of(st) ==
+                                                            RESIL_CLASS_FAILURE);
+    if (!(flags & RESIL_CALL_IDEMPOTENT) || !retryable || n >= d->cfg.retry.max_attempts)
+      return st;
+    uint64_t wait = backoff_ns(&d->cfg.retry, n);
+    uint64_t ra = (uint64_t)a.retry_after_ms * 1000000ull;
+    if (wait < ra) wait = ra;
+    uint64_t now = resil_now_ns();
+    if (now + wait >= overall.at_ns) return st; /* would not finish in time */
+    if (!budget_allows(d, now)) {
+      count_reject(d, RESIL_E_RETRY_BUDGET);
+      return st;
+    }
+    budget_add(d, now, true);
+    atomic_fetch_add_explicit(&my_stripe(d)->retries, 1, memory_order_relaxed);
+    resil__sleep_until(overall, wait);
+  }
+}
+
+/* ---- stats ------------------------------------------------------------- */
+
+void resil_dep_get_stats(const resil_dep *cd, resil_dep_stats *o) {
+  resil_dep *d = (resil_dep *)cd;
+  memset(o, 0, sizeof *o);
+  resil__strlcpy(o->name, d->name, sizeof o->name);
+  o->critical = d->cfg.critical;
+  o->draining = atomic_load(&d->draining);
+  for (unsigned i = 0; i < RESIL_STRIPES; i++) {
+    dep_stripe *s = &d->stripe[i];
+    o->admitted += atomic_load_explicit(&s->admitted, memory_order_relaxed);
+    for (int k = 0; k < RESIL_OUTCOME_COUNT_; k++)
+      o->calls[k] += atomic_load_explicit(&s->calls[k], memory_order_relaxed);
+    for (int k = 0; k < RESIL_REJECT_COUNT_; k++)
+      o->rejections[k] += atomic_load_explicit(&s->rejections[k], memory_order_relaxed);
+    o->retries += atomic_load_explicit(&s->retries, memory_order_relaxed);
+    o->rejected_after_admit += atomic_load_explicit(&s->late_rejections, memory_order_relaxed);
+  }
+  o->in_flight = atomic_load(&d->in_flight);
+  o->limit = d->cfg.limit.max_concurrent;
+  o->waiters = atomic_load(&d->nwaiters);
+  o->max_waiters = d->cfg.limit.max_waiters;
+  resil__hist_read(&d->latency, &o->latency);
+  resil_breaker_get_stats(d->breaker, &o->breaker);
+  resil_pool *pool = atomic_load(&d->pool);
+  double sat = o->limit ? (double)o->in_flight / (double)o->limit : 0.0;
+  if (o->waiters && o->max_waiters) {
+    double q = 1.0 + (double)o->waiters / (double)o->max_waiters;
+    if (q > sat) sat = q;
+  }
+  if (pool) {
+    o->has_pool = true;
+    resil_pool_get_stats(pool, &o->pool);
+    if (o->pool.max) {
+      double u = (double)o->pool.in_use / (double)o->pool.max;
+      if (u > sat) sat = u;
+    }
+    if (o->pool.waiters) {
+      double q = 1.0 + (double)o->pool.waiters / (double)(o->pool.max ? o->pool.max : 1);
+      if (q > sat) sat = q;
+    }
+  }
+  o->saturation = sat;
+}
