@@ -33,8 +33,7 @@ typedef struct waiter {
 } waiter;
 
 typedef struct dep_stripe {
-  _Alignas(RESIL_CACHELINE) _Atomic uint64_t admitted;
-  _Atomic uint64_t calls[RESIL_OUTCOME_COUNT_];
+  _Alignas(RESIL_CACHELINE) _Atomic uint64_t calls[RESIL_OUTCOME_COUNT_];
   _Atomic uint64_t rejections[RESIL_REJECT_COUNT_];
   _Atomic uint64_t retries;
   _Atomic uint64_t late_rejections;
@@ -439,8 +438,7 @@ resil_status resil_dep_admit(resil_dep *d, resil_deadline deadline, resil_permit
   p->start_ns = now;
   p->ticket = t;
   p->flags_ = PERMIT_LIVE;
-  atomic_fetch_add_explicit(&my_stripe(d)->admitted, 1, memory_order_relaxed);
-  return RESIL_OK;
+  return RESIL_OK; /* admitted is derived: ended calls + late rejections + in flight */
 }
 
 void resil_dep_done(resil_permit *p, resil_status outcome) {
@@ -539,7 +537,6 @@ void resil_dep_get_stats(const resil_dep *cd, resil_dep_stats *o) {
   o->draining = atomic_load(&d->draining);
   for (unsigned i = 0; i < RESIL_STRIPES; i++) {
     dep_stripe *s = &d->stripe[i];
-    o->admitted += atomic_load_explicit(&s->admitted, memory_order_relaxed);
     for (int k = 0; k < RESIL_OUTCOME_COUNT_; k++)
       o->calls[k] += atomic_load_explicit(&s->calls[k], memory_order_relaxed);
     for (int k = 0; k < RESIL_REJECT_COUNT_; k++)
@@ -548,6 +545,8 @@ void resil_dep_get_stats(const resil_dep *cd, resil_dep_stats *o) {
     o->rejected_after_admit += atomic_load_explicit(&s->late_rejections, memory_order_relaxed);
   }
   o->in_flight = atomic_load(&d->in_flight);
+  o->admitted = o->rejected_after_admit + o->in_flight;
+  for (int k = 0; k < RESIL_OUTCOME_COUNT_; k++) o->admitted += o->calls[k];
   o->limit = d->cfg.limit.max_concurrent;
   o->waiters = atomic_load(&d->nwaiters);
   o->max_waiters = d->cfg.limit.max_waiters;

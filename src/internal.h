@@ -99,6 +99,9 @@ typedef struct resil_window {
   uint64_t bucket_ns;
   uint32_t nbuckets;
   resil_window_bucket *b; /* nbuckets entries */
+  /* The last epoch computed and where its period starts, to skip a 64-bit
+   * division on most adds (packed: start_ns can be recomputed from epoch). */
+  _Alignas(RESIL_CACHELINE) _Atomic uint64_t hint_epoch;
 } resil_window;
 
 /* Allocate a window of nbuckets buckets covering window_ns. 0 or

@@ -10,7 +10,9 @@ const char *resil_version(void) { return RESIL_VERSION_STRING; }
 unsigned resil_version_number(void) { return RESIL_VERSION_NUMBER; }
 
 static _Atomic unsigned next_stripe;
-static _Thread_local unsigned my_stripe = ~0u;
+/* initial-exec: a plain %fs-relative load even inside the shared library */
+#define RESIL_TLS _Thread_local __attribute__((tls_model("initial-exec")))
+static RESIL_TLS unsigned my_stripe = ~0u;
 
 unsigned resil__stripe(void) {
   unsigned s = my_stripe;
@@ -21,7 +23,7 @@ unsigned resil__stripe(void) {
   return s;
 }
 
-static _Thread_local uint64_t rng_state;
+static RESIL_TLS uint64_t rng_state;
 
 uint64_t resil__rand(void) {
   uint64_t x = rng_state;

@@ -42,8 +42,20 @@ static void zero_bucket(resil_window_bucket *b) {
       atomic_store_explicit(&b->cell[s].v[i], 0, memory_order_relaxed);
 }
 
+/* now's epoch (+1: epoch 0 means "never used"), usually without dividing. */
+static inline uint64_t epoch_of(resil_window *w, uint64_t now) {
+  uint64_t h = atomic_load_explicit(&w->hint_epoch, memory_order_relaxed);
+  if (h) {
+    uint64_t start = (h - 1) * w->bucket_ns;
+    if (now >= start && now - start < w->bucket_ns) return h;
+  }
+  uint64_t e = now / w->bucket_ns + 1;
+  if (e != h) atomic_store_explicit(&w->hint_epoch, e, memory_order_relaxed);
+  return e;
+}
+
 void resil__window_add(resil_window *w, uint64_t now, const uint64_t *vals) {
-  uint64_t e = now / w->bucket_ns + 1; /* +1: epoch 0 means "never used" */
+  uint64_t e = epoch_of(w, now);
   resil_window_bucket *b = &w->b[e % w->nbuckets];
   uint64_t tag = atomic_load_explicit(&b->epoch, memory_order_acquire);
   for (unsigned spins = 0; (tag >> 1) != e || (tag & 1); spins++) {
