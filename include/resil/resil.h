@@ -17,5 +17,6 @@
 #include "resil/pool.h"
 #include "resil/resolve.h"
 #include "resil/dep.h"
+#include "resil/export.h"
 
 #endif
