@@ -284,6 +284,14 @@ void resil_dep_attach_pool(resil_dep *d, resil_pool *p) {
   if (d) atomic_store_explicit(&d->pool, p, memory_order_release);
 }
 
+resil_pool *resil_dep_pool(const resil_dep *d) {
+  return d ? atomic_load_explicit((_Atomic(resil_pool *) *)&d->pool, memory_order_acquire) : NULL;
+}
+
+bool resil_dep_is_draining(const resil_dep *d) {
+  return d && atomic_load_explicit((_Atomic bool *)&d->draining, memory_order_acquire);
+}
+
 /* ---- counting ---------------------------------------------------------- */
 
 static inline dep_stripe *my_stripe(resil_dep *d) { return &d->stripe[resil__stripe()]; }

@@ -160,6 +160,12 @@ RESIL_API void resil_dep_set_draining(resil_dep *dep, bool draining);
  * NULL detaches. The pool must outlive the attachment. Thread-safe. */
 RESIL_API void resil_dep_attach_pool(resil_dep *dep, resil_pool *pool);
 
+/* The attached pool, or NULL. Thread-safe. */
+RESIL_API resil_pool *resil_dep_pool(const resil_dep *dep);
+
+/* True while resil_dep_set_draining(dep, true) is in force. Thread-safe. */
+RESIL_API bool resil_dep_is_draining(const resil_dep *dep);
+
 /* Rejection reasons, in the order of the rejections[] array. */
 typedef enum resil_reject_reason {
   RESIL_REJECT_BREAKER_OPEN = 0,
