@@ -6,52 +6,6 @@
 
 #include "internal.h"
 
-/* ---- a growable string -------------------------------------------------- */
-typedef struct sbuf {
-  char *p;
-  size_t len, cap;
-  bool oom;
-} sbuf;
-
-static void sb_printf(sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void sb_printf(sbuf *b, const char *fmt, ...) {
-  if (b->oom) return;
-  for (;;) {
-    size_t room = b->cap - b->len;
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(b->p ? b->p + b->len : NULL, b->p ? room : 0, fmt, ap);
-    va_end(ap);
-    if (n < 0) {
-      b->oom = true;
-      return;
-    }
-    if (b->p && (size_t)n < room) {
-      b->len += (size_t)n;
-      return;
-    }
-    size_t cap = b->cap ? b->cap * 2 : 16384;
-    while (cap < b->len + (size_t)n + 1) cap *= 2;
-    char *np = realloc(b->p, cap);
-    if (!np) {
-      b->oom = true;
-      return;
-    }
-    b->p = np;
-    b->cap = cap;
-  }
-}
-
-static resil_status sb_finish(sbuf *b, char **out, size_t *len, resil_err *err) {
-  if (b->oom || !b->p) {
-    free(b->p);
-    return resil_err_set(err, RESIL_E_NOMEM, "export: out of memory");
-  }
-  *out = b->p;
-  if (len) *len = b->len;
-  return RESIL_OK;
-}
-
 /* ---- snapshot of the registry ------------------------------------------ */
 typedef struct snap {
   resil_dep_stats *v;
@@ -120,84 +74,85 @@ resil_status resil_export_set_info_label(const char *name, const char *value, re
 }
 
 /* Prometheus label value escaping: backslash, quote, newline. */
-static void sb_label_value(sbuf *b, const char *v) {
+static void sb_label_value(resil_sbuf *b, const char *v) {
   for (; *v; v++) {
     if (*v == '\\')
-      sb_printf(b, "\\\\");
+      resil__sb_printf(b, "\\\\");
     else if (*v == '"')
-      sb_printf(b, "\\\"");
+      resil__sb_printf(b, "\\\"");
     else if (*v == '\n')
-      sb_printf(b, "\\n");
+      resil__sb_printf(b, "\\n");
     else
-      sb_printf(b, "%c", *v);
+      resil__sb_printf(b, "%c", *v);
   }
 }
 
 /* ---- Prometheus ---------------------------------------------------------- */
 
-static void family(sbuf *b, const char *name, const char *type, const char *help) {
-  sb_printf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+static void family(resil_sbuf *b, const char *name, const char *type, const char *help) {
+  resil__sb_printf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
-static void histogram(sbuf *b, const char *name, const char *dep, const resil_hist_snapshot *h) {
+static void histogram(resil_sbuf *b, const char *name, const char *dep,
+                      const resil_hist_snapshot *h) {
   const uint64_t *bounds = resil_hist_bounds_ns();
   uint64_t cum = 0;
   for (unsigned i = 0; i < RESIL_HIST_BOUNDS; i++) {
     cum += h->counts[i];
-    sb_printf(b, "%s_bucket{dependency=\"%s\",le=\"%g\"} %llu\n", name, dep,
+    resil__sb_printf(b, "%s_bucket{dependency=\"%s\",le=\"%g\"} %llu\n", name, dep,
               (double)bounds[i] / 1e9, (unsigned long long)cum);
   }
   cum += h->counts[RESIL_HIST_BOUNDS];
-  sb_printf(b, "%s_bucket{dependency=\"%s\",le=\"+Inf\"} %llu\n", name, dep,
+  resil__sb_printf(b, "%s_bucket{dependency=\"%s\",le=\"+Inf\"} %llu\n", name, dep,
             (unsigned long long)cum);
-  sb_printf(b, "%s_sum{dependency=\"%s\"} %.9f\n", name, dep, (double)h->sum_ns / 1e9);
-  sb_printf(b, "%s_count{dependency=\"%s\"} %llu\n", name, dep, (unsigned long long)cum);
+  resil__sb_printf(b, "%s_sum{dependency=\"%s\"} %.9f\n", name, dep, (double)h->sum_ns / 1e9);
+  resil__sb_printf(b, "%s_count{dependency=\"%s\"} %llu\n", name, dep, (unsigned long long)cum);
 }
 
 #define EACH(s) for (size_t i_ = 0; i_ < (s)->n; i_++)
 #define D (&s->v[i_])
 
-static void render_prometheus(sbuf *b, const snap *s) {
+static void render_prometheus(resil_sbuf *b, const snap *s) {
   family(b, "resil_info", "gauge", "resil library version and deployment labels (always 1).");
-  sb_printf(b, "resil_info{version=\"%s\"", resil_version());
+  resil__sb_printf(b, "resil_info{version=\"%s\"", resil_version());
   pthread_mutex_lock(&info_mu);
   for (int i = 0; i < info_n; i++) {
-    sb_printf(b, ",%s=\"", info_name[i]);
+    resil__sb_printf(b, ",%s=\"", info_name[i]);
     sb_label_value(b, info_value[i]);
-    sb_printf(b, "\"");
+    resil__sb_printf(b, "\"");
   }
   pthread_mutex_unlock(&info_mu);
-  sb_printf(b, "} 1\n");
+  resil__sb_printf(b, "} 1\n");
 
   family(b, "resil_calls_total", "counter", "Admitted calls by outcome.");
   EACH(s) for (int k = 0; k < RESIL_OUTCOME_COUNT_; k++)
-    sb_printf(b, "resil_calls_total{dependency=\"%s\",outcome=\"%s\"} %llu\n", D->name,
+    resil__sb_printf(b, "resil_calls_total{dependency=\"%s\",outcome=\"%s\"} %llu\n", D->name,
               resil_outcome_name((resil_outcome)k), (unsigned long long)D->calls[k]);
   family(b, "resil_rejections_total", "counter", "Calls rejected locally, by reason.");
   EACH(s) for (int k = 0; k < RESIL_REJECT_COUNT_; k++)
-    sb_printf(b, "resil_rejections_total{dependency=\"%s\",reason=\"%s\"} %llu\n", D->name,
+    resil__sb_printf(b, "resil_rejections_total{dependency=\"%s\",reason=\"%s\"} %llu\n", D->name,
               resil_reject_reason_name((resil_reject_reason)k),
               (unsigned long long)D->rejections[k]);
   family(b, "resil_retries_total", "counter", "Extra attempts made by the retry policy.");
-  EACH(s) sb_printf(b, "resil_retries_total{dependency=\"%s\"} %llu\n", D->name,
+  EACH(s) resil__sb_printf(b, "resil_retries_total{dependency=\"%s\"} %llu\n", D->name,
                     (unsigned long long)D->retries);
   family(b, "resil_in_flight", "gauge", "Calls admitted and not yet done.");
-  EACH(s) sb_printf(b, "resil_in_flight{dependency=\"%s\"} %u\n", D->name, D->in_flight);
+  EACH(s) resil__sb_printf(b, "resil_in_flight{dependency=\"%s\"} %u\n", D->name, D->in_flight);
   family(b, "resil_concurrency_limit", "gauge", "Maximum concurrent calls (limit.max_concurrent).");
-  EACH(s) sb_printf(b, "resil_concurrency_limit{dependency=\"%s\"} %u\n", D->name, D->limit);
+  EACH(s) resil__sb_printf(b, "resil_concurrency_limit{dependency=\"%s\"} %u\n", D->name, D->limit);
   family(b, "resil_queue_waiters", "gauge", "Callers waiting for a concurrency slot.");
-  EACH(s) sb_printf(b, "resil_queue_waiters{dependency=\"%s\"} %u\n", D->name, D->waiters);
+  EACH(s) resil__sb_printf(b, "resil_queue_waiters{dependency=\"%s\"} %u\n", D->name, D->waiters);
   family(b, "resil_saturation_ratio", "gauge",
          "Headline saturation: max of in-flight/limit and pool in-use/max; >= 1 means queueing.");
-  EACH(s) sb_printf(b, "resil_saturation_ratio{dependency=\"%s\"} %.4f\n", D->name,
+  EACH(s) resil__sb_printf(b, "resil_saturation_ratio{dependency=\"%s\"} %.4f\n", D->name,
                     D->saturation);
   family(b, "resil_breaker_state", "gauge", "1 for the breaker's current state, 0 otherwise.");
   EACH(s) for (int k = 0; k < RESIL_BREAKER_STATE_COUNT_; k++)
-    sb_printf(b, "resil_breaker_state{dependency=\"%s\",state=\"%s\"} %d\n", D->name,
+    resil__sb_printf(b, "resil_breaker_state{dependency=\"%s\",state=\"%s\"} %d\n", D->name,
               resil_breaker_state_name((resil_breaker_state)k), D->breaker.state == (resil_breaker_state)k);
   family(b, "resil_breaker_transitions_total", "counter", "Breaker state changes, by new state.");
   EACH(s) for (int k = 0; k < RESIL_BREAKER_STATE_COUNT_; k++)
-    sb_printf(b, "resil_breaker_transitions_total{dependency=\"%s\",to=\"%s\"} %llu\n", D->name,
+    resil__sb_printf(b, "resil_breaker_transitions_total{dependency=\"%s\",to=\"%s\"} %llu\n", D->name,
               resil_breaker_state_name((resil_breaker_state)k),
               (unsigned long long)D->breaker.transitions[k]);
   family(b, "resil_call_duration_seconds", "histogram",
@@ -208,37 +163,37 @@ static void render_prometheus(sbuf *b, const snap *s) {
   EACH(s) pools |= D->has_pool;
   if (!pools) return;
   family(b, "resil_pool_max_connections", "gauge", "Pool size limit (pool.max_size).");
-  EACH(s) if (D->has_pool) sb_printf(b, "resil_pool_max_connections{dependency=\"%s\"} %u\n",
+  EACH(s) if (D->has_pool) resil__sb_printf(b, "resil_pool_max_connections{dependency=\"%s\"} %u\n",
                                      D->name, D->pool.max);
   family(b, "resil_pool_connections", "gauge", "Pool connections by state.");
   EACH(s) if (D->has_pool) {
-    sb_printf(b, "resil_pool_connections{dependency=\"%s\",state=\"idle\"} %u\n", D->name,
+    resil__sb_printf(b, "resil_pool_connections{dependency=\"%s\",state=\"idle\"} %u\n", D->name,
               D->pool.idle);
-    sb_printf(b, "resil_pool_connections{dependency=\"%s\",state=\"in_use\"} %u\n", D->name,
+    resil__sb_printf(b, "resil_pool_connections{dependency=\"%s\",state=\"in_use\"} %u\n", D->name,
               D->pool.in_use);
-    sb_printf(b, "resil_pool_connections{dependency=\"%s\",state=\"connecting\"} %u\n", D->name,
+    resil__sb_printf(b, "resil_pool_connections{dependency=\"%s\",state=\"connecting\"} %u\n", D->name,
               D->pool.connecting);
   }
   family(b, "resil_pool_waiters", "gauge", "Callers waiting for a pooled connection.");
   EACH(s) if (D->has_pool)
-      sb_printf(b, "resil_pool_waiters{dependency=\"%s\"} %u\n", D->name, D->pool.waiters);
+      resil__sb_printf(b, "resil_pool_waiters{dependency=\"%s\"} %u\n", D->name, D->pool.waiters);
   family(b, "resil_pool_acquire_timeouts_total", "counter",
          "Acquires that got no connection in time (pool_timeout).");
   EACH(s) if (D->has_pool)
-      sb_printf(b, "resil_pool_acquire_timeouts_total{dependency=\"%s\"} %llu\n", D->name,
+      resil__sb_printf(b, "resil_pool_acquire_timeouts_total{dependency=\"%s\"} %llu\n", D->name,
                 (unsigned long long)D->pool.acquire_timeouts);
   family(b, "resil_pool_connects_total", "counter", "Connection attempts by result.");
   EACH(s) if (D->has_pool) {
-    sb_printf(b, "resil_pool_connects_total{dependency=\"%s\",result=\"ok\"} %llu\n", D->name,
+    resil__sb_printf(b, "resil_pool_connects_total{dependency=\"%s\",result=\"ok\"} %llu\n", D->name,
               (unsigned long long)D->pool.connects_ok);
-    sb_printf(b, "resil_pool_connects_total{dependency=\"%s\",result=\"failed\"} %llu\n", D->name,
+    resil__sb_printf(b, "resil_pool_connects_total{dependency=\"%s\",result=\"failed\"} %llu\n", D->name,
               (unsigned long long)D->pool.connects_failed);
-    sb_printf(b, "resil_pool_connects_total{dependency=\"%s\",result=\"timeout\"} %llu\n",
+    resil__sb_printf(b, "resil_pool_connects_total{dependency=\"%s\",result=\"timeout\"} %llu\n",
               D->name, (unsigned long long)D->pool.connects_timed_out);
   }
   family(b, "resil_pool_closed_total", "counter", "Connections closed by the pool, by reason.");
   EACH(s) if (D->has_pool) for (int k = 0; k < RESIL_POOL_CLOSE_REASON_COUNT_; k++)
-      sb_printf(b, "resil_pool_closed_total{dependency=\"%s\",reason=\"%s\"} %llu\n", D->name,
+      resil__sb_printf(b, "resil_pool_closed_total{dependency=\"%s\",reason=\"%s\"} %llu\n", D->name,
                 resil_pool_close_reason_name((resil_pool_close_reason)k),
                 (unsigned long long)D->pool.closed[k]);
   family(b, "resil_pool_acquire_duration_seconds", "histogram",
@@ -262,44 +217,44 @@ resil_status resil_export_prometheus(char **out, size_t *len, resil_err *err) {
   snap s;
   resil_status st = take_snapshot(&s, err);
   if (st != RESIL_OK) return st;
-  sbuf b = {0};
+  resil_sbuf b = {0};
   render_prometheus(&b, &s);
   free(s.v);
-  return sb_finish(&b, out, len, err);
+  return resil__sb_finish(&b, out, len, err);
 }
 
 /* ---- JSON ----------------------------------------------------------------- */
 
-static void json_hist(sbuf *b, const resil_hist_snapshot *h) {
-  sb_printf(b, "{\"count\":%llu,\"sum_s\":%.9f,\"p50_s\":%.6f,\"p99_s\":%.6f,\"buckets\":[",
+static void json_hist(resil_sbuf *b, const resil_hist_snapshot *h) {
+  resil__sb_printf(b, "{\"count\":%llu,\"sum_s\":%.9f,\"p50_s\":%.6f,\"p99_s\":%.6f,\"buckets\":[",
             (unsigned long long)h->count, (double)h->sum_ns / 1e9,
             (double)resil_hist_quantile_ns(h, 0.5) / 1e9,
             (double)resil_hist_quantile_ns(h, 0.99) / 1e9);
   for (unsigned i = 0; i <= RESIL_HIST_BOUNDS; i++)
-    sb_printf(b, "%s%llu", i ? "," : "", (unsigned long long)h->counts[i]);
-  sb_printf(b, "]}");
+    resil__sb_printf(b, "%s%llu", i ? "," : "", (unsigned long long)h->counts[i]);
+  resil__sb_printf(b, "]}");
 }
 
-static void render_json(sbuf *b, const snap *s) {
-  sb_printf(b, "{\"version\":\"%s\",\"dependencies\":[", resil_version());
+static void render_json(resil_sbuf *b, const snap *s) {
+  resil__sb_printf(b, "{\"version\":\"%s\",\"dependencies\":[", resil_version());
   EACH(s) {
-    sb_printf(b, "%s{\"name\":\"%s\",\"critical\":%s,\"draining\":%s,\"admitted\":%llu,",
+    resil__sb_printf(b, "%s{\"name\":\"%s\",\"critical\":%s,\"draining\":%s,\"admitted\":%llu,",
               i_ ? "," : "", D->name, D->critical ? "true" : "false",
               D->draining ? "true" : "false", (unsigned long long)D->admitted);
-    sb_printf(b, "\"calls\":{");
+    resil__sb_printf(b, "\"calls\":{");
     for (int k = 0; k < RESIL_OUTCOME_COUNT_; k++)
-      sb_printf(b, "%s\"%s\":%llu", k ? "," : "", resil_outcome_name((resil_outcome)k),
+      resil__sb_printf(b, "%s\"%s\":%llu", k ? "," : "", resil_outcome_name((resil_outcome)k),
                 (unsigned long long)D->calls[k]);
-    sb_printf(b, "},\"rejections\":{");
+    resil__sb_printf(b, "},\"rejections\":{");
     for (int k = 0; k < RESIL_REJECT_COUNT_; k++)
-      sb_printf(b, "%s\"%s\":%llu", k ? "," : "",
+      resil__sb_printf(b, "%s\"%s\":%llu", k ? "," : "",
                 resil_reject_reason_name((resil_reject_reason)k),
                 (unsigned long long)D->rejections[k]);
-    sb_printf(b,
+    resil__sb_printf(b,
               "},\"retries\":%llu,\"in_flight\":%u,\"limit\":%u,\"waiters\":%u,"
               "\"saturation\":%.4f,",
               (unsigned long long)D->retries, D->in_flight, D->limit, D->waiters, D->saturation);
-    sb_printf(b,
+    resil__sb_printf(b,
               "\"breaker\":{\"state\":\"%s\",\"last_trip_reason\":\"%s\",\"trip_streak\":%u,"
               "\"window_calls\":%llu,\"window_failures\":%llu,\"window_slow\":%llu},",
               resil_breaker_state_name(D->breaker.state),
@@ -307,11 +262,11 @@ static void render_json(sbuf *b, const snap *s) {
               (unsigned long long)D->breaker.window_calls,
               (unsigned long long)D->breaker.window_failures,
               (unsigned long long)D->breaker.window_slow);
-    sb_printf(b, "\"latency\":");
+    resil__sb_printf(b, "\"latency\":");
     json_hist(b, &D->latency);
     if (D->has_pool) {
       const resil_pool_stats *p = &D->pool;
-      sb_printf(b,
+      resil__sb_printf(b,
                 ",\"pool\":{\"max\":%u,\"open\":%u,\"idle\":%u,\"in_use\":%u,\"connecting\":%u,"
                 "\"waiters\":%u,\"acquire_timeouts\":%llu,\"connects_ok\":%llu,"
                 "\"connects_failed\":%llu,\"connects_timed_out\":%llu,\"acquire_latency\":",
@@ -320,11 +275,11 @@ static void render_json(sbuf *b, const snap *s) {
                 (unsigned long long)p->connects_failed,
                 (unsigned long long)p->connects_timed_out);
       json_hist(b, &p->acquire_latency);
-      sb_printf(b, "}");
+      resil__sb_printf(b, "}");
     }
-    sb_printf(b, "}");
+    resil__sb_printf(b, "}");
   }
-  sb_printf(b, "]}\n");
+  resil__sb_printf(b, "]}\n");
 }
 
 resil_status resil_export_json(char **out, size_t *len, resil_err *err) {
@@ -332,8 +287,8 @@ resil_status resil_export_json(char **out, size_t *len, resil_err *err) {
   snap s;
   resil_status st = take_snapshot(&s, err);
   if (st != RESIL_OK) return st;
-  sbuf b = {0};
+  resil_sbuf b = {0};
   render_json(&b, &s);
   free(s.v);
-  return sb_finish(&b, out, len, err);
+  return resil__sb_finish(&b, out, len, err);
 }

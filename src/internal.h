@@ -73,6 +73,20 @@ void resil__check_range_d(resil_problems *p, const char *field, double v, double
 /* Copy a string into a fixed buffer, always NUL-terminated. */
 void resil__strlcpy(char *dst, const char *src, size_t size);
 
+
+/* ---- A growable string ------------------------------------------------- */
+typedef struct resil_sbuf {
+  char *p;
+  size_t len, cap;
+  bool oom; /* sticky: set on the first failed allocation */
+} resil_sbuf;
+
+/* Append printf-style; on allocation failure sets oom and drops the text. */
+void resil__sb_printf(resil_sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Hand the string to *out (NUL-terminated, malloc'd) or fail with
+ * RESIL_E_NOMEM (the buffer is freed either way on failure). */
+resil_status resil__sb_finish(resil_sbuf *b, char **out, size_t *len, resil_err *err);
+
 #endif
 
 /* ---- Coarse clock ------------------------------------------------------ */

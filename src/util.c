@@ -1,6 +1,7 @@
 /* Small shared helpers: stripes, randomness, waiting, error building. */
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -175,4 +176,44 @@ void resil__check_range(resil_problems *p, const char *field, uint64_t v, uint64
 
 void resil__check_range_d(resil_problems *p, const char *field, double v, double lo, double hi) {
   if (!(v >= lo && v <= hi)) resil__problem(p, field, "%g is outside %g..%g", v, lo, hi);
+}
+
+void resil__sb_printf(resil_sbuf *b, const char *fmt, ...) {
+  if (b->oom) return;
+  for (;;) {
+    size_t room = b->cap - b->len;
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(b->p ? b->p + b->len : NULL, b->p ? room : 0, fmt, ap);
+    va_end(ap);
+    if (n < 0) {
+      b->oom = true;
+      return;
+    }
+    if (b->p && (size_t)n < room) {
+      b->len += (size_t)n;
+      return;
+    }
+    size_t cap = b->cap ? b->cap * 2 : 1024;
+    while (cap < b->len + (size_t)n + 1) cap *= 2;
+    char *np = realloc(b->p, cap);
+    if (!np) {
+      b->oom = true;
+      return;
+    }
+    b->p = np;
+    b->cap = cap;
+  }
+}
+
+resil_status resil__sb_finish(resil_sbuf *b, char **out, size_t *len, resil_err *err) {
+  if (b->oom || !b->p) {
+    free(b->p);
+    b->p = NULL;
+    return resil_err_set(err, RESIL_E_NOMEM, "out of memory");
+  }
+  *out = b->p;
+  if (len) *len = b->len;
+  b->p = NULL;
+  return RESIL_OK;
 }
