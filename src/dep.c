@@ -45,6 +45,7 @@ struct resil_dep {
   char name[64];
   resil_breaker *breaker;
   _Atomic bool draining;
+  _Atomic bool warm; /* resil_dep_set_warm() */
   _Atomic(resil_pool *) pool;
 
   /* the concurrency limit */
@@ -171,8 +172,8 @@ resil_status resil_dep_config_validate(const resil_dep_config *c, resil_err *err
   resil__check_range(&p, "retry.budget_min_per_s", c->retry.budget_min_per_s, 0, 1000000);
   resil__check_range(&p, "retry.budget_window_ms", c->retry.budget_window_ms, 100, 3600000);
   resil_err berr;
-  if (resil_breaker_config_validate(&c->breaker, "", &berr) != RESIL_OK)
-    resil__problem(&p, "breaker", "%s", berr.msg);
+  if (resil_breaker_config_validate(&c->breaker, prefix, &berr) != RESIL_OK)
+    resil__problems_merge(&p, berr.msg);
   return resil__problems_finish(&p, err);
 }
 
@@ -290,6 +291,14 @@ resil_pool *resil_dep_pool(const resil_dep *d) {
 
 bool resil_dep_is_draining(const resil_dep *d) {
   return d && atomic_load_explicit((_Atomic bool *)&d->draining, memory_order_acquire);
+}
+
+void resil_dep_set_warm(resil_dep *d, bool warm) {
+  if (d) atomic_store_explicit(&d->warm, warm, memory_order_release);
+}
+
+bool resil_dep_is_warm(const resil_dep *d) {
+  return d && atomic_load_explicit((_Atomic bool *)&d->warm, memory_order_acquire);
 }
 
 /* ---- counting ---------------------------------------------------------- */

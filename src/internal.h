@@ -62,6 +62,9 @@ void resil__problems_init(resil_problems *p, const char *prefix);
 /* Add "prefix field: message" separated by "; ". Truncates with "..." */
 void resil__problem(resil_problems *p, const char *field, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+/* Append problems already formatted by another validator ("; "-separated,
+ * each with its own prefix). */
+void resil__problems_merge(resil_problems *p, const char *formatted);
 /* RESIL_OK if no problems, else RESIL_E_INVALID with all of them in err. */
 resil_status resil__problems_finish(resil_problems *p, resil_err *err);
 

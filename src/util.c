@@ -158,6 +158,12 @@ void resil__problem(resil_problems *p, const char *field, const char *fmt, ...) 
   p->count++;
 }
 
+void resil__problems_merge(resil_problems *p, const char *formatted) {
+  if (!formatted || !*formatted) return;
+  problems_append(p, "%s%s", p->count ? "; " : "", formatted);
+  p->count++;
+}
+
 resil_status resil__problems_finish(resil_problems *p, resil_err *err) {
   if (p->count == 0) return RESIL_OK;
   if (err) {

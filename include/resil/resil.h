@@ -18,5 +18,6 @@
 #include "resil/resolve.h"
 #include "resil/dep.h"
 #include "resil/export.h"
+#include "resil/config.h"
 
 #endif

@@ -1,0 +1,172 @@
+/* resil: per-dependency configuration from the environment (the way ECS
+ * task definitions and Secrets Manager inject it), from a KEY=VALUE file, or
+ * from C structs - all three meet in one validated configuration.
+ *
+ * Environment / file keys:
+ *
+ *   RESIL_DEPS=orders-db:pg,session-cache:redis,payments:http,legacy
+ *       the dependencies, each `name[:kind]` (kind defaults to "core": a
+ *       dependency with no adapter). Required.
+ *   RESIL_DEP_<NAME>_<KEY>=value
+ *       one setting of one dependency. <NAME> is the dependency's name in
+ *       upper case with '-' and '.' as '_' (orders-db -> ORDERS_DB); <KEY> is
+ *       the field's path in upper case with '.' as '_'
+ *       (breaker.failure_rate_percent -> BREAKER_FAILURE_RATE_PERCENT).
+ *   RESIL_SERVICE, RESIL_CONFIG_FILE and the other RESIL_* process keys
+ *       listed in resil_service_config below.
+ *
+ * Every RESIL_* variable must be known: a typo in a task definition is an
+ * error, not silently ignored. Values are strict: integers are plain decimal
+ * digits; durations (keys ending in _ms) are an integer with an optional
+ * unit ms, s, m or h ("250ms", "2s", "250" = 250 ms); booleans are
+ * true/false/1/0/yes/no/on/off; no trailing garbage, no negative numbers.
+ * Every problem found - malformed values, unknown keys, missing required
+ * values, out-of-range or inconsistent settings - is reported at once, each
+ * naming the variable (or file:line), so a bad deploy exits 1 with one clear
+ * message instead of failing under load.
+ *
+ * Precedence: a value in the environment overrides the same key in the file,
+ * which overrides the kind's defaults.
+ *
+ * Thread safety: loading is thread-safe (no global state is touched except
+ * the kind registry's mutex); a loaded resil_config is immutable and may be
+ * read from any thread.
+ */
+#ifndef RESIL_CONFIG_H
+#define RESIL_CONFIG_H
+
+#include "resil/dep.h"
+#include "resil/pool.h"
+
+RESIL_BEGIN_DECLS
+
+/* ---- Schemas: how keys map onto config structs ---------------------------- */
+
+typedef enum resil_key_type {
+  RESIL_KEY_UINT,   /* uint32_t, decimal digits */
+  RESIL_KEY_MS,     /* uint32_t milliseconds, optional unit */
+  RESIL_KEY_BOOL,   /* bool */
+  RESIL_KEY_DOUBLE, /* double, finite */
+  RESIL_KEY_STRING, /* const char *, owned by the resil_config */
+  RESIL_KEY_SECRET  /* like STRING, but redacted when printed */
+} resil_key_type;
+
+/* One settable field. `offset` is relative to the struct the key belongs to:
+ * the kind's own struct, its embedded resil_dep_config, or its embedded
+ * resil_pool_config (see resil_config_kind). */
+typedef struct resil_key_spec {
+  const char *key;    /* "breaker.failure_rate_percent" */
+  resil_key_type type;
+  size_t offset;
+  uint32_t min, max;  /* inclusive range for UINT and MS (both 0: no check) */
+  bool required;      /* must be given (strings: non-empty) */
+  const char *help;   /* one line for documentation and --help output */
+} resil_key_spec;
+
+/* A kind of dependency ("core", "redis", "pg", "http"). Adapters describe
+ * theirs and register it; the core registers "core" itself. */
+typedef struct resil_config_kind {
+  const char *name;
+  size_t size; /* sizeof the kind's config struct */
+  /* Fill defaults; name is the dependency's name (owned by the config). */
+  void (*init)(void *cfg, const char *name);
+  /* Report every problem at once (RESIL_OK or RESIL_E_INVALID). */
+  resil_status (*validate)(const void *cfg, resil_err *err);
+  /* The embedded core config (required) and pool config (NULL if none). */
+  resil_dep_config *(*dep_config)(void *cfg);
+  resil_pool_config *(*pool_config)(void *cfg);
+  const resil_key_spec *keys; /* the kind's own keys (may be NULL) */
+  size_t nkeys;
+} resil_config_kind;
+
+/* Register a kind so that RESIL_DEPS can name it. A kind with the same name
+ * is replaced. The struct must outlive the process's use of it (static
+ * storage). Errors: RESIL_E_INVALID (NULL fields), RESIL_E_NOMEM (more than
+ * 16 kinds). Thread-safe. */
+RESIL_API resil_status resil_config_register_kind(const resil_config_kind *kind, resil_err *err);
+
+/* The kind for plain dependencies: struct resil_dep_config, no pool. */
+RESIL_API const resil_config_kind *resil_config_core_kind(void);
+
+/* The core's key specs (relative to resil_dep_config and resil_pool_config),
+ * for documentation generators and adapters. */
+RESIL_API const resil_key_spec *resil_config_dep_keys(size_t *n);
+RESIL_API const resil_key_spec *resil_config_pool_keys(size_t *n);
+
+/* ---- Process-wide settings -------------------------------------------------- */
+
+typedef struct resil_service_config {
+  const char *service;          /* RESIL_SERVICE: name for metrics dimensions; default "service" */
+  const char *admin_addr;       /* RESIL_ADMIN_ADDR: default "127.0.0.1" */
+  uint32_t admin_port;          /* RESIL_ADMIN_PORT: 0 = admin endpoint off (default) */
+  const char *emf_namespace;    /* RESIL_EMF_NAMESPACE: default "resil" */
+  uint32_t emf_interval_ms;     /* RESIL_EMF_INTERVAL_MS: default 60000; 0 = EMF off */
+  uint32_t drain_grace_ms;      /* RESIL_DRAIN_GRACE_MS: keep admitting after SIGTERM; default 5000 */
+  uint32_t drain_timeout_ms;    /* RESIL_DRAIN_TIMEOUT_MS: wait for in-flight calls; default 20000 */
+  uint32_t prewarm_timeout_ms;  /* RESIL_PREWARM_TIMEOUT_MS: bound on start-up pre-warm; default 10000 */
+} resil_service_config;
+
+/* ---- Loading ------------------------------------------------------------- */
+
+typedef struct resil_config resil_config;
+
+/* Build a configuration from an environment block (NULL-terminated
+ * "KEY=VALUE" strings, e.g. `environ`; NULL = none) and, if path is not NULL
+ * or RESIL_CONFIG_FILE is set, a KEY=VALUE file (blank lines and lines
+ * starting with # ignored; an optional `export ` prefix and surrounding
+ * double quotes are accepted). Variables not starting with RESIL_ are
+ * ignored. Each dependency's struct is initialised by its kind, overridden
+ * key by key, then validated by the kind. On RESIL_OK *out is yours
+ * (resil_config_free). On RESIL_E_INVALID err->msg lists every problem
+ * (truncated with "..." past RESIL_ERR_MSG_MAX; resil_config_problems()
+ * is not needed: the full list is also returned through `report` if not
+ * NULL, a malloc'd string to free()). Errors: RESIL_E_INVALID,
+ * RESIL_E_NOMEM, RESIL_E_SYSTEM (file unreadable). Thread-safe. */
+RESIL_API resil_status resil_config_load(char *const *envp, const char *path, resil_config **out,
+                                         char **report, resil_err *err);
+
+/* Free a configuration (and every string it owns). NULL is a no-op. The
+ * structs it handed out must no longer be used. */
+RESIL_API void resil_config_free(resil_config *cfg);
+
+/* Number of dependencies, in RESIL_DEPS order. */
+RESIL_API size_t resil_config_count(const resil_config *cfg);
+
+/* The i-th dependency's name, kind name, and config struct (of the kind's
+ * type, e.g. resil_redis_config *), or NULL if i is out of range. */
+RESIL_API const char *resil_config_name(const resil_config *cfg, size_t i);
+RESIL_API const char *resil_config_kind_name(const resil_config *cfg, size_t i);
+RESIL_API void *resil_config_get(const resil_config *cfg, size_t i);
+
+/* The config struct of the dependency called name, checking it has the
+ * given kind (NULL: any). NULL if absent or of another kind. */
+RESIL_API void *resil_config_find(const resil_config *cfg, const char *name, const char *kind);
+
+/* The process-wide settings. Never NULL for a loaded config. */
+RESIL_API const resil_service_config *resil_config_service(const resil_config *cfg);
+
+/* The effective configuration, one KEY=VALUE line per setting (every key,
+ * defaults included, in a stable order), secrets shown as <redacted>.
+ * malloc'd; free() it. NULL on out of memory. */
+RESIL_API char *resil_config_dump(const resil_config *cfg);
+
+/* The same as a JSON object (for the admin endpoint's /config). */
+RESIL_API char *resil_config_dump_json(const resil_config *cfg);
+
+/* A short hash (16 hex digits, FNV-1a 64 of the redacted dump) identifying
+ * the effective configuration, exported as the config_hash label of
+ * resil_info so drift between tasks shows on a dashboard. Secrets do not
+ * change it. */
+RESIL_API const char *resil_config_hash(const resil_config *cfg);
+
+/* Parse helpers, exposed for adapters and tests. Each returns RESIL_OK or
+ * RESIL_E_INVALID with a message naming `what` and quoting the value. */
+RESIL_API resil_status resil_parse_uint(const char *what, const char *v, uint32_t *out,
+                                        resil_err *err);
+RESIL_API resil_status resil_parse_ms(const char *what, const char *v, uint32_t *out,
+                                      resil_err *err);
+RESIL_API resil_status resil_parse_bool(const char *what, const char *v, bool *out,
+                                        resil_err *err);
+
+RESIL_END_DECLS
+#endif

@@ -1,0 +1,345 @@
+/* Configuration from environment blocks and files: strict values, every
+ * problem reported at once and named by its variable, precedence,
+ * redaction and the config hash. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include "resil/resil.h"
+
+/* A kind like an adapter's: own keys (required host, secret password), an
+ * embedded dep config and pool config. */
+typedef struct fake_cfg {
+  resil_dep_config dep;
+  resil_pool_config pool;
+  const char *host;
+  const char *password;
+  uint32_t port;
+} fake_cfg;
+
+static void fake_init(void *c, const char *name) {
+  fake_cfg *f = c;
+  memset(f, 0, sizeof *f);
+  resil_dep_config_init(&f->dep, name);
+  resil_pool_config_init(&f->pool);
+  f->port = 6379;
+}
+static resil_status fake_validate(const void *c, resil_err *err) {
+  const fake_cfg *f = c;
+  if (f->port == 0 || f->port > 65535)
+    return resil_err_set(err, RESIL_E_INVALID, "%s: port: %u is outside 1..65535", f->dep.name,
+                         f->port);
+  return resil_dep_config_validate(&f->dep, err);
+}
+static resil_dep_config *fake_dep(void *c) { return &((fake_cfg *)c)->dep; }
+static resil_pool_config *fake_pool(void *c) { return &((fake_cfg *)c)->pool; }
+static const resil_key_spec fake_keys[] = {
+    {"host", RESIL_KEY_STRING, offsetof(fake_cfg, host), 0, 0, true, "server"},
+    {"password", RESIL_KEY_SECRET, offsetof(fake_cfg, password), 0, 0, false, "secret"},
+    {"port", RESIL_KEY_UINT, offsetof(fake_cfg, port), 0, 0, false, "port"},
+};
+static const resil_config_kind fake_kind = {
+    .name = "fake", .size = sizeof(fake_cfg), .init = fake_init, .validate = fake_validate,
+    .dep_config = fake_dep, .pool_config = fake_pool, .keys = fake_keys, .nkeys = 3};
+
+static int setup(void **state) {
+  (void)state;
+  assert_int_equal(resil_config_register_kind(&fake_kind, NULL), RESIL_OK);
+  return 0;
+}
+
+static resil_config *load_ok(char **env) {
+  resil_config *c = NULL;
+  resil_err err;
+  char *report = NULL;
+  if (resil_config_load(env, NULL, &c, &report, &err) != RESIL_OK)
+    fail_msg("unexpected config error: %s", report ? report : err.msg);
+  return c;
+}
+
+/* Load expecting failure; returns the full report (free it). */
+static char *load_bad(char **env, const char *path) {
+  resil_config *c = (resil_config *)1;
+  resil_err err;
+  char *report = NULL;
+  assert_int_equal(resil_config_load(env, path, &c, &report, &err), RESIL_E_INVALID);
+  assert_null(c);
+  assert_int_equal(err.status, RESIL_E_INVALID);
+  assert_non_null(strstr(err.msg, "configuration problem"));
+  assert_non_null(report);
+  return report;
+}
+
+static void expect_all(const char *report, const char *const *want, size_t n) {
+  for (size_t i = 0; i < n; i++)
+    if (!strstr(report, want[i])) fail_msg("missing '%s' in:\n%s", want[i], report);
+}
+
+static void plain_dependencies_get_defaults(void **state) {
+  (void)state;
+  char *env[] = {"PATH=/bin", "RESIL_DEPS=orders-db, legacy.api", "HOME=/root", NULL};
+  resil_config *c = load_ok(env);
+  assert_int_equal(resil_config_count(c), 2);
+  assert_string_equal(resil_config_name(c, 0), "orders-db");
+  assert_string_equal(resil_config_kind_name(c, 1), "core");
+  resil_dep_config *d = resil_config_find(c, "legacy.api", "core");
+  assert_non_null(d);
+  assert_string_equal(d->name, "legacy.api");
+  assert_int_equal(d->timeout_ms, 1000);
+  assert_int_equal(d->breaker.failure_rate_percent, 50);
+  assert_null(resil_config_find(c, "legacy.api", "fake"));
+  assert_null(resil_config_get(c, 2));
+  const resil_service_config *s = resil_config_service(c);
+  assert_string_equal(s->admin_addr, "127.0.0.1");
+  assert_int_equal(s->admin_port, 0);
+  assert_int_equal(strlen(resil_config_hash(c)), 16);
+  /* the config builds a dependency */
+  resil_dep *dep = resil_dep_new(d, NULL);
+  assert_non_null(dep);
+  resil_dep_free(dep);
+  resil_config_free(c);
+}
+
+static void keys_set_fields_with_units(void **state) {
+  (void)state;
+  char *env[] = {"RESIL_DEPS=orders-db:fake",
+                 "RESIL_DEP_ORDERS_DB_HOST=db.internal",
+                 "RESIL_DEP_ORDERS_DB_PASSWORD=hunter2",
+                 "RESIL_DEP_ORDERS_DB_TIMEOUT_MS=2s",
+                 "RESIL_DEP_ORDERS_DB_CRITICAL=yes",
+                 "RESIL_DEP_ORDERS_DB_BREAKER_FAILURE_RATE_PERCENT=25",
+                 "RESIL_DEP_ORDERS_DB_BREAKER_OPEN_MULTIPLIER=1.5",
+                 "RESIL_DEP_ORDERS_DB_BREAKER_OPEN_MAX_MS=1m",
+                 "RESIL_DEP_ORDERS_DB_LIMIT_MAX_WAIT_MS=250ms",
+                 "RESIL_DEP_ORDERS_DB_POOL_MAX_SIZE=20",
+                 "RESIL_DEP_ORDERS_DB_POOL_MAX_LIFETIME_MS=1h",
+                 "RESIL_SERVICE=checkout",
+                 "RESIL_ADMIN_PORT=9090",
+                 NULL};
+  resil_config *c = load_ok(env);
+  fake_cfg *f = resil_config_find(c, "orders-db", "fake");
+  assert_non_null(f);
+  assert_string_equal(f->host, "db.internal");
+  assert_string_equal(f->password, "hunter2");
+  assert_int_equal(f->dep.timeout_ms, 2000);
+  assert_true(f->dep.critical);
+  assert_int_equal(f->dep.breaker.failure_rate_percent, 25);
+  assert_true(f->dep.breaker.open_multiplier == 1.5);
+  assert_int_equal(f->dep.breaker.open_max_ms, 60000);
+  assert_int_equal(f->dep.limit.max_wait_ms, 250);
+  assert_int_equal(f->pool.max_size, 20);
+  assert_int_equal(f->pool.max_lifetime_ms, 3600000);
+  assert_string_equal(resil_config_service(c)->service, "checkout");
+  assert_int_equal(resil_config_service(c)->admin_port, 9090);
+  resil_config_free(c);
+}
+
+static void every_problem_is_reported_at_once_by_variable(void **state) {
+  (void)state;
+  char *env[] = {"RESIL_DEPS=orders-db:fake,cache",
+                 "RESIL_DEP_ORDERS_DB_TIMEOUT_MS=0",
+                 "RESIL_DEP_ORDERS_DB_BREAKER_FAILURE_RATE_PERCNT=30",
+                 "RESIL_DEP_ORDERS_DB_POOL_MAX_SIZE=ten",
+                 "RESIL_DEP_ORDERS_DB_BREAKER_FAILURE_RATE_PERCENT=140",
+                 "RESIL_DEP_ORDERS_DB_PASSWORD=s3cret",
+                 "RESIL_DEP_CACHE_LIMIT_MAX_WAIT_MS=5 s",
+                 "RESIL_DEP_CACHE_BREAKER_WINDOW_MS=50",
+                 "RESIL_DEP_PAYMENTS_TIMEOUT_MS=100",
+                 "RESIL_ADMIN_PROT=9090",
+                 "RESIL_EMF_INTERVAL_MS=10",
+                 NULL};
+  char *report = load_bad(env, NULL);
+  const char *want[] = {
+      "RESIL_DEP_ORDERS_DB_HOST: is required for fake dependency orders-db",
+      "RESIL_DEP_ORDERS_DB_TIMEOUT_MS: must be > 0",
+      "RESIL_DEP_ORDERS_DB_BREAKER_FAILURE_RATE_PERCNT: unknown key BREAKER_FAILURE_RATE_PERCNT "
+      "for fake dependency orders-db (did you mean "
+      "RESIL_DEP_ORDERS_DB_BREAKER_FAILURE_RATE_PERCENT?)",
+      "RESIL_DEP_ORDERS_DB_POOL_MAX_SIZE: 'ten' is not a whole number",
+      "RESIL_DEP_ORDERS_DB_BREAKER_FAILURE_RATE_PERCENT: 140 is outside 0..100",
+      "RESIL_DEP_CACHE_LIMIT_MAX_WAIT_MS: '5 s' is not a duration",
+      "RESIL_DEP_CACHE_BREAKER_WINDOW_MS: 50 ms is too short for 10 buckets",
+      "RESIL_DEP_PAYMENTS_TIMEOUT_MS: no dependency in RESIL_DEPS matches",
+      "RESIL_ADMIN_PROT: unknown variable",
+      "RESIL_EMF_INTERVAL_MS: 10 ms is below 1s",
+  };
+  expect_all(report, want, sizeof want / sizeof want[0]);
+  assert_null(strstr(report, "s3cret"));
+  free(report);
+}
+
+static void missing_or_bad_dependency_list_is_an_error(void **state) {
+  (void)state;
+  char *none[] = {"RESIL_SERVICE=x", NULL};
+  char *r = load_bad(none, NULL);
+  assert_non_null(strstr(r, "RESIL_DEPS: is required"));
+  free(r);
+  char *bad[] = {"RESIL_DEPS=a b,ok:nosuchkind,dup,dup,x-y,x_y,", NULL};
+  r = load_bad(bad, NULL);
+  const char *want[] = {"'a b' is not a dependency name",
+                        "dependency ok has unknown kind 'nosuchkind' (known: core, fake",
+                        "dependency dup is listed twice",
+                        "dependencies x-y and x_y both map to RESIL_DEP_X_Y_*"};
+  expect_all(r, want, sizeof want / sizeof want[0]);
+  free(r);
+  char *empty[] = {"RESIL_DEPS=", NULL};
+  r = load_bad(empty, NULL);
+  assert_non_null(strstr(r, "RESIL_DEPS: lists no dependency"));
+  free(r);
+}
+
+static void longest_dependency_name_wins(void **state) {
+  (void)state;
+  char *env[] = {"RESIL_DEPS=orders,orders-db", "RESIL_DEP_ORDERS_DB_TIMEOUT_MS=300",
+                 "RESIL_DEP_ORDERS_TIMEOUT_MS=400", NULL};
+  resil_config *c = load_ok(env);
+  assert_int_equal(((resil_dep_config *)resil_config_find(c, "orders-db", NULL))->timeout_ms, 300);
+  assert_int_equal(((resil_dep_config *)resil_config_find(c, "orders", NULL))->timeout_ms, 400);
+  resil_config_free(c);
+}
+
+static char *write_file(const char *text) {
+  static char path[64];
+  strcpy(path, "/tmp/resil-config-XXXXXX");
+  int fd = mkstemp(path);
+  assert_true(fd >= 0);
+  assert_int_equal(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+  close(fd);
+  return path;
+}
+
+static void file_values_are_overridden_by_environment(void **state) {
+  (void)state;
+  char *path = write_file("# resil config\n"
+                          "\n"
+                          "RESIL_DEPS=cache:fake\n"
+                          "export RESIL_DEP_CACHE_HOST = \"cache.internal\"\n"
+                          "RESIL_DEP_CACHE_TIMEOUT_MS=300\n"
+                          "RESIL_DEP_CACHE_PORT=6380\n");
+  char envfile[128];
+  snprintf(envfile, sizeof envfile, "RESIL_CONFIG_FILE=%s", path);
+  char *env[] = {envfile, "RESIL_DEP_CACHE_TIMEOUT_MS=500", NULL};
+  resil_config *c = load_ok(env);
+  fake_cfg *f = resil_config_find(c, "cache", "fake");
+  assert_string_equal(f->host, "cache.internal");
+  assert_int_equal(f->port, 6380);
+  assert_int_equal(f->dep.timeout_ms, 500); /* environment wins */
+  resil_config_free(c);
+  unlink(path);
+}
+
+static void file_problems_name_file_and_line(void **state) {
+  (void)state;
+  char *path = write_file("RESIL_DEPS=cache:fake\n"
+                          "RESIL_DEP_CACHE_HOST=h\n"
+                          "this is not a setting\n"
+                          "OTHER_KEY=1\n"
+                          "RESIL_DEP_CACHE_PORT=70000\n");
+  char *r = load_bad(NULL, path);
+  char l3[128], l4[128];
+  snprintf(l3, sizeof l3, "%s:3: expected KEY=VALUE", path);
+  snprintf(l4, sizeof l4, "%s:4: keys in the config file must start with RESIL_", path);
+  const char *want[] = {l3, l4, "RESIL_DEP_CACHE_PORT: 70000 is outside 1..65535"};
+  expect_all(r, want, 3);
+  free(r);
+  unlink(path);
+  char *missing = load_bad(NULL, "/nonexistent/resil.env");
+  assert_non_null(strstr(missing, "cannot open '/nonexistent/resil.env'"));
+  free(missing);
+}
+
+static void inconsistent_timeouts_are_errors(void **state) {
+  (void)state;
+  char *env[] = {"RESIL_DEPS=db:fake", "RESIL_DEP_DB_HOST=h", "RESIL_DEP_DB_TIMEOUT_MS=500",
+                 "RESIL_DEP_DB_POOL_CONNECT_TIMEOUT_MS=2s", "RESIL_DRAIN_GRACE_MS=30s", NULL};
+  char *r = load_bad(env, NULL);
+  const char *want[] = {
+      "RESIL_DEP_DB_POOL_CONNECT_TIMEOUT_MS: 2000 ms is longer than RESIL_DEP_DB_TIMEOUT_MS 500 ms",
+      "RESIL_DRAIN_GRACE_MS: 30000 ms is not below RESIL_DRAIN_TIMEOUT_MS 20000 ms"};
+  expect_all(r, want, 2);
+  free(r);
+}
+
+static void dump_redacts_secrets_and_hash_ignores_them(void **state) {
+  (void)state;
+  char *a[] = {"RESIL_DEPS=db:fake", "RESIL_DEP_DB_HOST=h", "RESIL_DEP_DB_PASSWORD=one", NULL};
+  char *b[] = {"RESIL_DEPS=db:fake", "RESIL_DEP_DB_HOST=h", "RESIL_DEP_DB_PASSWORD=two", NULL};
+  char *t[] = {"RESIL_DEPS=db:fake", "RESIL_DEP_DB_HOST=h", "RESIL_DEP_DB_PASSWORD=two",
+               "RESIL_DEP_DB_TIMEOUT_MS=999", NULL};
+  resil_config *ca = load_ok(a), *cb = load_ok(b), *ct = load_ok(t);
+  char *dump = resil_config_dump(ca);
+  assert_non_null(strstr(dump, "RESIL_DEP_DB_PASSWORD=<redacted>\n"));
+  assert_non_null(strstr(dump, "RESIL_DEP_DB_HOST=h\n"));
+  assert_non_null(strstr(dump, "RESIL_DEP_DB_BREAKER_WINDOW_BUCKETS=10\n"));
+  assert_non_null(strstr(dump, "RESIL_DEP_DB_POOL_MAX_SIZE=10\n"));
+  assert_non_null(strstr(dump, "RESIL_DEPS=db:fake\n"));
+  assert_null(strstr(dump, "one"));
+  char *json = resil_config_dump_json(cb);
+  assert_non_null(strstr(json, "\"password\":\"<redacted>\""));
+  assert_null(strstr(json, "two"));
+  assert_string_equal(resil_config_hash(ca), resil_config_hash(cb));
+  assert_string_not_equal(resil_config_hash(cb), resil_config_hash(ct));
+  free(dump);
+  free(json);
+  resil_config_free(ca);
+  resil_config_free(cb);
+  resil_config_free(ct);
+}
+
+static void value_parsers_are_strict(void **state) {
+  (void)state;
+  uint32_t v;
+  bool b;
+  const char *bad_uint[] = {"", " 5", "5 ", "-1", "+1", "1e3", "4294967296", "0x10", "1,000"};
+  for (size_t i = 0; i < sizeof bad_uint / sizeof bad_uint[0]; i++)
+    assert_int_equal(resil_parse_uint("X", bad_uint[i], &v, NULL), RESIL_E_INVALID);
+  assert_int_equal(resil_parse_uint("X", "4294967295", &v, NULL), RESIL_OK);
+  assert_int_equal(v, 4294967295u);
+  const char *bad_ms[] = {"", "ms", "1.5s", "5sec", "-5s", "10 ms", "2d", "50000h"};
+  for (size_t i = 0; i < sizeof bad_ms / sizeof bad_ms[0]; i++)
+    assert_int_equal(resil_parse_ms("X", bad_ms[i], &v, NULL), RESIL_E_INVALID);
+  assert_int_equal(resil_parse_ms("X", "90s", &v, NULL), RESIL_OK);
+  assert_int_equal(v, 90000);
+  assert_int_equal(resil_parse_ms("X", "0", &v, NULL), RESIL_OK);
+  assert_int_equal(v, 0);
+  resil_err err;
+  assert_int_equal(resil_parse_bool("RESIL_X", "maybe", &b, &err), RESIL_E_INVALID);
+  assert_non_null(strstr(err.msg, "RESIL_X: 'maybe' is not a boolean"));
+  assert_int_equal(resil_parse_bool("X", "OFF", &b, NULL), RESIL_OK);
+  assert_false(b);
+}
+
+static void bad_kind_registration_is_refused(void **state) {
+  (void)state;
+  resil_config_kind k = {.name = "broken"};
+  resil_err err;
+  assert_int_equal(resil_config_register_kind(&k, &err), RESIL_E_INVALID);
+  assert_non_null(strstr(err.msg, "broken"));
+  assert_int_equal(resil_config_register_kind(NULL, &err), RESIL_E_INVALID);
+  resil_config *c;
+  assert_int_equal(resil_config_load(NULL, NULL, NULL, NULL, &err), RESIL_E_INVALID);
+  (void)c;
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(plain_dependencies_get_defaults),
+      cmocka_unit_test(keys_set_fields_with_units),
+      cmocka_unit_test(every_problem_is_reported_at_once_by_variable),
+      cmocka_unit_test(missing_or_bad_dependency_list_is_an_error),
+      cmocka_unit_test(longest_dependency_name_wins),
+      cmocka_unit_test(file_values_are_overridden_by_environment),
+      cmocka_unit_test(file_problems_name_file_and_line),
+      cmocka_unit_test(inconsistent_timeouts_are_errors),
+      cmocka_unit_test(dump_redacts_secrets_and_hash_ignores_them),
+      cmocka_unit_test(value_parsers_are_strict),
+      cmocka_unit_test(bad_kind_registration_is_refused),
+  };
+  return cmocka_run_group_tests_name("config", tests, setup, NULL);
+}
