@@ -83,7 +83,8 @@ static void expect_all(const char *report, const char *const *want, size_t n) {
 
 static void plain_dependencies_get_defaults(void **state) {
   (void)state;
-  char *env[] = {"PATH=/bin", "RESIL_DEPS=orders-db, legacy.api", "HOME=/root", NULL};
+  char *env[] = {(char *)"PATH=/bin", (char *)"RESIL_DEPS=orders-db, legacy.api",
+                 (char *)"HOME=/root", NULL};
   resil_config *c = load_ok(env);
   assert_int_equal(resil_config_count(c), 2);
   assert_string_equal(resil_config_name(c, 0), "orders-db");
@@ -108,19 +109,19 @@ static void plain_dependencies_get_defaults(void **state) {
 
 static void keys_set_fields_with_units(void **state) {
   (void)state;
-  char *env[] = {"RESIL_DEPS=orders-db:fake",
-                 "RESIL_DEP_ORDERS_DB_HOST=db.internal",
-                 "RESIL_DEP_ORDERS_DB_PASSWORD=hunter2",
-                 "RESIL_DEP_ORDERS_DB_TIMEOUT_MS=2s",
-                 "RESIL_DEP_ORDERS_DB_CRITICAL=yes",
-                 "RESIL_DEP_ORDERS_DB_BREAKER_FAILURE_RATE_PERCENT=25",
-                 "RESIL_DEP_ORDERS_DB_BREAKER_OPEN_MULTIPLIER=1.5",
-                 "RESIL_DEP_ORDERS_DB_BREAKER_OPEN_MAX_MS=1m",
-                 "RESIL_DEP_ORDERS_DB_LIMIT_MAX_WAIT_MS=250ms",
-                 "RESIL_DEP_ORDERS_DB_POOL_MAX_SIZE=20",
-                 "RESIL_DEP_ORDERS_DB_POOL_MAX_LIFETIME_MS=1h",
-                 "RESIL_SERVICE=checkout",
-                 "RESIL_ADMIN_PORT=9090",
+  char *env[] = {(char *)"RESIL_DEPS=orders-db:fake",
+                 (char *)"RESIL_DEP_ORDERS_DB_HOST=db.internal",
+                 (char *)"RESIL_DEP_ORDERS_DB_PASSWORD=hunter2",
+                 (char *)"RESIL_DEP_ORDERS_DB_TIMEOUT_MS=2s",
+                 (char *)"RESIL_DEP_ORDERS_DB_CRITICAL=yes",
+                 (char *)"RESIL_DEP_ORDERS_DB_BREAKER_FAILURE_RATE_PERCENT=25",
+                 (char *)"RESIL_DEP_ORDERS_DB_BREAKER_OPEN_MULTIPLIER=1.5",
+                 (char *)"RESIL_DEP_ORDERS_DB_BREAKER_OPEN_MAX_MS=1m",
+                 (char *)"RESIL_DEP_ORDERS_DB_LIMIT_MAX_WAIT_MS=250ms",
+                 (char *)"RESIL_DEP_ORDERS_DB_POOL_MAX_SIZE=20",
+                 (char *)"RESIL_DEP_ORDERS_DB_POOL_MAX_LIFETIME_MS=1h",
+                 (char *)"RESIL_SERVICE=checkout",
+                 (char *)"RESIL_ADMIN_PORT=9090",
                  NULL};
   resil_config *c = load_ok(env);
   fake_cfg *f = resil_config_find(c, "orders-db", "fake");
@@ -142,17 +143,17 @@ static void keys_set_fields_with_units(void **state) {
 
 static void every_problem_is_reported_at_once_by_variable(void **state) {
   (void)state;
-  char *env[] = {"RESIL_DEPS=orders-db:fake,cache",
-                 "RESIL_DEP_ORDERS_DB_TIMEOUT_MS=0",
-                 "RESIL_DEP_ORDERS_DB_BREAKER_FAILURE_RATE_PERCNT=30",
-                 "RESIL_DEP_ORDERS_DB_POOL_MAX_SIZE=ten",
-                 "RESIL_DEP_ORDERS_DB_BREAKER_FAILURE_RATE_PERCENT=140",
-                 "RESIL_DEP_ORDERS_DB_PASSWORD=s3cret",
-                 "RESIL_DEP_CACHE_LIMIT_MAX_WAIT_MS=5 s",
-                 "RESIL_DEP_CACHE_BREAKER_WINDOW_MS=50",
-                 "RESIL_DEP_PAYMENTS_TIMEOUT_MS=100",
-                 "RESIL_ADMIN_PROT=9090",
-                 "RESIL_EMF_INTERVAL_MS=10",
+  char *env[] = {(char *)"RESIL_DEPS=orders-db:fake,cache",
+                 (char *)"RESIL_DEP_ORDERS_DB_TIMEOUT_MS=0",
+                 (char *)"RESIL_DEP_ORDERS_DB_BREAKER_FAILURE_RATE_PERCNT=30",
+                 (char *)"RESIL_DEP_ORDERS_DB_POOL_MAX_SIZE=ten",
+                 (char *)"RESIL_DEP_ORDERS_DB_BREAKER_FAILURE_RATE_PERCENT=140",
+                 (char *)"RESIL_DEP_ORDERS_DB_PASSWORD=s3cret",
+                 (char *)"RESIL_DEP_CACHE_LIMIT_MAX_WAIT_MS=5 s",
+                 (char *)"RESIL_DEP_CACHE_BREAKER_WINDOW_MS=50",
+                 (char *)"RESIL_DEP_PAYMENTS_TIMEOUT_MS=100",
+                 (char *)"RESIL_ADMIN_PROT=9090",
+                 (char *)"RESIL_EMF_INTERVAL_MS=10",
                  NULL};
   char *report = load_bad(env, NULL);
   const char *want[] = {
@@ -176,11 +177,11 @@ static void every_problem_is_reported_at_once_by_variable(void **state) {
 
 static void missing_or_bad_dependency_list_is_an_error(void **state) {
   (void)state;
-  char *none[] = {"RESIL_SERVICE=x", NULL};
+  char *none[] = {(char *)"RESIL_SERVICE=x", NULL};
   char *r = load_bad(none, NULL);
   assert_non_null(strstr(r, "RESIL_DEPS: is required"));
   free(r);
-  char *bad[] = {"RESIL_DEPS=a b,ok:nosuchkind,dup,dup,x-y,x_y,", NULL};
+  char *bad[] = {(char *)"RESIL_DEPS=a b,ok:nosuchkind,dup,dup,x-y,x_y,", NULL};
   r = load_bad(bad, NULL);
   const char *want[] = {"'a b' is not a dependency name",
                         "dependency ok has unknown kind 'nosuchkind' (known: core, fake",
@@ -188,7 +189,7 @@ static void missing_or_bad_dependency_list_is_an_error(void **state) {
                         "dependencies x-y and x_y both map to RESIL_DEP_X_Y_*"};
   expect_all(r, want, sizeof want / sizeof want[0]);
   free(r);
-  char *empty[] = {"RESIL_DEPS=", NULL};
+  char *empty[] = {(char *)"RESIL_DEPS=", NULL};
   r = load_bad(empty, NULL);
   assert_non_null(strstr(r, "RESIL_DEPS: lists no dependency"));
   free(r);
@@ -196,8 +197,8 @@ static void missing_or_bad_dependency_list_is_an_error(void **state) {
 
 static void longest_dependency_name_wins(void **state) {
   (void)state;
-  char *env[] = {"RESIL_DEPS=orders,orders-db", "RESIL_DEP_ORDERS_DB_TIMEOUT_MS=300",
-                 "RESIL_DEP_ORDERS_TIMEOUT_MS=400", NULL};
+  char *env[] = {(char *)"RESIL_DEPS=orders,orders-db", (char *)"RESIL_DEP_ORDERS_DB_TIMEOUT_MS=300",
+                 (char *)"RESIL_DEP_ORDERS_TIMEOUT_MS=400", NULL};
   resil_config *c = load_ok(env);
   assert_int_equal(((resil_dep_config *)resil_config_find(c, "orders-db", NULL))->timeout_ms, 300);
   assert_int_equal(((resil_dep_config *)resil_config_find(c, "orders", NULL))->timeout_ms, 400);
@@ -224,7 +225,7 @@ static void file_values_are_overridden_by_environment(void **state) {
                           "RESIL_DEP_CACHE_PORT=6380\n");
   char envfile[128];
   snprintf(envfile, sizeof envfile, "RESIL_CONFIG_FILE=%s", path);
-  char *env[] = {envfile, "RESIL_DEP_CACHE_TIMEOUT_MS=500", NULL};
+  char *env[] = {envfile, (char *)"RESIL_DEP_CACHE_TIMEOUT_MS=500", NULL};
   resil_config *c = load_ok(env);
   fake_cfg *f = resil_config_find(c, "cache", "fake");
   assert_string_equal(f->host, "cache.internal");
@@ -256,8 +257,8 @@ static void file_problems_name_file_and_line(void **state) {
 
 static void inconsistent_timeouts_are_errors(void **state) {
   (void)state;
-  char *env[] = {"RESIL_DEPS=db:fake", "RESIL_DEP_DB_HOST=h", "RESIL_DEP_DB_TIMEOUT_MS=500",
-                 "RESIL_DEP_DB_POOL_CONNECT_TIMEOUT_MS=2s", "RESIL_DRAIN_GRACE_MS=30s", NULL};
+  char *env[] = {(char *)"RESIL_DEPS=db:fake", (char *)"RESIL_DEP_DB_HOST=h", (char *)"RESIL_DEP_DB_TIMEOUT_MS=500",
+                 (char *)"RESIL_DEP_DB_POOL_CONNECT_TIMEOUT_MS=2s", (char *)"RESIL_DRAIN_GRACE_MS=30s", NULL};
   char *r = load_bad(env, NULL);
   const char *want[] = {
       "RESIL_DEP_DB_POOL_CONNECT_TIMEOUT_MS: 2000 ms is longer than RESIL_DEP_DB_TIMEOUT_MS 500 ms",
@@ -268,10 +269,10 @@ static void inconsistent_timeouts_are_errors(void **state) {
 
 static void dump_redacts_secrets_and_hash_ignores_them(void **state) {
   (void)state;
-  char *a[] = {"RESIL_DEPS=db:fake", "RESIL_DEP_DB_HOST=h", "RESIL_DEP_DB_PASSWORD=one", NULL};
-  char *b[] = {"RESIL_DEPS=db:fake", "RESIL_DEP_DB_HOST=h", "RESIL_DEP_DB_PASSWORD=two", NULL};
-  char *t[] = {"RESIL_DEPS=db:fake", "RESIL_DEP_DB_HOST=h", "RESIL_DEP_DB_PASSWORD=two",
-               "RESIL_DEP_DB_TIMEOUT_MS=999", NULL};
+  char *a[] = {(char *)"RESIL_DEPS=db:fake", (char *)"RESIL_DEP_DB_HOST=h", (char *)"RESIL_DEP_DB_PASSWORD=one", NULL};
+  char *b[] = {(char *)"RESIL_DEPS=db:fake", (char *)"RESIL_DEP_DB_HOST=h", (char *)"RESIL_DEP_DB_PASSWORD=two", NULL};
+  char *t[] = {(char *)"RESIL_DEPS=db:fake", (char *)"RESIL_DEP_DB_HOST=h", (char *)"RESIL_DEP_DB_PASSWORD=two",
+               (char *)"RESIL_DEP_DB_TIMEOUT_MS=999", NULL};
   resil_config *ca = load_ok(a), *cb = load_ok(b), *ct = load_ok(t);
   char *dump = resil_config_dump(ca);
   assert_non_null(strstr(dump, "RESIL_DEP_DB_PASSWORD=<redacted>\n"));
