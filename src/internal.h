@@ -90,7 +90,6 @@ void resil__sb_printf(resil_sbuf *b, const char *fmt, ...) __attribute__((format
  * RESIL_E_NOMEM (the buffer is freed either way on failure). */
 resil_status resil__sb_finish(resil_sbuf *b, char **out, size_t *len, resil_err *err);
 
-#endif
 
 /* ---- Coarse clock ------------------------------------------------------ */
 
@@ -133,3 +132,5 @@ void resil__window_sum(const resil_window *w, uint64_t now, uint64_t *out);
 /* Forget everything. Concurrent adds may survive; callers bump a
  * generation to keep stale ones out. */
 void resil__window_reset(resil_window *w);
+
+#endif
