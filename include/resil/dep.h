@@ -166,6 +166,16 @@ RESIL_API resil_pool *resil_dep_pool(const resil_dep *dep);
 /* True while resil_dep_set_draining(dep, true) is in force. Thread-safe. */
 RESIL_API bool resil_dep_is_draining(const resil_dep *dep);
 
+/* Mark the dependency's attached pool as pre-warmed (true) or not (false).
+ * resil_prewarm_all() sets it when the pool reached min_idle; call it
+ * yourself after your own successful resil_pool_prewarm(). Readiness
+ * (resil_ready) waits for it on critical dependencies with a pool.
+ * New dependencies start not warm. Thread-safe (an atomic flag). */
+RESIL_API void resil_dep_set_warm(resil_dep *dep, bool warm);
+
+/* The flag set by resil_dep_set_warm(); false for NULL. Thread-safe. */
+RESIL_API bool resil_dep_is_warm(const resil_dep *dep);
+
 /* Rejection reasons, in the order of the rejections[] array. */
 typedef enum resil_reject_reason {
   RESIL_REJECT_BREAKER_OPEN = 0,

@@ -46,7 +46,8 @@ typedef struct resil_pool_config {
   uint32_t connect_timeout_ms;   /* default 1000: bound on one connect */
   uint32_t max_lifetime_ms;      /* default 1800000 (30 min); 0 = no limit */
   uint32_t lifetime_jitter_percent; /* default 10: lifetime shortened by up to this */
-  uint32_t idle_timeout_ms;      /* default 600000 (10 min); 0 = keep idle ones */
+  uint32_t idle_timeout_ms;      /* default 600000 (10 min); 0 = keep idle ones;
+                                    never closes the last min_idle idle ones */
   uint32_t validate_after_idle_ms; /* default 5000: validate on borrow if idle longer; 0 = always */
   uint32_t validate_timeout_ms;  /* default 500 */
   uint32_t housekeeping_ms;      /* default 1000: background thread period for
@@ -109,7 +110,7 @@ RESIL_API void resil_pool_release(resil_pool *p, resil_pool_conn *c, resil_pool_
  * it), close idle connections, wait until borrowed ones come back or until
  * deadline, and close them as they do. RESIL_OK if all were closed,
  * RESIL_E_TIMEOUT if some were still borrowed at the deadline (they are
- * closed when released). */
+ * closed when released). An unset deadline waits 30 s at most. */
 RESIL_API resil_status resil_pool_drain(resil_pool *p, resil_deadline deadline);
 
 /* Drain with an immediate deadline if not done, stop the housekeeper and

@@ -19,5 +19,8 @@
 #include "resil/dep.h"
 #include "resil/export.h"
 #include "resil/config.h"
+#include "resil/emf.h"
+#include "resil/lifecycle.h"
+#include "resil/admin.h"
 
 #endif

@@ -1,0 +1,1060 @@
+/* brownout: the same workload, side by side, with resil and without.
+ *
+ * A dependency goes through four phases - healthy (~1 ms), brownout (its
+ * latency jumps to seconds), errors (it answers fast, but only with errors)
+ * and recovery - while two sets of worker threads call two independent
+ * copies of it at the same offered rate:
+ *
+ *   resil  every request has a 200 ms deadline and goes through
+ *          resil_dep_call(): circuit breaker, concurrency limit, retries of
+ *          idempotent work within a retry budget;
+ *   naive  the request is sent with the driver's default timeout (30 s, as
+ *          many drivers have) and nothing else.
+ *
+ * At the end it prints one row per phase and side, a short summary computed
+ * from those numbers, and writes the Prometheus text and JSON snapshot that
+ * resil exported (brownout-metrics.prom / .json in --out-dir).
+ *
+ * The dependency is simulated in-process (struct backend_ops below): a
+ * request "is served" by sleeping for the phase's latency and failing at the
+ * phase's error rate. Like a real driver with a timeout it never sleeps past
+ * the deadline it is given: it then returns RESIL_E_TIMEOUT. Swapping in a
+ * real dependency (an embedded HTTP server reached through resil-http) means
+ * writing another backend_ops; nothing else changes.
+ *
+ * Every wait is bounded. Naive calls may be "stuck" for seconds - that is
+ * the point - but the simulated server never holds a request for more than
+ * 0.4 s (twice the resil deadline) past the end of the phase schedule: it
+ * then "shuts down", closing its connections, and the stuck calls fail. So
+ * the program always ends and every thread is joined.
+ *
+ * Build: meson compile -C build brownout; run: build/examples/brownout --help
+ */
+#include <resil/resil.h>
+
+#include <errno.h>
+#include <inttypes.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+/* ---- The scenario -------------------------------------------------------- */
+
+#define NPHASES 4
+enum { PH_HEALTHY, PH_BROWNOUT, PH_ERRORS, PH_RECOVERY };
+
+/* How the dependency behaves in one phase. */
+typedef struct phase_spec {
+  const char *name;
+  uint64_t lat_min_us, lat_max_us; /* latency, uniform in [min, max] */
+  double error_rate;               /* 0..1: share answered with an error */
+  const char *story;               /* one line for people */
+  const char *brief;               /* a few words */
+} phase_spec;
+
+static const phase_spec PHASES[NPHASES] = {
+    {"healthy", 500, 1500, 0.01, "latency ~1 ms, 1% errors", "~1 ms, 1% errors"},
+    {"brownout", 2000000, 4000000, 0.0, "latency 2-4 s, no errors", "2-4 s"},
+    {"errors", 1000, 2000, 1.0, "answers in ~1 ms, every answer an error", "fast 503s"},
+    {"recovery", 500, 1500, 0.01, "latency ~1 ms, 1% errors", "~1 ms"},
+};
+
+#define DEADLINE_MS 200u              /* resil side: per request */
+#define NAIVE_DRIVER_TIMEOUT_MS 30000 /* naive side: a typical driver default */
+#define STUCK_NS 1000000000ull        /* in one call for >= 1 s = stuck */
+#define DEFAULT_PHASE_S 10
+#define QUICK_PHASE_S 2
+#define DEFAULT_WORKERS 16
+#define DEFAULT_RATE 800 /* requests/s offered to each side */
+#define MAX_TRANSITIONS 4096
+
+enum { SIDE_RESIL, SIDE_NAIVE, NSIDES };
+_Static_assert(RESIL_STATUS_COUNT_ <= 16, "a status must fit in 4 bits (first_reject)");
+static const char *const SIDE_NAME[NSIDES] = {"resil", "naive"};
+
+/* ---- Small helpers ------------------------------------------------------- */
+
+static uint64_t xorshift(uint64_t *s) {
+  uint64_t x = *s;
+  x ^= x << 13;
+  x ^= x >> 7;
+  x ^= x << 17;
+  return *s = x;
+}
+
+/* Uniform in [0, 1). */
+static double rand01(uint64_t *s) { return (double)(xorshift(s) >> 11) / 9007199254740992.0; }
+
+/* Sleep until the monotonic instant at_ns (resil's clock is CLOCK_MONOTONIC). */
+static void sleep_until_ns(uint64_t at_ns) {
+  struct timespec ts = {.tv_sec = (time_t)(at_ns / 1000000000ull),
+                        .tv_nsec = (long)(at_ns % 1000000000ull)};
+  while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR) {
+  }
+}
+
+static uint64_t min_u64(uint64_t a, uint64_t b) { return a < b ? a : b; }
+
+/* "1.2 s", "201 ms", "3.4 ms", "87 us". */
+static const char *fmt_dur(char *buf, size_t n, uint64_t ns) {
+  double us = (double)ns / 1e3;
+  if (us < 1000.0)
+    snprintf(buf, n, "%.0f us", us);
+  else if (us < 10000.0)
+    snprintf(buf, n, "%.1f ms", us / 1e3);
+  else if (us < 1e6)
+    snprintf(buf, n, "%.0f ms", us / 1e3);
+  else
+    snprintf(buf, n, "%.1f s", us / 1e6);
+  return buf;
+}
+
+/* 12345 -> "12,345". */
+static const char *fmt_count(char *buf, size_t n, uint64_t v) {
+  char tmp[32];
+  int len = snprintf(tmp, sizeof tmp, "%" PRIu64, v);
+  size_t o = 0;
+  for (int i = 0; i < len && o + 1 < n; i++) {
+    if (i > 0 && (len - i) % 3 == 0 && o + 2 < n) buf[o++] = ',';
+    buf[o++] = tmp[i];
+  }
+  buf[o] = '\0';
+  return buf;
+}
+
+/* ---- The dependency, behind an interface ---------------------------------- */
+
+/* What the demo needs from a dependency. The simulated one lives in this
+ * file; a later one can start an HTTP server thread on loopback and send
+ * requests through resil-http, with set_phase telling the server how to
+ * behave. request() must honour the deadline like a driver with a timeout. */
+typedef struct backend_ops {
+  const char *kind;
+  /* shutdown_ns: no request is held past this instant. */
+  void *(*open)(uint64_t shutdown_ns, resil_err *err);
+  void (*close)(void *b);
+  void (*set_phase)(void *b, const phase_spec *ph);
+  /* One request. rng is the calling thread's; err gets the detail. Returns
+   * RESIL_OK, RESIL_E_FAILURE (error answer) or RESIL_E_TIMEOUT. */
+  resil_status (*request)(void *b, resil_deadline deadline, uint64_t *rng, resil_err *err);
+} backend_ops;
+
+typedef struct sim_backend {
+  _Atomic(const phase_spec *) phase;
+  uint64_t shutdown_ns;
+} sim_backend;
+
+static void *sim_open(uint64_t shutdown_ns, resil_err *err) {
+  sim_backend *s = calloc(1, sizeof *s);
+  if (!s) {
+    resil_err_set(err, RESIL_E_NOMEM, "simulated dependency: out of memory");
+    return NULL;
+  }
+  atomic_init(&s->phase, &PHASES[PH_HEALTHY]);
+  s->shutdown_ns = shutdown_ns;
+  return s;
+}
+
+static void sim_close(void *b) { free(b); }
+
+static void sim_set_phase(void *b, const phase_spec *ph) {
+  atomic_store(&((sim_backend *)b)->phase, ph);
+}
+
+static resil_status sim_request(void *b, resil_deadline deadline, uint64_t *rng, resil_err *err) {
+  sim_backend *s = b;
+  const phase_spec *ph = atomic_load(&s->phase);
+  uint64_t start = resil_now_ns();
+  double span = (double)(ph->lat_max_us - ph->lat_min_us);
+  uint64_t lat_ns = (ph->lat_min_us + (uint64_t)(rand01(rng) * span)) * 1000ull;
+  bool fail = rand01(rng) < ph->error_rate;
+  uint64_t end = start + lat_ns;
+  /* A driver with a timeout gives up at the deadline. An unset deadline
+   * would be "no timeout": the caller always passes one. */
+  bool timed_out = resil_deadline_is_set(deadline) && deadline.at_ns < end;
+  if (timed_out) end = deadline.at_ns;
+  bool shut = end > s->shutdown_ns;
+  if (shut) end = s->shutdown_ns;
+  if (end > start) sleep_until_ns(end);
+  if (shut)
+    return resil_err_set(err, RESIL_E_FAILURE,
+                         "simulated dependency: connection closed at shutdown");
+  if (timed_out)
+    return resil_err_set(err, RESIL_E_TIMEOUT,
+                         "simulated dependency: no answer within %" PRIu64 " ms",
+                         (end - start + 999999) / 1000000);
+  if (fail)
+    return resil_err_set(err, RESIL_E_FAILURE, "simulated dependency: 503 Service Unavailable");
+  return RESIL_OK;
+}
+
+static const backend_ops SIM_BACKEND = {
+    .kind = "simulated in this process (one copy per side, both on the same schedule)",
+    .open = sim_open,
+    .close = sim_close,
+    .set_phase = sim_set_phase,
+    .request = sim_request,
+};
+
+/* ---- Run state ------------------------------------------------------------ */
+
+typedef struct options {
+  unsigned phase_s;
+  unsigned workers;
+  unsigned rate;
+  bool quick;
+  const char *out_dir;
+} options;
+
+/* Latency histogram: 100 log-spaced buckets per decade from 1 us to 100 s
+ * (bucket i holds [10^(i/100), 10^((i+1)/100)) us), so quantiles are within
+ * about 2% and memory stays fixed however long or fast the run. */
+#define LAT_BUCKETS 801
+
+/* What one worker saw in one phase (requests attributed to the phase they started in). */
+typedef struct cell {
+  uint64_t done, ok, failed, rejected, sent;
+  uint64_t max_ns;
+  uint64_t hist[LAT_BUCKETS];
+} cell;
+
+struct demo;
+
+typedef struct worker {
+  struct demo *demo;
+  int side;
+  unsigned id;
+  pthread_t thread;
+  bool running;
+  uint64_t rng;
+  int cur_phase;
+  _Atomic uint64_t call_start_ns; /* 0 when not in a call */
+  cell cells[NPHASES];
+} worker;
+
+typedef struct side_state {
+  void *backend;
+  resil_dep *dep; /* NULL for naive */
+  worker *workers;
+  _Atomic uint64_t live_done;
+  /* First local rejection per phase: (time << 4) | status, so that one
+   * compare-and-swap keeps the pair consistent; UINT64_MAX: none yet. */
+  _Atomic uint64_t first_reject[NPHASES];
+  /* Taken by the main thread at each phase's end. */
+  unsigned stuck[NPHASES];
+  resil_breaker_state breaker[NPHASES];
+  uint64_t rejections[NPHASES][RESIL_REJECT_COUNT_];
+  uint64_t retries[NPHASES];
+  uint64_t prev_rejections[RESIL_REJECT_COUNT_];
+  uint64_t prev_retries;
+} side_state;
+
+typedef struct transition {
+  uint64_t at_ns;
+  resil_breaker_state to;
+  resil_trip_reason reason;
+} transition;
+
+typedef struct demo {
+  options opt;
+  const backend_ops *ops;
+  uint64_t t0, phase_ns, interval_ns;
+  _Atomic uint64_t end_ns; /* workers start no request after it */
+  /* The phase the dependencies are in, set by the main thread right after
+   * it switches them; requests count in the phase they started in. */
+  _Atomic int cur_phase;
+  uint64_t phase_start[NPHASES + 1]; /* when each phase really began; [NPHASES]: the end */
+  side_state side[NSIDES];
+  transition log[MAX_TRANSITIONS];
+  _Atomic unsigned nlog;
+  resil_breaker_config bcfg; /* as used, for the header */
+  uint32_t limit;
+} demo;
+
+static void on_transition(void *ctx, const char *name, resil_breaker_state from,
+                          resil_breaker_state to, resil_trip_reason reason) {
+  (void)name;
+  (void)from;
+  demo *d = ctx;
+  unsigned i = atomic_fetch_add(&d->nlog, 1);
+  if (i < MAX_TRANSITIONS) d->log[i] = (transition){resil_now_ns(), to, reason};
+}
+
+static void cell_add_latency(cell *c, uint64_t ns) {
+  double us = (double)ns / 1e3;
+  int i = us <= 1.0 ? 0 : (int)(log10(us) * 100.0);
+  c->hist[i < LAT_BUCKETS ? i : LAT_BUCKETS - 1]++;
+  if (ns > c->max_ns) c->max_ns = ns;
+}
+
+/* One attempt through resil: the deadline is the permit's. */
+static resil_status attempt(void *ctx, resil_attempt *a) {
+  worker *w = ctx;
+  demo *d = w->demo;
+  w->cells[w->cur_phase].sent++;
+  return d->ops->request(d->side[w->side].backend, a->deadline, &w->rng, a->err);
+}
+
+static void *worker_main(void *arg) {
+  worker *w = arg;
+  demo *d = w->demo;
+  side_state *s = &d->side[w->side];
+  /* Spread the workers' first requests over one interval. */
+  uint64_t next = d->t0 + (uint64_t)(rand01(&w->rng) * (double)d->interval_ns);
+  for (;;) {
+    uint64_t now = resil_now_ns();
+    uint64_t end_ns = atomic_load(&d->end_ns);
+    if (now >= end_ns) break;
+    if (now < next) {
+      sleep_until_ns(min_u64(next, end_ns));
+      continue;
+    }
+    /* Paced: one request per interval; a worker that fell behind (stuck in
+     * a slow call) goes on at once, and the missed slots are lost. */
+    next += d->interval_ns;
+    if (next < now) next = now;
+
+    int ph = atomic_load(&d->cur_phase);
+    w->cur_phase = ph;
+    cell *c = &w->cells[ph];
+    resil_err err;
+    resil_status st;
+    atomic_store(&w->call_start_ns, now);
+    if (w->side == SIDE_RESIL) {
+      st = resil_dep_call(s->dep, resil_deadline_in_ms(DEADLINE_MS), RESIL_CALL_IDEMPOTENT, attempt,
+                          w, &err);
+    } else {
+      c->sent++;
+      st =
+          d->ops->request(s->backend, resil_deadline_in_ms(NAIVE_DRIVER_TIMEOUT_MS), &w->rng, &err);
+    }
+    uint64_t end = resil_now_ns();
+    atomic_store(&w->call_start_ns, 0);
+
+    c->done++;
+    cell_add_latency(c, end - now);
+    if (st == RESIL_OK) {
+      c->ok++;
+    } else if (resil_status_is_rejection(st)) {
+      c->rejected++;
+      uint64_t mine = end << 4 | (uint64_t)st, cur = atomic_load(&s->first_reject[ph]);
+      while (mine < cur && !atomic_compare_exchange_weak(&s->first_reject[ph], &cur, mine)) {
+      }
+    } else {
+      c->failed++;
+    }
+    atomic_fetch_add_explicit(&s->live_done, 1, memory_order_relaxed);
+  }
+  return NULL;
+}
+
+static unsigned count_stuck(const demo *d, int side, uint64_t now) {
+  unsigned n = 0;
+  for (unsigned i = 0; i < d->opt.workers; i++) {
+    uint64_t cs = atomic_load(&d->side[side].workers[i].call_start_ns);
+    if (cs && now > cs && now - cs >= STUCK_NS) n++;
+  }
+  return n;
+}
+
+static void snapshot_phase(demo *d, int ph) {
+  uint64_t now = resil_now_ns();
+  for (int k = 0; k < NSIDES; k++) {
+    side_state *s = &d->side[k];
+    s->stuck[ph] = count_stuck(d, k, now);
+    if (!s->dep) continue;
+    resil_dep_stats st;
+    resil_dep_get_stats(s->dep, &st);
+    s->breaker[ph] = st.breaker.state;
+    for (int r = 0; r < RESIL_REJECT_COUNT_; r++) {
+      s->rejections[ph][r] = st.rejections[r] - s->prev_rejections[r];
+      s->prev_rejections[r] = st.rejections[r];
+    }
+    s->retries[ph] = st.retries - s->prev_retries;
+    s->prev_retries = st.retries;
+  }
+}
+
+static void progress(demo *d, int ph, bool tty) {
+  if (!tty) return;
+  uint64_t now = resil_now_ns();
+  double in = now > d->phase_start[ph] ? (double)(now - d->phase_start[ph]) / 1e9 : 0.0;
+  char a[32], b[32], line[256];
+  const char *br =
+      resil_breaker_state_name(resil_breaker_get_state(resil_dep_breaker(d->side[SIDE_RESIL].dep)));
+  /* Most telling first: a narrow terminal cuts the end. */
+  snprintf(
+      line, sizeof line,
+      "  %d/%d %s %.1f/%us | stuck: resil %u, naive %u | breaker %s | done: resil %s, naive %s",
+      ph + 1, NPHASES, PHASES[ph].name, in, d->opt.phase_s, count_stuck(d, SIDE_RESIL, now),
+      count_stuck(d, SIDE_NAIVE, now), br,
+      fmt_count(a, sizeof a, atomic_load(&d->side[SIDE_RESIL].live_done)),
+      fmt_count(b, sizeof b, atomic_load(&d->side[SIDE_NAIVE].live_done)));
+  /* Never wrap, or the carriage return can no longer rewrite the line. */
+  struct winsize ws;
+  if (ioctl(STDOUT_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_col > 1 && ws.ws_col <= sizeof line)
+    line[ws.ws_col - 1] = '\0';
+  printf("\r%s\033[K", line);
+  fflush(stdout);
+}
+
+/* ---- Results ---------------------------------------------------------------- */
+
+typedef struct row {
+  uint64_t done, ok, failed, rejected, sent;
+  uint64_t p50, p99, max;
+  double rate;
+} row;
+
+/* The q-quantile of a histogram: the middle of the bucket holding it. */
+static uint64_t hist_quantile(const uint64_t *h, uint64_t n, double q) {
+  if (n == 0) return 0;
+  uint64_t rank = (uint64_t)(q * (double)n + 0.999999), seen = 0;
+  if (rank < 1) rank = 1;
+  for (int i = 0; i < LAT_BUCKETS; i++) {
+    seen += h[i];
+    if (seen >= rank) return (uint64_t)(pow(10.0, ((double)i + 0.5) / 100.0) * 1e3);
+  }
+  return 0;
+}
+
+static void make_row(const demo *d, int side, int ph, row *r) {
+  static uint64_t h[LAT_BUCKETS];
+  memset(r, 0, sizeof *r);
+  memset(h, 0, sizeof h);
+  uint64_t n = 0;
+  for (unsigned i = 0; i < d->opt.workers; i++) {
+    const cell *c = &d->side[side].workers[i].cells[ph];
+    r->done += c->done;
+    r->ok += c->ok;
+    r->failed += c->failed;
+    r->rejected += c->rejected;
+    r->sent += c->sent;
+    if (c->max_ns > r->max) r->max = c->max_ns;
+    for (int b = 0; b < LAT_BUCKETS; b++) {
+      h[b] += c->hist[b];
+      n += c->hist[b];
+    }
+  }
+  r->p50 = min_u64(hist_quantile(h, n, 0.50), r->max);
+  r->p99 = min_u64(hist_quantile(h, n, 0.99), r->max);
+  uint64_t len = d->phase_start[ph + 1] - d->phase_start[ph];
+  r->rate = len ? (double)r->done / ((double)len / 1e9) : 0.0;
+}
+
+static const char *short_reason(int r) {
+  switch (r) {
+  case RESIL_REJECT_BREAKER_OPEN: return "open";
+  case RESIL_REJECT_CONCURRENCY_FULL: return "full";
+  case RESIL_REJECT_QUEUE_TIMEOUT: return "queue";
+  case RESIL_REJECT_POOL_TIMEOUT: return "pool";
+  case RESIL_REJECT_DEADLINE: return "deadline";
+  case RESIL_REJECT_DRAINING: return "draining";
+  case RESIL_REJECT_RETRY_BUDGET: return "budget";
+  default: return "?";
+  }
+}
+
+/* First transition to `to` at or after `from_ns`, or NULL. */
+static const transition *find_transition(const demo *d, resil_breaker_state to, uint64_t from_ns) {
+  unsigned n = atomic_load(&d->nlog);
+  if (n > MAX_TRANSITIONS) n = MAX_TRANSITIONS;
+  const transition *best = NULL;
+  for (unsigned i = 0; i < n; i++)
+    if (d->log[i].to == to && d->log[i].at_ns >= from_ns &&
+        (!best || d->log[i].at_ns < best->at_ns))
+      best = &d->log[i];
+  return best;
+}
+
+static unsigned count_trips(const demo *d, uint64_t from_ns, uint64_t to_ns) {
+  unsigned n = atomic_load(&d->nlog), c = 0;
+  if (n > MAX_TRANSITIONS) n = MAX_TRANSITIONS;
+  for (unsigned i = 0; i < n; i++)
+    if (d->log[i].to == RESIL_BREAKER_OPEN && d->log[i].at_ns >= from_ns && d->log[i].at_ns < to_ns)
+      c++;
+  return c;
+}
+
+static void print_table(const demo *d, row rows[NPHASES][NSIDES]) {
+  char b1[32], b2[32], b3[32], b4[32], b5[32], b6[64], b7[32];
+  printf("%-8s %-5s %7s %6s %6s %7s %7s %7s %5s %-13s %6s %9s  %s\n", "phase", "side", "done", "ok",
+         "req/s", "p50", "p99", "max", "stuck", "breaker", "sent", "fail-fast",
+         "rejected, by reason");
+  for (int ph = 0; ph < NPHASES; ph++) {
+    uint64_t pstart = d->phase_start[ph];
+    for (int k = 0; k < NSIDES; k++) {
+      const row *r = &rows[ph][k];
+      const side_state *s = &d->side[k];
+      char okp[16];
+      if (r->done)
+        snprintf(okp, sizeof okp, "%.1f%%", 100.0 * (double)r->ok / (double)r->done);
+      else
+        snprintf(okp, sizeof okp, "-");
+      char stuck[16];
+      snprintf(stuck, sizeof stuck, "%u/%u", s->stuck[ph], d->opt.workers);
+      char br[40];
+      if (s->dep)
+        snprintf(br, sizeof br, "%s (%u)", resil_breaker_state_name(s->breaker[ph]),
+                 count_trips(d, pstart, d->phase_start[ph + 1]));
+      else
+        snprintf(br, sizeof br, "none");
+      char ff[32];
+      uint64_t fr = atomic_load(&s->first_reject[ph]);
+      if (fr == UINT64_MAX)
+        snprintf(ff, sizeof ff, s->dep ? "-" : "never");
+      else
+        fmt_dur(ff, sizeof ff, (fr >> 4) > pstart ? (fr >> 4) - pstart : 0);
+      char rej[160] = "";
+      if (s->dep) {
+        size_t o = 0;
+        for (int x = 0; x < RESIL_REJECT_COUNT_; x++) {
+          if (!s->rejections[ph][x]) continue;
+          int m = snprintf(rej + o, sizeof rej - o, "%s%s %s", o ? ", " : "", short_reason(x),
+                           fmt_count(b6, sizeof b6, s->rejections[ph][x]));
+          if (m < 0 || (size_t)m >= sizeof rej - o) break;
+          o += (size_t)m;
+        }
+        if (!o) snprintf(rej, sizeof rej, "-");
+      } else {
+        snprintf(rej, sizeof rej, "-");
+      }
+      printf("%-8s %-5s %7s %6s %6s %7s %7s %7s %5s %-13s %6s %9s  %s\n",
+             k == 0 ? PHASES[ph].name : "", SIDE_NAME[k], fmt_count(b1, sizeof b1, r->done), okp,
+             fmt_count(b7, sizeof b7, (uint64_t)(r->rate + 0.5)),
+             r->done ? fmt_dur(b2, sizeof b2, r->p50) : "-",
+             r->done ? fmt_dur(b3, sizeof b3, r->p99) : "-",
+             r->done ? fmt_dur(b5, sizeof b5, r->max) : "-", stuck, br,
+             fmt_count(b4, sizeof b4, r->sent), ff, rej);
+    }
+  }
+  printf("\n");
+  printf("  done: requests started in the phase, any outcome; ok: share answered successfully;\n"
+         "  p50/p99/max: latency the caller saw, all outcomes; stuck: worker threads in one\n"
+         "  call for over 1 s at the phase's end; breaker: state at the phase's end (times it\n"
+         "  opened in the phase); sent: requests that reached the dependency, retries included;\n"
+         "  fail-fast: from the phase's start to the first local rejection; rejected: open =\n"
+         "  breaker_open, full = concurrency_full, budget = retry_budget (the reason labels of\n"
+         "  resil_rejections_total).\n");
+}
+
+/* The paragraph at the end, from the numbers only. */
+static void write_summary(FILE *o, const demo *d, row rows[NPHASES][NSIDES]) {
+  char b1[32], b2[32], b3[32], b4[32], b5[32], b6[32];
+  const side_state *rs = &d->side[SIDE_RESIL];
+  const row *rb = &rows[PH_BROWNOUT][SIDE_RESIL], *nb = &rows[PH_BROWNOUT][SIDE_NAIVE];
+  const row *re = &rows[PH_ERRORS][SIDE_RESIL], *ne = &rows[PH_ERRORS][SIDE_NAIVE];
+  const row *rr = &rows[PH_RECOVERY][SIDE_RESIL], *nr = &rows[PH_RECOVERY][SIDE_NAIVE];
+  uint64_t bstart = d->phase_start[PH_BROWNOUT];
+  uint64_t rstart = d->phase_start[PH_RECOVERY];
+
+  /* Failing fast. */
+  uint64_t first = UINT64_MAX;
+  for (int ph = PH_BROWNOUT; ph < NPHASES; ph++) {
+    uint64_t t = atomic_load(&rs->first_reject[ph]);
+    if (t < first) first = t;
+  }
+  uint64_t ff = first == UINT64_MAX ? UINT64_MAX : first >> 4;
+  int ffst = (int)(first & 0xf);
+  const transition *open = find_transition(d, RESIL_BREAKER_OPEN, bstart);
+  if (ff != UINT64_MAX) {
+    fprintf(o,
+            "When the dependency's latency jumped to seconds, resil began rejecting calls locally "
+            "%s into the brownout (first reason: %s)",
+            fmt_dur(b1, sizeof b1, ff > bstart ? ff - bstart : 0),
+            resil_status_name((resil_status)ffst));
+    if (open)
+      fprintf(o, " and its breaker opened after %s (%s)",
+              fmt_dur(b2, sizeof b2, open->at_ns - bstart), resil_trip_reason_name(open->reason));
+    fprintf(o, ". ");
+  } else {
+    fprintf(o, "resil never rejected a call locally after the brownout began (unexpected: see the "
+               "table). ");
+  }
+  /* Latency and threads. */
+  uint64_t rmax = 0;
+  unsigned rstuck = 0;
+  for (int ph = 0; ph < NPHASES; ph++) {
+    if (rows[ph][SIDE_RESIL].max > rmax) rmax = rows[ph][SIDE_RESIL].max;
+    if (rs->stuck[ph] > rstuck) rstuck = rs->stuck[ph];
+  }
+  unsigned nw = d->opt.workers;
+  fprintf(o,
+          "No resil request took longer than %s (deadline %u ms), %u of its %u worker thread%s "
+          "stuck at any phase end, and it still completed %s requests/s in the brownout, "
+          "%.0f%% of them as local rejections. The naive client's p99 in the brownout was %s, "
+          "%u of its %u worker thread%s stuck at the brownout's end, and it finished %s "
+          "requests/s of the %s/s offered",
+          fmt_dur(b1, sizeof b1, rmax), DEADLINE_MS, rstuck, nw, nw == 1 ? " was" : "s were",
+          fmt_count(b4, sizeof b4, (uint64_t)(rb->rate + 0.5)),
+          rb->done ? 100.0 * (double)rb->rejected / (double)rb->done : 0.0,
+          fmt_dur(b2, sizeof b2, nb->p99), d->side[SIDE_NAIVE].stuck[PH_BROWNOUT], nw,
+          nw == 1 ? " was" : "s were", fmt_count(b5, sizeof b5, (uint64_t)(nb->rate + 0.5)),
+          fmt_count(b6, sizeof b6, d->opt.rate));
+  if (nb->ok > rb->ok)
+    fprintf(o, " (%s slow success%s that resil gave up on at the deadline)",
+            fmt_count(b3, sizeof b3, nb->ok - rb->ok), nb->ok - rb->ok == 1 ? "" : "es");
+  fprintf(o, ". ");
+  /* Load on the failing dependency. */
+  if (ne->sent > 0 && re->sent < ne->sent)
+    fprintf(
+        o,
+        "While the dependency returned only errors, resil sent it %s requests against the naive "
+        "client's %s (%.1f%% as many) and answered %s locally, half of them within %s. ",
+        fmt_count(b1, sizeof b1, re->sent), fmt_count(b2, sizeof b2, ne->sent),
+        100.0 * (double)re->sent / (double)ne->sent, fmt_count(b3, sizeof b3, re->rejected),
+        fmt_dur(b4, sizeof b4, re->p50));
+  else
+    fprintf(o,
+            "While the dependency returned only errors, resil sent it %s requests and the naive "
+            "client %s. ",
+            fmt_count(b1, sizeof b1, re->sent), fmt_count(b2, sizeof b2, ne->sent));
+  /* Recovery. */
+  const transition *closed = find_transition(d, RESIL_BREAKER_CLOSED, rstart);
+  if (rs->breaker[PH_ERRORS] == RESIL_BREAKER_CLOSED && !count_trips(d, rstart, UINT64_MAX))
+    fprintf(o, "In recovery resil's breaker was already closed");
+  else if (closed)
+    fprintf(o, "In recovery resil's breaker closed again after %s",
+            fmt_dur(b1, sizeof b1, closed->at_ns - rstart));
+  else
+    fprintf(o, "In recovery resil's breaker did not close before the end (%s)",
+            resil_breaker_state_name(rs->breaker[PH_RECOVERY]));
+  fprintf(o, ", and %.1f%% of its requests in that phase succeeded (naive: %.1f%%)",
+          rr->done ? 100.0 * (double)rr->ok / (double)rr->done : 0.0,
+          nr->done ? 100.0 * (double)nr->ok / (double)nr->done : 0.0);
+  if (rr->rejected) {
+    uint64_t by_breaker = rs->rejections[PH_RECOVERY][RESIL_REJECT_BREAKER_OPEN];
+    if (by_breaker >= rr->rejected)
+      fprintf(o,
+              "; the %s it rejected locally were all turned away by the breaker while it was still "
+              "open or probing",
+              fmt_count(b2, sizeof b2, rr->rejected));
+    else
+      fprintf(o,
+              "; %s were rejected locally, %s of them by the breaker while it was still open or "
+              "probing",
+              fmt_count(b2, sizeof b2, rr->rejected), fmt_count(b3, sizeof b3, by_breaker));
+  }
+  fprintf(o, ".");
+  /* Retries while healthy, when they helped. */
+  const row *rh = &rows[PH_HEALTHY][SIDE_RESIL], *nh = &rows[PH_HEALTHY][SIDE_NAIVE];
+  double rh_ok = rh->done ? 100.0 * (double)rh->ok / (double)rh->done : 0.0;
+  double nh_ok = nh->done ? 100.0 * (double)nh->ok / (double)nh->done : 0.0;
+  if (rs->retries[PH_HEALTHY] && rh_ok > nh_ok)
+    fprintf(o,
+            " While the dependency was healthy, %s retr%s within the retry budget took resil's "
+            "success rate to %.1f%% (naive: %.1f%%, the dependency's 1%% of errors passed on).",
+            fmt_count(b1, sizeof b1, rs->retries[PH_HEALTHY]),
+            rs->retries[PH_HEALTHY] == 1 ? "y" : "ies", rh_ok, nh_ok);
+  /* A bulkhead that fills while the dependency answers in ~1 ms: either the
+   * offered load needs that many calls in flight (Little's law) or the
+   * threads were waiting for a CPU. Say which rather than let it puzzle. */
+  uint64_t hfull = rs->rejections[PH_HEALTHY][RESIL_REJECT_CONCURRENCY_FULL] +
+                   rs->rejections[PH_RECOVERY][RESIL_REJECT_CONCURRENCY_FULL];
+  uint64_t hdone = rh->done + rr->done;
+  uint64_t nslow = nh->max > nr->max ? nh->max : nr->max;
+  if (hfull) {
+    double mean_in_flight = (double)d->opt.rate * 1e-3; /* rate x ~1 ms */
+    fprintf(o,
+            " Note: while the dependency answered in ~1 ms (healthy and recovery) resil also "
+            "rejected %s request%s (%.1f%%) as concurrency_full: %u calls were in flight at "
+            "once. ",
+            fmt_count(b1, sizeof b1, hfull), hfull == 1 ? "" : "s",
+            hdone ? 100.0 * (double)hfull / (double)hdone : 0.0, d->limit);
+    if (mean_in_flight >= 0.5 * (double)d->limit)
+      fprintf(o,
+              "The offered %s requests/s at ~1 ms each keep about %.0f in flight on average, too "
+              "close to the limit of %u (3/4 of --workers): lower --rate.",
+              fmt_count(b2, sizeof b2, d->opt.rate), mean_in_flight, d->limit);
+    else
+      fprintf(o,
+              "At ~1 ms a call that happens when threads wait for a CPU, so this machine was "
+              "probably busy (the slowest naive call in those phases took %s).",
+              fmt_dur(b3, sizeof b3, nslow));
+  }
+}
+
+/* Print text word-wrapped to the terminal's width (at most 100 columns),
+ * indented by two spaces. */
+static void print_wrapped(const char *text, bool tty) {
+  size_t width = 100;
+  struct winsize ws;
+  if (tty && ioctl(STDOUT_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_col > 20 && ws.ws_col - 1u < width)
+    width = ws.ws_col - 1u;
+  size_t col = 0;
+  const char *p = text;
+  while (*p) {
+    while (*p == ' ') p++;
+    size_t n = strcspn(p, " ");
+    if (!n) break;
+    /* Keep "200 ms" together: a number and the unit after it. */
+    if (p[n] == ' ' && p[n - 1] >= '0' && p[n - 1] <= '9') {
+      const char *u = p + n + 1;
+      size_t ul = strcspn(u, " ");
+      if ((!strncmp(u, "ms", 2) || !strncmp(u, "us", 2) || !strncmp(u, "s", 1)) &&
+          (ul <= 2 || u[1 + (u[0] != 's')] < 'a'))
+        n += 1 + ul;
+    }
+    if (col && col + 1 + n > width) {
+      putchar('\n');
+      col = 0;
+    }
+    if (col == 0) {
+      fputs("  ", stdout);
+      col = 2;
+    } else {
+      putchar(' ');
+      col++;
+    }
+    fwrite(p, 1, n, stdout);
+    col += n;
+    p += n;
+  }
+  if (col) putchar('\n');
+}
+
+static void print_summary(const demo *d, row rows[NPHASES][NSIDES], bool tty) {
+  char *text = NULL;
+  size_t len = 0;
+  FILE *o = open_memstream(&text, &len);
+  printf("Summary:\n");
+  if (!o) { /* unlikely; print it unwrapped */
+    write_summary(stdout, d, rows);
+    putchar('\n');
+    return;
+  }
+  write_summary(o, d, rows);
+  fclose(o);
+  print_wrapped(text, tty);
+  free(text);
+}
+
+/* ---- Exports ---------------------------------------------------------------- */
+
+static bool write_file(const char *dir, const char *name, const char *text, size_t len) {
+  char path[4096];
+  int n = snprintf(path, sizeof path, "%s/%s", dir, name);
+  if (n < 0 || (size_t)n >= sizeof path) {
+    fprintf(stderr, "brownout: path too long: %s/%s\n", dir, name);
+    return false;
+  }
+  FILE *f = fopen(path, "w");
+  if (!f) {
+    fprintf(stderr, "brownout: cannot write %s: %s\n", path, strerror(errno));
+    return false;
+  }
+  bool ok = fwrite(text, 1, len, f) == len;
+  if (fclose(f) != 0) ok = false;
+  if (!ok)
+    fprintf(stderr, "brownout: writing %s failed: %s\n", path, strerror(errno));
+  else
+    printf("  wrote %s\n", path);
+  return ok;
+}
+
+static bool write_exports(const char *dir) {
+  resil_err err;
+  char *text = NULL;
+  size_t len = 0;
+  bool ok = true;
+  if (resil_export_prometheus(&text, &len, &err) != RESIL_OK) {
+    fprintf(stderr, "brownout: Prometheus export failed: %s\n", err.msg);
+    ok = false;
+  } else {
+    ok = write_file(dir, "brownout-metrics.prom", text, len) && ok;
+    free(text);
+  }
+  text = NULL;
+  if (resil_export_json(&text, &len, &err) != RESIL_OK) {
+    fprintf(stderr, "brownout: JSON export failed: %s\n", err.msg);
+    ok = false;
+  } else {
+    ok = write_file(dir, "brownout-metrics.json", text, len) && ok;
+    free(text);
+  }
+  return ok;
+}
+
+/* ---- Command line --------------------------------------------------------- */
+
+static void usage(FILE *f) {
+  fprintf(f,
+          "Usage: brownout [options]\n"
+          "\n"
+          "Runs one workload twice at the same time against a dependency that goes\n"
+          "healthy -> brownout (latency 2-4 s) -> errors -> recovery: once through resil\n"
+          "(200 ms deadline, circuit breaker, concurrency limit, retry budget) and once\n"
+          "naively (30 s driver timeout, nothing else). Prints a table per phase and a\n"
+          "summary, and writes the metrics resil exported.\n"
+          "\n"
+          "Options:\n"
+          "  --phase-seconds N  length of each of the 4 phases, 1..600 (default %d)\n"
+          "  --quick            phases of %d s (for tests); not with --phase-seconds\n"
+          "  --workers N        worker threads per side, 1..512 (default %d)\n"
+          "  --rate N           requests/s offered to each side, 1..100000 (default %d)\n"
+          "  --out-dir DIR      where to write brownout-metrics.prom and .json\n"
+          "                     (default: the current directory; created if missing)\n"
+          "  --help             this text\n"
+          "\n"
+          "Every wait is bounded: naive calls still stuck when the schedule ends fail 0.4 s\n"
+          "later (the simulated server shuts down and closes its connections), so it always\n"
+          "exits and every thread is joined.\n"
+          "Exit status: 0 done, 1 run-time error, 2 bad arguments.\n",
+          DEFAULT_PHASE_S, QUICK_PHASE_S, DEFAULT_WORKERS, DEFAULT_RATE);
+}
+
+static int bad_arg(const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 1, 2)))
+#endif
+    ;
+
+static int bad_arg(const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  fputs("brownout: ", stderr);
+  vfprintf(stderr, fmt, ap);
+  va_end(ap);
+  fputs("\nTry 'brownout --help'.\n", stderr);
+  return 2;
+}
+
+static bool parse_uint(const char *s, unsigned lo, unsigned hi, unsigned *out) {
+  if (!s || !*s || *s == '-' || *s == '+') return false;
+  char *end;
+  errno = 0;
+  unsigned long v = strtoul(s, &end, 10);
+  if (errno || *end || v < lo || v > hi) return false;
+  *out = (unsigned)v;
+  return true;
+}
+
+/* Returns -1 to go on, else an exit status. */
+static int parse_args(int argc, char **argv, options *o) {
+  *o = (options){DEFAULT_PHASE_S, DEFAULT_WORKERS, DEFAULT_RATE, false, "."};
+  bool phase_set = false;
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i];
+    if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+      usage(stdout);
+      return 0;
+    }
+    if (!strcmp(a, "--quick")) {
+      o->quick = true;
+      continue;
+    }
+    /* --name VALUE or --name=VALUE */
+    static const char *const names[] = {"--phase-seconds", "--workers", "--rate", "--out-dir"};
+    int which = -1;
+    const char *val = NULL;
+    for (int k = 0; k < 4 && which < 0; k++) {
+      size_t n = strlen(names[k]);
+      if (!strncmp(a, names[k], n) && (a[n] == '\0' || a[n] == '=')) {
+        which = k;
+        if (a[n] == '=')
+          val = a + n + 1;
+        else if (i + 1 < argc)
+          val = argv[++i];
+        else
+          return bad_arg("%s needs a value", names[k]);
+      }
+    }
+    switch (which) {
+    case 0:
+      if (!parse_uint(val, 1, 600, &o->phase_s))
+        return bad_arg("--phase-seconds: '%s' is not a whole number of seconds in 1..600", val);
+      phase_set = true;
+      break;
+    case 1:
+      if (!parse_uint(val, 1, 512, &o->workers))
+        return bad_arg("--workers: '%s' is not a whole number in 1..512", val);
+      break;
+    case 2:
+      if (!parse_uint(val, 1, 100000, &o->rate))
+        return bad_arg("--rate: '%s' is not a whole number of requests/s in 1..100000", val);
+      break;
+    case 3:
+      if (!*val) return bad_arg("--out-dir: the directory name is empty");
+      o->out_dir = val;
+      break;
+    default: return bad_arg("unknown option '%s'", a);
+    }
+  }
+  if (o->quick && phase_set) return bad_arg("--quick and --phase-seconds do not go together");
+  if (o->quick) o->phase_s = QUICK_PHASE_S;
+  /* Check the output directory now, not after the run. */
+  struct stat st;
+  if (stat(o->out_dir, &st) != 0) {
+    if (errno != ENOENT || mkdir(o->out_dir, 0777) != 0)
+      return bad_arg("--out-dir: cannot use '%s': %s", o->out_dir, strerror(errno));
+  } else if (!S_ISDIR(st.st_mode)) {
+    return bad_arg("--out-dir: '%s' is not a directory", o->out_dir);
+  }
+  if (access(o->out_dir, W_OK) != 0)
+    return bad_arg("--out-dir: '%s' is not writable: %s", o->out_dir, strerror(errno));
+  return -1;
+}
+
+/* ---- main ------------------------------------------------------------------- */
+
+static resil_dep *make_resil_dep(demo *d, resil_err *err) {
+  resil_dep_config c;
+  resil_dep_config_init(&c, "brownout-dependency");
+  c.timeout_ms = DEADLINE_MS; /* cap per attempt */
+  /* Break durations scaled to the phase length so a short demo still shows
+   * the breaker probing and closing again in the recovery phase. */
+  uint32_t pms = d->opt.phase_s * 1000u;
+  uint32_t open_ms = pms / 20;
+  if (open_ms < 100) open_ms = 100;
+  if (open_ms > 500) open_ms = 500;
+  c.breaker.consecutive_failures = 5;
+  c.breaker.failure_rate_percent = 50;
+  c.breaker.minimum_calls = 20;
+  c.breaker.window_ms = pms < 10000 ? pms : 10000;
+  c.breaker.open_ms = open_ms;
+  c.breaker.open_max_ms = 2 * open_ms;
+  c.breaker.on_transition = on_transition;
+  c.breaker.hook_ctx = d;
+  /* Room for scheduling hiccups when healthy (~1 ms calls rarely overlap),
+   * yet a brownout fills it within one deadline. */
+  c.limit.max_concurrent = d->opt.workers * 3 / 4 ? d->opt.workers * 3 / 4 : 1;
+  c.limit.max_waiters = 0;
+  c.retry.max_attempts = 3;
+  c.retry.base_backoff_ms = 5;
+  c.retry.max_backoff_ms = 50;
+  c.retry.budget_percent = 20;
+  d->bcfg = c.breaker;
+  d->limit = c.limit.max_concurrent;
+  return resil_dep_new(&c, err);
+}
+
+int main(int argc, char **argv) {
+  static demo D; /* large (transition log); zeroed */
+  demo *d = &D;
+  int rc = parse_args(argc, argv, &d->opt);
+  if (rc >= 0) return rc;
+  setvbuf(stdout, NULL, _IOLBF, 0);
+  bool tty = isatty(STDOUT_FILENO);
+
+  d->ops = &SIM_BACKEND;
+  d->phase_ns = (uint64_t)d->opt.phase_s * 1000000000ull;
+  d->interval_ns = (uint64_t)d->opt.workers * 1000000000ull / d->opt.rate;
+  /* Start a little ahead so every thread is up when the clock starts. */
+  d->t0 = resil_now_ns() + 100000000ull;
+  atomic_init(&d->end_ns, d->t0 + NPHASES * d->phase_ns);
+
+  resil_err err;
+  rc = 1;
+  d->side[SIDE_RESIL].dep = make_resil_dep(d, &err);
+  if (!d->side[SIDE_RESIL].dep) {
+    fprintf(stderr, "brownout: %s\n", err.msg);
+    return 1;
+  }
+  for (int k = 0; k < NSIDES; k++) {
+    side_state *s = &d->side[k];
+    for (int ph = 0; ph < NPHASES; ph++) atomic_init(&s->first_reject[ph], UINT64_MAX);
+    /* Shut the dependency down a little after the schedule ends: later than
+     * any resil call can last, so only calls stuck for seconds are cut. */
+    s->backend = d->ops->open(atomic_load(&d->end_ns) + 2 * DEADLINE_MS * 1000000ull, &err);
+    if (!s->backend) {
+      fprintf(stderr, "brownout: %s\n", err.msg);
+      goto out;
+    }
+    d->ops->set_phase(s->backend, &PHASES[0]);
+    s->workers = calloc(d->opt.workers, sizeof *s->workers);
+    if (!s->workers) {
+      fprintf(stderr, "brownout: out of memory\n");
+      goto out;
+    }
+  }
+
+  printf("resil %s brownout demo: one workload, with and without resil, side by side\n",
+         resil_version());
+  printf("  dependency: %s\n  phases:", d->ops->kind);
+  for (int ph = 0; ph < NPHASES; ph++)
+    printf("%s %s (%s)", ph ? " ->" : "", PHASES[ph].name, PHASES[ph].brief);
+  printf(
+      "\n  load:  %u worker threads and %u requests/s per side; %d phases of %u s (about %u s)\n",
+      d->opt.workers, d->opt.rate, NPHASES, d->opt.phase_s, NPHASES * d->opt.phase_s + 1);
+  printf("  resil: %u ms deadline per request; at most %u calls in flight; up to 3 attempts\n"
+         "         within a 20%% retry budget; breaker opens on %u failures in a row or %u%% of\n"
+         "         %u+ calls, for %u-%u ms, then lets %u probe calls through\n",
+         DEADLINE_MS, d->limit, d->bcfg.consecutive_failures, d->bcfg.failure_rate_percent,
+         d->bcfg.minimum_calls, d->bcfg.open_ms, d->bcfg.open_max_ms, d->bcfg.half_open_probes);
+  printf("  naive: the driver's default %d s timeout; no breaker, no limit, no retries\n\n",
+         NAIVE_DRIVER_TIMEOUT_MS / 1000);
+
+  for (int k = 0; k < NSIDES; k++) {
+    for (unsigned i = 0; i < d->opt.workers; i++) {
+      worker *w = &d->side[k].workers[i];
+      w->demo = d;
+      w->side = k;
+      w->id = i;
+      w->rng = 0x9E3779B97F4A7C15ull ^ ((uint64_t)(k * 1000 + (int)i + 1) * 0xBF58476D1CE4E5B9ull);
+      atomic_init(&w->call_start_ns, 0);
+      int e = pthread_create(&w->thread, NULL, worker_main, w);
+      if (e) {
+        fprintf(stderr, "brownout: cannot start a worker thread: %s\n", strerror(e));
+        /* Threads already started end by end_ns; cut the schedule short. */
+        atomic_store(&d->end_ns, resil_now_ns());
+        goto join;
+      }
+      w->running = true;
+    }
+  }
+
+  for (int ph = 0; ph < NPHASES; ph++) {
+    uint64_t pstart = d->t0 + (uint64_t)ph * d->phase_ns, pend = pstart + d->phase_ns;
+    sleep_until_ns(pstart);
+    for (int k = 0; k < NSIDES; k++) d->ops->set_phase(d->side[k].backend, &PHASES[ph]);
+    d->phase_start[ph] = resil_now_ns();
+    atomic_store(&d->cur_phase, ph);
+    if (!tty)
+      printf("  phase %d/%d: %s - %s (%u s)\n", ph + 1, NPHASES, PHASES[ph].name, PHASES[ph].story,
+             d->opt.phase_s);
+    for (;;) {
+      progress(d, ph, tty);
+      uint64_t now = resil_now_ns();
+      if (now >= pend) break;
+      sleep_until_ns(min_u64(now + 250000000ull, pend));
+    }
+    snapshot_phase(d, ph);
+  }
+  d->phase_start[NPHASES] = resil_now_ns();
+  printf(tty ? "\r\033[K" : "\n");
+  rc = 0;
+
+join:
+  for (int k = 0; k < NSIDES; k++)
+    for (unsigned i = 0; i < d->opt.workers; i++)
+      if (d->side[k].workers && d->side[k].workers[i].running)
+        pthread_join(d->side[k].workers[i].thread, NULL);
+
+  if (rc == 0) {
+    static row rows[NPHASES][NSIDES];
+    for (int ph = 0; ph < NPHASES; ph++)
+      for (int k = 0; k < NSIDES; k++) make_row(d, k, ph, &rows[ph][k]);
+    print_table(d, rows);
+    printf("\n");
+    print_summary(d, rows, tty);
+    printf("\n");
+    if (!write_exports(d->opt.out_dir)) rc = 1;
+  }
+
+out:
+  for (int k = 0; k < NSIDES; k++) {
+    side_state *s = &d->side[k];
+    free(s->workers);
+    if (s->backend) d->ops->close(s->backend);
+  }
+  resil_dep_free(d->side[SIDE_RESIL].dep);
+  return rc;
+}

@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# The README's first command: install what is missing, build the brownout
+# demo and run it. Arguments go to the demo (try --help or --quick):
+#
+#   bash scripts/demo.sh              # about 45 s
+#   bash scripts/demo.sh --quick      # about 10 s
+#
+# Made for a fresh Debian 12 machine as root (or a user with sudo); safe to
+# run again: nothing is reinstalled and the build is incremental. The build
+# goes to build-demo/ (release); the metrics files go to the current
+# directory (the repository root) unless you pass --out-dir DIR.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+BUILD=build-demo
+PACKAGES=(build-essential meson ninja-build pkg-config)
+
+say() { printf '==> %s\n' "$*"; }
+
+# ---- 1. packages -------------------------------------------------------------
+missing=()
+for p in "${PACKAGES[@]}"; do
+  if [[ "$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null || true)" != installed ]]; then
+    missing+=("$p")
+  fi
+done
+
+if ((${#missing[@]})); then
+  SUDO=()
+  if [[ $(id -u) -ne 0 ]]; then
+    if command -v sudo >/dev/null 2>&1; then
+      SUDO=(sudo)
+    else
+      echo "demo.sh: missing packages: ${missing[*]}" >&2
+      echo "demo.sh: run as root, or install them: apt-get install ${missing[*]}" >&2
+      exit 1
+    fi
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt_install() { "${SUDO[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"; }
+  say "installing ${missing[*]}"
+  # Refresh the package lists only when there are none (fresh images) or
+  # when installing from the ones present fails.
+  if ! compgen -G '/var/lib/apt/lists/*_Packages*' >/dev/null; then
+    say "apt-get update"
+    "${SUDO[@]}" apt-get update -qq
+    apt_install
+  elif ! apt_install; then
+    say "apt-get update, then retrying"
+    "${SUDO[@]}" apt-get update -qq
+    apt_install
+  fi
+fi
+
+# ---- 2. configure --------------------------------------------------------------
+# Tests off (no cmocka needed); adapters stay on auto: they are built when
+# their driver libraries are present, and the demo needs none of them.
+opts=(--buildtype=release -Dtests=disabled)
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+if [[ -f "$BUILD/meson-private/coredata.dat" ]]; then
+  say "reconfiguring $BUILD/"
+  if ! meson setup --reconfigure "${opts[@]}" "$BUILD" >"$log" 2>&1; then
+    say "reconfigure failed; configuring $BUILD/ from scratch"
+    meson setup --wipe "${opts[@]}" "$BUILD" >"$log" 2>&1 || { cat "$log" >&2; exit 1; }
+  fi
+else
+  say "configuring $BUILD/"
+  meson setup "${opts[@]}" "$BUILD" >"$log" 2>&1 || { cat "$log" >&2; exit 1; }
+fi
+mv -f "$log" "$BUILD/demo-setup.log"
+trap - EXIT
+
+# ---- 3. build only the demo ----------------------------------------------------
+say "building examples/brownout"
+if ! ninja -C "$BUILD" examples/brownout >"$BUILD/demo-build.log" 2>&1; then
+  cat "$BUILD/demo-build.log" >&2
+  exit 1
+fi
+
+# ---- 4. run ----------------------------------------------------------------------
+say "running examples/brownout $*"
+echo
+exec "$BUILD/examples/brownout" "$@"

@@ -1,0 +1,285 @@
+#!/usr/bin/env bash
+# scripts/test.sh — build resil three ways and run every test suite against
+# throwaway servers. This is what CI runs (through .ci/run).
+#
+#   bash scripts/test.sh                 plain + ASan/UBSan + TSan builds
+#   bash scripts/test.sh --quick         plain build only
+#   bash scripts/test.sh --suite unit    only that meson suite (repeatable)
+#   bash scripts/test.sh --build tsan    only that build (repeatable)
+#
+# Steps: install missing Debian packages (scripts/lib/packages.sh); start
+# Redis (x2), PostgreSQL and pgbouncer on free loopback ports
+# (scripts/lib/servers.sh, which documents the RESIL_TEST_* variables the
+# tests get); for each build: configure, compile, `meson test`; stop the
+# servers; print a per-build table and, as the very last line,
+# "N passed, M failed[, K skipped]" counted over individual test cases
+# (scripts/lib/count_tests.py). Exits non-zero if any test case or any build
+# failed.
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$REPO"
+# shellcheck source-path=SCRIPTDIR/..
+. scripts/lib/packages.sh
+. scripts/lib/servers.sh
+
+# ------------------------------------------------------------------ builds ---
+ALL_BUILDS=(plain asan tsan)
+
+# build_config NAME: set B_DIR, B_CC, B_OPTS (meson setup), B_ENV (meson test
+# environment), B_TMULT (timeout multiplier).
+build_config() {
+  B_OPTS=(--buildtype=debugoptimized -Dtests=enabled)
+  B_ENV=()
+  case $1 in
+    plain)
+      B_DIR=build-test B_CC=gcc B_TMULT=1
+      B_OPTS+=(-Dwerror=true) ;;
+    asan)
+      B_DIR=build-asan B_CC=clang B_TMULT=3
+      # shellcheck disable=SC2054 # commas are meson's list syntax
+      B_OPTS+=(-Db_sanitize=address,undefined -Db_lundef=false -Dc_args=-fno-omit-frame-pointer)
+      B_ENV=(ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
+             UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1) ;;
+    tsan)
+      B_DIR=build-tsan B_CC=clang B_TMULT=3
+      B_OPTS+=(-Db_sanitize=thread -Db_lundef=false -Dc_args=-fno-omit-frame-pointer)
+      B_ENV=(TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1) ;;
+    *) echo "unknown build '$1' (have: ${ALL_BUILDS[*]})" >&2; return 1 ;;
+  esac
+}
+
+usage() { sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+
+# ------------------------------------------------------------------- state ---
+BUILDS=()
+SUITE_ARGS=()
+declare -A R_PASS=() R_FAIL=() R_SKIP=() R_TIME=() R_NOTE=()
+FAILED_CASES=()
+EXTRA_FAILURES=0        # failures outside any build (server start-up)
+TSAN_PREFIX=()          # e.g. setarch x86_64 -R, when TSan needs ASLR off
+RESTORE_MMAP_RND_BITS=
+PY=
+CHILD=                  # the long-running command in progress, if any
+
+# run_child CMD...: run CMD and return its status. It runs in the background
+# while this shell waits, so that a signal to this script (CI cancelling it)
+# is handled at once: on_exit then stops CMD and the servers.
+run_child() {
+  local rc=0
+  "$@" &
+  CHILD=$!
+  wait "$CHILD" || rc=$?
+  CHILD=
+  return "$rc"
+}
+
+parse_args() {
+  while (($#)); do
+    case $1 in
+      --quick) BUILDS=(plain) ;;
+      --build) BUILDS+=("${2:?--build needs a name}"); shift ;;
+      --build=*) BUILDS+=("${1#*=}") ;;
+      --suite) SUITE_ARGS+=(--suite "${2:?--suite needs a name}"); shift ;;
+      --suite=*) SUITE_ARGS+=(--suite "${1#*=}") ;;
+      -h|--help) usage; exit 0 ;;
+      *) echo "unknown argument: $1" >&2; usage >&2; exit 2 ;;
+    esac
+    shift
+  done
+  ((${#BUILDS[@]})) || BUILDS=("${ALL_BUILDS[@]}")
+  local b
+  for b in "${BUILDS[@]}"; do build_config "$b" || exit 2; done
+}
+
+find_python() {
+  if [[ -x /usr/bin/python3 ]]; then PY=/usr/bin/python3
+  elif command -v python3 >/dev/null; then PY=$(command -v python3)
+  else ensure_packages python3-minimal && PY=/usr/bin/python3; fi
+}
+
+on_exit() {
+  local rc=$?
+  set +e
+  if [[ -n $CHILD ]] && kill -0 "$CHILD" 2>/dev/null; then
+    kill -TERM "$CHILD" 2>/dev/null   # meson test stops its tests on SIGTERM
+    wait "$CHILD" 2>/dev/null
+  fi
+  stop_all_servers
+  if [[ -n $RESTORE_MMAP_RND_BITS ]]; then
+    sysctl -qw "vm.mmap_rnd_bits=$RESTORE_MMAP_RND_BITS" 2>/dev/null
+  fi
+  exit "$rc"
+}
+
+# ------------------------------------------------------------------- TSan ---
+# ThreadSanitizer (clang 14) dies with "unexpected memory mapping" on kernels
+# with large mmap ASLR (vm.mmap_rnd_bits > 28). Probe a tiny program; if it
+# fails, run the tests with ASLR off (setarch -R), else lower the sysctl.
+tsan_setup() {
+  local d="$RESIL_TEST_TMPDIR/tsan-probe" arch
+  arch=$(uname -m)
+  mkdir -p "$d"
+  cat >"$d/probe.c" <<'EOF'
+#include <pthread.h>
+static int n;
+static void *run(void *a) { (void)a; __atomic_fetch_add(&n, 1, __ATOMIC_SEQ_CST); return 0; }
+int main(void) { pthread_t t; pthread_create(&t, 0, run, 0); pthread_join(t, 0); return n != 1; }
+EOF
+  if ! clang -fsanitize=thread -g -pthread "$d/probe.c" -o "$d/probe" 2>"$d/cc.log"; then
+    echo "tsan: cannot build a ThreadSanitizer program:" >&2; cat "$d/cc.log" >&2
+    return 1
+  fi
+  if "$d/probe" >"$d/run.log" 2>&1; then return 0; fi
+  if setarch "$arch" -R "$d/probe" >"$d/run2.log" 2>&1; then
+    echo "tsan: needs ASLR off here; running its tests under setarch $arch -R"
+    TSAN_PREFIX=(setarch "$arch" -R)
+    return 0
+  fi
+  local old
+  old=$(sysctl -n vm.mmap_rnd_bits 2>/dev/null || true)
+  if ((EUID == 0)) && [[ -n $old ]] && sysctl -qw vm.mmap_rnd_bits=28 2>/dev/null; then
+    RESTORE_MMAP_RND_BITS=$old
+    if "$d/probe" >"$d/run3.log" 2>&1; then
+      echo "tsan: lowered vm.mmap_rnd_bits from $old to 28 for this run"
+      return 0
+    fi
+  fi
+  echo "tsan: ThreadSanitizer programs do not run on this machine:" >&2
+  cat "$d/run.log" >&2
+  return 1
+}
+
+# ----------------------------------------------------------------- a build ---
+
+configure_build() {
+  local stamp="$B_DIR/.resil-test-setup" want
+  want="CC=$B_CC meson setup ${B_OPTS[*]}"
+  # Reuse a build directory configured the same way (ninja re-runs meson when
+  # a meson.build changes); otherwise start it afresh.
+  if [[ -f $B_DIR/build.ninja && -f $stamp && $(<"$stamp") == "$want" ]]; then
+    return 0
+  fi
+  rm -rf "$B_DIR"
+  CC=$B_CC meson setup "$B_DIR" "${B_OPTS[@]}" >"$B_DIR.setup.log" 2>&1 || {
+    cat "$B_DIR.setup.log" >&2; rm -f "$B_DIR.setup.log"; return 1; }
+  mv -f "$B_DIR.setup.log" "$B_DIR/meson-logs/setup-output.log"
+  echo "$want" >"$stamp"
+}
+
+compile_build() {
+  local log="$B_DIR/meson-logs/compile.log"
+  if run_child meson compile -C "$B_DIR" >"$log" 2>&1; then
+    grep -i 'warning:' "$log" | head -n 20 || true
+    return 0
+  fi
+  tail -n 150 "$log" >&2
+  return 1
+}
+
+# run_build NAME: configure, compile, test, count. Never exits the script.
+run_build() {
+  local name=$1 start=$SECONDS rc=0 counts p f s
+  build_config "$name"
+  # Tests may read this to widen timing slack under the sanitizers.
+  B_ENV+=("RESIL_TEST_BUILD=$name")
+  R_PASS[$name]=0 R_FAIL[$name]=0 R_SKIP[$name]=0 R_NOTE[$name]=
+  echo
+  echo "==> [$name] $B_CC, ${B_OPTS[*]} ($B_DIR)"
+
+  local prefix=()
+  if [[ $name == tsan ]]; then
+    if ! tsan_setup; then
+      R_FAIL[$name]=1 R_NOTE[$name]="TSan cannot run"; R_TIME[$name]=$((SECONDS - start))
+      FAILED_CASES+=("$name: ThreadSanitizer does not run on this machine")
+      return 0
+    fi
+    prefix=("${TSAN_PREFIX[@]}")
+  fi
+
+  if ! configure_build; then
+    R_FAIL[$name]=1 R_NOTE[$name]="setup failed"; R_TIME[$name]=$((SECONDS - start))
+    FAILED_CASES+=("$name: meson setup failed")
+    return 0
+  fi
+  if ! compile_build; then
+    R_FAIL[$name]=1 R_NOTE[$name]="build failed"; R_TIME[$name]=$((SECONDS - start))
+    FAILED_CASES+=("$name: compile failed (see above, or $B_DIR/meson-logs/compile.log)")
+    return 0
+  fi
+
+  ensure_servers_healthy || echo "warning: a test server could not be restarted" >&2
+
+  local log="$B_DIR/meson-logs/testlog.json"
+  rm -f "$log"
+  run_child "${prefix[@]}" env "${B_ENV[@]}" meson test -C "$B_DIR" --no-rebuild --print-errorlogs \
+    --num-processes 2 --timeout-multiplier "$B_TMULT" "${SUITE_ARGS[@]}" || rc=$?
+
+  local errf="$RESIL_TEST_TMPDIR/count-$name.err"
+  counts=$("$PY" scripts/lib/count_tests.py "$log" "$name" 2>"$errf") || counts="0 1 0"
+  read -r p f s <<<"$counts"
+  mapfile -t -O "${#FAILED_CASES[@]}" FAILED_CASES <"$errf"
+  if ((rc != 0 && f == 0)); then
+    f=1
+    FAILED_CASES+=("$name: meson test exited $rc with no failing test case in its log")
+  fi
+  R_PASS[$name]=$p R_FAIL[$name]=$f R_SKIP[$name]=$s R_TIME[$name]=$((SECONDS - start))
+}
+
+# ------------------------------------------------------------------ report ---
+
+report() {
+  local b tp=0 tf=$EXTRA_FAILURES ts=0
+  echo
+  printf '%-8s %8s %8s %8s %7s  %s\n' build passed failed skipped time note
+  for b in "${BUILDS[@]}"; do
+    [[ -n ${R_PASS[$b]+x} ]] || continue
+    printf '%-8s %8d %8d %8d %6ss  %s\n' "$b" "${R_PASS[$b]}" "${R_FAIL[$b]}" \
+      "${R_SKIP[$b]}" "${R_TIME[$b]}" "${R_NOTE[$b]}"
+    tp=$((tp + R_PASS[$b])) tf=$((tf + R_FAIL[$b])) ts=$((ts + R_SKIP[$b]))
+  done
+  if ((${#FAILED_CASES[@]})); then
+    echo
+    echo "failures:"
+    printf '  %s\n' "${FAILED_CASES[@]}"
+  fi
+  echo
+  local line="$tp passed, $tf failed"
+  ((ts == 0)) || line+=", $ts skipped"
+  echo "$line"
+  ((tf == 0))
+}
+
+main() {
+  parse_args "$@"
+  local t0=$SECONDS
+  ensure_packages
+  find_python
+
+  local root
+  root=$(mktemp -d "${TMPDIR:-/tmp}/resil-test.XXXXXX")
+  trap on_exit EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+  trap 'exit 129' HUP
+
+  echo "==> starting test servers under $root"
+  if start_all_servers "$root"; then
+    echo "    redis :$RESIL_TEST_REDIS_PORT  redis(auth) :$RESIL_TEST_REDIS_AUTH_PORT  postgres :$RESIL_TEST_PG_PORT  pgbouncer :$RESIL_TEST_PGBOUNCER_PORT"
+  else
+    echo "error: the test servers did not start; integration tests will fail" >&2
+    EXTRA_FAILURES=1
+    FAILED_CASES+=("servers: start-up failed (see above)")
+  fi
+
+  local b
+  for b in "${BUILDS[@]}"; do run_build "$b"; done
+
+  # Stop the servers now, so that nothing is printed after the totals.
+  stop_all_servers
+  echo
+  echo "total time $((SECONDS - t0))s"
+  report
+}
+
+main "$@"

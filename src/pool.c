@@ -1,0 +1,784 @@
+/* Generic bounded connection pool (see resil/pool.h).
+ *
+ * Accounting, all under p->mu:
+ *   open       = idle + in_use (established connections);
+ *   connecting = slots reserved for connects in progress;
+ *   open + connecting <= max_size at all times.
+ * A conn being validated counts as in_use.
+ *
+ * Hand-off. Each queued acquirer owns a waiter node (on its stack, with its
+ * own condvar) in a FIFO list. Whenever a connection goes idle or a slot
+ * frees, dispatch_locked() hands it straight to the oldest waiter - either
+ * the connection itself (W_CONN) or a reserved connect slot (W_SLOT, counted
+ * in `connecting`, so the waiter connects in its own thread, outside the
+ * lock). A newcomer takes an idle connection or a free slot only when nobody
+ * is queued, so it can never steal from an older waiter. Hence: waiters
+ * queued => no idle connection and no free slot.
+ *
+ * Priority. An acquirer holding a grant (a connection or a slot) keeps the
+ * slot when the connection turns out to be expired or invalid: it closes the
+ * connection and immediately takes the next idle one or connects itself,
+ * without queueing again.
+ *
+ * Idle order is LIFO: released connections go to the head and acquires take
+ * from the head, so the tail holds the longest idle, which eviction trims.
+ * idle_timeout_ms never closes connections that would leave fewer than
+ * min_idle idle (those are validated on borrow instead).
+ *
+ * Every connector callback (connect, validate, close) runs with no lock held;
+ * connections to close are collected on a local list under the lock and
+ * closed after it is released.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+#define NAME_MAX_LEN 63
+#define MS 1000000ull
+#define TIMEOUT_MAX_MS 3600000u   /* 1 h: upper bound of every configured wait */
+#define DRAIN_UNSET_MS 30000      /* bound on a drain given an unset deadline */
+
+typedef enum { W_WAITING, W_CONN, W_SLOT, W_CLOSED } waiter_state;
+
+/* One queued acquirer. Lives on the acquirer's stack; signalled under mu. */
+typedef struct waiter {
+  pthread_cond_t cv;
+  struct waiter *prev, *next;
+  waiter_state state;
+  resil_pool_conn *conn; /* with W_CONN */
+} waiter;
+
+struct resil_pool_conn {
+  void *handle;
+  uint64_t expires_ns;          /* end of the jittered lifetime; 0 = never */
+  uint64_t idle_since_ns;       /* when it was last returned (or opened) */
+  resil_pool_conn *prev, *next; /* idle list; `next` also links close lists */
+};
+
+/* What a locked step handed the calling thread. */
+typedef enum { G_NONE, G_CONN, G_SLOT } grant_kind;
+typedef struct grant {
+  grant_kind kind;
+  resil_pool_conn *conn;
+} grant;
+
+struct resil_pool {
+  resil_hist latency; /* first: needs cache-line alignment */
+  resil_pool_config cfg;
+  char name[NAME_MAX_LEN + 1];
+  resil_pool_connector cn;
+
+  pthread_mutex_t mu;
+  pthread_cond_t drain_cv; /* broadcast when a slot frees while draining */
+  pthread_cond_t hk_cv;    /* wakes the housekeeper to stop */
+  pthread_t hk;
+  bool hk_running, hk_stop, draining;
+
+  resil_pool_conn *idle_head, *idle_tail;
+  waiter *wq_head, *wq_tail;
+  uint32_t open, idle, in_use, connecting, waiters;
+  uint64_t acquired, acquire_timeouts, connects_ok, connects_failed, connects_timed_out;
+  uint64_t closed[RESIL_POOL_CLOSE_REASON_COUNT_];
+};
+
+/* ---- Configuration ------------------------------------------------------ */
+
+void resil_pool_config_init(resil_pool_config *cfg) {
+  if (!cfg) return;
+  memset(cfg, 0, sizeof *cfg);
+  cfg->max_size = 10;
+  cfg->min_idle = 0;
+  cfg->max_waiters = 64;
+  cfg->acquire_timeout_ms = 1000;
+  cfg->connect_timeout_ms = 1000;
+  cfg->max_lifetime_ms = 1800000;
+  cfg->lifetime_jitter_percent = 10;
+  cfg->idle_timeout_ms = 600000;
+  cfg->validate_after_idle_ms = 5000;
+  cfg->validate_timeout_ms = 500;
+  cfg->housekeeping_ms = 1000;
+}
+
+/* Add a problem for every bad field of c. */
+static void check_config(resil_problems *pr, const resil_pool_config *c) {
+  if (!c->name || !*c->name)
+    resil__problem(pr, "pool.name", "is required");
+  else if (strlen(c->name) > NAME_MAX_LEN)
+    resil__problem(pr, "pool.name", "'%.20s...' is longer than %d characters", c->name,
+                   NAME_MAX_LEN);
+  resil__check_range(pr, "pool.max_size", c->max_size, 1, 10000);
+  if (c->min_idle > c->max_size)
+    resil__problem(pr, "pool.min_idle", "%u is above pool.max_size %u", c->min_idle, c->max_size);
+  resil__check_range(pr, "pool.max_waiters", c->max_waiters, 0, 100000);
+  resil__check_range(pr, "pool.acquire_timeout_ms", c->acquire_timeout_ms, 1, TIMEOUT_MAX_MS);
+  resil__check_range(pr, "pool.connect_timeout_ms", c->connect_timeout_ms, 1, TIMEOUT_MAX_MS);
+  resil__check_range(pr, "pool.lifetime_jitter_percent", c->lifetime_jitter_percent, 0, 50);
+  resil__check_range(pr, "pool.validate_timeout_ms", c->validate_timeout_ms, 1, TIMEOUT_MAX_MS);
+  if (c->housekeeping_ms)
+    resil__check_range(pr, "pool.housekeeping_ms", c->housekeeping_ms, 10, TIMEOUT_MAX_MS);
+}
+
+resil_status resil_pool_config_validate(const resil_pool_config *cfg, const char *prefix,
+                                        resil_err *err) {
+  resil_problems pr;
+  resil__problems_init(&pr, prefix);
+  if (!cfg)
+    resil__problem(&pr, "pool", "config is NULL");
+  else
+    check_config(&pr, cfg);
+  return resil__problems_finish(&pr, err);
+}
+
+/* ---- Small helpers (all *_locked ones need p->mu) ------------------------ */
+
+static const char *const reason_names[RESIL_POOL_CLOSE_REASON_COUNT_] = {
+    "lifetime", "idle", "broken", "validation", "drain"};
+
+const char *resil_pool_close_reason_name(resil_pool_close_reason r) {
+  if ((unsigned)r >= RESIL_POOL_CLOSE_REASON_COUNT_) return "unknown";
+  return reason_names[r];
+}
+
+static bool slot_free_locked(const resil_pool *p) {
+  return p->open + p->connecting < p->cfg.max_size;
+}
+
+/* A new connection's lifetime end: max_lifetime shortened by a random
+ * 0..lifetime_jitter_percent so that a fleet does not reconnect at once. */
+static uint64_t lifetime_end(const resil_pool *p, uint64_t now) {
+  if (!p->cfg.max_lifetime_ms) return 0;
+  uint64_t life = p->cfg.max_lifetime_ms * MS;
+  uint64_t span = life / 100 * p->cfg.lifetime_jitter_percent;
+  if (span) life -= resil__rand() % (span + 1);
+  return now + life;
+}
+
+/* now - t, or 0 if t is later (a clock that moved backwards). */
+static uint64_t since(uint64_t now, uint64_t t) { return now > t ? now - t : 0; }
+
+static bool lifetime_over(const resil_pool_conn *c, uint64_t now) {
+  return c->expires_ns && now >= c->expires_ns;
+}
+
+/* Idle longer than idle_timeout_ms, and closing it keeps min_idle idle
+ * (`idle_left` = idle connections other than c). */
+static bool idle_over(const resil_pool *p, const resil_pool_conn *c, uint64_t now,
+                      uint32_t idle_left) {
+  return p->cfg.idle_timeout_ms && since(now, c->idle_since_ns) >= p->cfg.idle_timeout_ms * MS &&
+         idle_left >= p->cfg.min_idle;
+}
+
+static void idle_unlink_locked(resil_pool *p, resil_pool_conn *c) {
+  if (c->prev) c->prev->next = c->next; else p->idle_head = c->next;
+  if (c->next) c->next->prev = c->prev; else p->idle_tail = c->prev;
+  c->prev = c->next = NULL;
+  p->idle--;
+}
+
+static void idle_push_head_locked(resil_pool *p, resil_pool_conn *c) {
+  c->prev = NULL;
+  c->next = p->idle_head;
+  if (p->idle_head) p->idle_head->prev = c; else p->idle_tail = c;
+  p->idle_head = c;
+  p->idle++;
+}
+
+static void waiter_unlink_locked(resil_pool *p, waiter *w) {
+  if (w->prev) w->prev->next = w->next; else p->wq_head = w->next;
+  if (w->next) w->next->prev = w->prev; else p->wq_tail = w->prev;
+  w->prev = w->next = NULL;
+  p->waiters--;
+}
+
+/* Connections waiting to be closed once the lock is released. */
+typedef struct close_list {
+  resil_pool_conn *head;
+} close_list;
+
+static void close_push(close_list *l, resil_pool_conn *c) {
+  c->prev = NULL;
+  c->next = l->head;
+  l->head = c;
+}
+
+/* Close every connection of l. Call without the lock. */
+static void close_all(resil_pool *p, close_list *l) {
+  resil_pool_conn *c = l->head;
+  while (c) {
+    resil_pool_conn *next = c->next;
+    p->cn.close(p->cn.ctx, c->handle);
+    free(c);
+    c = next;
+  }
+  l->head = NULL;
+}
+
+/* Hand idle connections and free slots to queued waiters, oldest first. */
+static void dispatch_locked(resil_pool *p) {
+  while (p->wq_head) {
+    waiter *w = p->wq_head;
+    if (p->idle_head) {
+      resil_pool_conn *c = p->idle_head;
+      idle_unlink_locked(p, c);
+      p->in_use++;
+      w->state = W_CONN;
+      w->conn = c;
+    } else if (slot_free_locked(p)) {
+      p->connecting++;
+      w->state = W_SLOT;
+    } else {
+      return;
+    }
+    waiter_unlink_locked(p, w);
+    pthread_cond_signal(&w->cv);
+  }
+}
+
+/* open + connecting went down: serve a waiter, or tell drain. */
+static void slot_freed_locked(resil_pool *p) {
+  if (p->draining)
+    pthread_cond_broadcast(&p->drain_cv);
+  else
+    dispatch_locked(p);
+}
+
+/* Account an open connection (idle or in use, already unlinked) as closed
+ * for reason and put it on l. Does not dispatch the freed slot. */
+static void retire_locked(resil_pool *p, resil_pool_conn *c, resil_pool_close_reason reason,
+                          close_list *l) {
+  p->open--;
+  p->closed[reason]++;
+  close_push(l, c);
+}
+
+/* A connection no one holds yet (just connected, or just returned): make it
+ * idle and serve waiters, or close it if the pool is draining. */
+static void add_idle_locked(resil_pool *p, resil_pool_conn *c, close_list *l) {
+  if (p->draining) {
+    retire_locked(p, c, RESIL_POOL_CLOSE_DRAIN, l);
+    slot_freed_locked(p);
+    return;
+  }
+  c->idle_since_ns = resil_now_ns();
+  idle_push_head_locked(p, c);
+  dispatch_locked(p);
+}
+
+/* Return an idle connection taken but not lent (no longer counted in_use),
+ * keeping its idle time, and serve waiters. */
+static void give_back_locked(resil_pool *p, resil_pool_conn *c) {
+  idle_push_head_locked(p, c);
+  dispatch_locked(p);
+}
+
+/* Take an idle connection or reserve a free slot. */
+static bool take_locked(resil_pool *p, grant *g) {
+  if (p->idle_head) {
+    resil_pool_conn *c = p->idle_head;
+    idle_unlink_locked(p, c);
+    p->in_use++;
+    g->kind = G_CONN;
+    g->conn = c;
+    return true;
+  }
+  if (slot_free_locked(p)) {
+    p->connecting++;
+    g->kind = G_SLOT;
+    g->conn = NULL;
+    return true;
+  }
+  return false;
+}
+
+/* Close idle connections from the tail (the longest idle) while they are
+ * past their lifetime or idle timeout. True if any slot was freed; the
+ * caller then calls slot_freed_locked(). */
+static bool sweep_tail_locked(resil_pool *p, uint64_t now, close_list *l) {
+  bool freed = false;
+  while (p->idle_tail) {
+    resil_pool_conn *c = p->idle_tail;
+    resil_pool_close_reason r;
+    if (lifetime_over(c, now))
+      r = RESIL_POOL_CLOSE_LIFETIME;
+    else if (idle_over(p, c, now, p->idle - 1))
+      r = RESIL_POOL_CLOSE_IDLE;
+    else
+      break;
+    idle_unlink_locked(p, c);
+    retire_locked(p, c, r, l);
+    freed = true;
+  }
+  return freed;
+}
+
+/* The housekeeper's sweep: close every idle connection past its lifetime,
+ * then trim idle-timed-out ones from the tail, then hand freed slots on. */
+static void evict_locked(resil_pool *p, uint64_t now, close_list *l) {
+  bool freed = false;
+  for (resil_pool_conn *c = p->idle_head, *next; c; c = next) {
+    next = c->next;
+    if (lifetime_over(c, now)) {
+      idle_unlink_locked(p, c);
+      retire_locked(p, c, RESIL_POOL_CLOSE_LIFETIME, l);
+      freed = true;
+    }
+  }
+  if (sweep_tail_locked(p, now, l)) freed = true;
+  if (freed) slot_freed_locked(p);
+}
+
+/* ---- Connecting ---------------------------------------------------------- */
+
+/* Run the connector for a slot already reserved (counted in `connecting`).
+ * Call without the lock. On return the slot is released and the counters
+ * are updated; on success *out is a new conn counted open, not yet placed. */
+static resil_status connect_slot(resil_pool *p, resil_deadline deadline, resil_pool_conn **out,
+                                 resil_err *err) {
+  *out = NULL;
+  resil_pool_conn *c = calloc(1, sizeof *c);
+  resil_err cerr = {.status = RESIL_OK, .msg = ""};
+  resil_status st = RESIL_E_NOMEM;
+  void *h = NULL;
+  if (c) {
+    st = p->cn.connect(p->cn.ctx, resil_deadline_bound(deadline, p->cfg.connect_timeout_ms),
+                       &h, &cerr);
+    if (st != RESIL_OK && st != RESIL_E_TIMEOUT) st = RESIL_E_FAILURE;
+  }
+  uint64_t now = resil_now_ns();
+  pthread_mutex_lock(&p->mu);
+  p->connecting--;
+  if (st == RESIL_OK) {
+    p->connects_ok++;
+    p->open++;
+  } else {
+    if (st == RESIL_E_TIMEOUT) p->connects_timed_out++;
+    else if (st == RESIL_E_FAILURE) p->connects_failed++;
+    slot_freed_locked(p);
+  }
+  pthread_mutex_unlock(&p->mu);
+  if (st == RESIL_E_NOMEM)
+    return resil_err_set(err, st, "pool '%s': out of memory", p->name);
+  if (st != RESIL_OK) {
+    free(c);
+    return resil_err_set(err, st, "pool '%s': connect: %s", p->name,
+                         cerr.msg[0] ? cerr.msg : st == RESIL_E_TIMEOUT ? "timed out" : "failed");
+  }
+  c->handle = h;
+  c->expires_ns = lifetime_end(p, now);
+  c->idle_since_ns = now;
+  *out = c;
+  return RESIL_OK;
+}
+
+/* Open one connection on a reserved slot and make it idle (or hand it to
+ * the oldest waiter). For prewarm and the housekeeper. */
+static resil_status open_one(resil_pool *p, resil_deadline deadline, resil_err *err) {
+  resil_pool_conn *c;
+  resil_status st = connect_slot(p, deadline, &c, err);
+  if (st != RESIL_OK) return st;
+  close_list dead = {NULL};
+  pthread_mutex_lock(&p->mu);
+  add_idle_locked(p, c, &dead);
+  pthread_mutex_unlock(&p->mu);
+  close_all(p, &dead);
+  return RESIL_OK;
+}
+
+/* ---- Life cycle ---------------------------------------------------------- */
+
+static void *housekeeper(void *arg);
+
+/* Destroy p's sync objects and free it (housekeeper not running). */
+static void pool_destroy(resil_pool *p) {
+  pthread_cond_destroy(&p->hk_cv);
+  pthread_cond_destroy(&p->drain_cv);
+  pthread_mutex_destroy(&p->mu);
+  free(p);
+}
+
+resil_pool *resil_pool_new(const resil_pool_config *cfg, const resil_pool_connector *connector,
+                           resil_err *err) {
+  resil_problems pr;
+  resil__problems_init(&pr, NULL);
+  if (!cfg)
+    resil__problem(&pr, "pool", "config is NULL");
+  else
+    check_config(&pr, cfg);
+  if (!connector) {
+    resil__problem(&pr, "connector", "is NULL");
+  } else {
+    if (!connector->connect) resil__problem(&pr, "connector.connect", "is required");
+    if (!connector->close) resil__problem(&pr, "connector.close", "is required");
+  }
+  if (resil__problems_finish(&pr, err) != RESIL_OK) return NULL;
+
+  size_t size = (sizeof(resil_pool) + RESIL_CACHELINE - 1) / RESIL_CACHELINE * RESIL_CACHELINE;
+  resil_pool *p = aligned_alloc(RESIL_CACHELINE, size);
+  if (!p) {
+    resil_err_set(err, RESIL_E_NOMEM, "pool '%s': out of memory", cfg->name);
+    return NULL;
+  }
+  memset(p, 0, sizeof *p);
+  resil__hist_init(&p->latency);
+  p->cfg = *cfg;
+  resil__strlcpy(p->name, cfg->name, sizeof p->name);
+  p->cfg.name = p->name;
+  p->cn = *connector;
+  if (pthread_mutex_init(&p->mu, NULL) || resil__cond_init(&p->drain_cv) ||
+      resil__cond_init(&p->hk_cv)) {
+    free(p); /* init failures leave nothing to destroy on Linux */
+    resil_err_set(err, RESIL_E_SYSTEM, "pool '%s': cannot initialise locks", cfg->name);
+    return NULL;
+  }
+  if (cfg->housekeeping_ms) {
+    int rc = pthread_create(&p->hk, NULL, housekeeper, p);
+    if (rc) {
+      pool_destroy(p);
+      resil_err_set(err, RESIL_E_SYSTEM, "pool '%s': housekeeper thread: %s", cfg->name,
+                    strerror(rc));
+      return NULL;
+    }
+    p->hk_running = true;
+  }
+  return p;
+}
+
+resil_status resil_pool_prewarm(resil_pool *p, resil_deadline deadline, resil_err *err) {
+  if (!p) return resil_err_set(err, RESIL_E_INVALID, "pool prewarm: pool is NULL");
+  /* Each round either fills a slot or fails; max_size rounds bound the loop
+   * even if waiters keep taking the new connections. */
+  for (uint32_t round = 0; round <= p->cfg.max_size; round++) {
+    pthread_mutex_lock(&p->mu);
+    if (p->draining) {
+      pthread_mutex_unlock(&p->mu);
+      return resil_err_set(err, RESIL_E_CLOSED, "pool '%s': draining", p->name);
+    }
+    if (p->idle >= p->cfg.min_idle || !slot_free_locked(p)) {
+      pthread_mutex_unlock(&p->mu);
+      return RESIL_OK;
+    }
+    if (resil_deadline_expired(deadline)) {
+      uint32_t open = p->open;
+      pthread_mutex_unlock(&p->mu);
+      return resil_err_set(err, RESIL_E_TIMEOUT,
+                           "pool '%s': prewarm: deadline passed with %u of %u open", p->name,
+                           open, p->cfg.min_idle);
+    }
+    p->connecting++;
+    pthread_mutex_unlock(&p->mu);
+    resil_status st = open_one(p, deadline, err);
+    if (st != RESIL_OK) return st;
+  }
+  return RESIL_OK;
+}
+
+/* Bring idle connections up to min_idle, one connect at a time, stopping at
+ * the first failure. Housekeeper thread. */
+static void refill(resil_pool *p) {
+  for (uint32_t round = 0; round < p->cfg.min_idle; round++) {
+    pthread_mutex_lock(&p->mu);
+    bool go = !p->hk_stop && !p->draining && p->idle < p->cfg.min_idle && !p->wq_head &&
+              slot_free_locked(p);
+    if (go) p->connecting++;
+    pthread_mutex_unlock(&p->mu);
+    if (!go || open_one(p, RESIL_DEADLINE_UNSET, NULL) != RESIL_OK) return;
+  }
+}
+
+/* Every housekeeping_ms: evict expired idle connections, refill min_idle. */
+static void *housekeeper(void *arg) {
+  resil_pool *p = arg;
+  pthread_mutex_lock(&p->mu);
+  while (!p->hk_stop) {
+    resil_deadline next = resil_deadline_in_ms(p->cfg.housekeeping_ms);
+    while (!p->hk_stop && !resil_deadline_expired(next))
+      resil__cond_wait_until(&p->hk_cv, &p->mu, next);
+    if (p->hk_stop || p->draining) continue;
+    close_list dead = {NULL};
+    evict_locked(p, resil_now_ns(), &dead);
+    pthread_mutex_unlock(&p->mu);
+    close_all(p, &dead);
+    refill(p);
+    pthread_mutex_lock(&p->mu);
+  }
+  pthread_mutex_unlock(&p->mu);
+  return NULL;
+}
+
+resil_status resil_pool_drain(resil_pool *p, resil_deadline deadline) {
+  if (!p) return RESIL_E_INVALID;
+  if (!resil_deadline_is_set(deadline)) deadline = resil_deadline_in_ms(DRAIN_UNSET_MS);
+  close_list dead = {NULL};
+  pthread_mutex_lock(&p->mu);
+  p->draining = true;
+  while (p->wq_head) {
+    waiter *w = p->wq_head;
+    waiter_unlink_locked(p, w);
+    w->state = W_CLOSED;
+    pthread_cond_signal(&w->cv);
+  }
+  while (p->idle_head) {
+    resil_pool_conn *c = p->idle_head;
+    idle_unlink_locked(p, c);
+    retire_locked(p, c, RESIL_POOL_CLOSE_DRAIN, &dead);
+  }
+  pthread_mutex_unlock(&p->mu);
+  close_all(p, &dead);
+
+  pthread_mutex_lock(&p->mu);
+  while (p->open + p->connecting > 0)
+    if (resil__cond_wait_until(&p->drain_cv, &p->mu, deadline) == ETIMEDOUT) break;
+  bool done = p->open + p->connecting == 0;
+  pthread_mutex_unlock(&p->mu);
+  return done ? RESIL_OK : RESIL_E_TIMEOUT;
+}
+
+void resil_pool_free(resil_pool *p) {
+  if (!p) return;
+  resil_pool_drain(p, resil_deadline_in_ms(0));
+  if (p->hk_running) {
+    pthread_mutex_lock(&p->mu);
+    p->hk_stop = true;
+    pthread_cond_signal(&p->hk_cv);
+    pthread_mutex_unlock(&p->mu);
+    pthread_join(p->hk, NULL); /* a refill connect in flight is closed as drained */
+  }
+  pool_destroy(p);
+}
+
+/* ---- Acquire and release ------------------------------------------------- */
+
+/* Queue as a waiter until handed a grant, the wait ends, or drain. */
+static resil_status wait_locked(resil_pool *p, resil_deadline deadline, grant *g,
+                                resil_err *err) {
+  if (p->waiters >= p->cfg.max_waiters) {
+    p->acquire_timeouts++;
+    return resil_err_set(err, RESIL_E_POOL_TIMEOUT,
+                         "pool '%s': waiter queue is full (%u waiting, %u of %u connections busy)",
+                         p->name, p->waiters, p->in_use + p->connecting, p->cfg.max_size);
+  }
+  waiter w = {.state = W_WAITING};
+  if (resil__cond_init(&w.cv))
+    return resil_err_set(err, RESIL_E_SYSTEM, "pool '%s': cannot initialise a condvar", p->name);
+  w.prev = p->wq_tail;
+  if (p->wq_tail) p->wq_tail->next = &w; else p->wq_head = &w;
+  p->wq_tail = &w;
+  p->waiters++;
+
+  uint64_t t0 = resil_now_ns();
+  resil_deadline until = resil_deadline_bound(deadline, p->cfg.acquire_timeout_ms);
+  while (w.state == W_WAITING)
+    if (resil__cond_wait_until(&w.cv, &p->mu, until) == ETIMEDOUT && w.state == W_WAITING) {
+      waiter_unlink_locked(p, &w);
+      break;
+    }
+  pthread_cond_destroy(&w.cv);
+
+  switch (w.state) {
+  case W_CONN:
+    g->kind = G_CONN;
+    g->conn = w.conn;
+    return RESIL_OK;
+  case W_SLOT:
+    g->kind = G_SLOT;
+    return RESIL_OK;
+  case W_CLOSED:
+    return resil_err_set(err, RESIL_E_CLOSED, "pool '%s': draining", p->name);
+  default:
+    p->acquire_timeouts++;
+    return resil_err_set(err, RESIL_E_POOL_TIMEOUT,
+                         "pool '%s': no connection free within %llu ms (%u of %u busy)", p->name,
+                         (unsigned long long)(since(resil_now_ns(), t0) / MS),
+                         p->in_use + p->connecting, p->cfg.max_size);
+  }
+}
+
+/* Why an idle connection just taken (already counted in_use) must not be
+ * lent, or RESIL_POOL_CLOSE_REASON_COUNT_ if it may. */
+static resil_pool_close_reason stale_reason_locked(const resil_pool *p,
+                                                   const resil_pool_conn *c, uint64_t now) {
+  if (lifetime_over(c, now)) return RESIL_POOL_CLOSE_LIFETIME;
+  if (idle_over(p, c, now, p->idle)) return RESIL_POOL_CLOSE_IDLE;
+  return RESIL_POOL_CLOSE_REASON_COUNT_;
+}
+
+static bool needs_validation(const resil_pool *p, const resil_pool_conn *c, uint64_t now) {
+  return p->cn.validate && since(now, c->idle_since_ns) >= p->cfg.validate_after_idle_ms * MS;
+}
+
+/* Give back a reserved slot unused. */
+static void unreserve_locked(resil_pool *p) {
+  p->connecting--;
+  slot_freed_locked(p);
+}
+
+/* Lend the idle connection g->conn, or close it if it is being drained,
+ * stale or fails validation and take the next idle one or the slot it
+ * freed, until one is lent (*out set) or g holds a slot. Needs mu; drops it
+ * around validate. Closed connections go on dead. */
+static resil_status vet_locked(resil_pool *p, resil_deadline deadline, grant *g, close_list *dead,
+                               resil_pool_conn **out, resil_err *err) {
+  while (g->kind == G_CONN) {
+    resil_pool_conn *c = g->conn;
+    uint64_t now = resil_now_ns();
+    resil_pool_close_reason r =
+        p->draining ? RESIL_POOL_CLOSE_DRAIN : stale_reason_locked(p, c, now);
+    if (r == RESIL_POOL_CLOSE_REASON_COUNT_ && needs_validation(p, c, now)) {
+      if (resil_deadline_expired(deadline)) {
+        /* A check with no time left would fail and close a good
+         * connection: put it back untouched instead. */
+        p->in_use--;
+        give_back_locked(p, c);
+        p->acquire_timeouts++;
+        return resil_err_set(err, RESIL_E_POOL_TIMEOUT,
+                             "pool '%s': deadline passed before validating", p->name);
+      }
+      pthread_mutex_unlock(&p->mu);
+      bool ok = p->cn.validate(p->cn.ctx, c->handle,
+                               resil_deadline_bound(deadline, p->cfg.validate_timeout_ms));
+      pthread_mutex_lock(&p->mu);
+      if (!ok) r = RESIL_POOL_CLOSE_VALIDATION;
+      else if (p->draining) r = RESIL_POOL_CLOSE_DRAIN;
+    }
+    if (r == RESIL_POOL_CLOSE_REASON_COUNT_) {
+      p->acquired++;
+      *out = c;
+      return RESIL_OK;
+    }
+    p->in_use--;
+    retire_locked(p, c, r, dead);
+    if (p->draining) {
+      slot_freed_locked(p);
+      return resil_err_set(err, RESIL_E_CLOSED, "pool '%s': draining", p->name);
+    }
+    take_locked(p, g); /* cannot fail: we just freed a slot */
+  }
+  return RESIL_OK;
+}
+
+/* Before connecting on a reserved slot: give it back if the pool is
+ * draining or the caller has no time left. Needs mu. */
+static resil_status slot_check_locked(resil_pool *p, resil_deadline deadline, resil_err *err) {
+  if (p->draining) {
+    unreserve_locked(p);
+    return resil_err_set(err, RESIL_E_CLOSED, "pool '%s': draining", p->name);
+  }
+  if (resil_deadline_expired(deadline)) {
+    unreserve_locked(p);
+    p->acquire_timeouts++;
+    return resil_err_set(err, RESIL_E_POOL_TIMEOUT, "pool '%s': deadline passed before connecting",
+                         p->name);
+  }
+  return RESIL_OK;
+}
+
+/* Connect on our reserved slot and lend the new connection. Call without
+ * mu. */
+static resil_status connect_and_lend(resil_pool *p, resil_deadline deadline,
+                                     resil_pool_conn **out, resil_err *err) {
+  resil_pool_conn *c;
+  resil_status st = connect_slot(p, deadline, &c, err);
+  if (st != RESIL_OK) return st;
+  close_list dead = {NULL};
+  pthread_mutex_lock(&p->mu);
+  if (p->draining) {
+    retire_locked(p, c, RESIL_POOL_CLOSE_DRAIN, &dead);
+    slot_freed_locked(p);
+    st = resil_err_set(err, RESIL_E_CLOSED, "pool '%s': draining", p->name);
+  } else {
+    p->in_use++;
+    p->acquired++;
+    *out = c;
+  }
+  pthread_mutex_unlock(&p->mu);
+  close_all(p, &dead);
+  return st;
+}
+
+/* The body of resil_pool_acquire (deadline already checked): take an idle
+ * connection or a slot (queueing if needed), vet the connection, or
+ * connect on the slot. */
+static resil_status acquire(resil_pool *p, resil_deadline deadline, resil_pool_conn **out,
+                            resil_err *err) {
+  close_list dead = {NULL};
+  grant g = {G_NONE, NULL};
+  resil_status st = RESIL_OK;
+  pthread_mutex_lock(&p->mu);
+  if (p->draining)
+    st = resil_err_set(err, RESIL_E_CLOSED, "pool '%s': draining", p->name);
+  else if (p->wq_head || !take_locked(p, &g))
+    st = wait_locked(p, deadline, &g, err);
+  /* From here we hold a grant and keep our slot until we return. */
+  if (st == RESIL_OK) st = vet_locked(p, deadline, &g, &dead, out, err);
+  if (st == RESIL_OK && g.kind == G_SLOT) st = slot_check_locked(p, deadline, err);
+  pthread_mutex_unlock(&p->mu);
+  close_all(p, &dead);
+  if (st == RESIL_OK && g.kind == G_SLOT) st = connect_and_lend(p, deadline, out, err);
+  return st;
+}
+
+resil_status resil_pool_acquire(resil_pool *p, resil_deadline deadline, resil_pool_conn **out,
+                                resil_err *err) {
+  if (out) *out = NULL;
+  if (!p || !out)
+    return resil_err_set(err, RESIL_E_INVALID, "pool acquire: %s is NULL", p ? "out" : "pool");
+  if (resil_deadline_expired(deadline))
+    return resil_err_set(err, RESIL_E_DEADLINE, "pool '%s': deadline already passed", p->name);
+  /* The latency histogram sees every attempt that got this far. */
+  uint64_t t0 = resil_now_ns();
+  resil_status st = acquire(p, deadline, out, err);
+  uint64_t t1 = resil_now_ns();
+  resil__hist_observe(&p->latency, t1 > t0 ? t1 - t0 : 0);
+  return st;
+}
+
+void *resil_pool_conn_handle(const resil_pool_conn *c) { return c ? c->handle : NULL; }
+
+void resil_pool_release(resil_pool *p, resil_pool_conn *c, resil_pool_return how) {
+  if (!p || !c) return;
+  close_list dead = {NULL};
+  uint64_t now = resil_now_ns();
+  pthread_mutex_lock(&p->mu);
+  p->in_use--;
+  if (how != RESIL_POOL_OK || p->draining || lifetime_over(c, now)) {
+    resil_pool_close_reason r = how != RESIL_POOL_OK ? RESIL_POOL_CLOSE_BROKEN
+                                : p->draining        ? RESIL_POOL_CLOSE_DRAIN
+                                                     : RESIL_POOL_CLOSE_LIFETIME;
+    retire_locked(p, c, r, &dead);
+    slot_freed_locked(p);
+  } else {
+    add_idle_locked(p, c, &dead);
+  }
+  if (sweep_tail_locked(p, now, &dead)) slot_freed_locked(p);
+  pthread_mutex_unlock(&p->mu);
+  close_all(p, &dead);
+}
+
+/* ---- Introspection ------------------------------------------------------- */
+
+void resil_pool_get_stats(const resil_pool *p, resil_pool_stats *out) {
+  if (!out) return;
+  memset(out, 0, sizeof *out);
+  if (!p) return;
+  resil_pool *m = (resil_pool *)p; /* the lock is not part of the value */
+  pthread_mutex_lock(&m->mu);
+  out->max = p->cfg.max_size;
+  out->open = p->open;
+  out->idle = p->idle;
+  out->in_use = p->in_use;
+  out->connecting = p->connecting;
+  out->waiters = p->waiters;
+  out->acquired = p->acquired;
+  out->acquire_timeouts = p->acquire_timeouts;
+  out->connects_ok = p->connects_ok;
+  out->connects_failed = p->connects_failed;
+  out->connects_timed_out = p->connects_timed_out;
+  memcpy(out->closed, p->closed, sizeof out->closed);
+  pthread_mutex_unlock(&m->mu);
+  resil__hist_read(&p->latency, &out->acquire_latency);
+}
+
+const char *resil_pool_name(const resil_pool *p) { return p ? p->name : NULL; }

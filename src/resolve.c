@@ -1,0 +1,412 @@
+/* Name resolution under a deadline, with a short-TTL cache (resil/resolve.h).
+ *
+ * Numeric hosts are parsed in the caller's thread with inet_pton. Names go
+ * to a lookup: one per host in flight, shared by every caller asking for
+ * that host meanwhile. A lookup runs getaddrinfo() on a detached thread; at
+ * most RESIL_RESOLVE_MAX_THREADS run at once, the rest queue (at most
+ * RESIL_RESOLVE_MAX_QUEUED) and a thread that finishes takes the next one.
+ * Callers wait on the lookup's condvar no longer than their deadline; a
+ * lookup everybody gave up on still finishes and fills the cache.
+ *
+ * A lookup is reference-counted (its thread or queue slot + each waiting
+ * caller) and freed by whoever drops the last reference. Successful answers
+ * are cached per host (port-less) for the TTL; failures are not cached.
+ * Everything shared lives under one mutex; answers are copied out.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+#include "resolve_internal.h"
+
+#define HOST_MAX 255           /* longest DNS name */
+#define UNSET_WAIT_MS 5000     /* bound on a wait with an unset deadline */
+#define DEFAULT_TTL_MS 5000
+#define MS 1000000ull
+
+typedef struct lookup {
+  char host[HOST_MAX + 1];
+  unsigned refs;          /* thread or queue slot, plus waiting callers */
+  bool done;
+  resil_status st;        /* valid once done */
+  char msg[RESIL_ERR_MSG_MAX];
+  resil_addr *addrs;      /* port 0 */
+  size_t n;
+  pthread_cond_t cv;      /* broadcast when done */
+  struct lookup *next_in_flight, *next_queued;
+} lookup;
+
+typedef struct cache_entry {
+  char host[HOST_MAX + 1];
+  uint64_t expires_ns;
+  resil_addr *addrs; /* port 0 */
+  size_t n;
+  struct cache_entry *next;
+} cache_entry;
+
+static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+static lookup *in_flight;              /* every unfinished lookup */
+static lookup *queue_head, *queue_tail; /* waiting for a thread */
+static unsigned n_queued, n_threads, n_in_flight, n_waiting, n_cached;
+static cache_entry *cache;
+static uint64_t n_lookups, n_hits;
+static _Atomic uint32_t ttl_ms = DEFAULT_TTL_MS;
+static _Atomic(resil__gai_fn) gai_hook;
+
+/* ---- Addresses ----------------------------------------------------------- */
+
+/* Fill a from a socket address (port left as given); false if not IP. */
+static bool addr_from_sockaddr(resil_addr *a, const struct sockaddr *sa, socklen_t len) {
+  const void *ip;
+  if (sa->sa_family == AF_INET && len >= (socklen_t)sizeof(struct sockaddr_in))
+    ip = &((const struct sockaddr_in *)(const void *)sa)->sin_addr;
+  else if (sa->sa_family == AF_INET6 && len >= (socklen_t)sizeof(struct sockaddr_in6))
+    ip = &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr;
+  else
+    return false;
+  if ((size_t)len > sizeof a->sa) return false;
+  memset(a, 0, sizeof *a);
+  memcpy(&a->sa, sa, (size_t)len);
+  a->len = len;
+  a->family = sa->sa_family;
+  if (!inet_ntop(a->family, ip, a->text, sizeof a->text)) a->text[0] = '\0';
+  return true;
+}
+
+static void set_port(resil_addr *a, uint16_t port) {
+  if (a->family == AF_INET)
+    ((struct sockaddr_in *)(void *)&a->sa)->sin_port = htons(port);
+  else
+    ((struct sockaddr_in6 *)(void *)&a->sa)->sin6_port = htons(port);
+}
+
+/* Copy up to max answers into out with port set. */
+static size_t copy_out(const resil_addr *src, size_t n, uint16_t port, resil_addr *out,
+                       size_t max) {
+  if (n > max) n = max;
+  for (size_t i = 0; i < n; i++) {
+    out[i] = src[i];
+    set_port(&out[i], port);
+  }
+  return n;
+}
+
+/* Parse a numeric IPv4/IPv6 host into *a; false if host is a name. */
+static bool parse_numeric(const char *host, uint16_t port, resil_addr *a) {
+  struct sockaddr_in v4 = {.sin_family = AF_INET};
+  struct sockaddr_in6 v6 = {.sin6_family = AF_INET6};
+  bool ok;
+  if (inet_pton(AF_INET, host, &v4.sin_addr) == 1)
+    ok = addr_from_sockaddr(a, (const struct sockaddr *)(const void *)&v4, sizeof v4);
+  else if (inet_pton(AF_INET6, host, &v6.sin6_addr) == 1)
+    ok = addr_from_sockaddr(a, (const struct sockaddr *)(const void *)&v6, sizeof v6);
+  else
+    return false;
+  if (ok) set_port(a, port);
+  return ok;
+}
+
+/* ---- Cache (under mu) ---------------------------------------------------- */
+
+static void cache_entry_free(cache_entry *e) {
+  free(e->addrs);
+  free(e);
+}
+
+/* Unlink and free the entry *pp points to. */
+static void cache_remove_locked(cache_entry **pp) {
+  cache_entry *e = *pp;
+  *pp = e->next;
+  cache_entry_free(e);
+  n_cached--;
+}
+
+/* Copy a live cached answer for host into out; false on a miss. */
+static bool cache_get_locked(const char *host, uint16_t port, resil_addr *out, size_t max,
+                             size_t *count) {
+  if (atomic_load(&ttl_ms) == 0) return false;
+  uint64_t now = resil_now_ns();
+  for (cache_entry **pp = &cache; *pp; pp = &(*pp)->next) {
+    if (strcmp((*pp)->host, host) != 0) continue;
+    if (now >= (*pp)->expires_ns) {
+      cache_remove_locked(pp);
+      return false;
+    }
+    *count = copy_out((*pp)->addrs, (*pp)->n, port, out, max);
+    return true;
+  }
+  return false;
+}
+
+/* Make room for one entry: drop expired ones, then the one expiring first. */
+static void cache_make_room_locked(uint64_t now) {
+  for (cache_entry **pp = &cache; *pp;)
+    if (now >= (*pp)->expires_ns) cache_remove_locked(pp); else pp = &(*pp)->next;
+  if (n_cached < RESIL_RESOLVE_CACHE_MAX) return;
+  cache_entry **oldest = &cache;
+  for (cache_entry **pp = &cache; *pp; pp = &(*pp)->next)
+    if ((*pp)->expires_ns < (*oldest)->expires_ns) oldest = pp;
+  cache_remove_locked(oldest);
+}
+
+/* Cache a finished lookup's answer (replacing any older one). Best effort. */
+static void cache_put_locked(const lookup *lk) {
+  uint32_t ttl = atomic_load(&ttl_ms);
+  if (ttl == 0 || lk->st != RESIL_OK) return;
+  for (cache_entry **pp = &cache; *pp; pp = &(*pp)->next)
+    if (strcmp((*pp)->host, lk->host) == 0) {
+      cache_remove_locked(pp);
+      break;
+    }
+  uint64_t now = resil_now_ns();
+  if (n_cached >= RESIL_RESOLVE_CACHE_MAX) cache_make_room_locked(now);
+  cache_entry *e = calloc(1, sizeof *e);
+  if (!e) return;
+  e->addrs = malloc(lk->n * sizeof *e->addrs);
+  if (!e->addrs) {
+    free(e);
+    return;
+  }
+  memcpy(e->addrs, lk->addrs, lk->n * sizeof *e->addrs);
+  e->n = lk->n;
+  memcpy(e->host, lk->host, sizeof e->host);
+  e->expires_ns = now + ttl * MS;
+  e->next = cache;
+  cache = e;
+  n_cached++;
+}
+
+void resil_resolve_set_ttl_ms(uint32_t ms) {
+  atomic_store(&ttl_ms, ms);
+  if (ms == 0) resil_resolve_flush();
+}
+
+void resil_resolve_flush(void) {
+  pthread_mutex_lock(&mu);
+  while (cache) cache_remove_locked(&cache);
+  pthread_mutex_unlock(&mu);
+}
+
+/* ---- Lookups ------------------------------------------------------------- */
+
+static void lookup_free(lookup *lk) {
+  pthread_cond_destroy(&lk->cv);
+  free(lk->addrs);
+  free(lk);
+}
+
+/* Drop one reference; the last one frees. */
+static void unref_locked(lookup *lk) {
+  if (--lk->refs == 0) lookup_free(lk);
+}
+
+/* Turn getaddrinfo's answer into lk's result. No lock needed: only the
+ * lookup's thread touches these fields until `done` is published. */
+static void lookup_run(lookup *lk) {
+  struct addrinfo hints, *res = NULL;
+  memset(&hints, 0, sizeof hints);
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  resil__gai_fn gai = atomic_load(&gai_hook);
+  errno = 0;
+  int rc = gai ? gai(lk->host, NULL, &hints, &res) : getaddrinfo(lk->host, NULL, &hints, &res);
+  if (rc != 0) {
+    int e = errno;
+    lk->st = rc == EAI_MEMORY ? RESIL_E_NOMEM : rc == EAI_SYSTEM ? RESIL_E_SYSTEM : RESIL_E_FAILURE;
+    resil_err tmp;
+    resil_err_set(&tmp, lk->st, "resolve '%s': %s", lk->host,
+                  rc == EAI_SYSTEM ? strerror(e) : gai_strerror(rc));
+    memcpy(lk->msg, tmp.msg, sizeof lk->msg);
+    return;
+  }
+  size_t n = 0;
+  for (struct addrinfo *ai = res; ai; ai = ai->ai_next) n++;
+  lk->addrs = n ? calloc(n, sizeof *lk->addrs) : NULL;
+  for (struct addrinfo *ai = res; ai && lk->addrs; ai = ai->ai_next)
+    if (addr_from_sockaddr(&lk->addrs[lk->n], ai->ai_addr, ai->ai_addrlen)) lk->n++;
+  freeaddrinfo(res);
+  resil_err tmp;
+  if (n && !lk->addrs) {
+    lk->st = resil_err_set(&tmp, RESIL_E_NOMEM, "resolve '%s': out of memory", lk->host);
+  } else if (lk->n == 0) {
+    lk->st = resil_err_set(&tmp, RESIL_E_FAILURE, "resolve '%s': no IPv4 or IPv6 address",
+                           lk->host);
+  } else {
+    lk->st = RESIL_OK;
+    return;
+  }
+  memcpy(lk->msg, tmp.msg, sizeof lk->msg);
+}
+
+/* Publish lk's result: cache it, wake its callers, drop the thread's
+ * reference. */
+static void lookup_finish_locked(lookup *lk) {
+  for (lookup **pp = &in_flight; *pp; pp = &(*pp)->next_in_flight)
+    if (*pp == lk) {
+      *pp = lk->next_in_flight;
+      break;
+    }
+  n_in_flight--;
+  cache_put_locked(lk);
+  lk->done = true;
+  pthread_cond_broadcast(&lk->cv);
+  unref_locked(lk);
+}
+
+static lookup *dequeue_locked(void) {
+  lookup *lk = queue_head;
+  if (!lk) return NULL;
+  queue_head = lk->next_queued;
+  if (!queue_head) queue_tail = NULL;
+  n_queued--;
+  return lk;
+}
+
+/* A lookup thread: run lookups until none is queued. */
+static void *lookup_thread(void *arg) {
+  lookup *lk = arg;
+  while (lk) {
+    lookup_run(lk);
+    pthread_mutex_lock(&mu);
+    lookup_finish_locked(lk);
+    lk = dequeue_locked();
+    if (lk)
+      n_lookups++;
+    else
+      n_threads--;
+    pthread_mutex_unlock(&mu);
+  }
+  return NULL;
+}
+
+static void enqueue_locked(lookup *lk) {
+  if (queue_tail) queue_tail->next_queued = lk; else queue_head = lk;
+  queue_tail = lk;
+  n_queued++;
+}
+
+/* Start a detached lookup thread for lk; 0 or an errno value. */
+static int spawn(lookup *lk) {
+  pthread_attr_t attr;
+  pthread_t t;
+  int rc = pthread_attr_init(&attr);
+  if (rc) return rc;
+  rc = pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+  if (rc == 0) rc = pthread_create(&t, &attr, lookup_thread, lk);
+  pthread_attr_destroy(&attr);
+  return rc;
+}
+
+/* Create a lookup for host, start or queue it. On success *out has one
+ * reference for its thread/queue slot. */
+static resil_status lookup_start_locked(const char *host, lookup **out, resil_err *err) {
+  bool thread_free = n_threads < RESIL_RESOLVE_MAX_THREADS;
+  if (!thread_free && n_queued >= RESIL_RESOLVE_MAX_QUEUED)
+    return resil_err_set(err, RESIL_E_TIMEOUT, "resolve '%s': resolver busy (%u lookups queued)",
+                         host, n_queued);
+  lookup *lk = calloc(1, sizeof *lk);
+  if (!lk) return resil_err_set(err, RESIL_E_NOMEM, "resolve '%s': out of memory", host);
+  if (resil__cond_init(&lk->cv)) {
+    free(lk);
+    return resil_err_set(err, RESIL_E_SYSTEM, "resolve '%s': cannot initialise a condvar", host);
+  }
+  resil__strlcpy(lk->host, host, sizeof lk->host);
+  lk->refs = 1;
+  int rc = thread_free ? spawn(lk) : EAGAIN;
+  if (rc == 0) {
+    n_threads++;
+    n_lookups++;
+  } else if (n_threads > 0) {
+    enqueue_locked(lk); /* a running thread will take it */
+  } else {
+    lookup_free(lk);
+    return resil_err_set(err, RESIL_E_SYSTEM, "resolve '%s': cannot start a thread: %s", host,
+                         strerror(rc));
+  }
+  lk->next_in_flight = in_flight;
+  in_flight = lk;
+  n_in_flight++;
+  *out = lk;
+  return RESIL_OK;
+}
+
+static lookup *find_in_flight_locked(const char *host) {
+  for (lookup *lk = in_flight; lk; lk = lk->next_in_flight)
+    if (strcmp(lk->host, host) == 0) return lk;
+  return NULL;
+}
+
+resil_status resil_resolve(const char *host, uint16_t port, resil_deadline deadline,
+                           resil_addr *out, size_t max, size_t *count, resil_err *err) {
+  if (count) *count = 0;
+  if (!host || !*host) return resil_err_set(err, RESIL_E_INVALID, "resolve: host is empty");
+  if (!out || !count || max == 0)
+    return resil_err_set(err, RESIL_E_INVALID, "resolve '%.*s': no room for an answer",
+                         HOST_MAX, host);
+  if (strlen(host) > HOST_MAX)
+    return resil_err_set(err, RESIL_E_INVALID, "resolve '%.40s...': longer than %d characters",
+                         host, HOST_MAX);
+  if (parse_numeric(host, port, out)) {
+    *count = 1;
+    return RESIL_OK;
+  }
+
+  pthread_mutex_lock(&mu);
+  if (cache_get_locked(host, port, out, max, count)) {
+    n_hits++;
+    pthread_mutex_unlock(&mu);
+    return RESIL_OK;
+  }
+  if (resil_deadline_expired(deadline)) {
+    pthread_mutex_unlock(&mu);
+    return resil_err_set(err, RESIL_E_TIMEOUT, "resolve '%s': deadline already passed", host);
+  }
+  lookup *lk = find_in_flight_locked(host);
+  if (!lk) {
+    resil_status st = lookup_start_locked(host, &lk, err);
+    if (st != RESIL_OK) {
+      pthread_mutex_unlock(&mu);
+      return st;
+    }
+  }
+  lk->refs++;
+  n_waiting++;
+  resil_deadline until =
+      resil_deadline_is_set(deadline) ? deadline : resil_deadline_in_ms(UNSET_WAIT_MS);
+  uint64_t t0 = resil_now_ns();
+  while (!lk->done)
+    if (resil__cond_wait_until(&lk->cv, &mu, until) == ETIMEDOUT) break;
+  n_waiting--;
+  resil_status st;
+  if (!lk->done) {
+    uint64_t now = resil_now_ns();
+    st = resil_err_set(err, RESIL_E_TIMEOUT, "resolve '%s': no answer within %llu ms", host,
+                       (unsigned long long)((now > t0 ? now - t0 : 0) / MS));
+  } else if (lk->st == RESIL_OK) {
+    *count = copy_out(lk->addrs, lk->n, port, out, max);
+    st = RESIL_OK;
+  } else {
+    st = resil_err_set(err, lk->st, "%s", lk->msg);
+  }
+  unref_locked(lk);
+  pthread_mutex_unlock(&mu);
+  return st;
+}
+
+/* ---- Test hooks ---------------------------------------------------------- */
+
+void resil__resolve_set_gai(resil__gai_fn fn) { atomic_store(&gai_hook, fn); }
+
+void resil__resolve_counters_get(resil__resolve_counters *out) {
+  pthread_mutex_lock(&mu);
+  out->lookups = n_lookups;
+  out->cache_hits = n_hits;
+  out->threads = n_threads;
+  out->in_flight = n_in_flight;
+  out->waiting = n_waiting;
+  out->cached = n_cached;
+  pthread_mutex_unlock(&mu);
+}

@@ -1,0 +1,519 @@
+/* Name resolution under a deadline, with a short-TTL cache. Names go through
+ * a gated fake getaddrinfo where a test needs control, and through the real
+ * one for "localhost" (from /etc/hosts; no network needed). */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <time.h>
+
+#include "fake_clock.h"
+#include "resil/resil.h"
+#include "resolve_internal.h"
+
+/* ---- A getaddrinfo that waits at a gate ----------------------------------- */
+
+static pthread_mutex_t gate_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t gate_cv = PTHREAD_COND_INITIALIZER;
+static bool gate_closed;
+static _Atomic int gai_calls;
+
+static void gate(bool closed) {
+  pthread_mutex_lock(&gate_mu);
+  gate_closed = closed;
+  pthread_cond_broadcast(&gate_cv);
+  pthread_mutex_unlock(&gate_mu);
+}
+
+/* Names containing "nohost" are not found; names containing "three" give
+ * 127.0.0.1 three times (once per socket type); every other name gives
+ * 127.0.0.1 once. */
+static int gated_gai(const char *node, const char *service, const struct addrinfo *hints,
+                     struct addrinfo **res) {
+  atomic_fetch_add(&gai_calls, 1);
+  pthread_mutex_lock(&gate_mu);
+  while (gate_closed) pthread_cond_wait(&gate_cv, &gate_mu);
+  pthread_mutex_unlock(&gate_mu);
+  if (strstr(node, "nohost")) return EAI_NONAME;
+  if (strstr(node, "three")) {
+    struct addrinfo any = *hints;
+    any.ai_socktype = 0;
+    any.ai_protocol = 0;
+    return getaddrinfo("127.0.0.1", service, &any, res);
+  }
+  return getaddrinfo("127.0.0.1", service, hints, res);
+}
+
+/* ---- Helpers ------------------------------------------------------------- */
+
+/* Upper slack on real-time waits: a deadline is met within this many ms.
+ * Sanitizers slow every thread several-fold, so they get more room. */
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define LATE_MS 400
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#define LATE_MS 400
+#endif
+#endif
+#ifndef LATE_MS
+#define LATE_MS 100
+#endif
+
+/* Timing a wait that should end at its deadline. Ending early is a bug, so
+ * every try must last at least the deadline (less clock-reading slack);
+ * ending late is scheduler noise on a loaded machine, so a step is timed up
+ * to TIMED_TRIES times and the fastest try must be within LATE_MS:
+ *   timing t = timing_start(50);
+ *   do { ...run the step, timing_add(&t, took_ms)... } while (timing_again(&t));
+ *   timing_check(&t);                                                      */
+#define TIMED_TRIES 3
+typedef struct timing {
+  uint64_t deadline_ms, best_ms;
+  int tries;
+} timing;
+
+static timing timing_start(uint64_t deadline_ms) {
+  timing t = {deadline_ms, UINT64_MAX, 0};
+  return t;
+}
+
+static void timing_add(timing *t, uint64_t took_ms) {
+  assert_true(took_ms + 5 >= t->deadline_ms); /* never early */
+  if (took_ms < t->best_ms) t->best_ms = took_ms;
+  t->tries++;
+}
+
+static bool timing_again(const timing *t) {
+  return t->tries < TIMED_TRIES && t->best_ms > t->deadline_ms + LATE_MS;
+}
+
+static void timing_check(const timing *t) {
+  assert_in_range(t->best_ms, t->deadline_ms - 5, t->deadline_ms + LATE_MS);
+}
+
+
+static void sleep_ms(unsigned ms) {
+  struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000};
+  nanosleep(&ts, NULL);
+}
+
+static uint64_t real_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static resil__resolve_counters counters(void) {
+  resil__resolve_counters c;
+  resil__resolve_counters_get(&c);
+  return c;
+}
+
+#define WAIT_FOR(cond)                                         \
+  do {                                                         \
+    for (int i_ = 0; i_ < 10000 && !(cond); i_++) sleep_ms(1); \
+    assert_true(cond);                                         \
+  } while (0)
+
+/* Wait (without asserting) until no lookup is in flight. */
+static void settle(void) {
+  for (int i = 0; i < 10000; i++) {
+    resil__resolve_counters c = counters();
+    if (c.in_flight == 0 && c.threads == 0) return;
+    sleep_ms(1);
+  }
+}
+
+static int setup(void **state) {
+  (void)state;
+  gate(false);
+  resil__resolve_set_gai(NULL);
+  resil_resolve_set_ttl_ms(5000);
+  resil_resolve_flush();
+  atomic_store(&gai_calls, 0);
+  return 0;
+}
+
+static int setup_gated(void **state) {
+  setup(state);
+  resil__resolve_set_gai(gated_gai);
+  return 0;
+}
+
+static int setup_fake(void **state) {
+  fake_clock_install();
+  return setup(state);
+}
+
+static int setup_fake_gated(void **state) {
+  fake_clock_install();
+  return setup_gated(state);
+}
+
+static int teardown(void **state) {
+  (void)state;
+  gate(false);
+  settle();
+  resil__resolve_set_gai(NULL);
+  resil_resolve_set_ttl_ms(5000);
+  resil_resolve_flush();
+  fake_clock_uninstall();
+  return 0;
+}
+
+static uint16_t port_of(const resil_addr *a) {
+  const void *sa = &a->sa;
+  if (a->family == AF_INET) return ntohs(((const struct sockaddr_in *)sa)->sin_port);
+  return ntohs(((const struct sockaddr_in6 *)sa)->sin6_port);
+}
+
+static bool is_loopback_text(const char *t) {
+  return strcmp(t, "::1") == 0 || strncmp(t, "127.", 4) == 0;
+}
+
+/* A resolve on its own thread. */
+typedef struct job {
+  pthread_t t;
+  const char *host;
+  int64_t deadline_ms; /* < 0: unset */
+  resil_status st;
+  size_t count;
+  resil_addr out[4];
+  char msg[RESIL_ERR_MSG_MAX];
+} job;
+
+static void *job_main(void *arg) {
+  job *j = arg;
+  resil_err err = {.status = RESIL_OK, .msg = ""};
+  resil_deadline d =
+      j->deadline_ms < 0 ? RESIL_DEADLINE_UNSET : resil_deadline_in_ms(j->deadline_ms);
+  j->st = resil_resolve(j->host, 5432, d, j->out, 4, &j->count, &err);
+  memcpy(j->msg, err.msg, sizeof j->msg);
+  return NULL;
+}
+
+static void job_start(job *j, const char *host, int64_t deadline_ms) {
+  memset(j, 0, sizeof *j);
+  j->host = host;
+  j->deadline_ms = deadline_ms;
+  assert_int_equal(pthread_create(&j->t, NULL, job_main, j), 0);
+}
+
+/* ---- Numeric hosts ---------------------------------------------------------- */
+
+static void numeric_ipv4_is_parsed_without_a_lookup(void **state) {
+  (void)state;
+  resil__resolve_counters before = counters();
+  resil_addr a[2];
+  size_t n = 99;
+  assert_int_equal(resil_resolve("127.0.0.1", 6379, resil_deadline_in_ms(0), a, 2, &n, NULL),
+                   RESIL_OK);
+  assert_int_equal(n, 1);
+  assert_int_equal(a[0].family, AF_INET);
+  assert_string_equal(a[0].text, "127.0.0.1");
+  assert_int_equal(a[0].len, sizeof(struct sockaddr_in));
+  assert_int_equal(port_of(&a[0]), 6379);
+  resil__resolve_counters after = counters();
+  assert_int_equal(after.lookups, before.lookups);
+  assert_int_equal(after.cache_hits, before.cache_hits);
+  assert_int_equal(after.threads, 0);
+}
+
+static void numeric_ipv6_is_parsed_without_a_lookup(void **state) {
+  (void)state;
+  resil__resolve_counters before = counters();
+  resil_addr a[1];
+  size_t n = 0;
+  assert_int_equal(resil_resolve("::1", 443, RESIL_DEADLINE_UNSET, a, 1, &n, NULL), RESIL_OK);
+  assert_int_equal(n, 1);
+  assert_int_equal(a[0].family, AF_INET6);
+  assert_string_equal(a[0].text, "::1");
+  assert_int_equal(a[0].len, sizeof(struct sockaddr_in6));
+  assert_int_equal(port_of(&a[0]), 443);
+  assert_int_equal(counters().lookups, before.lookups);
+}
+
+static void bad_arguments_are_invalid(void **state) {
+  (void)state;
+  resil_addr a[1];
+  size_t n = 7;
+  resil_err err = {0};
+  assert_int_equal(resil_resolve(NULL, 1, RESIL_DEADLINE_UNSET, a, 1, &n, &err), RESIL_E_INVALID);
+  assert_int_equal(n, 0);
+  assert_int_equal(resil_resolve("", 1, RESIL_DEADLINE_UNSET, a, 1, &n, &err), RESIL_E_INVALID);
+  assert_int_equal(resil_resolve("localhost", 1, RESIL_DEADLINE_UNSET, a, 0, &n, &err),
+                   RESIL_E_INVALID);
+  assert_non_null(strstr(err.msg, "localhost"));
+  assert_int_equal(resil_resolve("localhost", 1, RESIL_DEADLINE_UNSET, NULL, 1, &n, &err),
+                   RESIL_E_INVALID);
+  assert_int_equal(resil_resolve("localhost", 1, RESIL_DEADLINE_UNSET, a, 1, NULL, &err),
+                   RESIL_E_INVALID);
+  char longname[300];
+  memset(longname, 'a', sizeof longname - 1);
+  longname[sizeof longname - 1] = '\0';
+  assert_int_equal(resil_resolve(longname, 1, RESIL_DEADLINE_UNSET, a, 1, &n, &err),
+                   RESIL_E_INVALID);
+  assert_int_equal(err.status, RESIL_E_INVALID);
+}
+
+/* ---- Names through the real getaddrinfo ----------------------------------- */
+
+static void localhost_resolves_with_port(void **state) {
+  (void)state;
+  resil_addr a[8];
+  size_t n = 0;
+  resil_err err = {0};
+  resil_status st = resil_resolve("localhost", 8080, resil_deadline_in_ms(5000), a, 8, &n, &err);
+  if (st != RESIL_OK) print_error("%s\n", err.msg);
+  assert_int_equal(st, RESIL_OK);
+  assert_true(n >= 1);
+  for (size_t i = 0; i < n; i++) {
+    assert_true(a[i].family == AF_INET || a[i].family == AF_INET6);
+    assert_true(is_loopback_text(a[i].text));
+    assert_int_equal(port_of(&a[i]), 8080);
+  }
+}
+
+static void expired_deadline_times_out_fast(void **state) {
+  (void)state;
+  resil__resolve_counters before = counters();
+  resil_addr a[1];
+  size_t n = 5;
+  resil_err err = {0};
+  uint64_t t0 = real_ms();
+  assert_int_equal(resil_resolve("localhost", 80, resil_deadline_in_ms(0), a, 1, &n, &err),
+                   RESIL_E_TIMEOUT);
+  assert_true(real_ms() - t0 < 100);
+  assert_int_equal(n, 0);
+  assert_non_null(strstr(err.msg, "'localhost'"));
+  assert_int_equal(counters().lookups, before.lookups); /* nothing started */
+}
+
+static void second_lookup_hits_the_cache_and_answers_are_copies(void **state) {
+  (void)state;
+  resil__resolve_counters before = counters();
+  resil_addr a[4];
+  size_t n = 0;
+  assert_int_equal(resil_resolve("localhost", 80, resil_deadline_in_ms(5000), a, 4, &n, NULL),
+                   RESIL_OK);
+  resil__resolve_counters mid = counters();
+  assert_int_equal(mid.lookups, before.lookups + 1);
+  assert_int_equal(mid.cache_hits, before.cache_hits);
+  assert_int_equal(mid.cached, 1);
+  size_t first = n;
+  memset(a, 0x5a, sizeof a); /* the caller owns its copy */
+  assert_int_equal(resil_resolve("localhost", 81, resil_deadline_in_ms(5000), a, 4, &n, NULL),
+                   RESIL_OK);
+  assert_int_equal(n, first);
+  assert_true(is_loopback_text(a[0].text));
+  assert_int_equal(port_of(&a[0]), 81);
+  resil__resolve_counters after = counters();
+  assert_int_equal(after.lookups, mid.lookups);
+  assert_int_equal(after.cache_hits, mid.cache_hits + 1);
+}
+
+static void cache_entry_expires_after_ttl(void **state) {
+  (void)state;
+  resil_resolve_set_ttl_ms(1000);
+  resil_addr a[4];
+  size_t n = 0;
+  uint64_t l0 = counters().lookups;
+  assert_int_equal(resil_resolve("localhost", 80, RESIL_DEADLINE_UNSET, a, 4, &n, NULL), RESIL_OK);
+  assert_int_equal(counters().lookups, l0 + 1);
+  fake_clock_advance_ms(999);
+  assert_int_equal(resil_resolve("localhost", 80, RESIL_DEADLINE_UNSET, a, 4, &n, NULL), RESIL_OK);
+  assert_int_equal(counters().lookups, l0 + 1); /* still cached */
+  fake_clock_advance_ms(1);
+  assert_int_equal(resil_resolve("localhost", 80, RESIL_DEADLINE_UNSET, a, 4, &n, NULL), RESIL_OK);
+  assert_int_equal(counters().lookups, l0 + 2); /* expired: looked up again */
+}
+
+static void zero_ttl_disables_the_cache_and_flush_empties_it(void **state) {
+  (void)state;
+  resil_addr a[4];
+  size_t n = 0;
+  resil__resolve_counters c0 = counters();
+  assert_int_equal(resil_resolve("localhost", 80, resil_deadline_in_ms(5000), a, 4, &n, NULL),
+                   RESIL_OK);
+  assert_int_equal(counters().cached, 1);
+  resil_resolve_flush();
+  assert_int_equal(counters().cached, 0);
+  assert_int_equal(resil_resolve("localhost", 80, resil_deadline_in_ms(5000), a, 4, &n, NULL),
+                   RESIL_OK);
+  assert_int_equal(counters().lookups, c0.lookups + 2);
+  resil_resolve_set_ttl_ms(0);
+  assert_int_equal(counters().cached, 0);
+  assert_int_equal(resil_resolve("localhost", 80, resil_deadline_in_ms(5000), a, 4, &n, NULL),
+                   RESIL_OK);
+  assert_int_equal(resil_resolve("localhost", 80, resil_deadline_in_ms(5000), a, 4, &n, NULL),
+                   RESIL_OK);
+  resil__resolve_counters c1 = counters();
+  assert_int_equal(c1.lookups, c0.lookups + 4);
+  assert_int_equal(c1.cache_hits, c0.cache_hits);
+  assert_int_equal(c1.cached, 0);
+}
+
+/* ---- Names through the gated getaddrinfo ---------------------------------- */
+
+static void name_not_found_is_failure_naming_the_host(void **state) {
+  (void)state;
+  resil_addr a[1];
+  size_t n = 0;
+  resil_err err = {0};
+  assert_int_equal(resil_resolve("nohost.test", 80, resil_deadline_in_ms(5000), a, 1, &n, &err),
+                   RESIL_E_FAILURE);
+  char want[200];
+  snprintf(want, sizeof want, "resolve 'nohost.test': %s", gai_strerror(EAI_NONAME));
+  assert_string_equal(err.msg, want);
+  assert_int_equal(n, 0);
+  assert_int_equal(counters().cached, 0); /* failures are not cached */
+}
+
+static void answers_are_truncated_to_max(void **state) {
+  (void)state;
+  resil_addr a[4];
+  size_t n = 0;
+  assert_int_equal(resil_resolve("three.test", 80, resil_deadline_in_ms(5000), a, 4, &n, NULL),
+                   RESIL_OK);
+  assert_int_equal(n, 3);
+  assert_int_equal(resil_resolve("three.test", 80, resil_deadline_in_ms(5000), a, 2, &n, NULL),
+                   RESIL_OK);
+  assert_int_equal(n, 2);
+  assert_string_equal(a[1].text, "127.0.0.1");
+  assert_int_equal(port_of(&a[1]), 80);
+}
+
+static void abandoned_lookup_finishes_and_fills_the_cache(void **state) {
+  (void)state;
+  gate(true);
+  resil_addr a[2];
+  size_t n = 0;
+  resil_err err = {0};
+  timing t = timing_start(50);
+  do { /* a later try joins the same lookup */
+    uint64_t t0 = real_ms();
+    assert_int_equal(resil_resolve("slow.test", 80, resil_deadline_in_ms(50), a, 2, &n, &err),
+                     RESIL_E_TIMEOUT);
+    timing_add(&t, real_ms() - t0);
+    assert_non_null(strstr(err.msg, "resolve 'slow.test': no answer within"));
+  } while (timing_again(&t));
+  timing_check(&t);
+  assert_int_equal(counters().in_flight, 1);
+  assert_int_equal(counters().waiting, 0);
+  gate(false);
+  WAIT_FOR(counters().in_flight == 0);
+  /* Served from the cache, even with no time left. */
+  assert_int_equal(resil_resolve("slow.test", 80, resil_deadline_in_ms(0), a, 2, &n, &err),
+                   RESIL_OK);
+  assert_int_equal(n, 1);
+  assert_string_equal(a[0].text, "127.0.0.1");
+  assert_int_equal(atomic_load(&gai_calls), 1);
+}
+
+static void concurrent_callers_share_one_lookup(void **state) {
+  (void)state;
+  resil_resolve_set_ttl_ms(0); /* sharing, not the cache */
+  gate(true);
+  enum { N = 4 };
+  job j[N];
+  for (int i = 0; i < N; i++) job_start(&j[i], "shared.test", 10000);
+  WAIT_FOR(counters().waiting == N);
+  assert_int_equal(counters().in_flight, 1);
+  gate(false);
+  for (int i = 0; i < N; i++) pthread_join(j[i].t, NULL);
+  for (int i = 0; i < N; i++) {
+    assert_int_equal(j[i].st, RESIL_OK);
+    assert_int_equal(j[i].count, 1);
+    assert_int_equal(port_of(&j[i].out[0]), 5432);
+  }
+  assert_int_equal(atomic_load(&gai_calls), 1);
+}
+
+static void lookup_threads_are_capped(void **state) {
+  (void)state;
+  resil_resolve_set_ttl_ms(0);
+  gate(true);
+  enum { N = RESIL_RESOLVE_MAX_THREADS + 2 };
+  static const char *const hosts[] = {"a.test", "b.test", "c.test", "d.test",
+                                      "e.test", "f.test", "g.test", "h.test"};
+  _Static_assert(N <= 8, "hosts");
+  job j[N];
+  for (int i = 0; i < N; i++) job_start(&j[i], hosts[i], 10000);
+  WAIT_FOR(counters().waiting == N);
+  WAIT_FOR(atomic_load(&gai_calls) == RESIL_RESOLVE_MAX_THREADS);
+  resil__resolve_counters c = counters();
+  assert_int_equal(c.threads, RESIL_RESOLVE_MAX_THREADS);
+  assert_int_equal(c.in_flight, N);
+  gate(false);
+  for (int i = 0; i < N; i++) pthread_join(j[i].t, NULL);
+  for (int i = 0; i < N; i++) assert_int_equal(j[i].st, RESIL_OK);
+  assert_int_equal(atomic_load(&gai_calls), N);
+  WAIT_FOR(counters().threads == 0);
+}
+
+static void unset_deadline_waits_five_seconds_at_most(void **state) {
+  (void)state;
+  gate(true);
+  job j;
+  job_start(&j, "stuck.test", -1);
+  WAIT_FOR(counters().waiting == 1);
+  fake_clock_advance_ms(4999);
+  sleep_ms(30);
+  assert_int_equal(counters().waiting, 1); /* still waiting */
+  fake_clock_advance_ms(1);
+  pthread_join(j.t, NULL);
+  assert_int_equal(j.st, RESIL_E_TIMEOUT);
+  assert_non_null(strstr(j.msg, "'stuck.test'"));
+  gate(false);
+}
+
+/* ---- The real resolver on a name that does not exist ---------------------- */
+
+static void nonexistent_name_fails_or_times_out_naming_the_host(void **state) {
+  (void)state;
+  resil_addr a[2];
+  size_t n = 0;
+  resil_err err = {0};
+  resil_status st =
+      resil_resolve("nonexistent.invalid", 80, resil_deadline_in_ms(2000), a, 2, &n, &err);
+  assert_true(st == RESIL_E_FAILURE || st == RESIL_E_TIMEOUT);
+  assert_int_equal(err.status, st);
+  assert_non_null(strstr(err.msg, "'nonexistent.invalid'"));
+  assert_int_equal(n, 0);
+}
+
+/* Tests by setup: real getaddrinfo, gated fake, and either on the fake clock. */
+#define REAL(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
+#define GATED(f) cmocka_unit_test_setup_teardown(f, setup_gated, teardown)
+#define FAKE(f) cmocka_unit_test_setup_teardown(f, setup_fake, teardown)
+#define FAKE_GATED(f) cmocka_unit_test_setup_teardown(f, setup_fake_gated, teardown)
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      REAL(numeric_ipv4_is_parsed_without_a_lookup),
+      REAL(numeric_ipv6_is_parsed_without_a_lookup),
+      REAL(bad_arguments_are_invalid),
+      REAL(localhost_resolves_with_port),
+      REAL(expired_deadline_times_out_fast),
+      REAL(second_lookup_hits_the_cache_and_answers_are_copies),
+      FAKE(cache_entry_expires_after_ttl),
+      REAL(zero_ttl_disables_the_cache_and_flush_empties_it),
+      GATED(name_not_found_is_failure_naming_the_host),
+      GATED(answers_are_truncated_to_max),
+      GATED(abandoned_lookup_finishes_and_fills_the_cache),
+      GATED(concurrent_callers_share_one_lookup),
+      GATED(lookup_threads_are_capped),
+      FAKE_GATED(unset_deadline_waits_five_seconds_at_most),
+      REAL(nonexistent_name_fails_or_times_out_naming_the_host),
+  };
+  return cmocka_run_group_tests_name("resolve", tests, NULL, NULL);
+}
