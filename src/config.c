@@ -88,6 +88,9 @@ static resil_status core_validate(const void *cfg, resil_err *err) {
   return resil_dep_config_validate(cfg, err);
 }
 static resil_dep_config *core_dep(void *cfg) { return cfg; }
+static void *core_create(const void *cfg, resil_err *err) { return resil_dep_new(cfg, err); }
+static void core_destroy(void *h) { resil_dep_free(h); }
+static resil_dep *core_dep_of(void *h) { return h; }
 
 static const resil_config_kind core_kind = {
     .name = "core",
@@ -98,6 +101,9 @@ static const resil_config_kind core_kind = {
     .pool_config = NULL,
     .keys = NULL,
     .nkeys = 0,
+    .create = core_create,
+    .destroy = core_destroy,
+    .dep_of = core_dep_of,
 };
 
 const resil_config_kind *resil_config_core_kind(void) { return &core_kind; }
@@ -269,6 +275,9 @@ const char *resil_config_name(const resil_config *c, size_t i) {
 }
 const char *resil_config_kind_name(const resil_config *c, size_t i) {
   return c && i < c->n ? c->deps[i].kind->name : NULL;
+}
+const resil_config_kind *resil_config_kind_of(const resil_config *c, size_t i) {
+  return c && i < c->n ? c->deps[i].kind : NULL;
 }
 void *resil_config_get(const resil_config *c, size_t i) {
   return c && i < c->n ? c->deps[i].cfg : NULL;

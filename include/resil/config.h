@@ -77,6 +77,12 @@ typedef struct resil_config_kind {
   resil_pool_config *(*pool_config)(void *cfg);
   const resil_key_spec *keys; /* the kind's own keys (may be NULL) */
   size_t nkeys;
+  /* Optional, used by resil_service (service.h): build the dependency's
+   * handle from a validated config (e.g. resil_redis_new), free it, and get
+   * its resil_dep. The core kind's handle is the resil_dep itself. */
+  void *(*create)(const void *cfg, resil_err *err);
+  void (*destroy)(void *handle);
+  resil_dep *(*dep_of)(void *handle);
 } resil_config_kind;
 
 /* Register a kind so that RESIL_DEPS can name it. A kind with the same name
@@ -137,6 +143,7 @@ RESIL_API size_t resil_config_count(const resil_config *cfg);
 RESIL_API const char *resil_config_name(const resil_config *cfg, size_t i);
 RESIL_API const char *resil_config_kind_name(const resil_config *cfg, size_t i);
 RESIL_API void *resil_config_get(const resil_config *cfg, size_t i);
+RESIL_API const resil_config_kind *resil_config_kind_of(const resil_config *cfg, size_t i);
 
 /* The config struct of the dependency called name, checking it has the
  * given kind (NULL: any). NULL if absent or of another kind. */

@@ -19,6 +19,7 @@
 #include "resil/dep.h"
 #include "resil/export.h"
 #include "resil/config.h"
+#include "resil/service.h"
 #include "resil/emf.h"
 #include "resil/lifecycle.h"
 #include "resil/admin.h"
