@@ -215,6 +215,28 @@ resil_status resil_parse_bool(const char *what, const char *v, bool *out, resil_
   return bad(err, what, v ? v : "", "a boolean (true/false, 1/0, yes/no, on/off)");
 }
 
+resil_status resil_parse_size(const char *what, const char *v, size_t *out, resil_err *err) {
+  const char *want = "a size: a whole number of bytes with an optional unit k, M or G";
+  if (!v) return bad(err, what, "", want);
+  size_t n = strlen(v), d = 0;
+  while (d < n && v[d] >= '0' && v[d] <= '9') d++;
+  uint64_t x = 0, mult = 1;
+  if (d == 0 || d > 12) return bad(err, what, v, want);
+  for (size_t i = 0; i < d; i++) x = x * 10 + (uint64_t)(v[i] - '0');
+  if (d < n) {
+    if (n - d != 1) return bad(err, what, v, want);
+    switch (v[d]) {
+      case 'k': case 'K': mult = 1024; break;
+      case 'M': mult = 1024 * 1024; break;
+      case 'G': mult = 1024ull * 1024 * 1024; break;
+      default: return bad(err, what, v, want);
+    }
+  }
+  if (x > (uint64_t)SIZE_MAX / mult) return bad(err, what, v, want);
+  *out = (size_t)(x * mult);
+  return RESIL_OK;
+}
+
 static resil_status parse_double(const char *what, const char *v, double *out, resil_err *err) {
   char *end;
   errno = 0;
@@ -423,6 +445,7 @@ static void set_value(resil_config *c, report *r, const char *source, const resi
     case RESIL_KEY_MS: st = resil_parse_ms(source, v, (uint32_t *)(void *)field, &e); break;
     case RESIL_KEY_BOOL: st = resil_parse_bool(source, v, (bool *)(void *)field, &e); break;
     case RESIL_KEY_DOUBLE: st = parse_double(source, v, (double *)(void *)field, &e); break;
+    case RESIL_KEY_SIZE: st = resil_parse_size(source, v, (size_t *)(void *)field, &e); break;
     case RESIL_KEY_STRING:
     case RESIL_KEY_SECRET: {
       const char *s = own(c, v, strlen(v));
@@ -774,6 +797,7 @@ static void format_value(char *out, size_t size, const resil_key_spec *ks, const
       snprintf(out, size, "%s", *(const bool *)(const void *)field ? "true" : "false");
       break;
     case RESIL_KEY_DOUBLE: snprintf(out, size, "%g", *(const double *)(const void *)field); break;
+    case RESIL_KEY_SIZE: snprintf(out, size, "%zu", *(const size_t *)(const void *)field); break;
     case RESIL_KEY_STRING:
     case RESIL_KEY_SECRET: {
       const char *s = *(const char *const *)(const void *)field;

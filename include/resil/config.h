@@ -48,7 +48,8 @@ typedef enum resil_key_type {
   RESIL_KEY_BOOL,   /* bool */
   RESIL_KEY_DOUBLE, /* double, finite */
   RESIL_KEY_STRING, /* const char *, owned by the resil_config */
-  RESIL_KEY_SECRET  /* like STRING, but redacted when printed */
+  RESIL_KEY_SECRET, /* like STRING, but redacted when printed */
+  RESIL_KEY_SIZE    /* size_t, decimal digits, optional unit k, M, G (1024-based) */
 } resil_key_type;
 
 /* One settable field. `offset` is relative to the struct the key belongs to:
@@ -173,6 +174,8 @@ RESIL_API resil_status resil_parse_uint(const char *what, const char *v, uint32_
 RESIL_API resil_status resil_parse_ms(const char *what, const char *v, uint32_t *out,
                                       resil_err *err);
 RESIL_API resil_status resil_parse_bool(const char *what, const char *v, bool *out,
+                                        resil_err *err);
+RESIL_API resil_status resil_parse_size(const char *what, const char *v, size_t *out,
                                         resil_err *err);
 
 RESIL_END_DECLS

@@ -161,6 +161,17 @@ RESIL_API void resil_http_free(resil_http *h);
 RESIL_API resil_dep *resil_http_dep(resil_http *h);
 RESIL_API resil_pool *resil_http_pool(resil_http *h);
 
+/* The "http" configuration kind (config.h), so that RESIL_DEPS=name:http
+ * with RESIL_DEP_<NAME>_BASE_URL, _CONNECT_TIMEOUT_MS, _REQUEST_TIMEOUT_MS,
+ * _TLS_VERIFY, _CA_FILE, _MAX_RESPONSE_BYTES, _LOW_SPEED_BYTES_PER_S,
+ * _LOW_SPEED_TIME_S, _DEADLINE_HEADER, _RESOLVE_WITH_RESIL (plus the core's
+ * and pool's keys) configure a client and resil_service builds it. It is
+ * registered automatically when libresil-http is loaded; a program linking
+ * it statically calls resil_http_register_kind() first. Default headers and
+ * the failure status set are set in C only. Thread-safe. */
+RESIL_API const struct resil_config_kind *resil_http_config_kind(void);
+RESIL_API resil_status resil_http_register_kind(resil_err *err);
+
 /* Request flags (resil_http_request.flags). */
 #define RESIL_HTTP_IDEMPOTENT RESIL_CALL_IDEMPOTENT /* retry even a POST/PATCH */
 #define RESIL_HTTP_NO_RETRY 0x100u                  /* never retry, even a GET */

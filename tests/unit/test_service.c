@@ -66,7 +66,8 @@ static void bad_environment_starts_nothing_and_names_every_problem(void **state)
   assert_non_null(strstr(report, "RESIL_ADMIN_PORT: 99999 is above 65535"));
   free(report);
   /* nothing was left running: a good start works now */
-  char *good[] = {(char *)"RESIL_DEPS=orders", (char *)"RESIL_EMF_INTERVAL_MS=0", NULL};
+  char *good[] = {(char *)"RESIL_DEPS=orders", (char *)"RESIL_EMF_INTERVAL_MS=0",
+                  (char *)"RESIL_DRAIN_GRACE_MS=0", NULL};
   assert_int_equal(resil_service_start(good, &s, NULL, &err), RESIL_OK);
   assert_non_null(resil_service_dep(s, "orders"));
   assert_int_equal(resil_service_admin_port(s), 0);
