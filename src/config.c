@@ -887,6 +887,63 @@ char *resil_config_dump_json(const resil_config *c) {
   return out;
 }
 
+static const char *const svc_help[] = {
+    "service name: the Service dimension of EMF and a resil_info label",
+    "admin endpoint bind address (numeric)",
+    "admin endpoint port; 0 = off",
+    "CloudWatch EMF namespace",
+    "EMF interval; 0 = EMF off (min 1s)",
+    "keep admitting calls this long after SIGTERM",
+    "wait at most this long for in-flight calls at drain",
+    "bound on each start-up pre-warm attempt",
+};
+
+static void doc_rows(resil_sbuf *b, const resil_key_spec *keys, size_t n, const void *base,
+                     const char *prefix) {
+  char v[512], name[200];
+  for (size_t k = 0; k < n; k++) {
+    format_value(v, sizeof v, &keys[k], base, false);
+    if (keys[k].required) snprintf(v, sizeof v, "(required)");
+    if (!v[0]) snprintf(v, sizeof v, "(none)");
+    char ek[96];
+    env_form(ek, sizeof ek, keys[k].key);
+    snprintf(name, sizeof name, "%s%s", prefix, ek);
+    resil__sb_printf(b, "| `%s` | %s | %s |\n", name, v, keys[k].help ? keys[k].help : "");
+  }
+}
+
+char *resil_config_keys_markdown(const char *kind_name) {
+  resil_sbuf b = {0};
+  char *out = NULL;
+  if (!kind_name) {
+    resil_service_config s;
+    service_defaults(&s);
+    resil__sb_printf(&b, "| `RESIL_DEPS` | (required) | dependencies: name[:kind],... |\n");
+    resil__sb_printf(&b, "| `RESIL_CONFIG_FILE` | (none) | KEY=VALUE file read before the "
+                         "environment |\n");
+    for (size_t i = 0; i < COUNT(svc_keys); i++) {
+      resil_key_spec ks = svc_keys[i];
+      ks.help = svc_help[i];
+      doc_rows(&b, &ks, 1, &s, "");
+    }
+  } else {
+    const resil_config_kind *k = find_kind(kind_name, strlen(kind_name));
+    if (!k) return NULL;
+    void *cfg = calloc(1, k->size);
+    if (!cfg) return NULL;
+    k->init(cfg, "NAME");
+    dep_entry d = {.kind = k, .cfg = cfg};
+    snprintf(d.env, sizeof d.env, "<NAME>");
+    table t[3];
+    int nt = tables_of(&d, t);
+    for (int i = nt - 1; i >= 0; i--) /* the kind's own keys first */
+      doc_rows(&b, t[i].keys, t[i].n, t[i].base, ENV_PREFIX "<NAME>_");
+    free(cfg);
+  }
+  if (resil__sb_finish(&b, &out, NULL, NULL) != RESIL_OK) return NULL;
+  return out;
+}
+
 static void compute_hash(resil_config *c) {
   char *dump = resil_config_dump(c);
   uint64_t h = 1469598103934665603ull;

@@ -7,16 +7,6 @@
 #include "resil/http.h"
 
 
-static void kind_init(void *cfg, const char *name) { resil_http_config_init(cfg, name); }
-static resil_status kind_validate(const void *cfg, resil_err *err) {
-  return resil_http_config_validate(cfg, err);
-}
-static resil_dep_config *kind_dep(void *cfg) { return &((resil_http_config *)cfg)->dep; }
-static resil_pool_config *kind_pool(void *cfg) { return &((resil_http_config *)cfg)->pool; }
-static void *kind_create(const void *cfg, resil_err *err) { return resil_http_new(cfg, err); }
-static void kind_destroy(void *h) { resil_http_free(h); }
-static resil_dep *kind_dep_of(void *h) { return resil_http_dep(h); }
-
 #define K(k, t, f, req, h) {k, RESIL_KEY_##t, offsetof(resil_http_config, f), 0, 0, req, h}
 static const resil_key_spec keys[] = {
     K("base_url", STRING, base_url, true, "http(s)://host[:port][/prefix]"),
@@ -31,19 +21,9 @@ static const resil_key_spec keys[] = {
     K("resolve_with_resil", BOOL, resolve_with_resil, false, "resolve with resil_resolve()"),
 };
 
-static const resil_config_kind http_kind = {
-    .name = "http",
-    .size = sizeof(resil_http_config),
-    .init = kind_init,
-    .validate = kind_validate,
-    .dep_config = kind_dep,
-    .pool_config = kind_pool,
-    .keys = keys,
-    .nkeys = sizeof keys / sizeof keys[0],
-    .create = kind_create,
-    .destroy = kind_destroy,
-    .dep_of = kind_dep_of,
-};
+RESIL_DEFINE_CONFIG_KIND(http, resil_http_config, resil_http_config_init,
+                         resil_http_config_validate, resil_http_new, resil_http_free,
+                         resil_http_dep, keys);
 
 const resil_config_kind *resil_http_config_kind(void) { return &http_kind; }
 

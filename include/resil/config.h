@@ -92,6 +92,38 @@ typedef struct resil_config_kind {
  * 16 kinds). Thread-safe. */
 RESIL_API resil_status resil_config_register_kind(const resil_config_kind *kind, resil_err *err);
 
+/* For adapters: define a static kind named NAME_kind for config struct
+ * CFG_T (with members `dep` and `pool`) whose handles are made by NEW_FN,
+ * freed by FREE_FN and give their resil_dep through DEP_FN; KEYS is a static
+ * array of resil_key_spec with offsets into CFG_T. Also defines
+ * NAME_kind_get() returning it. */
+#define RESIL_DEFINE_CONFIG_KIND(NAME, CFG_T, INIT_FN, VALIDATE_FN, NEW_FN, FREE_FN, DEP_FN, \
+                                 KEYS)                                                      \
+  static void NAME##_kind_init(void *c, const char *n) { INIT_FN((CFG_T *)c, n); }          \
+  static resil_status NAME##_kind_validate(const void *c, resil_err *e) {                    \
+    return VALIDATE_FN((const CFG_T *)c, e);                                                 \
+  }                                                                                          \
+  static resil_dep_config *NAME##_kind_dep(void *c) { return &((CFG_T *)c)->dep; }         \
+  static resil_pool_config *NAME##_kind_pool(void *c) { return &((CFG_T *)c)->pool; }      \
+  static void *NAME##_kind_create(const void *c, resil_err *e) {                            \
+    return NEW_FN((const CFG_T *)c, e);                                                      \
+  }                                                                                          \
+  static void NAME##_kind_destroy(void *h) { FREE_FN(h); }                                  \
+  static resil_dep *NAME##_kind_dep_of(void *h) { return DEP_FN(h); }                       \
+  static const resil_config_kind NAME##_kind = {                                            \
+      .name = #NAME,                                                                         \
+      .size = sizeof(CFG_T),                                                                 \
+      .init = NAME##_kind_init,                                                              \
+      .validate = NAME##_kind_validate,                                                      \
+      .dep_config = NAME##_kind_dep,                                                         \
+      .pool_config = NAME##_kind_pool,                                                       \
+      .keys = KEYS,                                                                          \
+      .nkeys = sizeof(KEYS) / sizeof((KEYS)[0]),                                             \
+      .create = NAME##_kind_create,                                                          \
+      .destroy = NAME##_kind_destroy,                                                        \
+      .dep_of = NAME##_kind_dep_of,                                                          \
+  }
+
 /* The kind for plain dependencies: struct resil_dep_config, no pool. */
 RESIL_API const resil_config_kind *resil_config_core_kind(void);
 
@@ -166,6 +198,12 @@ RESIL_API char *resil_config_dump_json(const resil_config *cfg);
  * resil_info so drift between tasks shows on a dashboard. Secrets do not
  * change it. */
 RESIL_API const char *resil_config_hash(const resil_config *cfg);
+
+/* Documentation of a kind's keys (core, pool and its own) with their
+ * defaults, as Markdown table rows "| `RESIL_DEP_<NAME>_KEY` | default |
+ * help |", or of the process keys when kind_name is NULL. malloc'd (free
+ * it); NULL for an unknown kind or out of memory. Thread-safe. */
+RESIL_API char *resil_config_keys_markdown(const char *kind_name);
 
 /* Parse helpers, exposed for adapters and tests. Each returns RESIL_OK or
  * RESIL_E_INVALID with a message naming `what` and quoting the value. */
