@@ -1,0 +1,686 @@
+/* resil-redis: the Redis adapter. See include/resil/redis.h.
+ *
+ * Shape: a resil_dep + a resil_pool whose handles are non-blocking hiredis
+ * contexts. Each public call formats its command(s) once into one buffer,
+ * then runs resil_dep_call() with an attempt that borrows a connection,
+ * sends the buffer with send(MSG_NOSIGNAL) and reads with redisBufferRead /
+ * redisGetReplyFromReader, waiting in poll(), until every reply is parsed
+ * or the attempt's deadline passes. Nothing here blocks except poll(), and poll
+ * is always given the time left before the deadline.
+ *
+ * Only the core's public API is used.
+ */
+#include "resil/redis.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+
+#include "resil/resolve.h"
+
+#define MAX_ADDRS 8
+#define MAX_PIPELINE 100000u
+#define READ_CHUNK (16 * 1024) /* what redisBufferRead reads at most */
+
+struct resil_redis {
+  resil_dep *dep;
+  resil_pool *pool;
+  const char *name; /* the dependency's (owned by it) */
+  char *host, *unix_path, *username, *password;
+  uint32_t port, database, connect_timeout_ms, command_timeout_ms;
+};
+
+/* ---- Config ------------------------------------------------------------ */
+
+void resil_redis_config_init(resil_redis_config *cfg, const char *name) {
+  if (!cfg) return;
+  memset(cfg, 0, sizeof *cfg);
+  resil_dep_config_init(&cfg->dep, name);
+  resil_pool_config_init(&cfg->pool);
+  cfg->host = "127.0.0.1";
+  cfg->port = 6379;
+  cfg->connect_timeout_ms = 500;
+  cfg->pool.connect_timeout_ms = cfg->connect_timeout_ms;
+  cfg->command_timeout_ms = 0;
+}
+
+/* All problems in one message, separated by "; ". */
+typedef struct problems {
+  char buf[RESIL_ERR_MSG_MAX];
+  size_t len;
+  unsigned count;
+} problems;
+
+#if defined(__GNUC__)
+__attribute__((format(printf, 2, 3)))
+#endif
+static void add_problem(problems *p, const char *fmt, ...) {
+  char what[RESIL_ERR_MSG_MAX];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(what, sizeof what, fmt, ap);
+  va_end(ap);
+  size_t room = sizeof p->buf - p->len;
+  if (room > 1) {
+    int n = snprintf(p->buf + p->len, room, "%s%s", p->count ? "; " : "", what);
+    if (n < 0) n = 0;
+    if ((size_t)n >= room) {
+      p->len = sizeof p->buf - 1;
+      memcpy(p->buf + sizeof p->buf - 4, "...", 4);
+    } else {
+      p->len += (size_t)n;
+    }
+  }
+  p->count++;
+}
+
+static void check_u32(problems *p, const char *name, const char *field, uint64_t v, uint64_t lo,
+                      uint64_t hi) {
+  if (v < lo || v > hi)
+    add_problem(p, "%s: %s: %llu is outside %llu..%llu", name, field, (unsigned long long)v,
+                (unsigned long long)lo, (unsigned long long)hi);
+}
+
+resil_status resil_redis_config_validate(const resil_redis_config *cfg, resil_err *err) {
+  if (!cfg) return resil_err_set(err, RESIL_E_INVALID, "redis config is NULL");
+  problems p;
+  memset(&p, 0, sizeof p);
+  const char *name = cfg->dep.name ? cfg->dep.name : "(unnamed)";
+  resil_err sub;
+  sub.msg[0] = '\0';
+  if (resil_dep_config_validate(&cfg->dep, &sub) != RESIL_OK) add_problem(&p, "%s", sub.msg);
+  /* The pool's connect timeout is ours: validate what it will be. */
+  resil_pool_config pc = cfg->pool;
+  pc.connect_timeout_ms = cfg->connect_timeout_ms ? cfg->connect_timeout_ms : 1;
+  if (!pc.name) pc.name = cfg->dep.name;
+  char prefix[96];
+  snprintf(prefix, sizeof prefix, "%s: ", name); /* the pool adds "pool." */
+  sub.msg[0] = '\0';
+  if (resil_pool_config_validate(&pc, prefix, &sub) != RESIL_OK) add_problem(&p, "%s", sub.msg);
+  if (cfg->unix_path) {
+    if (!cfg->unix_path[0]) add_problem(&p, "%s: unix_path: is empty", name);
+    else if (strlen(cfg->unix_path) >= 108)
+      add_problem(&p, "%s: unix_path: longer than 107 bytes", name);
+  } else {
+    if (!cfg->host || !cfg->host[0])
+      add_problem(&p, "%s: host: is required (or set unix_path)", name);
+    else if (strlen(cfg->host) > 253)
+      add_problem(&p, "%s: host: longer than 253 characters", name);
+    check_u32(&p, name, "port", cfg->port, 1, 65535);
+  }
+  if (cfg->username && !cfg->password)
+    add_problem(&p, "%s: username: set without password", name);
+  if (cfg->password && !cfg->password[0])
+    add_problem(&p, "%s: password: is empty (use NULL for no AUTH)", name);
+  check_u32(&p, name, "database", cfg->database, 0, 100000);
+  check_u32(&p, name, "connect_timeout_ms", cfg->connect_timeout_ms, 1, 600000);
+  if (cfg->command_timeout_ms)
+    check_u32(&p, name, "command_timeout_ms", cfg->command_timeout_ms, 1, 600000);
+  if (p.count == 0) return RESIL_OK;
+  return resil_err_set(err, RESIL_E_INVALID, "%s", p.buf);
+}
+
+/* ---- Error helpers ----------------------------------------------------- */
+
+static uint64_t ms_since(uint64_t start_ns) {
+  uint64_t now = resil_now_ns();
+  return now > start_ns ? (now - start_ns + 500000) / 1000000 : 0;
+}
+
+/* Wait for events on fd until dl. 1 ready (revents in *got), 0 timed out,
+ * -1 error (errno). */
+static int wait_fd(int fd, short events, resil_deadline dl, short *got) {
+  for (;;) {
+    int64_t ms = resil_deadline_remaining_ms(dl);
+    if (ms <= 0) return 0;
+    if (ms > INT_MAX) ms = INT_MAX;
+    struct pollfd pfd = {.fd = fd, .events = events, .revents = 0};
+    int n = poll(&pfd, 1, (int)ms);
+    if (n > 0) {
+      *got = pfd.revents;
+      return 1;
+    }
+    if (n < 0 && errno != EINTR) return -1;
+    /* n == 0: poll's ms is rounded up, so the deadline has passed unless the
+     * clock is coarse; loop to re-check. */
+  }
+}
+
+/* ---- The command driver ------------------------------------------------- */
+
+/* Send buf (already formatted) on c and read n replies into out[], all before
+ * dl. On any failure every reply read so far is freed, out[] is NULLed, err
+ * gets "<name>: <phase>: ..." and the caller must destroy c. timeout_why
+ * names what set dl ("deadline", "command_timeout_ms"). */
+static resil_status drive(redisContext *c, const char *name, const char *buf, size_t len,
+                          size_t n, redisReply **out, resil_deadline dl, const char *timeout_why,
+                          const char *phase_send, const char *phase_recv, resil_err *err) {
+  uint64_t start = resil_now_ns();
+  const char *phase = phase_send;
+  size_t got = 0;
+  resil_status st = RESIL_OK;
+  for (size_t i = 0; i < n; i++) out[i] = NULL;
+  if (c->err) {
+    st = resil_err_set(err, RESIL_E_FAILURE, "%s: %s: connection in error state: %s", name,
+                       phase, c->errstr);
+    goto fail;
+  }
+  if (resil_deadline_expired(dl)) goto timeout;
+  /* Send straight from buf with MSG_NOSIGNAL: hiredis's redisBufferWrite
+   * uses write(), which raises SIGPIPE on a connection the server reset and
+   * would kill a service that did not ignore it. Read meanwhile, so a long
+   * pipeline cannot deadlock against a server whose replies fill our
+   * receive buffer. */
+  size_t off = 0;
+  while (off < len) {
+    ssize_t w = send(c->fd, buf + off, len - off, MSG_NOSIGNAL);
+    if (w > 0) {
+      off += (size_t)w;
+      continue;
+    }
+    if (w < 0 && errno == EINTR) continue;
+    if (w == 0 || (errno != EAGAIN && errno != EWOULDBLOCK)) {
+      st = resil_err_set(err, RESIL_E_FAILURE, "%s: %s: %s", name, phase,
+                         w == 0 ? "send returned 0" : strerror(errno));
+      goto fail;
+    }
+    short ev = 0;
+    int pw = wait_fd(c->fd, POLLOUT | POLLIN, dl, &ev);
+    if (pw == 0) goto timeout;
+    if (pw < 0) {
+      st = resil_err_set(err, RESIL_E_FAILURE, "%s: %s: poll: %s", name, phase, strerror(errno));
+      goto fail;
+    }
+    if ((ev & (POLLIN | POLLHUP | POLLERR)) && !(ev & POLLOUT)) {
+      if (redisBufferRead(c) != REDIS_OK) goto io_error;
+    }
+  }
+  phase = phase_recv;
+  while (got < n) {
+    void *reply = NULL;
+    if (redisGetReplyFromReader(c, &reply) != REDIS_OK) goto io_error;
+    if (reply) {
+      out[got++] = reply;
+      continue;
+    }
+    short ev = 0;
+    int w = wait_fd(c->fd, POLLIN, dl, &ev);
+    if (w == 0) goto timeout;
+    if (w < 0) {
+      st = resil_err_set(err, RESIL_E_FAILURE, "%s: %s: poll: %s", name, phase, strerror(errno));
+      goto fail;
+    }
+    /* redisBufferRead reads at most 16 KiB; while reads come back full,
+     * more is waiting: read on without another poll (non-blocking). */
+    for (;;) {
+      size_t before = c->reader->len;
+      if (redisBufferRead(c) != REDIS_OK) goto io_error;
+      if (c->reader->len < before + READ_CHUNK) break;
+    }
+  }
+  return RESIL_OK;
+
+io_error:
+  st = resil_err_set(err, c->err == REDIS_ERR_OOM ? RESIL_E_NOMEM : RESIL_E_FAILURE,
+                     "%s: %s: %s", name, phase,
+                     c->errstr[0] ? c->errstr : "I/O error");
+  goto fail;
+timeout:
+  st = resil_err_set(err, RESIL_E_TIMEOUT, "%s: %s: timed out after %llu ms (%s)", name, phase,
+                     (unsigned long long)ms_since(start), timeout_why);
+fail:
+  for (size_t i = 0; i < got; i++) {
+    freeReplyObject(out[i]);
+    out[i] = NULL;
+  }
+  return st;
+}
+
+/* ---- Reply classification ---------------------------------------------- */
+
+static bool word_is(const char *s, size_t len, const char *w) {
+  size_t wl = strlen(w);
+  return len >= wl && memcmp(s, w, wl) == 0 && (len == wl || s[wl] == ' ');
+}
+
+resil_status resil_redis_classify_reply(const redisReply *r) {
+  if (!r) return RESIL_E_INVALID;
+  if (r->type != REDIS_REPLY_ERROR) return RESIL_OK;
+  const char *s = r->str ? r->str : "";
+  size_t len = r->str ? r->len : 0;
+  if (word_is(s, len, "LOADING") || word_is(s, len, "BUSY") || word_is(s, len, "TRYAGAIN"))
+    return RESIL_E_OVERLOAD;
+  if (word_is(s, len, "MASTERDOWN") || word_is(s, len, "OOM") || word_is(s, len, "READONLY") ||
+      word_is(s, len, "CLUSTERDOWN"))
+    return RESIL_E_FAILURE;
+  return RESIL_E_CALLER;
+}
+
+/* READONLY / MASTERDOWN: this endpoint is no longer (or not yet) the primary.
+ * Drop the connection so the next connect re-resolves the name. */
+static bool reply_moves_endpoint(const redisReply *r) {
+  if (!r || r->type != REDIS_REPLY_ERROR || !r->str) return false;
+  return word_is(r->str, r->len, "READONLY") || word_is(r->str, r->len, "MASTERDOWN");
+}
+
+/* ---- Connector ---------------------------------------------------------- */
+
+/* What the last connect on this thread said, so the attempt that triggered
+ * it can report the connector's own message (not the pool's wrapping) and
+ * refuse to retry a refused AUTH/SELECT. */
+static _Thread_local struct {
+  bool set;
+  bool no_retry;
+  resil_err err;
+} last_connect;
+
+static resil_status connect_fail(resil_status st, bool no_retry, resil_err *err) {
+  last_connect.set = true;
+  last_connect.no_retry = no_retry;
+  if (err) last_connect.err = *err;
+  else resil_err_set(&last_connect.err, st, "%s", resil_strerror(st));
+  return st;
+}
+
+/* Run a handshake command (AUTH, SELECT) on a fresh context. */
+static resil_status handshake(resil_redis *r, redisContext *c, int argc, const char **argv,
+                              const char *phase, resil_deadline dl, const char *why,
+                              resil_err *err) {
+  char *cmd = NULL;
+  int len = redisFormatCommandArgv(&cmd, argc, argv, NULL);
+  if (len < 0) return resil_err_set(err, RESIL_E_NOMEM, "%s: %s: out of memory", r->name, phase);
+  redisReply *reply = NULL;
+  resil_status st = drive(c, r->name, cmd, (size_t)len, 1, &reply, dl, why, phase, phase, err);
+  redisFreeCommand(cmd);
+  if (st != RESIL_OK) return st;
+  if (reply->type == REDIS_REPLY_ERROR) {
+    st = resil_err_set(err, RESIL_E_FAILURE, "%s: %s: %.*s", r->name, phase, (int)reply->len,
+                       reply->str);
+    freeReplyObject(reply);
+    return connect_fail(st, true, err);
+  }
+  freeReplyObject(reply);
+  return RESIL_OK;
+}
+
+/* Wait for a non-blocking connect to finish. */
+static resil_status finish_connect(resil_redis *r, redisContext *c, const char *where,
+                                   resil_deadline dl, const char *why, uint64_t start,
+                                   resil_err *err) {
+  if (c->err)
+    return resil_err_set(err, RESIL_E_FAILURE, "%s: connect to %s: %s", r->name, where,
+                         c->errstr);
+  short ev = 0;
+  int w = wait_fd(c->fd, POLLOUT, dl, &ev);
+  if (w == 0)
+    return resil_err_set(err, RESIL_E_TIMEOUT, "%s: connect to %s: timed out after %llu ms (%s)",
+                         r->name, where, (unsigned long long)ms_since(start), why);
+  if (w < 0)
+    return resil_err_set(err, RESIL_E_FAILURE, "%s: connect to %s: poll: %s", r->name, where,
+                         strerror(errno));
+  int soerr = 0;
+  socklen_t sl = sizeof soerr;
+  if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) != 0) soerr = errno;
+  if (soerr)
+    return resil_err_set(err, RESIL_E_FAILURE, "%s: connect to %s: %s", r->name, where,
+                         strerror(soerr));
+  return RESIL_OK;
+}
+
+static resil_status rconnect(void *ctx, resil_deadline deadline, void **conn, resil_err *err) {
+  resil_redis *r = ctx;
+  uint64_t start = resil_now_ns();
+  resil_deadline dl = resil_deadline_bound(deadline, r->connect_timeout_ms);
+  /* Which bound is binding, for the message. The pool already bounds
+   * deadline by the same connect timeout (a few us ago), so a deadline
+   * within 2 ms of it is the connect timeout's. */
+  int64_t rem = resil_deadline_remaining_ns(deadline);
+  const char *why = rem + 2000000 < (int64_t)r->connect_timeout_ms * 1000000
+                        ? "deadline"
+                        : "connect_timeout_ms";
+  redisContext *c = NULL;
+  resil_status st = RESIL_E_FAILURE;
+  last_connect.set = false;
+  if (r->unix_path) {
+    c = redisConnectUnixNonBlock(r->unix_path);
+    if (!c) return connect_fail(resil_err_set(err, RESIL_E_NOMEM, "%s: out of memory", r->name),
+                                false, err);
+    st = finish_connect(r, c, r->unix_path, dl, why, start, err);
+  } else {
+    resil_addr addrs[MAX_ADDRS];
+    size_t count = 0;
+    resil_err rerr;
+    rerr.msg[0] = '\0';
+    st = resil_resolve(r->host, (uint16_t)r->port, dl, addrs, MAX_ADDRS, &count, &rerr);
+    if (st != RESIL_OK) {
+      if (st != RESIL_E_TIMEOUT && st != RESIL_E_NOMEM) st = RESIL_E_FAILURE;
+      return connect_fail(resil_err_set(err, st, "%s: resolve %s: %s", r->name, r->host,
+                                        rerr.msg[0] ? rerr.msg : resil_strerror(st)),
+                          false, err);
+    }
+    if (count == 0)
+      return connect_fail(resil_err_set(err, RESIL_E_FAILURE, "%s: resolve %s: no address",
+                                        r->name, r->host),
+                          false, err);
+    for (size_t i = 0; i < count; i++) {
+      char where[RESIL_ADDR_TEXT_MAX + 16];
+      if (addrs[i].family == AF_INET6)
+        snprintf(where, sizeof where, "[%s]:%u", addrs[i].text, (unsigned)r->port);
+      else
+        snprintf(where, sizeof where, "%s:%u", addrs[i].text, (unsigned)r->port);
+      c = redisConnectNonBlock(addrs[i].text, (int)r->port);
+      if (!c) {
+        st = resil_err_set(err, RESIL_E_NOMEM, "%s: out of memory", r->name);
+        break;
+      }
+      st = finish_connect(r, c, where, dl, why, start, err);
+      if (st == RESIL_OK || st == RESIL_E_TIMEOUT) break;
+      redisFree(c);
+      c = NULL;
+    }
+  }
+  if (st != RESIL_OK) {
+    if (c) redisFree(c);
+    return connect_fail(st, false, err);
+  }
+  c->flags &= ~REDIS_BLOCK;
+  if (!r->unix_path && redisEnableKeepAlive(c) != REDIS_OK) {
+    st = resil_err_set(err, RESIL_E_FAILURE, "%s: connect: keepalive: %s", r->name, c->errstr);
+    redisFree(c);
+    return connect_fail(st, false, err);
+  }
+  if (r->password) {
+    const char *argv[3] = {"AUTH", r->username ? r->username : r->password, r->password};
+    st = handshake(r, c, r->username ? 3 : 2, argv, "auth", dl, why, err);
+    if (st != RESIL_OK) {
+      redisFree(c);
+      return last_connect.set ? st : connect_fail(st, false, err);
+    }
+  }
+  if (r->database) {
+    char db[16];
+    snprintf(db, sizeof db, "%u", (unsigned)r->database);
+    const char *argv[2] = {"SELECT", db};
+    st = handshake(r, c, 2, argv, "select", dl, why, err);
+    if (st != RESIL_OK) {
+      redisFree(c);
+      return last_connect.set ? st : connect_fail(st, false, err);
+    }
+  }
+  *conn = c;
+  return RESIL_OK;
+}
+
+static bool rvalidate(void *ctx, void *conn, resil_deadline deadline) {
+  resil_redis *r = ctx;
+  static const char ping[] = "*1\r\n$4\r\nPING\r\n";
+  redisReply *reply = NULL;
+  resil_err e;
+  if (drive(conn, r->name, ping, sizeof ping - 1, 1, &reply, deadline, "validate_timeout_ms",
+            "validate", "validate", &e) != RESIL_OK)
+    return false;
+  bool ok = reply->type == REDIS_REPLY_STATUS;
+  freeReplyObject(reply);
+  return ok;
+}
+
+static void rclose(void *ctx, void *conn) {
+  (void)ctx;
+  redisFree(conn);
+}
+
+/* ---- Lifecycle ---------------------------------------------------------- */
+
+static char *dup_opt(const char *s, bool *oom) {
+  if (!s) return NULL;
+  char *d = strdup(s);
+  if (!d) *oom = true;
+  return d;
+}
+
+static void free_strings(resil_redis *r) {
+  free(r->host);
+  free(r->unix_path);
+  free(r->username);
+  if (r->password) {
+    volatile char *p = r->password;
+    while (*p) *p++ = 0;
+  }
+  free(r->password);
+}
+
+resil_redis *resil_redis_new(const resil_redis_config *cfg, resil_err *err) {
+  if (resil_redis_config_validate(cfg, err) != RESIL_OK) return NULL;
+  resil_redis *r = calloc(1, sizeof *r);
+  if (!r) {
+    resil_err_set(err, RESIL_E_NOMEM, "%s: out of memory", cfg->dep.name);
+    return NULL;
+  }
+  bool oom = false;
+  r->unix_path = dup_opt(cfg->unix_path, &oom);
+  r->host = cfg->unix_path ? NULL : dup_opt(cfg->host, &oom);
+  r->username = dup_opt(cfg->username, &oom);
+  r->password = dup_opt(cfg->password, &oom);
+  r->port = cfg->port;
+  r->database = cfg->database;
+  r->connect_timeout_ms = cfg->connect_timeout_ms;
+  r->command_timeout_ms = cfg->command_timeout_ms;
+  if (oom) {
+    resil_err_set(err, RESIL_E_NOMEM, "%s: out of memory", cfg->dep.name);
+    goto fail;
+  }
+  r->dep = resil_dep_new(&cfg->dep, err);
+  if (!r->dep) goto fail;
+  r->name = resil_dep_name(r->dep);
+  resil_pool_config pc = cfg->pool;
+  if (!pc.name) pc.name = r->name;
+  pc.connect_timeout_ms = cfg->connect_timeout_ms;
+  resil_pool_connector cn = {
+      .connect = rconnect, .validate = rvalidate, .close = rclose, .ctx = r};
+  r->pool = resil_pool_new(&pc, &cn, err);
+  if (!r->pool) goto fail;
+  resil_dep_attach_pool(r->dep, r->pool);
+  return r;
+fail:
+  resil_dep_free(r->dep);
+  free_strings(r);
+  free(r);
+  return NULL;
+}
+
+void resil_redis_free(resil_redis *r) {
+  if (!r) return;
+  resil_dep_attach_pool(r->dep, NULL);
+  resil_pool_free(r->pool);
+  resil_dep_free(r->dep);
+  free_strings(r);
+  free(r);
+}
+
+resil_dep *resil_redis_dep(resil_redis *r) { return r ? r->dep : NULL; }
+resil_pool *resil_redis_pool(resil_redis *r) { return r ? r->pool : NULL; }
+
+/* ---- Calls --------------------------------------------------------------- */
+
+typedef struct call_ctx {
+  resil_redis *r;
+  const char *buf;
+  size_t len;
+  size_t n;
+  redisReply **replies;
+} call_ctx;
+
+static void free_replies(redisReply **rs, size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    if (rs[i]) freeReplyObject(rs[i]);
+    rs[i] = NULL;
+  }
+}
+
+static resil_status attempt(void *vctx, resil_attempt *a) {
+  call_ctx *cc = vctx;
+  resil_redis *r = cc->r;
+  free_replies(cc->replies, cc->n); /* a previous attempt's error replies */
+  resil_pool_conn *pc = NULL;
+  last_connect.set = false;
+  resil_status st = resil_pool_acquire(r->pool, a->deadline, &pc, a->err);
+  if (st != RESIL_OK) {
+    if (last_connect.set && (st == RESIL_E_FAILURE || st == RESIL_E_TIMEOUT)) {
+      *a->err = last_connect.err; /* the connector's own words */
+      a->err->status = st;
+      if (last_connect.no_retry) a->retry = 0;
+    }
+    last_connect.set = false;
+    return st;
+  }
+  redisContext *c = resil_pool_conn_handle(pc);
+  resil_deadline dl = a->deadline;
+  const char *why = "deadline";
+  if (r->command_timeout_ms) {
+    resil_deadline cap = resil_deadline_in_ms(r->command_timeout_ms);
+    if (cap.at_ns < dl.at_ns || !resil_deadline_is_set(dl)) {
+      dl = cap;
+      why = "command_timeout_ms";
+    }
+  }
+  st = drive(c, r->name, cc->buf, cc->len, cc->n, cc->replies, dl, why, "send", "receive",
+             a->err);
+  if (st != RESIL_OK) {
+    resil_pool_release(r->pool, pc, RESIL_POOL_BROKEN);
+    return st;
+  }
+  /* Classify: first failure-class error reply wins, else caller error. */
+  resil_status worst = RESIL_OK;
+  bool broken = false;
+  const redisReply *first_err = NULL;
+  for (size_t i = 0; i < cc->n; i++) {
+    redisReply *rep = cc->replies[i];
+    resil_status k = resil_redis_classify_reply(rep);
+    if (reply_moves_endpoint(rep)) broken = true;
+    if (k == RESIL_OK) continue;
+    if (k == RESIL_E_CALLER) {
+      if (worst == RESIL_OK) {
+        worst = k;
+        first_err = rep;
+      }
+    } else if (worst == RESIL_OK || worst == RESIL_E_CALLER) {
+      worst = k;
+      first_err = rep;
+    }
+  }
+  resil_pool_release(r->pool, pc, broken ? RESIL_POOL_BROKEN : RESIL_POOL_OK);
+  if (worst != RESIL_OK) {
+    resil_err_set(a->err, worst, "%s: reply: %.*s", r->name, (int)first_err->len,
+                  first_err->str);
+  }
+  return worst;
+}
+
+static resil_status run(resil_redis *r, resil_deadline deadline, unsigned flags,
+                        const char *buf, size_t len, size_t n, redisReply **replies,
+                        resil_err *err) {
+  call_ctx cc = {.r = r, .buf = buf, .len = len, .n = n, .replies = replies};
+  for (size_t i = 0; i < n; i++) replies[i] = NULL;
+  resil_status st = resil_dep_call(r->dep, deadline, flags, attempt, &cc, err);
+  /* Replies survive only when the server answered everything. */
+  if (st != RESIL_OK && st != RESIL_E_CALLER && st != RESIL_E_FAILURE &&
+      st != RESIL_E_OVERLOAD)
+    free_replies(replies, n);
+  return st;
+}
+
+resil_status resil_redis_vcommand(resil_redis *r, resil_deadline deadline, unsigned flags,
+                                  redisReply **reply, resil_err *err, const char *fmt,
+                                  va_list ap) {
+  if (reply) *reply = NULL;
+  if (!r || !reply || !fmt)
+    return resil_err_set(err, RESIL_E_INVALID, "resil_redis_command: %s is NULL",
+                         !r ? "r" : !reply ? "reply" : "fmt");
+  char *cmd = NULL;
+  int len = redisvFormatCommand(&cmd, fmt, ap);
+  if (len == -1)
+    return resil_err_set(err, RESIL_E_NOMEM, "%s: format: out of memory", r->name);
+  if (len < 0)
+    return resil_err_set(err, RESIL_E_INVALID, "%s: format: invalid format string \"%s\"",
+                         r->name, fmt);
+  resil_status st = run(r, deadline, flags, cmd, (size_t)len, 1, reply, err);
+  redisFreeCommand(cmd);
+  return st;
+}
+
+resil_status resil_redis_command(resil_redis *r, resil_deadline deadline, unsigned flags,
+                                 redisReply **reply, resil_err *err, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  resil_status st = resil_redis_vcommand(r, deadline, flags, reply, err, fmt, ap);
+  va_end(ap);
+  return st;
+}
+
+resil_status resil_redis_command_argv(resil_redis *r, resil_deadline deadline, unsigned flags,
+                                      int argc, const char **argv, const size_t *argvlen,
+                                      redisReply **reply, resil_err *err) {
+  if (reply) *reply = NULL;
+  if (!r || !reply || !argv || argc < 1)
+    return resil_err_set(err, RESIL_E_INVALID, "resil_redis_command_argv: %s",
+                         !r       ? "r is NULL"
+                         : !reply ? "reply is NULL"
+                         : !argv  ? "argv is NULL"
+                                  : "argc must be >= 1");
+  char *cmd = NULL;
+  int len = redisFormatCommandArgv(&cmd, argc, argv, argvlen);
+  if (len < 0) return resil_err_set(err, RESIL_E_NOMEM, "%s: format: out of memory", r->name);
+  resil_status st = run(r, deadline, flags, cmd, (size_t)len, 1, reply, err);
+  redisFreeCommand(cmd);
+  return st;
+}
+
+resil_status resil_redis_pipeline(resil_redis *r, resil_deadline deadline, unsigned flags,
+                                  size_t n, const resil_redis_cmd *cmds, redisReply **replies,
+                                  resil_err *err) {
+  if (!r || !cmds || !replies || n == 0 || n > MAX_PIPELINE)
+    return resil_err_set(err, RESIL_E_INVALID, "resil_redis_pipeline: %s",
+                         !r ? "r is NULL"
+                         : !cmds || !replies ? "cmds/replies is NULL"
+                                             : "n must be 1..100000");
+  for (size_t i = 0; i < n; i++) replies[i] = NULL;
+  /* One buffer holding every formatted command. */
+  size_t cap = 0, len = 0;
+  char *buf = NULL;
+  for (size_t i = 0; i < n; i++) {
+    if (cmds[i].argc < 1 || !cmds[i].argv) {
+      free(buf);
+      return resil_err_set(err, RESIL_E_INVALID, "%s: pipeline: command %zu has no arguments",
+                           r->name, i);
+    }
+    char *cmd = NULL;
+    int l = redisFormatCommandArgv(&cmd, cmds[i].argc, cmds[i].argv, cmds[i].argvlen);
+    if (l < 0) {
+      free(buf);
+      return resil_err_set(err, RESIL_E_NOMEM, "%s: format: out of memory", r->name);
+    }
+    if (len + (size_t)l > cap) {
+      size_t ncap = cap ? cap * 2 : 4096;
+      while (ncap < len + (size_t)l) ncap *= 2;
+      char *nb = realloc(buf, ncap);
+      if (!nb) {
+        redisFreeCommand(cmd);
+        free(buf);
+        return resil_err_set(err, RESIL_E_NOMEM, "%s: format: out of memory", r->name);
+      }
+      buf = nb;
+      cap = ncap;
+    }
+    memcpy(buf + len, cmd, (size_t)l);
+    len += (size_t)l;
+    redisFreeCommand(cmd);
+  }
+  resil_status st = run(r, deadline, flags, buf, len, n, replies, err);
+  free(buf);
+  return st;
+}

@@ -1,0 +1,33 @@
+/* The "redis" configuration kind: RESIL_DEPS=session-cache:redis and
+ * RESIL_DEP_SESSION_CACHE_<KEY> settings build a resil_redis. Registered
+ * when the library is loaded. */
+#include <stddef.h>
+
+#include "resil/config.h"
+#include "resil/redis.h"
+
+#define K(k, t, f, h) {k, RESIL_KEY_##t, offsetof(resil_redis_config, f), 0, 0, false, h}
+static const resil_key_spec keys[] = {
+    K("host", STRING, host, "server name or address"),
+    K("port", UINT, port, "server port"),
+    K("unix_path", STRING, unix_path, "unix socket path (instead of host and port)"),
+    K("username", STRING, username, "ACL user name (Redis 6+), with password"),
+    K("password", SECRET, password, "AUTH password"),
+    K("database", UINT, database, "SELECT this database"),
+    K("connect_timeout_ms", MS, connect_timeout_ms, "resolve + connect + AUTH + SELECT bound"),
+    K("command_timeout_ms", MS, command_timeout_ms, "cap on one attempt's I/O (0: the deadline)"),
+};
+
+RESIL_DEFINE_CONFIG_KIND(redis, resil_redis_config, resil_redis_config_init,
+                         resil_redis_config_validate, resil_redis_new, resil_redis_free,
+                         resil_redis_dep, keys);
+
+const resil_config_kind *resil_redis_config_kind(void) { return &redis_kind; }
+
+resil_status resil_redis_register_kind(resil_err *err) {
+  return resil_config_register_kind(&redis_kind, err);
+}
+
+__attribute__((constructor)) static void register_at_load(void) {
+  resil_redis_register_kind(NULL);
+}

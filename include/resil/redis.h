@@ -1,0 +1,198 @@
+/* resil-redis: Redis (hiredis 0.14+) behind a resil dependency.
+ *
+ *   #include <resil/redis.h>      link: resil-redis (pkg-config), resil, hiredis
+ *
+ * One resil_redis per Redis endpoint ("session-cache"). It owns a resil_dep
+ * (breaker, concurrency limit, retries, metrics) and a bounded resil_pool of
+ * hiredis connections attached to it, so the dependency's stats carry the
+ * pool's gauges.
+ *
+ * Every call is bounded by its deadline as a whole, never per system call:
+ * name resolution (resil_resolve), connect, AUTH, SELECT, sending and
+ * receiving all share it. Connections are non-blocking hiredis contexts
+ * driven with poll(); after ANY transport error or timeout the connection is
+ * destroyed (hiredis errors are sticky, and a late reply must never answer
+ * the next command), and the next call gets a fresh one. TCP keepalive is on.
+ * Sends use MSG_NOSIGNAL, so a connection the server reset never raises
+ * SIGPIPE in the caller's process.
+ *
+ * How outcomes count (the returned status is also what the breaker sees):
+ *   RESIL_OK          a reply that is not an error reply (nil, integer,
+ *                     string, array... all count as success);
+ *   RESIL_E_FAILURE   connect refused/reset, I/O error, EOF, protocol error,
+ *                     AUTH/SELECT refused; error replies MASTERDOWN, OOM,
+ *                     READONLY, CLUSTERDOWN (the reply is still handed back);
+ *   RESIL_E_OVERLOAD  error replies LOADING, BUSY, TRYAGAIN: the server is up
+ *                     but cannot serve now (a failure for the breaker,
+ *                     retryable; the reply is handed back);
+ *   RESIL_E_TIMEOUT   the deadline (or command_timeout_ms) passed while
+ *                     connecting, sending or waiting for the reply;
+ *   RESIL_E_CALLER    any other error reply (ERR, WRONGTYPE, NOSCRIPT,
+ *                     NOAUTH...): the caller's fault, handed back, never
+ *                     counted against the breaker, connection reused;
+ *   local rejections  RESIL_E_BREAKER_OPEN, RESIL_E_CONCURRENCY_FULL,
+ *                     RESIL_E_QUEUE_TIMEOUT, RESIL_E_POOL_TIMEOUT,
+ *                     RESIL_E_DEADLINE, RESIL_E_DRAINING: nothing was sent;
+ *   RESIL_E_INVALID / RESIL_E_NOMEM / RESIL_E_CLOSED  bad arguments, out
+ *                     of memory, pool closed.
+ * A connection that saw a transport error, a timeout, or READONLY /
+ * MASTERDOWN (the endpoint moved: reconnecting re-resolves the name) is
+ * closed; one that got any other reply goes back to the pool.
+ *
+ * Error messages name the dependency and the phase (resolve, connect, auth,
+ * select, send, receive) and carry hiredis's or the server's text, e.g.
+ *   "session-cache: connect to 127.0.0.1:6379: Connection refused"
+ *   "session-cache: receive: timed out after 200 ms (deadline)"
+ *   "session-cache: auth: WRONGPASS invalid username-password pair ..."
+ *
+ * Retries: pass RESIL_CALL_IDEMPOTENT to let resil_dep_call retry failures,
+ * timeouts and overload within the dependency's retry policy, budget and the
+ * deadline. A refused AUTH or SELECT is never retried (no retry storm with a
+ * wrong password), nor is a caller error or a local rejection.
+ *
+ * Replies are hiredis redisReply objects OWNED BY THE CALLER: free each
+ * non-NULL one with freeReplyObject(). A reply is handed back whenever the
+ * server answered (RESIL_OK, RESIL_E_CALLER, and the error replies counted as
+ * RESIL_E_FAILURE / RESIL_E_OVERLOAD); otherwise *reply is NULL.
+ *
+ * Thread safety: resil_redis_command(), _command_argv(), _pipeline() and
+ * the accessors may be called from any number of threads at once on the same
+ * resil_redis. _new and _free are not concurrent with anything on that
+ * object.
+ */
+#ifndef RESIL_REDIS_H
+#define RESIL_REDIS_H
+
+#include <stdarg.h>
+
+#include <hiredis/hiredis.h>
+
+#include "resil/deadline.h"
+#include "resil/dep.h"
+#include "resil/pool.h"
+#include "resil/status.h"
+
+RESIL_BEGIN_DECLS
+
+typedef struct resil_redis_config {
+  /* The dependency: dep.name is required (it names the pool, the metrics and
+   * every error). dep.timeout_ms (default 1000) caps each attempt, and the
+   * whole call when the caller passes RESIL_DEADLINE_UNSET. */
+  resil_dep_config dep;
+  /* The connection pool. pool.name defaults to dep.name;
+   * pool.connect_timeout_ms is overwritten with connect_timeout_ms below.
+   * Defaults are resil_pool_config_init()'s (max_size 10, ...). */
+  resil_pool_config pool;
+  const char *host;            /* default "127.0.0.1"; name or numeric; copied */
+  uint32_t port;               /* default 6379; 1..65535 */
+  const char *unix_path;       /* default NULL; if set, host and port are unused; copied */
+  const char *username;        /* default NULL; with password: "AUTH user pass" (Redis 6 ACL) */
+  const char *password;        /* default NULL: no AUTH; copied, never printed */
+  uint32_t database;           /* default 0 (no SELECT); 0..100000 */
+  uint32_t connect_timeout_ms; /* default 500; 1..600000: resolve + connect + AUTH + SELECT */
+  uint32_t command_timeout_ms; /* default 0: no cap beyond the attempt's deadline
+                                  (dep.timeout_ms); else 1..600000 caps the
+                                  send+receive of one attempt */
+} resil_redis_config;
+
+/* Fill cfg with the defaults above and set cfg->dep.name to name (may be
+ * NULL; set it later). Call first, then change what you need: fields added
+ * later get safe defaults. Thread-safe. */
+RESIL_API void resil_redis_config_init(resil_redis_config *cfg, const char *name);
+
+/* Check every field (the dependency's, the pool's and the Redis ones) and
+ * report all problems at once in err->msg, each prefixed by the dependency's
+ * name and naming its field ("session-cache: port: 0 is outside 1..65535").
+ * RESIL_OK or RESIL_E_INVALID. Thread-safe. */
+RESIL_API resil_status resil_redis_config_validate(const resil_redis_config *cfg,
+                                                   resil_err *err);
+
+typedef struct resil_redis resil_redis;
+
+/* Validate cfg, create the dependency (registered under cfg->dep.name) and
+ * its pool, and attach the pool to it. Opens no connection: call
+ * resil_pool_prewarm(resil_redis_pool(r), ...) for pool.min_idle. All
+ * strings are copied. Errors (NULL returned, err filled): RESIL_E_INVALID
+ * (bad config or the name is taken), RESIL_E_NOMEM, RESIL_E_SYSTEM.
+ * Thread-safe with respect to other objects. */
+RESIL_API resil_redis *resil_redis_new(const resil_redis_config *cfg, resil_err *err);
+
+/* Free the pool (closing its connections), the dependency and r. No call may
+ * be in progress on r and no borrowed connection outstanding. NULL is a
+ * no-op. For a graceful shutdown, first resil_dep_set_draining() and
+ * resil_pool_drain() with a deadline. */
+RESIL_API void resil_redis_free(resil_redis *r);
+
+/* The dependency (for stats, draining, the breaker's mode). Valid until
+ * resil_redis_free(). Thread-safe. */
+RESIL_API resil_dep *resil_redis_dep(resil_redis *r);
+
+/* The connection pool (for stats, prewarm, drain). Valid until
+ * resil_redis_free(). Thread-safe. */
+RESIL_API resil_pool *resil_redis_pool(resil_redis *r);
+
+/* The "redis" configuration kind (config.h), so that RESIL_DEPS=name:redis
+ * with RESIL_DEP_<NAME>_HOST, _PORT, _UNIX_PATH, _USERNAME, _PASSWORD,
+ * _DATABASE, _CONNECT_TIMEOUT_MS, _COMMAND_TIMEOUT_MS (plus the core's and
+ * the pool's keys) configure a resil_redis and resil_service builds it. It is
+ * registered automatically when libresil-redis is loaded; a program linking
+ * it statically calls resil_redis_register_kind() first. Thread-safe. */
+RESIL_API const struct resil_config_kind *resil_redis_config_kind(void);
+RESIL_API resil_status resil_redis_register_kind(resil_err *err);
+
+/* Run one command given printf-style, as hiredis's redisCommand() ("%s" and
+ * "%b" (pointer, size_t length) for arguments; arguments are split on
+ * spaces in the format only). deadline may be RESIL_DEADLINE_UNSET
+ * (dep.timeout_ms then bounds the call). flags: 0 or RESIL_CALL_IDEMPOTENT.
+ * On return *reply holds the server's reply or NULL (see the header comment
+ * for which statuses carry one; the caller frees it with freeReplyObject).
+ * Returns the call's outcome as described above; err (optional) gets the
+ * sentence. RESIL_E_INVALID for NULL r/reply/fmt or a format hiredis
+ * rejects. Thread-safe. */
+RESIL_API resil_status resil_redis_command(resil_redis *r, resil_deadline deadline,
+                                           unsigned flags, redisReply **reply, resil_err *err,
+                                           const char *fmt, ...);
+
+/* As resil_redis_command() with a va_list. Thread-safe. */
+RESIL_API resil_status resil_redis_vcommand(resil_redis *r, resil_deadline deadline,
+                                            unsigned flags, redisReply **reply,
+                                            resil_err *err, const char *fmt, va_list ap);
+
+/* Run one command given as argc arguments, argv[i] of argvlen[i] bytes
+ * (binary-safe: NULs allowed; argvlen NULL means strlen of each). Same
+ * statuses and reply ownership as resil_redis_command(). argc must be >= 1.
+ * Thread-safe. */
+RESIL_API resil_status resil_redis_command_argv(resil_redis *r, resil_deadline deadline,
+                                                unsigned flags, int argc, const char **argv,
+                                                const size_t *argvlen, redisReply **reply,
+                                                resil_err *err);
+
+/* One command of a pipeline. argvlen NULL means strlen of each argument. */
+typedef struct resil_redis_cmd {
+  int argc;
+  const char **argv;
+  const size_t *argvlen;
+} resil_redis_cmd;
+
+/* Send n commands (1..100000) in one write on ONE connection and read their n
+ * replies, all under one deadline (one admission, one attempt of the
+ * dependency; RESIL_CALL_IDEMPOTENT retries the whole pipeline). On return
+ * replies[0..n-1] hold the replies (caller frees each) when the server
+ * answered them all, else all are NULL. The status is RESIL_OK if no reply
+ * is an error reply; otherwise the status of the first error reply that
+ * counts as a failure (RESIL_E_FAILURE / RESIL_E_OVERLOAD) if any, else
+ * RESIL_E_CALLER (inspect each reply). Transport errors and timeouts return
+ * as for a single command, with every replies[i] NULL. Not a transaction:
+ * wrap in MULTI/EXEC for atomicity. Thread-safe. */
+RESIL_API resil_status resil_redis_pipeline(resil_redis *r, resil_deadline deadline,
+                                            unsigned flags, size_t n,
+                                            const resil_redis_cmd *cmds, redisReply **replies,
+                                            resil_err *err);
+
+/* How the adapter counts a reply: RESIL_OK for a non-error reply,
+ * RESIL_E_FAILURE / RESIL_E_OVERLOAD / RESIL_E_CALLER for an error reply by
+ * its first word (see above), RESIL_E_INVALID for NULL. Thread-safe. */
+RESIL_API resil_status resil_redis_classify_reply(const redisReply *reply);
+
+RESIL_END_DECLS
+#endif
