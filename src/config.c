@@ -332,6 +332,16 @@ static int tables_of(const dep_entry *d, table t[3]) {
   return n;
 }
 
+/* A pool key "pool.X" is hidden when the kind has its own key "X" (e.g. an
+ * adapter's connect_timeout_ms replaces pool.connect_timeout_ms): a key that
+ * would be silently ignored must not be accepted. */
+static bool shadowed(const dep_entry *d, const resil_key_spec *ks) {
+  if (ks < pool_keys || ks >= pool_keys + COUNT(pool_keys)) return false;
+  for (size_t k = 0; k < d->kind->nkeys; k++)
+    if (strcmp(d->kind->keys[k].key, ks->key + 5) == 0) return true;
+  return false;
+}
+
 /* "breaker.window_ms" -> "BREAKER_WINDOW_MS"; "orders-db" -> "ORDERS_DB" */
 static void env_form(char *out, size_t size, const char *in) {
   size_t i = 0;
@@ -354,6 +364,7 @@ static const resil_key_spec *find_key(const dep_entry *d, const char *envkey, vo
   for (int i = 0; i < nt; i++)
     for (size_t k = 0; k < t[i].n; k++) {
       char e[96];
+      if (shadowed(d, &t[i].keys[k])) continue;
       env_form(e, sizeof e, t[i].keys[k].key);
       if (strcmp(e, envkey) == 0) {
         *base = t[i].base;
@@ -402,6 +413,7 @@ static void suggest_key(resil_sbuf *b, const dep_entry *d, const char *envkey) {
   char e[96];
   for (int i = 0; i < nt; i++)
     for (size_t k = 0; k < t[i].n; k++) {
+      if (shadowed(d, &t[i].keys[k])) continue;
       env_form(e, sizeof e, t[i].keys[k].key);
       unsigned dist = edit_distance(envkey, e);
       if (dist < bestd) {
@@ -432,6 +444,17 @@ static void problem(report *r, const char *fmt, ...) {
   va_end(ap);
   resil__sb_printf(&r->b, "%s%s", r->n ? "\n" : "", line);
   r->n++;
+}
+
+/* True if a problem about variable v was already reported. */
+static bool reported(const report *r, const char *v) {
+  size_t n = strlen(v);
+  for (const char *p = r->b.p; p && *p;) {
+    if (strncmp(p, v, n) == 0 && p[n] == ':') return true;
+    p = strchr(p, '\n');
+    if (p) p++;
+  }
+  return false;
 }
 
 /* Store value v (from `source`) into field spec at base. */
@@ -483,7 +506,7 @@ static void translate(report *r, const dep_entry *d, const char *msg) {
     if (ks) {
       char v[200];
       var_name(v, sizeof v, d, ks->key);
-      problem(r, "%s: %s", v, colon + 2);
+      if (!reported(r, v)) problem(r, "%s: %s", v, colon + 2);
     } else {
       problem(r, "dependency %s: %s", d->name, body);
     }
@@ -843,6 +866,7 @@ char *resil_config_dump(const resil_config *c) {
     int nt = tables_of(&c->deps[i], t);
     for (int j = 0; j < nt; j++)
       for (size_t k = 0; k < t[j].n; k++) {
+        if (shadowed(&c->deps[i], &t[j].keys[k])) continue;
         char name[200];
         var_name(name, sizeof name, &c->deps[i], t[j].keys[k].key);
         format_value(v, sizeof v, &t[j].keys[k], t[j].base, false);
@@ -875,6 +899,7 @@ char *resil_config_dump_json(const resil_config *c) {
     bool first = true;
     for (int j = 0; j < nt; j++)
       for (size_t k = 0; k < t[j].n; k++) {
+        if (shadowed(&c->deps[i], &t[j].keys[k])) continue;
         format_value(v, sizeof v, &t[j].keys[k], t[j].base, true);
         resil__sb_printf(&b, "%s\"%s\":%s", first ? "" : ",", t[j].keys[k].key, v);
         first = false;
@@ -898,10 +923,11 @@ static const char *const svc_help[] = {
     "bound on each start-up pre-warm attempt",
 };
 
-static void doc_rows(resil_sbuf *b, const resil_key_spec *keys, size_t n, const void *base,
-                     const char *prefix) {
+static void doc_rows(resil_sbuf *b, const dep_entry *d, const resil_key_spec *keys, size_t n,
+                     const void *base, const char *prefix) {
   char v[512], name[200];
   for (size_t k = 0; k < n; k++) {
+    if (d && shadowed(d, &keys[k])) continue;
     format_value(v, sizeof v, &keys[k], base, false);
     if (keys[k].required) snprintf(v, sizeof v, "(required)");
     if (!v[0]) snprintf(v, sizeof v, "(none)");
@@ -924,7 +950,7 @@ char *resil_config_keys_markdown(const char *kind_name) {
     for (size_t i = 0; i < COUNT(svc_keys); i++) {
       resil_key_spec ks = svc_keys[i];
       ks.help = svc_help[i];
-      doc_rows(&b, &ks, 1, &s, "");
+      doc_rows(&b, NULL, &ks, 1, &s, "");
     }
   } else {
     const resil_config_kind *k = find_kind(kind_name, strlen(kind_name));
@@ -937,7 +963,7 @@ char *resil_config_keys_markdown(const char *kind_name) {
     table t[3];
     int nt = tables_of(&d, t);
     for (int i = nt - 1; i >= 0; i--) /* the kind's own keys first */
-      doc_rows(&b, t[i].keys, t[i].n, t[i].base, ENV_PREFIX "<NAME>_");
+      doc_rows(&b, &d, t[i].keys, t[i].n, t[i].base, ENV_PREFIX "<NAME>_");
     free(cfg);
   }
   if (resil__sb_finish(&b, &out, NULL, NULL) != RESIL_OK) return NULL;

@@ -48,8 +48,35 @@ static const resil_config_kind fake_kind = {
     .name = "fake", .size = sizeof(fake_cfg), .init = fake_init, .validate = fake_validate,
     .dep_config = fake_dep, .pool_config = fake_pool, .keys = fake_keys, .nkeys = 3};
 
+/* A kind whose own connect_timeout_ms replaces the pool's. */
+typedef struct shadow_cfg {
+  resil_dep_config dep;
+  resil_pool_config pool;
+  uint32_t connect_timeout_ms;
+} shadow_cfg;
+static void shadow_init(void *c, const char *name) {
+  shadow_cfg *f = c;
+  resil_dep_config_init(&f->dep, name);
+  resil_pool_config_init(&f->pool);
+  f->connect_timeout_ms = 300;
+}
+static resil_status shadow_validate(const void *c, resil_err *err) {
+  return resil_dep_config_validate(&((const shadow_cfg *)c)->dep, err);
+}
+static resil_dep_config *shadow_dep(void *c) { return &((shadow_cfg *)c)->dep; }
+static resil_pool_config *shadow_pool(void *c) { return &((shadow_cfg *)c)->pool; }
+static const resil_key_spec shadow_keys[] = {
+    {"connect_timeout_ms", RESIL_KEY_MS, offsetof(shadow_cfg, connect_timeout_ms), 0, 0, false,
+     "own connect bound"},
+};
+static const resil_config_kind shadow_kind = {
+    .name = "shadow", .size = sizeof(shadow_cfg), .init = shadow_init,
+    .validate = shadow_validate, .dep_config = shadow_dep, .pool_config = shadow_pool,
+    .keys = shadow_keys, .nkeys = 1};
+
 static int setup(void **state) {
   (void)state;
+  assert_int_equal(resil_config_register_kind(&shadow_kind, NULL), RESIL_OK);
   assert_int_equal(resil_config_register_kind(&fake_kind, NULL), RESIL_OK);
   return 0;
 }
@@ -184,7 +211,7 @@ static void missing_or_bad_dependency_list_is_an_error(void **state) {
   char *bad[] = {(char *)"RESIL_DEPS=a b,ok:nosuchkind,dup,dup,x-y,x_y,", NULL};
   r = load_bad(bad, NULL);
   const char *want[] = {"'a b' is not a dependency name",
-                        "dependency ok has unknown kind 'nosuchkind' (known: core, fake",
+                        "dependency ok has unknown kind 'nosuchkind' (known: core, shadow, fake",
                         "dependency dup is listed twice",
                         "dependencies x-y and x_y both map to RESIL_DEP_X_Y_*"};
   expect_all(r, want, sizeof want / sizeof want[0]);
@@ -293,6 +320,30 @@ static void dump_redacts_secrets_and_hash_ignores_them(void **state) {
   resil_config_free(ct);
 }
 
+static void a_kind_key_hides_the_pool_key_it_replaces(void **state) {
+  (void)state;
+  char *env[] = {(char *)"RESIL_DEPS=s:shadow", (char *)"RESIL_DEP_S_POOL_CONNECT_TIMEOUT_MS=100",
+                 NULL};
+  char *r = load_bad(env, NULL);
+  assert_non_null(strstr(r, "RESIL_DEP_S_POOL_CONNECT_TIMEOUT_MS: unknown key"));
+  free(r);
+  char *ok[] = {(char *)"RESIL_DEPS=s:shadow", (char *)"RESIL_DEP_S_CONNECT_TIMEOUT_MS=100",
+                NULL};
+  resil_config *c = load_ok(ok);
+  assert_int_equal(((shadow_cfg *)resil_config_find(c, "s", "shadow"))->connect_timeout_ms, 100);
+  char *dump = resil_config_dump(c);
+  assert_null(strstr(dump, "POOL_CONNECT_TIMEOUT_MS"));
+  assert_non_null(strstr(dump, "RESIL_DEP_S_CONNECT_TIMEOUT_MS=100\n"));
+  free(dump);
+  char *doc = resil_config_keys_markdown("shadow");
+  assert_non_null(doc);
+  assert_null(strstr(doc, "POOL_CONNECT_TIMEOUT_MS"));
+  assert_non_null(strstr(doc, "| `RESIL_DEP_<NAME>_POOL_MAX_SIZE` | 10 |"));
+  free(doc);
+  assert_null(resil_config_keys_markdown("nosuchkind"));
+  resil_config_free(c);
+}
+
 static void value_parsers_are_strict(void **state) {
   (void)state;
   uint32_t v;
@@ -339,6 +390,7 @@ int main(void) {
       cmocka_unit_test(file_problems_name_file_and_line),
       cmocka_unit_test(inconsistent_timeouts_are_errors),
       cmocka_unit_test(dump_redacts_secrets_and_hash_ignores_them),
+      cmocka_unit_test(a_kind_key_hides_the_pool_key_it_replaces),
       cmocka_unit_test(value_parsers_are_strict),
       cmocka_unit_test(bad_kind_registration_is_refused),
   };

@@ -1,0 +1,1562 @@
+/* resil-pg: PostgreSQL through a resil dependency (see include/resil/pg.h).
+ *
+ * Layout: configuration and conninfo handling; connecting (resolve, then
+ * PQconnectStartParams + PQconnectPoll under poll()); running a statement
+ * on a non-blocking connection under a deadline; the reaper (cancel +
+ * close of timed-out connections, off the caller's thread); the pool
+ * connector; queries through resil_dep_call(); transactions; helpers.
+ *
+ * Only the core's public API is used.
+ */
+#include "resil/pg.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define PG_NAME_MAX 64
+#define PG_MAX_ADDRS 8       /* addresses tried per connect */
+#define PG_ADDRS_PER_HOST 4  /* of which at most this many per host name */
+#define PG_LIST_MAX 2048     /* host/hostaddr/port lists */
+#define PG_MAX_KEYS 96
+
+/* ---- Small utilities ---------------------------------------------------- */
+
+/* Copy src into dst (size > 0), collapsing runs of whitespace into one
+ * space, dropping libpq's verbose "LOCATION:" lines, trimming the ends. */
+static void flatten(char *dst, size_t size, const char *src) {
+  size_t n = 0;
+  bool space = false;
+  if (!src) src = "";
+  while (*src && n + 1 < size) {
+    if (strncmp(src, "LOCATION:", 9) == 0 && (n == 0 || space)) {
+      while (*src && *src != '\n') src++;
+      continue;
+    }
+    unsigned char ch = (unsigned char)*src++;
+    if (ch == ' ' || ch == '\t' || ch == '\n' || ch == '\r') {
+      space = true;
+      continue;
+    }
+    if (space && n > 0 && n + 2 < size) dst[n++] = ' ';
+    space = false;
+    dst[n++] = (char)ch;
+  }
+  dst[n] = '\0';
+}
+
+static char *xstrdup(const char *s) {
+  if (!s) return NULL;
+  size_t n = strlen(s) + 1;
+  char *d = malloc(n);
+  if (d) memcpy(d, s, n);
+  return d;
+}
+
+/* Accumulates "problem; problem" for the validator. */
+typedef struct problems {
+  char buf[RESIL_ERR_MSG_MAX];
+  size_t len;
+  unsigned count;
+} problems;
+
+#if defined(__GNUC__)
+__attribute__((format(printf, 2, 3)))
+#endif
+static void problem(problems *p, const char *fmt, ...) {
+  if (p->len + 1 >= sizeof p->buf) {
+    p->count++;
+    return;
+  }
+  if (p->count) {
+    int k = snprintf(p->buf + p->len, sizeof p->buf - p->len, "; ");
+    if (k > 0) p->len += (size_t)k;
+  }
+  if (p->len < sizeof p->buf) {
+    va_list ap;
+    va_start(ap, fmt);
+    int k = vsnprintf(p->buf + p->len, sizeof p->buf - p->len, fmt, ap);
+    va_end(ap);
+    if (k > 0) p->len += (size_t)k;
+    if (p->len >= sizeof p->buf) p->len = sizeof p->buf - 1;
+  }
+  p->count++;
+}
+
+static void check_range(problems *p, const char *name, const char *field, uint64_t v,
+                        uint64_t lo, uint64_t hi) {
+  if (v < lo || v > hi)
+    problem(p, "%s: %s: %" PRIu64 " is outside %" PRIu64 "..%" PRIu64, name, field, v, lo, hi);
+}
+
+/* ---- Configuration ------------------------------------------------------ */
+
+void resil_pg_config_init(resil_pg_config *cfg, const char *name) {
+  if (!cfg) return;
+  memset(cfg, 0, sizeof *cfg);
+  resil_dep_config_init(&cfg->dep, name);
+  resil_pool_config_init(&cfg->pool);
+  cfg->conninfo = NULL;
+  cfg->connect_timeout_ms = 1000;
+  cfg->query_timeout_ms = 5000;
+  cfg->application_name = NULL;
+  cfg->statement_timeout = true;
+  cfg->tcp_user_timeout_ms = 10000;
+  cfg->keepalives = true;
+  cfg->keepalives_idle_s = 30;
+  cfg->keepalives_interval_s = 10;
+  cfg->keepalives_count = 3;
+  cfg->cancel_timeout_ms = 2000;
+  cfg->reaper_queue_max = 64;
+  cfg->rollback_timeout_ms = 500;
+}
+
+/* Is s a libpq connection keyword? */
+static bool is_keyword(const char *s, size_t len) {
+  PQconninfoOption *d = PQconndefaults();
+  bool found = false;
+  if (!d) return false;
+  for (PQconninfoOption *o = d; o->keyword; o++)
+    if (strlen(o->keyword) == len && strncmp(o->keyword, s, len) == 0) {
+      found = true;
+      break;
+    }
+  PQconninfoFree(d);
+  return found;
+}
+
+/* libpq's conninfo parse error with every quoted fragment that is not a
+ * keyword or a lone punctuation mark replaced by "***": libpq quotes pieces
+ * of the string, which may be a password. */
+static void redact_parse_error(char *dst, size_t size, const char *msg) {
+  char flat[RESIL_ERR_MSG_MAX];
+  flatten(flat, sizeof flat, msg);
+  size_t n = 0;
+  const char *s = flat;
+  while (*s && n + 1 < size) {
+    if (*s != '"') {
+      dst[n++] = *s++;
+      continue;
+    }
+    const char *end = strchr(s + 1, '"');
+    if (!end) { /* unbalanced: drop the rest */
+      break;
+    }
+    size_t len = (size_t)(end - s - 1);
+    bool keep = (len == 1 && !((s[1] >= 'a' && s[1] <= 'z') || (s[1] >= 'A' && s[1] <= 'Z') ||
+                               (s[1] >= '0' && s[1] <= '9'))) ||
+                (len > 0 && is_keyword(s + 1, len));
+    const char *piece = keep ? s : "\"***\"";
+    size_t plen = keep ? len + 2 : 5;
+    if (n + plen >= size) break;
+    memcpy(dst + n, piece, plen);
+    n += plen;
+    s = end + 1;
+  }
+  dst[n] = '\0';
+}
+
+static const char *opt_val(PQconninfoOption *opts, const char *key) {
+  for (PQconninfoOption *o = opts; o && o->keyword; o++)
+    if (strcmp(o->keyword, key) == 0) return (o->val && o->val[0]) ? o->val : NULL;
+  return NULL;
+}
+
+resil_status resil_pg_config_validate(const resil_pg_config *cfg, resil_err *err) {
+  if (!cfg) return resil_err_set(err, RESIL_E_INVALID, "pg: config is NULL");
+  problems p = {.len = 0, .count = 0};
+  p.buf[0] = '\0';
+  const char *name = cfg->dep.name ? cfg->dep.name : "pg";
+  resil_err e;
+  if (resil_dep_config_validate(&cfg->dep, &e) != RESIL_OK) problem(&p, "%s", e.msg);
+  char prefix[PG_NAME_MAX + 8];
+  snprintf(prefix, sizeof prefix, "%s: ", name);
+  resil_pool_config pc = cfg->pool;
+  if (!pc.name) pc.name = name;
+  pc.connect_timeout_ms = cfg->connect_timeout_ms ? cfg->connect_timeout_ms : 1;
+  if (resil_pool_config_validate(&pc, prefix, &e) != RESIL_OK) problem(&p, "%s", e.msg);
+
+  if (!cfg->conninfo) {
+    problem(&p, "%s: conninfo: required", name);
+  } else {
+    char *emsg = NULL;
+    PQconninfoOption *o = PQconninfoParse(cfg->conninfo, &emsg);
+    if (!o) {
+      if (!emsg) return resil_err_set(err, RESIL_E_NOMEM, "%s: conninfo: out of memory", name);
+      char red[RESIL_ERR_MSG_MAX];
+      redact_parse_error(red, sizeof red, emsg);
+      PQfreemem(emsg);
+      problem(&p, "%s: conninfo: %s", name, red);
+    } else {
+      const char *an = opt_val(o, "application_name");
+      if (an && strlen(an) > 63)
+        problem(&p, "%s: conninfo: application_name is longer than 63 bytes", name);
+      PQconninfoFree(o);
+    }
+  }
+  check_range(&p, name, "connect_timeout_ms", cfg->connect_timeout_ms, 1, 600000);
+  check_range(&p, name, "query_timeout_ms", cfg->query_timeout_ms, 1, 86400000);
+  if (cfg->application_name && strlen(cfg->application_name) > 63)
+    problem(&p, "%s: application_name: longer than 63 bytes", name);
+  check_range(&p, name, "tcp_user_timeout_ms", cfg->tcp_user_timeout_ms, 0, 3600000);
+  if (cfg->keepalives) {
+    check_range(&p, name, "keepalives_idle_s", cfg->keepalives_idle_s, 1, 86400);
+    check_range(&p, name, "keepalives_interval_s", cfg->keepalives_interval_s, 1, 86400);
+    check_range(&p, name, "keepalives_count", cfg->keepalives_count, 1, 100);
+  }
+  check_range(&p, name, "cancel_timeout_ms", cfg->cancel_timeout_ms, 1, 60000);
+  check_range(&p, name, "reaper_queue_max", cfg->reaper_queue_max, 1, 100000);
+  check_range(&p, name, "rollback_timeout_ms", cfg->rollback_timeout_ms, 1, 60000);
+  if (p.count == 0) return RESIL_OK;
+  return resil_err_set(err, RESIL_E_INVALID, "%s", p.buf);
+}
+
+/* ---- The adapter object ------------------------------------------------- */
+
+typedef struct reap_item {
+  PGconn *conn;
+} reap_item;
+
+typedef struct reaper {
+  pthread_t thread;
+  bool started;
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  reap_item *q; /* ring of cap entries */
+  size_t cap, head, len;
+  bool stop;
+} reaper;
+
+struct resil_pg {
+  char name[PG_NAME_MAX];
+  resil_pg_config cfg;  /* strings below are owned copies */
+  char *conninfo;
+  PQconninfoOption *opts; /* parsed conninfo */
+  /* Keywords passed to every connect except host/hostaddr/port, which are
+   * computed per connect. NULL-terminated. */
+  const char *keys[PG_MAX_KEYS];
+  const char *vals[PG_MAX_KEYS];
+  size_t nkeys;
+  const char *host, *hostaddr, *port; /* from the conninfo, or NULL */
+  char app_name[PG_NAME_MAX];
+  char tcp_ut[24], ka_idle[16], ka_int[16], ka_cnt[16];
+  char *options; /* options with statement_timeout appended, or NULL */
+  resil_dep *dep;
+  resil_pool *pool;
+  reaper rp;
+  _Atomic uint64_t connects_ok, connects_failed, connects_timed_out, timeouts, reaped,
+      cancels_sent, cancels_failed, cancels_abandoned, cancels_skipped, rollbacks, broken;
+};
+
+/* A pooled connection. pq is NULL once handed to the reaper. */
+#define PG_PREPARED_MAX 256 /* prepared statements remembered per connection */
+
+typedef struct pg_conn {
+  PGconn *pq;
+  char **prepared; /* names prepared on this session */
+  size_t nprepared;
+} pg_conn;
+
+static bool conn_has_prepared(const pg_conn *w, const char *name) {
+  for (size_t i = 0; i < w->nprepared; i++)
+    if (strcmp(w->prepared[i], name) == 0) return true;
+  return false;
+}
+
+static void conn_add_prepared(pg_conn *w, const char *name) {
+  if (w->nprepared >= PG_PREPARED_MAX || conn_has_prepared(w, name)) return;
+  if (w->nprepared % 16 == 0) {
+    char **p = realloc(w->prepared, (w->nprepared + 16) * sizeof *p);
+    if (!p) return;
+    w->prepared = p;
+  }
+  char *d = xstrdup(name);
+  if (d) w->prepared[w->nprepared++] = d;
+}
+
+static void conn_drop_prepared(pg_conn *w, const char *name) {
+  for (size_t i = 0; i < w->nprepared; i++)
+    if (strcmp(w->prepared[i], name) == 0) {
+      free(w->prepared[i]);
+      w->prepared[i] = w->prepared[--w->nprepared];
+      return;
+    }
+}
+
+static void bump(_Atomic uint64_t *c) { atomic_fetch_add_explicit(c, 1, memory_order_relaxed); }
+
+resil_dep *resil_pg_dep(resil_pg *pg) { return pg ? pg->dep : NULL; }
+resil_pool *resil_pg_pool(resil_pg *pg) { return pg ? pg->pool : NULL; }
+
+void resil_pg_get_stats(const resil_pg *pg, resil_pg_stats *out) {
+  if (!out) return;
+  memset(out, 0, sizeof *out);
+  if (!pg) return;
+  resil_pg *m = (resil_pg *)(uintptr_t)pg;
+#define RD(f) out->f = atomic_load_explicit(&m->f, memory_order_relaxed)
+  RD(connects_ok);
+  RD(connects_failed);
+  RD(connects_timed_out);
+  RD(timeouts);
+  RD(reaped);
+  RD(cancels_sent);
+  RD(cancels_failed);
+  RD(cancels_abandoned);
+  RD(cancels_skipped);
+  RD(rollbacks);
+  RD(broken);
+#undef RD
+}
+
+/* ---- Waiting on the socket --------------------------------------------- */
+
+/* Wait for events on fd until d (always set). Returns the revents (> 0),
+ * 0 when d passed, -1 on a poll error (errno set). */
+static int wait_fd(int fd, short events, resil_deadline d) {
+  if (fd < 0) {
+    errno = EBADF;
+    return -1;
+  }
+  for (;;) {
+    int64_t ms = resil_deadline_remaining_ms(d);
+    if (ms <= 0) return 0;
+    if (ms > INT_MAX) ms = INT_MAX;
+    struct pollfd pfd = {.fd = fd, .events = events, .revents = 0};
+    int r = poll(&pfd, 1, (int)ms);
+    if (r > 0) return pfd.revents ? pfd.revents : events;
+    if (r == 0) {
+      if (resil_deadline_expired(d)) return 0;
+      continue;
+    }
+    if (errno == EINTR) continue;
+    return -1;
+  }
+}
+
+/* ---- The reaper --------------------------------------------------------- */
+
+/* One cancel request run on its own detached thread so that the reaper can
+ * stop waiting for it. Freed by whichever of the two lets go last. */
+typedef struct cancel_job {
+  PGcancel *cancel;
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  bool done;
+  int ok;
+  _Atomic int refs;
+} cancel_job;
+
+static _Atomic int g_cancel_threads; /* cancel helper threads alive, process-wide */
+
+static void cancel_job_unref(cancel_job *j) {
+  if (atomic_fetch_sub(&j->refs, 1) == 1) {
+    PQfreeCancel(j->cancel);
+    pthread_cond_destroy(&j->cv);
+    pthread_mutex_destroy(&j->mu);
+    free(j);
+  }
+}
+
+static void *cancel_main(void *arg) {
+  cancel_job *j = arg;
+  char buf[256];
+  int ok = PQcancel(j->cancel, buf, (int)sizeof buf);
+  pthread_mutex_lock(&j->mu);
+  j->ok = ok;
+  j->done = true;
+  pthread_cond_signal(&j->cv);
+  pthread_mutex_unlock(&j->mu);
+  cancel_job_unref(j);
+  atomic_fetch_sub(&g_cancel_threads, 1);
+  return NULL;
+}
+
+static int cond_init_mono(pthread_cond_t *cv) {
+  pthread_condattr_t a;
+  int r = pthread_condattr_init(&a);
+  if (r) return r;
+  pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
+  r = pthread_cond_init(cv, &a);
+  pthread_condattr_destroy(&a);
+  return r;
+}
+
+static struct timespec mono_in_ms(uint64_t ms) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  ts.tv_sec += (time_t)(ms / 1000);
+  ts.tv_nsec += (long)(ms % 1000) * 1000000L;
+  if (ts.tv_nsec >= 1000000000L) {
+    ts.tv_sec++;
+    ts.tv_nsec -= 1000000000L;
+  }
+  return ts;
+}
+
+/* Send a cancel request for conn's running statement, waiting at most
+ * timeout_ms for it. */
+static void cancel_bounded(resil_pg *pg, PGconn *conn, uint64_t timeout_ms) {
+  if (timeout_ms == 0 || PQstatus(conn) != CONNECTION_OK) {
+    bump(&pg->cancels_skipped);
+    return;
+  }
+  if (atomic_fetch_add(&g_cancel_threads, 1) >= RESIL_PG_MAX_STUCK_CANCELS) {
+    atomic_fetch_sub(&g_cancel_threads, 1);
+    bump(&pg->cancels_skipped);
+    return;
+  }
+  cancel_job *j = calloc(1, sizeof *j);
+  PGcancel *c = j ? PQgetCancel(conn) : NULL;
+  if (!c || pthread_mutex_init(&j->mu, NULL) != 0) {
+    free(j);
+    PQfreeCancel(c);
+    atomic_fetch_sub(&g_cancel_threads, 1);
+    bump(&pg->cancels_skipped);
+    return;
+  }
+  if (cond_init_mono(&j->cv) != 0) {
+    pthread_mutex_destroy(&j->mu);
+    free(j);
+    PQfreeCancel(c);
+    atomic_fetch_sub(&g_cancel_threads, 1);
+    bump(&pg->cancels_skipped);
+    return;
+  }
+  j->cancel = c;
+  atomic_init(&j->refs, 2);
+  pthread_attr_t attr;
+  pthread_t th;
+  pthread_attr_init(&attr);
+  pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+  pthread_attr_setstacksize(&attr, 256 * 1024);
+  int r = pthread_create(&th, &attr, cancel_main, j);
+  pthread_attr_destroy(&attr);
+  if (r != 0) {
+    atomic_store(&j->refs, 1);
+    cancel_job_unref(j);
+    atomic_fetch_sub(&g_cancel_threads, 1);
+    bump(&pg->cancels_skipped);
+    return;
+  }
+  struct timespec until = mono_in_ms(timeout_ms);
+  pthread_mutex_lock(&j->mu);
+  while (!j->done)
+    if (pthread_cond_timedwait(&j->cv, &j->mu, &until) == ETIMEDOUT) break;
+  bool done = j->done;
+  int ok = j->ok;
+  pthread_mutex_unlock(&j->mu);
+  cancel_job_unref(j);
+  if (!done)
+    bump(&pg->cancels_abandoned);
+  else if (ok)
+    bump(&pg->cancels_sent);
+  else
+    bump(&pg->cancels_failed);
+}
+
+static void *reaper_main(void *arg) {
+  resil_pg *pg = arg;
+  reaper *rp = &pg->rp;
+  uint64_t stop_until = 0; /* shared cancel budget once stopping */
+  pthread_mutex_lock(&rp->mu);
+  for (;;) {
+    while (rp->len == 0 && !rp->stop) pthread_cond_wait(&rp->cv, &rp->mu);
+    if (rp->len == 0) break; /* stopping and empty */
+    reap_item it = rp->q[rp->head];
+    rp->head = (rp->head + 1) % rp->cap;
+    rp->len--;
+    bool stopping = rp->stop;
+    pthread_mutex_unlock(&rp->mu);
+
+    uint64_t timeout = pg->cfg.cancel_timeout_ms;
+    if (stopping) {
+      uint64_t now = resil_now_ns();
+      if (!stop_until) stop_until = now + timeout * 1000000ull;
+      timeout = stop_until > now ? (stop_until - now + 999999ull) / 1000000ull : 0;
+    }
+    cancel_bounded(pg, it.conn, timeout);
+    PQfinish(it.conn);
+    bump(&pg->reaped);
+    pthread_mutex_lock(&rp->mu);
+  }
+  pthread_mutex_unlock(&rp->mu);
+  return NULL;
+}
+
+/* Hand a connection whose statement is still running to the reaper. Never
+ * blocks: with the queue full (or no reaper) the connection is closed here
+ * without a cancel request (PQfinish on a non-blocking connection does not
+ * wait). */
+static void reap(resil_pg *pg, PGconn *conn) {
+  reaper *rp = &pg->rp;
+  bump(&pg->timeouts);
+  pthread_mutex_lock(&rp->mu);
+  if (rp->started && !rp->stop && rp->len < rp->cap) {
+    rp->q[(rp->head + rp->len) % rp->cap].conn = conn;
+    rp->len++;
+    pthread_cond_signal(&rp->cv);
+    pthread_mutex_unlock(&rp->mu);
+    return;
+  }
+  pthread_mutex_unlock(&rp->mu);
+  bump(&pg->cancels_skipped);
+  PQfinish(conn);
+  bump(&pg->reaped);
+}
+
+/* ---- Connecting --------------------------------------------------------- */
+
+/* Copy the next comma-separated item of *s into buf; advance *s. */
+static void next_item(const char **s, char *buf, size_t size) {
+  const char *p = *s, *c = strchr(p, ',');
+  size_t n = c ? (size_t)(c - p) : strlen(p);
+  if (n >= size) n = size - 1;
+  memcpy(buf, p, n);
+  buf[n] = '\0';
+  *s = c ? c + 1 : p + strlen(p);
+}
+
+static size_t count_items(const char *s) {
+  size_t n = 1;
+  for (; *s; s++)
+    if (*s == ',') n++;
+  return n;
+}
+
+/* Append s to a comma-separated list; first says whether it is the first
+ * entry (entries may be empty, so the length cannot tell). */
+static bool append(char *buf, size_t size, size_t *len, const char *s, bool first) {
+  size_t n = strlen(s);
+  if (*len + n + 2 > size) return false;
+  if (!first) buf[(*len)++] = ',';
+  memcpy(buf + *len, s, n + 1);
+  *len += n;
+  return true;
+}
+
+/* Build the host/hostaddr/port lists: every host name resolved under
+ * deadline (up to PG_ADDRS_PER_HOST addresses each, each a separate entry
+ * so libpq tries them in turn); socket paths kept with an empty hostaddr. */
+static resil_status build_hosts(resil_pg *pg, resil_deadline deadline, char *hosts,
+                                char *addrs, char *ports, bool *per_port, resil_err *err) {
+  size_t hl = 0, al = 0, pl = 0, entries = 0;
+  hosts[0] = addrs[0] = ports[0] = '\0';
+  size_t nh = count_items(pg->host);
+  size_t np = pg->port ? count_items(pg->port) : 0;
+  *per_port = np > 1 && np == nh;
+  const char *hs = pg->host, *ps = pg->port ? pg->port : "";
+  resil_status last = RESIL_OK;
+  resil_err last_err;
+  last_err.msg[0] = '\0';
+  for (size_t i = 0; i < nh; i++) {
+    char h[256], pt[32];
+    next_item(&hs, h, sizeof h);
+    pt[0] = '\0';
+    if (*per_port) next_item(&ps, pt, sizeof pt);
+    if (h[0] == '\0' || h[0] == '/' || h[0] == '@') {
+      if (entries >= PG_MAX_ADDRS) break;
+      bool first = entries == 0;
+      if (!append(hosts, PG_LIST_MAX, &hl, h, first) ||
+          !append(addrs, PG_LIST_MAX, &al, "", first) ||
+          (*per_port && !append(ports, PG_LIST_MAX, &pl, pt, first)))
+        return resil_err_set(err, RESIL_E_INVALID, "host list too long");
+      entries++;
+      continue;
+    }
+    unsigned long portnum = 5432;
+    const char *pstr = *per_port ? pt : (pg->port ? pg->port : NULL);
+    if (pstr && *pstr) {
+      char *end;
+      portnum = strtoul(pstr, &end, 10);
+      if (*end || portnum == 0 || portnum > 65535) portnum = 5432;
+    }
+    resil_addr a[PG_ADDRS_PER_HOST];
+    size_t n = 0;
+    resil_err e;
+    resil_status st = resil_resolve(h, (uint16_t)portnum, deadline, a, PG_ADDRS_PER_HOST, &n, &e);
+    if (st != RESIL_OK) {
+      last = st;
+      last_err = e;
+      continue;
+    }
+    for (size_t k = 0; k < n && entries < PG_MAX_ADDRS; k++, entries++) {
+      bool first = entries == 0;
+      if (!append(hosts, PG_LIST_MAX, &hl, h, first) ||
+          !append(addrs, PG_LIST_MAX, &al, a[k].text, first) ||
+          (*per_port && !append(ports, PG_LIST_MAX, &pl, pt, first)))
+        return resil_err_set(err, RESIL_E_INVALID, "host list too long");
+    }
+  }
+  if (entries == 0) {
+    if (last == RESIL_OK) last = RESIL_E_FAILURE;
+    if (last != RESIL_E_TIMEOUT) last = RESIL_E_FAILURE;
+    return resil_err_set(err, last, "resolving %s: %s", pg->host,
+                         last_err.msg[0] ? last_err.msg : "no address");
+  }
+  return RESIL_OK;
+}
+
+/* Set verbose error messages around the start-up phase so a FATAL sent by
+ * the server (53300, 57P03, 28P01...) carries its SQLSTATE. */
+static resil_status connect_error(resil_pg *pg, PGconn *c, resil_err *err) {
+  char msg[RESIL_ERR_MSG_MAX - 80];
+  flatten(msg, sizeof msg, PQerrorMessage(c));
+  bump(&pg->connects_failed);
+  return resil_err_set(err, RESIL_E_FAILURE, "%s",
+                       msg[0] ? msg : "connection failed");
+}
+
+/* Notices and warnings (e.g. "relation already exists, skipping") are
+ * dropped: a library must not write to stderr. */
+static void quiet_notices(void *arg, const char *message) {
+  (void)arg;
+  (void)message;
+}
+
+static resil_status pg_connect(void *ctx, resil_deadline deadline, void **out, resil_err *err) {
+  resil_pg *pg = ctx;
+  const char *keys[PG_MAX_KEYS + 4], *vals[PG_MAX_KEYS + 4];
+  size_t n = 0;
+  for (size_t i = 0; i < pg->nkeys; i++) {
+    keys[n] = pg->keys[i];
+    vals[n++] = pg->vals[i];
+  }
+  char hosts[PG_LIST_MAX], addrs[PG_LIST_MAX], ports[PG_LIST_MAX];
+  if (pg->host && !pg->hostaddr) {
+    bool per_port = false;
+    resil_status st = build_hosts(pg, deadline, hosts, addrs, ports, &per_port, err);
+    if (st != RESIL_OK) {
+      if (st == RESIL_E_TIMEOUT)
+        bump(&pg->connects_timed_out);
+      else
+        bump(&pg->connects_failed);
+      return st;
+    }
+    keys[n] = "host";
+    vals[n++] = hosts;
+    keys[n] = "hostaddr";
+    vals[n++] = addrs;
+    if (per_port || pg->port) {
+      keys[n] = "port";
+      vals[n++] = per_port ? ports : pg->port;
+    }
+  } else {
+    if (pg->host) {
+      keys[n] = "host";
+      vals[n++] = pg->host;
+    }
+    if (pg->hostaddr) {
+      keys[n] = "hostaddr";
+      vals[n++] = pg->hostaddr;
+    }
+    if (pg->port) {
+      keys[n] = "port";
+      vals[n++] = pg->port;
+    }
+  }
+  keys[n] = NULL;
+  vals[n] = NULL;
+
+  if (resil_deadline_expired(deadline)) {
+    bump(&pg->connects_timed_out);
+    return resil_err_set(err, RESIL_E_TIMEOUT, "deadline passed while resolving");
+  }
+  PGconn *c = PQconnectStartParams(keys, vals, 0);
+  if (!c) {
+    bump(&pg->connects_failed);
+    return resil_err_set(err, RESIL_E_NOMEM, "out of memory");
+  }
+  PQsetErrorVerbosity(c, PQERRORS_VERBOSE);
+  PQsetNoticeProcessor(c, quiet_notices, NULL);
+  if (PQstatus(c) == CONNECTION_BAD) {
+    resil_status st = connect_error(pg, c, err);
+    PQfinish(c);
+    return st;
+  }
+  PostgresPollingStatusType ps = PGRES_POLLING_WRITING;
+  for (;;) {
+    if (ps == PGRES_POLLING_OK) break;
+    if (ps == PGRES_POLLING_FAILED) {
+      resil_status st = connect_error(pg, c, err);
+      PQfinish(c);
+      return st;
+    }
+    /* The socket can change between polls (libpq tries each address and
+     * retries without SSL on its own): ask every time. */
+    short ev = ps == PGRES_POLLING_READING ? POLLIN : POLLOUT;
+    int w = wait_fd(PQsocket(c), ev, deadline);
+    if (w == 0) {
+      PQfinish(c);
+      bump(&pg->connects_timed_out);
+      return resil_err_set(err, RESIL_E_TIMEOUT, "timed out");
+    }
+    if (w < 0) {
+      int e = errno;
+      PQfinish(c);
+      bump(&pg->connects_failed);
+      return resil_err_set(err, RESIL_E_FAILURE, "poll: %s", strerror(e));
+    }
+    ps = PQconnectPoll(c);
+  }
+  PQsetErrorVerbosity(c, PQERRORS_DEFAULT);
+  if (PQsetnonblocking(c, 1) != 0) {
+    resil_status st = connect_error(pg, c, err);
+    PQfinish(c);
+    return st;
+  }
+  pg_conn *w = malloc(sizeof *w);
+  if (!w) {
+    PQfinish(c);
+    bump(&pg->connects_failed);
+    return resil_err_set(err, RESIL_E_NOMEM, "out of memory");
+  }
+  w->pq = c;
+  w->prepared = NULL;
+  w->nprepared = 0;
+  bump(&pg->connects_ok);
+  *out = w;
+  return RESIL_OK;
+}
+
+static void pg_close(void *ctx, void *conn) {
+  (void)ctx;
+  pg_conn *w = conn;
+  if (!w) return;
+  if (w->pq) PQfinish(w->pq); /* non-blocking connection: never waits */
+  for (size_t i = 0; i < w->nprepared; i++) free(w->prepared[i]);
+  free(w->prepared);
+  free(w);
+}
+
+/* ---- Running one statement ---------------------------------------------- */
+
+/* What to do with the connection after a statement. */
+typedef enum disp { DISP_KEEP = 0, DISP_BROKEN, DISP_REAP } disp;
+
+static bool is_sqlstate(const char *s) {
+  if (!s || strlen(s) != 5) return false;
+  for (int i = 0; i < 5; i++)
+    if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'A' && s[i] <= 'Z'))) return false;
+  return true;
+}
+
+resil_status resil_pg_classify_sqlstate(const char *s, bool *retryable) {
+  if (retryable) *retryable = false;
+  if (!is_sqlstate(s)) return RESIL_E_FAILURE;
+  if (strcmp(s, "40001") == 0 || strcmp(s, "40P01") == 0) {
+    if (retryable) *retryable = true;
+    return RESIL_E_CALLER;
+  }
+  if (strcmp(s, "57014") == 0) return RESIL_E_TIMEOUT;
+  if (strncmp(s, "08", 2) == 0 || strncmp(s, "58", 2) == 0 || strncmp(s, "XX", 2) == 0 ||
+      strcmp(s, "57P01") == 0 || strcmp(s, "57P02") == 0 || strcmp(s, "57P03") == 0 ||
+      strcmp(s, "53300") == 0)
+    return RESIL_E_FAILURE;
+  if (strncmp(s, "53", 2) == 0) return RESIL_E_OVERLOAD;
+  return RESIL_E_CALLER;
+}
+
+const char *resil_pg_sqlstate(const PGresult *res) {
+  return res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+}
+
+/* Status and message for an error result. */
+static resil_status result_error(resil_pg *pg, const char *phase, const PGresult *r,
+                                 bool *retryable, resil_err *err) {
+  const char *state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+  const char *sev = PQresultErrorField(r, PG_DIAG_SEVERITY_NONLOCALIZED);
+  if (!sev) sev = PQresultErrorField(r, PG_DIAG_SEVERITY);
+  const char *prim = PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY);
+  char msg[RESIL_ERR_MSG_MAX - 100];
+  flatten(msg, sizeof msg, prim ? prim : PQresultErrorMessage(r));
+  resil_status st = resil_pg_classify_sqlstate(state, retryable);
+  if (!is_sqlstate(state))
+    return resil_err_set(err, st, "%s: %s: %s", pg->name, phase, msg);
+  return resil_err_set(err, st, "%s: %s: %s %s %s", pg->name, phase, sev ? sev : "ERROR", state,
+                       msg);
+}
+
+static resil_status conn_error(resil_pg *pg, const char *phase, PGconn *c, resil_err *err) {
+  char msg[RESIL_ERR_MSG_MAX - 100];
+  flatten(msg, sizeof msg, PQerrorMessage(c));
+  return resil_err_set(err, RESIL_E_FAILURE, "%s: %s: %s", pg->name, phase,
+                       msg[0] ? msg : "connection error");
+}
+
+static resil_status timed_out(resil_pg *pg, const char *phase, resil_err *err) {
+  return resil_err_set(err, RESIL_E_TIMEOUT, "%s: %s: deadline passed; statement cancelled",
+                       pg->name, phase);
+}
+
+/* Send one statement (q, or simple_sql through the simple protocol) and
+ * read every result until PQgetResult() returns NULL or qd passes. *out
+ * receives the first error result or else the last result. */
+typedef enum send_kind { SEND_PARAMS = 0, SEND_PREPARE, SEND_PREPARED } send_kind;
+
+static resil_status run_stmt_kind(resil_pg *pg, PGconn *c, resil_deadline qd,
+                                  const resil_pg_query_args *q, const char *simple_sql,
+                                  send_kind kind, const char *name, const char *phase,
+                                  PGresult **out, disp *d, bool *retryable, resil_err *err);
+
+static resil_status run_stmt(resil_pg *pg, PGconn *c, resil_deadline qd,
+                             const resil_pg_query_args *q, const char *simple_sql,
+                             const char *phase, PGresult **out, disp *d, bool *retryable,
+                             resil_err *err) {
+  return run_stmt_kind(pg, c, qd, q, simple_sql, SEND_PARAMS, NULL, phase, out, d, retryable,
+                       err);
+}
+
+static resil_status run_stmt_kind(resil_pg *pg, PGconn *c, resil_deadline qd,
+                                  const resil_pg_query_args *q, const char *simple_sql,
+                                  send_kind kind, const char *name, const char *phase,
+                                  PGresult **out, disp *d, bool *retryable, resil_err *err) {
+  *out = NULL;
+  *d = DISP_KEEP;
+  if (retryable) *retryable = false;
+  if (PQstatus(c) != CONNECTION_OK) {
+    *d = DISP_BROKEN;
+    return conn_error(pg, phase, c, err);
+  }
+  int ok;
+  if (!q)
+    ok = PQsendQuery(c, simple_sql);
+  else if (kind == SEND_PREPARE)
+    ok = PQsendPrepare(c, name, q->sql, q->nparams, q->types);
+  else if (kind == SEND_PREPARED)
+    ok = PQsendQueryPrepared(c, name, q->nparams, q->values, q->lengths, q->formats,
+                             q->result_format);
+  else
+    ok = PQsendQueryParams(c, q->sql, q->nparams, q->types, q->values, q->lengths, q->formats,
+                           q->result_format);
+  if (!ok) {
+    *d = DISP_BROKEN;
+    return conn_error(pg, phase, c, err);
+  }
+  int r;
+  while ((r = PQflush(c)) == 1) {
+    int w = wait_fd(PQsocket(c), POLLIN | POLLOUT, qd);
+    if (w == 0) {
+      *d = DISP_REAP;
+      return timed_out(pg, phase, err);
+    }
+    if (w < 0 || ((w & POLLIN) && !PQconsumeInput(c))) {
+      *d = DISP_BROKEN;
+      return conn_error(pg, phase, c, err);
+    }
+  }
+  if (r < 0) {
+    *d = DISP_BROKEN;
+    return conn_error(pg, phase, c, err);
+  }
+  PGresult *keep = NULL;
+  bool keep_err = false;
+  for (;;) {
+    while (PQisBusy(c)) {
+      int w = wait_fd(PQsocket(c), POLLIN, qd);
+      if (w == 0) {
+        PQclear(keep);
+        *d = DISP_REAP;
+        return timed_out(pg, phase, err);
+      }
+      if (w < 0 || !PQconsumeInput(c)) {
+        PQclear(keep);
+        *d = DISP_BROKEN;
+        return conn_error(pg, phase, c, err);
+      }
+    }
+    PGresult *res = PQgetResult(c);
+    if (!res) break;
+    ExecStatusType s = PQresultStatus(res);
+    if (s == PGRES_COPY_IN || s == PGRES_COPY_OUT || s == PGRES_COPY_BOTH) {
+      PQclear(res);
+      PQclear(keep);
+      *d = DISP_BROKEN;
+      return resil_err_set(err, RESIL_E_CALLER, "%s: %s: COPY is not supported", pg->name,
+                           phase);
+    }
+    bool is_err = s == PGRES_FATAL_ERROR || s == PGRES_BAD_RESPONSE;
+    if (is_err && !keep_err) {
+      PQclear(keep);
+      keep = res;
+      keep_err = true;
+    } else if (!is_err && !keep_err) {
+      PQclear(keep);
+      keep = res;
+    } else {
+      PQclear(res);
+    }
+  }
+  if (PQstatus(c) != CONNECTION_OK) *d = DISP_BROKEN;
+  if (keep_err) {
+    resil_status st = result_error(pg, phase, keep, retryable, err);
+    if (*d == DISP_BROKEN && st != RESIL_E_TIMEOUT) {
+      /* The server ended the session (FATAL) or libpq lost it. */
+      st = RESIL_E_FAILURE;
+      if (err) err->status = st;
+      if (retryable) *retryable = false;
+    }
+    *out = keep;
+    return st;
+  }
+  if (!keep) {
+    *d = DISP_BROKEN;
+    return resil_err_set(err, RESIL_E_FAILURE, "%s: %s: no result", pg->name, phase);
+  }
+  *out = keep; /* with DISP_BROKEN: the answer is in, only the connection is lost */
+  return RESIL_OK;
+}
+
+/* Run an internal statement (BEGIN, COMMIT, ROLLBACK) and discard the
+ * result. *tag receives the command tag's first letters when non-NULL. */
+static resil_status run_simple(resil_pg *pg, PGconn *c, resil_deadline qd, const char *sql,
+                               const char *phase, disp *d, char *tag, size_t tagsz,
+                               bool *retryable, resil_err *err) {
+  PGresult *r = NULL;
+  resil_status st = run_stmt(pg, c, qd, NULL, sql, phase, &r, d, retryable, err);
+  if (tag && tagsz) {
+    tag[0] = '\0';
+    if (r && st == RESIL_OK) snprintf(tag, tagsz, "%s", PQcmdStatus(r));
+  }
+  PQclear(r);
+  return st;
+}
+
+/* Give a borrowed connection back according to d. A connection left
+ * inside a transaction is rolled back first (bounded by deadline and
+ * rollback_timeout_ms), or closed. */
+static void give_back(resil_pg *pg, resil_pool_conn *pc, disp d, resil_deadline deadline) {
+  pg_conn *w = resil_pool_conn_handle(pc);
+  if (d == DISP_REAP) {
+    PGconn *c = w->pq;
+    w->pq = NULL;
+    if (c) reap(pg, c);
+    resil_pool_release(pg->pool, pc, RESIL_POOL_BROKEN);
+    return;
+  }
+  if (d == DISP_KEEP && (!w->pq || PQstatus(w->pq) != CONNECTION_OK)) d = DISP_BROKEN;
+  if (d == DISP_KEEP) {
+    PGTransactionStatusType ts = PQtransactionStatus(w->pq);
+    if (ts == PQTRANS_INTRANS || ts == PQTRANS_INERROR) {
+      resil_deadline rd = resil_deadline_bound(deadline, pg->cfg.rollback_timeout_ms);
+      disp rdisp = DISP_BROKEN;
+      resil_status st = RESIL_E_DEADLINE;
+      if (!resil_deadline_expired(rd))
+        st = run_simple(pg, w->pq, rd, "ROLLBACK", "rollback", &rdisp, NULL, 0, NULL, NULL);
+      if (st == RESIL_OK && rdisp == DISP_KEEP &&
+          PQtransactionStatus(w->pq) == PQTRANS_IDLE) {
+        bump(&pg->rollbacks);
+      } else if (rdisp == DISP_REAP) {
+        PGconn *c = w->pq;
+        w->pq = NULL;
+        reap(pg, c);
+        resil_pool_release(pg->pool, pc, RESIL_POOL_BROKEN);
+        return;
+      } else {
+        d = DISP_BROKEN;
+      }
+    } else if (ts != PQTRANS_IDLE) {
+      d = DISP_BROKEN;
+    }
+  }
+  if (d == DISP_BROKEN) bump(&pg->broken);
+  resil_pool_release(pg->pool, pc, d == DISP_KEEP ? RESIL_POOL_OK : RESIL_POOL_BROKEN);
+}
+
+/* Without any round trip: is an idle connection still open? A server
+ * that shut down or restarted sent a FATAL (or WARNING) and closed the
+ * socket; reading that marks the connection bad. One poll() when nothing
+ * is pending. */
+static bool conn_quick_ok(pg_conn *w) {
+  if (!w || !w->pq || PQstatus(w->pq) != CONNECTION_OK) return false;
+  if (PQtransactionStatus(w->pq) != PQTRANS_IDLE) return false;
+  for (int i = 0; i < 4; i++) {
+    struct pollfd pfd = {.fd = PQsocket(w->pq), .events = POLLIN, .revents = 0};
+    int r = poll(&pfd, 1, 0);
+    if (r == 0) return true;
+    if (r < 0) return errno == EINTR;
+    /* Unsolicited data or a hang-up: a notice or notification is fine; EOF
+     * or an error marks the connection bad. */
+    if (!PQconsumeInput(w->pq) || PQstatus(w->pq) != CONNECTION_OK) return false;
+    PGnotify *nt;
+    while ((nt = PQnotifies(w->pq)) != NULL) PQfreemem(nt);
+  }
+  return PQstatus(w->pq) == CONNECTION_OK;
+}
+
+/* Borrow a connection that passes conn_quick_ok(): dead ones left by a
+ * server restart are closed here and another is taken (at most max_size
+ * times), so callers do not pay for them. */
+static resil_status acquire_live(resil_pg *pg, resil_deadline d, resil_pool_conn **pc,
+                                 resil_err *err) {
+  for (uint32_t i = 0;; i++) {
+    resil_status st = resil_pool_acquire(pg->pool, d, pc, err);
+    if (st != RESIL_OK) return st;
+    if (i >= pg->cfg.pool.max_size || conn_quick_ok(resil_pool_conn_handle(*pc)))
+      return RESIL_OK;
+    bump(&pg->broken);
+    resil_pool_release(pg->pool, *pc, RESIL_POOL_BROKEN);
+    *pc = NULL;
+  }
+}
+
+/* Pool validation: conn_quick_ok(), then an empty query must come back in
+ * time (this is what notices a silent peer). */
+static bool pg_validate(void *ctx, void *conn, resil_deadline deadline) {
+  resil_pg *pg = ctx;
+  pg_conn *w = conn;
+  if (!conn_quick_ok(w)) return false;
+  disp d;
+  PGresult *res = NULL;
+  resil_status st = run_stmt(pg, w->pq, deadline, NULL, "", "validate", &res, &d, NULL, NULL);
+  PQclear(res);
+  if (d == DISP_REAP) {
+    /* Statement still running at the deadline: let the reaper cancel and
+     * close it; the pool then closes the empty wrapper. */
+    PGconn *c = w->pq;
+    w->pq = NULL;
+    reap(pg, c);
+    return false;
+  }
+  return st == RESIL_OK && d == DISP_KEEP;
+}
+
+/* ---- Queries ------------------------------------------------------------ */
+
+typedef struct query_ctx {
+  resil_pg *pg;
+  const resil_pg_query_args *q;
+  PGresult *res;
+} query_ctx;
+
+static resil_status query_attempt(void *vctx, resil_attempt *a) {
+  query_ctx *x = vctx;
+  resil_pg *pg = x->pg;
+  PQclear(x->res);
+  x->res = NULL;
+  resil_pool_conn *pc = NULL;
+  resil_status st = acquire_live(pg, a->deadline, &pc, a->err);
+  if (st != RESIL_OK) return st;
+  pg_conn *w = resil_pool_conn_handle(pc);
+  resil_deadline qd = resil_deadline_bound(a->deadline, pg->cfg.query_timeout_ms);
+  if (resil_deadline_expired(qd)) {
+    resil_pool_release(pg->pool, pc, RESIL_POOL_OK);
+    return resil_err_set(a->err, RESIL_E_DEADLINE, "%s: query: deadline passed before sending",
+                         pg->name);
+  }
+  disp d;
+  bool retryable = false;
+  st = run_stmt(pg, w->pq, qd, x->q, NULL, "query", &x->res, &d, &retryable, a->err);
+  give_back(pg, pc, d, a->deadline);
+  if (retryable) a->retry = 1;
+  return st;
+}
+
+typedef struct prepared_ctx {
+  resil_pg *pg;
+  const char *name;
+  const resil_pg_query_args *q;
+  PGresult *res;
+} prepared_ctx;
+
+static resil_status prepared_attempt(void *vctx, resil_attempt *a) {
+  prepared_ctx *x = vctx;
+  resil_pg *pg = x->pg;
+  PQclear(x->res);
+  x->res = NULL;
+  resil_pool_conn *pc = NULL;
+  resil_status st = acquire_live(pg, a->deadline, &pc, a->err);
+  if (st != RESIL_OK) return st;
+  pg_conn *w = resil_pool_conn_handle(pc);
+  resil_deadline qd = resil_deadline_bound(a->deadline, pg->cfg.query_timeout_ms);
+  if (resil_deadline_expired(qd)) {
+    resil_pool_release(pg->pool, pc, RESIL_POOL_OK);
+    return resil_err_set(a->err, RESIL_E_DEADLINE, "%s: query: deadline passed before sending",
+                         pg->name);
+  }
+  disp d = DISP_KEEP;
+  bool retryable = false;
+  if (!conn_has_prepared(w, x->name)) {
+    PGresult *r = NULL;
+    st = run_stmt_kind(pg, w->pq, qd, x->q, NULL, SEND_PREPARE, x->name, "prepare", &r, &d,
+                       &retryable, a->err);
+    const char *state = resil_pg_sqlstate(r);
+    if (st == RESIL_OK || (state && strcmp(state, "42P05") == 0)) { /* already there */
+      conn_add_prepared(w, x->name);
+      st = RESIL_OK;
+      PQclear(r);
+    } else {
+      x->res = r;
+    }
+  }
+  if (st == RESIL_OK && d == DISP_KEEP) {
+    st = run_stmt_kind(pg, w->pq, qd, x->q, NULL, SEND_PREPARED, x->name, "query", &x->res, &d,
+                       &retryable, a->err);
+    const char *state = resil_pg_sqlstate(x->res);
+    if (state && strcmp(state, "26000") == 0) conn_drop_prepared(w, x->name);
+  }
+  give_back(pg, pc, d, a->deadline);
+  if (retryable) a->retry = 1;
+  return st;
+}
+
+resil_status resil_pg_query_prepared(resil_pg *pg, resil_deadline deadline, unsigned flags,
+                                     const char *name, const resil_pg_query_args *q,
+                                     PGresult **res, resil_err *err) {
+  if (res) *res = NULL;
+  if (!pg || !name || !name[0] || !q || !q->sql || q->nparams < 0 ||
+      (q->nparams > 0 && !q->values))
+    return resil_err_set(err, RESIL_E_INVALID, "%s: query: invalid arguments",
+                         pg ? pg->name : "pg");
+  prepared_ctx x = {.pg = pg, .name = name, .q = q, .res = NULL};
+  resil_status st = resil_dep_call(pg->dep, deadline, flags, prepared_attempt, &x, err);
+  if (res)
+    *res = x.res;
+  else
+    PQclear(x.res);
+  return st;
+}
+
+resil_status resil_pg_query_ex(resil_pg *pg, resil_deadline deadline, unsigned flags,
+                               const resil_pg_query_args *q, PGresult **res, resil_err *err) {
+  if (res) *res = NULL;
+  if (!pg || !q || !q->sql || q->nparams < 0 || (q->nparams > 0 && !q->values))
+    return resil_err_set(err, RESIL_E_INVALID, "%s: query: invalid arguments",
+                         pg ? pg->name : "pg");
+  query_ctx x = {.pg = pg, .q = q, .res = NULL};
+  resil_status st = resil_dep_call(pg->dep, deadline, flags, query_attempt, &x, err);
+  if (res)
+    *res = x.res;
+  else
+    PQclear(x.res);
+  return st;
+}
+
+resil_status resil_pg_query(resil_pg *pg, resil_deadline deadline, unsigned flags,
+                            const char *sql, int nparams, const char *const *values,
+                            PGresult **res, resil_err *err) {
+  resil_pg_query_args q = {.sql = sql, .nparams = nparams, .values = values};
+  return resil_pg_query_ex(pg, deadline, flags, &q, res, err);
+}
+
+/* ---- Transactions ------------------------------------------------------- */
+
+struct resil_pg_tx {
+  resil_pg *pg;
+  resil_pool_conn *pc;
+  resil_deadline deadline;
+  resil_permit permit;
+  bool owns_permit;
+  bool failed;           /* a statement failed: only rollback remains */
+  disp d;                /* what the connection needs at the end */
+  resil_status outcome;  /* first error, RESIL_OK if none */
+  bool retryable;        /* the first error was 40001/40P01 */
+  char first_msg[RESIL_ERR_MSG_MAX];
+};
+
+static void tx_note(resil_pg_tx *tx, resil_status st, disp d, bool retryable,
+                    const resil_err *e) {
+  if (d != DISP_KEEP && tx->d != DISP_REAP) tx->d = d;
+  if (st == RESIL_OK) return;
+  tx->failed = true;
+  if (tx->outcome == RESIL_OK) {
+    tx->outcome = st;
+    tx->retryable = retryable;
+    snprintf(tx->first_msg, sizeof tx->first_msg, "%s", e ? e->msg : "");
+  }
+}
+
+/* Borrow a connection and BEGIN, under deadline. */
+static resil_status tx_open(resil_pg *pg, resil_deadline deadline, const char *begin_sql,
+                            resil_pg_tx *tx, bool *retryable, resil_err *err) {
+  resil_status st = acquire_live(pg, deadline, &tx->pc, err);
+  if (st != RESIL_OK) return st;
+  pg_conn *w = resil_pool_conn_handle(tx->pc);
+  resil_deadline qd = resil_deadline_bound(deadline, pg->cfg.query_timeout_ms);
+  disp d = DISP_KEEP;
+  if (resil_deadline_expired(qd)) {
+    st = resil_err_set(err, RESIL_E_DEADLINE, "%s: begin: deadline passed before sending",
+                       pg->name);
+  } else {
+    st = run_simple(pg, w->pq, qd, begin_sql ? begin_sql : "BEGIN", "begin", &d, NULL, 0,
+                    retryable, err);
+    if (st == RESIL_OK && d == DISP_KEEP && PQtransactionStatus(w->pq) != PQTRANS_INTRANS) {
+      /* begin_sql did not open a transaction: refuse to go on. */
+      st = resil_err_set(err, RESIL_E_INVALID, "%s: begin: statement did not open a transaction",
+                         pg->name);
+    }
+  }
+  if (st != RESIL_OK) {
+    give_back(pg, tx->pc, d, deadline);
+    tx->pc = NULL;
+  }
+  return st;
+}
+
+resil_status resil_pg_tx_begin(resil_pg *pg, resil_deadline deadline, const char *begin_sql,
+                               resil_pg_tx **txp, resil_err *err) {
+  if (txp) *txp = NULL;
+  if (!pg || !txp) return resil_err_set(err, RESIL_E_INVALID, "pg: tx_begin: invalid arguments");
+  resil_pg_tx *tx = calloc(1, sizeof *tx);
+  if (!tx) return resil_err_set(err, RESIL_E_NOMEM, "%s: begin: out of memory", pg->name);
+  tx->pg = pg;
+  resil_status st = resil_dep_admit(pg->dep, deadline, &tx->permit, err);
+  if (st != RESIL_OK) {
+    free(tx);
+    return st;
+  }
+  tx->owns_permit = true;
+  tx->deadline = tx->permit.deadline;
+  st = tx_open(pg, tx->deadline, begin_sql, tx, NULL, err);
+  if (st != RESIL_OK) {
+    resil_dep_done(&tx->permit, st);
+    free(tx);
+    return st;
+  }
+  *txp = tx;
+  return RESIL_OK;
+}
+
+resil_status resil_pg_tx_query_ex(resil_pg_tx *tx, const resil_pg_query_args *q, PGresult **res,
+                                  resil_err *err) {
+  if (res) *res = NULL;
+  if (!tx || !q || !q->sql || q->nparams < 0 || (q->nparams > 0 && !q->values))
+    return resil_err_set(err, RESIL_E_INVALID, "pg: tx_query: invalid arguments");
+  resil_pg *pg = tx->pg;
+  if (tx->failed || !tx->pc)
+    return resil_err_set(err, RESIL_E_CALLER,
+                         "%s: query: transaction already failed; roll it back", pg->name);
+  pg_conn *w = resil_pool_conn_handle(tx->pc);
+  resil_deadline qd = resil_deadline_bound(tx->deadline, pg->cfg.query_timeout_ms);
+  resil_err e;
+  resil_status st;
+  disp d = DISP_KEEP;
+  bool retryable = false;
+  PGresult *r = NULL;
+  if (resil_deadline_expired(qd)) {
+    st = resil_err_set(&e, RESIL_E_TIMEOUT, "%s: query: transaction deadline passed", pg->name);
+  } else {
+    st = run_stmt(pg, w->pq, qd, q, NULL, "query", &r, &d, &retryable, &e);
+  }
+  tx_note(tx, st, d, retryable, &e);
+  if (st != RESIL_OK && err) *err = e;
+  if (res)
+    *res = r;
+  else
+    PQclear(r);
+  return st;
+}
+
+resil_status resil_pg_tx_query(resil_pg_tx *tx, const char *sql, int nparams,
+                               const char *const *values, PGresult **res, resil_err *err) {
+  resil_pg_query_args q = {.sql = sql, .nparams = nparams, .values = values};
+  return resil_pg_tx_query_ex(tx, &q, res, err);
+}
+
+PGconn *resil_pg_tx_conn(resil_pg_tx *tx) {
+  if (!tx || !tx->pc || tx->d != DISP_KEEP) return NULL;
+  pg_conn *w = resil_pool_conn_handle(tx->pc);
+  return w ? w->pq : NULL;
+}
+
+int resil_pg_tx_backend_pid(const resil_pg_tx *tx) {
+  if (!tx || !tx->pc) return 0;
+  const pg_conn *w = resil_pool_conn_handle(tx->pc);
+  return (w && w->pq) ? PQbackendPID(w->pq) : 0;
+}
+
+/* End the transaction with COMMIT (commit true, and nothing failed) or
+ * ROLLBACK; give the connection back; return the outcome. Does not free tx
+ * or end the permit. */
+static resil_status tx_finish(resil_pg_tx *tx, bool commit, bool *retryable, resil_err *err) {
+  resil_pg *pg = tx->pg;
+  if (tx->pc) {
+    pg_conn *w = resil_pool_conn_handle(tx->pc);
+    if (tx->d == DISP_KEEP && w->pq) {
+      bool do_commit = commit && !tx->failed;
+      resil_deadline qd = resil_deadline_bound(tx->deadline, pg->cfg.query_timeout_ms);
+      resil_err e;
+      disp d = DISP_KEEP;
+      bool rt = false;
+      char tag[32];
+      resil_status st;
+      if (resil_deadline_expired(qd)) {
+        st = resil_err_set(&e, RESIL_E_TIMEOUT, "%s: %s: transaction deadline passed", pg->name,
+                           do_commit ? "commit" : "rollback");
+        d = DISP_BROKEN; /* closing it rolls the transaction back */
+      } else {
+        st = run_simple(pg, w->pq, qd, do_commit ? "COMMIT" : "ROLLBACK",
+                        do_commit ? "commit" : "rollback", &d, tag, sizeof tag, &rt, &e);
+        if (st == RESIL_OK && do_commit && strncmp(tag, "COMMIT", 6) != 0) {
+          st = resil_err_set(&e, RESIL_E_CALLER, "%s: commit: transaction was rolled back",
+                             pg->name);
+        }
+      }
+      if (do_commit || st != RESIL_E_CALLER)
+        tx_note(tx, st, d, rt, &e);
+      else
+        tx_note(tx, RESIL_OK, d, false, NULL);
+      if (st != RESIL_OK && !do_commit && d == DISP_KEEP) tx->d = DISP_BROKEN;
+    }
+    /* give_back rolls back (or closes) whatever is still open. */
+    give_back(pg, tx->pc, tx->d, tx->deadline);
+    tx->pc = NULL;
+  }
+  if (retryable) *retryable = tx->retryable;
+  if (tx->outcome != RESIL_OK) {
+    if (err) resil_err_set(err, tx->outcome, "%s", tx->first_msg);
+    return tx->outcome;
+  }
+  return RESIL_OK;
+}
+
+resil_status resil_pg_tx_commit(resil_pg_tx *tx, resil_err *err) {
+  if (!tx) return resil_err_set(err, RESIL_E_INVALID, "pg: tx_commit: NULL transaction");
+  bool had_failed = tx->failed;
+  resil_status st = tx_finish(tx, true, NULL, err);
+  if (had_failed && st == RESIL_OK) st = RESIL_E_CALLER; /* cannot happen; defensive */
+  if (had_failed && err) {
+    resil_err_set(err, st, "%s: commit: rolled back after an earlier error (%.400s)",
+                  tx->pg->name, tx->first_msg);
+  }
+  if (tx->owns_permit) resil_dep_done(&tx->permit, st);
+  free(tx);
+  return st;
+}
+
+resil_status resil_pg_tx_rollback(resil_pg_tx *tx, resil_err *err) {
+  if (!tx) return resil_err_set(err, RESIL_E_INVALID, "pg: tx_rollback: NULL transaction");
+  resil_status st = tx_finish(tx, false, NULL, err);
+  if (tx->owns_permit) resil_dep_done(&tx->permit, st);
+  free(tx);
+  return st;
+}
+
+typedef struct transact_ctx {
+  resil_pg *pg;
+  const char *begin_sql;
+  resil_pg_tx_fn fn;
+  void *ctx;
+} transact_ctx;
+
+static resil_status transact_attempt(void *vctx, resil_attempt *a) {
+  transact_ctx *x = vctx;
+  resil_pg_tx tx;
+  memset(&tx, 0, sizeof tx);
+  tx.pg = x->pg;
+  tx.deadline = a->deadline;
+  bool retryable = false;
+  resil_status st = tx_open(x->pg, a->deadline, x->begin_sql, &tx, &retryable, a->err);
+  if (st != RESIL_OK) {
+    if (retryable) a->retry = 1;
+    return st;
+  }
+  resil_status body = x->fn(x->ctx, &tx);
+  st = tx_finish(&tx, body == RESIL_OK, &retryable, a->err);
+  if (st == RESIL_OK && body != RESIL_OK) {
+    /* The body chose to roll back without a failed statement. */
+    st = resil_err_set(a->err, body, "%s: transaction rolled back by the caller (%s)",
+                       x->pg->name, resil_status_name(body));
+  }
+  if (retryable) a->retry = 1;
+  return st;
+}
+
+resil_status resil_pg_transact(resil_pg *pg, resil_deadline deadline, unsigned flags,
+                               const char *begin_sql, resil_pg_tx_fn fn, void *ctx,
+                               resil_err *err) {
+  if (!pg || !fn) return resil_err_set(err, RESIL_E_INVALID, "pg: transact: invalid arguments");
+  transact_ctx x = {.pg = pg, .begin_sql = begin_sql, .fn = fn, .ctx = ctx};
+  return resil_dep_call(pg->dep, deadline, flags, transact_attempt, &x, err);
+}
+
+/* ---- Result helpers ----------------------------------------------------- */
+
+const char *resil_pg_value(const PGresult *res, int row, int col) {
+  if (!res || row < 0 || col < 0 || row >= PQntuples(res) || col >= PQnfields(res)) return NULL;
+  if (PQgetisnull(res, row, col)) return NULL;
+  return PQgetvalue(res, row, col);
+}
+
+resil_status resil_pg_int64(const PGresult *res, int row, int col, int64_t *out,
+                            resil_err *err) {
+  const char *v = resil_pg_value(res, row, col);
+  if (!v)
+    return resil_err_set(err, RESIL_E_INVALID, "pg: value at row %d, column %d is NULL or absent",
+                         row, col);
+  if (PQfformat(res, col) != 0)
+    return resil_err_set(err, RESIL_E_INVALID, "pg: column %d is binary, not text", col);
+  errno = 0;
+  char *end = NULL;
+  long long x = strtoll(v, &end, 10);
+  if (end == v || *end != '\0' || errno == ERANGE || v[0] == ' ')
+    return resil_err_set(err, RESIL_E_INVALID, "pg: value at row %d, column %d is not an int64",
+                         row, col);
+  if (out) *out = (int64_t)x;
+  return RESIL_OK;
+}
+
+/* ---- Lifecycle ---------------------------------------------------------- */
+
+static bool add_key(resil_pg *pg, const char *k, const char *v) {
+  if (pg->nkeys + 1 >= PG_MAX_KEYS) return false;
+  pg->keys[pg->nkeys] = k;
+  pg->vals[pg->nkeys] = v;
+  pg->nkeys++;
+  return true;
+}
+
+static resil_status build_keys(resil_pg *pg, resil_err *err) {
+  const resil_pg_config *c = &pg->cfg;
+  for (PQconninfoOption *o = pg->opts; o->keyword; o++) {
+    if (!o->val || !o->val[0]) continue;
+    if (strcmp(o->keyword, "host") == 0) {
+      pg->host = o->val;
+    } else if (strcmp(o->keyword, "hostaddr") == 0) {
+      pg->hostaddr = o->val;
+    } else if (strcmp(o->keyword, "port") == 0) {
+      pg->port = o->val;
+    } else if (strcmp(o->keyword, "options") == 0) {
+      /* added below, maybe extended */
+    } else if (!add_key(pg, o->keyword, o->val)) {
+      return resil_err_set(err, RESIL_E_INVALID, "%s: conninfo: too many keywords", pg->name);
+    }
+  }
+  bool ok = true;
+  if (!opt_val(pg->opts, "application_name")) {
+    snprintf(pg->app_name, sizeof pg->app_name, "%s",
+             c->application_name ? c->application_name : pg->name);
+    ok = ok && add_key(pg, "application_name", pg->app_name);
+  }
+  if (c->tcp_user_timeout_ms && !opt_val(pg->opts, "tcp_user_timeout")) {
+    snprintf(pg->tcp_ut, sizeof pg->tcp_ut, "%u", c->tcp_user_timeout_ms);
+    ok = ok && add_key(pg, "tcp_user_timeout", pg->tcp_ut);
+  }
+  if (c->keepalives && !opt_val(pg->opts, "keepalives")) {
+    ok = ok && add_key(pg, "keepalives", "1");
+    if (!opt_val(pg->opts, "keepalives_idle")) {
+      snprintf(pg->ka_idle, sizeof pg->ka_idle, "%u", c->keepalives_idle_s);
+      ok = ok && add_key(pg, "keepalives_idle", pg->ka_idle);
+    }
+    if (!opt_val(pg->opts, "keepalives_interval")) {
+      snprintf(pg->ka_int, sizeof pg->ka_int, "%u", c->keepalives_interval_s);
+      ok = ok && add_key(pg, "keepalives_interval", pg->ka_int);
+    }
+    if (!opt_val(pg->opts, "keepalives_count")) {
+      snprintf(pg->ka_cnt, sizeof pg->ka_cnt, "%u", c->keepalives_count);
+      ok = ok && add_key(pg, "keepalives_count", pg->ka_cnt);
+    }
+  }
+  const char *opts = opt_val(pg->opts, "options");
+  if (c->statement_timeout && !(opts && strstr(opts, "statement_timeout"))) {
+    size_t n = (opts ? strlen(opts) : 0) + 64;
+    pg->options = malloc(n);
+    if (!pg->options) return resil_err_set(err, RESIL_E_NOMEM, "%s: out of memory", pg->name);
+    snprintf(pg->options, n, "%s%s-c statement_timeout=%u", opts ? opts : "", opts ? " " : "",
+             c->query_timeout_ms);
+    ok = ok && add_key(pg, "options", pg->options);
+  } else if (opts) {
+    ok = ok && add_key(pg, "options", opts);
+  }
+  if (!ok) return resil_err_set(err, RESIL_E_INVALID, "%s: conninfo: too many keywords", pg->name);
+  pg->keys[pg->nkeys] = NULL;
+  pg->vals[pg->nkeys] = NULL;
+  return RESIL_OK;
+}
+
+void resil_pg_free(resil_pg *pg) {
+  if (!pg) return;
+  if (pg->dep && pg->pool) resil_dep_attach_pool(pg->dep, NULL);
+  resil_pool_free(pg->pool);
+  if (pg->rp.started) {
+    pthread_mutex_lock(&pg->rp.mu);
+    pg->rp.stop = true;
+    pthread_cond_signal(&pg->rp.cv);
+    pthread_mutex_unlock(&pg->rp.mu);
+    pthread_join(pg->rp.thread, NULL);
+    pthread_cond_destroy(&pg->rp.cv);
+    pthread_mutex_destroy(&pg->rp.mu);
+  }
+  resil_dep_free(pg->dep);
+  free(pg->rp.q);
+  free(pg->options);
+  if (pg->opts) PQconninfoFree(pg->opts);
+  free(pg->conninfo);
+  free(pg);
+}
+
+resil_pg *resil_pg_new(const resil_pg_config *cfg, resil_err *err) {
+  if (resil_pg_config_validate(cfg, err) != RESIL_OK) return NULL;
+  resil_pg *pg = calloc(1, sizeof *pg);
+  if (!pg) {
+    resil_err_set(err, RESIL_E_NOMEM, "%s: out of memory", cfg->dep.name);
+    return NULL;
+  }
+  snprintf(pg->name, sizeof pg->name, "%s", cfg->dep.name);
+  pg->cfg = *cfg;
+  pg->cfg.application_name = NULL; /* copied into app_name if used */
+  pg->cfg.conninfo = pg->conninfo = xstrdup(cfg->conninfo);
+  if (!pg->conninfo) {
+    resil_err_set(err, RESIL_E_NOMEM, "%s: out of memory", pg->name);
+    goto fail;
+  }
+  if (cfg->application_name)
+    snprintf(pg->app_name, sizeof pg->app_name, "%s", cfg->application_name);
+  char *emsg = NULL;
+  pg->opts = PQconninfoParse(pg->conninfo, &emsg);
+  if (!pg->opts) { /* validated above: only out of memory is left */
+    PQfreemem(emsg);
+    resil_err_set(err, RESIL_E_NOMEM, "%s: conninfo: out of memory", pg->name);
+    goto fail;
+  }
+  pg->cfg.application_name = cfg->application_name ? pg->app_name : NULL;
+  if (build_keys(pg, err) != RESIL_OK) goto fail;
+
+  /* The reaper. */
+  pg->rp.cap = cfg->reaper_queue_max;
+  pg->rp.q = calloc(pg->rp.cap, sizeof *pg->rp.q);
+  if (!pg->rp.q) {
+    resil_err_set(err, RESIL_E_NOMEM, "%s: out of memory", pg->name);
+    goto fail;
+  }
+  if (pthread_mutex_init(&pg->rp.mu, NULL) != 0) {
+    resil_err_set(err, RESIL_E_SYSTEM, "%s: pthread_mutex_init failed", pg->name);
+    goto fail;
+  }
+  if (pthread_cond_init(&pg->rp.cv, NULL) != 0) {
+    pthread_mutex_destroy(&pg->rp.mu);
+    resil_err_set(err, RESIL_E_SYSTEM, "%s: pthread_cond_init failed", pg->name);
+    goto fail;
+  }
+  int r = pthread_create(&pg->rp.thread, NULL, reaper_main, pg);
+  if (r != 0) {
+    pthread_cond_destroy(&pg->rp.cv);
+    pthread_mutex_destroy(&pg->rp.mu);
+    resil_err_set(err, RESIL_E_SYSTEM, "%s: creating the reaper thread: %s", pg->name,
+                  strerror(r));
+    goto fail;
+  }
+  pg->rp.started = true;
+
+  pg->dep = resil_dep_new(&cfg->dep, err);
+  if (!pg->dep) goto fail;
+  resil_pool_config pc = cfg->pool;
+  if (!pc.name) pc.name = pg->name;
+  pc.connect_timeout_ms = cfg->connect_timeout_ms;
+  resil_pool_connector cn = {
+      .connect = pg_connect, .validate = pg_validate, .close = pg_close, .ctx = pg};
+  pg->pool = resil_pool_new(&pc, &cn, err);
+  if (!pg->pool) goto fail;
+  resil_dep_attach_pool(pg->dep, pg->pool);
+  return pg;
+fail:
+  resil_pg_free(pg);
+  return NULL;
+}

@@ -1,0 +1,44 @@
+/* The "pg" configuration kind: RESIL_DEPS=orders-db:pg and
+ * RESIL_DEP_ORDERS_DB_<KEY> settings build a resil_pg. Registered when the
+ * library is loaded. */
+#include <stddef.h>
+
+#include "resil/config.h"
+#include "resil/pg.h"
+
+#define K(k, t, f, lo, hi, req, h) {k, RESIL_KEY_##t, offsetof(resil_pg_config, f), lo, hi, req, h}
+static const resil_key_spec keys[] = {
+    K("conninfo", SECRET, conninfo, 0, 0, true,
+      "libpq key=value string or postgresql:// URL (may hold the password)"),
+    K("connect_timeout_ms", MS, connect_timeout_ms, 1, 600000, false, "bound on one connect"),
+    K("query_timeout_ms", MS, query_timeout_ms, 1, 86400000, false,
+      "bound on one statement's I/O"),
+    K("application_name", STRING, application_name, 0, 0, false,
+      "default: the dependency's name"),
+    K("statement_timeout", BOOL, statement_timeout, 0, 0, false,
+      "set statement_timeout = query_timeout_ms (off behind pgbouncer)"),
+    K("tcp_user_timeout_ms", MS, tcp_user_timeout_ms, 0, 3600000, false,
+      "TCP_USER_TIMEOUT unless the conninfo sets it; 0 = kernel's"),
+    K("keepalives", BOOL, keepalives, 0, 0, false, "TCP keepalives unless the conninfo sets them"),
+    K("keepalives_idle_s", UINT, keepalives_idle_s, 1, 86400, false, "idle time before probes"),
+    K("keepalives_interval_s", UINT, keepalives_interval_s, 1, 86400, false,
+      "time between probes"),
+    K("keepalives_count", UINT, keepalives_count, 1, 100, false, "probes before giving up"),
+    K("cancel_timeout_ms", MS, cancel_timeout_ms, 1, 60000, false,
+      "how long the reaper waits for a cancel request"),
+    K("reaper_queue_max", UINT, reaper_queue_max, 1, 100000, false,
+      "timed-out connections waiting for the reaper"),
+    K("rollback_timeout_ms", MS, rollback_timeout_ms, 1, 60000, false,
+      "bound on the ROLLBACK of a connection returned inside a transaction"),
+};
+
+RESIL_DEFINE_CONFIG_KIND(pg, resil_pg_config, resil_pg_config_init, resil_pg_config_validate,
+                         resil_pg_new, resil_pg_free, resil_pg_dep, keys);
+
+const resil_config_kind *resil_pg_config_kind(void) { return &pg_kind; }
+
+resil_status resil_pg_register_kind(resil_err *err) {
+  return resil_config_register_kind(&pg_kind, err);
+}
+
+__attribute__((constructor)) static void register_at_load(void) { resil_pg_register_kind(NULL); }

@@ -1,0 +1,1276 @@
+/* The PostgreSQL adapter against a real PostgreSQL 15 on 127.0.0.1, directly
+ * and through pgbouncer (transaction pooling), with real faults: a slow
+ * statement, a stopped (SIGSTOP) server, a restarted server, max_connections
+ * exhausted, a full pool, a port with nothing listening.
+ *
+ * Needs the RESIL_TEST_PG_* variables that scripts/test.sh exports. Without
+ * them each test fails under CI (the harness is broken) and skips elsewhere.
+ * Every test that stops the server resumes it in its teardown (and at exit),
+ * whatever happened. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "resil/config.h"
+#include "resil/pg.h"
+#include "testutil.h"
+#ifdef HAVE_FAULTPROXY
+#include "faultproxy.h"
+#endif
+
+#define SLACK_MS 100 /* deadline asserts: deadline + this, never tighter */
+
+/* ---- Environment ------------------------------------------------------- */
+
+static int ci_mode(void) {
+  const char *ci = test_env("CI");
+  return ci && strcmp(ci, "0") != 0 && strcmp(ci, "false") != 0;
+}
+
+static const char *need_env(const char *name) {
+  const char *v = test_env(name);
+  if (v) return v;
+  if (ci_mode())
+    fail_msg("%s is not set: integration tests must run under scripts/test.sh, "
+             "which starts the test servers and sets RESIL_TEST_*", name);
+  skip();
+  return "";
+}
+
+static const char *pg_conninfo(void) { return need_env("RESIL_TEST_PG_CONNINFO"); }
+static const char *bouncer_conninfo(void) { return need_env("RESIL_TEST_PGBOUNCER_CONNINFO"); }
+
+/* The current postmaster pid: the restart script rewrites the pid file. */
+static pid_t postmaster_pid(void) {
+  const char *tmp = test_env("RESIL_TEST_TMPDIR");
+  if (tmp) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/pg.pid", tmp);
+    FILE *f = fopen(path, "r");
+    if (f) {
+      long pid = 0;
+      int ok = fscanf(f, "%ld", &pid);
+      fclose(f);
+      if (ok == 1 && pid > 1) return (pid_t)pid;
+    }
+  }
+  const char *v = need_env("RESIL_TEST_PG_PID");
+  long pid = strtol(v, NULL, 10);
+  if (pid <= 1) fail_msg("RESIL_TEST_PG_PID=%s is not a pid", v);
+  return (pid_t)pid;
+}
+
+static uint64_t now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+static void sleep_ms(unsigned ms) {
+  struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};
+  while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+  }
+}
+
+static int fds_at_start = -1;
+
+/* ---- Stopping and resuming the server ---------------------------------- */
+
+#define MAX_STOPPED 256
+static volatile pid_t stopped[MAX_STOPPED];
+static volatile int nstopped = 0;
+
+static void resume_server(void) {
+  for (int i = 0; i < nstopped; i++)
+    if (stopped[i] > 0) kill(stopped[i], SIGCONT);
+  nstopped = 0;
+}
+
+/* Killed by meson's timeout or ^C: resume the server before dying. */
+static void on_fatal_signal(int sig) {
+  resume_server();
+  signal(sig, SIG_DFL);
+  raise(sig);
+}
+
+static int teardown_resume(void **state) {
+  (void)state;
+  resume_server();
+  return 0;
+}
+
+/* SIGSTOP pid and its children (the postmaster's backends and helpers). */
+static void stop_tree(pid_t pid) {
+  stopped[nstopped++] = pid;
+  if (kill(pid, SIGSTOP) != 0) fail_msg("kill -STOP %d: %s", (int)pid, strerror(errno));
+  DIR *d = opendir("/proc");
+  assert_non_null(d);
+  struct dirent *e;
+  while ((e = readdir(d)) != NULL && nstopped < MAX_STOPPED) {
+    char path[300], buf[512];
+    if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
+    snprintf(path, sizeof path, "/proc/%s/stat", e->d_name);
+    FILE *f = fopen(path, "r");
+    if (!f) continue;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    const char *rp = strrchr(buf, ')'); /* comm may contain spaces */
+    char st;
+    long ppid;
+    if (!rp || sscanf(rp + 1, " %c %ld", &st, &ppid) != 2 || ppid != pid) continue;
+    pid_t child = (pid_t)strtol(e->d_name, NULL, 10);
+    stopped[nstopped++] = child;
+    kill(child, SIGSTOP);
+  }
+  closedir(d);
+}
+
+/* ---- Fixtures ---------------------------------------------------------- */
+
+typedef void (*tweak_fn)(resil_pg_config *cfg);
+
+static resil_pg *make_pg_at(const char *name, const char *conninfo, tweak_fn tweak) {
+  resil_pg_config cfg;
+  resil_pg_config_init(&cfg, name);
+  cfg.conninfo = conninfo;
+  cfg.dep.breaker.open_ms = 300;
+  cfg.dep.breaker.open_jitter_percent = 0;
+  cfg.dep.breaker.half_open_probes = 1;
+  cfg.pool.max_size = 2;
+  cfg.pool.housekeeping_ms = 0;
+  cfg.cancel_timeout_ms = 1000;
+  if (tweak) tweak(&cfg);
+  resil_err err;
+  memset(&err, 0, sizeof err);
+  resil_pg *pg = resil_pg_new(&cfg, &err);
+  if (!pg) fail_msg("resil_pg_new(%s): %s", name, err.msg);
+  return pg;
+}
+
+static resil_pg *make_pg(const char *name, tweak_fn tweak) {
+  return make_pg_at(name, pg_conninfo(), tweak);
+}
+
+static resil_dep_stats dep_stats(resil_pg *pg) {
+  resil_dep_stats s;
+  resil_dep_get_stats(resil_pg_dep(pg), &s);
+  return s;
+}
+
+static resil_pg_stats pg_stats(resil_pg *pg) {
+  resil_pg_stats s;
+  resil_pg_get_stats(pg, &s);
+  return s;
+}
+
+/* Run a statement that must succeed; return its result (caller clears). */
+static PGresult *must_query(resil_pg *pg, const char *sql, int n, const char *const *vals) {
+  PGresult *res = NULL;
+  resil_err e;
+  memset(&e, 0, sizeof e);
+  resil_status st = resil_pg_query(pg, resil_deadline_in_ms(3000), 0, sql, n, vals, &res, &e);
+  if (st != RESIL_OK) fail_msg("%s: %s (%s)", sql, e.msg, resil_status_name(st));
+  return res;
+}
+
+static int64_t query_int(resil_pg *pg, const char *sql) {
+  PGresult *res = must_query(pg, sql, 0, NULL);
+  int64_t v = 0;
+  resil_err e;
+  if (resil_pg_int64(res, 0, 0, &v, &e) != RESIL_OK) fail_msg("%s: %s", sql, e.msg);
+  PQclear(res);
+  return v;
+}
+
+/* A plain blocking libpq connection for checks from "another client". */
+static PGconn *raw_connect(const char *conninfo) {
+  PGconn *c = PQconnectdb(conninfo);
+  if (PQstatus(c) != CONNECTION_OK) fail_msg("raw connect: %s", PQerrorMessage(c));
+  return c;
+}
+
+static int64_t raw_int(PGconn *c, const char *sql) {
+  PGresult *r = PQexec(c, sql);
+  if (PQresultStatus(r) != PGRES_TUPLES_OK) fail_msg("%s: %s", sql, PQresultErrorMessage(r));
+  int64_t v = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
+  PQclear(r);
+  return v;
+}
+
+/* Wait up to ms for a running statement whose text contains marker (built
+ * so that this query's own text does not) to disappear. True if it did. */
+static bool wait_statement_gone(PGconn *c, const char *marker_a, const char *marker_b,
+                                unsigned ms) {
+  char sql[512];
+  snprintf(sql, sizeof sql,
+           "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' "
+           "AND pid <> pg_backend_pid() AND query LIKE '%%' || '%s' || '%s' || '%%'",
+           marker_a, marker_b);
+  uint64_t until = now_ms() + ms;
+  for (;;) {
+    if (raw_int(c, sql) == 0) return true;
+    if (now_ms() >= until) return false;
+    sleep_ms(20);
+  }
+}
+
+/* A TCP port on 127.0.0.1 with nothing listening (bound, then closed). */
+static unsigned dead_port(void) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  assert_true(fd >= 0);
+  struct sockaddr_in sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sin_family = AF_INET;
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+  socklen_t len = sizeof sa;
+  assert_int_equal(getsockname(fd, (struct sockaddr *)&sa, &len), 0);
+  close(fd);
+  return ntohs(sa.sin_port);
+}
+
+static void tweak_pool1(resil_pg_config *cfg) { cfg->pool.max_size = 1; }
+
+/* ---- Configuration ----------------------------------------------------- */
+
+static void config_reports_every_problem_without_secrets(void **state) {
+  (void)state;
+  resil_pg_config cfg;
+  resil_pg_config_init(&cfg, "bad-db");
+  cfg.conninfo = "host=127.0.0.1 password=hunter2 secret";
+  cfg.query_timeout_ms = 0;
+  cfg.pool.max_size = 0;
+  cfg.cancel_timeout_ms = 0;
+  resil_err e;
+  memset(&e, 0, sizeof e);
+  assert_null(resil_pg_new(&cfg, &e));
+  assert_int_equal(e.status, RESIL_E_INVALID);
+  print_message("# %s\n", e.msg);
+  assert_non_null(strstr(e.msg, "bad-db: conninfo: "));
+  assert_non_null(strstr(e.msg, "query_timeout_ms"));
+  assert_non_null(strstr(e.msg, "max_size"));
+  assert_non_null(strstr(e.msg, "cancel_timeout_ms"));
+  assert_null(strstr(e.msg, "hunter2"));
+  assert_null(strstr(e.msg, "secret"));
+
+  cfg.conninfo = NULL;
+  cfg.query_timeout_ms = 100;
+  cfg.pool.max_size = 2;
+  cfg.cancel_timeout_ms = 100;
+  assert_int_equal(resil_pg_config_validate(&cfg, &e), RESIL_E_INVALID);
+  assert_non_null(strstr(e.msg, "conninfo: required"));
+  cfg.conninfo = "postgresql://resil:pw@127.0.0.1:5432/resil?sslmode=disable";
+  assert_int_equal(resil_pg_config_validate(&cfg, &e), RESIL_OK);
+}
+
+static void sqlstates_are_classified(void **state) {
+  (void)state;
+  bool retry = true;
+  assert_int_equal(resil_pg_classify_sqlstate("42601", &retry), RESIL_E_CALLER);
+  assert_false(retry);
+  assert_int_equal(resil_pg_classify_sqlstate("23505", NULL), RESIL_E_CALLER);
+  assert_int_equal(resil_pg_classify_sqlstate("22012", NULL), RESIL_E_CALLER);
+  assert_int_equal(resil_pg_classify_sqlstate("40001", &retry), RESIL_E_CALLER);
+  assert_true(retry);
+  assert_int_equal(resil_pg_classify_sqlstate("40P01", &retry), RESIL_E_CALLER);
+  assert_true(retry);
+  assert_int_equal(resil_pg_classify_sqlstate("08006", NULL), RESIL_E_FAILURE);
+  assert_int_equal(resil_pg_classify_sqlstate("53300", NULL), RESIL_E_FAILURE);
+  assert_int_equal(resil_pg_classify_sqlstate("53200", NULL), RESIL_E_OVERLOAD);
+  assert_int_equal(resil_pg_classify_sqlstate("57P01", NULL), RESIL_E_FAILURE);
+  assert_int_equal(resil_pg_classify_sqlstate("57P03", NULL), RESIL_E_FAILURE);
+  assert_int_equal(resil_pg_classify_sqlstate("57014", NULL), RESIL_E_TIMEOUT);
+  assert_int_equal(resil_pg_classify_sqlstate(NULL, NULL), RESIL_E_FAILURE);
+}
+
+/* ---- Queries ----------------------------------------------------------- */
+
+static void simple_and_parameterised_queries(void **state) {
+  (void)state;
+  resil_pg *pg = make_pg("q-db", NULL);
+  assert_int_equal(query_int(pg, "SELECT 1"), 1);
+  const char *p[] = {"20", "22"};
+  PGresult *res = must_query(pg, "SELECT $1::int + $2::int, 'x' || $1", 2, p);
+  assert_int_equal(PQntuples(res), 1);
+  assert_string_equal(resil_pg_value(res, 0, 0), "42");
+  assert_string_equal(resil_pg_value(res, 0, 1), "x20");
+  assert_null(resil_pg_value(res, 0, 2));
+  assert_null(resil_pg_value(res, 1, 0));
+  PQclear(res);
+  /* application_name and statement_timeout come from the config. */
+  res = must_query(pg, "SELECT current_setting('application_name'), "
+                       "current_setting('statement_timeout')", 0, NULL);
+  assert_string_equal(resil_pg_value(res, 0, 0), "q-db");
+  assert_string_equal(resil_pg_value(res, 0, 1), "5s");
+  PQclear(res);
+  resil_dep_stats s = dep_stats(pg);
+  assert_int_equal(s.calls[RESIL_OUTCOME_SUCCESS], 3);
+  assert_true(s.has_pool);
+  resil_pg_free(pg);
+}
+
+static void nulls_and_binary_safe_text(void **state) {
+  (void)state;
+  resil_pg *pg = make_pg("bin-db", NULL);
+  const char *text = "quote ' dq \" back \\ nl \n tab \t unicode \xc3\xa9\xe2\x82\xac $1 %s";
+  const char *p[] = {text, NULL};
+  PGresult *res = must_query(pg, "SELECT $1::text, $2::text IS NULL, $2::text", 2, p);
+  assert_string_equal(resil_pg_value(res, 0, 0), text);
+  assert_string_equal(resil_pg_value(res, 0, 1), "t");
+  assert_null(resil_pg_value(res, 0, 2));
+  assert_true(PQgetisnull(res, 0, 2));
+  PQclear(res);
+
+  /* Bytes with NULs: a binary parameter and a binary result. */
+  const char bytes[] = {'a', '\0', 'b', '\xff', '\0'};
+  const char *vals[] = {bytes};
+  int lens[] = {(int)sizeof bytes};
+  int fmts[] = {1};
+  Oid types[] = {17}; /* bytea */
+  resil_pg_query_args q = {.sql = "SELECT $1::bytea, length($1::bytea)",
+                           .nparams = 1,
+                           .types = types,
+                           .values = vals,
+                           .lengths = lens,
+                           .formats = fmts,
+                           .result_format = 1};
+  resil_err e;
+  res = NULL;
+  assert_int_equal(resil_pg_query_ex(pg, resil_deadline_in_ms(2000), 0, &q, &res, &e), RESIL_OK);
+  assert_int_equal(PQgetlength(res, 0, 0), (int)sizeof bytes);
+  assert_memory_equal(PQgetvalue(res, 0, 0), bytes, sizeof bytes);
+  PQclear(res);
+  resil_pg_free(pg);
+}
+
+static void syntax_error_is_a_caller_error_not_counted_by_the_breaker(void **state) {
+  (void)state;
+  resil_pg *pg = make_pg("syntax-db", NULL);
+  resil_err e;
+  PGresult *res = NULL;
+  for (int i = 0; i < 8; i++) { /* more than consecutive_failures (5) */
+    PQclear(res);
+    res = NULL;
+    resil_status st = resil_pg_query(pg, resil_deadline_in_ms(2000), RESIL_CALL_IDEMPOTENT,
+                                     "SELEC 1", 0, NULL, &res, &e);
+    assert_int_equal(st, RESIL_E_CALLER);
+  }
+  print_message("# %s\n", e.msg);
+  assert_non_null(strstr(e.msg, "syntax-db: query: ERROR 42601 syntax error"));
+  assert_non_null(res);
+  assert_string_equal(resil_pg_sqlstate(res), "42601");
+  PQclear(res);
+  resil_dep_stats s = dep_stats(pg);
+  assert_int_equal(s.calls[RESIL_OUTCOME_IGNORED], 8);
+  assert_int_equal(s.calls[RESIL_OUTCOME_FAILURE], 0);
+  assert_int_equal(s.retries, 0);
+  assert_int_equal(s.breaker.state, RESIL_BREAKER_CLOSED);
+  assert_int_equal(s.breaker.consecutive_failures, 0);
+  /* The connection is still fine and reused. */
+  assert_int_equal(query_int(pg, "SELECT 7"), 7);
+  assert_int_equal(pg_stats(pg).connects_ok, 1);
+  resil_pg_free(pg);
+}
+
+static void unique_violation_is_a_caller_error_with_its_fields(void **state) {
+  (void)state;
+  resil_pg *pg = make_pg("uniq-db", NULL);
+  PQclear(must_query(pg, "CREATE TABLE IF NOT EXISTS resil_pg_uniq (id bigint PRIMARY KEY)",
+                     0, NULL));
+  char id[32];
+  snprintf(id, sizeof id, "%ld", (long)getpid() * 1000 + (long)(now_ms() % 1000));
+  const char *p[] = {id};
+  PQclear(must_query(pg, "INSERT INTO resil_pg_uniq VALUES ($1)", 1, p));
+  PGresult *res = NULL;
+  resil_err e;
+  resil_status st = resil_pg_query(pg, resil_deadline_in_ms(2000), 0,
+                                   "INSERT INTO resil_pg_uniq VALUES ($1)", 1, p, &res, &e);
+  assert_int_equal(st, RESIL_E_CALLER);
+  assert_non_null(strstr(e.msg, "uniq-db: query: ERROR 23505 duplicate key value"));
+  assert_string_equal(PQresultErrorField(res, PG_DIAG_CONSTRAINT_NAME), "resil_pg_uniq_pkey");
+  PQclear(res);
+  resil_dep_stats s = dep_stats(pg);
+  assert_int_equal(s.calls[RESIL_OUTCOME_IGNORED], 1);
+  assert_int_equal(s.breaker.consecutive_failures, 0);
+  resil_pg_free(pg);
+}
+
+static void serialization_failure_is_retried_when_idempotent(void **state) {
+  (void)state;
+  resil_pg *pg = make_pg("serial-db", NULL);
+  const char *sql = "DO $$ BEGIN RAISE EXCEPTION 'conflict' USING ERRCODE = '40001'; END $$";
+  resil_err e;
+  PGresult *res = NULL;
+  /* Not idempotent: one attempt. */
+  assert_int_equal(resil_pg_query(pg, resil_deadline_in_ms(2000), 0, sql, 0, NULL, &res, &e),
+                   RESIL_E_CALLER);
+  assert_int_equal(dep_stats(pg).retries, 0);
+  PQclear(res);
+  resil_pg_free(pg);
+}
+
+static void tweak_retries(resil_pg_config *cfg) {
+  cfg->dep.retry.max_attempts = 3;
+  cfg->dep.retry.base_backoff_ms = 1;
+  cfg->dep.retry.budget_min_per_s = 100;
+}
+
+static void serialization_failure_retries_idempotent_calls(void **state) {
+  (void)state;
+  resil_pg *pg = make_pg("serial2-db", tweak_retries);
+  const char *sql = "DO $$ BEGIN RAISE EXCEPTION 'conflict' USING ERRCODE = '40001'; END $$";
+  resil_err e;
+  PGresult *res = NULL;
+  assert_int_equal(resil_pg_query(pg, resil_deadline_in_ms(2000), RESIL_CALL_IDEMPOTENT, sql,
+                                  0, NULL, &res, &e),
+                   RESIL_E_CALLER);
+  assert_string_equal(resil_pg_sqlstate(res), "40001");
+  PQclear(res);
+  resil_dep_stats s = dep_stats(pg);
+  assert_int_equal(s.retries, 2);
+  assert_int_equal(s.calls[RESIL_OUTCOME_IGNORED], 3);
+  assert_int_equal(s.breaker.consecutive_failures, 0);
+  resil_pg_free(pg);
+}
+
+static void prepared_statements_are_prepared_once_per_connection(void **state) {
+  (void)state;
+  resil_pg *pg = make_pg("prep-db", tweak_pool1);
+  resil_err e;
+  for (int i = 0; i < 3; i++) {
+    char a[16];
+    snprintf(a, sizeof a, "%d", i);
+    const char *vals[] = {a, "10"};
+    resil_pg_query_args q = {.sql = "SELECT $1::int + $2::int", .nparams = 2, .values = vals};
+    PGresult *res = NULL;
+    assert_int_equal(resil_pg_query_prepared(pg, resil_deadline_in_ms(2000), 0, "add_two", &q,
+                                             &res, &e),
+                     RESIL_OK);
+    int64_t v = 0;
+    assert_int_equal(resil_pg_int64(res, 0, 0, &v, &e), RESIL_OK);
+    assert_int_equal(v, i + 10);
+    PQclear(res);
+  }
+  assert_int_equal(
+      query_int(pg, "SELECT count(*) FROM pg_prepared_statements WHERE name = 'add_two'"), 1);
+  resil_pg_query_args bad = {.sql = "SELEC 1"};
+  PGresult *res = NULL;
+  assert_int_equal(
+      resil_pg_query_prepared(pg, resil_deadline_in_ms(2000), 0, "bad_one", &bad, &res, &e),
+      RESIL_E_CALLER);
+  assert_string_equal(resil_pg_sqlstate(res), "42601");
+  assert_non_null(strstr(e.msg, "prep-db: prepare: ERROR 42601"));
+  PQclear(res);
+  assert_int_equal(dep_stats(pg).calls[RESIL_OUTCOME_SUCCESS], 4);
+  resil_pg_free(pg);
+}
+
+/* ---- Timeouts and cancellation ----------------------------------------- */
+
+static void check_slow_statement_is_cancelled(resil_pg *pg, PGconn *watcher, bool pids) {
+  int64_t pid_before = pids ? query_int(pg, "SELECT pg_backend_pid()") : 0;
+  resil_err e;
+  PGresult *res = NULL;
+  uint64_t t0 = now_ms();
+  resil_status st = resil_pg_query(pg, resil_deadline_in_ms(200), 0,
+                                   "SELECT pg_sleep(5) /* resil-slow-marker */", 0, NULL, &res,
+                                   &e);
+  uint64_t took = now_ms() - t0;
+  print_message("# timed out after %llu ms: %s\n", (unsigned long long)took, e.msg);
+  assert_int_equal(st, RESIL_E_TIMEOUT);
+  assert_null(res);
+  assert_true(took >= 190 && took <= 200 + SLACK_MS);
+  /* The backend stops running it (cancelled by the reaper). */
+  assert_true(wait_statement_gone(watcher, "resil-slow-", "marker", 2000));
+  if (pids) {
+    int64_t pid_after = query_int(pg, "SELECT pg_backend_pid()");
+    assert_true(pid_after != pid_before); /* the timed-out connection is not reused */
+  }
+  resil_dep_stats s = dep_stats(pg);
+  assert_int_equal(s.calls[RESIL_OUTCOME_TIMEOUT], 1);
+  /* Cancel sent and connection reaped (the reaper may take a moment). */
+  for (int i = 0; i < 100 && pg_stats(pg).reaped < 1; i++) sleep_ms(10);
+  resil_pg_stats ps = pg_stats(pg);
+  assert_int_equal(ps.timeouts, 1);
+  assert_int_equal(ps.cancels_sent, 1);
+  assert_int_equal(ps.reaped, 1);
+}
+
+static void slow_statement_times_out_is_cancelled_and_not_reused(void **state) {
+  (void)state;
+  PGconn *watcher = raw_connect(pg_conninfo());
+  resil_pg *pg = make_pg("slow-db", tweak_pool1);
+  check_slow_statement_is_cancelled(pg, watcher, true);
+  resil_pg_free(pg);
+  PQfinish(watcher);
+}
+
+static void tweak_query_timeout(resil_pg_config *cfg) {
+  cfg->query_timeout_ms = 200;
+  cfg->statement_timeout = false;
+}
+
+static void query_timeout_caps_a_longer_deadline(void **state) {
+  (void)state;
+  resil_pg *pg = make_pg("qt-db", tweak_query_timeout);
+  resil_err e;
+  uint64_t t0 = now_ms();
+  resil_status st = resil_pg_query(pg, resil_deadline_in_ms(3000), 0, "SELECT pg_sleep(2)", 0,
+                                   NULL, NULL, &e);
+  uint64_t took = now_ms() - t0;
+  assert_int_equal(st, RESIL_E_TIMEOUT);
+  assert_true(took <= 200 + SLACK_MS);
+  resil_pg_free(pg);
+}
+
+static void server_statement_timeout_is_a_timeout_and_keeps_the_connection(void **state) {
+  (void)state;
+  resil_pg *pg = make_pg("st-db", tweak_pool1);
+  int64_t pid = query_int(pg, "SELECT pg_backend_pid()");
+  resil_err e;
+  resil_pg_tx *tx = NULL;
+  assert_int_equal(resil_pg_tx_begin(pg, resil_deadline_in_ms(2000), NULL, &tx, &e), RESIL_OK);
+  assert_int_equal(resil_pg_tx_query(tx, "SET LOCAL statement_timeout = 100", 0, NULL, NULL, &e),
+                   RESIL_OK);
+  PGresult *res = NULL;
+  assert_int_equal(resil_pg_tx_query(tx, "SELECT pg_sleep(1)", 0, NULL, &res, &e),
+                   RESIL_E_TIMEOUT);
+  assert_string_equal(resil_pg_sqlstate(res), "57014");
+  PQclear(res);
+  assert_int_equal(resil_pg_tx_rollback(tx, &e), RESIL_E_TIMEOUT);
+  /* The server cancelled it itself: the session is healthy and reused. */
+  assert_int_equal(query_int(pg, "SELECT pg_backend_pid()"), pid);
+  assert_int_equal(dep_stats(pg).calls[RESIL_OUTCOME_TIMEOUT], 1);
+  resil_pg_free(pg);
+}
+
+/* ---- Addresses --------------------------------------------------------- */
+
+static void host_names_socket_paths_and_host_lists_connect(void **state) {
+  (void)state;
+  const char *base = pg_conninfo();
+  const char *sock = need_env("RESIL_TEST_PG_SOCKDIR");
+  const char *port = need_env("RESIL_TEST_PG_PORT");
+  char ci[2048];
+  /* A name: resolved by resil_resolve, passed as hostaddr (::1 may be
+   * refused first: the next address is tried). */
+  snprintf(ci, sizeof ci, "%s host=localhost", base);
+  resil_pg *pg = make_pg_at("name-db", ci, NULL);
+  PGresult *res = must_query(pg, "SELECT inet_server_addr()::text", 0, NULL);
+  assert_string_equal(resil_pg_value(res, 0, 0), "127.0.0.1/32");
+  PQclear(res);
+  resil_pg_free(pg);
+  /* A Unix-socket directory: not resolved. */
+  snprintf(ci, sizeof ci, "%s host=%s", base, sock);
+  pg = make_pg_at("sock-db", ci, NULL);
+  res = must_query(pg, "SELECT inet_server_addr() IS NULL", 0, NULL);
+  assert_string_equal(resil_pg_value(res, 0, 0), "t");
+  PQclear(res);
+  resil_pg_free(pg);
+  /* A list: a dead port first, then a name on the right port. */
+  snprintf(ci, sizeof ci, "%s host=127.0.0.1,localhost port=%u,%s", base, dead_port(), port);
+  pg = make_pg_at("list-db", ci, NULL);
+  assert_int_equal(query_int(pg, "SELECT 3"), 3);
+  resil_pg_free(pg);
+}
+
+/* ---- Concurrency ------------------------------------------------------- */
+
+typedef struct mt_arg {
+  resil_pg *pg;
+  int id;
+  int ok, timeouts, local, other;
+} mt_arg;
+
+static void *mt_main(void *p) {
+  mt_arg *a = p;
+  for (int i = 0; i < 40; i++) {
+    resil_err e;
+    PGresult *res = NULL;
+    bool slow = (i % 20) == a->id % 20 && i < 20;
+    resil_status st = resil_pg_query(a->pg, resil_deadline_in_ms(slow ? 100 : 3000), 0,
+                                     slow ? "SELECT pg_sleep(2)" : "SELECT 1", 0, NULL, &res,
+                                     &e);
+    PQclear(res);
+    if (st == RESIL_OK && !slow)
+      a->ok++;
+    else if (st == RESIL_E_TIMEOUT && slow)
+      a->timeouts++;
+    else if (slow && (st == RESIL_E_POOL_TIMEOUT || st == RESIL_E_DEADLINE))
+      a->local++; /* waited for a connection past its 100 ms (slow machines) */
+    else
+      a->other++;
+  }
+  return NULL;
+}
+
+static void tweak_mt(resil_pg_config *cfg) {
+  cfg->pool.max_size = 4;
+  cfg->pool.acquire_timeout_ms = 3000;
+}
+
+static void eight_threads_share_a_pool_of_four(void **state) {
+  (void)state;
+  PGconn *watcher = raw_connect(pg_conninfo());
+  resil_pg *pg = make_pg("mt-db", tweak_mt);
+  resil_breaker_set_mode(resil_dep_breaker(resil_pg_dep(pg)), RESIL_BREAKER_MODE_DISABLE);
+  pthread_t th[8];
+  mt_arg args[8];
+  for (int i = 0; i < 8; i++) {
+    args[i] = (mt_arg){.pg = pg, .id = i};
+    assert_int_equal(pthread_create(&th[i], NULL, mt_main, &args[i]), 0);
+  }
+  int ok = 0, timeouts = 0, local = 0, other = 0;
+  for (int i = 0; i < 8; i++) {
+    pthread_join(th[i], NULL);
+    ok += args[i].ok;
+    timeouts += args[i].timeouts;
+    local += args[i].local;
+    other += args[i].other;
+  }
+  print_message("# ok %d, timeouts %d, local rejections %d, other %d\n", ok, timeouts, local,
+                other);
+  assert_int_equal(timeouts + local, 8);
+  assert_int_equal(ok, 8 * 40 - 8);
+  assert_int_equal(other, 0);
+  resil_pool_stats ps;
+  resil_pool_get_stats(resil_pg_pool(pg), &ps);
+  assert_true(ps.open <= 4);
+  assert_true(wait_statement_gone(watcher, "pg_sleep", "(2)", 3000));
+  /* Statements abandoned at the deadline were all reaped (a connect that
+   * timed out on a slow machine is a timeout too, with nothing to reap). */
+  for (int i = 0; i < 200 && pg_stats(pg).reaped < pg_stats(pg).timeouts; i++) sleep_ms(10);
+  resil_pg_stats s = pg_stats(pg);
+  assert_true(s.timeouts >= 1 && s.timeouts <= (uint64_t)timeouts);
+  assert_int_equal(s.reaped, s.timeouts);
+  resil_pg_free(pg); /* joins the reaper */
+  PQfinish(watcher);
+}
+
+static void tcp_keepalives_and_user_timeout_are_set_by_default(void **state) {
+  (void)state;
+  resil_pg *pg = make_pg("tcp-db", NULL);
+  resil_err e;
+  resil_pg_tx *tx = NULL;
+  assert_int_equal(resil_pg_tx_begin(pg, resil_deadline_in_ms(3000), NULL, &tx, &e), RESIL_OK);
+  int fd = PQsocket(resil_pg_tx_conn(tx));
+  int v = 0;
+  socklen_t len = sizeof v;
+  assert_int_equal(getsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &v, &len), 0);
+  assert_int_equal(v, 1);
+  assert_int_equal(getsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &v, &len), 0);
+  assert_int_equal(v, 30);
+  assert_int_equal(getsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &v, &len), 0);
+  assert_int_equal(v, 10);
+  assert_int_equal(getsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &v, &len), 0);
+  assert_int_equal(v, 3);
+  assert_int_equal(getsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &v, &len), 0);
+  assert_int_equal(v, 10000);
+  assert_int_equal(resil_pg_tx_rollback(tx, &e), RESIL_OK);
+  resil_pg_free(pg);
+  /* The conninfo wins over the defaults. */
+  char ci[2048];
+  snprintf(ci, sizeof ci, "%s keepalives_idle=77 tcp_user_timeout=1234", pg_conninfo());
+  pg = make_pg_at("tcp2-db", ci, NULL);
+  assert_int_equal(resil_pg_tx_begin(pg, resil_deadline_in_ms(3000), NULL, &tx, &e), RESIL_OK);
+  fd = PQsocket(resil_pg_tx_conn(tx));
+  assert_int_equal(getsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &v, &len), 0);
+  assert_int_equal(v, 77);
+  assert_int_equal(getsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &v, &len), 0);
+  assert_int_equal(v, 10); /* the rest keep resil's defaults */
+  assert_int_equal(getsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &v, &len), 0);
+  assert_int_equal(v, 1234);
+  assert_int_equal(resil_pg_tx_rollback(tx, &e), RESIL_OK);
+  resil_pg_free(pg);
+}
+
+static void tls_settings_reach_libpq(void **state) {
+  (void)state;
+  /* The test server has no TLS: sslmode=require must be refused by libpq,
+   * proving the setting is passed through untouched. */
+  char ci[2048];
+  snprintf(ci, sizeof ci, "%s sslmode=require", pg_conninfo());
+  resil_pg *pg = make_pg_at("tls-db", ci, NULL);
+  resil_err e;
+  assert_int_equal(
+      resil_pg_query(pg, resil_deadline_in_ms(2000), 0, "SELECT 1", 0, NULL, NULL, &e),
+      RESIL_E_FAILURE);
+  print_message("# %s\n", e.msg);
+  assert_non_null(strstr(e.msg, "SSL"));
+  resil_pg_free(pg);
+}
+
+/* ---- Connection failures ----------------------------------------------- */
+
+static void nothing_listening_fails_fast(void **state) {
+  (void)state;
+  need_env("RESIL_TEST_PG_CONNINFO");
+  char ci[256];
+  snprintf(ci, sizeof ci, "host=127.0.0.1 port=%u dbname=resil user=resil", dead_port());
+  resil_pg *pg = make_pg_at("dead-db", ci, NULL);
+  resil_err e;
+  uint64_t t0 = now_ms();
+  resil_status st =
+      resil_pg_query(pg, resil_deadline_in_ms(2000), 0, "SELECT 1", 0, NULL, NULL, &e);
+  uint64_t took = now_ms() - t0;
+  print_message("# %s (%llu ms)\n", e.msg, (unsigned long long)took);
+  assert_int_equal(st, RESIL_E_FAILURE);
+  assert_true(took < 100);
+  assert_non_null(strstr(e.msg, "refused"));
+  assert_int_equal(dep_stats(pg).calls[RESIL_OUTCOME_FAILURE], 1);
+  resil_pg_free(pg);
+}
+
+static void max_connections_exhausted_is_a_dependency_failure(void **state) {
+  (void)state;
+  const char *ci = pg_conninfo();
+  PGconn *raw[64];
+  int n = 0;
+  bool refused = false;
+  while (n < 64) {
+    PGconn *c = PQconnectdb(ci);
+    if (PQstatus(c) != CONNECTION_OK) {
+      print_message("# refused after %d: %s", n, PQerrorMessage(c));
+      PQfinish(c);
+      refused = true;
+      break;
+    }
+    raw[n++] = c;
+  }
+  assert_true(refused);
+  resil_pg *pg = make_pg("full-db", NULL);
+  resil_err e;
+  resil_status st =
+      resil_pg_query(pg, resil_deadline_in_ms(2000), 0, "SELECT 1", 0, NULL, NULL, &e);
+  print_message("# %s\n", e.msg);
+  for (int i = 0; i < n; i++) PQfinish(raw[i]);
+  assert_int_equal(st, RESIL_E_FAILURE);
+  assert_non_null(strstr(e.msg, "53300"));
+  resil_dep_stats s = dep_stats(pg);
+  assert_int_equal(s.calls[RESIL_OUTCOME_FAILURE], 1);
+  assert_int_equal(s.breaker.consecutive_failures, 1);
+  /* Slots free again: the next call connects. */
+  sleep_ms(100);
+  assert_int_equal(query_int(pg, "SELECT 1"), 1);
+  resil_pg_free(pg);
+}
+
+static void tweak_stopped(resil_pg_config *cfg) {
+  cfg->dep.breaker.consecutive_failures = 3;
+  cfg->dep.breaker.open_ms = 10000;
+  cfg->pool.max_size = 1;
+  cfg->cancel_timeout_ms = 200;
+}
+
+static void stopped_server_times_out_then_breaker_rejects_without_io(void **state) {
+  (void)state;
+  resil_pg *pg = make_pg("stopped-db", tweak_stopped);
+  assert_int_equal(query_int(pg, "SELECT 1"), 1); /* one pooled connection */
+  stop_tree(postmaster_pid());
+  resil_err e;
+  for (int i = 0; i < 3; i++) {
+    uint64_t t0 = now_ms();
+    resil_status st =
+        resil_pg_query(pg, resil_deadline_in_ms(300), 0, "SELECT 1", 0, NULL, NULL, &e);
+    uint64_t took = now_ms() - t0;
+    print_message("# call %d: %s after %llu ms: %s\n", i + 1, resil_status_name(st),
+                  (unsigned long long)took, e.msg);
+    assert_int_equal(st, RESIL_E_TIMEOUT);
+    assert_true(took >= 290 && took <= 300 + SLACK_MS);
+  }
+  resil_dep_stats s = dep_stats(pg);
+  assert_int_equal(s.breaker.state, RESIL_BREAKER_OPEN);
+  resil_pg_stats before = pg_stats(pg);
+  resil_pool_stats pb;
+  resil_pool_get_stats(resil_pg_pool(pg), &pb);
+  uint64_t t0 = now_ms();
+  for (int i = 0; i < 100; i++)
+    assert_int_equal(
+        resil_pg_query(pg, resil_deadline_in_ms(300), 0, "SELECT 1", 0, NULL, NULL, &e),
+        RESIL_E_BREAKER_OPEN);
+  assert_true(now_ms() - t0 < 50);
+  resil_pg_stats after = pg_stats(pg);
+  resil_pool_stats pa;
+  resil_pool_get_stats(resil_pg_pool(pg), &pa);
+  assert_int_equal(after.connects_ok + after.connects_failed + after.connects_timed_out,
+                   before.connects_ok + before.connects_failed + before.connects_timed_out);
+  assert_int_equal(pa.acquired, pb.acquired);
+  resume_server();
+  resil_pg_free(pg);
+  /* The server answers again. */
+  PGconn *c = raw_connect(pg_conninfo());
+  assert_int_equal(raw_int(c, "SELECT 1"), 1);
+  PQfinish(c);
+}
+
+static void tweak_validate(resil_pg_config *cfg) {
+  cfg->pool.max_size = 2;
+  cfg->pool.min_idle = 2;
+  cfg->pool.validate_after_idle_ms = 0; /* validate every borrow */
+}
+
+static void restarted_server_stale_connections_are_replaced(void **state) {
+  (void)state;
+  const char *restart = need_env("RESIL_TEST_PG_RESTART");
+  resil_pg *pg = make_pg("restart-db", tweak_validate);
+  resil_err e;
+  assert_int_equal(resil_pool_prewarm(resil_pg_pool(pg), resil_deadline_in_ms(3000), &e),
+                   RESIL_OK);
+  int64_t old_pid = query_int(pg, "SELECT pg_backend_pid()");
+  pid_t pm = postmaster_pid();
+  char cmd[4200];
+  snprintf(cmd, sizeof cmd, "'%s'", restart);
+  int rc = system(cmd);
+  assert_int_equal(rc, 0);
+  assert_true(postmaster_pid() != pm);
+  /* Every call succeeds: validation finds the dead connections and the pool
+   * opens new ones. */
+  for (int i = 0; i < 4; i++) {
+    int64_t pid = query_int(pg, "SELECT pg_backend_pid()");
+    assert_true(pid != old_pid);
+  }
+  assert_int_equal(dep_stats(pg).calls[RESIL_OUTCOME_FAILURE], 0);
+  resil_pool_stats ps;
+  resil_pool_get_stats(resil_pg_pool(pg), &ps);
+  assert_true(ps.closed[RESIL_POOL_CLOSE_VALIDATION] >= 1);
+  resil_pg_free(pg);
+}
+
+static void tweak_no_validation(resil_pg_config *cfg) {
+  cfg->pool.max_size = 2;
+  cfg->pool.min_idle = 2;
+  cfg->pool.validate_after_idle_ms = 600000; /* the pool never validates here */
+}
+
+static void restarted_server_no_caller_sees_a_dead_connection(void **state) {
+  (void)state;
+  const char *restart = need_env("RESIL_TEST_PG_RESTART");
+  resil_pg *pg = make_pg("restart2-db", tweak_no_validation);
+  resil_err e;
+  assert_int_equal(resil_pool_prewarm(resil_pg_pool(pg), resil_deadline_in_ms(3000), &e),
+                   RESIL_OK);
+  char cmd[4200];
+  snprintf(cmd, sizeof cmd, "'%s'", restart);
+  assert_int_equal(system(cmd), 0);
+  /* The dead sockets are noticed on borrow (EOF pending) without a round
+   * trip, closed and replaced: not one call fails, not even a
+   * non-idempotent one. */
+  for (int i = 0; i < 4; i++) assert_int_equal(query_int(pg, "SELECT 1"), 1);
+  resil_dep_stats s = dep_stats(pg);
+  assert_int_equal(s.calls[RESIL_OUTCOME_FAILURE], 0);
+  assert_int_equal(s.calls[RESIL_OUTCOME_SUCCESS], 4);
+  assert_int_equal(pg_stats(pg).broken, 2);
+  resil_pg_free(pg);
+}
+
+/* ---- Pool and transactions --------------------------------------------- */
+
+static void tweak_small_pool(resil_pg_config *cfg) {
+  cfg->pool.max_size = 1;
+  cfg->pool.acquire_timeout_ms = 100;
+}
+
+static void full_pool_gives_pool_timeout(void **state) {
+  (void)state;
+  resil_pg *pg = make_pg("full-pool-db", tweak_small_pool);
+  resil_err e;
+  resil_pg_tx *tx = NULL;
+  assert_int_equal(resil_pg_tx_begin(pg, resil_deadline_in_ms(3000), NULL, &tx, &e), RESIL_OK);
+  uint64_t t0 = now_ms();
+  resil_status st =
+      resil_pg_query(pg, resil_deadline_in_ms(1000), 0, "SELECT 1", 0, NULL, NULL, &e);
+  uint64_t took = now_ms() - t0;
+  assert_int_equal(st, RESIL_E_POOL_TIMEOUT);
+  assert_true(took >= 90 && took <= 100 + SLACK_MS);
+  assert_int_equal(resil_pg_tx_rollback(tx, &e), RESIL_OK);
+  resil_dep_stats s = dep_stats(pg);
+  assert_int_equal(s.rejections[RESIL_REJECT_POOL_TIMEOUT], 1);
+  assert_int_equal(s.calls[RESIL_OUTCOME_FAILURE], 0);
+  assert_int_equal(s.breaker.consecutive_failures, 0);
+  resil_pg_free(pg);
+}
+
+static void transaction_commits_and_holds_one_session(void **state) {
+  (void)state;
+  resil_pg *pg = make_pg("tx-db", NULL);
+  PQclear(must_query(pg, "CREATE TABLE IF NOT EXISTS resil_pg_tx (id bigint, v text)", 0, NULL));
+  char id[32];
+  snprintf(id, sizeof id, "%ld", (long)getpid());
+  const char *p[] = {id};
+  PQclear(must_query(pg, "DELETE FROM resil_pg_tx WHERE id = $1", 1, p));
+  resil_err e;
+  resil_pg_tx *tx = NULL;
+  assert_int_equal(resil_pg_tx_begin(pg, resil_deadline_in_ms(3000), NULL, &tx, &e), RESIL_OK);
+  assert_true(resil_pg_tx_backend_pid(tx) > 0);
+  assert_int_equal(resil_pg_tx_query(tx, "CREATE TEMP TABLE t_tx (x int) ON COMMIT DROP", 0,
+                                     NULL, NULL, &e),
+                   RESIL_OK);
+  assert_int_equal(resil_pg_tx_query(tx, "INSERT INTO t_tx VALUES (1)", 0, NULL, NULL, &e),
+                   RESIL_OK);
+  assert_int_equal(
+      resil_pg_tx_query(tx, "INSERT INTO resil_pg_tx SELECT $1, 'c' FROM t_tx", 1, p, NULL, &e),
+      RESIL_OK);
+  assert_int_equal(resil_pg_tx_commit(tx, &e), RESIL_OK);
+  PGresult *res = must_query(pg, "SELECT count(*) FROM resil_pg_tx WHERE id = $1", 1, p);
+  assert_string_equal(resil_pg_value(res, 0, 0), "1");
+  PQclear(res);
+  resil_dep_stats s = dep_stats(pg);
+  assert_int_equal(s.calls[RESIL_OUTCOME_SUCCESS], 4); /* 3 queries + 1 transaction */
+  resil_pg_free(pg);
+}
+
+static void open_transaction_is_never_handed_to_the_next_caller(void **state) {
+  (void)state;
+  resil_pg *pg = make_pg("leak-db", tweak_pool1);
+  PGconn *watcher = raw_connect(pg_conninfo());
+  PQclear(must_query(pg, "CREATE TABLE IF NOT EXISTS resil_pg_tx (id bigint, v text)", 0, NULL));
+  char id[32];
+  snprintf(id, sizeof id, "%ld", (long)getpid() + 1000000);
+  const char *p[] = {id};
+  char count_sql[128];
+  snprintf(count_sql, sizeof count_sql, "SELECT count(*) FROM resil_pg_tx WHERE id = %s", id);
+
+  /* 1. A bare BEGIN through resil_pg_query(): rolled back before reuse. */
+  PQclear(must_query(pg, "BEGIN", 0, NULL));
+  PQclear(must_query(pg, "INSERT INTO resil_pg_tx VALUES ($1, 'autocommit')", 1, p));
+  assert_int_equal(raw_int(watcher, count_sql), 1); /* committed: not inside a leftover tx */
+  assert_true(pg_stats(pg).rollbacks >= 1);
+  PQclear(must_query(pg, "DELETE FROM resil_pg_tx WHERE id = $1", 1, p));
+
+  /* 2. A transaction whose caller hits an error and commits anyway. */
+  resil_err e;
+  resil_pg_tx *tx = NULL;
+  assert_int_equal(resil_pg_tx_begin(pg, resil_deadline_in_ms(3000), NULL, &tx, &e), RESIL_OK);
+  assert_int_equal(
+      resil_pg_tx_query(tx, "INSERT INTO resil_pg_tx VALUES ($1, 'lost')", 1, p, NULL, &e),
+      RESIL_OK);
+  assert_int_equal(resil_pg_tx_query(tx, "SELEC oops", 0, NULL, NULL, &e), RESIL_E_CALLER);
+  assert_int_equal(resil_pg_tx_query(tx, "SELECT 1", 0, NULL, NULL, &e), RESIL_E_CALLER);
+  assert_int_equal(resil_pg_tx_commit(tx, &e), RESIL_E_CALLER);
+  print_message("# %s\n", e.msg);
+  assert_non_null(strstr(e.msg, "leak-db: commit: rolled back after an earlier error"));
+  assert_non_null(strstr(e.msg, "42601"));
+  PGresult *res = must_query(pg,
+                             "SELECT txid_current_if_assigned() IS NULL, "
+                             "(SELECT count(*) FROM resil_pg_tx WHERE id = $1)",
+                             1, p);
+  assert_string_equal(resil_pg_value(res, 0, 0), "t"); /* no write tx carried over */
+  assert_string_equal(resil_pg_value(res, 0, 1), "0"); /* the write is gone */
+  PQclear(res);
+  /* SAVEPOINT outside a transaction block is an error (25P01): proof that
+   * the session is not inside one. */
+  res = NULL;
+  assert_int_equal(resil_pg_query(pg, resil_deadline_in_ms(2000), 0, "SAVEPOINT s", 0, NULL,
+                                  &res, &e),
+                   RESIL_E_CALLER);
+  assert_string_equal(resil_pg_sqlstate(res), "25P01");
+  PQclear(res);
+
+  /* 3. A transaction abandoned at its deadline: the connection is closed. */
+  int64_t pid = query_int(pg, "SELECT pg_backend_pid()");
+  assert_int_equal(resil_pg_tx_begin(pg, resil_deadline_in_ms(300), NULL, &tx, &e), RESIL_OK);
+  assert_int_equal(
+      resil_pg_tx_query(tx, "INSERT INTO resil_pg_tx VALUES ($1, 'lost')", 1, p, NULL, &e),
+      RESIL_OK);
+  assert_int_equal(resil_pg_tx_query(tx, "SELECT pg_sleep(2)", 0, NULL, NULL, &e),
+                   RESIL_E_TIMEOUT);
+  assert_int_equal(resil_pg_tx_rollback(tx, &e), RESIL_E_TIMEOUT);
+  assert_true(query_int(pg, "SELECT pg_backend_pid()") != pid);
+  assert_int_equal(raw_int(watcher, count_sql), 0);
+  PQfinish(watcher);
+  resil_pg_free(pg);
+}
+
+typedef struct body_ctx {
+  int calls;
+} body_ctx;
+
+static resil_status flaky_body(void *ctx, resil_pg_tx *tx) {
+  body_ctx *b = ctx;
+  b->calls++;
+  resil_err e;
+  if (b->calls == 1)
+    return resil_pg_tx_query(
+        tx, "DO $$ BEGIN RAISE EXCEPTION 'conflict' USING ERRCODE = '40001'; END $$", 0, NULL,
+        NULL, &e);
+  return resil_pg_tx_query(tx, "SELECT 1", 0, NULL, NULL, &e);
+}
+
+static void transact_retries_a_serialization_failure(void **state) {
+  (void)state;
+  resil_pg *pg = make_pg("transact-db", tweak_retries);
+  body_ctx b = {0};
+  resil_err e;
+  assert_int_equal(resil_pg_transact(pg, resil_deadline_in_ms(3000), RESIL_CALL_IDEMPOTENT,
+                                     "BEGIN ISOLATION LEVEL SERIALIZABLE", flaky_body, &b, &e),
+                   RESIL_OK);
+  assert_int_equal(b.calls, 2);
+  resil_dep_stats s = dep_stats(pg);
+  assert_int_equal(s.retries, 1);
+  assert_int_equal(s.calls[RESIL_OUTCOME_SUCCESS], 1);
+  assert_int_equal(s.calls[RESIL_OUTCOME_IGNORED], 1);
+  resil_pg_free(pg);
+}
+
+/* ---- Through pgbouncer (transaction pooling) --------------------------- */
+
+static void tweak_bouncer(resil_pg_config *cfg) {
+  cfg->statement_timeout = false; /* pgbouncer refuses the options parameter */
+  cfg->pool.max_size = 1;
+}
+
+static void bouncer_query_syntax_error_and_timeout(void **state) {
+  (void)state;
+  PGconn *watcher = raw_connect(pg_conninfo());
+  resil_pg *pg = make_pg_at("bouncer-db", bouncer_conninfo(), tweak_bouncer);
+  const char *p[] = {"41"};
+  PGresult *res = must_query(pg, "SELECT $1::int + 1", 1, p);
+  assert_string_equal(resil_pg_value(res, 0, 0), "42");
+  PQclear(res);
+  resil_err e;
+  res = NULL;
+  assert_int_equal(resil_pg_query(pg, resil_deadline_in_ms(2000), 0, "SELEC 1", 0, NULL, &res,
+                                  &e),
+                   RESIL_E_CALLER);
+  assert_string_equal(resil_pg_sqlstate(res), "42601");
+  PQclear(res);
+  /* A held transaction keeps one server session through the pooler. */
+  resil_pg_tx *tx = NULL;
+  assert_int_equal(resil_pg_tx_begin(pg, resil_deadline_in_ms(3000), NULL, &tx, &e), RESIL_OK);
+  assert_int_equal(resil_pg_tx_query(tx, "CREATE TEMP TABLE t_b (x int) ON COMMIT DROP", 0, NULL,
+                                     NULL, &e),
+                   RESIL_OK);
+  assert_int_equal(resil_pg_tx_query(tx, "INSERT INTO t_b VALUES (1), (2)", 0, NULL, NULL, &e),
+                   RESIL_OK);
+  res = NULL;
+  assert_int_equal(resil_pg_tx_query(tx, "SELECT count(*) FROM t_b", 0, NULL, &res, &e),
+                   RESIL_OK);
+  assert_string_equal(resil_pg_value(res, 0, 0), "2");
+  PQclear(res);
+  assert_int_equal(resil_pg_tx_commit(tx, &e), RESIL_OK);
+  check_slow_statement_is_cancelled(pg, watcher, false);
+  assert_int_equal(query_int(pg, "SELECT 5"), 5);
+  resil_dep_stats s = dep_stats(pg);
+  assert_int_equal(s.breaker.consecutive_failures, 0); /* reset by the success */
+  PQfinish(watcher);
+  resil_pg_free(pg);
+}
+
+static void bouncer_rejects_options_with_a_clear_failure(void **state) {
+  (void)state;
+  resil_pg *pg = make_pg_at("bouncer-opt-db", bouncer_conninfo(), NULL);
+  resil_err e;
+  assert_int_equal(
+      resil_pg_query(pg, resil_deadline_in_ms(2000), 0, "SELECT 1", 0, NULL, NULL, &e),
+      RESIL_E_FAILURE);
+  print_message("# %s\n", e.msg);
+  assert_non_null(strstr(e.msg, "options"));
+  resil_pg_free(pg);
+}
+
+/* ---- Faults through a proxy ------------------------------------------- */
+
+#ifdef HAVE_FAULTPROXY
+static void tweak_proxy(resil_pg_config *cfg) {
+  cfg->pool.max_size = 1;
+  cfg->cancel_timeout_ms = 200;
+  cfg->dep.breaker.consecutive_failures = 100;
+}
+
+static fp_proxy *start_proxy(char *ci, size_t size) {
+  const char *base = pg_conninfo();
+  unsigned port = (unsigned)strtoul(need_env("RESIL_TEST_PG_PORT"), NULL, 10);
+  fp_proxy *fp = fp_start("127.0.0.1", (uint16_t)port);
+  assert_non_null(fp);
+  snprintf(ci, size, "%s port=%u", base, (unsigned)fp_port(fp));
+  return fp;
+}
+
+static void blackholed_connection_times_out_and_its_cancel_is_abandoned(void **state) {
+  (void)state;
+  char ci[2048];
+  fp_proxy *fp = start_proxy(ci, sizeof ci);
+  resil_pg *pg = make_pg_at("blackhole-db", ci, tweak_proxy);
+  assert_int_equal(query_int(pg, "SELECT 1"), 1);
+  fp_set_mode(fp, FP_BLACKHOLE, 0);
+  resil_err e;
+  uint64_t t0 = now_ms();
+  resil_status st =
+      resil_pg_query(pg, resil_deadline_in_ms(300), 0, "SELECT 1", 0, NULL, NULL, &e);
+  uint64_t took = now_ms() - t0;
+  assert_int_equal(st, RESIL_E_TIMEOUT);
+  assert_true(took <= 300 + SLACK_MS);
+  /* The cancel request goes into the same black hole: the reaper gives up
+   * on it after cancel_timeout_ms and closes the connection anyway. */
+  for (int i = 0; i < 200 && pg_stats(pg).reaped < 1; i++) sleep_ms(10);
+  resil_pg_stats s = pg_stats(pg);
+  assert_int_equal(s.reaped, 1);
+  assert_int_equal(s.cancels_abandoned, 1);
+  fp_set_mode(fp, FP_PASS, 0); /* the stuck cancel completes; its thread exits */
+  assert_int_equal(query_int(pg, "SELECT 2"), 2);
+  resil_pg_free(pg);
+  assert_true(fp_wait_active(fp, 0, 3000));
+  fp_stop(fp);
+}
+
+static void reply_cut_mid_way_is_a_failure_and_the_connection_is_replaced(void **state) {
+  (void)state;
+  char ci[2048];
+  fp_proxy *fp = start_proxy(ci, sizeof ci);
+  resil_pg *pg = make_pg_at("cut-db", ci, tweak_proxy);
+  assert_int_equal(query_int(pg, "SELECT 1"), 1);
+  fp_set_mode(fp, FP_CLOSE_MID_REPLY, 0);
+  resil_err e;
+  PGresult *res = NULL;
+  resil_status st = resil_pg_query(pg, resil_deadline_in_ms(2000), RESIL_CALL_IDEMPOTENT,
+                                   "SELECT repeat('x', 20000)", 0, NULL, &res, &e);
+  print_message("# %s\n", e.msg);
+  assert_int_equal(st, RESIL_E_FAILURE);
+  assert_null(res);
+  assert_non_null(strstr(e.msg, "cut-db: query: "));
+  fp_set_mode(fp, FP_PASS, 0);
+  assert_int_equal(query_int(pg, "SELECT 3"), 3);
+  resil_pool_stats ps;
+  resil_pool_get_stats(resil_pg_pool(pg), &ps);
+  assert_int_equal(ps.connects_ok, 2);
+  assert_int_equal(pg_stats(pg).broken, 1);
+  resil_pg_free(pg);
+  assert_true(fp_wait_active(fp, 0, 3000));
+  fp_stop(fp);
+}
+#endif
+
+/* ---- Configuration from the environment ------------------------------- */
+
+static void environment_configures_a_pg_dependency(void **state) {
+  (void)state;
+  const char *ci = pg_conninfo();
+  char v_deps[] = "RESIL_DEPS=env-db:pg";
+  char v_ci[2048];
+  snprintf(v_ci, sizeof v_ci, "RESIL_DEP_ENV_DB_CONNINFO=%s", ci);
+  char v_qt[] = "RESIL_DEP_ENV_DB_QUERY_TIMEOUT_MS=2s";
+  char v_pool[] = "RESIL_DEP_ENV_DB_POOL_MAX_SIZE=3";
+  char *env[] = {v_deps, v_ci, v_qt, v_pool, NULL};
+  resil_config *cfg = NULL;
+  resil_err e;
+  memset(&e, 0, sizeof e);
+  if (resil_config_load(env, NULL, &cfg, NULL, &e) != RESIL_OK) fail_msg("%s", e.msg);
+  resil_pg_config *pc = resil_config_find(cfg, "env-db", "pg");
+  assert_non_null(pc);
+  assert_int_equal(pc->query_timeout_ms, 2000);
+  assert_int_equal(pc->pool.max_size, 3);
+  char *dump = resil_config_dump(cfg);
+  assert_non_null(dump);
+  const char *pw = strstr(ci, "password=");
+  if (pw) assert_null(strstr(dump, pw));
+  free(dump);
+  resil_pg *pg = resil_pg_new(pc, &e);
+  if (!pg) fail_msg("%s", e.msg);
+  PGresult *res = must_query(pg, "SELECT current_setting('statement_timeout')", 0, NULL);
+  assert_string_equal(resil_pg_value(res, 0, 0), "2s");
+  PQclear(res);
+  resil_pg_free(pg);
+  resil_config_free(cfg);
+
+  char v_bad[] = "RESIL_DEP_ENV_DB_CANCEL_TIMEOUT_MS=0";
+  char *env2[] = {v_deps, v_bad, NULL};
+  assert_int_equal(resil_config_load(env2, NULL, &cfg, NULL, &e), RESIL_E_INVALID);
+  print_message("# %s\n", e.msg);
+  assert_non_null(strstr(e.msg, "CONNINFO"));
+  assert_non_null(strstr(e.msg, "CANCEL_TIMEOUT_MS"));
+}
+
+/* ---- The example ------------------------------------------------------- */
+
+static void minimal_example_runs(void **state) {
+  (void)state;
+  const char *ci = pg_conninfo();
+  const char *exe = test_env("RESIL_PG_EXAMPLE");
+  if (!exe) fail_msg("RESIL_PG_EXAMPLE (set by meson) is missing");
+  char cmd[4600];
+  snprintf(cmd, sizeof cmd, "'%s' '%s'", exe, ci);
+  FILE *p = popen(cmd, "r");
+  assert_non_null(p);
+  char line[256] = "";
+  char *got = fgets(line, sizeof line, p);
+  int rc = pclose(p);
+  assert_non_null(got);
+  assert_true(WIFEXITED(rc) && WEXITSTATUS(rc) == 0);
+  assert_string_equal(line, "answer = 42\n");
+}
+
+/* ---- Leaks ------------------------------------------------------------- */
+
+static void no_file_descriptor_leaks_over_the_suite(void **state) {
+  (void)state;
+  need_env("RESIL_TEST_PG_CONNINFO");
+  int now = count_open_fds();
+  print_message("# fds at start %d, now %d\n", fds_at_start, now);
+  assert_int_equal(now, fds_at_start);
+}
+
+int main(void) {
+  atexit(resume_server);
+  signal(SIGTERM, on_fatal_signal);
+  signal(SIGINT, on_fatal_signal);
+  signal(SIGPIPE, SIG_IGN);
+  fds_at_start = count_open_fds();
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(config_reports_every_problem_without_secrets),
+      cmocka_unit_test(sqlstates_are_classified),
+      cmocka_unit_test(simple_and_parameterised_queries),
+      cmocka_unit_test(nulls_and_binary_safe_text),
+      cmocka_unit_test(syntax_error_is_a_caller_error_not_counted_by_the_breaker),
+      cmocka_unit_test(unique_violation_is_a_caller_error_with_its_fields),
+      cmocka_unit_test(serialization_failure_is_retried_when_idempotent),
+      cmocka_unit_test(serialization_failure_retries_idempotent_calls),
+      cmocka_unit_test(prepared_statements_are_prepared_once_per_connection),
+      cmocka_unit_test(slow_statement_times_out_is_cancelled_and_not_reused),
+      cmocka_unit_test(query_timeout_caps_a_longer_deadline),
+      cmocka_unit_test(server_statement_timeout_is_a_timeout_and_keeps_the_connection),
+      cmocka_unit_test(host_names_socket_paths_and_host_lists_connect),
+      cmocka_unit_test(eight_threads_share_a_pool_of_four),
+      cmocka_unit_test(tcp_keepalives_and_user_timeout_are_set_by_default),
+      cmocka_unit_test(tls_settings_reach_libpq),
+      cmocka_unit_test(nothing_listening_fails_fast),
+      cmocka_unit_test(max_connections_exhausted_is_a_dependency_failure),
+      cmocka_unit_test_teardown(stopped_server_times_out_then_breaker_rejects_without_io,
+                                teardown_resume),
+      cmocka_unit_test_teardown(restarted_server_stale_connections_are_replaced,
+                                teardown_resume),
+      cmocka_unit_test_teardown(restarted_server_no_caller_sees_a_dead_connection,
+                                teardown_resume),
+      cmocka_unit_test(full_pool_gives_pool_timeout),
+      cmocka_unit_test(transaction_commits_and_holds_one_session),
+      cmocka_unit_test(open_transaction_is_never_handed_to_the_next_caller),
+      cmocka_unit_test(transact_retries_a_serialization_failure),
+      cmocka_unit_test(bouncer_query_syntax_error_and_timeout),
+      cmocka_unit_test(bouncer_rejects_options_with_a_clear_failure),
+#ifdef HAVE_FAULTPROXY
+      cmocka_unit_test(blackholed_connection_times_out_and_its_cancel_is_abandoned),
+      cmocka_unit_test(reply_cut_mid_way_is_a_failure_and_the_connection_is_replaced),
+#endif
+      cmocka_unit_test(environment_configures_a_pg_dependency),
+      cmocka_unit_test(minimal_example_runs),
+      cmocka_unit_test(no_file_descriptor_leaks_over_the_suite),
+  };
+  return cmocka_run_group_tests_name("pg", tests, NULL, NULL);
+}
