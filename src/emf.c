@@ -276,28 +276,6 @@ static char emf_ns[256], emf_service[256];
 static resil_dep_stats *emf_prev; /* the last emission's snapshot */
 static size_t emf_nprev;
 
-typedef struct stats_vec {
-  resil_dep_stats *v;
-  size_t n, cap;
-  bool oom;
-} stats_vec;
-
-static void collect(void *ctx, resil_dep *d) {
-  stats_vec *s = ctx;
-  if (s->oom) return;
-  if (s->n == s->cap) {
-    size_t cap = s->cap ? s->cap * 2 : 8;
-    resil_dep_stats *nv = realloc(s->v, cap * sizeof *nv);
-    if (!nv) {
-      s->oom = true;
-      return;
-    }
-    s->v = nv;
-    s->cap = cap;
-  }
-  resil_dep_get_stats(d, &s->v[s->n++]);
-}
-
 static int64_t realtime_ms(void) {
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
@@ -333,12 +311,9 @@ static int write_all(int fd, const char *p, size_t n) {
 /* One interval: snapshot, render against the previous snapshot, write line
  * by line, keep the snapshot. emf_mu held. */
 static resil_status emit_locked(resil_err *err) {
-  stats_vec cur = {0};
-  resil_registry_foreach(collect, &cur);
-  if (cur.oom) {
-    free(cur.v);
-    return resil_err_set(err, RESIL_E_NOMEM, "emf: out of memory");
-  }
+  resil_stats_vec cur;
+  resil_status sst = resil__stats_snapshot(&cur, "emf", err);
+  if (sst != RESIL_OK) return sst;
   int64_t ts = realtime_ms();
   resil_status st = RESIL_OK;
   resil_sbuf b = {0};
@@ -413,12 +388,10 @@ resil_status resil_emf_start(const resil_emf_config *cfg, resil_err *err) {
   emf_cfg.metric_namespace = emf_ns;
   emf_cfg.service = emf_service;
   /* Baseline: the first interval reports what happens from now on. */
-  stats_vec base = {0};
-  resil_registry_foreach(collect, &base);
-  if (base.oom) {
-    free(base.v);
+  resil_stats_vec base;
+  if (resil__stats_snapshot(&base, "emf", err) != RESIL_OK) {
     pthread_mutex_unlock(&emf_mu);
-    return resil_err_set(err, RESIL_E_NOMEM, "emf: out of memory");
+    return RESIL_E_NOMEM;
   }
   free(emf_prev);
   emf_prev = base.v;

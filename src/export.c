@@ -7,14 +7,9 @@
 #include "internal.h"
 
 /* ---- snapshot of the registry ------------------------------------------ */
-typedef struct snap {
-  resil_dep_stats *v;
-  size_t n, cap;
-  bool oom;
-} snap;
-
 static void collect(void *ctx, resil_dep *d) {
-  snap *s = ctx;
+  resil_stats_vec *s = ctx;
+  if (s->oom) return;
   if (s->n == s->cap) {
     size_t cap = s->cap ? s->cap * 2 : 16;
     resil_dep_stats *nv = realloc(s->v, cap * sizeof *nv);
@@ -26,6 +21,17 @@ static void collect(void *ctx, resil_dep *d) {
     s->cap = cap;
   }
   resil_dep_get_stats(d, &s->v[s->n++]);
+}
+
+resil_status resil__stats_snapshot(resil_stats_vec *out, const char *what, resil_err *err) {
+  memset(out, 0, sizeof *out);
+  resil_registry_foreach(collect, out);
+  if (out->oom) {
+    free(out->v);
+    out->v = NULL;
+    return resil_err_set(err, RESIL_E_NOMEM, "%s: out of memory", what);
+  }
+  return RESIL_OK;
 }
 
 /* Dependency names are restricted to [A-Za-z0-9_.-] so they need no
@@ -112,7 +118,7 @@ static void histogram(resil_sbuf *b, const char *name, const char *dep,
 #define EACH(s) for (size_t i_ = 0; i_ < (s)->n; i_++)
 #define D (&s->v[i_])
 
-static void render_prometheus(resil_sbuf *b, const snap *s) {
+static void render_prometheus(resil_sbuf *b, const resil_stats_vec *s) {
   family(b, "resil_info", "gauge", "resil library version and deployment labels (always 1).");
   resil__sb_printf(b, "resil_info{version=\"%s\"", resil_version());
   pthread_mutex_lock(&info_mu);
@@ -202,20 +208,10 @@ static void render_prometheus(resil_sbuf *b, const snap *s) {
       histogram(b, "resil_pool_acquire_duration_seconds", D->name, &D->pool.acquire_latency);
 }
 
-static resil_status take_snapshot(snap *s, resil_err *err) {
-  memset(s, 0, sizeof *s);
-  resil_registry_foreach(collect, s);
-  if (s->oom) {
-    free(s->v);
-    return resil_err_set(err, RESIL_E_NOMEM, "export: out of memory");
-  }
-  return RESIL_OK;
-}
-
 resil_status resil_export_prometheus(char **out, size_t *len, resil_err *err) {
   if (!out) return resil_err_set(err, RESIL_E_INVALID, "export: out is NULL");
-  snap s;
-  resil_status st = take_snapshot(&s, err);
+  resil_stats_vec s;
+  resil_status st = resil__stats_snapshot(&s, "export", err);
   if (st != RESIL_OK) return st;
   resil_sbuf b = {0};
   render_prometheus(&b, &s);
@@ -235,7 +231,7 @@ static void json_hist(resil_sbuf *b, const resil_hist_snapshot *h) {
   resil__sb_printf(b, "]}");
 }
 
-static void render_json(resil_sbuf *b, const snap *s) {
+static void render_json(resil_sbuf *b, const resil_stats_vec *s) {
   resil__sb_printf(b, "{\"version\":\"%s\",\"dependencies\":[", resil_version());
   EACH(s) {
     resil__sb_printf(b, "%s{\"name\":\"%s\",\"critical\":%s,\"draining\":%s,\"admitted\":%llu,",
@@ -284,8 +280,8 @@ static void render_json(resil_sbuf *b, const snap *s) {
 
 resil_status resil_export_json(char **out, size_t *len, resil_err *err) {
   if (!out) return resil_err_set(err, RESIL_E_INVALID, "export: out is NULL");
-  snap s;
-  resil_status st = take_snapshot(&s, err);
+  resil_stats_vec s;
+  resil_status st = resil__stats_snapshot(&s, "export", err);
   if (st != RESIL_OK) return st;
   resil_sbuf b = {0};
   render_json(&b, &s);

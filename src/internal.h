@@ -133,4 +133,16 @@ void resil__window_sum(const resil_window *w, uint64_t now, uint64_t *out);
  * generation to keep stale ones out. */
 void resil__window_reset(resil_window *w);
 
+/* ---- A snapshot of every registered dependency ------------------------- */
+typedef struct resil_stats_vec {
+  resil_dep_stats *v;
+  size_t n, cap;
+  bool oom;
+} resil_stats_vec;
+
+/* Fill *out (zeroed first) with every registered dependency's stats, in
+ * registry order. RESIL_OK, or RESIL_E_NOMEM naming `what` (nothing to free
+ * then). On success free(out->v). */
+resil_status resil__stats_snapshot(resil_stats_vec *out, const char *what, resil_err *err);
+
 #endif
