@@ -51,26 +51,12 @@ void resil__sleep_until(resil_deadline d, uint64_t max_ns);
 uint64_t resil__rand(void);
 
 /* ---- Building error messages with several problems -------------------- */
-typedef struct resil_problems {
-  char buf[RESIL_ERR_MSG_MAX];
-  size_t len;
-  unsigned count;
-  const char *prefix;
-} resil_problems;
-
-void resil__problems_init(resil_problems *p, const char *prefix);
-/* Add "prefix field: message" separated by "; ". Truncates with "..." */
-void resil__problem(resil_problems *p, const char *field, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-/* Append problems already formatted by another validator ("; "-separated,
- * each with its own prefix). */
-void resil__problems_merge(resil_problems *p, const char *formatted);
-/* RESIL_OK if no problems, else RESIL_E_INVALID with all of them in err. */
-resil_status resil__problems_finish(resil_problems *p, resil_err *err);
-
-/* Checks used by the config validators: each adds a problem naming field. */
-void resil__check_range(resil_problems *p, const char *field, uint64_t v, uint64_t lo,
-                        uint64_t hi);
+/* The public collector (status.h) under the names the core uses. */
+#define resil__problems_init resil_problems_init
+#define resil__problem resil_problem
+#define resil__problems_merge resil_problems_merge
+#define resil__problems_finish resil_problems_finish
+#define resil__check_range resil_problems_check_range
 void resil__check_range_d(resil_problems *p, const char *field, double v, double lo, double hi);
 
 /* Copy a string into a fixed buffer, always NUL-terminated. */

@@ -124,7 +124,7 @@ resil_status resil_err_set(resil_err *err, resil_status status, const char *fmt,
   return status;
 }
 
-void resil__problems_init(resil_problems *p, const char *prefix) {
+void resil_problems_init(resil_problems *p, const char *prefix) {
   p->buf[0] = '\0';
   p->len = 0;
   p->count = 0;
@@ -148,7 +148,7 @@ static void problems_append(resil_problems *p, const char *fmt, ...) {
   }
 }
 
-void resil__problem(resil_problems *p, const char *field, const char *fmt, ...) {
+void resil_problem(resil_problems *p, const char *field, const char *fmt, ...) {
   char what[256];
   va_list ap;
   va_start(ap, fmt);
@@ -158,13 +158,13 @@ void resil__problem(resil_problems *p, const char *field, const char *fmt, ...) 
   p->count++;
 }
 
-void resil__problems_merge(resil_problems *p, const char *formatted) {
+void resil_problems_merge(resil_problems *p, const char *formatted) {
   if (!formatted || !*formatted) return;
   problems_append(p, "%s%s", p->count ? "; " : "", formatted);
   p->count++;
 }
 
-resil_status resil__problems_finish(resil_problems *p, resil_err *err) {
+resil_status resil_problems_finish(const resil_problems *p, resil_err *err) {
   if (p->count == 0) return RESIL_OK;
   if (err) {
     memcpy(err->msg, p->buf, p->len + 1);
@@ -173,8 +173,8 @@ resil_status resil__problems_finish(resil_problems *p, resil_err *err) {
   return RESIL_E_INVALID;
 }
 
-void resil__check_range(resil_problems *p, const char *field, uint64_t v, uint64_t lo,
-                        uint64_t hi) {
+void resil_problems_check_range(resil_problems *p, const char *field, uint64_t v, uint64_t lo,
+                                uint64_t hi) {
   if (v < lo || v > hi)
     resil__problem(p, field, "%llu is outside %llu..%llu", (unsigned long long)v,
                    (unsigned long long)lo, (unsigned long long)hi);

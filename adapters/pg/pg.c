@@ -61,42 +61,6 @@ static char *xstrdup(const char *s) {
   return d;
 }
 
-/* Accumulates "problem; problem" for the validator. */
-typedef struct problems {
-  char buf[RESIL_ERR_MSG_MAX];
-  size_t len;
-  unsigned count;
-} problems;
-
-#if defined(__GNUC__)
-__attribute__((format(printf, 2, 3)))
-#endif
-static void problem(problems *p, const char *fmt, ...) {
-  if (p->len + 1 >= sizeof p->buf) {
-    p->count++;
-    return;
-  }
-  if (p->count) {
-    int k = snprintf(p->buf + p->len, sizeof p->buf - p->len, "; ");
-    if (k > 0) p->len += (size_t)k;
-  }
-  if (p->len < sizeof p->buf) {
-    va_list ap;
-    va_start(ap, fmt);
-    int k = vsnprintf(p->buf + p->len, sizeof p->buf - p->len, fmt, ap);
-    va_end(ap);
-    if (k > 0) p->len += (size_t)k;
-    if (p->len >= sizeof p->buf) p->len = sizeof p->buf - 1;
-  }
-  p->count++;
-}
-
-static void check_range(problems *p, const char *name, const char *field, uint64_t v,
-                        uint64_t lo, uint64_t hi) {
-  if (v < lo || v > hi)
-    problem(p, "%s: %s: %" PRIu64 " is outside %" PRIu64 "..%" PRIu64, name, field, v, lo, hi);
-}
-
 /* ---- Configuration ------------------------------------------------------ */
 
 void resil_pg_config_init(resil_pg_config *cfg, const char *name) {
@@ -172,20 +136,20 @@ static const char *opt_val(PQconninfoOption *opts, const char *key) {
 
 resil_status resil_pg_config_validate(const resil_pg_config *cfg, resil_err *err) {
   if (!cfg) return resil_err_set(err, RESIL_E_INVALID, "pg: config is NULL");
-  problems p = {.len = 0, .count = 0};
-  p.buf[0] = '\0';
   const char *name = cfg->dep.name ? cfg->dep.name : "pg";
-  resil_err e;
-  if (resil_dep_config_validate(&cfg->dep, &e) != RESIL_OK) problem(&p, "%s", e.msg);
   char prefix[PG_NAME_MAX + 8];
   snprintf(prefix, sizeof prefix, "%s: ", name);
+  resil_problems p;
+  resil_problems_init(&p, prefix);
+  resil_err e;
+  if (resil_dep_config_validate(&cfg->dep, &e) != RESIL_OK) resil_problems_merge(&p, e.msg);
   resil_pool_config pc = cfg->pool;
   if (!pc.name) pc.name = name;
   pc.connect_timeout_ms = cfg->connect_timeout_ms ? cfg->connect_timeout_ms : 1;
-  if (resil_pool_config_validate(&pc, prefix, &e) != RESIL_OK) problem(&p, "%s", e.msg);
+  if (resil_pool_config_validate(&pc, prefix, &e) != RESIL_OK) resil_problems_merge(&p, e.msg);
 
   if (!cfg->conninfo) {
-    problem(&p, "%s: conninfo: required", name);
+    resil_problem(&p, "conninfo", "required");
   } else {
     char *emsg = NULL;
     PQconninfoOption *o = PQconninfoParse(cfg->conninfo, &emsg);
@@ -194,29 +158,28 @@ resil_status resil_pg_config_validate(const resil_pg_config *cfg, resil_err *err
       char red[RESIL_ERR_MSG_MAX];
       redact_parse_error(red, sizeof red, emsg);
       PQfreemem(emsg);
-      problem(&p, "%s: conninfo: %s", name, red);
+      resil_problem(&p, "conninfo", "%s", red);
     } else {
       const char *an = opt_val(o, "application_name");
       if (an && strlen(an) > 63)
-        problem(&p, "%s: conninfo: application_name is longer than 63 bytes", name);
+        resil_problem(&p, "conninfo", "application_name is longer than 63 bytes");
       PQconninfoFree(o);
     }
   }
-  check_range(&p, name, "connect_timeout_ms", cfg->connect_timeout_ms, 1, 600000);
-  check_range(&p, name, "query_timeout_ms", cfg->query_timeout_ms, 1, 86400000);
+  resil_problems_check_range(&p, "connect_timeout_ms", cfg->connect_timeout_ms, 1, 600000);
+  resil_problems_check_range(&p, "query_timeout_ms", cfg->query_timeout_ms, 1, 86400000);
   if (cfg->application_name && strlen(cfg->application_name) > 63)
-    problem(&p, "%s: application_name: longer than 63 bytes", name);
-  check_range(&p, name, "tcp_user_timeout_ms", cfg->tcp_user_timeout_ms, 0, 3600000);
+    resil_problem(&p, "application_name", "longer than 63 bytes");
+  resil_problems_check_range(&p, "tcp_user_timeout_ms", cfg->tcp_user_timeout_ms, 0, 3600000);
   if (cfg->keepalives) {
-    check_range(&p, name, "keepalives_idle_s", cfg->keepalives_idle_s, 1, 86400);
-    check_range(&p, name, "keepalives_interval_s", cfg->keepalives_interval_s, 1, 86400);
-    check_range(&p, name, "keepalives_count", cfg->keepalives_count, 1, 100);
+    resil_problems_check_range(&p, "keepalives_idle_s", cfg->keepalives_idle_s, 1, 86400);
+    resil_problems_check_range(&p, "keepalives_interval_s", cfg->keepalives_interval_s, 1, 86400);
+    resil_problems_check_range(&p, "keepalives_count", cfg->keepalives_count, 1, 100);
   }
-  check_range(&p, name, "cancel_timeout_ms", cfg->cancel_timeout_ms, 1, 60000);
-  check_range(&p, name, "reaper_queue_max", cfg->reaper_queue_max, 1, 100000);
-  check_range(&p, name, "rollback_timeout_ms", cfg->rollback_timeout_ms, 1, 60000);
-  if (p.count == 0) return RESIL_OK;
-  return resil_err_set(err, RESIL_E_INVALID, "%s", p.buf);
+  resil_problems_check_range(&p, "cancel_timeout_ms", cfg->cancel_timeout_ms, 1, 60000);
+  resil_problems_check_range(&p, "reaper_queue_max", cfg->reaper_queue_max, 1, 100000);
+  resil_problems_check_range(&p, "rollback_timeout_ms", cfg->rollback_timeout_ms, 1, 60000);
+  return resil_problems_finish(&p, err);
 }
 
 /* ---- The adapter object ------------------------------------------------- */

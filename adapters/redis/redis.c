@@ -49,80 +49,40 @@ void resil_redis_config_init(resil_redis_config *cfg, const char *name) {
   cfg->command_timeout_ms = 0;
 }
 
-/* All problems in one message, separated by "; ". */
-typedef struct problems {
-  char buf[RESIL_ERR_MSG_MAX];
-  size_t len;
-  unsigned count;
-} problems;
-
-#if defined(__GNUC__)
-__attribute__((format(printf, 2, 3)))
-#endif
-static void add_problem(problems *p, const char *fmt, ...) {
-  char what[RESIL_ERR_MSG_MAX];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(what, sizeof what, fmt, ap);
-  va_end(ap);
-  size_t room = sizeof p->buf - p->len;
-  if (room > 1) {
-    int n = snprintf(p->buf + p->len, room, "%s%s", p->count ? "; " : "", what);
-    if (n < 0) n = 0;
-    if ((size_t)n >= room) {
-      p->len = sizeof p->buf - 1;
-      memcpy(p->buf + sizeof p->buf - 4, "...", 4);
-    } else {
-      p->len += (size_t)n;
-    }
-  }
-  p->count++;
-}
-
-static void check_u32(problems *p, const char *name, const char *field, uint64_t v, uint64_t lo,
-                      uint64_t hi) {
-  if (v < lo || v > hi)
-    add_problem(p, "%s: %s: %llu is outside %llu..%llu", name, field, (unsigned long long)v,
-                (unsigned long long)lo, (unsigned long long)hi);
-}
-
 resil_status resil_redis_config_validate(const resil_redis_config *cfg, resil_err *err) {
   if (!cfg) return resil_err_set(err, RESIL_E_INVALID, "redis config is NULL");
-  problems p;
-  memset(&p, 0, sizeof p);
   const char *name = cfg->dep.name ? cfg->dep.name : "(unnamed)";
+  char prefix[96];
+  snprintf(prefix, sizeof prefix, "%s: ", name); /* the pool adds "pool." */
+  resil_problems p;
+  resil_problems_init(&p, prefix);
   resil_err sub;
-  sub.msg[0] = '\0';
-  if (resil_dep_config_validate(&cfg->dep, &sub) != RESIL_OK) add_problem(&p, "%s", sub.msg);
+  if (resil_dep_config_validate(&cfg->dep, &sub) != RESIL_OK) resil_problems_merge(&p, sub.msg);
   /* The pool's connect timeout is ours: validate what it will be. */
   resil_pool_config pc = cfg->pool;
   pc.connect_timeout_ms = cfg->connect_timeout_ms ? cfg->connect_timeout_ms : 1;
   if (!pc.name) pc.name = cfg->dep.name;
-  char prefix[96];
-  snprintf(prefix, sizeof prefix, "%s: ", name); /* the pool adds "pool." */
-  sub.msg[0] = '\0';
-  if (resil_pool_config_validate(&pc, prefix, &sub) != RESIL_OK) add_problem(&p, "%s", sub.msg);
+  if (resil_pool_config_validate(&pc, prefix, &sub) != RESIL_OK)
+    resil_problems_merge(&p, sub.msg);
   if (cfg->unix_path) {
-    if (!cfg->unix_path[0]) add_problem(&p, "%s: unix_path: is empty", name);
+    if (!cfg->unix_path[0]) resil_problem(&p, "unix_path", "is empty");
     else if (strlen(cfg->unix_path) >= 108)
-      add_problem(&p, "%s: unix_path: longer than 107 bytes", name);
+      resil_problem(&p, "unix_path", "longer than 107 bytes");
   } else {
     if (!cfg->host || !cfg->host[0])
-      add_problem(&p, "%s: host: is required (or set unix_path)", name);
+      resil_problem(&p, "host", "is required (or set unix_path)");
     else if (strlen(cfg->host) > 253)
-      add_problem(&p, "%s: host: longer than 253 characters", name);
-    check_u32(&p, name, "port", cfg->port, 1, 65535);
+      resil_problem(&p, "host", "longer than 253 characters");
+    resil_problems_check_range(&p, "port", cfg->port, 1, 65535);
   }
-  if (cfg->username && !cfg->password)
-    add_problem(&p, "%s: username: set without password", name);
+  if (cfg->username && !cfg->password) resil_problem(&p, "username", "set without password");
   if (cfg->password && !cfg->password[0])
-    add_problem(&p, "%s: password: is empty (use NULL for no AUTH)", name);
-  check_u32(&p, name, "database", cfg->database, 0, 100000);
-  check_u32(&p, name, "connect_timeout_ms", cfg->connect_timeout_ms, 1, 600000);
+    resil_problem(&p, "password", "is empty (use NULL for no AUTH)");
+  resil_problems_check_range(&p, "database", cfg->database, 0, 100000);
+  resil_problems_check_range(&p, "connect_timeout_ms", cfg->connect_timeout_ms, 1, 600000);
   if (cfg->command_timeout_ms)
-    check_u32(&p, name, "command_timeout_ms", cfg->command_timeout_ms, 1, 600000);
-  if (p.count == 0) return RESIL_OK;
-  return resil_err_set(err, RESIL_E_INVALID, "%s", p.buf);
+    resil_problems_check_range(&p, "command_timeout_ms", cfg->command_timeout_ms, 1, 600000);
+  return resil_problems_finish(&p, err);
 }
 
 /* ---- Error helpers ----------------------------------------------------- */

@@ -88,5 +88,40 @@ RESIL_API resil_status resil_err_set(resil_err *err, resil_status status,
 #endif
     ;
 
+/* ---- Collecting several problems (for config validators) -------------- */
+
+/* Validators report every problem at once: "orders-db: port: 0 is outside
+ * 1..65535; orders-db: host: is required". Adapters use this to do the
+ * same. Not thread-safe (one collector per validation). */
+typedef struct resil_problems {
+  char buf[RESIL_ERR_MSG_MAX];
+  size_t len;
+  unsigned count;
+  const char *prefix; /* put before each field, e.g. "orders-db: " */
+} resil_problems;
+
+/* Start an empty collection; prefix (may be NULL) is kept by pointer. */
+RESIL_API void resil_problems_init(resil_problems *p, const char *prefix);
+
+/* Add "<prefix><field>: <message>". Past RESIL_ERR_MSG_MAX the text ends
+ * with "..." but every problem is still counted. */
+RESIL_API void resil_problem(resil_problems *p, const char *field, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 3, 4)))
+#endif
+    ;
+
+/* Add problems another validator already formatted ("; "-separated, each
+ * with its own prefix), e.g. resil_dep_config_validate()'s err->msg. */
+RESIL_API void resil_problems_merge(resil_problems *p, const char *formatted);
+
+/* Add "<field>: <v> is outside <lo>..<hi>" unless lo <= v <= hi. */
+RESIL_API void resil_problems_check_range(resil_problems *p, const char *field, uint64_t v,
+                                          uint64_t lo, uint64_t hi);
+
+/* RESIL_OK if nothing was added, else RESIL_E_INVALID with every problem in
+ * err->msg. */
+RESIL_API resil_status resil_problems_finish(const resil_problems *p, resil_err *err);
+
 RESIL_END_DECLS
 #endif
