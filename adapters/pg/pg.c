@@ -993,11 +993,31 @@ static bool pg_validate(void *ctx, void *conn, resil_deadline deadline) {
 
 /* ---- Queries ------------------------------------------------------------ */
 
+/* One statement through the dependency: a plain one (name NULL) or a
+ * prepared one, prepared on the borrowed connection first if needed. */
 typedef struct query_ctx {
   resil_pg *pg;
+  const char *name; /* prepared statement name, or NULL */
   const resil_pg_query_args *q;
   PGresult *res;
 } query_ctx;
+
+/* Prepare x->name on w unless it already is. */
+static resil_status ensure_prepared(query_ctx *x, pg_conn *w, resil_deadline qd, disp *d,
+                                    bool *retryable, resil_err *err) {
+  if (conn_has_prepared(w, x->name)) return RESIL_OK;
+  PGresult *r = NULL;
+  resil_status st = run_stmt_kind(x->pg, w->pq, qd, x->q, NULL, SEND_PREPARE, x->name, "prepare",
+                                  &r, d, retryable, err);
+  const char *state = resil_pg_sqlstate(r);
+  if (st == RESIL_OK || (state && strcmp(state, "42P05") == 0)) { /* already there */
+    conn_add_prepared(w, x->name);
+    PQclear(r);
+    return RESIL_OK;
+  }
+  x->res = r;
+  return st;
+}
 
 static resil_status query_attempt(void *vctx, resil_attempt *a) {
   query_ctx *x = vctx;
@@ -1014,59 +1034,33 @@ static resil_status query_attempt(void *vctx, resil_attempt *a) {
     return resil_err_set(a->err, RESIL_E_DEADLINE, "%s: query: deadline passed before sending",
                          pg->name);
   }
-  disp d;
+  disp d = DISP_KEEP;
   bool retryable = false;
-  st = run_stmt(pg, w->pq, qd, x->q, NULL, "query", &x->res, &d, &retryable, a->err);
+  if (!x->name) {
+    st = run_stmt(pg, w->pq, qd, x->q, NULL, "query", &x->res, &d, &retryable, a->err);
+  } else {
+    st = ensure_prepared(x, w, qd, &d, &retryable, a->err);
+    if (st == RESIL_OK && d == DISP_KEEP) {
+      st = run_stmt_kind(pg, w->pq, qd, x->q, NULL, SEND_PREPARED, x->name, "query", &x->res,
+                         &d, &retryable, a->err);
+      const char *state = resil_pg_sqlstate(x->res);
+      if (state && strcmp(state, "26000") == 0) conn_drop_prepared(w, x->name);
+    }
+  }
   give_back(pg, pc, d, a->deadline);
   if (retryable) a->retry = 1;
   return st;
 }
 
-typedef struct prepared_ctx {
-  resil_pg *pg;
-  const char *name;
-  const resil_pg_query_args *q;
-  PGresult *res;
-} prepared_ctx;
-
-static resil_status prepared_attempt(void *vctx, resil_attempt *a) {
-  prepared_ctx *x = vctx;
-  resil_pg *pg = x->pg;
-  PQclear(x->res);
-  x->res = NULL;
-  resil_pool_conn *pc = NULL;
-  resil_status st = acquire_live(pg, a->deadline, &pc, a->err);
-  if (st != RESIL_OK) return st;
-  pg_conn *w = resil_pool_conn_handle(pc);
-  resil_deadline qd = resil_deadline_bound(a->deadline, pg->cfg.query_timeout_ms);
-  if (resil_deadline_expired(qd)) {
-    resil_pool_release(pg->pool, pc, RESIL_POOL_OK);
-    return resil_err_set(a->err, RESIL_E_DEADLINE, "%s: query: deadline passed before sending",
-                         pg->name);
-  }
-  disp d = DISP_KEEP;
-  bool retryable = false;
-  if (!conn_has_prepared(w, x->name)) {
-    PGresult *r = NULL;
-    st = run_stmt_kind(pg, w->pq, qd, x->q, NULL, SEND_PREPARE, x->name, "prepare", &r, &d,
-                       &retryable, a->err);
-    const char *state = resil_pg_sqlstate(r);
-    if (st == RESIL_OK || (state && strcmp(state, "42P05") == 0)) { /* already there */
-      conn_add_prepared(w, x->name);
-      st = RESIL_OK;
-      PQclear(r);
-    } else {
-      x->res = r;
-    }
-  }
-  if (st == RESIL_OK && d == DISP_KEEP) {
-    st = run_stmt_kind(pg, w->pq, qd, x->q, NULL, SEND_PREPARED, x->name, "query", &x->res, &d,
-                       &retryable, a->err);
-    const char *state = resil_pg_sqlstate(x->res);
-    if (state && strcmp(state, "26000") == 0) conn_drop_prepared(w, x->name);
-  }
-  give_back(pg, pc, d, a->deadline);
-  if (retryable) a->retry = 1;
+static resil_status run_query(resil_pg *pg, resil_deadline deadline, unsigned flags,
+                              const char *name, const resil_pg_query_args *q, PGresult **res,
+                              resil_err *err) {
+  query_ctx x = {.pg = pg, .name = name, .q = q, .res = NULL};
+  resil_status st = resil_dep_call(pg->dep, deadline, flags, query_attempt, &x, err);
+  if (res)
+    *res = x.res;
+  else
+    PQclear(x.res);
   return st;
 }
 
@@ -1078,13 +1072,7 @@ resil_status resil_pg_query_prepared(resil_pg *pg, resil_deadline deadline, unsi
       (q->nparams > 0 && !q->values))
     return resil_err_set(err, RESIL_E_INVALID, "%s: query: invalid arguments",
                          pg ? pg->name : "pg");
-  prepared_ctx x = {.pg = pg, .name = name, .q = q, .res = NULL};
-  resil_status st = resil_dep_call(pg->dep, deadline, flags, prepared_attempt, &x, err);
-  if (res)
-    *res = x.res;
-  else
-    PQclear(x.res);
-  return st;
+  return run_query(pg, deadline, flags, name, q, res, err);
 }
 
 resil_status resil_pg_query_ex(resil_pg *pg, resil_deadline deadline, unsigned flags,
@@ -1093,13 +1081,7 @@ resil_status resil_pg_query_ex(resil_pg *pg, resil_deadline deadline, unsigned f
   if (!pg || !q || !q->sql || q->nparams < 0 || (q->nparams > 0 && !q->values))
     return resil_err_set(err, RESIL_E_INVALID, "%s: query: invalid arguments",
                          pg ? pg->name : "pg");
-  query_ctx x = {.pg = pg, .q = q, .res = NULL};
-  resil_status st = resil_dep_call(pg->dep, deadline, flags, query_attempt, &x, err);
-  if (res)
-    *res = x.res;
-  else
-    PQclear(x.res);
-  return st;
+  return run_query(pg, deadline, flags, NULL, q, res, err);
 }
 
 resil_status resil_pg_query(resil_pg *pg, resil_deadline deadline, unsigned flags,
