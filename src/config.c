@@ -450,7 +450,7 @@ static void problem(report *r, const char *fmt, ...) {
 static bool reported(const report *r, const char *v) {
   size_t n = strlen(v);
   for (const char *p = r->b.p; p && *p;) {
-    if (strncmp(p, v, n) == 0 && p[n] == ':') return true;
+    if (strncmp(p, v, n) == 0 && (p[n] == ':' || p[n] == ' ')) return true;
     p = strchr(p, '\n');
     if (p) p++;
   }
@@ -479,6 +479,13 @@ static void set_value(resil_config *c, report *r, const char *source, const resi
       *(const char **)(void *)field = s;
       break;
     }
+  }
+  if (st == RESIL_OK && (ks->type == RESIL_KEY_UINT || ks->type == RESIL_KEY_MS) &&
+      (ks->min || ks->max)) {
+    uint32_t x = *(uint32_t *)(void *)field;
+    if (x < ks->min || x > ks->max)
+      problem(r, "%s: %u is outside %u..%u", source, x, ks->min, ks->max);
+    return;
   }
   if (st != RESIL_OK) {
     if (ks->type == RESIL_KEY_SECRET) /* never echo a secret */

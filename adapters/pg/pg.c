@@ -81,6 +81,7 @@ void resil_pg_config_init(resil_pg_config *cfg, const char *name) {
   cfg->cancel_timeout_ms = 2000;
   cfg->reaper_queue_max = 64;
   cfg->rollback_timeout_ms = 500;
+  cfg->alive_bypass_ms = 500;
 }
 
 /* Is s a libpq connection keyword? */
@@ -179,6 +180,7 @@ resil_status resil_pg_config_validate(const resil_pg_config *cfg, resil_err *err
   resil_problems_check_range(&p, "cancel_timeout_ms", cfg->cancel_timeout_ms, 1, 60000);
   resil_problems_check_range(&p, "reaper_queue_max", cfg->reaper_queue_max, 1, 100000);
   resil_problems_check_range(&p, "rollback_timeout_ms", cfg->rollback_timeout_ms, 1, 60000);
+  resil_problems_check_range(&p, "alive_bypass_ms", cfg->alive_bypass_ms, 0, 60000);
   return resil_problems_finish(&p, err);
 }
 
@@ -224,6 +226,7 @@ struct resil_pg {
 
 typedef struct pg_conn {
   PGconn *pq;
+  uint64_t returned_ns; /* when it last came back to the pool clean (0 never) */
   char **prepared; /* names prepared on this session */
   size_t nprepared;
 } pg_conn;
@@ -930,6 +933,7 @@ static void give_back(resil_pg *pg, resil_pool_conn *pc, disp d, resil_deadline 
     }
   }
   if (d == DISP_BROKEN) bump(&pg->broken);
+  if (d == DISP_KEEP) w->returned_ns = resil_now_ns();
   resil_pool_release(pg->pool, pc, d == DISP_KEEP ? RESIL_POOL_OK : RESIL_POOL_BROKEN);
 }
 
@@ -937,9 +941,10 @@ static void give_back(resil_pg *pg, resil_pool_conn *pc, disp d, resil_deadline 
  * that shut down or restarted sent a FATAL (or WARNING) and closed the
  * socket; reading that marks the connection bad. One poll() when nothing
  * is pending. */
-static bool conn_quick_ok(pg_conn *w) {
+static bool conn_quick_ok(pg_conn *w, uint64_t bypass_ns) {
   if (!w || !w->pq || PQstatus(w->pq) != CONNECTION_OK) return false;
   if (PQtransactionStatus(w->pq) != PQTRANS_IDLE) return false;
+  if (w->returned_ns && resil_now_ns() - w->returned_ns < bypass_ns) return true;
   for (int i = 0; i < 4; i++) {
     struct pollfd pfd = {.fd = PQsocket(w->pq), .events = POLLIN, .revents = 0};
     int r = poll(&pfd, 1, 0);
@@ -962,7 +967,9 @@ static resil_status acquire_live(resil_pg *pg, resil_deadline d, resil_pool_conn
   for (uint32_t i = 0;; i++) {
     resil_status st = resil_pool_acquire(pg->pool, d, pc, err);
     if (st != RESIL_OK) return st;
-    if (i >= pg->cfg.pool.max_size || conn_quick_ok(resil_pool_conn_handle(*pc)))
+    if (i >= pg->cfg.pool.max_size ||
+        conn_quick_ok(resil_pool_conn_handle(*pc),
+                      (uint64_t)pg->cfg.alive_bypass_ms * 1000000u))
       return RESIL_OK;
     bump(&pg->broken);
     resil_pool_release(pg->pool, *pc, RESIL_POOL_BROKEN);
@@ -975,7 +982,7 @@ static resil_status acquire_live(resil_pg *pg, resil_deadline d, resil_pool_conn
 static bool pg_validate(void *ctx, void *conn, resil_deadline deadline) {
   resil_pg *pg = ctx;
   pg_conn *w = conn;
-  if (!conn_quick_ok(w)) return false;
+  if (!conn_quick_ok(w, 0)) return false;
   disp d;
   PGresult *res = NULL;
   resil_status st = run_stmt(pg, w->pq, deadline, NULL, "", "validate", &res, &d, NULL, NULL);

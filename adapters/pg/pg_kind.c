@@ -30,6 +30,8 @@ static const resil_key_spec keys[] = {
       "timed-out connections waiting for the reaper"),
     K("rollback_timeout_ms", MS, rollback_timeout_ms, 1, 60000, false,
       "bound on the ROLLBACK of a connection returned inside a transaction"),
+    K("alive_bypass_ms", MS, alive_bypass_ms, 0, 60000, false,
+      "skip the liveness poll() on a connection returned this recently"),
 };
 
 RESIL_DEFINE_CONFIG_KIND(pg, resil_pg_config, resil_pg_config_init, resil_pg_config_validate,

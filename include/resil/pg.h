@@ -161,6 +161,12 @@ typedef struct resil_pg_config {
   /* Bound on the ROLLBACK sent to a connection returned inside a
    * transaction; default 500, 1..60000. */
   uint32_t rollback_timeout_ms;
+  /* A borrowed connection is checked for a server-side close (one poll())
+   * unless it was returned less than this long ago; default 500 (HikariCP's
+   * aliveBypassWindowMs), 0 = always check, ..60000. A connection killed in
+   * that window fails its call as a dependency failure (retried if
+   * idempotent) instead of being skipped. */
+  uint32_t alive_bypass_ms;
 } resil_pg_config;
 
 /* Fill cfg with the defaults above, name the dependency (name may be NULL:

@@ -66,7 +66,7 @@ static resil_status shadow_validate(const void *c, resil_err *err) {
 static resil_dep_config *shadow_dep(void *c) { return &((shadow_cfg *)c)->dep; }
 static resil_pool_config *shadow_pool(void *c) { return &((shadow_cfg *)c)->pool; }
 static const resil_key_spec shadow_keys[] = {
-    {"connect_timeout_ms", RESIL_KEY_MS, offsetof(shadow_cfg, connect_timeout_ms), 0, 0, false,
+    {"connect_timeout_ms", RESIL_KEY_MS, offsetof(shadow_cfg, connect_timeout_ms), 1, 1000, false,
      "own connect bound"},
 };
 static const resil_config_kind shadow_kind = {
@@ -335,13 +335,18 @@ static void a_kind_key_hides_the_pool_key_it_replaces(void **state) {
   assert_null(strstr(dump, "POOL_CONNECT_TIMEOUT_MS"));
   assert_non_null(strstr(dump, "RESIL_DEP_S_CONNECT_TIMEOUT_MS=100\n"));
   free(dump);
+  resil_config_free(c);
+  char *range[] = {(char *)"RESIL_DEPS=s:shadow", (char *)"RESIL_DEP_S_CONNECT_TIMEOUT_MS=5s",
+                   NULL};
+  r = load_bad(range, NULL);
+  assert_non_null(strstr(r, "RESIL_DEP_S_CONNECT_TIMEOUT_MS: 5000 is outside 1..1000"));
+  free(r);
   char *doc = resil_config_keys_markdown("shadow");
   assert_non_null(doc);
   assert_null(strstr(doc, "POOL_CONNECT_TIMEOUT_MS"));
   assert_non_null(strstr(doc, "| `RESIL_DEP_<NAME>_POOL_MAX_SIZE` | 10 |"));
   free(doc);
   assert_null(resil_config_keys_markdown("nosuchkind"));
-  resil_config_free(c);
 }
 
 static void value_parsers_are_strict(void **state) {
