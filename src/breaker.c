@@ -333,6 +333,11 @@ static void record_half_open(resil_breaker *b, uint64_t w, resil_breaker_ticket 
 
 void resil_breaker_record(resil_breaker *b, resil_breaker_ticket t, resil_status outcome,
                           uint64_t latency_ns) {
+  resil__breaker_record_at(b, t, outcome, latency_ns, 0);
+}
+
+void resil__breaker_record_at(resil_breaker *b, resil_breaker_ticket t, resil_status outcome,
+                              uint64_t latency_ns, uint64_t now) {
   if (!t.counted) return;
   uint64_t w = atomic_load_explicit(&b->word, memory_order_acquire);
   if (W_GEN(w) != t.gen) return; /* admitted under an older state */
@@ -342,13 +347,13 @@ void resil_breaker_record(resil_breaker *b, resil_breaker_ticket t, resil_status
     if (W_STATE(w) != RESIL_BREAKER_HALF_OPEN) return;
     /* Rejections and errors just give the probe slot back. */
     if (cls != RESIL_CLASS_SUCCESS && cls != RESIL_CLASS_FAILURE) cls = RESIL_CLASS_IGNORED;
-    record_half_open(b, w, t, cls, slow, resil_now_ns());
+    record_half_open(b, w, t, cls, slow, now ? now : resil_now_ns());
     return;
   }
   if (W_STATE(w) != RESIL_BREAKER_CLOSED) return;
   if (cls != RESIL_CLASS_SUCCESS && cls != RESIL_CLASS_FAILURE) return;
   bool failed = cls == RESIL_CLASS_FAILURE;
-  uint64_t now = resil_now_ns();
+  if (!now) now = resil_now_ns();
   uint64_t v[RESIL_WINDOW_VALS] = {1, failed, slow};
   resil__window_add(&b->window, now, v);
   if (failed) {

@@ -464,7 +464,7 @@ void resil_dep_done(resil_permit *p, resil_status outcome) {
   p->flags_ = 0;
   uint64_t now = resil_now_ns();
   uint64_t lat = now > p->start_ns ? now - p->start_ns : 0;
-  resil_breaker_record(d->breaker, p->ticket, outcome, lat);
+  resil__breaker_record_at(d->breaker, p->ticket, outcome, lat, now);
   dep_stripe *s = my_stripe(d);
   if (resil_status_is_rejection(outcome)) {
     atomic_fetch_add_explicit(&s->rejections[reject_reason_of(outcome)], 1, memory_order_relaxed);

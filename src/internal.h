@@ -119,6 +119,11 @@ void resil__window_sum(const resil_window *w, uint64_t now, uint64_t *out);
  * generation to keep stale ones out. */
 void resil__window_reset(resil_window *w);
 
+/* resil_breaker_record() with the current time supplied by the caller (0:
+ * read the clock), so a dependency's done() reads the clock once. */
+void resil__breaker_record_at(resil_breaker *b, resil_breaker_ticket t, resil_status outcome,
+                              uint64_t latency_ns, uint64_t now);
+
 /* ---- A snapshot of every registered dependency ------------------------- */
 typedef struct resil_stats_vec {
   resil_dep_stats *v;
