@@ -201,7 +201,9 @@ static void sleep_until_ns(uint64_t t) {
 
 resil_status resil_drain(uint32_t grace_ms, resil_deadline deadline, resil_err *err) {
   resil_deadline until = or_in_ms(deadline, UNSET_WAIT_MS);
-  atomic_store(&proc_draining, true);
+  /* A second drain (e.g. resil_service_stop() after the service drained by
+   * itself) has had its grace already. */
+  if (atomic_exchange(&proc_draining, true)) grace_ms = 0;
 
   /* 1. Grace: keep admitting while the load balancer deregisters us. */
   uint64_t grace_end = resil_now_ns() + (uint64_t)grace_ms * 1000000ull;

@@ -70,6 +70,7 @@ RESIL_API resil_status resil_prewarm_all(resil_deadline deadline, resil_err *err
  * many calls were still in flight where ("drain: 2 calls still in flight at
  * the deadline: orders-db 2") or which pool still had borrowed
  * connections. Pools and dependencies stay allocated: free them after.
+ * A second call while already draining skips the grace (it was had).
  * Thread-safe; call it from one thread. */
 RESIL_API resil_status resil_drain(uint32_t grace_ms, resil_deadline deadline, resil_err *err);
 
