@@ -568,7 +568,7 @@ resil_status resil_admin_start(const resil_admin_config *cfg, resil_err *err) {
   resil__strlcpy(adm_addr, addr_or_default(cfg->bind_address), sizeof adm_addr);
   adm_cfg.bind_address = adm_addr;
   addr_any sa;
-  socklen_t sl;
+  socklen_t sl = 0;
   parse_addr(adm_addr, cfg->port, &sa, &sl);
   const char *step = "socket";
   int e = 0;
