@@ -15,6 +15,8 @@
 #include <errno.h>
 #include <limits.h>
 #include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -113,6 +115,43 @@ static int wait_fd(int fd, short events, resil_deadline dl, short *got) {
 
 /* ---- The command driver ------------------------------------------------- */
 
+/* ---- Bounded replies ------------------------------------------------------
+ * hiredis 0.14 accepts a multi-bulk count up to INT_MAX and callocs the
+ * element array at once ("*2147483647\r\n" asks for 16 GiB, and freeing the
+ * half-built reply then walks it for seconds). Every context gets reply
+ * functions whose createArray refuses more than MAX_REPLY_ELEMENTS: the read
+ * fails at once, the call is a dependency failure, the connection is closed.
+ * (hiredis 1.x has reader->maxelements for this.) */
+#define MAX_REPLY_ELEMENTS (1 << 20)
+
+static redisReplyObjectFunctions bounded_fns;
+static void *(*default_create_array)(const redisReadTask *, int);
+static _Atomic(const redisReplyObjectFunctions *) default_fns;
+static pthread_once_t bounded_once = PTHREAD_ONCE_INIT;
+static _Thread_local long long oversize_reply; /* elements of the refused reply */
+
+static void *bounded_create_array(const redisReadTask *t, int elements) {
+  if (elements > MAX_REPLY_ELEMENTS) {
+    oversize_reply = elements;
+    return NULL; /* hiredis reports "Out of memory" and stops reading */
+  }
+  return default_create_array(t, elements);
+}
+
+static void init_bounded(void) {
+  bounded_fns = *atomic_load(&default_fns);
+  default_create_array = bounded_fns.createArray;
+  bounded_fns.createArray = bounded_create_array;
+}
+
+static void bound_replies(redisContext *c) {
+  if (!c->reader || !c->reader->fn) return;
+  const redisReplyObjectFunctions *expected = NULL; /* hiredis' static defaults */
+  atomic_compare_exchange_strong(&default_fns, &expected, c->reader->fn);
+  pthread_once(&bounded_once, init_bounded);
+  c->reader->fn = &bounded_fns;
+}
+
 /* Send buf (already formatted) on c and read n replies into out[], all before
  * dl. On any failure every reply read so far is freed, out[] is NULLed, err
  * gets "<name>: <phase>: ..." and the caller must destroy c. timeout_why
@@ -186,6 +225,14 @@ static resil_status drive(redisContext *c, const char *name, const char *buf, si
   return RESIL_OK;
 
 io_error:
+  if (oversize_reply) {
+    st = resil_err_set(err, RESIL_E_FAILURE,
+                       "%s: %s: reply announces %lld elements, more than %d (refused; "
+                       "connection closed)",
+                       name, phase, (long long)oversize_reply, MAX_REPLY_ELEMENTS);
+    oversize_reply = 0;
+    goto fail;
+  }
   st = resil_err_set(err, c->err == REDIS_ERR_OOM ? RESIL_E_NOMEM : RESIL_E_FAILURE,
                      "%s: %s: %s", name, phase,
                      c->errstr[0] ? c->errstr : "I/O error");
@@ -349,6 +396,7 @@ static resil_status rconnect(void *ctx, resil_deadline deadline, void **conn, re
     return connect_fail(st, false, err);
   }
   c->flags &= ~REDIS_BLOCK;
+  bound_replies(c);
   if (!r->unix_path && redisEnableKeepAlive(c) != REDIS_OK) {
     st = resil_err_set(err, RESIL_E_FAILURE, "%s: connect: keepalive: %s", r->name, c->errstr);
     redisFree(c);
