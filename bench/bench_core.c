@@ -1,8 +1,15 @@
 /* Core engine benchmark: admit+done and open rejection, in ns/op, against a
- * plain mutex-protected breaker measured in the same run. Prints numbers;
- * never passes or fails.
+ * plain mutex-protected breaker measured in the same run; pool
+ * acquire+release against a mutex-protected free list; and the time to
+ * render the Prometheus text and the JSON snapshot for 100 dependencies
+ * (no baseline). Prints numbers; never passes or fails.
  *
- *   bench_core [--iters N] [--runs R]
+ *   bench_core [--iters N] [--runs R] [--summary]
+ *
+ * --summary adds one machine-readable line per row after the table (read by
+ * scripts/bench.sh):
+ *   SUMMARY <name> <resil_ns> <raw_ns> <ratio> <resil_min> <resil_max> <raw_min> <raw_max>
+ * where raw is the one-mutex baseline and every ns figure a median over the runs.
  *
  * Allocation counting: malloc/calloc/realloc are interposed (this binary's
  * definitions win over libc's) and counted while the measured loops run.
@@ -39,6 +46,11 @@ void *realloc(void *p, size_t n) {
 
 static long iters = 2000000;
 static int runs = 7;
+static int summary;
+
+/* Machine-readable rows, printed after the table with --summary. */
+static char summary_buf[4096];
+static size_t summary_len;
 
 static uint64_t now_ns(void) {
   struct timespec ts;
@@ -86,11 +98,49 @@ static void naive_done(naive *n, uint64_t start, int ok) {
   pthread_mutex_unlock(&n->mu);
 }
 
+/* ---- baseline: a connection pool as a mutex-protected free list ----------- */
+typedef struct freelist {
+  pthread_mutex_t mu;
+  void *items[16];
+  int n;
+} freelist;
+
+static void *fl_get(freelist *f) {
+  pthread_mutex_lock(&f->mu);
+  void *c = f->n ? f->items[--f->n] : NULL;
+  pthread_mutex_unlock(&f->mu);
+  return c;
+}
+
+static void fl_put(freelist *f, void *c) {
+  pthread_mutex_lock(&f->mu);
+  f->items[f->n++] = c;
+  pthread_mutex_unlock(&f->mu);
+}
+
+/* A connector whose "connections" cost nothing: only the pool is measured. */
+static char fake_conns[16];
+static _Atomic int fake_next;
+static resil_status fake_connect(void *ctx, resil_deadline dl, void **conn, resil_err *err) {
+  (void)ctx;
+  (void)dl;
+  (void)err;
+  *conn = &fake_conns[atomic_fetch_add(&fake_next, 1) % 16];
+  return RESIL_OK;
+}
+static void fake_close(void *ctx, void *conn) {
+  (void)ctx;
+  (void)conn;
+}
+
 /* ---- workloads -------------------------------------------------------------- */
 typedef struct work {
-  int kind; /* 0 resil closed, 1 naive closed, 2 resil open, 3 naive open */
+  int kind; /* 0 resil closed, 1 naive closed, 2 resil open, 3 naive open,
+               4 resil pool, 5 free list, 6 Prometheus render, 7 JSON render */
   resil_dep *dep;
   naive *nv;
+  resil_pool *pool;
+  freelist *fl;
   long n;
   pthread_barrier_t *go;
 } work;
@@ -124,20 +174,51 @@ static void *run_work(void *arg) {
         if (naive_admit(w->nv, &s) == 0) naive_done(w->nv, s, 1);
       }
       break;
+    case 4:
+      for (long i = 0; i < w->n; i++) {
+        resil_pool_conn *c;
+        if (resil_pool_acquire(w->pool, dl, &c, NULL) == RESIL_OK)
+          resil_pool_release(w->pool, c, RESIL_POOL_OK);
+      }
+      break;
+    case 5:
+      for (long i = 0; i < w->n; i++) {
+        void *c = fl_get(w->fl);
+        if (c) fl_put(w->fl, c);
+      }
+      break;
+    case 6:
+    case 7:
+      for (long i = 0; i < w->n; i++) {
+        char *text = NULL;
+        size_t len = 0;
+        if (w->kind == 6)
+          resil_export_prometheus(&text, &len, NULL);
+        else
+          resil_export_json(&text, &len, NULL);
+        free(text);
+      }
+      break;
     default: break;
   }
   return NULL;
 }
 
 /* ns per operation with `threads` threads each doing iters/threads ops. */
+static resil_pool *g_pool; /* for kind 4 */
+static freelist g_fl = {.mu = PTHREAD_MUTEX_INITIALIZER}; /* for kind 5 */
+static long g_iters_override; /* > 0: ops per run instead of iters (slow kinds) */
+
 static double measure(int kind, resil_dep *dep, naive *nv, int threads, long *alloc_out) {
   pthread_t th[8];
   work w[8];
   pthread_barrier_t go;
   pthread_barrier_init(&go, NULL, (unsigned)threads + 1);
-  long per = iters / threads;
+  long per = (g_iters_override > 0 ? g_iters_override : iters) / threads;
+  if (per < 1) per = 1;
   for (int i = 0; i < threads; i++) {
-    w[i] = (work){.kind = kind, .dep = dep, .nv = nv, .n = per, .go = &go};
+    w[i] = (work){.kind = kind, .dep = dep, .nv = nv, .pool = g_pool, .fl = &g_fl, .n = per,
+                  .go = &go};
     pthread_create(&th[i], NULL, run_work, &w[i]);
   }
   atomic_store(&allocs, 0);
@@ -169,15 +250,30 @@ static row repeat(int kind, resil_dep *dep, naive *nv, int threads, long *allocs
   return (row){v[runs / 2], v[0], v[runs - 1]};
 }
 
-static void print_row(const char *name, row r, row base, long nallocs) {
-  printf("| %-44s | %8.1f | %8.1f | %8.1f | %8.1f | %6.2f | %6ld |\n", name, r.med, r.min, r.max,
-         base.med, r.med / base.med, nallocs);
+/* base.med <= 0: no baseline ("-"). */
+static void print_row(const char *key, const char *name, row r, row base, long nallocs) {
+  if (base.med > 0)
+    printf("| %-44s | %8.1f | %8.1f | %8.1f | %8.1f | %6.2f | %6ld |\n", name, r.med, r.min,
+           r.max, base.med, r.med / base.med, nallocs);
+  else
+    printf("| %-44s | %8.0f | %8.0f | %8.0f | %8s | %6s | %6ld |\n", name, r.med, r.min, r.max,
+           "-", "-", nallocs);
+  if (summary_len < sizeof summary_buf) {
+    int n = base.med > 0
+                ? snprintf(summary_buf + summary_len, sizeof summary_buf - summary_len,
+                           "SUMMARY %s %.1f %.1f %.3f %.1f %.1f %.1f %.1f\n", key, r.med,
+                           base.med, r.med / base.med, r.min, r.max, base.min, base.max)
+                : snprintf(summary_buf + summary_len, sizeof summary_buf - summary_len,
+                           "SUMMARY %s %.1f - - %.1f %.1f - -\n", key, r.med, r.min, r.max);
+    if (n > 0) summary_len += (size_t)n;
+  }
 }
 
 int main(int argc, char **argv) {
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "--iters") && i + 1 < argc) iters = atol(argv[++i]);
     if (!strcmp(argv[i], "--runs") && i + 1 < argc) runs = atoi(argv[++i]);
+    if (!strcmp(argv[i], "--summary")) summary = 1;
   }
   if (runs < 1) runs = 1;
   if (runs > 32) runs = 32;
@@ -217,22 +313,23 @@ int main(int argc, char **argv) {
   run_work(&(work){.kind = 0, .dep = dep, .n = 100000}); /* warm up */
   row base1 = repeat(1, NULL, &nv, 1, NULL);
   row r1 = repeat(0, dep, NULL, 1, &a);
-  print_row("admit+done, breaker closed, 1 thread", r1, base1, a);
+  print_row("core.admit_done.1thread", "admit+done, breaker closed, 1 thread", r1, base1, a);
   a = 0;
   row base2 = repeat(1, NULL, &nv, 2, NULL);
   row r2 = repeat(0, dep, NULL, 2, &a);
-  print_row("admit+done, breaker closed, 2 threads", r2, base2, a);
+  print_row("core.admit_done.2threads", "admit+done, breaker closed, 2 threads", r2, base2, a);
   a = 0;
   row bo = repeat(3, NULL, &nv_open, 1, NULL);
   row ro = repeat(2, tripped, NULL, 1, &a);
-  print_row("rejection, breaker open (tripped), 1 thread", ro, bo, a);
+  print_row("core.reject_open.1thread", "rejection, breaker open (tripped), 1 thread", ro, bo, a);
   a = 0;
   row rf = repeat(2, open_dep, NULL, 1, &a);
-  print_row("rejection, breaker forced open, 1 thread", rf, bo, a);
+  print_row("core.reject_forced_open.1thread", "rejection, breaker forced open, 1 thread", rf, bo,
+            a);
   a = 0;
   row bo2 = repeat(3, NULL, &nv_open, 2, NULL);
   row ro2 = repeat(2, tripped, NULL, 2, &a);
-  print_row("rejection, breaker open, 2 threads", ro2, bo2, a);
+  print_row("core.reject_open.2threads", "rejection, breaker open, 2 threads", ro2, bo2, a);
   /* the concurrency limit under contention: 2 threads, 1 slot, FIFO queue */
   resil_dep_config_init(&c, "bench-limit");
   c.limit.max_concurrent = 1;
@@ -243,12 +340,72 @@ int main(int argc, char **argv) {
   a = 0;
   row bl = repeat(1, NULL, &nv_lim, 2, NULL);
   row rl = repeat(0, limited, NULL, 2, &a);
-  print_row("admit+done, limit 1 + queue, 2 threads", rl, bl, a);
+  print_row("core.admit_done_limit1_queue.2threads", "admit+done, limit 1 + queue, 2 threads", rl,
+            bl, a);
   printf("(limit row: resil queues FIFO and hands the slot over; the mutex baseline "
          "rejects when full instead of queueing)\n");
   resil_dep_free(limited);
+
+  /* pool acquire+release, no waiting (4 connections, at most 2 borrowed) */
+  resil_pool_config pc;
+  resil_pool_config_init(&pc);
+  pc.name = "bench-pool";
+  pc.max_size = 4;
+  pc.min_idle = 4;
+  pc.housekeeping_ms = 0;
+  resil_pool_connector conn = {.connect = fake_connect, .close = fake_close};
+  g_pool = resil_pool_new(&pc, &conn, &err);
+  if (!g_pool || resil_pool_prewarm(g_pool, resil_deadline_in_ms(1000), &err) != RESIL_OK) {
+    fprintf(stderr, "bench: pool: %s\n", err.msg);
+    return 1;
+  }
+  for (int i = 0; i < 4; i++) fl_put(&g_fl, &fake_conns[i]);
+  a = 0;
+  row bp1 = repeat(5, NULL, NULL, 1, NULL);
+  row rp1 = repeat(4, NULL, NULL, 1, &a);
+  print_row("core.pool_acquire_release.1thread", "pool acquire+release, 1 thread", rp1, bp1, a);
+  a = 0;
+  row bp2 = repeat(5, NULL, NULL, 2, NULL);
+  row rp2 = repeat(4, NULL, NULL, 2, &a);
+  print_row("core.pool_acquire_release.2threads", "pool acquire+release, 2 threads", rp2, bp2, a);
+  resil_pool_free(g_pool);
+  g_pool = NULL;
+
+  /* rendering the metrics of 100 dependencies, each with some history */
+  resil_dep *many[100];
+  for (int i = 0; i < 100; i++) {
+    char name[32];
+    snprintf(name, sizeof name, "bench-render-%02d", i);
+    resil_dep_config_init(&c, name);
+    many[i] = resil_dep_new(&c, &err);
+    if (!many[i]) {
+      fprintf(stderr, "bench: %s\n", err.msg);
+      return 1;
+    }
+    for (int k = 0; k < 50; k++) {
+      resil_permit p;
+      if (resil_dep_admit(many[i], RESIL_DEADLINE_UNSET, &p, NULL) == RESIL_OK)
+        resil_dep_done(&p, k % 10 ? RESIL_OK : RESIL_E_TIMEOUT);
+    }
+  }
+  /* 100 made here + the others still registered */
+  row none = {0, 0, 0};
+  g_iters_override = 200;
+  a = 0;
+  row rr = repeat(6, NULL, NULL, 1, &a);
+  print_row("core.render_prometheus.100deps", "Prometheus text, 100+ deps (ns per render)", rr,
+            none, a);
+  a = 0;
+  row rj = repeat(7, NULL, NULL, 1, &a);
+  print_row("core.render_json.100deps", "JSON snapshot, 100+ deps (ns per render)", rj, none, a);
+  g_iters_override = 0;
+  for (int i = 0; i < 100; i++) resil_dep_free(many[i]);
+  printf("(pool rows: mutex = a mutex-protected free list of the same 4 connections; render rows:"
+         " 200 renders per run, no baseline; allocs inside glibc, e.g. open_memstream, are not"
+         " seen)\n");
   printf("mutex = the same workload through a one-mutex breaker written in the benchmark; "
          "ratio = resil/mutex; allocs = malloc calls during all measured resil runs\n");
+  if (summary) fputs(summary_buf, stdout);
   resil_dep_stats st;
   resil_dep_get_stats(tripped, &st);
   if (st.breaker.state != RESIL_BREAKER_OPEN) printf("warning: tripped breaker not open\n");

@@ -3,13 +3,16 @@
  * the same run, interleaved in blocks of 50 requests. Prints median [min max] ns/op over the runs and
  * the overhead ratio (target <= 1.05). Never passes or fails.
  *
- *   bench_http [--iters N] [--runs R] [--no-deadline-header] (--testhttpd PATH | --port P)
+ *   bench_http [--iters N] [--runs R] [--no-deadline-header] [--summary]
+ *              (--testhttpd PATH | --port P)
  *
  * With --testhttpd (or RESIL_TESTHTTPD) it starts the server on an ephemeral
  * port on 127.0.0.1 and stops it at the end; with --port it uses a server
  * already listening on 127.0.0.1:P. --no-deadline-header stops resil from
  * sending grpc-timeout (to see what the propagation costs: the raw client
- * sends no such header).
+ * sends no such header). --summary adds machine-readable lines (wall time,
+ * then client CPU; ratio of medians) for scripts/bench.sh:
+ *   SUMMARY <name> <resil_ns> <raw_ns> <ratio> <resil_min> <resil_max> <raw_min> <raw_max>
  */
 #include <poll.h>
 #include <stdbool.h>
@@ -31,6 +34,7 @@ extern char **environ;
 static long iters = 2000;
 static int runs = 7;
 static bool no_deadline_header = false;
+static bool summary = false;
 
 static uint64_t cpu_ns(void) {
   struct timespec ts;
@@ -158,9 +162,11 @@ int main(int argc, char **argv) {
       port = (unsigned)atoi(argv[++i]);
     else if (!strcmp(argv[i], "--no-deadline-header"))
       no_deadline_header = true;
+    else if (!strcmp(argv[i], "--summary"))
+      summary = true;
     else {
       fprintf(stderr,
-              "usage: %s [--iters N] [--runs R] [--no-deadline-header] "
+              "usage: %s [--iters N] [--runs R] [--no-deadline-header] [--summary] "
               "(--testhttpd PATH | --port P)\n",
               argv[0]);
       return 2;
@@ -257,6 +263,14 @@ int main(int argc, char **argv) {
          "medians %.3f, of minimums %.3f); client CPU: %.3f (%+.0f ns/op); target <= 1.05\n",
          ratio_med, res_med / raw_med, res[0] / raw[0], resc_med / rawc_med,
          resc_med - rawc_med);
+  if (summary) {
+    printf("SUMMARY http.get.1conn%s %.0f %.0f %.3f %.0f %.0f %.0f %.0f\n",
+           no_deadline_header ? ".no_deadline_header" : "", res_med, raw_med, res_med / raw_med,
+           res[0], res[runs - 1], raw[0], raw[runs - 1]);
+    printf("SUMMARY http.get.1conn.client_cpu%s %.0f %.0f %.3f %.0f %.0f %.0f %.0f\n",
+           no_deadline_header ? ".no_deadline_header" : "", resc_med, rawc_med,
+           resc_med / rawc_med, resc[0], resc[runs - 1], rawc[0], rawc[runs - 1]);
+  }
 
   curl_easy_cleanup(e);
   free(k.buf);

@@ -1,7 +1,7 @@
 /* bench_pg: `SELECT 1` through resil-pg versus raw libpq, same server, same
  * run. Prints numbers; never passes or fails (exit 0 unless misused).
  *
- *   bench_pg [--runs N] [--ops N] [CONNINFO]
+ *   bench_pg [--runs N] [--ops N] [--summary] [CONNINFO]
  *
  * CONNINFO defaults to $RESIL_TEST_PG_CONNINFO; with neither, it says so and
  * exits 0. Two scenarios:
@@ -12,6 +12,9 @@
  * (the extended protocol resil_pg_query uses, so the fair baseline). Each
  * run is bounded by --ops and by 10 s of wall time. Output: median [min max]
  * ns/op over the runs, and the ratio of medians resil / raw.
+ * --summary adds a machine-readable line per scenario, raw = PQexecParams
+ * (for scripts/bench.sh):
+ *   SUMMARY <name> <resil_ns> <raw_ns> <ratio> <resil_min> <resil_max> <raw_min> <raw_max>
  */
 #include <pthread.h>
 #include <stdio.h>
@@ -41,6 +44,7 @@ static const char *mode_name[MODE_COUNT] = {"raw PQexec", "raw PQexecParams", "r
 
 static const char *conninfo;
 static long ops_per_run = 2000;
+static int summary;
 
 /* ---- One operation ------------------------------------------------------ */
 
@@ -162,7 +166,8 @@ static double run_once(mode m, int threads, PGconn **conns, resil_pg *pg, long *
   return total > 0 ? (double)t / (double)total : -1;
 }
 
-static void scenario(const char *title, int threads, int runs, PGconn **conns, resil_pg *pg) {
+static void scenario(const char *key, const char *title, int threads, int runs, PGconn **conns,
+                     resil_pg *pg) {
   double res[MODE_COUNT][64];
   long failures[MODE_COUNT] = {0};
   /* warm-up */
@@ -187,6 +192,10 @@ static void scenario(const char *title, int threads, int runs, PGconn **conns, r
   }
   printf("  ratio resil / raw PQexecParams: %.3f\n", med[RESIL] / med[RAW_PARAMS]);
   printf("  ratio resil / raw PQexec:       %.3f\n", med[RESIL] / med[RAW_EXEC]);
+  if (summary)
+    printf("SUMMARY %s %.0f %.0f %.3f %.0f %.0f %.0f %.0f\n", key, med[RESIL], med[RAW_PARAMS],
+           med[RESIL] / med[RAW_PARAMS], res[RESIL][0], res[RESIL][runs - 1], res[RAW_PARAMS][0],
+           res[RAW_PARAMS][runs - 1]);
 }
 
 int main(int argc, char **argv) {
@@ -196,6 +205,8 @@ int main(int argc, char **argv) {
       runs = atoi(argv[++i]);
     } else if (strcmp(argv[i], "--ops") == 0 && i + 1 < argc) {
       ops_per_run = atol(argv[++i]);
+    } else if (strcmp(argv[i], "--summary") == 0) {
+      summary = 1;
     } else {
       conninfo = argv[i];
     }
@@ -220,12 +231,14 @@ int main(int argc, char **argv) {
   printf("bench_pg: SELECT 1, resil-pg vs raw libpq %d\n", PQlibVersion());
   resil_pg *pg1 = make_pg("bench-seq", 1);
   if (pg1) {
-    scenario("sequential: 1 thread, 1 connection", 1, runs, conns, pg1);
+    scenario("pg.select1.1thread_1conn", "sequential: 1 thread, 1 connection", 1, runs, conns,
+             pg1);
     resil_pg_free(pg1);
   }
   resil_pg *pg4 = make_pg("bench-mt", POOL);
   if (pg4) {
-    scenario("threaded: 8 threads, 4 connections", THREADS, runs, conns, pg4);
+    scenario("pg.select1.8threads_4conns", "threaded: 8 threads, 4 connections", THREADS, runs,
+             conns, pg4);
     resil_pg_free(pg4);
   }
   for (int i = 0; i < POOL; i++) PQfinish(conns[i]);

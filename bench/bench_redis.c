@@ -1,7 +1,7 @@
 /* Redis benchmark: GET through resil-redis versus raw hiredis on the same
  * local redis-server in the same run. Prints numbers; never passes or fails.
  *
- *   bench_redis [--port P] [--iters N] [--runs R]
+ *   bench_redis [--port P] [--iters N] [--runs R] [--summary]
  *
  * The port comes from --port or RESIL_TEST_REDIS_PORT; the host is always
  * 127.0.0.1 (loopback only). Without a port it prints why and exits 0.
@@ -25,6 +25,8 @@
  *                pool.max_size 8), so nobody queues: the adapter's own cost
  *                under concurrency, without the queueing policy.
  * Reported: ns/op median [min max] over the runs, and resil/raw of medians.
+ * --summary adds a machine-readable line per scenario (for scripts/bench.sh):
+ *   SUMMARY <name> <resil_ns> <raw_ns> <ratio> <resil_min> <resil_max> <raw_min> <raw_max>
  */
 #include <errno.h>
 #include <pthread.h>
@@ -44,6 +46,7 @@
 static long iters = 20000;
 static int runs = 7;
 static int port;
+static int summary;
 
 static uint64_t now_ns(void) {
   struct timespec ts;
@@ -171,10 +174,13 @@ static double threaded(int nconns, shared_conn *raw, resil_redis *r) {
   return (double)(now_ns() - t0) / (double)(per * THREADS);
 }
 
-static void report(const char *what, double *raw, double *res) {
+static void report(const char *key, const char *what, double *raw, double *res) {
   double mr = median(raw, runs), ms = median(res, runs);
   printf("%-24s %10.0f [%8.0f %8.0f]  %10.0f [%8.0f %8.0f]  %6.3f\n", what, mr, raw[0],
          raw[runs - 1], ms, res[0], res[runs - 1], ms / mr);
+  if (summary)
+    printf("SUMMARY %s %.0f %.0f %.3f %.0f %.0f %.0f %.0f\n", key, ms, mr, ms / mr, res[0],
+           res[runs - 1], raw[0], raw[runs - 1]);
 }
 
 int main(int argc, char **argv) {
@@ -183,8 +189,9 @@ int main(int argc, char **argv) {
     if (!strcmp(argv[i], "--port") && i + 1 < argc) p = argv[++i];
     else if (!strcmp(argv[i], "--iters") && i + 1 < argc) iters = atol(argv[++i]);
     else if (!strcmp(argv[i], "--runs") && i + 1 < argc) runs = atoi(argv[++i]);
+    else if (!strcmp(argv[i], "--summary")) summary = 1;
     else {
-      fprintf(stderr, "usage: bench_redis [--port P] [--iters N] [--runs R]\n");
+      fprintf(stderr, "usage: bench_redis [--port P] [--iters N] [--runs R] [--summary]\n");
       return 0;
     }
   }
@@ -217,12 +224,13 @@ int main(int argc, char **argv) {
   double w1, w2;
   seq_run(c, r1, &w1, &w2); /* warm-up, and connect outside the timing */
   for (int i = 0; i < runs; i++) seq_run(c, r1, &raw[i], &res[i]);
-  report("sequential, 1 conn", raw, res);
+  report("redis.get.1thread_1conn", "sequential, 1 conn", raw, res);
   resil_redis_free(r1);
 
   /* 8 threads on 4 connections (queueing), then on 8 (none) */
   static const int nconns[2] = {CONNS, THREADS};
   static const char *names[2] = {"8 threads, 4 conns", "8 threads, 8 conns"};
+  static const char *keys[2] = {"redis.get.8threads_4conns", "redis.get.8threads_8conns"};
   for (int k = 0; k < 2; k++) {
     int nc = nconns[k];
     shared_conn sc[THREADS];
@@ -245,7 +253,7 @@ int main(int argc, char **argv) {
       raw[i] = threaded(nc, sc, NULL);
       res[i] = threaded(nc, NULL, rp);
     }
-    report(names[k], raw, res);
+    report(keys[k], names[k], raw, res);
     resil_redis_free(rp);
     for (int i = 0; i < nc; i++) {
       redisFree(sc[i].c);

@@ -5,28 +5,36 @@
  * and recovery - while two sets of worker threads call two independent
  * copies of it at the same offered rate:
  *
- *   resil  every request has a 200 ms deadline and goes through
- *          resil_dep_call(): circuit breaker, concurrency limit, retries of
- *          idempotent work within a retry budget;
- *   naive  the request is sent with the driver's default timeout (30 s, as
- *          many drivers have) and nothing else.
+ *   resil  every request has a 200 ms deadline and goes through resil:
+ *          circuit breaker, concurrency limit, bounded connection pool,
+ *          retries of idempotent work within a retry budget;
+ *   naive  the request is sent with a driver's default-ish timeout (30 s)
+ *          and nothing else.
+ *
+ * The dependency (--backend):
+ *   http  (the default when built with resil-http) a real HTTP/1.1 server
+ *         running in this process on 127.0.0.1, one per side, each a small
+ *         pool of server threads; the scenario sets its latency and error
+ *         rate per phase (errors are 503s). The resil side calls it with
+ *         resil_http_get() and a per-request deadline; the naive side with
+ *         one plain libcurl easy handle per worker thread, CURLOPT_TIMEOUT
+ *         30 s and curl's defaults otherwise.
+ *   sim   simulated in-process (the default without libcurl): a request "is
+ *         served" by sleeping for the phase's latency and failing at its
+ *         error rate; like a driver with a timeout it never sleeps past the
+ *         deadline it is given. The resil side goes through resil_dep_call().
+ * Both sit behind struct backend_ops below; nothing else depends on which.
  *
  * At the end it prints one row per phase and side, a short summary computed
- * from those numbers, and writes the Prometheus text and JSON snapshot that
- * resil exported (brownout-metrics.prom / .json in --out-dir).
- *
- * The dependency is simulated in-process (struct backend_ops below): a
- * request "is served" by sleeping for the phase's latency and failing at the
- * phase's error rate. Like a real driver with a timeout it never sleeps past
- * the deadline it is given: it then returns RESIL_E_TIMEOUT. Swapping in a
- * real dependency (an embedded HTTP server reached through resil-http) means
- * writing another backend_ops; nothing else changes.
+ * from those numbers, and writes what resil exported: the Prometheus text
+ * and JSON snapshot (brownout-metrics.prom / .json) and the CloudWatch EMF
+ * lines of each phase (brownout-metrics.emf) in --out-dir.
  *
  * Every wait is bounded. Naive calls may be "stuck" for seconds - that is
- * the point - but the simulated server never holds a request for more than
- * 0.4 s (twice the resil deadline) past the end of the phase schedule: it
- * then "shuts down", closing its connections, and the stuck calls fail. So
- * the program always ends and every thread is joined.
+ * the point - but the dependency never holds a request for more than 0.4 s
+ * (twice the resil deadline) past the end of the phase schedule: it then
+ * "shuts down", closing its connections, and the stuck calls fail. So the
+ * program always ends, every thread is joined and every socket closed.
  *
  * Build: meson compile -C build brownout; run: build/examples/brownout --help
  */
@@ -45,6 +53,17 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+
+#ifdef BROWNOUT_HAVE_HTTP
+#include <arpa/inet.h>
+#include <curl/curl.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <resil/http.h>
+#include <sys/socket.h>
+#endif
 
 /* ---- The scenario -------------------------------------------------------- */
 
@@ -132,20 +151,36 @@ static const char *fmt_count(char *buf, size_t n, uint64_t v) {
 
 /* ---- The dependency, behind an interface ---------------------------------- */
 
-/* What the demo needs from a dependency. The simulated one lives in this
- * file; a later one can start an HTTP server thread on loopback and send
- * requests through resil-http, with set_phase telling the server how to
- * behave. request() must honour the deadline like a driver with a timeout. */
+/* What the demo needs from a dependency: one copy of it per side (open),
+ * told how to behave per phase (set_phase); a resil client over it, shared
+ * by the resil side's workers; and a plain client per naive worker. The
+ * requests must honour their deadline or timeout like a real driver. */
 typedef struct backend_ops {
-  const char *kind;
+  const char *name; /* the --backend value */
   /* shutdown_ns: no request is held past this instant. */
   void *(*open)(uint64_t shutdown_ns, resil_err *err);
+  /* Stops the dependency; no client may still be calling it. */
   void (*close)(void *b);
   void (*set_phase)(void *b, const phase_spec *ph);
-  /* One request. rng is the calling thread's; err gets the detail. Returns
-   * RESIL_OK, RESIL_E_FAILURE (error answer) or RESIL_E_TIMEOUT. */
-  resil_status (*request)(void *b, resil_deadline deadline, uint64_t *rng, resil_err *err);
+  /* One line for the header about the copy b ("HTTP server on ..."). */
+  void (*describe)(void *b, char *buf, size_t n);
+  /* The resil side's client over b, configured by cfg; *dep gets the
+   * resil_dep it goes through (for stats and breaker state). */
+  void *(*resil_open)(void *b, const resil_dep_config *cfg, resil_dep **dep, resil_err *err);
+  void (*resil_close)(void *client);
+  /* One request through resil. *sent: attempts that went to the dependency
+   * (retries included). rng is the calling thread's. */
+  resil_status (*resil_request)(void *client, resil_deadline deadline, uint64_t *rng,
+                                unsigned *sent, resil_err *err);
+  /* A naive client for one worker thread, and one request with its timeout. */
+  void *(*naive_open)(void *b, resil_err *err);
+  void (*naive_close)(void *client);
+  resil_status (*naive_request)(void *client, uint64_t *rng, resil_err *err);
+  const char *resil_desc; /* how the resil side calls it */
+  const char *naive_desc; /* how the naive side calls it */
 } backend_ops;
+
+/* ---- The simulated dependency ----------------------------------------------- */
 
 typedef struct sim_backend {
   _Atomic(const phase_spec *) phase;
@@ -167,6 +202,11 @@ static void sim_close(void *b) { free(b); }
 
 static void sim_set_phase(void *b, const phase_spec *ph) {
   atomic_store(&((sim_backend *)b)->phase, ph);
+}
+
+static void sim_describe(void *b, char *buf, size_t n) {
+  (void)b;
+  snprintf(buf, n, "simulated in this process");
 }
 
 static resil_status sim_request(void *b, resil_deadline deadline, uint64_t *rng, resil_err *err) {
@@ -196,13 +236,432 @@ static resil_status sim_request(void *b, resil_deadline deadline, uint64_t *rng,
   return RESIL_OK;
 }
 
+typedef struct sim_resil {
+  sim_backend *s;
+  resil_dep *dep;
+} sim_resil;
+
+static void *sim_resil_open(void *b, const resil_dep_config *cfg, resil_dep **dep,
+                            resil_err *err) {
+  sim_resil *c = calloc(1, sizeof *c);
+  if (!c) {
+    resil_err_set(err, RESIL_E_NOMEM, "out of memory");
+    return NULL;
+  }
+  c->s = b;
+  if (!(c->dep = resil_dep_new(cfg, err))) {
+    free(c);
+    return NULL;
+  }
+  *dep = c->dep;
+  return c;
+}
+
+static void sim_resil_close(void *client) {
+  sim_resil *c = client;
+  if (!c) return;
+  resil_dep_free(c->dep);
+  free(c);
+}
+
+typedef struct sim_attempt_ctx {
+  sim_backend *s;
+  uint64_t *rng;
+  unsigned sent;
+} sim_attempt_ctx;
+
+/* One attempt through resil: the deadline is the permit's. */
+static resil_status sim_attempt(void *ctx, resil_attempt *a) {
+  sim_attempt_ctx *x = ctx;
+  x->sent++;
+  return sim_request(x->s, a->deadline, x->rng, a->err);
+}
+
+static resil_status sim_resil_request(void *client, resil_deadline deadline, uint64_t *rng,
+                                      unsigned *sent, resil_err *err) {
+  sim_resil *c = client;
+  sim_attempt_ctx x = {c->s, rng, 0};
+  resil_status st = resil_dep_call(c->dep, deadline, RESIL_CALL_IDEMPOTENT, sim_attempt, &x, err);
+  *sent = x.sent;
+  return st;
+}
+
+static void *sim_naive_open(void *b, resil_err *err) {
+  (void)err;
+  return b;
+}
+
+static void sim_naive_close(void *client) { (void)client; }
+
+static resil_status sim_naive_request(void *client, uint64_t *rng, resil_err *err) {
+  return sim_request(client, resil_deadline_in_ms(NAIVE_DRIVER_TIMEOUT_MS), rng, err);
+}
+
 static const backend_ops SIM_BACKEND = {
-    .kind = "simulated in this process (one copy per side, both on the same schedule)",
+    .name = "sim",
     .open = sim_open,
     .close = sim_close,
     .set_phase = sim_set_phase,
-    .request = sim_request,
+    .describe = sim_describe,
+    .resil_open = sim_resil_open,
+    .resil_close = sim_resil_close,
+    .resil_request = sim_resil_request,
+    .naive_open = sim_naive_open,
+    .naive_close = sim_naive_close,
+    .naive_request = sim_naive_request,
+    .resil_desc = "resil_dep_call() around the simulated request",
+    .naive_desc = "a simulated driver call with a 30 s timeout",
 };
+
+#ifdef BROWNOUT_HAVE_HTTP
+/* ---- The HTTP dependency: a real server on loopback ------------------------ */
+
+/* A minimal HTTP/1.1 server: a fixed pool of threads, each taking one
+ * connection from the shared listening socket and serving its requests
+ * (keep-alive) until the client closes it, then taking the next. Any
+ * request is answered after the phase's latency, with 200 "ok" or, at the
+ * phase's error rate, 503. A request held past shutdown_ns is cut: the
+ * connection closes without an answer, as a server that goes away does.
+ * Every wait also watches a stop pipe, so close() ends every thread at once
+ * and joins it. The server notices a client that hangs up mid-request
+ * (POLLRDHUP) and drops the request, like most servers' I/O loops do. */
+
+#define HTTP_MAX_HEAD 8192
+
+typedef struct http_server {
+  int lfd;
+  int stop_pipe[2];
+  unsigned port;
+  uint64_t shutdown_ns;
+  _Atomic(const phase_spec *) phase;
+  _Atomic uint64_t seq; /* seeds each thread's rng */
+  unsigned nthreads, started;
+  pthread_t *threads;
+  char base_url[64];
+} http_server;
+
+/* Server threads per copy: enough for every client connection at once
+ * (resil's pool is smaller than the worker count, naive has one per
+ * worker) plus some in transit while resil replaces a broken one. */
+static unsigned g_server_threads = 24;
+
+static bool srv_stopping(const http_server *s) {
+  struct pollfd p = {.fd = s->stop_pipe[0], .events = POLLIN};
+  return poll(&p, 1, 0) > 0;
+}
+
+/* Wait for events on fd for at most timeout_ms (-1: no limit). 1: ready;
+ * 0: timed out; -1: the server is stopping, or an error. */
+static int srv_wait(const http_server *s, int fd, short events, int timeout_ms) {
+  for (;;) {
+    struct pollfd p[2] = {{.fd = fd, .events = events}, {.fd = s->stop_pipe[0], .events = POLLIN}};
+    int r = poll(p, 2, timeout_ms);
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0 || p[1].revents) return -1;
+    return r > 0;
+  }
+}
+
+/* Hold a request until at_ns. false: the client hung up, the server is
+ * stopping, or at_ns is past the shutdown (then it waited until then). */
+static bool srv_hold(const http_server *s, int fd, uint64_t at_ns) {
+  bool shut = at_ns > s->shutdown_ns;
+  if (shut) at_ns = s->shutdown_ns;
+  for (;;) {
+    uint64_t now = resil_now_ns();
+    if (now >= at_ns) return !shut;
+    uint64_t ms = (at_ns - now + 999999) / 1000000;
+    struct pollfd p[2] = {{.fd = fd, .events = POLLRDHUP},
+                          {.fd = s->stop_pipe[0], .events = POLLIN}};
+    int r = poll(p, 2, ms > 60000 ? 60000 : (int)ms);
+    if (r < 0 && errno == EINTR) continue;
+    if (r != 0) return false; /* hang-up, stop or error */
+  }
+}
+
+static bool srv_send(const http_server *s, int fd, const char *buf, size_t n) {
+  while (n > 0) {
+    ssize_t w = send(fd, buf, n, MSG_NOSIGNAL);
+    if (w > 0) {
+      buf += w;
+      n -= (size_t)w;
+    } else if (w < 0 && errno == EINTR) {
+      continue;
+    } else if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      if (srv_wait(s, fd, POLLOUT, 1000) != 1) return false;
+    } else {
+      return false;
+    }
+  }
+  return true;
+}
+
+/* Serve one connection until it closes (or the server stops). */
+static void srv_conn(http_server *s, int fd, uint64_t *rng) {
+  char buf[HTTP_MAX_HEAD + 1];
+  size_t len = 0;
+  for (;;) {
+    char *end;
+    buf[len] = '\0';
+    while (!(end = strstr(buf, "\r\n\r\n"))) {
+      if (len == HTTP_MAX_HEAD) return; /* too large: hang up */
+      ssize_t r = recv(fd, buf + len, HTTP_MAX_HEAD - len, 0);
+      if (r > 0) {
+        len += (size_t)r;
+        buf[len] = '\0';
+      } else if (r == 0) {
+        return; /* the client closed it */
+      } else if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
+        if (srv_wait(s, fd, POLLIN, -1) != 1) return;
+      } else {
+        return;
+      }
+    }
+    size_t head = (size_t)(end - buf) + 4;
+    /* Only GETs without a body are sent here; "Connection: close" ends it. */
+    bool keep = strncmp(buf, "GET ", 4) == 0 && !strstr(buf, "\nConnection: close") &&
+                !strstr(buf, "\nconnection: close");
+    memmove(buf, buf + head, len - head);
+    len -= head;
+    if (!keep) {
+      static const char bad[] =
+          "HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+      srv_send(s, fd, bad, sizeof bad - 1);
+      return;
+    }
+    const phase_spec *ph = atomic_load(&s->phase);
+    double span = (double)(ph->lat_max_us - ph->lat_min_us);
+    uint64_t lat_ns = (ph->lat_min_us + (uint64_t)(rand01(rng) * span)) * 1000ull;
+    bool fail = rand01(rng) < ph->error_rate;
+    if (!srv_hold(s, fd, resil_now_ns() + lat_ns)) return;
+    static const char ok[] = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
+                             "Content-Length: 3\r\n\r\nok\n";
+    static const char unavail[] = "HTTP/1.1 503 Service Unavailable\r\n"
+                                  "Content-Type: text/plain\r\nContent-Length: 12\r\n\r\n"
+                                  "unavailable\n";
+    if (!(fail ? srv_send(s, fd, unavail, sizeof unavail - 1)
+               : srv_send(s, fd, ok, sizeof ok - 1)))
+      return;
+  }
+}
+
+static void *srv_thread(void *arg) {
+  http_server *s = arg;
+  uint64_t rng = 0x2545F4914F6CDD1Dull ^ (atomic_fetch_add(&s->seq, 1) + 1) * 0x9E3779B97F4A7C15ull;
+  for (;;) {
+    if (srv_wait(s, s->lfd, POLLIN, -1) != 1) break;
+    int fd = accept4(s->lfd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+    if (fd < 0) continue; /* another thread took it, or a transient error */
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    srv_conn(s, fd, &rng);
+    close(fd);
+    if (srv_stopping(s)) break;
+  }
+  return NULL;
+}
+
+static void http_close(void *b) {
+  http_server *s = b;
+  if (!s) return;
+  if (s->stop_pipe[1] >= 0) {
+    char c = 1;
+    ssize_t w = write(s->stop_pipe[1], &c, 1);
+    (void)w;
+  }
+  for (unsigned i = 0; i < s->started; i++) pthread_join(s->threads[i], NULL);
+  if (s->lfd >= 0) close(s->lfd);
+  if (s->stop_pipe[0] >= 0) close(s->stop_pipe[0]);
+  if (s->stop_pipe[1] >= 0) close(s->stop_pipe[1]);
+  free(s->threads);
+  free(s);
+}
+
+static void *http_open(uint64_t shutdown_ns, resil_err *err) {
+  http_server *s = calloc(1, sizeof *s);
+  if (!s) {
+    resil_err_set(err, RESIL_E_NOMEM, "HTTP server: out of memory");
+    return NULL;
+  }
+  s->lfd = s->stop_pipe[0] = s->stop_pipe[1] = -1;
+  s->shutdown_ns = shutdown_ns;
+  atomic_init(&s->phase, &PHASES[PH_HEALTHY]);
+  atomic_init(&s->seq, 0);
+  if (pipe2(s->stop_pipe, O_CLOEXEC | O_NONBLOCK) != 0) {
+    resil_err_set(err, RESIL_E_SYSTEM, "HTTP server: pipe: %s", strerror(errno));
+    goto fail;
+  }
+  s->lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = 0};
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t al = sizeof a;
+  if (s->lfd < 0 || bind(s->lfd, (struct sockaddr *)&a, sizeof a) != 0 ||
+      listen(s->lfd, 256) != 0 || getsockname(s->lfd, (struct sockaddr *)&a, &al) != 0) {
+    resil_err_set(err, RESIL_E_SYSTEM, "HTTP server: listen on 127.0.0.1: %s", strerror(errno));
+    goto fail;
+  }
+  s->port = ntohs(a.sin_port);
+  snprintf(s->base_url, sizeof s->base_url, "http://127.0.0.1:%u", s->port);
+  s->nthreads = g_server_threads;
+  if (!(s->threads = calloc(s->nthreads, sizeof *s->threads))) {
+    resil_err_set(err, RESIL_E_NOMEM, "HTTP server: out of memory");
+    goto fail;
+  }
+  pthread_attr_t attr;
+  pthread_attr_init(&attr);
+  pthread_attr_setstacksize(&attr, 256 * 1024);
+  for (; s->started < s->nthreads; s->started++) {
+    int e = pthread_create(&s->threads[s->started], &attr, srv_thread, s);
+    if (e) {
+      pthread_attr_destroy(&attr);
+      resil_err_set(err, RESIL_E_SYSTEM, "HTTP server: cannot start a thread: %s", strerror(e));
+      goto fail;
+    }
+  }
+  pthread_attr_destroy(&attr);
+  return s;
+fail:
+  http_close(s);
+  return NULL;
+}
+
+static void http_set_phase(void *b, const phase_spec *ph) {
+  atomic_store(&((http_server *)b)->phase, ph);
+}
+
+static void http_describe(void *b, char *buf, size_t n) {
+  http_server *s = b;
+  snprintf(buf, n, "HTTP/1.1 server on 127.0.0.1:%u (%u threads)", s->port, s->nthreads);
+}
+
+typedef struct http_resil {
+  resil_http *h;
+} http_resil;
+
+static void *http_resil_open(void *b, const resil_dep_config *cfg, resil_dep **dep,
+                             resil_err *err) {
+  http_server *s = b;
+  http_resil *c = calloc(1, sizeof *c);
+  if (!c) {
+    resil_err_set(err, RESIL_E_NOMEM, "out of memory");
+    return NULL;
+  }
+  resil_http_config hc;
+  resil_http_config_init(&hc, cfg->name);
+  hc.dep = *cfg;
+  hc.base_url = s->base_url;
+  /* One connection per call the limit lets in: the pool is never what
+   * rejects here, the breaker and the limit are. */
+  hc.pool.max_size = cfg->limit.max_concurrent;
+  hc.connect_timeout_ms = DEADLINE_MS;
+  hc.request_timeout_ms = DEADLINE_MS;
+  if (!(c->h = resil_http_new(&hc, err))) {
+    free(c);
+    return NULL;
+  }
+  *dep = resil_http_dep(c->h);
+  return c;
+}
+
+static void http_resil_close(void *client) {
+  http_resil *c = client;
+  if (!c) return;
+  resil_http_free(c->h);
+  free(c);
+}
+
+static resil_status http_resil_request(void *client, resil_deadline deadline, uint64_t *rng,
+                                       unsigned *sent, resil_err *err) {
+  (void)rng;
+  http_resil *c = client;
+  resil_http_response resp;
+  resil_status st = resil_http_get(c->h, deadline, "/work", &resp, err);
+  *sent = resp.attempts;
+  resil_http_response_free(&resp);
+  return st;
+}
+
+/* The naive client: one easy handle per worker, its connection reused,
+ * CURLOPT_TIMEOUT 30 s, everything else curl's default (a 300 s connect
+ * timeout, no low-speed limit). */
+typedef struct http_naive {
+  CURL *e;
+  char url[80];
+} http_naive;
+
+static size_t discard_body(char *p, size_t sz, size_t n, void *ud) {
+  (void)p;
+  (void)ud;
+  return sz * n;
+}
+
+static void *http_naive_open(void *b, resil_err *err) {
+  http_server *s = b;
+  http_naive *c = calloc(1, sizeof *c);
+  if (!c || !(c->e = curl_easy_init())) {
+    free(c);
+    resil_err_set(err, RESIL_E_NOMEM, "curl_easy_init failed");
+    return NULL;
+  }
+  snprintf(c->url, sizeof c->url, "%s/work", s->base_url);
+  curl_easy_setopt(c->e, CURLOPT_URL, c->url);
+  curl_easy_setopt(c->e, CURLOPT_NOSIGNAL, 1L); /* required with threads */
+  curl_easy_setopt(c->e, CURLOPT_TIMEOUT, (long)(NAIVE_DRIVER_TIMEOUT_MS / 1000));
+  curl_easy_setopt(c->e, CURLOPT_WRITEFUNCTION, discard_body);
+  return c;
+}
+
+static void http_naive_close(void *client) {
+  http_naive *c = client;
+  if (!c) return;
+  curl_easy_cleanup(c->e);
+  free(c);
+}
+
+static resil_status http_naive_request(void *client, uint64_t *rng, resil_err *err) {
+  (void)rng;
+  http_naive *c = client;
+  CURLcode rc = curl_easy_perform(c->e);
+  if (rc != CURLE_OK)
+    return resil_err_set(err, rc == CURLE_OPERATION_TIMEDOUT ? RESIL_E_TIMEOUT : RESIL_E_FAILURE,
+                         "GET %s: %s (curl %d)", c->url, curl_easy_strerror(rc), (int)rc);
+  long code = 0;
+  curl_easy_getinfo(c->e, CURLINFO_RESPONSE_CODE, &code);
+  if (code >= 200 && code < 300) return RESIL_OK;
+  return resil_err_set(err, RESIL_E_FAILURE, "GET %s: HTTP %ld", c->url, code);
+}
+
+static const backend_ops HTTP_BACKEND = {
+    .name = "http",
+    .open = http_open,
+    .close = http_close,
+    .set_phase = http_set_phase,
+    .describe = http_describe,
+    .resil_open = http_resil_open,
+    .resil_close = http_resil_close,
+    .resil_request = http_resil_request,
+    .naive_open = http_naive_open,
+    .naive_close = http_naive_close,
+    .naive_request = http_naive_request,
+    .resil_desc = "resil_http_get() with the deadline, over a pool of reused connections",
+    .naive_desc = "a libcurl easy handle per worker, CURLOPT_TIMEOUT 30 s, curl defaults otherwise",
+};
+#define DEFAULT_BACKEND "http"
+#define BACKEND_NAMES "http, sim"
+#define BACKEND_NOTE ""
+#else
+#define DEFAULT_BACKEND "sim"
+#define BACKEND_NAMES "sim"
+#define BACKEND_NOTE "; built without libcurl, so no http"
+#endif
+
+static const backend_ops *find_backend(const char *name) {
+  if (!strcmp(name, "sim")) return &SIM_BACKEND;
+#ifdef BROWNOUT_HAVE_HTTP
+  if (!strcmp(name, "http")) return &HTTP_BACKEND;
+#endif
+  return NULL;
+}
 
 /* ---- Run state ------------------------------------------------------------ */
 
@@ -212,6 +671,8 @@ typedef struct options {
   unsigned rate;
   bool quick;
   const char *out_dir;
+  const char *backend;
+  bool summary; /* --summary: machine-readable lines too */
 } options;
 
 /* Latency histogram: 100 log-spaced buckets per decade from 1 us to 100 s
@@ -235,13 +696,14 @@ typedef struct worker {
   pthread_t thread;
   bool running;
   uint64_t rng;
-  int cur_phase;
+  void *naive; /* this worker's naive client (naive side) */
   _Atomic uint64_t call_start_ns; /* 0 when not in a call */
   cell cells[NPHASES];
 } worker;
 
 typedef struct side_state {
   void *backend;
+  void *client;   /* the resil client (resil side) */
   resil_dep *dep; /* NULL for naive */
   worker *workers;
   _Atomic uint64_t live_done;
@@ -255,6 +717,10 @@ typedef struct side_state {
   uint64_t retries[NPHASES];
   uint64_t prev_rejections[RESIL_REJECT_COUNT_];
   uint64_t prev_retries;
+  /* The dependency's stats at the start and at each phase's end, and the
+   * wall-clock time of each (for the EMF lines). */
+  resil_dep_stats snap[NPHASES + 1];
+  int64_t snap_ms[NPHASES + 1];
 } side_state;
 
 typedef struct transition {
@@ -295,14 +761,6 @@ static void cell_add_latency(cell *c, uint64_t ns) {
   if (ns > c->max_ns) c->max_ns = ns;
 }
 
-/* One attempt through resil: the deadline is the permit's. */
-static resil_status attempt(void *ctx, resil_attempt *a) {
-  worker *w = ctx;
-  demo *d = w->demo;
-  w->cells[w->cur_phase].sent++;
-  return d->ops->request(d->side[w->side].backend, a->deadline, &w->rng, a->err);
-}
-
 static void *worker_main(void *arg) {
   worker *w = arg;
   demo *d = w->demo;
@@ -323,18 +781,18 @@ static void *worker_main(void *arg) {
     if (next < now) next = now;
 
     int ph = atomic_load(&d->cur_phase);
-    w->cur_phase = ph;
     cell *c = &w->cells[ph];
     resil_err err;
     resil_status st;
     atomic_store(&w->call_start_ns, now);
     if (w->side == SIDE_RESIL) {
-      st = resil_dep_call(s->dep, resil_deadline_in_ms(DEADLINE_MS), RESIL_CALL_IDEMPOTENT, attempt,
-                          w, &err);
+      unsigned sent = 0;
+      st = d->ops->resil_request(s->client, resil_deadline_in_ms(DEADLINE_MS), &w->rng, &sent,
+                                 &err);
+      c->sent += sent;
     } else {
       c->sent++;
-      st =
-          d->ops->request(s->backend, resil_deadline_in_ms(NAIVE_DRIVER_TIMEOUT_MS), &w->rng, &err);
+      st = d->ops->naive_request(w->naive, &w->rng, &err);
     }
     uint64_t end = resil_now_ns();
     atomic_store(&w->call_start_ns, 0);
@@ -356,6 +814,7 @@ static void *worker_main(void *arg) {
   return NULL;
 }
 
+
 static unsigned count_stuck(const demo *d, int side, uint64_t now) {
   unsigned n = 0;
   for (unsigned i = 0; i < d->opt.workers; i++) {
@@ -363,6 +822,12 @@ static unsigned count_stuck(const demo *d, int side, uint64_t now) {
     if (cs && now > cs && now - cs >= STUCK_NS) n++;
   }
   return n;
+}
+
+static int64_t wall_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 static void snapshot_phase(demo *d, int ph) {
@@ -373,6 +838,8 @@ static void snapshot_phase(demo *d, int ph) {
     if (!s->dep) continue;
     resil_dep_stats st;
     resil_dep_get_stats(s->dep, &st);
+    s->snap[ph + 1] = st;
+    s->snap_ms[ph + 1] = wall_ms();
     s->breaker[ph] = st.breaker.state;
     for (int r = 0; r < RESIL_REJECT_COUNT_; r++) {
       s->rejections[ph][r] = st.rejections[r] - s->prev_rejections[r];
@@ -737,6 +1204,35 @@ static void print_summary(const demo *d, row rows[NPHASES][NSIDES], bool tty) {
   free(text);
 }
 
+/* The headline figures, one line each: SUMMARY-BROWNOUT <metric> <resil>
+ * <naive>, numbers in the unit the metric's name ends with, or "never". */
+static void print_machine_summary(const demo *d, row rows[NPHASES][NSIDES]) {
+  const row *b[NSIDES] = {&rows[PH_BROWNOUT][SIDE_RESIL], &rows[PH_BROWNOUT][SIDE_NAIVE]};
+  const row *e[NSIDES] = {&rows[PH_ERRORS][SIDE_RESIL], &rows[PH_ERRORS][SIDE_NAIVE]};
+  const row *r[NSIDES] = {&rows[PH_RECOVERY][SIDE_RESIL], &rows[PH_RECOVERY][SIDE_NAIVE]};
+  printf("SUMMARY-BROWNOUT brownout.completed_req_s %.0f %.0f\n", b[0]->rate, b[1]->rate);
+  printf("SUMMARY-BROWNOUT brownout.p99_ms %.1f %.1f\n", (double)b[0]->p99 / 1e6,
+         (double)b[1]->p99 / 1e6);
+  printf("SUMMARY-BROWNOUT brownout.max_ms %.1f %.1f\n", (double)b[0]->max / 1e6,
+         (double)b[1]->max / 1e6);
+  char ff[NSIDES][32];
+  for (int k = 0; k < NSIDES; k++) {
+    uint64_t fr = atomic_load(&d->side[k].first_reject[PH_BROWNOUT]);
+    uint64_t ps = d->phase_start[PH_BROWNOUT];
+    if (fr == UINT64_MAX)
+      snprintf(ff[k], sizeof ff[k], "never");
+    else
+      snprintf(ff[k], sizeof ff[k], "%.1f", (double)((fr >> 4) > ps ? (fr >> 4) - ps : 0) / 1e6);
+  }
+  printf("SUMMARY-BROWNOUT brownout.first_fast_rejection_ms %s %s\n", ff[0], ff[1]);
+  printf("SUMMARY-BROWNOUT brownout.threads_stuck_at_end %u %u\n", d->side[0].stuck[PH_BROWNOUT],
+         d->side[1].stuck[PH_BROWNOUT]);
+  printf("SUMMARY-BROWNOUT errors.requests_sent %" PRIu64 " %" PRIu64 "\n", e[0]->sent, e[1]->sent);
+  printf("SUMMARY-BROWNOUT recovery.ok_pct %.1f %.1f\n",
+         r[0]->done ? 100.0 * (double)r[0]->ok / (double)r[0]->done : 0.0,
+         r[1]->done ? 100.0 * (double)r[1]->ok / (double)r[1]->done : 0.0);
+}
+
 /* ---- Exports ---------------------------------------------------------------- */
 
 static bool write_file(const char *dir, const char *name, const char *text, size_t len) {
@@ -783,6 +1279,42 @@ static bool write_exports(const char *dir) {
   return ok;
 }
 
+/* The CloudWatch EMF lines of the run: one interval per phase, from the
+ * resil dependency's stats at the phase's start to those at its end - what
+ * an emitter with the phase length as interval would have written. */
+static bool write_emf(const demo *d) {
+  const side_state *s = &d->side[SIDE_RESIL];
+  resil_emf_config cfg;
+  resil_emf_config_init(&cfg);
+  cfg.service = "brownout-demo";
+  cfg.interval_ms = d->opt.phase_s * 1000u;
+  char *all = NULL;
+  size_t all_len = 0;
+  FILE *o = open_memstream(&all, &all_len);
+  if (!o) {
+    fprintf(stderr, "brownout: EMF export: out of memory\n");
+    return false;
+  }
+  bool ok = true;
+  for (int ph = 0; ph < NPHASES && ok; ph++) {
+    resil_err err;
+    char *text = NULL;
+    size_t len = 0;
+    if (resil_emf_render(&cfg, &s->snap[ph + 1], &s->snap[ph], s->snap_ms[ph + 1], 0, &text, &len,
+                         &err) != RESIL_OK) {
+      fprintf(stderr, "brownout: EMF export failed: %s\n", err.msg);
+      ok = false;
+    } else {
+      fwrite(text, 1, len, o);
+      free(text);
+    }
+  }
+  if (fclose(o) != 0) ok = false;
+  if (ok) ok = write_file(d->opt.out_dir, "brownout-metrics.emf", all, all_len);
+  free(all);
+  return ok;
+}
+
 /* ---- Command line --------------------------------------------------------- */
 
 static void usage(FILE *f) {
@@ -800,15 +1332,22 @@ static void usage(FILE *f) {
           "  --quick            phases of %d s (for tests); not with --phase-seconds\n"
           "  --workers N        worker threads per side, 1..512 (default %d)\n"
           "  --rate N           requests/s offered to each side, 1..100000 (default %d)\n"
-          "  --out-dir DIR      where to write brownout-metrics.prom and .json\n"
+          "  --backend KIND     the dependency: http = an HTTP/1.1 server in this process\n"
+          "                     on 127.0.0.1, called through resil-http and plain libcurl;\n"
+          "                     sim = simulated in-process\n"
+          "                     (default: %s%s)\n"
+          "  --out-dir DIR      where to write brownout-metrics.prom, .json and .emf\n"
           "                     (default: the current directory; created if missing)\n"
+          "  --summary          also print machine-readable lines after the summary:\n"
+          "                     SUMMARY-BROWNOUT <metric> <resil> <naive> (for scripts/bench.sh)\n"
           "  --help             this text\n"
           "\n"
           "Every wait is bounded: naive calls still stuck when the schedule ends fail 0.4 s\n"
-          "later (the simulated server shuts down and closes its connections), so it always\n"
+          "later (the dependency shuts down and closes its connections), so it always\n"
           "exits and every thread is joined.\n"
           "Exit status: 0 done, 1 run-time error, 2 bad arguments.\n",
-          DEFAULT_PHASE_S, QUICK_PHASE_S, DEFAULT_WORKERS, DEFAULT_RATE);
+          DEFAULT_PHASE_S, QUICK_PHASE_S, DEFAULT_WORKERS, DEFAULT_RATE, DEFAULT_BACKEND,
+          BACKEND_NOTE);
 }
 
 static int bad_arg(const char *fmt, ...)
@@ -839,7 +1378,8 @@ static bool parse_uint(const char *s, unsigned lo, unsigned hi, unsigned *out) {
 
 /* Returns -1 to go on, else an exit status. */
 static int parse_args(int argc, char **argv, options *o) {
-  *o = (options){DEFAULT_PHASE_S, DEFAULT_WORKERS, DEFAULT_RATE, false, "."};
+  *o = (options){DEFAULT_PHASE_S, DEFAULT_WORKERS, DEFAULT_RATE, false, ".", DEFAULT_BACKEND,
+                 false};
   bool phase_set = false;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
@@ -851,11 +1391,16 @@ static int parse_args(int argc, char **argv, options *o) {
       o->quick = true;
       continue;
     }
+    if (!strcmp(a, "--summary")) {
+      o->summary = true;
+      continue;
+    }
     /* --name VALUE or --name=VALUE */
-    static const char *const names[] = {"--phase-seconds", "--workers", "--rate", "--out-dir"};
+    static const char *const names[] = {"--phase-seconds", "--workers", "--rate", "--out-dir",
+                                        "--backend"};
     int which = -1;
     const char *val = NULL;
-    for (int k = 0; k < 4 && which < 0; k++) {
+    for (int k = 0; k < 5 && which < 0; k++) {
       size_t n = strlen(names[k]);
       if (!strncmp(a, names[k], n) && (a[n] == '\0' || a[n] == '=')) {
         which = k;
@@ -885,6 +1430,11 @@ static int parse_args(int argc, char **argv, options *o) {
       if (!*val) return bad_arg("--out-dir: the directory name is empty");
       o->out_dir = val;
       break;
+    case 4:
+      if (!find_backend(val))
+        return bad_arg("--backend: '%s' is not one of: %s%s", val, BACKEND_NAMES, BACKEND_NOTE);
+      o->backend = val;
+      break;
     default: return bad_arg("unknown option '%s'", a);
     }
   }
@@ -905,7 +1455,7 @@ static int parse_args(int argc, char **argv, options *o) {
 
 /* ---- main ------------------------------------------------------------------- */
 
-static resil_dep *make_resil_dep(demo *d, resil_err *err) {
+static void make_resil_config(demo *d, resil_dep_config *cp) {
   resil_dep_config c;
   resil_dep_config_init(&c, "brownout-dependency");
   c.timeout_ms = DEADLINE_MS; /* cap per attempt */
@@ -933,7 +1483,7 @@ static resil_dep *make_resil_dep(demo *d, resil_err *err) {
   c.retry.budget_percent = 20;
   d->bcfg = c.breaker;
   d->limit = c.limit.max_concurrent;
-  return resil_dep_new(&c, err);
+  *cp = c;
 }
 
 int main(int argc, char **argv) {
@@ -944,7 +1494,15 @@ int main(int argc, char **argv) {
   setvbuf(stdout, NULL, _IOLBF, 0);
   bool tty = isatty(STDOUT_FILENO);
 
-  d->ops = &SIM_BACKEND;
+  d->ops = find_backend(d->opt.backend);
+#ifdef BROWNOUT_HAVE_HTTP
+  /* Every client connection at once, plus a few being replaced. */
+  g_server_threads = d->opt.workers + 8;
+  if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+    fprintf(stderr, "brownout: curl_global_init failed\n");
+    return 1;
+  }
+#endif
   d->phase_ns = (uint64_t)d->opt.phase_s * 1000000000ull;
   d->interval_ns = (uint64_t)d->opt.workers * 1000000000ull / d->opt.rate;
   /* Start a little ahead so every thread is up when the clock starts. */
@@ -953,11 +1511,8 @@ int main(int argc, char **argv) {
 
   resil_err err;
   rc = 1;
-  d->side[SIDE_RESIL].dep = make_resil_dep(d, &err);
-  if (!d->side[SIDE_RESIL].dep) {
-    fprintf(stderr, "brownout: %s\n", err.msg);
-    return 1;
-  }
+  resil_dep_config dcfg;
+  make_resil_config(d, &dcfg);
   for (int k = 0; k < NSIDES; k++) {
     side_state *s = &d->side[k];
     for (int ph = 0; ph < NPHASES; ph++) atomic_init(&s->first_reject[ph], UINT64_MAX);
@@ -974,23 +1529,47 @@ int main(int argc, char **argv) {
       fprintf(stderr, "brownout: out of memory\n");
       goto out;
     }
+    if (k == SIDE_RESIL) {
+      s->client = d->ops->resil_open(s->backend, &dcfg, &s->dep, &err);
+      if (!s->client) {
+        fprintf(stderr, "brownout: %s\n", err.msg);
+        goto out;
+      }
+      resil_dep_get_stats(s->dep, &s->snap[0]);
+      s->snap_ms[0] = wall_ms();
+    } else {
+      for (unsigned i = 0; i < d->opt.workers; i++) {
+        if (!(s->workers[i].naive = d->ops->naive_open(s->backend, &err))) {
+          fprintf(stderr, "brownout: %s\n", err.msg);
+          goto out;
+        }
+      }
+    }
   }
 
   printf("resil %s brownout demo: one workload, with and without resil, side by side\n",
          resil_version());
-  printf("  dependency: %s\n  phases:", d->ops->kind);
+  char where[2][128];
+  for (int k = 0; k < NSIDES; k++)
+    d->ops->describe(d->side[k].backend, where[k], sizeof where[k]);
+  printf("  dependency: one copy per side, %s (--backend %s)\n", d->ops->name[0] == 'h' ?
+         "a real HTTP/1.1 server thread pool in this process" : "simulated in this process",
+         d->ops->name);
+  if (strcmp(where[0], where[1]))
+    printf("              resil side: %s\n              naive side: %s\n", where[0], where[1]);
+  printf("  phases:");
   for (int ph = 0; ph < NPHASES; ph++)
     printf("%s %s (%s)", ph ? " ->" : "", PHASES[ph].name, PHASES[ph].brief);
   printf(
       "\n  load:  %u worker threads and %u requests/s per side; %d phases of %u s (about %u s)\n",
       d->opt.workers, d->opt.rate, NPHASES, d->opt.phase_s, NPHASES * d->opt.phase_s + 1);
-  printf("  resil: %u ms deadline per request; at most %u calls in flight; up to 3 attempts\n"
+  printf("  resil: %s\n", d->ops->resil_desc);
+  printf("         %u ms deadline per request; at most %u calls in flight; up to 3 attempts\n"
          "         within a 20%% retry budget; breaker opens on %u failures in a row or %u%% of\n"
          "         %u+ calls, for %u-%u ms, then lets %u probe calls through\n",
          DEADLINE_MS, d->limit, d->bcfg.consecutive_failures, d->bcfg.failure_rate_percent,
          d->bcfg.minimum_calls, d->bcfg.open_ms, d->bcfg.open_max_ms, d->bcfg.half_open_probes);
-  printf("  naive: the driver's default %d s timeout; no breaker, no limit, no retries\n\n",
-         NAIVE_DRIVER_TIMEOUT_MS / 1000);
+  printf("  naive: %s;\n         no breaker, no limit, no retries\n\n", d->ops->naive_desc);
 
   for (int k = 0; k < NSIDES; k++) {
     for (unsigned i = 0; i < d->opt.workers; i++) {
@@ -1046,15 +1625,27 @@ join:
     printf("\n");
     print_summary(d, rows, tty);
     printf("\n");
+    if (d->opt.summary) {
+      print_machine_summary(d, rows);
+      printf("\n");
+    }
     if (!write_exports(d->opt.out_dir)) rc = 1;
+    if (!write_emf(d)) rc = 1;
   }
 
 out:
+  /* Every worker is joined: close the clients, then stop the servers. */
   for (int k = 0; k < NSIDES; k++) {
     side_state *s = &d->side[k];
+    if (s->client) d->ops->resil_close(s->client);
+    if (s->workers)
+      for (unsigned i = 0; i < d->opt.workers; i++)
+        if (s->workers[i].naive) d->ops->naive_close(s->workers[i].naive);
     free(s->workers);
     if (s->backend) d->ops->close(s->backend);
   }
-  resil_dep_free(d->side[SIDE_RESIL].dep);
+#ifdef BROWNOUT_HAVE_HTTP
+  curl_global_cleanup();
+#endif
   return rc;
 }

@@ -14,7 +14,9 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 BUILD=build-demo
-PACKAGES=(build-essential meson ninja-build pkg-config)
+# libcurl: the demo's dependency is then a real HTTP server in the demo,
+# called through resil-http and plain libcurl (without it: simulated).
+PACKAGES=(build-essential meson ninja-build pkg-config libcurl4-openssl-dev)
 
 say() { printf '==> %s\n' "$*"; }
 
@@ -55,7 +57,8 @@ fi
 
 # ---- 2. configure --------------------------------------------------------------
 # Tests off (no cmocka needed); adapters stay on auto: they are built when
-# their driver libraries are present, and the demo needs none of them.
+# their driver libraries are present. The demo uses the HTTP adapter when
+# libcurl is there (installed above) and falls back to --backend sim if not.
 opts=(--buildtype=release -Dtests=disabled)
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

@@ -2,16 +2,21 @@
 # scripts/test.sh — build resil three ways and run every test suite against
 # throwaway servers. This is what CI runs (through .ci/run).
 #
-#   bash scripts/test.sh                 plain + ASan/UBSan + TSan builds
-#   bash scripts/test.sh --quick         plain build only
-#   bash scripts/test.sh --suite unit    only that meson suite (repeatable)
-#   bash scripts/test.sh --build tsan    only that build (repeatable)
+#   bash scripts/test.sh                 plain + ASan/UBSan + TSan builds, and fuzz
+#   bash scripts/test.sh --quick         plain build only (no fuzz)
+#   bash scripts/test.sh --suite unit    only that meson suite (repeatable;
+#                                        soak and fuzz name those steps)
+#   bash scripts/test.sh --build tsan    only that build (repeatable; fuzz too)
 #
 # Steps: install missing Debian packages (scripts/lib/packages.sh); start
 # Redis (x2), PostgreSQL and pgbouncer on free loopback ports
 # (scripts/lib/servers.sh, which documents the RESIL_TEST_* variables the
-# tests get); for each build: configure, compile, `meson test`; stop the
-# servers; print a per-build table and, as the very last line,
+# tests get); for each build: configure, compile, `meson test`, then the
+# soak (suite 'soak', left out of a plain `meson test`: 20 s plain, 10 s
+# under the sanitizers); the pseudo-build `fuzz` runs `scripts/fuzz.sh 15`
+# (each libFuzzer target 15 s; one test case per target; only without
+# --suite, or with --suite fuzz); stop the servers; print a per-build table
+# and, as the very last line,
 # "N passed, M failed[, K skipped]" counted over individual test cases
 # (scripts/lib/count_tests.py). Exits non-zero if any test case or any build
 # failed.
@@ -24,7 +29,10 @@ cd "$REPO"
 . scripts/lib/servers.sh
 
 # ------------------------------------------------------------------ builds ---
-ALL_BUILDS=(plain asan tsan)
+ALL_BUILDS=(plain asan tsan fuzz)
+SOAK_SECONDS_PLAIN=20   # RESIL_SOAK_SECONDS of the soak step, plain build
+SOAK_SECONDS_SAN=10     # and under ASan / TSan
+FUZZ_SECONDS=15         # per fuzz target
 
 # build_config NAME: set B_DIR, B_CC, B_OPTS (meson setup), B_ENV (meson test
 # environment), B_TMULT (timeout multiplier).
@@ -45,15 +53,23 @@ build_config() {
       B_DIR=build-tsan B_CC=clang B_TMULT=3
       B_OPTS+=(-Db_sanitize=thread -Db_lundef=false -Dc_args=-fno-omit-frame-pointer)
       B_ENV=(TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1) ;;
+    fuzz)
+      # Not a meson test run: scripts/fuzz.sh configures and builds this
+      # directory itself (libFuzzer harnesses, the library under ASan+UBSan).
+      B_DIR=build-fuzz B_CC=clang B_TMULT=1
+      # shellcheck disable=SC2054
+      B_OPTS=(-Dfuzz=true -Db_sanitize=address,undefined -Db_lundef=false) ;;
     *) echo "unknown build '$1' (have: ${ALL_BUILDS[*]})" >&2; return 1 ;;
   esac
 }
 
-usage() { sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,23p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
 # ------------------------------------------------------------------- state ---
 BUILDS=()
-SUITE_ARGS=()
+SUITES=()               # the names alone
+MAIN_SUITE_ARGS=()      # for the main `meson test`: without soak and fuzz
+WANT_MAIN=1 WANT_SOAK=1 WANT_FUZZ=1
 declare -A R_PASS=() R_FAIL=() R_SKIP=() R_TIME=() R_NOTE=()
 FAILED_CASES=()
 EXTRA_FAILURES=0        # failures outside any build (server start-up)
@@ -80,14 +96,27 @@ parse_args() {
       --quick) BUILDS=(plain) ;;
       --build) BUILDS+=("${2:?--build needs a name}"); shift ;;
       --build=*) BUILDS+=("${1#*=}") ;;
-      --suite) SUITE_ARGS+=(--suite "${2:?--suite needs a name}"); shift ;;
-      --suite=*) SUITE_ARGS+=(--suite "${1#*=}") ;;
+      --suite) SUITES+=("${2:?--suite needs a name}"); shift ;;
+      --suite=*) SUITES+=("${1#*=}") ;;
       -h|--help) usage; exit 0 ;;
       *) echo "unknown argument: $1" >&2; usage >&2; exit 2 ;;
     esac
     shift
   done
   ((${#BUILDS[@]})) || BUILDS=("${ALL_BUILDS[@]}")
+  # The soak and the fuzzers are separate steps: select them by their suite
+  # name; other names go to the main `meson test`.
+  local s
+  if ((${#SUITES[@]})); then
+    WANT_MAIN=0 WANT_SOAK=0 WANT_FUZZ=0
+    for s in "${SUITES[@]}"; do
+      case $s in
+        soak) WANT_SOAK=1 ;;
+        fuzz) WANT_FUZZ=1 ;;
+        *) WANT_MAIN=1; MAIN_SUITE_ARGS+=(--suite "$s") ;;
+      esac
+    done
+  fi
   local b
   for b in "${BUILDS[@]}"; do build_config "$b" || exit 2; done
 }
@@ -177,9 +206,80 @@ compile_build() {
   return 1
 }
 
+# count_log LOG NAME RC: add the test cases of a meson test log to NAME's row
+# (R_PASS/R_FAIL/R_SKIP) and FAILED_CASES; RC is meson test's exit status.
+count_log() {
+  local log=$1 name=$2 rc=$3 counts p f s
+  local errf="$RESIL_TEST_TMPDIR/count-$name.err"
+  counts=$("$PY" scripts/lib/count_tests.py "$log" "$name" 2>"$errf") || counts="0 1 0"
+  read -r p f s <<<"$counts"
+  mapfile -t -O "${#FAILED_CASES[@]}" FAILED_CASES <"$errf"
+  if ((rc != 0 && f == 0)); then
+    f=1
+    FAILED_CASES+=("$name: meson test exited $rc with no failing test case in its log")
+  fi
+  R_PASS[$name]=$((R_PASS[$name] + p)) R_FAIL[$name]=$((R_FAIL[$name] + f))
+  R_SKIP[$name]=$((R_SKIP[$name] + s))
+}
+
+# run_fuzz: the pseudo-build `fuzz`: scripts/fuzz.sh FUZZ_SECONDS, one test
+# case per target (its lines "fuzz TARGET N runs ok|CRASH|ERROR ...").
+run_fuzz() {
+  local name=fuzz start=$SECONDS rc=0 line runs res total=0 n=0
+  R_PASS[$name]=0 R_FAIL[$name]=0 R_SKIP[$name]=0 R_NOTE[$name]=
+  echo
+  echo "==> [$name] scripts/fuzz.sh $FUZZ_SECONDS (clang, libFuzzer + ASan/UBSan, build-fuzz)"
+  local out="$RESIL_TEST_TMPDIR/fuzz.out"
+  run_child bash scripts/fuzz.sh "$FUZZ_SECONDS" >"$out" || rc=$?
+  while read -r line; do
+    [[ $line == "fuzz "* ]] || continue
+    echo "    $line"
+    read -r _ _ runs _ res _ <<<"$line"
+    n=$((n + 1))
+    if [[ $res == ok ]]; then
+      R_PASS[$name]=$((R_PASS[$name] + 1))
+      total=$((total + runs))
+    else
+      R_FAIL[$name]=$((R_FAIL[$name] + 1))
+      FAILED_CASES+=("$name: $line")
+    fi
+  done <"$out"
+  if ((rc != 0 && R_FAIL[$name] == 0)); then
+    R_FAIL[$name]=1
+    FAILED_CASES+=("$name: scripts/fuzz.sh exited $rc (build failed? see above)")
+  fi
+  R_NOTE[$name]="$n targets x ${FUZZ_SECONDS}s, $total runs"
+  R_TIME[$name]=$((SECONDS - start))
+}
+
+# run_soak NAME PREFIX...: the soak suite in this build, RESIL_SOAK_SECONDS
+# short; counted into NAME's row.
+run_soak() {
+  local name=$1 rc=0 secs=$SOAK_SECONDS_SAN
+  shift
+  [[ $name != plain ]] || secs=$SOAK_SECONDS_PLAIN
+  if [[ ! -x $B_DIR/tests/soak/soak ]]; then
+    R_NOTE[$name]+="no soak (an adapter is not built) "
+    return 0
+  fi
+  echo "    soak: ${secs}s"
+  local log="$B_DIR/meson-logs/soaklog.json"
+  rm -f "$log"
+  run_child "$@" env "${B_ENV[@]}" "RESIL_SOAK_SECONDS=$secs" meson test -C "$B_DIR" \
+    --no-rebuild --print-errorlogs --logbase soaklog --num-processes 1 \
+    --timeout-multiplier "$B_TMULT" --suite soak || rc=$?
+  count_log "$log" "$name" "$rc"
+  # The summary line of the soak, for the log.
+  grep -ho '# soak: calls=[^"]*' "$log" 2>/dev/null | sed 's/\\n.*//; s/^/    /' || true
+}
+
 # run_build NAME: configure, compile, test, count. Never exits the script.
 run_build() {
-  local name=$1 start=$SECONDS rc=0 counts p f s
+  local name=$1 start=$SECONDS rc=0
+  if [[ $name == fuzz ]]; then
+    run_fuzz
+    return 0
+  fi
   build_config "$name"
   # Tests may read this to widen timing slack under the sanitizers.
   B_ENV+=("RESIL_TEST_BUILD=$name")
@@ -210,20 +310,18 @@ run_build() {
 
   ensure_servers_healthy || echo "warning: a test server could not be restarted" >&2
 
-  local log="$B_DIR/meson-logs/testlog.json"
-  rm -f "$log"
-  run_child "${prefix[@]}" env "${B_ENV[@]}" meson test -C "$B_DIR" --no-rebuild --print-errorlogs \
-    --num-processes 2 --timeout-multiplier "$B_TMULT" "${SUITE_ARGS[@]}" || rc=$?
-
-  local errf="$RESIL_TEST_TMPDIR/count-$name.err"
-  counts=$("$PY" scripts/lib/count_tests.py "$log" "$name" 2>"$errf") || counts="0 1 0"
-  read -r p f s <<<"$counts"
-  mapfile -t -O "${#FAILED_CASES[@]}" FAILED_CASES <"$errf"
-  if ((rc != 0 && f == 0)); then
-    f=1
-    FAILED_CASES+=("$name: meson test exited $rc with no failing test case in its log")
+  if ((WANT_MAIN)); then
+    local log="$B_DIR/meson-logs/testlog.json"
+    rm -f "$log"
+    run_child "${prefix[@]}" env "${B_ENV[@]}" meson test -C "$B_DIR" --no-rebuild --print-errorlogs \
+      --num-processes 2 --timeout-multiplier "$B_TMULT" "${MAIN_SUITE_ARGS[@]}" || rc=$?
+    count_log "$log" "$name" "$rc"
   fi
-  R_PASS[$name]=$p R_FAIL[$name]=$f R_SKIP[$name]=$s R_TIME[$name]=$((SECONDS - start))
+  if ((WANT_SOAK)); then
+    ensure_servers_healthy || echo "warning: a test server could not be restarted" >&2
+    run_soak "$name" "${prefix[@]}"
+  fi
+  R_TIME[$name]=$((SECONDS - start))
 }
 
 # ------------------------------------------------------------------ report ---
@@ -273,7 +371,11 @@ main() {
   fi
 
   local b
-  for b in "${BUILDS[@]}"; do run_build "$b"; done
+  for b in "${BUILDS[@]}"; do
+    if [[ $b == fuzz ]]; then ((WANT_FUZZ)) || continue
+    else ((WANT_MAIN || WANT_SOAK)) || continue; fi
+    run_build "$b"
+  done
 
   # Stop the servers now, so that nothing is printed after the totals.
   stop_all_servers

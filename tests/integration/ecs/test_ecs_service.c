@@ -1,0 +1,555 @@
+/* examples/ecs_service end to end: the example binary (RESIL_ECS_SERVICE, built
+ * by meson from examples/ecs_service.c) runs as a child process configured only
+ * through its environment, against the Redis and PostgreSQL servers that
+ * scripts/test.sh starts (RESIL_TEST_REDIS_PORT, RESIL_TEST_PG_CONNINFO) and a
+ * testhttpd this test starts (RESIL_TESTHTTPD) as its upstream. The test talks
+ * plain HTTP/1.1 to it on 127.0.0.1.
+ *
+ * Without the RESIL_TEST_* variables a test fails under CI (the harness is
+ * broken) and skips otherwise. Timing assertions have generous slack (loaded
+ * 2-core VMs, sanitizers) but each still tells the behaviour apart from its
+ * absence: e.g. a 100 ms grpc-timeout must end well before the 300 ms default. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <sys/stat.h>
+
+#include "../http/procs.h"
+#include "testutil.h"
+
+#define SLACK_MS 200 /* added to every "within N ms" bound */
+
+/* ---- Environment --------------------------------------------------------------------- */
+
+static bool ci_mode(void) {
+  const char *ci = test_env("CI");
+  return ci && strcmp(ci, "0") != 0 && strcmp(ci, "false") != 0;
+}
+
+/* The variable's value; if it is missing: fail under CI, else skip the test. */
+static const char *need_env(const char *name) {
+  const char *v = test_env(name);
+  if (v) return v;
+  if (ci_mode())
+    fail_msg("%s is not set: integration tests must run under scripts/test.sh, which starts "
+             "the test servers and sets RESIL_TEST_*", name);
+  skip();
+  return "";
+}
+
+/* Set by meson (tests/integration/ecs/meson.build): missing means a broken build. */
+static const char *meson_env(const char *name) {
+  const char *v = test_env(name);
+  if (!v) fail_msg("%s is not set (meson sets it: run through `meson test`)", name);
+  return v;
+}
+
+/* ---- The service as a child process ---------------------------------------------------- */
+
+typedef struct svc {
+  pid_t pid;
+  uint16_t port;
+  char out[256], err[256]; /* files holding its stdout (EMF) and stderr (logs) */
+} svc;
+
+static char tmpdir[128];
+static child upstream;   /* testhttpd */
+static uint16_t upstream_port;
+static svc main_svc;     /* shared by most tests, started on first use */
+
+static char *slurp(const char *path) {
+  FILE *f = fopen(path, "rb");
+  if (!f) return strdup("");
+  char *buf = malloc(1 << 20);
+  size_t n = buf ? fread(buf, 1, (1 << 20) - 1, f) : 0;
+  fclose(f);
+  if (buf) buf[n] = '\0';
+  return buf;
+}
+
+/* Spawn the example with the base configuration plus `extra` (NULL-terminated
+ * KEY=VALUE list of keys not in the base). The outer
+ * environment is passed on (sanitizer options...) except RESIL_* (the service
+ * rejects RESIL_ variables it does not know, e.g. RESIL_TEST_*) and the
+ * example's own keys. */
+static void svc_spawn(svc *s, const char *const *extra) {
+  static int seq;
+  const char *redis_port = need_env("RESIL_TEST_REDIS_PORT");
+  const char *conninfo = need_env("RESIL_TEST_PG_CONNINFO");
+  const char *exe = meson_env("RESIL_ECS_SERVICE");
+  if (!upstream_port) {
+    upstream_port = testhttpd_start(&upstream, meson_env("RESIL_TESTHTTPD"));
+    if (!upstream_port) fail_msg("testhttpd did not start");
+  }
+  if (!tmpdir[0]) {
+    snprintf(tmpdir, sizeof tmpdir, "/tmp/resil-ecs-test.XXXXXX");
+    if (!mkdtemp(tmpdir)) fail_msg("mkdtemp: %s", strerror(errno));
+  }
+  static char base[8][640];
+  snprintf(base[0], sizeof base[0], "RESIL_DEPS=cache:redis,db:pg,upstream:http");
+  snprintf(base[1], sizeof base[1], "RESIL_DEP_CACHE_HOST=127.0.0.1");
+  snprintf(base[2], sizeof base[2], "RESIL_DEP_CACHE_PORT=%s", redis_port);
+  snprintf(base[3], sizeof base[3], "RESIL_DEP_DB_CONNINFO=%s", conninfo);
+  snprintf(base[4], sizeof base[4], "RESIL_DEP_UPSTREAM_BASE_URL=http://127.0.0.1:%u",
+           upstream_port);
+  snprintf(base[5], sizeof base[5], "RESIL_SERVICE=ecs-example-test");
+  snprintf(base[6], sizeof base[6], "PORT=0"); /* any free port: read back from its log */
+  snprintf(base[7], sizeof base[7], "BIND_ADDR=127.0.0.1");
+  const char *envp[128];
+  size_t n = 0;
+  for (size_t i = 0; extra && extra[i] && n < 40; i++) envp[n++] = extra[i];
+  for (size_t i = 0; i < 8; i++) envp[n++] = base[i];
+  for (char **e = environ; *e && n < 127; e++)
+    if (strncmp(*e, "RESIL_", 6) != 0 && strncmp(*e, "PORT=", 5) != 0 &&
+        strncmp(*e, "BIND_ADDR=", 10) != 0 && strncmp(*e, "REQUEST_DEADLINE_MS=", 20) != 0)
+      envp[n++] = *e;
+  envp[n] = NULL;
+
+  seq++;
+  snprintf(s->out, sizeof s->out, "%s/svc%d.out", tmpdir, seq);
+  snprintf(s->err, sizeof s->err, "%s/svc%d.err", tmpdir, seq);
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_addopen(&fa, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
+  posix_spawn_file_actions_addopen(&fa, STDOUT_FILENO, s->out, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+  posix_spawn_file_actions_addopen(&fa, STDERR_FILENO, s->err, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+  const char *argv[] = {exe, NULL};
+  int rc = posix_spawn(&s->pid, exe, &fa, NULL, (char *const *)(uintptr_t)argv,
+                       (char *const *)(uintptr_t)envp);
+  posix_spawn_file_actions_destroy(&fa);
+  if (rc != 0) fail_msg("spawn %s: %s", exe, strerror(rc));
+  s->port = 0;
+}
+
+/* Wait up to timeout_ms for the child to exit; its wait status, or -1. */
+static int svc_wait_exit(svc *s, int timeout_ms) {
+  double t0 = t_now_ms();
+  int st;
+  while (t_now_ms() - t0 < timeout_ms) {
+    if (waitpid(s->pid, &st, WNOHANG) == s->pid) {
+      s->pid = 0;
+      return st;
+    }
+    t_sleep_ms(5);
+  }
+  return -1;
+}
+
+static void svc_kill(svc *s) {
+  if (s->pid <= 0) return;
+  kill(s->pid, SIGTERM);
+  if (svc_wait_exit(s, 10000) == -1) {
+    kill(s->pid, SIGKILL);
+    waitpid(s->pid, NULL, 0);
+    s->pid = 0;
+  }
+}
+
+/* ---- A tiny HTTP/1.1 client ---------------------------------------------------------- */
+
+typedef struct resp {
+  int status;       /* 0: no response */
+  char head[2048];  /* status line + headers */
+  char body[8192];
+  double ms;        /* from connect to the end of the response */
+} resp;
+
+/* Write req on a new connection to port, read the whole response (the server closes). */
+static int send_raw(uint16_t port, const char *req, size_t len) {
+  int fd = tcp_dial(port);
+  if (fd < 0) return -1;
+  if (len && write(fd, req, len) != (ssize_t)len) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+static void read_resp(int fd, resp *r, double t0) {
+  static char buf[16384];
+  size_t len = 0;
+  memset(r, 0, sizeof *r);
+  if (fd < 0) return; /* could not connect: status 0 */
+  for (;;) {
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    if (poll(&p, 1, 10000) <= 0) break;
+    ssize_t n = read(fd, buf + len, sizeof buf - 1 - len);
+    if (n <= 0) break;
+    len += (size_t)n;
+    if (len == sizeof buf - 1) break;
+  }
+  r->ms = t_now_ms() - t0;
+  close(fd);
+  buf[len] = '\0';
+  char *e = strstr(buf, "\r\n\r\n");
+  if (!e || sscanf(buf, "HTTP/1.1 %d", &r->status) != 1) return;
+  snprintf(r->head, sizeof r->head, "%.*s", (int)(e - buf), buf);
+  snprintf(r->body, sizeof r->body, "%s", e + 4);
+}
+
+/* method path with optional extra header lines ("Name: v\r\n") and body. */
+static resp *req(uint16_t port, const char *method, const char *path, const char *headers,
+                 const char *body) {
+  static resp r;
+  static char msg[16384];
+  size_t blen = body ? strlen(body) : 0;
+  int n = snprintf(msg, sizeof msg, "%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\n%sContent-Length: %zu\r\n\r\n%s",
+                   method, path, headers ? headers : "", blen, body ? body : "");
+  assert_true(n > 0 && (size_t)n < sizeof msg);
+  double t0 = t_now_ms();
+  int fd = send_raw(port, msg, (size_t)n);
+  if (fd < 0) {
+    memset(&r, 0, sizeof r);
+    return &r;
+  }
+  read_resp(fd, &r, t0);
+  return &r;
+}
+
+static resp *get(uint16_t port, const char *path) { return req(port, "GET", path, NULL, NULL); }
+
+/* The header's value (up to the line end) in r->head, or NULL. */
+static const char *header(const resp *r, const char *name) {
+  static char v[256];
+  const char *h = strcasestr(r->head, name);
+  if (!h || h[strlen(name)] != ':') return NULL;
+  h += strlen(name) + 1;
+  h += strspn(h, " ");
+  snprintf(v, sizeof v, "%.*s", (int)strcspn(h, "\r\n"), h);
+  return v;
+}
+
+#define assert_status(r, code)                                                                  \
+  do {                                                                                          \
+    if ((r)->status != (code))                                                                  \
+      fail_msg("expected HTTP %d, got %d: %s\n%s", (code), (r)->status, (r)->head, (r)->body); \
+  } while (0)
+
+#define assert_contains(hay, needle)                                                        \
+  do {                                                                                      \
+    if (!strstr((hay), (needle))) fail_msg("'%s' not found in: %s", (needle), (hay));       \
+  } while (0)
+
+/* Wait for "listening on 127.0.0.1:<port>" in its log, then for `path` to answer 200. */
+static void svc_wait_ready(svc *s, const char *path) {
+  double t0 = t_now_ms();
+  while (!s->port) {
+    char *log = slurp(s->err);
+    const char *l = strstr(log, "listening on 127.0.0.1:");
+    if (l) s->port = (uint16_t)atoi(l + strlen("listening on 127.0.0.1:"));
+    free(log);
+    if (s->port) break;
+    int st;
+    if (waitpid(s->pid, &st, WNOHANG) == s->pid) {
+      s->pid = 0;
+      char *e = slurp(s->err);
+      fail_msg("ecs_service exited (status %d) before listening:\n%s", st, e);
+    }
+    if (t_now_ms() - t0 > 15000) fail_msg("ecs_service did not log 'listening on' in 15 s");
+    t_sleep_ms(10);
+  }
+  while (get(s->port, path)->status != 200) {
+    if (t_now_ms() - t0 > 15000) fail_msg("%s did not answer 200 within 15 s", path);
+    t_sleep_ms(20);
+  }
+}
+
+/* The shared instance: 300 ms request deadline, a pre-warmed critical database (so
+ * /ready waits for it), an upstream breaker that trips after 3 failures in a row,
+ * EMF every second. */
+static svc *shared(void) {
+  if (main_svc.pid > 0) return &main_svc;
+  const char *extra[] = {"REQUEST_DEADLINE_MS=300",
+                         "RESIL_DEP_DB_CRITICAL=true",
+                         "RESIL_DEP_DB_POOL_MIN_IDLE=1",
+                         "RESIL_DEP_UPSTREAM_BREAKER_CONSECUTIVE_FAILURES=3",
+                         "RESIL_EMF_INTERVAL_MS=1000",
+                         "RESIL_EMF_NAMESPACE=ecs-example",
+                         "RESIL_DRAIN_GRACE_MS=100",
+                         NULL};
+  svc_spawn(&main_svc, extra);
+  svc_wait_ready(&main_svc, "/ready");
+  return &main_svc;
+}
+
+/* ---- Tests -------------------------------------------------------------------------- */
+
+static void cache_put_get_round_trip(void **state) {
+  (void)state;
+  uint16_t port = shared()->port;
+  char path[96], missing[96];
+  snprintf(path, sizeof path, "/cache/ecs-test:%d", (int)getpid());
+  snprintf(missing, sizeof missing, "/cache/ecs-test-missing:%d", (int)getpid());
+  assert_status(req(port, "PUT", path, NULL, "hello from ecs"), 204);
+  resp *r = get(port, path);
+  assert_status(r, 200);
+  assert_string_equal(r->body, "hello from ecs");
+  r = get(port, missing); /* Redis nil */
+  assert_status(r, 404);
+  assert_contains(r->body, "\"error\":\"not_found\"");
+  assert_status(get(port, "/cache/bad%20key"), 400); /* not a valid key: never sent */
+  assert_status(req(port, "DELETE", path, NULL, NULL), 405);
+}
+
+static void db_now_answers(void **state) {
+  (void)state;
+  resp *r = get(shared()->port, "/db/now");
+  assert_status(r, 200);
+  assert_contains(r->body, "{\"now\":\"20");
+  r = get(shared()->port, "/db/sleep?ms=10");
+  assert_status(r, 200);
+  assert_string_equal(r->body, "{\"slept_ms\":10}");
+  assert_status(get(shared()->port, "/db/sleep?ms=abc"), 400);
+}
+
+/* REQUEST_DEADLINE_MS=300 cuts a 2 s query: 504 at ~300 ms, not 2 s. */
+static void slow_query_hits_the_request_deadline(void **state) {
+  (void)state;
+  resp *r = get(shared()->port, "/db/sleep?ms=2000");
+  assert_status(r, 504);
+  assert_contains(r->body, "\"error\":\"timeout\"");
+  assert_contains(r->body, "\"detail\":\"db: ");
+  if (r->ms < 250 || r->ms > 300 + SLACK_MS) fail_msg("504 after %.0f ms, expected ~300", r->ms);
+  /* the database is still usable afterwards (the timed-out connection was replaced) */
+  assert_status(get(shared()->port, "/db/now"), 200);
+}
+
+/* An inbound grpc-timeout shortens the deadline; a longer one does not extend it. */
+static void inbound_grpc_timeout_is_inherited(void **state) {
+  (void)state;
+  uint16_t port = shared()->port;
+  resp *r = req(port, "GET", "/db/sleep?ms=2000", "grpc-timeout: 100m\r\n", NULL);
+  assert_status(r, 504);
+  /* 100 ms, and clearly not the 300 ms default (nor 2 s) */
+  if (r->ms < 80 || r->ms > 100 + 150) fail_msg("504 after %.0f ms, expected ~100", r->ms);
+  r = req(port, "GET", "/db/sleep?ms=2000", "grpc-timeout: 10S\r\n", NULL);
+  assert_status(r, 504);
+  if (r->ms > 300 + SLACK_MS) fail_msg("504 after %.0f ms: the 300 ms default must win", r->ms);
+  assert_status(req(port, "GET", "/db/now", "grpc-timeout: soon\r\n", NULL), 400);
+}
+
+static void upstream_statuses_map_to_http(void **state) {
+  (void)state;
+  uint16_t port = shared()->port;
+  resp *r = get(port, "/upstream/fast");
+  assert_status(r, 200);
+  assert_string_equal(r->body, "ok");
+  r = get(port, "/upstream/status/404"); /* the upstream's 404 is the caller's */
+  assert_status(r, 404);
+  assert_contains(r->body, "\"error\":\"caller\"");
+  r = get(port, "/upstream/retry-after?s=2&code=503"); /* overload: shed, with its hint */
+  assert_status(r, 503);
+  assert_contains(r->body, "\"error\":\"overload\"");
+  assert_non_null(header(r, "Retry-After"));
+  assert_string_equal(header(r, "Retry-After"), "2");
+  assert_status(get(port, "/upstream/fast"), 200); /* resets the consecutive failures */
+  for (int i = 0; i < 3; i++) { /* an upstream 503 is a dependency failure: 502 */
+    r = get(port, "/upstream/status/503");
+    assert_status(r, 502);
+    assert_contains(r->body, "\"error\":\"failure\"");
+    assert_contains(r->body, "HTTP 503");
+  }
+  /* 3 failures in a row tripped the breaker: rejected at once, 503 + Retry-After */
+  r = get(port, "/upstream/fast");
+  assert_status(r, 503);
+  assert_contains(r->body, "\"error\":\"breaker_open\"");
+  const char *ra = header(r, "Retry-After");
+  assert_non_null(ra);
+  if (atoi(ra) < 2 || atoi(ra) > 7) fail_msg("Retry-After %s, expected the break (5 s)", ra);
+  if (r->ms > 50 + SLACK_MS) fail_msg("a breaker rejection took %.0f ms", r->ms);
+  /* upstream is not critical: the task stays ready */
+  assert_status(get(port, "/ready"), 200);
+}
+
+static void metrics_and_probes_on_the_same_port(void **state) {
+  (void)state;
+  uint16_t port = shared()->port;
+  resp *r = get(port, "/health");
+  assert_status(r, 200);
+  assert_string_equal(r->body, "{\"status\":\"ok\"}");
+  r = get(port, "/ready");
+  assert_status(r, 200);
+  assert_string_equal(r->body, "{\"ready\":true}");
+  r = get(port, "/metrics");
+  assert_status(r, 200);
+  assert_contains(header(r, "Content-Type"), "text/plain; version=0.0.4");
+  assert_contains(r->body, "resil_calls_total{dependency=\"cache\",outcome=\"success\"} ");
+  assert_contains(r->body, "resil_calls_total{dependency=\"db\",outcome=\"timeout\"} ");
+  assert_contains(r->body, "resil_rejections_total{dependency=\"upstream\",reason=\"breaker_open\"} ");
+  assert_contains(r->body, "service=\"ecs-example-test\"");
+  assert_status(get(port, "/nope"), 404);
+}
+
+static void request_limits(void **state) {
+  (void)state;
+  uint16_t port = shared()->port;
+  static char big[12000];
+  memset(big, 'a', sizeof big - 1);
+  char hdr[12100];
+  snprintf(hdr, sizeof hdr, "X-Big: %s\r\n", big);
+  assert_status(req(port, "GET", "/health", hdr, NULL), 431);
+  const char *huge = "PUT /cache/k HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n\r\n";
+  resp r;
+  read_resp(send_raw(port, huge, strlen(huge)), &r, t_now_ms());
+  assert_status(&r, 413);
+  assert_status(req(port, "GET", "/health", "Transfer-Encoding: chunked\r\n", NULL), 400);
+  /* A client that never finishes its request holds one worker for 5 s at most,
+   * and the others keep serving meanwhile. */
+  double t0 = t_now_ms();
+  int slow = send_raw(port, "GET /health HTTP/1.1\r\n", 22);
+  assert_true(slow >= 0);
+  assert_status(get(port, "/health"), 200);
+  read_resp(slow, &r, t0);
+  assert_status(&r, 408);
+  if (r.ms < 4500 || r.ms > 5000 + SLACK_MS * 5) fail_msg("408 after %.0f ms, expected ~5 s", r.ms);
+}
+
+/* stdout carries only CloudWatch EMF: one JSON document per line. */
+static void emf_goes_to_stdout(void **state) {
+  (void)state;
+  svc *s = shared();
+  char *out = NULL;
+  for (int i = 0; i < 50; i++) { /* interval 1 s */
+    free(out);
+    out = slurp(s->out);
+    if (strstr(out, "\"Dependency\":\"upstream\"")) break;
+    t_sleep_ms(100);
+  }
+  assert_contains(out, "\"Namespace\":\"ecs-example\"");
+  assert_contains(out, "\"Service\":\"ecs-example-test\"");
+  assert_contains(out, "\"Dependency\":\"cache\"");
+  assert_contains(out, "\"Dependency\":\"db\"");
+  assert_contains(out, "\"Dependency\":\"upstream\"");
+  for (char *line = out; *line; line = strchr(line, '\n') + 1) {
+    if (line[0] != '{') fail_msg("stdout line is not EMF JSON: %.80s", line);
+    if (!strchr(line, '\n')) break;
+  }
+  free(out);
+}
+
+/* A typo in the task definition: exit 1 at once, naming the variable. */
+static void bad_environment_exits_1_naming_the_variable(void **state) {
+  (void)state;
+  const char *extra[] = {"RESIL_DEP_CACHE_PORTT=1", NULL};
+  svc s;
+  svc_spawn(&s, extra);
+  int st = svc_wait_exit(&s, 10000);
+  char *err = slurp(s.err);
+  if (st == -1) {
+    svc_kill(&s);
+    fail_msg("still running 10 s after start with a bad environment:\n%s", err);
+  }
+  if (!WIFEXITED(st) || WEXITSTATUS(st) != 1) fail_msg("wait status %d, expected exit 1:\n%s", st, err);
+  assert_contains(err, "RESIL_DEP_CACHE_PORTT");
+  free(err);
+
+  const char *extra2[] = {"REQUEST_DEADLINE_MS=0", NULL}; /* the example's own key */
+  svc_spawn(&s, extra2);
+  st = svc_wait_exit(&s, 10000);
+  err = slurp(s.err);
+  if (st == -1) svc_kill(&s);
+  if (st == -1 || !WIFEXITED(st) || WEXITSTATUS(st) != 1) fail_msg("wait status %d:\n%s", st, err);
+  assert_contains(err, "REQUEST_DEADLINE_MS");
+  free(err);
+}
+
+/* SIGTERM: /ready turns 503 at once, requests are still served during the grace
+ * (including one in flight), then the process exits 0 within the drain timeout. */
+static void sigterm_drains_and_exits_0(void **state) {
+  (void)state;
+  const char *extra[] = {"RESIL_DRAIN_GRACE_MS=500", "RESIL_DRAIN_TIMEOUT_MS=3000",
+                         "REQUEST_DEADLINE_MS=2000", "RESIL_EMF_INTERVAL_MS=0", NULL};
+  svc s;
+  svc_spawn(&s, extra);
+  svc_wait_ready(&s, "/ready");
+  assert_status(get(s.port, "/db/now"), 200); /* a connection in the pool */
+  const char *inflight = "GET /db/sleep?ms=400 HTTP/1.1\r\nHost: x\r\n\r\n";
+  double t_in = t_now_ms();
+  int fd = send_raw(s.port, inflight, strlen(inflight));
+  assert_true(fd >= 0);
+  t_sleep_ms(100); /* let it reach the database */
+
+  double t0 = t_now_ms();
+  assert_int_equal(kill(s.pid, SIGTERM), 0);
+  resp *r = NULL;
+  for (;;) { /* /ready says 503 draining, still inside the grace */
+    r = get(s.port, "/ready");
+    if (r->status == 503 || t_now_ms() - t0 > 400) break;
+    t_sleep_ms(10);
+  }
+  assert_status(r, 503);
+  assert_contains(r->body, "\"reason\":\"draining\"");
+  if (t_now_ms() - t0 > 500) fail_msg("/ready turned 503 only %.0f ms after SIGTERM", t_now_ms() - t0);
+  /* during the grace: still live and still serving */
+  assert_status(get(s.port, "/health"), 200);
+  assert_status(get(s.port, "/db/now"), 200);
+
+  resp in;
+  read_resp(fd, &in, t_in);
+  assert_status(&in, 200); /* the call in flight at SIGTERM finished normally */
+  assert_string_equal(in.body, "{\"slept_ms\":400}");
+
+  int st = svc_wait_exit(&s, 3000 + SLACK_MS * 5);
+  char *err = slurp(s.err);
+  if (st == -1) {
+    svc_kill(&s);
+    fail_msg("not exited %.0f ms after SIGTERM:\n%s", t_now_ms() - t0, err);
+  }
+  if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) fail_msg("wait status %d, expected exit 0:\n%s", st, err);
+  double took = t_now_ms() - t0;
+  if (took < 500) fail_msg("exited %.0f ms after SIGTERM, before the 500 ms grace", took);
+  if (took > 3000) fail_msg("exited %.0f ms after SIGTERM, beyond the drain timeout", took);
+  assert_contains(err, "SIGTERM: draining");
+  assert_contains(err, "ecs_service: stopped\n");
+  if (strstr(err, "Sanitizer") || strstr(err, "runtime error")) fail_msg("sanitizer report:\n%s", err);
+  free(err);
+}
+
+/* Last: the shared instance stops cleanly too (exit 0; under the sanitizers no report,
+ * and LeakSanitizer's exit check has passed). */
+static void shared_instance_exits_cleanly(void **state) {
+  (void)state;
+  svc *s = shared();
+  assert_int_equal(kill(s->pid, SIGTERM), 0);
+  int st = svc_wait_exit(s, 10000);
+  char *err = slurp(s->err);
+  if (st == -1 || !WIFEXITED(st) || WEXITSTATUS(st) != 0)
+    fail_msg("wait status %d after SIGTERM, expected exit 0:\n%s", st, err);
+  if (strstr(err, "Sanitizer") || strstr(err, "runtime error"))
+    fail_msg("sanitizer report:\n%s", err);
+  free(err);
+}
+
+static int teardown(void **state) {
+  (void)state;
+  svc_kill(&main_svc);
+  if (upstream_port) child_stop(&upstream);
+  if (tmpdir[0]) {
+    char cmd[200];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
+    if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", tmpdir);
+  }
+  return 0;
+}
+
+int main(void) {
+  signal(SIGPIPE, SIG_IGN);
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(cache_put_get_round_trip),
+      cmocka_unit_test(db_now_answers),
+      cmocka_unit_test(slow_query_hits_the_request_deadline),
+      cmocka_unit_test(inbound_grpc_timeout_is_inherited),
+      cmocka_unit_test(upstream_statuses_map_to_http),
+      cmocka_unit_test(metrics_and_probes_on_the_same_port),
+      cmocka_unit_test(request_limits),
+      cmocka_unit_test(emf_goes_to_stdout),
+      cmocka_unit_test(bad_environment_exits_1_naming_the_variable),
+      cmocka_unit_test(sigterm_drains_and_exits_0),
+      cmocka_unit_test(shared_instance_exits_cleanly),
+  };
+  return cmocka_run_group_tests_name("ecs_service", tests, NULL, teardown);
+}
