@@ -3,16 +3,18 @@
  * Shape: a resil_dep + a resil_pool whose handles are non-blocking hiredis
  * contexts. Each public call formats its command(s) once into one buffer,
  * then runs resil_dep_call() with an attempt that borrows a connection,
- * sends the buffer with send(MSG_NOSIGNAL) and reads with redisBufferRead /
- * redisGetReplyFromReader, waiting in poll(), until every reply is parsed
- * or the attempt's deadline passes. Nothing here blocks except poll(), and poll
- * is always given the time left before the deadline.
+ * sends the buffer with send(MSG_NOSIGNAL | MSG_DONTWAIT) and reads with
+ * recv() + redisReaderFeed / redisGetReplyFromReader until every reply is
+ * parsed or the attempt's deadline passes. A blocking recv() is bounded by
+ * SO_RCVTIMEO (a short slice) and used only while more than a slice
+ * remains; the last slice waits in poll() for exactly the time left.
  *
  * Only the core's public API is used.
  */
 #include "resil/redis.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <poll.h>
 #include <pthread.h>
@@ -27,7 +29,14 @@
 
 #define MAX_ADDRS 8
 #define MAX_PIPELINE 100000u
-#define READ_CHUNK (16 * 1024) /* what redisBufferRead reads at most */
+#define READ_CHUNK (16 * 1024) /* bytes read per recv() */
+/* Connected sockets are blocking with SO_RCVTIMEO = RECV_SLICE_MS: a read
+ * blocks in recv() itself (no poll() first, so a command costs the same two
+ * system calls as hiredis's blocking API) only while more than a slice
+ * remains before the deadline; recv() then returns by the slice's end at the
+ * latest and the deadline is re-checked. In the last slice the read waits in
+ * poll() for exactly the time left. Sends never block (MSG_DONTWAIT). */
+#define RECV_SLICE_MS 10
 
 struct resil_redis {
   resil_dep *dep;
@@ -115,6 +124,26 @@ static int wait_fd(int fd, short events, resil_deadline dl, short *got) {
 
 /* ---- The command driver ------------------------------------------------- */
 
+/* Read once into c's reader: blocking (bounded by SO_RCVTIMEO) or not.
+ * 1 = bytes fed, 0 = nothing yet (EAGAIN/EINTR), -1 = error/EOF (c->err set). */
+static int read_some(redisContext *c, bool block) {
+  char buf[READ_CHUNK];
+  ssize_t n = recv(c->fd, buf, sizeof buf, block ? 0 : MSG_DONTWAIT);
+  if (n > 0) {
+    if (redisReaderFeed(c->reader, buf, (size_t)n) != REDIS_OK) {
+      c->err = c->reader->err;
+      snprintf(c->errstr, sizeof c->errstr, "%s", c->reader->errstr);
+      return -1;
+    }
+    return (size_t)n == sizeof buf ? 2 : 1;
+  }
+  if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return 0;
+  c->err = n == 0 ? REDIS_ERR_EOF : REDIS_ERR_IO;
+  snprintf(c->errstr, sizeof c->errstr, "%s",
+           n == 0 ? "Server closed the connection" : strerror(errno));
+  return -1;
+}
+
 /* ---- Bounded replies ------------------------------------------------------
  * hiredis 0.14 accepts a multi-bulk count up to INT_MAX and callocs the
  * element array at once ("*2147483647\r\n" asks for 16 GiB, and freeing the
@@ -177,7 +206,7 @@ static resil_status drive(redisContext *c, const char *name, const char *buf, si
    * receive buffer. */
   size_t off = 0;
   while (off < len) {
-    ssize_t w = send(c->fd, buf + off, len - off, MSG_NOSIGNAL);
+    ssize_t w = send(c->fd, buf + off, len - off, MSG_NOSIGNAL | MSG_DONTWAIT);
     if (w > 0) {
       off += (size_t)w;
       continue;
@@ -196,7 +225,7 @@ static resil_status drive(redisContext *c, const char *name, const char *buf, si
       goto fail;
     }
     if ((ev & (POLLIN | POLLHUP | POLLERR)) && !(ev & POLLOUT)) {
-      if (redisBufferRead(c) != REDIS_OK) goto io_error;
+      if (read_some(c, false) < 0) goto io_error;
     }
   }
   phase = phase_recv;
@@ -207,20 +236,25 @@ static resil_status drive(redisContext *c, const char *name, const char *buf, si
       out[got++] = reply;
       continue;
     }
-    short ev = 0;
-    int w = wait_fd(c->fd, POLLIN, dl, &ev);
-    if (w == 0) goto timeout;
-    if (w < 0) {
-      st = resil_err_set(err, RESIL_E_FAILURE, "%s: %s: poll: %s", name, phase, strerror(errno));
-      goto fail;
+    int64_t left = resil_deadline_remaining_ns(dl);
+    if (left <= 0) goto timeout;
+    int rd;
+    if (left > (int64_t)(RECV_SLICE_MS + 1) * 1000000) {
+      rd = read_some(c, true); /* returns within RECV_SLICE_MS */
+    } else {
+      short ev = 0;
+      int w = wait_fd(c->fd, POLLIN, dl, &ev);
+      if (w == 0) goto timeout;
+      if (w < 0) {
+        st = resil_err_set(err, RESIL_E_FAILURE, "%s: %s: poll: %s", name, phase,
+                           strerror(errno));
+        goto fail;
+      }
+      rd = read_some(c, false);
     }
-    /* redisBufferRead reads at most 16 KiB; while reads come back full,
-     * more is waiting: read on without another poll (non-blocking). */
-    for (;;) {
-      size_t before = c->reader->len;
-      if (redisBufferRead(c) != REDIS_OK) goto io_error;
-      if (c->reader->len < before + READ_CHUNK) break;
-    }
+    /* A full chunk: more may be waiting; read on without blocking. */
+    while (rd == 2) rd = read_some(c, false);
+    if (rd < 0) goto io_error;
   }
   return RESIL_OK;
 
@@ -397,6 +431,16 @@ static resil_status rconnect(void *ctx, resil_deadline deadline, void **conn, re
   }
   c->flags &= ~REDIS_BLOCK;
   bound_replies(c);
+  /* Blocking socket with a receive slice (see RECV_SLICE_MS). */
+  struct timeval slice = {.tv_sec = 0, .tv_usec = RECV_SLICE_MS * 1000};
+  int fl = fcntl(c->fd, F_GETFL);
+  if (fl < 0 || fcntl(c->fd, F_SETFL, fl & ~O_NONBLOCK) != 0 ||
+      setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &slice, sizeof slice) != 0) {
+    st = resil_err_set(err, RESIL_E_FAILURE, "%s: connect: socket options: %s", r->name,
+                       strerror(errno));
+    redisFree(c);
+    return connect_fail(st, false, err);
+  }
   if (!r->unix_path && redisEnableKeepAlive(c) != REDIS_OK) {
     st = resil_err_set(err, RESIL_E_FAILURE, "%s: connect: keepalive: %s", r->name, c->errstr);
     redisFree(c);
