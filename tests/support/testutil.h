@@ -2,8 +2,13 @@
 #ifndef RESIL_TESTUTIL_H
 #define RESIL_TESTUTIL_H
 
+#include <arpa/inet.h>
 #include <dirent.h>
+#include <netinet/in.h>
 #include <stdio.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -23,6 +28,33 @@ static inline int count_open_fds(void) {
 static inline const char *test_env(const char *name) {
   const char *v = getenv(name);
   return (v && *v) ? v : NULL;
+}
+
+/* A loopback listener that never answers a SYN: its accept queue (backlog
+ * 0) is filled by two connects that are never accepted, so the kernel drops
+ * further SYNs and a connect hangs in SYN_SENT until the client gives up,
+ * as against a blackholed address. fds[3] receives the listener and the
+ * fillers (close them with unanswered_close). Returns the port, 0 on error. */
+static inline uint16_t unanswered_listener(int fds[3]) {
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  socklen_t len = sizeof a;
+  fds[0] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  fds[1] = fds[2] = -1;
+  if (fds[0] < 0 || bind(fds[0], (struct sockaddr *)&a, sizeof a) != 0 ||
+      getsockname(fds[0], (struct sockaddr *)&a, &len) != 0 || listen(fds[0], 0) != 0)
+    return 0;
+  for (int i = 1; i < 3; i++) {
+    fds[i] = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    connect(fds[i], (struct sockaddr *)&a, sizeof a); /* EINPROGRESS or queued */
+  }
+  struct timespec ts = {0, 50 * 1000000L};
+  nanosleep(&ts, NULL);
+  return ntohs(a.sin_port);
+}
+
+static inline void unanswered_close(int fds[3]) {
+  for (int i = 0; i < 3; i++)
+    if (fds[i] >= 0) close(fds[i]);
 }
 
 #endif

@@ -545,19 +545,9 @@ static void nothing_listening_fails_fast_in_connect(void **state) {
  * further SYNs, so a connect hangs until the client gives up. */
 static void connect_that_hangs_times_out_in_connect(void **state) {
   (void)state;
-  uint16_t p;
-  int lfd = refused_port(&p);
-  assert_true(lfd >= 0);
-  assert_int_equal(listen(lfd, 0), 0);
-  int fill[4];
-  for (int i = 0; i < 4; i++) fill[i] = -1;
-  for (int i = 0; i < 2; i++) { /* backlog 0 admits one; one more to be sure */
-    fill[i] = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(p)};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    connect(fill[i], (struct sockaddr *)&a, sizeof a);
-  }
-  t_sleep_ms(50);
+  int fds[3];
+  uint16_t p = unanswered_listener(fds);
+  assert_true(p > 0);
   char url[64];
   snprintf(url, sizeof url, "http://127.0.0.1:%u", p);
   resil_http_config cfg;
@@ -576,9 +566,7 @@ static void connect_that_hangs_times_out_in_connect(void **state) {
              resil_http_phase_name(r.phase), took, err.msg);
   resil_http_response_free(&r);
   resil_http_free(h);
-  for (int i = 0; i < 4; i++)
-    if (fill[i] >= 0) close(fill[i]);
-  close(lfd);
+  unanswered_close(fds);
 }
 
 #ifdef HAVE_FAULTPROXY

@@ -115,11 +115,40 @@ static void large_but_sane_array_is_accepted(void **state) {
   peer_stop(&p);
 }
 
+/* A connect whose SYN is never answered ends at connect_timeout_ms (the
+ * call's deadline is longer), as a timeout naming the connect phase. */
+static void unanswered_connect_times_out_at_connect_timeout(void **state) {
+  (void)state;
+  int fds[3];
+  uint16_t port = unanswered_listener(fds);
+  assert_true(port > 0);
+  resil_redis_config cfg;
+  resil_redis_config_init(&cfg, "blackholed");
+  cfg.port = port;
+  cfg.connect_timeout_ms = 200;
+  resil_err err;
+  resil_redis *r = resil_redis_new(&cfg, &err);
+  assert_non_null(r);
+  redisReply *rep = NULL;
+  uint64_t t0 = resil_now_ns();
+  resil_status st = resil_redis_command(r, resil_deadline_in_ms(1000), 0, &rep, &err, "PING");
+  uint64_t took_ms = (resil_now_ns() - t0) / 1000000;
+  if (st != RESIL_E_TIMEOUT || took_ms < 190 || took_ms > 200 + 100 || !strstr(err.msg, "connect"))
+    fail_msg("status %s after %llu ms: %s", resil_status_name(st), (unsigned long long)took_ms,
+             err.msg);
+  resil_pool_stats ps;
+  resil_pool_get_stats(resil_redis_pool(r), &ps);
+  assert_int_equal(ps.connects_timed_out, 1);
+  resil_redis_free(r);
+  unanswered_close(fds);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(absurd_multibulk_count_fails_fast),
       cmocka_unit_test(nested_absurd_counts_fail_fast),
       cmocka_unit_test(large_but_sane_array_is_accepted),
+      cmocka_unit_test(unanswered_connect_times_out_at_connect_timeout),
   };
   return cmocka_run_group_tests_name("redis_hostile", tests, NULL, NULL);
 }
