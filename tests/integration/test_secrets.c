@@ -1,0 +1,152 @@
+/* Secrets from configuration never leave the process: a service configured
+ * from the environment with a Redis password and a PostgreSQL conninfo
+ * password, whose dependencies fail (refused and never-answered ports, so no
+ * server is needed), must not show either secret in any error message, in
+ * /config, /metrics, the JSON snapshot, the EMF lines or the config dump. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "resil/pg.h"
+#include "resil/redis.h"
+#include "resil/resil.h"
+#include "testutil.h"
+
+#define REDIS_SECRET "rEdIs-SeCrEt-9f1c"
+#define PG_SECRET "pG-SeCrEt-77aa"
+
+static uint16_t refused_port(void) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  socklen_t len = sizeof a;
+  bind(fd, (struct sockaddr *)&a, sizeof a);
+  getsockname(fd, (struct sockaddr *)&a, &len);
+  close(fd); /* nothing listens there now */
+  return ntohs(a.sin_port);
+}
+
+static const char *http_get(uint16_t port, const char *path) {
+  static char resp[1 << 17];
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port),
+                          .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  struct timeval tv = {.tv_sec = 5};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  resp[0] = 0;
+  if (connect(fd, (struct sockaddr *)&a, sizeof a) == 0) {
+    char req[128];
+    int n = snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: x\r\n\r\n", path);
+    if (write(fd, req, (size_t)n) == n) {
+      size_t got = 0;
+      ssize_t r;
+      while (got < sizeof resp - 1 && (r = read(fd, resp + got, sizeof resp - 1 - got)) > 0)
+        got += (size_t)r;
+      resp[got] = 0;
+    }
+  }
+  close(fd);
+  return resp;
+}
+
+static void no_secret_in(const char *what, const char *text) {
+  assert_non_null(text);
+  if (strstr(text, REDIS_SECRET) || strstr(text, PG_SECRET))
+    fail_msg("a secret leaked into %s: %s", what, text);
+}
+
+static void secrets_never_appear_in_any_output(void **state) {
+  (void)state;
+  resil_redis_register_kind(NULL); /* explicit: --as-needed may drop constructors */
+  resil_pg_register_kind(NULL);
+  int fds[3];
+  uint16_t hang = unanswered_listener(fds), refused = refused_port();
+  char admin[64], rport[64], pginfo[160];
+  snprintf(admin, sizeof admin, "RESIL_ADMIN_PORT=%u", refused_port());
+  snprintf(rport, sizeof rport, "RESIL_DEP_CACHE_PORT=%u", refused);
+  snprintf(pginfo, sizeof pginfo,
+           "RESIL_DEP_DB_CONNINFO=host=127.0.0.1 port=%u dbname=x user=x password=" PG_SECRET,
+           hang);
+  char *env[] = {(char *)"RESIL_DEPS=cache:redis,db:pg",
+                 (char *)"RESIL_EMF_INTERVAL_MS=0",
+                 (char *)"RESIL_DRAIN_GRACE_MS=0",
+                 admin,
+                 rport,
+                 (char *)"RESIL_DEP_CACHE_PASSWORD=" REDIS_SECRET,
+                 pginfo,
+                 (char *)"RESIL_DEP_DB_CONNECT_TIMEOUT_MS=150",
+                 NULL};
+  resil_service *svc;
+  char *report = NULL;
+  resil_err err;
+  if (resil_service_start(env, &svc, &report, &err) != RESIL_OK)
+    fail_msg("start: %s", report ? report : err.msg);
+  resil_redis *cache = resil_service_get(svc, "cache", "redis");
+  resil_pg *db = resil_service_get(svc, "db", "pg");
+  assert_non_null(cache);
+  assert_non_null(db);
+  for (int i = 0; i < 3; i++) {
+    redisReply *rep = NULL;
+    resil_status st =
+        resil_redis_command(cache, resil_deadline_in_ms(500), 0, &rep, &err, "GET k");
+    assert_int_not_equal(st, RESIL_OK);
+    no_secret_in("a Redis error", err.msg);
+    PGresult *res = NULL;
+    st = resil_pg_query(db, resil_deadline_in_ms(500), 0, "SELECT 1", 0, NULL, &res, &err);
+    PQclear(res);
+    assert_int_not_equal(st, RESIL_OK);
+    no_secret_in("a PostgreSQL error", err.msg);
+  }
+  uint16_t port = resil_service_admin_port(svc);
+  no_secret_in("/config", http_get(port, "/config"));
+  assert_non_null(strstr(http_get(port, "/config"), "<redacted>"));
+  no_secret_in("/metrics", http_get(port, "/metrics"));
+  no_secret_in("/ready", http_get(port, "/ready"));
+  char *text = NULL;
+  assert_int_equal(resil_export_json(&text, NULL, NULL), RESIL_OK);
+  no_secret_in("the JSON snapshot", text);
+  free(text);
+  text = resil_config_dump(resil_service_get_config(svc));
+  no_secret_in("the config dump", text);
+  free(text);
+  resil_emf_config ec;
+  resil_emf_config_init(&ec);
+  ec.service = "secrets-test";
+  resil_dep_stats st;
+  resil_dep_get_stats(resil_service_dep(svc, "db"), &st);
+  assert_int_equal(resil_emf_render(&ec, &st, NULL, 1, 100, &text, NULL, &err), RESIL_OK);
+  no_secret_in("EMF", text);
+  free(text);
+  assert_int_equal(resil_service_stop(svc, &err), RESIL_OK);
+  unanswered_close(fds);
+}
+
+static void a_bad_secret_value_is_not_echoed_in_config_errors(void **state) {
+  (void)state;
+  resil_pg_register_kind(NULL);
+  char *env[] = {(char *)"RESIL_DEPS=db:pg",
+                 (char *)"RESIL_DEP_DB_CONNINFO=host=127.0.0.1 password='" PG_SECRET,
+                 NULL}; /* unterminated quote: libpq refuses it */
+  resil_config *c = NULL;
+  char *report = NULL;
+  resil_err err;
+  assert_int_equal(resil_config_load(env, NULL, &c, &report, &err), RESIL_E_INVALID);
+  assert_non_null(report);
+  assert_non_null(strstr(report, "RESIL_DEP_DB_CONNINFO"));
+  no_secret_in("a config error report", report);
+  no_secret_in("a config error", err.msg);
+  free(report);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(secrets_never_appear_in_any_output),
+      cmocka_unit_test(a_bad_secret_value_is_not_echoed_in_config_errors),
+  };
+  return cmocka_run_group_tests_name("secrets", tests, NULL, NULL);
+}
