@@ -25,6 +25,12 @@
  *         deadline it is given. The resil side goes through resil_dep_call().
  * Both sit behind struct backend_ops below; nothing else depends on which.
  *
+ * --with-servers (off by default) adds a section after the table: for Redis
+ * and PostgreSQL 15, when the adapter is built and the server installed, a
+ * throwaway server on 127.0.0.1 is stalled for real (SIGSTOP, then SIGCONT)
+ * while resil and the raw driver (no timeout) call it (see
+ * run_servers_section()); otherwise it says what it skips.
+ *
  * At the end it prints one row per phase and side, a short summary computed
  * from those numbers, and writes what resil exported: the Prometheus text
  * and JSON snapshot (brownout-metrics.prom / .json) and the CloudWatch EMF
@@ -63,6 +69,28 @@
 #include <poll.h>
 #include <resil/http.h>
 #include <sys/socket.h>
+#endif
+
+#if defined(BROWNOUT_HAVE_REDIS) || defined(BROWNOUT_HAVE_PG)
+#define BROWNOUT_HAVE_SERVERS 1 /* --with-servers has something to run */
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <sys/wait.h>
+#endif
+#ifdef BROWNOUT_HAVE_REDIS
+#include <hiredis/hiredis.h>
+#include <resil/redis.h>
+#endif
+#ifdef BROWNOUT_HAVE_PG
+#include <libpq-fe.h>
+#include <pwd.h>
+#include <resil/pg.h>
 #endif
 
 /* ---- The scenario -------------------------------------------------------- */
@@ -673,6 +701,7 @@ typedef struct options {
   const char *out_dir;
   const char *backend;
   bool summary; /* --summary: machine-readable lines too */
+  bool with_servers; /* --with-servers: the Redis section after the table */
 } options;
 
 /* Latency histogram: 100 log-spaced buckets per decade from 1 us to 100 s
@@ -1315,6 +1344,762 @@ static bool write_emf(const demo *d) {
   return ok;
 }
 
+/* ---- --with-servers: real Redis / PostgreSQL on loopback, stalled ----------- */
+
+/* Opt-in (--with-servers), after the main table: for each of Redis and
+ * PostgreSQL 15 whose server is installed and whose adapter this build has,
+ * start a throwaway server on 127.0.0.1 (a child process, a free port, a temp
+ * dir, no persistence; PostgreSQL as the `postgres` user via runuser when run
+ * as root) and run three short phases - healthy, stalled (every server
+ * process is SIGSTOPped: connections stay open, nothing answers), resumed
+ * (SIGCONT) - with calls through resil (resil_redis_command() /
+ * resil_pg_query(), 200 ms deadline) on one side and the raw driver with no
+ * timeout (blocking redisCommand() / PQexec()) on the other. Naive calls stuck
+ * on the stopped server end when it is continued at the end of the stalled
+ * phase, so every wait stays bounded. The server is always continued, shut
+ * down (killed if it takes over 3 s) and its temp dir removed: on return, on
+ * error paths and on SIGINT/SIGTERM/SIGHUP while the section runs. */
+
+#define SRV_NPHASES 3
+#define SRV_WORKERS 4             /* threads per side */
+#define SRV_INTERVAL_NS 10000000u /* one call per 10 ms per worker: 400/s per side */
+#define SRV_MAX_PHASE_S 5u
+#define PG_BINDIR "/usr/lib/postgresql/15/bin"
+
+#ifdef BROWNOUT_HAVE_SERVERS
+enum { K_REDIS, K_PG };
+static const char *const SRV_PHASE[SRV_NPHASES] = {"healthy", "stalled", "resumed"};
+
+/* The one server child running at a time, for cleanup (also from a signal
+ * handler): it leads its own process group. */
+#define SRV_MAX_STOPPED 128
+static volatile pid_t g_srv_pid = -1;
+static volatile int g_srv_quit_sig = SIGTERM; /* how it shuts down fast */
+static char g_srv_dir[64];                    /* removed with rm -rf */
+static volatile pid_t g_srv_stopped[SRV_MAX_STOPPED];
+static volatile int g_srv_nstopped;
+
+static void nap_ms(long ms) {
+  struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+  while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+  }
+}
+
+/* Wait at most ms for pid; true once reaped. Async-signal-safe. */
+static bool reap_within(pid_t pid, long ms, int *status) {
+  for (long t = 0;; t += 10) {
+    pid_t r = waitpid(pid, status, WNOHANG);
+    if (r == pid || (r < 0 && errno == ECHILD)) return true;
+    if (t >= ms) return false;
+    nap_ms(10);
+  }
+}
+
+static void srv_resume(void) {
+  int n = g_srv_nstopped;
+  for (int i = 0; i < n; i++) kill(g_srv_stopped[i], SIGCONT);
+  g_srv_nstopped = 0;
+}
+
+/* Async-signal-safe: continue, shut down (or kill) and reap the server,
+ * remove its temp dir. */
+static void srv_child_cleanup(void) {
+  srv_resume();
+  pid_t pid = g_srv_pid;
+  if (pid > 0) {
+    kill(-pid, g_srv_quit_sig);
+    if (!reap_within(pid, 3000, NULL)) {
+      kill(-pid, SIGKILL);
+      while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {
+      }
+    }
+    g_srv_pid = -1;
+    /* runuser may exit before the postmaster: as a subreaper we inherit
+     * it; reap what is left of the server (the demo has no other children). */
+    for (long t = 0; t < 3000; t += 10) {
+      pid_t r = waitpid(-1, NULL, WNOHANG);
+      if (r < 0 && errno == ECHILD) break;
+      if (r == 0) nap_ms(10);
+    }
+  }
+  if (g_srv_dir[0]) {
+    pid_t rm = fork();
+    if (rm == 0) {
+      execl("/bin/rm", "rm", "-rf", g_srv_dir, (char *)NULL);
+      _exit(127);
+    }
+    if (rm > 0 && !reap_within(rm, 5000, NULL)) {
+      kill(rm, SIGKILL);
+      while (waitpid(rm, NULL, 0) < 0 && errno == EINTR) {
+      }
+    }
+    g_srv_dir[0] = '\0';
+  }
+}
+
+static void srv_on_signal(int sig) {
+  srv_child_cleanup();
+  signal(sig, SIG_DFL);
+  raise(sig);
+}
+
+static const int SRV_SIGNALS[] = {SIGINT, SIGTERM, SIGHUP};
+static struct sigaction g_srv_old_sa[3];
+
+static void srv_signals_install(void) {
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = srv_on_signal;
+  sigemptyset(&sa.sa_mask);
+  for (int i = 0; i < 3; i++) sigaction(SRV_SIGNALS[i], &sa, &g_srv_old_sa[i]);
+  prctl(PR_SET_CHILD_SUBREAPER, 1);
+}
+
+static void srv_signals_restore(void) {
+  for (int i = 0; i < 3; i++) sigaction(SRV_SIGNALS[i], &g_srv_old_sa[i], NULL);
+}
+
+/* The parent pid of pid from /proc, or -1. */
+static pid_t proc_ppid(pid_t pid) {
+  char path[64], buf[512];
+  snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+  FILE *f = fopen(path, "r");
+  if (!f) return -1;
+  size_t n = fread(buf, 1, sizeof buf - 1, f);
+  fclose(f);
+  buf[n] = '\0';
+  char *p = strrchr(buf, ')');
+  int ppid;
+  if (!p || sscanf(p + 1, " %*c %d", &ppid) != 1) return -1;
+  return (pid_t)ppid;
+}
+
+/* Stall the server: SIGSTOP its process and every descendant (PostgreSQL's
+ * backends run in sessions of their own, so a process group is not enough). */
+static void srv_stall(void) {
+  pid_t root = g_srv_pid;
+  if (root <= 0) return;
+  pid_t set[SRV_MAX_STOPPED];
+  int n = 0;
+  set[n++] = root;
+  g_srv_stopped[0] = root;
+  g_srv_nstopped = 1;
+  kill(root, SIGSTOP);
+  /* Three passes reach grandchildren (runuser -> postmaster -> backends). */
+  for (int pass = 0; pass < 3; pass++) {
+    DIR *d = opendir("/proc");
+    if (!d) break;
+    struct dirent *e;
+    while ((e = readdir(d)) && n < SRV_MAX_STOPPED) {
+      char *end;
+      long v = strtol(e->d_name, &end, 10);
+      if (*end || v <= 0) continue;
+      pid_t pid = (pid_t)v, pp = proc_ppid(pid);
+      bool parent_in = false, in = false;
+      for (int i = 0; i < n; i++) {
+        if (set[i] == pp) parent_in = true;
+        if (set[i] == pid) in = true;
+      }
+      if (!parent_in || in) continue;
+      set[n++] = pid;
+      g_srv_stopped[g_srv_nstopped] = pid;
+      g_srv_nstopped++;
+      kill(pid, SIGSTOP);
+    }
+    closedir(d);
+  }
+}
+
+/* The executable in PATH (or /usr/bin, /usr/sbin), or false. */
+static bool find_exe(const char *name, char *out, size_t n) {
+  const char *path = getenv("PATH");
+  char buf[4096];
+  snprintf(buf, sizeof buf, "%s:/usr/bin:/usr/sbin:/usr/local/bin", path ? path : "");
+  for (char *save = NULL, *dir = strtok_r(buf, ":", &save); dir; dir = strtok_r(NULL, ":", &save)) {
+    if (!*dir) continue;
+    int m = snprintf(out, n, "%s/%s", dir, name);
+    if (m > 0 && (size_t)m < n && access(out, X_OK) == 0) return true;
+  }
+  return false;
+}
+
+/* A port free right now on 127.0.0.1 (the kernel's pick), or 0. */
+static unsigned free_port(void) {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return 0;
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = 0};
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof a;
+  unsigned port = 0;
+  if (bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
+      getsockname(fd, (struct sockaddr *)&a, &len) == 0)
+    port = ntohs(a.sin_port);
+  close(fd);
+  return port;
+}
+
+/* Start argv[0] (a full path) as a child leading its own process group,
+ * output to /dev/null, killed if the demo dies. Returns the pid or -1. */
+static pid_t spawn(const char *const *argv) {
+  pid_t parent = getpid();
+  pid_t pid = fork();
+  if (pid != 0) return pid;
+  setpgid(0, 0);
+  prctl(PR_SET_PDEATHSIG, SIGKILL);
+  if (getppid() != parent) _exit(127);
+  int nul = open("/dev/null", O_RDWR);
+  if (nul >= 0) {
+    dup2(nul, STDIN_FILENO);
+    dup2(nul, STDOUT_FILENO);
+    dup2(nul, STDERR_FILENO);
+  }
+  execv(argv[0], (char *const *)argv);
+  _exit(127);
+}
+
+static bool make_temp_dir(const char *kind, char *err, size_t errn) {
+  snprintf(g_srv_dir, sizeof g_srv_dir, "/tmp/brownout-%s-XXXXXX", kind);
+  if (mkdtemp(g_srv_dir)) return true;
+  snprintf(err, errn, "mkdtemp: %s", strerror(errno));
+  g_srv_dir[0] = '\0';
+  return false;
+}
+
+#ifdef BROWNOUT_HAVE_REDIS
+/* Start redis-server on a free port; wait (at most 5 s) until it answers.
+ * Returns the port, or 0 with a message in err. */
+static unsigned redis_start(const char *exe, char *err, size_t errn) {
+  if (!make_temp_dir("redis", err, errn)) return 0;
+  char logf[128];
+  snprintf(logf, sizeof logf, "%s/redis.log", g_srv_dir);
+  g_srv_quit_sig = SIGTERM; /* no persistence: exits at once */
+  for (int attempt = 0; attempt < 3; attempt++) {
+    unsigned port = free_port();
+    if (!port) {
+      snprintf(err, errn, "no free port on 127.0.0.1");
+      return 0;
+    }
+    char ports[16];
+    snprintf(ports, sizeof ports, "%u", port);
+    const char *args[] = {exe, "--port", ports, "--bind", "127.0.0.1", "--dir", g_srv_dir,
+                          "--logfile", logf, "--save", "", "--appendonly", "no",
+                          "--enable-debug-command", "yes", "--daemonize", "no", NULL};
+    pid_t pid = spawn(args);
+    if (pid < 0) {
+      snprintf(err, errn, "fork: %s", strerror(errno));
+      return 0;
+    }
+    g_srv_pid = pid;
+    uint64_t until = resil_now_ns() + 5000000000ull;
+    while (resil_now_ns() < until) {
+      if (waitpid(pid, NULL, WNOHANG) == pid) {
+        g_srv_pid = -1;
+        break;
+      }
+      struct timeval tv = {0, 200000};
+      redisContext *c = redisConnectWithTimeout("127.0.0.1", (int)port, tv);
+      if (c && !c->err && redisSetTimeout(c, tv) == REDIS_OK) {
+        redisReply *r = redisCommand(c, "SET brownout:key %s", "hello");
+        bool ok = r && r->type == REDIS_REPLY_STATUS;
+        if (r) freeReplyObject(r);
+        if (ok) {
+          redisFree(c);
+          return port;
+        }
+      }
+      if (c) redisFree(c);
+      nap_ms(50);
+    }
+    if (g_srv_pid > 0) {
+      snprintf(err, errn, "redis-server did not answer within 5 s (log: %s)", logf);
+      return 0; /* the caller's cleanup stops it */
+    }
+    snprintf(err, errn, "redis-server exited at start (port %u taken?)", port);
+  }
+  return 0;
+}
+#endif
+
+#ifdef BROWNOUT_HAVE_PG
+/* initdb and start PostgreSQL 15 on a free port (as `postgres` via runuser
+ * when root); wait (at most 10 s) until it accepts a connection. Returns the
+ * port, or 0 with a message in err. */
+static unsigned pg_start(const char *runuser, char *err, size_t errn) {
+  if (!make_temp_dir("pg", err, errn)) return 0;
+  if (runuser) {
+    struct passwd *pw = getpwnam("postgres");
+    if (!pw || chown(g_srv_dir, pw->pw_uid, pw->pw_gid) != 0) {
+      snprintf(err, errn, "cannot give %s to the postgres user", g_srv_dir);
+      return 0;
+    }
+  }
+  char data[128], ports[16];
+  snprintf(data, sizeof data, "%s/data", g_srv_dir);
+  const char *pre[] = {runuser, "-u", "postgres", "--"};
+  int np = runuser ? 4 : 0;
+  const char *args[32];
+  int n = 0;
+  for (int i = 0; i < np; i++) args[n++] = pre[i];
+  args[n++] = PG_BINDIR "/initdb";
+  const char *init_args[] = {"-D", data, "-A", "trust", "-U", "postgres", "--no-sync",
+                             "-E", "UTF8", "--locale=C", NULL};
+  for (int i = 0; init_args[i]; i++) args[n++] = init_args[i];
+  args[n] = NULL;
+  pid_t pid = spawn(args);
+  int status = 0;
+  if (pid < 0 || !reap_within(pid, 30000, &status)) {
+    if (pid > 0) {
+      kill(-pid, SIGKILL);
+      waitpid(pid, NULL, 0);
+    }
+    snprintf(err, errn, "initdb did not finish within 30 s");
+    return 0;
+  }
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+    snprintf(err, errn, "initdb failed (exit status %d)",
+             WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+    return 0;
+  }
+  g_srv_quit_sig = SIGQUIT; /* immediate shutdown */
+  unsigned port = free_port();
+  if (!port) {
+    snprintf(err, errn, "no free port on 127.0.0.1");
+    return 0;
+  }
+  snprintf(ports, sizeof ports, "%u", port);
+  n = np;
+  args[n++] = PG_BINDIR "/postgres";
+  const char *run_args[] = {"-D", data, "-p", ports, "-k", g_srv_dir, "-c",
+                            "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c",
+                            "max_connections=40", NULL};
+  for (int i = 0; run_args[i]; i++) args[n++] = run_args[i];
+  args[n] = NULL;
+  if ((pid = spawn(args)) < 0) {
+    snprintf(err, errn, "fork: %s", strerror(errno));
+    return 0;
+  }
+  g_srv_pid = pid;
+  char ci[160];
+  snprintf(ci, sizeof ci,
+           "host=127.0.0.1 port=%u user=postgres dbname=postgres connect_timeout=1", port);
+  uint64_t until = resil_now_ns() + 10000000000ull;
+  while (resil_now_ns() < until) {
+    if (waitpid(pid, NULL, WNOHANG) == pid) {
+      g_srv_pid = -1;
+      snprintf(err, errn, "postgres exited at start");
+      return 0;
+    }
+    PGconn *c = PQconnectdb(ci);
+    bool ok = c && PQstatus(c) == CONNECTION_OK;
+    PQfinish(c);
+    if (ok) return port;
+    nap_ms(100);
+  }
+  snprintf(err, errn, "postgres did not accept connections within 10 s");
+  return 0;
+}
+#endif
+
+#ifdef BROWNOUT_HAVE_PG
+static void ignore_notice(void *arg, const char *msg) {
+  (void)arg;
+  (void)msg;
+}
+#endif
+
+typedef struct srv_worker {
+  struct srv_run *run;
+  int side;
+  pthread_t thread;
+  bool running;
+  void *naive; /* redisContext * or PGconn * */
+  _Atomic uint64_t call_start_ns;
+  cell cells[SRV_NPHASES];
+} srv_worker;
+
+typedef struct srv_run {
+  int kind;
+  void *client; /* resil_redis * or resil_pg * */
+  resil_dep *dep;
+  _Atomic int cur_phase;
+  _Atomic uint64_t end_ns;
+  uint64_t phase_start[SRV_NPHASES + 1];
+  _Atomic uint64_t first_reject[SRV_NPHASES]; /* ns, UINT64_MAX: none */
+  unsigned stuck[SRV_NPHASES][NSIDES];
+  resil_breaker_state breaker[SRV_NPHASES];
+  uint64_t trips[SRV_NPHASES];
+  srv_worker w[NSIDES][SRV_WORKERS];
+} srv_run;
+
+static resil_status srv_call(srv_worker *w) {
+  srv_run *run = w->run;
+  resil_err err;
+  resil_status st = RESIL_E_FAILURE;
+#ifdef BROWNOUT_HAVE_REDIS
+  if (run->kind == K_REDIS) {
+    if (w->side == SIDE_RESIL) {
+      redisReply *reply = NULL;
+      st = resil_redis_command(run->client, resil_deadline_in_ms(DEADLINE_MS),
+                               RESIL_CALL_IDEMPOTENT, &reply, &err, "GET %s", "brownout:key");
+      if (reply) freeReplyObject(reply);
+    } else {
+      /* Plain hiredis: blocking, no timeout. */
+      redisContext *c = w->naive;
+      redisReply *reply = !c->err ? redisCommand(c, "GET %s", "brownout:key") : NULL;
+      st = reply && reply->type != REDIS_REPLY_ERROR ? RESIL_OK : RESIL_E_FAILURE;
+      if (reply) freeReplyObject(reply);
+      if (c->err) redisReconnect(c);
+    }
+  }
+#endif
+#ifdef BROWNOUT_HAVE_PG
+  if (run->kind == K_PG) {
+    if (w->side == SIDE_RESIL) {
+      PGresult *res = NULL;
+      st = resil_pg_query(run->client, resil_deadline_in_ms(DEADLINE_MS), RESIL_CALL_IDEMPOTENT,
+                          "SELECT 1", 0, NULL, &res, &err);
+      if (res) PQclear(res);
+    } else {
+      /* Plain libpq: PQexec, no timeout. */
+      PGconn *c = w->naive;
+      PGresult *res = PQexec(c, "SELECT 1");
+      st = PQresultStatus(res) == PGRES_TUPLES_OK ? RESIL_OK : RESIL_E_FAILURE;
+      PQclear(res);
+      if (PQstatus(c) != CONNECTION_OK) PQreset(c);
+    }
+  }
+#endif
+  (void)err;
+  return st;
+}
+
+static void *srv_worker_main(void *arg) {
+  srv_worker *w = arg;
+  srv_run *run = w->run;
+  uint64_t next = resil_now_ns();
+  for (;;) {
+    uint64_t now = resil_now_ns(), end_ns = atomic_load(&run->end_ns);
+    if (now >= end_ns) break;
+    if (now < next) {
+      sleep_until_ns(min_u64(next, end_ns));
+      continue;
+    }
+    next += SRV_INTERVAL_NS;
+    if (next < now) next = now;
+    int ph = atomic_load(&run->cur_phase);
+    cell *c = &w->cells[ph];
+    atomic_store(&w->call_start_ns, now);
+    resil_status st = srv_call(w);
+    uint64_t end = resil_now_ns();
+    atomic_store(&w->call_start_ns, 0);
+    c->done++;
+    cell_add_latency(c, end - now);
+    if (end - now > c->max_ns) c->max_ns = end - now;
+    if (st == RESIL_OK) {
+      c->ok++;
+    } else if (resil_status_is_rejection(st)) {
+      c->rejected++;
+      uint64_t cur = atomic_load(&run->first_reject[ph]);
+      while (end < cur && !atomic_compare_exchange_weak(&run->first_reject[ph], &cur, end)) {
+      }
+    } else {
+      c->failed++;
+    }
+  }
+  return NULL;
+}
+
+static void srv_take_phase_end(srv_run *run, int ph, uint64_t *prev_trips) {
+  uint64_t now = resil_now_ns();
+  for (int k = 0; k < NSIDES; k++) {
+    unsigned n = 0;
+    for (int i = 0; i < SRV_WORKERS; i++) {
+      uint64_t cs = atomic_load(&run->w[k][i].call_start_ns);
+      if (cs && now > cs && now - cs >= STUCK_NS) n++;
+    }
+    run->stuck[ph][k] = n;
+  }
+  resil_dep_stats st;
+  resil_dep_get_stats(run->dep, &st);
+  run->breaker[ph] = st.breaker.state;
+  run->trips[ph] = st.breaker.transitions[RESIL_BREAKER_OPEN] - *prev_trips;
+  *prev_trips = st.breaker.transitions[RESIL_BREAKER_OPEN];
+}
+
+static void srv_print_table(const srv_run *run) {
+  printf("  %-8s %-5s %6s %6s %7s %7s %7s %5s %-13s %9s\n", "phase", "side", "done", "ok", "p50",
+         "p99", "max", "stuck", "breaker", "fail-fast");
+  for (int ph = 0; ph < SRV_NPHASES; ph++) {
+    for (int k = 0; k < NSIDES; k++) {
+      cell sum;
+      memset(&sum, 0, sizeof sum);
+      for (int i = 0; i < SRV_WORKERS; i++) {
+        const cell *c = &run->w[k][i].cells[ph];
+        sum.done += c->done;
+        sum.ok += c->ok;
+        if (c->max_ns > sum.max_ns) sum.max_ns = c->max_ns;
+        for (int b = 0; b < LAT_BUCKETS; b++) sum.hist[b] += c->hist[b];
+      }
+      char b1[32], b2[32], b3[32], b4[32], okp[16], stuck[16], br[40], ff[32];
+      if (sum.done)
+        snprintf(okp, sizeof okp, "%.1f%%", 100.0 * (double)sum.ok / (double)sum.done);
+      else
+        snprintf(okp, sizeof okp, "-");
+      snprintf(stuck, sizeof stuck, "%u/%u", run->stuck[ph][k], SRV_WORKERS);
+      if (k == SIDE_RESIL) {
+        snprintf(br, sizeof br, "%s (%" PRIu64 ")", resil_breaker_state_name(run->breaker[ph]),
+                 run->trips[ph]);
+        uint64_t fr = atomic_load(&run->first_reject[ph]);
+        if (fr == UINT64_MAX)
+          snprintf(ff, sizeof ff, "-");
+        else
+          fmt_dur(ff, sizeof ff, fr > run->phase_start[ph] ? fr - run->phase_start[ph] : 0);
+      } else {
+        snprintf(br, sizeof br, "none");
+        snprintf(ff, sizeof ff, "never");
+      }
+      printf("  %-8s %-5s %6s %6s %7s %7s %7s %5s %-13s %9s\n", k == 0 ? SRV_PHASE[ph] : "",
+             SIDE_NAME[k], fmt_count(b1, sizeof b1, sum.done), okp,
+             sum.done ? fmt_dur(b2, sizeof b2,
+                                min_u64(hist_quantile(sum.hist, sum.done, 0.50), sum.max_ns))
+                      : "-",
+             sum.done ? fmt_dur(b3, sizeof b3,
+                                min_u64(hist_quantile(sum.hist, sum.done, 0.99), sum.max_ns))
+                      : "-",
+             sum.done ? fmt_dur(b4, sizeof b4, sum.max_ns) : "-", stuck, br, ff);
+    }
+  }
+  printf("\n");
+}
+
+static void srv_dep_config(resil_dep_config *c, unsigned phase_s) {
+  c->timeout_ms = DEADLINE_MS;
+  uint32_t pms = phase_s * 1000u, open_ms = pms / 20 < 100 ? 100 : pms / 20 > 500 ? 500 : pms / 20;
+  c->breaker.consecutive_failures = 5;
+  c->breaker.failure_rate_percent = 50;
+  c->breaker.minimum_calls = 20;
+  c->breaker.window_ms = pms < 10000 ? pms : 10000;
+  c->breaker.open_ms = open_ms;
+  c->breaker.open_max_ms = 2 * open_ms;
+  c->limit.max_concurrent = SRV_WORKERS;
+  c->limit.max_waiters = 0;
+  c->retry.max_attempts = 3;
+  c->retry.base_backoff_ms = 5;
+  c->retry.max_backoff_ms = 50;
+  c->retry.budget_percent = 20;
+}
+
+static void srv_pool_config(resil_pool_config *p) {
+  p->max_size = SRV_WORKERS;
+  p->connect_timeout_ms = DEADLINE_MS;
+  p->acquire_timeout_ms = DEADLINE_MS;
+  p->validate_timeout_ms = DEADLINE_MS;
+  p->housekeeping_ms = 0;
+}
+
+/* One server's run. exe: redis-server's path, or runuser's (NULL: run
+ * PostgreSQL as this user). Returns 0, or 1 on a run-time error. The
+ * server is started, and always stopped again, in here. */
+static int run_server_section(int kind, unsigned phase_s, const char *exe) {
+  static srv_run R; /* large (histograms); zeroed per use below */
+  srv_run *run = &R;
+  memset(run, 0, sizeof *run);
+  run->kind = kind;
+  const char *label = kind == K_REDIS ? "Redis" : "PostgreSQL";
+  char emsg[256] = "";
+  int rc = 1;
+  unsigned port = 0;
+  srv_signals_install();
+#ifdef BROWNOUT_HAVE_REDIS
+  if (kind == K_REDIS) port = redis_start(exe, emsg, sizeof emsg);
+#endif
+#ifdef BROWNOUT_HAVE_PG
+  if (kind == K_PG) port = pg_start(exe, emsg, sizeof emsg);
+#endif
+  if (!port) {
+    fprintf(stderr, "brownout: --with-servers: %s: %s\n", label, emsg);
+    goto out;
+  }
+  if (kind == K_REDIS)
+    printf("  Redis: %s on 127.0.0.1:%u (child pid %d, temp dir %s, no persistence)\n", exe,
+           port, (int)g_srv_pid, g_srv_dir);
+  else
+    printf("  PostgreSQL: %s/postgres on 127.0.0.1:%u%s (child pid %d, temp dir %s)\n",
+           PG_BINDIR, port, exe ? " as user postgres" : "", (int)g_srv_pid, g_srv_dir);
+  printf("  phases: healthy -> stalled (server SIGSTOPped) -> resumed (SIGCONT), %u s each;\n"
+         "  %d threads per side, %s at up to %u/s per side\n"
+         "  resil: %s, %u ms deadline, breaker, pool of %d connections\n"
+         "  naive: one connection per thread, blocking %s, no timeout\n\n",
+         phase_s, SRV_WORKERS, kind == K_REDIS ? "GET" : "SELECT 1",
+         (unsigned)(SRV_WORKERS * (1000000000u / SRV_INTERVAL_NS)),
+         kind == K_REDIS ? "resil_redis_command()" : "resil_pg_query()", DEADLINE_MS,
+         SRV_WORKERS, kind == K_REDIS ? "hiredis redisCommand()" : "libpq PQexec()");
+
+  resil_err err;
+#ifdef BROWNOUT_HAVE_REDIS
+  if (kind == K_REDIS) {
+    resil_redis_config c;
+    resil_redis_config_init(&c, "brownout-redis");
+    c.host = "127.0.0.1";
+    c.port = port;
+    c.connect_timeout_ms = DEADLINE_MS;
+    srv_dep_config(&c.dep, phase_s);
+    srv_pool_config(&c.pool);
+    if (!(run->client = resil_redis_new(&c, &err))) goto client_failed;
+    run->dep = resil_redis_dep(run->client);
+    for (int i = 0; i < SRV_WORKERS; i++) {
+      redisContext *rc_ = redisConnect("127.0.0.1", (int)port); /* no timeout: the naive way */
+      if (!rc_ || rc_->err) {
+        snprintf(err.msg, sizeof err.msg, "cannot connect: %s", rc_ ? rc_->errstr : "no memory");
+        if (rc_) redisFree(rc_);
+        goto client_failed;
+      }
+      run->w[SIDE_NAIVE][i].naive = rc_;
+    }
+  }
+#endif
+#ifdef BROWNOUT_HAVE_PG
+  char ci[128];
+  snprintf(ci, sizeof ci, "host=127.0.0.1 port=%u user=postgres dbname=postgres", port);
+  if (kind == K_PG) {
+    resil_pg_config c;
+    resil_pg_config_init(&c, "brownout-pg");
+    c.conninfo = ci;
+    c.connect_timeout_ms = DEADLINE_MS;
+    c.cancel_timeout_ms = DEADLINE_MS;
+    srv_dep_config(&c.dep, phase_s);
+    srv_pool_config(&c.pool);
+    if (!(run->client = resil_pg_new(&c, &err))) goto client_failed;
+    run->dep = resil_pg_dep(run->client);
+    for (int i = 0; i < SRV_WORKERS; i++) {
+      PGconn *pc = PQconnectdb(ci); /* no connect_timeout: the naive way */
+      if (!pc || PQstatus(pc) != CONNECTION_OK) {
+        snprintf(err.msg, sizeof err.msg, "cannot connect: %s",
+                 pc ? PQerrorMessage(pc) : "no memory");
+        PQfinish(pc);
+        goto client_failed;
+      }
+      PQsetNoticeProcessor(pc, ignore_notice, NULL);
+      run->w[SIDE_NAIVE][i].naive = pc;
+    }
+  }
+#endif
+
+  for (int ph = 0; ph < SRV_NPHASES; ph++) atomic_init(&run->first_reject[ph], UINT64_MAX);
+  uint64_t phase_ns = (uint64_t)phase_s * 1000000000ull;
+  uint64_t t0 = resil_now_ns();
+  atomic_store(&run->end_ns, t0 + SRV_NPHASES * phase_ns);
+  atomic_store(&run->cur_phase, 0);
+  run->phase_start[0] = t0;
+  bool started_all = true;
+  for (int k = 0; k < NSIDES && started_all; k++) {
+    for (int i = 0; i < SRV_WORKERS; i++) {
+      srv_worker *w = &run->w[k][i];
+      w->run = run;
+      w->side = k;
+      atomic_init(&w->call_start_ns, 0);
+      int e = pthread_create(&w->thread, NULL, srv_worker_main, w);
+      if (e) {
+        fprintf(stderr, "brownout: cannot start a worker thread: %s\n", strerror(e));
+        atomic_store(&run->end_ns, resil_now_ns());
+        started_all = false;
+        break;
+      }
+      w->running = true;
+    }
+  }
+  if (started_all) {
+    uint64_t prev_trips = 0;
+    for (int ph = 0; ph < SRV_NPHASES; ph++) {
+      uint64_t pend = t0 + (uint64_t)(ph + 1) * phase_ns;
+      printf("  phase %d/%d: %s (%u s)\n", ph + 1, SRV_NPHASES, SRV_PHASE[ph], phase_s);
+      sleep_until_ns(pend);
+      srv_take_phase_end(run, ph, &prev_trips);
+      run->phase_start[ph + 1] = resil_now_ns();
+      if (ph + 1 < SRV_NPHASES) atomic_store(&run->cur_phase, ph + 1);
+      /* Stall the server for phase 2, continue it after. */
+      if (ph == 0) srv_stall();
+      if (ph == 1) srv_resume();
+    }
+    rc = 0;
+  }
+  /* Never join with the server stopped: the naive calls would wait forever. */
+  srv_resume();
+  for (int k = 0; k < NSIDES; k++)
+    for (int i = 0; i < SRV_WORKERS; i++)
+      if (run->w[k][i].running) pthread_join(run->w[k][i].thread, NULL);
+  if (rc == 0) {
+    printf("\n");
+    srv_print_table(run);
+  }
+  goto out;
+
+client_failed:
+  fprintf(stderr, "brownout: --with-servers: %s: %s\n", label, err.msg);
+out:
+  for (int i = 0; i < SRV_WORKERS; i++) {
+    void *n = run->w[SIDE_NAIVE][i].naive;
+    if (!n) continue;
+#ifdef BROWNOUT_HAVE_REDIS
+    if (kind == K_REDIS) redisFree(n);
+#endif
+#ifdef BROWNOUT_HAVE_PG
+    if (kind == K_PG) PQfinish(n);
+#endif
+  }
+  if (run->client) {
+#ifdef BROWNOUT_HAVE_REDIS
+    if (kind == K_REDIS) resil_redis_free(run->client);
+#endif
+#ifdef BROWNOUT_HAVE_PG
+    if (kind == K_PG) resil_pg_free(run->client);
+#endif
+  }
+  srv_child_cleanup();
+  srv_signals_restore();
+  return rc;
+}
+#endif /* BROWNOUT_HAVE_SERVERS */
+
+/* --with-servers: Redis and PostgreSQL when possible; says what it skips.
+ * Returns 0 or 1. */
+static int run_servers_section(const options *o) {
+  unsigned phase_s = o->phase_s < SRV_MAX_PHASE_S ? o->phase_s : SRV_MAX_PHASE_S;
+  (void)phase_s;
+  printf("---- --with-servers: real Redis / PostgreSQL servers, stalled with SIGSTOP ----\n");
+  int rc = 0;
+  bool ran = false;
+#ifdef BROWNOUT_HAVE_REDIS
+  char exe[512];
+  if (!find_exe("redis-server", exe, sizeof exe))
+    printf("  Redis: skipped (redis-server is not installed: apt-get install redis-server)\n\n");
+  else if ((ran = true), run_server_section(K_REDIS, phase_s, exe) != 0)
+    rc = 1;
+#else
+  printf("  Redis: skipped (this build has no resil-redis: hiredis was not found)\n\n");
+#endif
+#ifdef BROWNOUT_HAVE_PG
+  char runuser[512];
+  bool root = geteuid() == 0;
+  if (access(PG_BINDIR "/initdb", X_OK) != 0 || access(PG_BINDIR "/postgres", X_OK) != 0)
+    printf("  PostgreSQL: skipped (%s/initdb and postgres are not installed:\n"
+           "  apt-get install postgresql-15)\n\n", PG_BINDIR);
+  else if (root && (!getpwnam("postgres") || !find_exe("runuser", runuser, sizeof runuser)))
+    printf("  PostgreSQL: skipped (running as root, but there is no `postgres` user or no\n"
+           "  runuser to run it as)\n\n");
+  else if ((ran = true), run_server_section(K_PG, phase_s, root ? runuser : NULL) != 0)
+    rc = 1;
+#else
+  printf("  PostgreSQL: skipped (this build has no resil-pg: libpq was not found)\n\n");
+#endif
+  if (!ran) return rc;
+  printf("  done: calls started in the phase that completed (any outcome); stuck: threads in\n"
+         "  one call for over 1 s at the phase's end; breaker: state at the phase's end (times\n"
+         "  it opened in the phase); fail-fast: phase start to the first local rejection.\n"
+         "  Naive calls stuck on the stopped server end when it is continued (SIGCONT).\n\n");
+  return rc;
+}
+
 /* ---- Command line --------------------------------------------------------- */
 
 static void usage(FILE *f) {
@@ -1340,6 +2125,13 @@ static void usage(FILE *f) {
           "                     (default: the current directory; created if missing)\n"
           "  --summary          also print machine-readable lines after the summary:\n"
           "                     SUMMARY-BROWNOUT <metric> <resil> <naive> (for scripts/bench.sh)\n"
+          "  --with-servers     afterwards, for Redis and PostgreSQL 15 if installed (and\n"
+          "                     this build has resil-redis / resil-pg): start a throwaway\n"
+          "                     server on 127.0.0.1 (PostgreSQL as user postgres when\n"
+          "                     root), stall it with SIGSTOP for a phase and compare\n"
+          "                     resil (200 ms deadline) with the raw driver (no timeout);\n"
+          "                     each is skipped with a note otherwise. About 20 s more.\n"
+          "                     Default: off (scripts/demo.sh passes it only if you do)\n"
           "  --help             this text\n"
           "\n"
           "Every wait is bounded: naive calls still stuck when the schedule ends fail 0.4 s\n"
@@ -1379,7 +2171,7 @@ static bool parse_uint(const char *s, unsigned lo, unsigned hi, unsigned *out) {
 /* Returns -1 to go on, else an exit status. */
 static int parse_args(int argc, char **argv, options *o) {
   *o = (options){DEFAULT_PHASE_S, DEFAULT_WORKERS, DEFAULT_RATE, false, ".", DEFAULT_BACKEND,
-                 false};
+                 false, false};
   bool phase_set = false;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
@@ -1393,6 +2185,10 @@ static int parse_args(int argc, char **argv, options *o) {
     }
     if (!strcmp(a, "--summary")) {
       o->summary = true;
+      continue;
+    }
+    if (!strcmp(a, "--with-servers")) {
+      o->with_servers = true;
       continue;
     }
     /* --name VALUE or --name=VALUE */
@@ -1631,6 +2427,7 @@ join:
     }
     if (!write_exports(d->opt.out_dir)) rc = 1;
     if (!write_emf(d)) rc = 1;
+    if (d->opt.with_servers && run_servers_section(&d->opt) != 0) rc = 1;
   }
 
 out:

@@ -4,6 +4,9 @@
 #
 #   bash scripts/demo.sh              # about 45 s
 #   bash scripts/demo.sh --quick      # about 10 s
+#   bash scripts/demo.sh --with-servers   # then also real Redis / PostgreSQL 15
+#                                     # servers stalled with SIGSTOP, if installed
+#                                     # (off unless you pass it; see --help)
 #
 # Made for a fresh Debian 12 machine as root (or a user with sudo); safe to
 # run again: nothing is reinstalled and the build is incremental. The build
