@@ -435,7 +435,7 @@ resil_status resil_dep_admit(resil_dep *d, resil_deadline deadline, resil_permit
   resil_breaker_ticket t;
   if (resil_breaker_acquire(d->breaker, &t) != RESIL_OK)
     return reject(d, RESIL_E_BREAKER_OPEN, err);
-  uint64_t now = resil_now_ns();
+  uint64_t now = resil__now_fast_ns();
   if (deadline.at_ns && now >= deadline.at_ns) {
     resil_breaker_record(d->breaker, t, RESIL_E_DEADLINE, 0);
     return reject(d, RESIL_E_DEADLINE, err);
@@ -447,7 +447,7 @@ resil_status resil_dep_admit(resil_dep *d, resil_deadline deadline, resil_permit
       resil_breaker_record(d->breaker, t, st, 0);
       return reject(d, st, err);
     }
-    now = resil_now_ns();
+    now = resil__now_fast_ns();
   }
   uint64_t cap = now + (uint64_t)d->cfg.timeout_ms * 1000000ull;
   p->dep = d;
@@ -462,7 +462,7 @@ void resil_dep_done(resil_permit *p, resil_status outcome) {
   if (!p || !(p->flags_ & PERMIT_LIVE) || !p->dep) return;
   resil_dep *d = p->dep;
   p->flags_ = 0;
-  uint64_t now = resil_now_ns();
+  uint64_t now = resil__now_fast_ns();
   uint64_t lat = now > p->start_ns ? now - p->start_ns : 0;
   resil__breaker_record_at(d->breaker, p->ticket, outcome, lat, now);
   dep_stripe *s = my_stripe(d);

@@ -262,7 +262,7 @@ static void add_idle_locked(resil_pool *p, resil_pool_conn *c, close_list *l) {
     slot_freed_locked(p);
     return;
   }
-  c->idle_since_ns = resil_now_ns();
+  c->idle_since_ns = resil__now_fast_ns();
   idle_push_head_locked(p, c);
   dispatch_locked(p);
 }
@@ -623,7 +623,7 @@ static resil_status vet_locked(resil_pool *p, resil_deadline deadline, grant *g,
                                resil_pool_conn **out, resil_err *err) {
   while (g->kind == G_CONN) {
     resil_pool_conn *c = g->conn;
-    uint64_t now = resil_now_ns();
+    uint64_t now = resil__now_fast_ns();
     resil_pool_close_reason r =
         p->draining ? RESIL_POOL_CLOSE_DRAIN : stale_reason_locked(p, c, now);
     if (r == RESIL_POOL_CLOSE_REASON_COUNT_ && needs_validation(p, c, now)) {
@@ -725,12 +725,12 @@ resil_status resil_pool_acquire(resil_pool *p, resil_deadline deadline, resil_po
   if (out) *out = NULL;
   if (!p || !out)
     return resil_err_set(err, RESIL_E_INVALID, "pool acquire: %s is NULL", p ? "out" : "pool");
-  if (resil_deadline_expired(deadline))
+  uint64_t t0 = resil__now_fast_ns();
+  if (deadline.at_ns && t0 >= deadline.at_ns)
     return resil_err_set(err, RESIL_E_DEADLINE, "pool '%s': deadline already passed", p->name);
   /* The latency histogram sees every attempt that got this far. */
-  uint64_t t0 = resil_now_ns();
   resil_status st = acquire(p, deadline, out, err);
-  uint64_t t1 = resil_now_ns();
+  uint64_t t1 = resil__now_fast_ns();
   resil__hist_observe(&p->latency, t1 > t0 ? t1 - t0 : 0);
   return st;
 }
@@ -740,7 +740,7 @@ void *resil_pool_conn_handle(const resil_pool_conn *c) { return c ? c->handle : 
 void resil_pool_release(resil_pool *p, resil_pool_conn *c, resil_pool_return how) {
   if (!p || !c) return;
   close_list dead = {NULL};
-  uint64_t now = resil_now_ns();
+  uint64_t now = resil__now_fast_ns();
   pthread_mutex_lock(&p->mu);
   p->in_use--;
   if (how != RESIL_POOL_OK || p->draining || lifetime_over(c, now)) {
