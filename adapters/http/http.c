@@ -455,6 +455,7 @@ typedef struct xfer {
   size_t max;
   size_t cap;
   size_t header_bytes;
+  bool headers_done; /* the blank line ending the last response's headers came */
   bool too_big;
   bool nomem;
 } xfer;
@@ -512,11 +513,16 @@ static size_t on_header(char *data, size_t size, size_t nmemb, void *ud) {
   }
   if (n >= 5 && memcmp(data, "HTTP/", 5) == 0) { /* a new response (after 1xx) */
     hc->hlen = hc->nspans = 0;
+    x->headers_done = false;
     return n;
   }
   size_t len = n;
   while (len && (data[len - 1] == '\r' || data[len - 1] == '\n')) len--;
-  if (!len || data[0] == ' ' || data[0] == '\t') return n; /* end, or obsolete folding */
+  if (!len) { /* the blank line: this response's headers are complete */
+    x->headers_done = true;
+    return n;
+  }
+  if (data[0] == ' ' || data[0] == '\t') return n; /* obsolete folding */
   const char *colon = memchr(data, ':', len);
   if (!colon || colon == data || hc->nspans >= MAX_HEADER_LINES) return n;
   size_t nl = (size_t)(colon - data);
@@ -794,8 +800,12 @@ static resil_status attempt(void *vctx, resil_attempt *a) {
   curl_easy_getinfo(e, CURLINFO_NUM_CONNECTS, &nconn);
   r->curl_code = (int)rc;
   r->reused = nconn == 0 && code != 0;
+  /* curl 7.88 ends a transfer whose connection closed inside the header
+   * section (after the status line) with CURLE_OK, the status parsed and
+   * no body: that is a cut response, not an answer. */
+  bool cut_headers = rc == CURLE_OK && !x.headers_done;
 
-  if (rc == CURLE_OK) {
+  if (rc == CURLE_OK && !cut_headers) {
     if (!take_headers(hc, r)) x.nomem = true;
     bool has_ra = resil_http_response_header(r, "Retry-After") != NULL;
     if (has_ra) {
@@ -827,10 +837,14 @@ static resil_status attempt(void *vctx, resil_attempt *a) {
   /* The transfer failed. Keep the handle only when no connection was ever
    * made (a refused connect or a failed lookup leave nothing half-read). */
   r->status = 0;
-  resil_http_phase ph = phase_of(h, e, rc, c->req->body ? c->req->body_len : 0);
+  resil_http_phase ph = cut_headers ? RESIL_HTTP_PHASE_RECEIVE
+                                    : phase_of(h, e, rc, c->req->body ? c->req->body_len : 0);
   r->phase = ph;
   char detail[CURL_ERROR_SIZE];
-  snprintf(detail, sizeof detail, "%s", hc->errbuf[0] ? hc->errbuf : curl_easy_strerror(rc));
+  if (cut_headers)
+    snprintf(detail, sizeof detail, "connection closed inside the response headers");
+  else
+    snprintf(detail, sizeof detail, "%s", hc->errbuf[0] ? hc->errbuf : curl_easy_strerror(rc));
   hc->hlen = hc->nspans = 0;
   bool clean = rc == CURLE_COULDNT_CONNECT || rc == CURLE_COULDNT_RESOLVE_HOST;
   resil_pool_release(h->pool, pc, clean ? RESIL_POOL_OK : RESIL_POOL_BROKEN); /* frees hc */

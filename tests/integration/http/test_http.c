@@ -514,6 +514,74 @@ static void cut_body_fails_and_its_connection_is_not_reused(void **state) {
   resil_http_free(h);
 }
 
+/* A peer that answers every connection with a status line and one header,
+ * then closes before the blank line ending the headers. curl 7.88 reports
+ * that as CURLE_OK (status 200, no body); the adapter must not. */
+static void *cut_headers_peer(void *arg) {
+  int lfd = *(int *)arg;
+  for (int i = 0; i < 2; i++) {
+    int fd = accept(lfd, NULL, NULL);
+    if (fd < 0) break;
+    char buf[4096];
+    size_t len = 0;
+    while (len < sizeof buf - 1) { /* read the request head */
+      ssize_t n = read(fd, buf + len, sizeof buf - 1 - len);
+      if (n <= 0) break;
+      len += (size_t)n;
+      buf[len] = '\0';
+      if (strstr(buf, "\r\n\r\n")) break;
+    }
+    static const char part[] = "HTTP/1.1 200 OK\r\nServer: cut\r\nContent-Le";
+    ssize_t w = write(fd, part, sizeof part - 1);
+    (void)w;
+    close(fd);
+  }
+  return NULL;
+}
+
+static void response_cut_inside_its_headers_is_a_failure(void **state) {
+  (void)state;
+  int lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  assert_true(lfd >= 0);
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = 0};
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t alen = sizeof a;
+  assert_int_equal(bind(lfd, (struct sockaddr *)&a, sizeof a), 0);
+  assert_int_equal(getsockname(lfd, (struct sockaddr *)&a, &alen), 0);
+  assert_int_equal(listen(lfd, 4), 0);
+  pthread_t th;
+  assert_int_equal(pthread_create(&th, NULL, cut_headers_peer, &lfd), 0);
+  char url[64];
+  snprintf(url, sizeof url, "http://127.0.0.1:%u", (unsigned)ntohs(a.sin_port));
+  resil_http_config cfg;
+  resil_http_config_init(&cfg, "cut-headers");
+  cfg.base_url = url;
+  resil_http *h = resil_http_new(&cfg, NULL);
+  assert_non_null(h);
+  for (int i = 0; i < 2; i++) {
+    resil_http_response r;
+    resil_err err = {0};
+    assert_int_equal(resil_http_get(h, resil_deadline_in_ms(1000), "/x", &r, &err),
+                     RESIL_E_FAILURE);
+    assert_int_equal(r.phase, RESIL_HTTP_PHASE_RECEIVE);
+    assert_int_equal(r.status, 0);
+    assert_int_equal(r.nheaders, 0);
+    assert_int_equal(r.body_len, 0);
+    assert_non_null(strstr(err.msg, "receive: connection closed inside the response headers"));
+    resil_http_response_free(&r);
+  }
+  resil_dep_stats ds;
+  resil_dep_get_stats(resil_http_dep(h), &ds);
+  assert_int_equal(ds.calls[RESIL_OUTCOME_FAILURE], 2);
+  assert_int_equal(ds.calls[RESIL_OUTCOME_SUCCESS], 0);
+  resil_pool_stats ps;
+  resil_pool_get_stats(resil_http_pool(h), &ps);
+  assert_int_equal(ps.closed[RESIL_POOL_CLOSE_BROKEN], 2);
+  resil_http_free(h);
+  pthread_join(th, NULL);
+  close(lfd);
+}
+
 static void nothing_listening_fails_fast_in_connect(void **state) {
   (void)state;
   uint16_t dead;
@@ -992,6 +1060,7 @@ int main(void) {
       cmocka_unit_test(connection_closed_by_the_server_while_idle_is_replaced),
       cmocka_unit_test(busy_pool_rejects_with_pool_timeout),
       cmocka_unit_test(cut_body_fails_and_its_connection_is_not_reused),
+      cmocka_unit_test(response_cut_inside_its_headers_is_a_failure),
       cmocka_unit_test(nothing_listening_fails_fast_in_connect),
       cmocka_unit_test(connect_that_hangs_times_out_in_connect),
 #ifdef HAVE_FAULTPROXY
