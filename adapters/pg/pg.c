@@ -660,9 +660,18 @@ static resil_status pg_connect(void *ctx, resil_deadline deadline, void **out, r
     short ev = ps == PGRES_POLLING_READING ? POLLIN : POLLOUT;
     int w = wait_fd(PQsocket(c), ev, deadline);
     if (w == 0) {
+      /* Name the address that did not answer (libpq may try several). */
+      const char *addr = PQhostaddr(c), *port = PQport(c);
+      if (!addr || !*addr) addr = PQhost(c);
+      if (!addr) addr = "";
+      if (!port) port = "";
+      bool v6 = strchr(addr, ':') != NULL;
+      resil_status st = resil_err_set(err, RESIL_E_TIMEOUT, "%s%s%s%s%s: timed out",
+                                      v6 ? "[" : "", addr, v6 ? "]" : "", *port ? ":" : "",
+                                      port);
       PQfinish(c);
       bump(&pg->connects_timed_out);
-      return resil_err_set(err, RESIL_E_TIMEOUT, "timed out");
+      return st;
     }
     if (w < 0) {
       int e = errno;

@@ -12,7 +12,7 @@ RESIL_DEBIAN_PACKAGES=(
   # promtool (checks the Prometheus text exposition)
   prometheus
   # tools the harness itself uses
-  curl openssl procps iproute2 util-linux python3-minimal
+  curl openssl procps iproute2 util-linux python3-minimal iptables
 )
 
 # ensure_packages [PKG...]: install whichever of the packages (default: the

@@ -29,30 +29,6 @@
 
 #define IO_TIMEOUT_MS 5000
 
-static int ci_mode(void) {
-  const char *ci = test_env("CI");
-  return ci && strcmp(ci, "0") != 0 && strcmp(ci, "false") != 0;
-}
-
-/* The variable's value; if it is missing: fail under CI, else skip. */
-static const char *need_env(const char *name) {
-  const char *v = test_env(name);
-  if (v) return v;
-  if (ci_mode())
-    fail_msg("%s is not set: integration tests must run under scripts/test.sh, "
-             "which starts the test servers and sets RESIL_TEST_*", name);
-  skip();
-  return ""; /* not reached: skip() jumps out of the test */
-}
-
-static int need_port(const char *name) {
-  const char *v = need_env(name);
-  char *end = NULL;
-  long port = strtol(v, &end, 10);
-  if (*end != '\0' || port < 1 || port > 65535) fail_msg("%s=%s is not a port", name, v);
-  return (int)port;
-}
-
 /* TCP connection to 127.0.0.1:port with connect and I/O timeouts, or -1. */
 static int connect_loopback(int port) {
   int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);

@@ -5,6 +5,7 @@
 #include <arpa/inet.h>
 #include <dirent.h>
 #include <netinet/in.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <sys/socket.h>
 #include <time.h>
@@ -28,6 +29,35 @@ static inline int count_open_fds(void) {
 static inline const char *test_env(const char *name) {
   const char *v = getenv(name);
   return (v && *v) ? v : NULL;
+}
+
+/* Whether CI is set (and not "0"/"false"): then a missing test server is a
+ * broken harness, not a reason to skip. */
+static inline int test_ci_mode(void) {
+  const char *ci = test_env("CI");
+  return ci && strcmp(ci, "0") != 0 && strcmp(ci, "false") != 0;
+}
+
+/* The variable's value; if it is missing: fail under CI (scripts/test.sh
+ * should have set it), else skip the test (a developer ran `meson test` by
+ * hand without the servers). Needs cmocka.h. */
+static inline const char *need_env(const char *name) {
+  const char *v = test_env(name);
+  if (v) return v;
+  if (test_ci_mode())
+    fail_msg("%s is not set: integration tests must run under scripts/test.sh, "
+             "which starts the test servers and sets RESIL_TEST_*", name);
+  skip();
+  return ""; /* not reached: skip() jumps out of the test */
+}
+
+/* need_env() of a TCP port, checked to be 1..65535. */
+static inline uint16_t need_port(const char *name) {
+  const char *v = need_env(name);
+  char *end = NULL;
+  long port = strtol(v, &end, 10);
+  if (*end != '\0' || port < 1 || port > 65535) fail_msg("%s=%s is not a port", name, v);
+  return (uint16_t)port;
 }
 
 /* A loopback listener that never answers a SYN: its accept queue (backlog

@@ -25,22 +25,6 @@
 
 /* ---- Environment --------------------------------------------------------------------- */
 
-static bool ci_mode(void) {
-  const char *ci = test_env("CI");
-  return ci && strcmp(ci, "0") != 0 && strcmp(ci, "false") != 0;
-}
-
-/* The variable's value; if it is missing: fail under CI, else skip the test. */
-static const char *need_env(const char *name) {
-  const char *v = test_env(name);
-  if (v) return v;
-  if (ci_mode())
-    fail_msg("%s is not set: integration tests must run under scripts/test.sh, which starts "
-             "the test servers and sets RESIL_TEST_*", name);
-  skip();
-  return "";
-}
-
 /* Set by meson (tests/integration/ecs/meson.build): missing means a broken build. */
 static const char *meson_env(const char *name) {
   const char *v = test_env(name);

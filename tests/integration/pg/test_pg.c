@@ -39,21 +39,6 @@
 
 /* ---- Environment ------------------------------------------------------- */
 
-static int ci_mode(void) {
-  const char *ci = test_env("CI");
-  return ci && strcmp(ci, "0") != 0 && strcmp(ci, "false") != 0;
-}
-
-static const char *need_env(const char *name) {
-  const char *v = test_env(name);
-  if (v) return v;
-  if (ci_mode())
-    fail_msg("%s is not set: integration tests must run under scripts/test.sh, "
-             "which starts the test servers and sets RESIL_TEST_*", name);
-  skip();
-  return "";
-}
-
 static const char *pg_conninfo(void) { return need_env("RESIL_TEST_PG_CONNINFO"); }
 static const char *bouncer_conninfo(void) { return need_env("RESIL_TEST_PGBOUNCER_CONNINFO"); }
 

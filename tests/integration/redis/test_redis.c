@@ -37,29 +37,6 @@
 
 /* ---- Environment ------------------------------------------------------- */
 
-static int ci_mode(void) {
-  const char *ci = test_env("CI");
-  return ci && strcmp(ci, "0") != 0 && strcmp(ci, "false") != 0;
-}
-
-static const char *need_env(const char *name) {
-  const char *v = test_env(name);
-  if (v) return v;
-  if (ci_mode())
-    fail_msg("%s is not set: integration tests must run under scripts/test.sh, "
-             "which starts the test servers and sets RESIL_TEST_*", name);
-  skip();
-  return "";
-}
-
-static uint32_t need_port(const char *name) {
-  const char *v = need_env(name);
-  char *end = NULL;
-  long port = strtol(v, &end, 10);
-  if (*end != '\0' || port < 1 || port > 65535) fail_msg("%s=%s is not a port", name, v);
-  return (uint32_t)port;
-}
-
 /* The current pid of a test server: the restart scripts rewrite the pid
  * files in $RESIL_TEST_TMPDIR; the variable holds the first pid. */
 static pid_t server_pid(const char *file, const char *var) {
