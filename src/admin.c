@@ -27,6 +27,12 @@
 
 #define LINGER_MS 1000
 #define LINGER_MAX_BYTES (1u << 20)
+/* Connections accepted per poll() round (the listen backlog): a flood of
+ * connects cannot keep the thread in accept() away from the timers and
+ * the other connections. */
+#define ACCEPT_BATCH 128
+/* Longest method token (parse_request_line). */
+#define METHOD_MAX 32
 
 typedef enum { C_FREE = 0, C_READ, C_WRITE, C_LINGER } cstate;
 
@@ -35,6 +41,8 @@ typedef struct conn {
   cstate st;
   char *in;      /* max_request_bytes + 1 */
   size_t inlen;
+  size_t line_end; /* just past the request line's LF; 0 until it arrived */
+  size_t scan;     /* where examine() resumes looking (each byte is looked at once) */
   char *out;
   size_t outlen, outoff;
   size_t discarded;
@@ -177,7 +185,7 @@ static void respond_error(conn *c, int code, const char *msg, bool head, const c
 
 static bool is_tchar(char ch) {
   return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
-         strchr("!#$%&'*+-.^_`|~", ch) != NULL;
+         (ch != 0 && strchr("!#$%&'*+-.^_`|~", ch) != NULL); /* strchr finds the NUL */
 }
 
 typedef struct reqline {
@@ -193,7 +201,7 @@ static bool parse_request_line(const char *s, size_t len, reqline *r) {
   if (len && s[len - 1] == '\r') len--;
   size_t i = 0;
   while (i < len && is_tchar(s[i])) i++;
-  if (i == 0 || i > 32 || i >= len || s[i] != ' ') return false;
+  if (i == 0 || i > METHOD_MAX || i >= len || s[i] != ' ') return false;
   r->method = s;
   r->mlen = i;
   size_t t = ++i;
@@ -305,46 +313,64 @@ static void route(conn *c, const reqline *r) {
   }
 }
 
-/* Look at what has arrived; answer if the request is complete or bad. */
+/* Look at what has arrived; answer if the request is complete or bad.
+ * Called after every read: it resumes where the previous call stopped, so
+ * a request trickled in byte by byte costs linear, not quadratic, time. */
 static void examine(conn *c) {
   c->in[c->inlen] = 0;
-  char *eol = memchr(c->in, '\n', c->inlen);
   reqline r;
-  if (!eol) { /* reject garbage (e.g. a TLS handshake) before the line ends */
-    size_t i = 0;
-    while (i < c->inlen && is_tchar(c->in[i])) i++;
-    if (i < c->inlen && (c->in[i] != ' ' || i == 0)) {
+  if (!c->line_end) {
+    char *eol = memchr(c->in + c->scan, '\n', c->inlen - c->scan);
+    if (!eol) { /* reject garbage (e.g. a TLS handshake) before the line ends */
+      size_t i = 0;
+      while (i < c->inlen && i <= METHOD_MAX && is_tchar(c->in[i])) i++;
+      if (i > METHOD_MAX || (i < c->inlen && (c->in[i] != ' ' || i == 0))) {
+        respond_error(c, 400, "malformed request line", false, NULL);
+        return;
+      }
+      c->scan = c->inlen;
+      if (c->inlen >= adm_cfg.max_request_bytes)
+        respond_error(c, 431, "request line and headers too large", false, NULL);
+      return;
+    }
+    if (!parse_request_line(c->in, (size_t)(eol - c->in), &r)) {
       respond_error(c, 400, "malformed request line", false, NULL);
       return;
     }
+    c->line_end = (size_t)(eol - c->in) + 1;
+    c->scan = (size_t)(eol - c->in); /* the blank line may follow at once */
   }
-  if (eol && !parse_request_line(c->in, (size_t)(eol - c->in), &r)) {
-    respond_error(c, 400, "malformed request line", false, NULL);
-    return;
-  }
-  /* End of headers: a blank line (CRLF CRLF, or bare LF LF). */
+  /* End of headers: a blank line (CRLF CRLF, or bare LF LF), looked for
+   * from the first LF that could still start one. */
   char *end = NULL;
-  if (eol) {
-    for (char *p = eol; p && p < c->in + c->inlen; p = memchr(p + 1, '\n', (size_t)(c->in + c->inlen - p - 1))) {
-      char *q = p + 1;
-      if (q < c->in + c->inlen && *q == '\n') {
-        end = q + 1;
-        break;
-      }
-      if (q + 1 < c->in + c->inlen && q[0] == '\r' && q[1] == '\n') {
-        end = q + 2;
-        break;
-      }
+  char *lim = c->in + c->inlen;
+  size_t resume = c->inlen;
+  for (char *p = c->in + c->scan; p < lim; p++) {
+    p = memchr(p, '\n', (size_t)(lim - p));
+    if (!p) break;
+    if (p + 1 == lim || (p[1] == '\r' && p + 2 == lim)) { /* not complete yet */
+      resume = (size_t)(p - c->in);
+      break;
+    }
+    if (p[1] == '\n') {
+      end = p + 2;
+      break;
+    }
+    if (p[1] == '\r' && p[2] == '\n') {
+      end = p + 3;
+      break;
     }
   }
   if (!end) {
+    c->scan = resume;
     if (c->inlen >= adm_cfg.max_request_bytes)
       respond_error(c, 431, "request line and headers too large", false, NULL);
     return;
   }
+  parse_request_line(c->in, c->line_end - 1, &r); /* checked when it arrived */
   bool head = method_is(&r, "HEAD");
   bool te;
-  int bad = check_headers(eol + 1, end, (size_t)(end - c->in), &te);
+  int bad = check_headers(c->in + c->line_end, end, (size_t)(end - c->in), &te);
   if (bad == 0 && te) bad = 400;
   if (bad) {
     respond_error(c, bad,
@@ -437,7 +463,7 @@ static void on_timeout(conn *c) {
 #define NSLOTS (adm_cfg.max_connections * 2u)
 
 static void accept_all(void) {
-  for (;;) {
+  for (int k = 0; k < ACCEPT_BATCH; k++) {
     int fd = accept4(adm_lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) {
       if (errno == EINTR || errno == ECONNABORTED) continue;

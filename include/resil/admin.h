@@ -23,6 +23,18 @@
  * plus headers longer than max_request_bytes, 503 too many connections.
  * A query string is ignored.
  *
+ * Bounds. Per connection: max_request_bytes of buffer, allocated once at
+ * accept (nothing else is allocated per request but the response); the
+ * request within read_timeout_ms of the accept, however slowly it trickles
+ * in; the response within read_timeout_ms of being ready, however little
+ * the client reads; then at most min(read_timeout_ms, 1 s) and 1 MiB of
+ * lingering. Headers have no separate count limit: they are checked in one
+ * pass over the buffer, with no per-header state or allocation, so
+ * max_request_bytes bounds their number too (a minimal "X:" line takes 4
+ * bytes) and more of them than fit is a 431. Connections: see above; a
+ * flood of connects is accepted in batches, between which timers and the
+ * other connections are served.
+ *
  * Services with their own HTTP server can serve the same bodies with
  * resil_export_prometheus(), resil_health() and resil_ready().
  */

@@ -14,6 +14,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <stdatomic.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -141,6 +142,71 @@ static ssize_t raw_read_all(int fd, char *buf, size_t size) {
   }
   buf[len] = 0;
   return (ssize_t)len;
+}
+
+/* Send len bytes of req (none if req is NULL) on a new connection and read
+ * the answer until the server closes. Returns the response's status, 0 if
+ * it sent none, -1 if it did not close within 15 s; *took_ms (may be NULL)
+ * gets the time from connect to EOF. The answer is left in buf. */
+static int raw_exchange(const char *req, size_t len, char *buf, size_t size, uint64_t *took_ms) {
+  uint64_t t0 = mono_ms();
+  int fd = raw_connect();
+  size_t off = 0;
+  while (req && off < len) {
+    ssize_t n = send(fd, req + off, len - off, MSG_NOSIGNAL);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break; /* the server may answer and stop reading early */
+    off += (size_t)n;
+  }
+  ssize_t n = raw_read_all(fd, buf, size);
+  close(fd);
+  if (took_ms) *took_ms = mono_ms() - t0;
+  if (n < 0) return -1;
+  int code = 0;
+  if (sscanf(buf, "HTTP/1.1 %d ", &code) != 1) code = 0;
+  return code;
+}
+
+static int raw_get(const char *path, char *buf, size_t size, uint64_t *took_ms) {
+  char req[256];
+  int len = snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", path);
+  return raw_exchange(req, (size_t)len, buf, size, took_ms);
+}
+
+/* The address the admin endpoint listens on: the listening socket of this
+ * process whose port is resil_admin_port(). */
+static bool admin_listen_address(struct sockaddr_storage *out) {
+  DIR *d = opendir("/proc/self/fd");
+  if (!d) return false;
+  bool found = false;
+  struct dirent *e;
+  while (!found && (e = readdir(d)) != NULL) {
+    if (e->d_name[0] == '.') continue;
+    int fd = atoi(e->d_name);
+    int listening = 0;
+    socklen_t l = sizeof listening;
+    if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &l) != 0 || !listening) continue;
+    socklen_t al = sizeof *out;
+    if (getsockname(fd, (struct sockaddr *)out, &al) != 0) continue;
+    uint16_t port = out->ss_family == AF_INET ? ((struct sockaddr_in *)out)->sin_port
+                    : out->ss_family == AF_INET6 ? ((struct sockaddr_in6 *)out)->sin6_port
+                                                 : 0;
+    found = ntohs(port) == resil_admin_port();
+  }
+  closedir(d);
+  return found;
+}
+
+static void start_with(uint32_t max_conns, uint32_t read_timeout_ms,
+                       resil_admin_config_fn config_fn) {
+  resil_admin_config c;
+  resil_admin_config_init(&c);
+  c.max_connections = max_conns;
+  c.read_timeout_ms = read_timeout_ms;
+  c.config_json_fn = config_fn;
+  resil_err err;
+  if (resil_admin_start(&c, &err) != RESIL_OK) fail_msg("%s", err.msg);
+  assert_true(resil_admin_port() > 0);
 }
 
 /* ---- fixtures ---- */
@@ -469,6 +535,16 @@ static void malformed_requests_from_a_raw_socket_get_400(void **state) {
       fail_msg("request %zu: expected 400, got '%.60s'", i, n > 0 ? buf : "(nothing)");
     assert_true(mono_ms() - t0 < READ_TIMEOUT_MS); /* at once, not at the timeout */
   }
+  /* A NUL is not a token character, in a method or a header name. */
+  static const char nul_method[] = "GE\0T /health HTTP/1.1\r\n\r\n";
+  static const char nul_name[] = "GET /health HTTP/1.1\r\nX\0Y: 1\r\n\r\n";
+  const char *with_nul[] = {nul_method, nul_name};
+  const size_t nul_len[] = {sizeof nul_method - 1, sizeof nul_name - 1};
+  for (size_t i = 0; i < 2; i++) {
+    char ans[512];
+    int code = raw_exchange(with_nul[i], nul_len[i], ans, sizeof ans, NULL);
+    if (code != 400) fail_msg("NUL request %zu: expected 400, got %d", i, code);
+  }
   /* Bare LF line endings are accepted (RFC 9112 allows it). */
   int fd = raw_connect();
   const char *lf = "GET /health HTTP/1.0\n\n";
@@ -517,6 +593,236 @@ static void half_closing_client_gets_its_answer_and_head_has_no_body(void **stat
   close(fd);
 }
 
+/* ---- bounds: each test fails if its bound breaks ---- */
+
+/* (a) Unless configured, the endpoint listens on 127.0.0.1 only: the
+ * default, an explicit NULL and "" all bind the loopback address (as the
+ * kernel reports it), never 0.0.0.0 or ::. */
+static void default_bind_address_is_loopback(void **state) {
+  (void)state;
+  for (int i = 0; i < 3; i++) {
+    resil_admin_config c;
+    resil_admin_config_init(&c);
+    if (i == 1) c.bind_address = NULL;
+    if (i == 2) c.bind_address = "";
+    resil_err err;
+    if (resil_admin_start(&c, &err) != RESIL_OK) fail_msg("%s", err.msg);
+    struct sockaddr_storage ss;
+    if (!admin_listen_address(&ss)) fail_msg("no listening socket on port %u", resil_admin_port());
+    assert_int_equal(ss.ss_family, AF_INET);
+    char text[INET_ADDRSTRLEN];
+    inet_ntop(AF_INET, &((struct sockaddr_in *)&ss)->sin_addr, text, sizeof text);
+    if (strcmp(text, "127.0.0.1") != 0) fail_msg("variant %d listens on %s", i, text);
+    resil_admin_stop();
+  }
+}
+
+/* (b) A request larger than max_request_bytes (a declared body of 20000
+ * bytes, sent in full, against the default 8192) is answered 413 at once
+ * and the connection is closed: the client reads EOF, not a timeout. */
+static void oversized_request_gets_413_and_is_closed(void **state) {
+  (void)state;
+  start_with(16, READ_TIMEOUT_MS, NULL);
+  int fds_before = count_open_fds();
+  static const char head[] = "GET /health HTTP/1.1\r\nHost: x\r\nContent-Length: 20000\r\n\r\n";
+  size_t len = sizeof head - 1 + 20000;
+  char *req = malloc(len);
+  assert_non_null(req);
+  memcpy(req, head, sizeof head - 1);
+  memset(req + sizeof head - 1, 'b', 20000);
+  char buf[1024];
+  uint64_t took = 0;
+  int code = raw_exchange(req, len, buf, sizeof buf, &took);
+  free(req);
+  if (code != 413) fail_msg("expected 413, got %d: '%.80s'", code, buf);
+  assert_non_null(strstr(buf, "Connection: close\r\n"));
+  assert_non_null(strstr(buf, "request body too large"));
+  if (took >= 1000) fail_msg("the 413 and close took %llu ms", (unsigned long long)took);
+  /* The server let go of the connection too (after the lingering read). */
+  uint64_t t0 = mono_ms();
+  while (count_open_fds() != fds_before && mono_ms() - t0 < 3000) usleep(20 * 1000);
+  assert_int_equal(count_open_fds(), fds_before);
+}
+
+static char *header_flood(int nheaders, size_t *len) {
+  static const char line[] = "GET /health HTTP/1.1\r\n";
+  *len = sizeof line - 1 + (size_t)nheaders * 4 + 2;
+  char *req = malloc(*len + 1);
+  assert_non_null(req);
+  char *p = req + sizeof line - 1;
+  memcpy(req, line, sizeof line - 1);
+  for (int i = 0; i < nheaders; i++, p += 4) memcpy(p, "X:\r\n", 4);
+  memcpy(p, "\r\n", 3);
+  return req;
+}
+
+/* (c) The number of headers is bounded by max_request_bytes (admin.h: no
+ * separate count cap; one pass, no per-header state): 1000 headers of 4
+ * bytes (4 KB, within the default 8192) are served at once; 3000 of them
+ * (12 KB) are refused with 431 at once, not at the read timeout, and the
+ * connection is closed. */
+static void many_small_headers_are_bounded_by_max_request_bytes(void **state) {
+  (void)state;
+  start_with(16, READ_TIMEOUT_MS, NULL);
+  char buf[1024];
+  uint64_t took = 0;
+  size_t len;
+  char *req = header_flood(1000, &len);
+  int code = raw_exchange(req, len, buf, sizeof buf, &took);
+  free(req);
+  if (code != 200 || took >= 1000)
+    fail_msg("1000 headers: %d after %llu ms: '%.80s'", code, (unsigned long long)took, buf);
+  req = header_flood(3000, &len);
+  code = raw_exchange(req, len, buf, sizeof buf, &took);
+  free(req);
+  if (code != 431 || took >= 1000)
+    fail_msg("3000 headers: %d after %llu ms: '%.80s'", code, (unsigned long long)took, buf);
+  assert_non_null(strstr(buf, "request line and headers too large"));
+}
+
+/* (d) Slowloris: a client that sends one byte every 100 ms and never ends
+ * its headers is cut (408, then EOF) read_timeout_ms after it connected -
+ * the bytes it keeps sending do not extend its time - while other clients,
+ * one between every two of its bytes, are served at once. */
+static void trickling_client_is_cut_at_read_timeout_while_others_are_served(void **state) {
+  (void)state;
+  enum { RT = 1000 };
+  start_with(4, RT, NULL);
+  int slow = raw_connect();
+  uint64_t t0 = mono_ms();
+  const char *half = "GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ";
+  assert_int_equal(send(slow, half, strlen(half), 0), (ssize_t)strlen(half));
+  int trickled = 0, served = 0;
+  uint64_t worst = 0, cut = 0;
+  while (mono_ms() - t0 < 4 * RT) {
+    struct pollfd p = {.fd = slow, .events = POLLIN};
+    if (poll(&p, 1, 100) > 0) { /* the server answered: it gave up on it */
+      cut = mono_ms() - t0;
+      break;
+    }
+    if (send(slow, "a", 1, MSG_NOSIGNAL) != 1) break;
+    trickled++;
+    char buf[512];
+    uint64_t took = 0;
+    int code = raw_get("/health", buf, sizeof buf, &took);
+    if (code != 200) fail_msg("a client served meanwhile got %d: '%.80s'", code, buf);
+    served++;
+    if (took > worst) worst = took;
+  }
+  if (!cut) fail_msg("the trickling client was not cut within %d ms (%d bytes sent)", 4 * RT,
+                     trickled);
+  char buf[1024];
+  ssize_t n = raw_read_all(slow, buf, sizeof buf);
+  close(slow);
+  assert_true(n > 0); /* and EOF after it */
+  assert_non_null(strstr(buf, "HTTP/1.1 408 "));
+  if (cut < RT - 50 || cut > RT + 400)
+    fail_msg("cut after %llu ms, read_timeout_ms is %d", (unsigned long long)cut, RT);
+  if (trickled < 5 || served < 5) fail_msg("only %d bytes trickled, %d served", trickled, served);
+  if (worst >= 300) fail_msg("a concurrent client took %llu ms", (unsigned long long)worst);
+}
+
+/* (e) Idle clients holding every one of max_connections: the extra ones
+ * get 503 at once (also past the 503 slots, where they are refused
+ * without one); the idle ones are cut at read_timeout_ms (408, EOF) and,
+ * even though they never close, their slots are free again once the
+ * server's lingering read ends (min(read_timeout_ms, 1 s) more, admin.h),
+ * when a normal request succeeds. */
+static void idle_clients_over_the_limit_get_503_and_time_out(void **state) {
+  (void)state;
+  enum { RT = 1000 };
+  start_with(2, RT, NULL);
+  int idle[2] = {raw_connect(), raw_connect()};
+  uint64_t t0 = mono_ms();
+  usleep(100 * 1000); /* both accepted */
+  char buf[1024];
+  uint64_t took = 0;
+  for (int i = 0; i < 2; i++) {
+    int code = raw_exchange(NULL, 0, buf, sizeof buf, &took); /* sends nothing either */
+    if (code != 503 || took >= 500)
+      fail_msg("extra client %d: %d after %llu ms", i, code, (unsigned long long)took);
+    assert_non_null(strstr(buf, "too many connections"));
+    code = raw_get("/health", buf, sizeof buf, &took);
+    if (code != 503 || took >= 500)
+      fail_msg("extra request %d: %d after %llu ms", i, code, (unsigned long long)took);
+  }
+  /* Two more that hold their 503 connections open, then one past them. */
+  int held[2] = {raw_connect(), raw_connect()};
+  usleep(50 * 1000);
+  int code = raw_get("/health", buf, sizeof buf, &took);
+  if (code != 503 || took >= 500)
+    fail_msg("request past the 503 slots: %d after %llu ms", code, (unsigned long long)took);
+  close(held[0]);
+  close(held[1]);
+  /* The idle clients are cut at the read timeout. */
+  for (int i = 0; i < 2; i++) {
+    ssize_t n = raw_read_all(idle[i], buf, sizeof buf);
+    uint64_t at = mono_ms() - t0;
+    if (n <= 0 || !strstr(buf, "HTTP/1.1 408 ") || at > RT + 500)
+      fail_msg("idle client %d: %zd bytes after %llu ms: '%.60s'", i, n, (unsigned long long)at,
+               n > 0 ? buf : "");
+  }
+  while ((code = raw_get("/health", buf, sizeof buf, NULL)) == 503 && mono_ms() - t0 < 5 * RT)
+    usleep(50 * 1000);
+  uint64_t freed = mono_ms() - t0;
+  if (code != 200 || freed > RT + RT + 500)
+    fail_msg("after the idle clients timed out: %d after %llu ms: '%.80s'", code,
+             (unsigned long long)freed, buf);
+  assert_non_null(strstr(buf, "{\"status\":\"ok\"}"));
+  close(idle[0]);
+  close(idle[1]);
+}
+
+#define BIG_CONFIG_BYTES (16u << 20) /* far more than socket buffers hold */
+
+static resil_status big_config_json(void *ctx, char **out) {
+  (void)ctx;
+  *out = malloc(BIG_CONFIG_BYTES + 1);
+  if (!*out) return RESIL_E_NOMEM;
+  memset(*out, 'x', BIG_CONFIG_BYTES);
+  (*out)[BIG_CONFIG_BYTES] = 0;
+  return RESIL_OK;
+}
+
+/* (f) A client that asks for a large response and never reads it (tiny
+ * receive window) holds the only connection slot for read_timeout_ms at
+ * most: meanwhile others get 503 at once, then the server drops it (its
+ * socket is closed) and serves again. */
+static void client_that_never_reads_cannot_hold_the_server(void **state) {
+  (void)state;
+  enum { RT = 1000 };
+  start_with(1, RT, big_config_json);
+  int fds_before = count_open_fds();
+  int stuck = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  assert_true(stuck >= 0);
+  int small = 4096;
+  assert_int_equal(setsockopt(stuck, SOL_SOCKET, SO_RCVBUF, &small, sizeof small), 0);
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(resil_admin_port())};
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  assert_int_equal(connect(stuck, (struct sockaddr *)&a, sizeof a), 0);
+  const char *req = "GET /config HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+  assert_int_equal(send(stuck, req, strlen(req), 0), (ssize_t)strlen(req));
+  uint64_t t0 = mono_ms();
+  usleep(200 * 1000);
+  char buf[1024];
+  uint64_t took = 0;
+  int code = raw_get("/health", buf, sizeof buf, &took);
+  if (code != 503 || took >= 500)
+    fail_msg("while the slot is held: %d after %llu ms", code, (unsigned long long)took);
+  /* Poll until the server serves again. */
+  while ((code = raw_get("/health", buf, sizeof buf, NULL)) == 503 && mono_ms() - t0 < 4 * RT)
+    usleep(50 * 1000);
+  uint64_t freed = mono_ms() - t0;
+  if (code != 200) fail_msg("still refused after %llu ms: %d", (unsigned long long)freed, code);
+  if (freed < RT - 100 || freed > RT + 500)
+    fail_msg("slot freed after %llu ms, read_timeout_ms is %d", (unsigned long long)freed, RT);
+  /* Only our end of the stuck connection is left open. */
+  uint64_t w0 = mono_ms();
+  while (count_open_fds() != fds_before + 1 && mono_ms() - w0 < 2000) usleep(20 * 1000);
+  assert_int_equal(count_open_fds(), fds_before + 1);
+  close(stuck);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(config_is_validated_and_defaults_are_local),
@@ -531,6 +837,13 @@ int main(void) {
       cmocka_unit_test_teardown(malformed_requests_from_a_raw_socket_get_400, stop_after),
       cmocka_unit_test_teardown(half_closing_client_gets_its_answer_and_head_has_no_body,
                                 stop_after),
+      cmocka_unit_test_teardown(default_bind_address_is_loopback, stop_after),
+      cmocka_unit_test_teardown(oversized_request_gets_413_and_is_closed, stop_after),
+      cmocka_unit_test_teardown(many_small_headers_are_bounded_by_max_request_bytes, stop_after),
+      cmocka_unit_test_teardown(trickling_client_is_cut_at_read_timeout_while_others_are_served,
+                                stop_after),
+      cmocka_unit_test_teardown(idle_clients_over_the_limit_get_503_and_time_out, stop_after),
+      cmocka_unit_test_teardown(client_that_never_reads_cannot_hold_the_server, stop_after),
   };
   return cmocka_run_group_tests_name("admin", tests, group_setup, group_teardown);
 }
