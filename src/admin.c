@@ -484,8 +484,11 @@ static void accept_all(void) {
     bool over = serving >= adm_cfg.max_connections;
     char *in = (c && !over) ? malloc(adm_cfg.max_request_bytes + 1) : NULL;
     if (!c || (!over && !in)) { /* no slot at all: best effort, then close */
-      static const char busy[] =
-          "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+      /* The same answer as from a slot (respond_error), in one send. */
+      static const char busy[] = "HTTP/1.1 503 Service Unavailable\r\n"
+                                 "Content-Type: application/json\r\nContent-Length: 33\r\n"
+                                 "Cache-Control: no-store\r\nConnection: close\r\n\r\n"
+                                 "{\"error\":\"too many connections\"}\n";
       ssize_t w = send(fd, busy, sizeof busy - 1, MSG_NOSIGNAL);
       (void)w;
       close(fd);
