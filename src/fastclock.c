@@ -23,6 +23,7 @@
  * Anywhere else (other CPUs, no invariant TSC, clocksource not "tsc", a fake
  * clock installed) the fast clock is resil_now_ns().
  */
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -139,11 +140,20 @@ static uint64_t slow_path(void) {
 }
 #endif
 
+#if HAVE_TSC
+/* A child forked while a parent thread was re-anchoring would otherwise
+ * inherit fc_busy set and never re-anchor again (correct, but slow). */
+static void after_fork_in_child(void) { atomic_store_explicit(&fc_busy, 0, memory_order_relaxed); }
+#endif
+
 static int detect(void) {
   int m = atomic_load_explicit(&fc_mode, memory_order_relaxed);
   if (m != FC_UNKNOWN) return m;
 #if HAVE_TSC
   m = tsc_usable() ? FC_TSC : FC_OFF;
+  static _Atomic int atfork_done;
+  if (m == FC_TSC && !atomic_exchange_explicit(&atfork_done, 1, memory_order_relaxed))
+    pthread_atfork(NULL, NULL, after_fork_in_child);
 #else
   m = FC_OFF;
 #endif
