@@ -93,35 +93,23 @@ static const char REDIS_KEY[] = "resil:fault_matrix:big";
 
 /* ---- Environment and time ---------------------------------------------- */
 
-static uint64_t now_us(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
-}
-
-static void sleep_ms(unsigned ms) {
-  struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};
-  while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-  }
-}
-
 /* Wait up to ms for fp_active(fp) <= n. */
 static bool wait_active_at_most(const fp_proxy *fp, unsigned n, unsigned ms) {
-  uint64_t until = now_us() + (uint64_t)ms * 1000u;
+  uint64_t until = test_now_us() + (uint64_t)ms * 1000u;
   for (;;) {
     if (fp_active(fp) <= n) return true;
-    if (now_us() >= until) return false;
-    sleep_ms(5);
+    if (test_now_us() >= until) return false;
+    test_sleep_ms(5);
   }
 }
 
 /* Wait up to ms for the open fd count to come back to n; the last count. */
 static int wait_fds(int n, unsigned ms) {
-  uint64_t until = now_us() + (uint64_t)ms * 1000u;
+  uint64_t until = test_now_us() + (uint64_t)ms * 1000u;
   for (;;) {
     int now = count_open_fds();
-    if (now == n || now_us() >= until) return now;
-    sleep_ms(10);
+    if (now == n || test_now_us() >= until) return now;
+    test_sleep_ms(10);
   }
 }
 
@@ -292,10 +280,10 @@ static resil_pg_stats pg_stats(void *cl) {
 /* A timed-out statement's connection goes to the reaper thread, which sends
  * a cancel request (a new connection through the proxy) and closes it. */
 static void pg_quiesce(void *cl) {
-  uint64_t until = now_us() + 2000000u;
+  uint64_t until = test_now_us() + 2000000u;
   resil_pg_stats s = pg_stats(cl);
-  while (s.reaped < s.timeouts && now_us() < until) {
-    sleep_ms(2);
+  while (s.reaped < s.timeouts && test_now_us() < until) {
+    test_sleep_ms(2);
     s = pg_stats(cl);
   }
   if (s.reaped < s.timeouts)
@@ -454,7 +442,7 @@ static void run_cell(void **state) {
   const adapter_ops *a = c->a;
   const fault_spec *f = c->f;
   uint16_t upstream = a->upstream(); /* skips (or fails under CI) first */
-  uint64_t cell_start = now_us();
+  uint64_t cell_start = test_now_us();
   int fds0 = count_open_fds();
   assert_true(fds0 > 0);
 
@@ -488,10 +476,10 @@ static void run_cell(void **state) {
     resil_err err = {0};
     bool ok = false, in_connect = false;
     resil_pool_stats pb = pool_stats(c);
-    uint64_t t0 = now_us();
+    uint64_t t0 = test_now_us();
     resil_status st =
         a->call(c->cl, resil_deadline_in_ms(DEADLINE_MS), seq_next(), &err, &ok, &in_connect);
-    uint64_t t1 = now_us();
+    uint64_t t1 = test_now_us();
     int64_t took = (int64_t)(t1 - t0);
     c->seen[i] = st;
     if (took > c->max_took_us) c->max_took_us = took;
@@ -560,13 +548,13 @@ static void run_cell(void **state) {
   {
     resil_err err = {0};
     bool ok = false, in_connect = false;
-    uint64_t t0 = now_us();
+    uint64_t t0 = test_now_us();
     resil_status st =
         a->call(c->cl, resil_deadline_in_ms(DEADLINE_MS), seq_next(), &err, &ok, &in_connect);
-    c->reject_us = (int64_t)(now_us() - t0);
-    if (now_us() - tripped_at >= (uint64_t)OPEN_MS * 1000u)
+    c->reject_us = (int64_t)(test_now_us() - t0);
+    if (test_now_us() - tripped_at >= (uint64_t)OPEN_MS * 1000u)
       fail_msg("%s: the open check came %.0f ms after the trip, past the break (%d ms)",
-               c->name, (double)(now_us() - tripped_at) / 1000.0, OPEN_MS);
+               c->name, (double)(test_now_us() - tripped_at) / 1000.0, OPEN_MS);
     if (st != RESIL_E_BREAKER_OPEN)
       fail_msg("%s: open breaker: expected breaker_open, got %s (%s)", c->name,
                resil_status_name(st), err.msg);
@@ -601,8 +589,8 @@ static void run_cell(void **state) {
    * and closes the breaker; the same client goes on working. */
   fp_set_mode(fp, FP_PASS, 0);
   uint64_t reopen = tripped_at + (uint64_t)(OPEN_MS + 30) * 1000u;
-  uint64_t t = now_us();
-  if (t < reopen) sleep_ms((unsigned)((reopen - t) / 1000u + 1));
+  uint64_t t = test_now_us();
+  if (t < reopen) test_sleep_ms((unsigned)((reopen - t) / 1000u + 1));
   unsigned acc2 = fp_accepted(fp);
   resil_dep_stats d3 = dep_stats(c);
   must_succeed(c, "half-open probe");
@@ -646,7 +634,7 @@ static void run_cell(void **state) {
   c->fp = NULL;
   int fds1 = wait_fds(fds0, FD_WAIT_MS);
   if (fds1 != fds0) fail_msg("%s: %d fds before the cell, %d after", c->name, fds0, fds1);
-  c->seconds = (double)(now_us() - cell_start) / 1e6;
+  c->seconds = (double)(test_now_us() - cell_start) / 1e6;
   c->done = true;
 }
 
@@ -729,8 +717,8 @@ int main(void) {
           .initial_state = c,
       };
     }
-  uint64_t t0 = now_us();
+  uint64_t t0 = test_now_us();
   int rc = _cmocka_run_group_tests("fault_matrix", tests, n, group_setup, group_teardown);
-  print_summary(only, (double)(now_us() - t0) / 1e6);
+  print_summary(only, (double)(test_now_us() - t0) / 1e6);
   return rc;
 }

@@ -22,19 +22,9 @@
 #include <unistd.h>
 #include <cmocka.h>
 
+#include "testutil.h"
+
 #include "resil/resil.h"
-
-static uint64_t mono_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
-static void sleep_ms(unsigned ms) {
-  struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};
-  while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-  }
-}
 
 static resil_dep *mk(const char *name, bool critical) {
   resil_dep_config c;
@@ -195,10 +185,10 @@ static void ready_is_503_naming_an_open_critical_breaker(void **state) {
   assert_int_equal(resil_breaker_get_state(resil_dep_breaker(d)), RESIL_BREAKER_OPEN);
   assert_int_equal(resil_ready(buf, sizeof buf), 503);
   assert_string_equal(buf, "{\"ready\":false,\"reason\":\"tripping-db: breaker open\"}");
-  uint64_t t0 = mono_ms();
-  while (resil_ready(NULL, 0) == 503 && mono_ms() - t0 < 10000) sleep_ms(20);
+  uint64_t t0 = test_now_ms();
+  while (resil_ready(NULL, 0) == 503 && test_now_ms() - t0 < 10000) test_sleep_ms(20);
   assert_int_equal(resil_ready(buf, sizeof buf), 200);
-  assert_true(mono_ms() - t0 >= 1000);
+  assert_true(test_now_ms() - t0 >= 1000);
   resil_dep_free(d);
 }
 
@@ -232,7 +222,7 @@ typedef struct holder {
 
 static void *hold_main(void *arg) {
   holder *h = arg;
-  sleep_ms(h->hold_ms);
+  test_sleep_ms(h->hold_ms);
   resil_dep_done(&h->permit, h->outcome);
   atomic_store(&h->done, true);
   return NULL;
@@ -274,23 +264,23 @@ static void drain_lets_in_flight_calls_finish_and_loses_none(void **state) {
   for (int i = 0; i < N; i++) start_holder(&h[i], i % 2 ? e : d, 600 + 50 * (unsigned)i);
 
   drain_job j = {.grace_ms = 300, .deadline_ms = 20000};
-  uint64_t t0 = mono_ms();
+  uint64_t t0 = test_now_ms();
   assert_int_equal(pthread_create(&j.th, NULL, drain_main, &j), 0);
   /* Readiness flips at once. */
-  while (!resil_is_draining()) sleep_ms(1);
+  while (!resil_is_draining()) test_sleep_ms(1);
   assert_int_equal(resil_ready(NULL, 0), 503);
   /* Within the grace period new calls are still admitted. */
   resil_permit p;
   unsigned grace_calls = 0;
   resil_status st = resil_dep_admit(d, RESIL_DEADLINE_UNSET, &p, NULL);
-  if (mono_ms() - t0 < 250) assert_int_equal(st, RESIL_OK);
+  if (test_now_ms() - t0 < 250) assert_int_equal(st, RESIL_OK);
   if (st == RESIL_OK) { /* (on a very slow machine the grace may be over) */
     resil_dep_done(&p, RESIL_OK);
     grace_calls++;
   }
   /* After the grace: rejected with RESIL_E_DRAINING. */
-  while (!resil_dep_is_draining(d) && mono_ms() - t0 < 15000) sleep_ms(2);
-  assert_true(mono_ms() - t0 >= 250);
+  while (!resil_dep_is_draining(d) && test_now_ms() - t0 < 15000) test_sleep_ms(2);
+  assert_true(test_now_ms() - t0 >= 250);
   resil_err err;
   assert_int_equal(resil_dep_admit(d, RESIL_DEADLINE_UNSET, &p, &err), RESIL_E_DRAINING);
   assert_non_null(strstr(err.msg, "draining"));
@@ -332,10 +322,10 @@ static void drain_times_out_naming_the_dependency_with_a_call_in_flight(void **s
   holder hs, hf;
   start_holder(&hf, fast, 50);
   start_holder(&hs, slow, 2500);
-  uint64_t t0 = mono_ms();
+  uint64_t t0 = test_now_ms();
   resil_err err;
   assert_int_equal(resil_drain(0, resil_deadline_in_ms(400), &err), RESIL_E_TIMEOUT);
-  uint64_t took = mono_ms() - t0;
+  uint64_t took = test_now_ms() - t0;
   assert_true(took >= 350);
   assert_true(took < 2400); /* did not wait for the slow call */
   assert_non_null(strstr(err.msg, "1 call still in flight"));
@@ -392,17 +382,17 @@ static void sigterm_sets_a_flag_and_does_not_kill(void **state) {
   assert_int_equal(resil_sigterm_install(&err), RESIL_OK); /* idempotent */
   int fd = resil_sigterm_fd();
   assert_true(fd >= 0);
-  uint64_t t0 = mono_ms();
+  uint64_t t0 = test_now_ms();
   assert_false(resil_sigterm_wait(resil_deadline_in_ms(100)));
-  assert_true(mono_ms() - t0 >= 90);
+  assert_true(test_now_ms() - t0 >= 90);
   struct pollfd pfd = {.fd = fd, .events = POLLIN};
   assert_int_equal(poll(&pfd, 1, 0), 0);
   assert_int_equal(raise(SIGTERM), 0);
   /* Still alive. */
   assert_true(resil_sigterm_received());
-  t0 = mono_ms();
+  t0 = test_now_ms();
   assert_true(resil_sigterm_wait(resil_deadline_in_ms(10000)));
-  assert_true(mono_ms() - t0 < 5000);
+  assert_true(test_now_ms() - t0 < 5000);
   assert_int_equal(poll(&pfd, 1, 0), 1);
   assert_true(pfd.revents & POLLIN);
   /* A second signal is harmless. */

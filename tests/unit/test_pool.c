@@ -8,6 +8,8 @@
 #include <string.h>
 #include <cmocka.h>
 
+#include "testutil.h"
+
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
@@ -251,15 +253,10 @@ static uint64_t real_ms(void) {
   return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
-static void sleep_ms(unsigned ms) {
-  struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000};
-  nanosleep(&ts, NULL);
-}
-
 /* Poll cond (real time) for up to 10 s, then assert it. */
 #define WAIT_FOR(cond)                                              \
   do {                                                              \
-    for (int i_ = 0; i_ < 10000 && !(cond); i_++) sleep_ms(1);      \
+    for (int i_ = 0; i_ < 10000 && !(cond); i_++) test_sleep_ms(1);      \
     assert_true(cond);                                              \
   } while (0)
 
@@ -269,7 +266,7 @@ static void sleep_ms(unsigned ms) {
   do {                                                              \
     for (int i_ = 0; i_ < 2000 && !(cond); i_++) {                  \
       fake_clock_advance_ms(10);                                    \
-      sleep_ms(5);                                                  \
+      test_sleep_ms(5);                                                  \
     }                                                               \
     assert_true(cond);                                              \
   } while (0)
@@ -1172,7 +1169,7 @@ static void drain_wakes_waiters_and_times_out_on_borrowed(void **state) {
 }
 
 static void *release_later(void *arg) {
-  sleep_ms(20);
+  test_sleep_ms(20);
   resil_pool_release(P, arg, RESIL_POOL_OK);
   return NULL;
 }
@@ -1194,9 +1191,9 @@ static void drain_returns_ok_when_borrowed_come_back(void **state) {
 
 static void *advance_30s_later(void *arg) {
   (void)arg;
-  sleep_ms(20);
+  test_sleep_ms(20);
   fake_clock_advance_ms(29999);
-  sleep_ms(30);
+  test_sleep_ms(30);
   fake_clock_advance_ms(1);
   return NULL;
 }
@@ -1220,7 +1217,7 @@ static void drain_with_unset_deadline_waits_30_s_at_most(void **state) {
 
 static void *open_connect_gate_later(void *arg) {
   (void)arg;
-  sleep_ms(20);
+  test_sleep_ms(20);
   gate_set(&F.block_connect, false);
   return NULL;
 }

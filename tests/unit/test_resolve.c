@@ -8,6 +8,8 @@
 #include <string.h>
 #include <cmocka.h>
 
+#include "testutil.h"
+
 #include <arpa/inet.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -101,11 +103,6 @@ static void timing_check(const timing *t) {
 }
 
 
-static void sleep_ms(unsigned ms) {
-  struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000};
-  nanosleep(&ts, NULL);
-}
-
 static uint64_t real_ms(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -120,7 +117,7 @@ static resil__resolve_counters counters(void) {
 
 #define WAIT_FOR(cond)                                         \
   do {                                                         \
-    for (int i_ = 0; i_ < 10000 && !(cond); i_++) sleep_ms(1); \
+    for (int i_ = 0; i_ < 10000 && !(cond); i_++) test_sleep_ms(1); \
     assert_true(cond);                                         \
   } while (0)
 
@@ -129,7 +126,7 @@ static void settle(void) {
   for (int i = 0; i < 10000; i++) {
     resil__resolve_counters c = counters();
     if (c.in_flight == 0 && c.threads == 0) return;
-    sleep_ms(1);
+    test_sleep_ms(1);
   }
 }
 
@@ -467,7 +464,7 @@ static void unset_deadline_waits_five_seconds_at_most(void **state) {
   job_start(&j, "stuck.test", -1);
   WAIT_FOR(counters().waiting == 1);
   fake_clock_advance_ms(4999);
-  sleep_ms(30);
+  test_sleep_ms(30);
   assert_int_equal(counters().waiting, 1); /* still waiting */
   fake_clock_advance_ms(1);
   pthread_join(j.t, NULL);

@@ -62,18 +62,6 @@ static pid_t postmaster_pid(void) {
   return (pid_t)pid;
 }
 
-static uint64_t now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
-static void sleep_ms(unsigned ms) {
-  struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};
-  while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-  }
-}
-
 static int fds_at_start = -1;
 
 /* ---- Stopping and resuming the server ---------------------------------- */
@@ -209,11 +197,11 @@ static bool wait_statement_gone(PGconn *c, const char *marker_a, const char *mar
            "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' "
            "AND pid <> pg_backend_pid() AND query LIKE '%%' || '%s' || '%s' || '%%'",
            marker_a, marker_b);
-  uint64_t until = now_ms() + ms;
+  uint64_t until = test_now_ms() + ms;
   for (;;) {
     if (raw_int(c, sql) == 0) return true;
-    if (now_ms() >= until) return false;
-    sleep_ms(20);
+    if (test_now_ms() >= until) return false;
+    test_sleep_ms(20);
   }
 }
 
@@ -381,7 +369,7 @@ static void unique_violation_is_a_caller_error_with_its_fields(void **state) {
   PQclear(must_query(pg, "CREATE TABLE IF NOT EXISTS resil_pg_uniq (id bigint PRIMARY KEY)",
                      0, NULL));
   char id[32];
-  snprintf(id, sizeof id, "%ld", (long)getpid() * 1000 + (long)(now_ms() % 1000));
+  snprintf(id, sizeof id, "%ld", (long)getpid() * 1000 + (long)(test_now_ms() % 1000));
   const char *p[] = {id};
   PQclear(must_query(pg, "INSERT INTO resil_pg_uniq VALUES ($1)", 1, p));
   PGresult *res = NULL;
@@ -474,11 +462,11 @@ static void check_slow_statement_is_cancelled(resil_pg *pg, PGconn *watcher, boo
   int64_t pid_before = pids ? query_int(pg, "SELECT pg_backend_pid()") : 0;
   resil_err e;
   PGresult *res = NULL;
-  uint64_t t0 = now_ms();
+  uint64_t t0 = test_now_ms();
   resil_status st = resil_pg_query(pg, resil_deadline_in_ms(200), 0,
                                    "SELECT pg_sleep(5) /* resil-slow-marker */", 0, NULL, &res,
                                    &e);
-  uint64_t took = now_ms() - t0;
+  uint64_t took = test_now_ms() - t0;
   print_message("# timed out after %llu ms: %s\n", (unsigned long long)took, e.msg);
   assert_int_equal(st, RESIL_E_TIMEOUT);
   assert_null(res);
@@ -492,7 +480,7 @@ static void check_slow_statement_is_cancelled(resil_pg *pg, PGconn *watcher, boo
   resil_dep_stats s = dep_stats(pg);
   assert_int_equal(s.calls[RESIL_OUTCOME_TIMEOUT], 1);
   /* Cancel sent and connection reaped (the reaper may take a moment). */
-  for (int i = 0; i < 100 && pg_stats(pg).reaped < 1; i++) sleep_ms(10);
+  for (int i = 0; i < 100 && pg_stats(pg).reaped < 1; i++) test_sleep_ms(10);
   resil_pg_stats ps = pg_stats(pg);
   assert_int_equal(ps.timeouts, 1);
   assert_int_equal(ps.cancels_sent, 1);
@@ -517,10 +505,10 @@ static void query_timeout_caps_a_longer_deadline(void **state) {
   (void)state;
   resil_pg *pg = make_pg("qt-db", tweak_query_timeout);
   resil_err e;
-  uint64_t t0 = now_ms();
+  uint64_t t0 = test_now_ms();
   resil_status st = resil_pg_query(pg, resil_deadline_in_ms(3000), 0, "SELECT pg_sleep(2)", 0,
                                    NULL, NULL, &e);
-  uint64_t took = now_ms() - t0;
+  uint64_t took = test_now_ms() - t0;
   assert_int_equal(st, RESIL_E_TIMEOUT);
   assert_true(took <= 200 + SLACK_MS);
   resil_pg_free(pg);
@@ -642,7 +630,7 @@ static void eight_threads_share_a_pool_of_four(void **state) {
   assert_true(wait_statement_gone(watcher, "pg_sleep", "(2)", 3000));
   /* Statements abandoned at the deadline were all reaped (a connect that
    * timed out on a slow machine is a timeout too, with nothing to reap). */
-  for (int i = 0; i < 200 && pg_stats(pg).reaped < pg_stats(pg).timeouts; i++) sleep_ms(10);
+  for (int i = 0; i < 200 && pg_stats(pg).reaped < pg_stats(pg).timeouts; i++) test_sleep_ms(10);
   resil_pg_stats s = pg_stats(pg);
   assert_true(s.timeouts >= 1 && s.timeouts <= (uint64_t)timeouts);
   assert_int_equal(s.reaped, s.timeouts);
@@ -712,10 +700,10 @@ static void nothing_listening_fails_fast(void **state) {
   snprintf(ci, sizeof ci, "host=127.0.0.1 port=%u dbname=resil user=resil", dead_port());
   resil_pg *pg = make_pg_at("dead-db", ci, NULL);
   resil_err e;
-  uint64_t t0 = now_ms();
+  uint64_t t0 = test_now_ms();
   resil_status st =
       resil_pg_query(pg, resil_deadline_in_ms(2000), 0, "SELECT 1", 0, NULL, NULL, &e);
-  uint64_t took = now_ms() - t0;
+  uint64_t took = test_now_ms() - t0;
   print_message("# %s (%llu ms)\n", e.msg, (unsigned long long)took);
   assert_int_equal(st, RESIL_E_FAILURE);
   assert_true(took < 100);
@@ -753,7 +741,7 @@ static void max_connections_exhausted_is_a_dependency_failure(void **state) {
   assert_int_equal(s.calls[RESIL_OUTCOME_FAILURE], 1);
   assert_int_equal(s.breaker.consecutive_failures, 1);
   /* Slots free again: the next call connects. */
-  sleep_ms(100);
+  test_sleep_ms(100);
   assert_int_equal(query_int(pg, "SELECT 1"), 1);
   resil_pg_free(pg);
 }
@@ -772,10 +760,10 @@ static void stopped_server_times_out_then_breaker_rejects_without_io(void **stat
   stop_tree(postmaster_pid());
   resil_err e;
   for (int i = 0; i < 3; i++) {
-    uint64_t t0 = now_ms();
+    uint64_t t0 = test_now_ms();
     resil_status st =
         resil_pg_query(pg, resil_deadline_in_ms(300), 0, "SELECT 1", 0, NULL, NULL, &e);
-    uint64_t took = now_ms() - t0;
+    uint64_t took = test_now_ms() - t0;
     print_message("# call %d: %s after %llu ms: %s\n", i + 1, resil_status_name(st),
                   (unsigned long long)took, e.msg);
     assert_int_equal(st, RESIL_E_TIMEOUT);
@@ -786,12 +774,12 @@ static void stopped_server_times_out_then_breaker_rejects_without_io(void **stat
   resil_pg_stats before = pg_stats(pg);
   resil_pool_stats pb;
   resil_pool_get_stats(resil_pg_pool(pg), &pb);
-  uint64_t t0 = now_ms();
+  uint64_t t0 = test_now_ms();
   for (int i = 0; i < 100; i++)
     assert_int_equal(
         resil_pg_query(pg, resil_deadline_in_ms(300), 0, "SELECT 1", 0, NULL, NULL, &e),
         RESIL_E_BREAKER_OPEN);
-  assert_true(now_ms() - t0 < 50);
+  assert_true(test_now_ms() - t0 < 50);
   resil_pg_stats after = pg_stats(pg);
   resil_pool_stats pa;
   resil_pool_get_stats(resil_pg_pool(pg), &pa);
@@ -879,10 +867,10 @@ static void full_pool_gives_pool_timeout(void **state) {
   resil_err e;
   resil_pg_tx *tx = NULL;
   assert_int_equal(resil_pg_tx_begin(pg, resil_deadline_in_ms(3000), NULL, &tx, &e), RESIL_OK);
-  uint64_t t0 = now_ms();
+  uint64_t t0 = test_now_ms();
   resil_status st =
       resil_pg_query(pg, resil_deadline_in_ms(1000), 0, "SELECT 1", 0, NULL, NULL, &e);
-  uint64_t took = now_ms() - t0;
+  uint64_t took = test_now_ms() - t0;
   assert_int_equal(st, RESIL_E_POOL_TIMEOUT);
   assert_true(took >= 90 && took <= 100 + SLACK_MS);
   assert_int_equal(resil_pg_tx_rollback(tx, &e), RESIL_OK);
@@ -1097,15 +1085,15 @@ static void blackholed_connection_times_out_and_its_cancel_is_abandoned(void **s
   assert_int_equal(query_int(pg, "SELECT 1"), 1);
   fp_set_mode(fp, FP_BLACKHOLE, 0);
   resil_err e;
-  uint64_t t0 = now_ms();
+  uint64_t t0 = test_now_ms();
   resil_status st =
       resil_pg_query(pg, resil_deadline_in_ms(300), 0, "SELECT 1", 0, NULL, NULL, &e);
-  uint64_t took = now_ms() - t0;
+  uint64_t took = test_now_ms() - t0;
   assert_int_equal(st, RESIL_E_TIMEOUT);
   assert_true(took <= 300 + SLACK_MS);
   /* The cancel request goes into the same black hole: the reaper gives up
    * on it after cancel_timeout_ms and closes the connection anyway. */
-  for (int i = 0; i < 200 && pg_stats(pg).reaped < 1; i++) sleep_ms(10);
+  for (int i = 0; i < 200 && pg_stats(pg).reaped < 1; i++) test_sleep_ms(10);
   resil_pg_stats s = pg_stats(pg);
   assert_int_equal(s.reaped, 1);
   assert_int_equal(s.cancels_abandoned, 1);

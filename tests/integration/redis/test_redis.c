@@ -60,24 +60,6 @@ static pid_t server_pid(const char *file, const char *var) {
 
 static pid_t redis_pid(void) { return server_pid("redis.pid", "RESIL_TEST_REDIS_PID"); }
 
-static uint64_t now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
-static uint64_t now_us(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
-}
-
-static void sleep_ms(unsigned ms) {
-  struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};
-  while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-  }
-}
-
 /* ---- Fixtures ---------------------------------------------------------- */
 
 /* A stopped server is always resumed: by the test's teardown, and at exit. */
@@ -432,7 +414,7 @@ static void kill_script_and_restore(void) {
       bool done = !rep || (rep->type == REDIS_REPLY_ERROR && strstr(rep->str, "NOTBUSY"));
       if (rep) freeReplyObject(rep);
       if (done) break;
-      sleep_ms(20);
+      test_sleep_ms(20);
     }
     redisReply *rep = redisCommand(c, "CONFIG SET busy-reply-threshold 5000");
     if (rep) freeReplyObject(rep);
@@ -468,12 +450,12 @@ static void busy_server_is_overload_and_the_reply_is_handed_back(void **state) {
   memset(&e, 0, sizeof e);
   resil_status st = RESIL_OK;
   int ok_before = 0;
-  for (uint64_t t0 = now_ms(); now_ms() - t0 < 1200;) {
+  for (uint64_t t0 = test_now_ms(); test_now_ms() - t0 < 1200;) {
     st = resil_redis_command(r, resil_deadline_in_ms(1000), 0, &rep, &e, "GET %s", "resil:busy");
     if (st != RESIL_OK) break;
     freeReplyObject(rep);
     ok_before++;
-    sleep_ms(20);
+    test_sleep_ms(20);
   }
   void *script_st = NULL;
   pthread_join(th, &script_st);
@@ -565,9 +547,9 @@ static void stopped_server_during_auth_times_out_at_connect_timeout(void **state
   redisReply *rep = NULL;
   resil_err e;
   memset(&e, 0, sizeof e);
-  uint64_t t0 = now_ms();
+  uint64_t t0 = test_now_ms();
   resil_status st = resil_redis_command(r, resil_deadline_in_ms(1000), 0, &rep, &e, "PING");
-  uint64_t took = now_ms() - t0;
+  uint64_t took = test_now_ms() - t0;
   resume_server();
   print_message("# %s\n", e.msg);
   assert_int_equal(st, RESIL_E_TIMEOUT);
@@ -597,10 +579,10 @@ static void slow_command_times_out_and_next_call_gets_a_fresh_connection(void **
   redisReply *rep = NULL;
   resil_err e;
   memset(&e, 0, sizeof e);
-  uint64_t t0 = now_ms();
+  uint64_t t0 = test_now_ms();
   resil_status st =
       resil_redis_command(r, resil_deadline_in_ms(200), 0, &rep, &e, "DEBUG SLEEP %s", "1");
-  uint64_t took = now_ms() - t0;
+  uint64_t took = test_now_ms() - t0;
   assert_int_equal(st, RESIL_E_TIMEOUT);
   assert_null(rep);
   assert_true(took >= 190);
@@ -638,14 +620,14 @@ static void command_timeout_caps_a_longer_deadline(void **state) {
   redisReply *rep = NULL;
   resil_err e;
   memset(&e, 0, sizeof e);
-  uint64_t t0 = now_ms();
+  uint64_t t0 = test_now_ms();
   resil_status st =
       resil_redis_command(r, resil_deadline_in_ms(900), 0, &rep, &e, "DEBUG SLEEP %s", "0.5");
-  uint64_t took = now_ms() - t0;
+  uint64_t took = test_now_ms() - t0;
   assert_int_equal(st, RESIL_E_TIMEOUT);
   assert_true(took <= 150 + SLACK_MS);
   assert_non_null(strstr(e.msg, "(command_timeout_ms)"));
-  sleep_ms(400); /* let the server wake up before the next test */
+  test_sleep_ms(400); /* let the server wake up before the next test */
   resil_redis_free(r);
 }
 
@@ -656,9 +638,9 @@ static void nothing_listening_fails_fast(void **state) {
   redisReply *rep = NULL;
   resil_err e;
   memset(&e, 0, sizeof e);
-  uint64_t t0 = now_ms();
+  uint64_t t0 = test_now_ms();
   resil_status st = resil_redis_command(r, resil_deadline_in_ms(1000), 0, &rep, &e, "PING");
-  uint64_t took = now_ms() - t0;
+  uint64_t took = test_now_ms() - t0;
   assert_int_equal(st, RESIL_E_FAILURE);
   assert_true(took < 100);
   char want[80];
@@ -681,7 +663,7 @@ static void write_to_a_connection_the_server_closed_is_a_failure_not_sigpipe(voi
   rep = MUST(admin, "CLIENT KILL ID %lld", id);
   assert_int_equal(rep->integer, 1);
   freeReplyObject(rep);
-  sleep_ms(50); /* the FIN arrives; the idle connection looks fine */
+  test_sleep_ms(50); /* the FIN arrives; the idle connection looks fine */
 
   size_t big_len = 4u << 20; /* far more than the socket buffers */
   char *big = calloc(1, big_len);
@@ -722,7 +704,7 @@ static void idempotent_call_is_retried_on_a_fresh_connection(void **state) {
     freeReplyObject(rep);
     rep = MUST(admin, "CLIENT KILL ID %lld", id); /* the server drops our idle connection */
     freeReplyObject(rep);
-    sleep_ms(20);
+    test_sleep_ms(20);
     resil_err e;
     memset(&e, 0, sizeof e);
     resil_status st = resil_redis_command(r, resil_deadline_in_ms(1000),
@@ -822,9 +804,9 @@ static void stopped_server_times_out_opens_breaker_then_recovers(void **state) {
   for (int i = 0; i < 3; i++) {
     resil_err e;
     memset(&e, 0, sizeof e);
-    uint64_t t0 = now_ms();
+    uint64_t t0 = test_now_ms();
     resil_status st = resil_redis_command(r, resil_deadline_in_ms(150), 0, &rep, &e, "PING");
-    uint64_t took = now_ms() - t0;
+    uint64_t took = test_now_ms() - t0;
     assert_int_equal(st, RESIL_E_TIMEOUT);
     assert_null(rep);
     assert_true(took <= 150 + SLACK_MS);
@@ -834,7 +816,7 @@ static void stopped_server_times_out_opens_breaker_then_recovers(void **state) {
 
   /* Open: rejected at once, without touching the network. */
   uint64_t c0 = connects(r);
-  uint64_t t0 = now_us();
+  uint64_t t0 = test_now_us();
   for (int i = 0; i < 100; i++) {
     resil_err e;
     assert_int_equal(resil_redis_command(r, resil_deadline_in_ms(150), RESIL_CALL_IDEMPOTENT,
@@ -843,7 +825,7 @@ static void stopped_server_times_out_opens_breaker_then_recovers(void **state) {
     assert_null(rep);
     if (i == 0) print_message("# %s\n", e.msg);
   }
-  uint64_t per_call_us = (now_us() - t0) / 100;
+  uint64_t per_call_us = (test_now_us() - t0) / 100;
   print_message("# rejection while open: %llu us per call\n", (unsigned long long)per_call_us);
   assert_true(per_call_us < 1000);
   assert_int_equal(connects(r), c0);
@@ -851,7 +833,7 @@ static void stopped_server_times_out_opens_breaker_then_recovers(void **state) {
   assert_true(dep_stats(r).rejections[RESIL_REJECT_BREAKER_OPEN] >= 100);
 
   resume_server();
-  sleep_ms(350); /* open_ms 300, no jitter */
+  test_sleep_ms(350); /* open_ms 300, no jitter */
   for (int i = 0; i < 2; i++) { /* half_open_probes */
     rep = MUST(r, "PING");
     freeReplyObject(rep);
@@ -883,9 +865,9 @@ static void *ping_once(void *arg) {
   redisReply *rep = NULL;
   resil_err e;
   memset(&e, 0, sizeof e);
-  uint64_t t0 = now_ms();
+  uint64_t t0 = test_now_ms();
   c->st = resil_redis_command(c->r, resil_deadline_in_ms(500), 0, &rep, &e, "PING");
-  c->took_ms = now_ms() - t0;
+  c->took_ms = test_now_ms() - t0;
   memcpy(c->msg, e.msg, sizeof c->msg);
   if (rep) freeReplyObject(rep);
   return NULL;
@@ -901,7 +883,7 @@ static void killed_server_connections_are_replaced_and_nobody_hangs(void **state
 
   pid_t pid = redis_pid();
   assert_int_equal(kill(pid, SIGKILL), 0);
-  for (int i = 0; i < 200 && kill(pid, 0) == 0; i++) sleep_ms(10);
+  for (int i = 0; i < 200 && kill(pid, 0) == 0; i++) test_sleep_ms(10);
 
   /* Down: callers fail within their deadline, none hangs. */
   caller c[3];
@@ -951,7 +933,7 @@ static void stale_idle_connections_fail_validation_and_are_replaced(void **state
                    RESIL_OK);
   pid_t pid = redis_pid();
   assert_int_equal(kill(pid, SIGKILL), 0);
-  for (int i = 0; i < 200 && kill(pid, 0) == 0; i++) sleep_ms(10);
+  for (int i = 0; i < 200 && kill(pid, 0) == 0; i++) test_sleep_ms(10);
   char cmd[4200];
   snprintf(cmd, sizeof cmd, "'%s'", restart);
   int rc = system(cmd);
@@ -999,15 +981,15 @@ static void extra_caller_on_a_full_pool_gets_pool_timeout(void **state) {
     b[i] = (blocker){.r = r};
     assert_int_equal(pthread_create(&th[i], NULL, blpop, &b[i]), 0);
   }
-  for (int i = 0; i < 200 && pool_stats(r).in_use < 2; i++) sleep_ms(5);
+  for (int i = 0; i < 200 && pool_stats(r).in_use < 2; i++) test_sleep_ms(5);
   assert_int_equal(pool_stats(r).in_use, 2);
 
   redisReply *rep = NULL;
   resil_err e;
   memset(&e, 0, sizeof e);
-  uint64_t t0 = now_ms();
+  uint64_t t0 = test_now_ms();
   resil_status st = resil_redis_command(r, resil_deadline_in_ms(1000), 0, &rep, &e, "PING");
-  uint64_t took = now_ms() - t0;
+  uint64_t took = test_now_ms() - t0;
   print_message("# %s\n", e.msg);
   assert_int_equal(st, RESIL_E_POOL_TIMEOUT);
   assert_null(rep);
@@ -1043,7 +1025,7 @@ static void connections_are_rotated_after_max_lifetime(void **state) {
   rep = MUST(r, "CLIENT ID");
   assert_int_equal(rep->integer, id1); /* same connection while young */
   freeReplyObject(rep);
-  sleep_ms(300);
+  test_sleep_ms(300);
   rep = MUST(r, "CLIENT ID");
   assert_int_not_equal(rep->integer, id1);
   freeReplyObject(rep);
@@ -1069,9 +1051,9 @@ static void blackholed_connection_times_out_at_the_deadline(void **state) {
   for (int i = 0; i < 2; i++) { /* the open connection, then a fresh one */
     resil_err e;
     memset(&e, 0, sizeof e);
-    uint64_t t0 = now_ms();
+    uint64_t t0 = test_now_ms();
     resil_status st = resil_redis_command(r, resil_deadline_in_ms(200), 0, &rep, &e, "PING");
-    uint64_t took = now_ms() - t0;
+    uint64_t took = test_now_ms() - t0;
     print_message("# %s\n", e.msg);
     assert_int_equal(st, RESIL_E_TIMEOUT);
     assert_true(took <= 200 + SLACK_MS);
@@ -1080,10 +1062,10 @@ static void blackholed_connection_times_out_at_the_deadline(void **state) {
   {
     resil_err e;
     memset(&e, 0, sizeof e);
-    uint64_t t0 = now_ms();
+    uint64_t t0 = test_now_ms();
     resil_status st = resil_redis_command(r, resil_deadline_in_ms(1000), 0, &rep, &e, "PING");
     assert_int_equal(st, RESIL_E_FAILURE);
-    assert_true(now_ms() - t0 < 500);
+    assert_true(test_now_ms() - t0 < 500);
   }
   fp_set_mode(fp, FP_PASS, 0);
   rep = MUST(r, "PING");
@@ -1179,7 +1161,7 @@ static void unix_socket_round_trip(void **state) {
     _exit(127);
   }
   unix_server = pid;
-  for (int i = 0; i < 300 && access(sock, F_OK) != 0; i++) sleep_ms(10);
+  for (int i = 0; i < 300 && access(sock, F_OK) != 0; i++) test_sleep_ms(10);
   if (access(sock, F_OK) != 0) fail_msg("redis-server did not create %s", sock);
 
   resil_redis *r = make_redis_at("unix-cache", 6379, unix_path);
