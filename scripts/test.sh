@@ -14,7 +14,7 @@
 # tests get); for each build: configure, compile, `meson test`, then the
 # soak (suite 'soak', left out of a plain `meson test`: 20 s plain, 10 s
 # under the sanitizers); the pseudo-build `fuzz` runs `scripts/fuzz.sh 15`
-# (each libFuzzer target 15 s; one test case per target; only without
+# (each libFuzzer target 20 s; one test case per target; only without
 # --suite, or with --suite fuzz); stop the servers; print a per-build table
 # and, as the very last line,
 # "N passed, M failed[, K skipped]" counted over individual test cases
@@ -32,7 +32,7 @@ cd "$REPO"
 ALL_BUILDS=(plain asan tsan fuzz)
 SOAK_SECONDS_PLAIN=20   # RESIL_SOAK_SECONDS of the soak step, plain build
 SOAK_SECONDS_SAN=10     # and under ASan / TSan
-FUZZ_SECONDS=15         # per fuzz target
+FUZZ_SECONDS=20         # per fuzz target
 
 # build_config NAME: set B_DIR, B_CC, B_OPTS (meson setup), B_ENV (meson test
 # environment), B_TMULT (timeout multiplier).
