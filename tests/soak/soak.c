@@ -88,6 +88,7 @@ static struct {
   atomic_bool stop;
   _Atomic uint64_t status[A_COUNT][RESIL_STATUS_COUNT_];
   _Atomic int64_t max_over_ns[A_COUNT];
+  char worst_call[A_COUNT][RESIL_ERR_MSG_MAX + 64]; /* under mu */
   _Atomic uint64_t unexpected; /* statuses outside the documented set */
   _Atomic uint64_t switches;
   char first_bad[A_COUNT][RESIL_ERR_MSG_MAX + 64];
@@ -247,6 +248,13 @@ static void record(int a, resil_status st, uint64_t deadline_ns, uint64_t end_ns
   int64_t over = (int64_t)(end_ns - deadline_ns);
   int64_t cur = atomic_load(&S.max_over_ns[a]);
   while (over > cur && !atomic_compare_exchange_weak(&S.max_over_ns[a], &cur, over)) {
+  }
+  if (over > cur && over > 0) { /* a new worst: keep what it was, to explain it */
+    pthread_mutex_lock(&S.mu);
+    if (over >= atomic_load(&S.max_over_ns[a]))
+      snprintf(S.worst_call[a], sizeof S.worst_call[a], "%s after %lld ms past: %s",
+               resil_status_name(st), (long long)(over / 1000000), err->msg);
+    pthread_mutex_unlock(&S.mu);
   }
 }
 
@@ -609,6 +617,7 @@ int main(void) {
                               resil_status_name((resil_status)s), (unsigned long long)v);
     }
     printf("%s; max overshoot %lld ms\n", line, (long long)over_ms[a]);
+    if (S.worst_call[a][0]) printf("#     worst: %s\n", S.worst_call[a]);
   }
 
   /* 10: free everything; fds back to the baseline. */
