@@ -55,6 +55,7 @@ static anchor fc_ring[ANCHORS];
 static _Atomic int fc_busy;           /* a thread is re-anchoring */
 static _Atomic uint64_t fc_first_tsc; /* the first calibration point */
 static _Atomic uint64_t fc_first_ns;
+static _Atomic uint64_t fc_anchors; /* anchors published, for tests */
 
 static inline uint64_t mono_ns(void) {
   struct timespec ts;
@@ -125,6 +126,7 @@ static uint64_t reanchor(void) {
   atomic_store_explicit(&a->mult, mult, memory_order_release);
   atomic_store_explicit(&a->span, span, memory_order_release);
   atomic_store_explicit(&fc_idx, idx, memory_order_release);
+  atomic_fetch_add_explicit(&fc_anchors, 1, memory_order_relaxed);
   return ns;
 }
 
@@ -179,6 +181,10 @@ uint64_t resil__now_fast_ns(void) {
                                ANCHORS - 1,
                            1)) {
         if (__builtin_expect(d < span / 2, 1)) return an + ((d * mult) >> 32);
+        /* A TSC a little behind the anchor's (another CPU, read just before
+         * the anchor was taken): extrapolate backwards rather than take the
+         * slow path, which would re-anchor again and again. */
+        if (at - t < span / 2) return an - (((at - t) * mult) >> 32);
         if (d < span) { /* due for a new anchor: one thread does it, the rest go on */
           int expected = 0;
           if (!atomic_compare_exchange_strong_explicit(&fc_busy, &expected, 1,
@@ -200,4 +206,8 @@ uint64_t resil__now_fast_ns(void) {
 
 const char *resil__fast_clock_source(void) {
   return detect() == FC_TSC ? "tsc" : "clock_gettime";
+}
+
+uint64_t resil__fast_clock_anchors(void) {
+  return atomic_load_explicit(&fc_anchors, memory_order_relaxed);
 }

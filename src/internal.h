@@ -94,6 +94,8 @@ uint64_t resil__now_coarse_ns(void);
 uint64_t resil__now_fast_ns(void);
 /* "tsc" or "clock_gettime": what resil__now_fast_ns() reads. */
 const char *resil__fast_clock_source(void);
+/* How many anchors the fast clock has published so far (tests). */
+uint64_t resil__fast_clock_anchors(void);
 
 /* ---- Rolling window of striped counters -------------------------------- */
 
