@@ -97,9 +97,12 @@ static void sample(uint64_t *tsc, uint64_t *ns) {
   }
 }
 
-/* Publish a new anchor (or the first one) from a fresh sample. Returns the
- * sampled CLOCK_MONOTONIC. Only one thread at a time gets here. */
-static uint64_t reanchor(void) {
+/* Publish a new anchor (or the first one) from a fresh sample, unless
+ * another thread already replaced anchor `seen` (the caller's view; then
+ * just read the clock). Returns CLOCK_MONOTONIC. Only one thread at a time
+ * gets here. */
+static uint64_t reanchor(uint64_t seen) {
+  if (atomic_load_explicit(&fc_idx, memory_order_relaxed) != seen) return mono_ns();
   uint64_t tsc, ns;
   sample(&tsc, &ns);
   uint64_t t0 = atomic_load_explicit(&fc_first_tsc, memory_order_relaxed);
@@ -130,11 +133,11 @@ static uint64_t reanchor(void) {
   return ns;
 }
 
-static uint64_t slow_path(void) {
+static uint64_t slow_path(uint64_t seen) {
   int expected = 0;
   if (atomic_compare_exchange_strong_explicit(&fc_busy, &expected, 1, memory_order_acquire,
                                               memory_order_relaxed)) {
-    uint64_t ns = reanchor();
+    uint64_t ns = reanchor(seen);
     atomic_store_explicit(&fc_busy, 0, memory_order_release);
     return ns;
   }
@@ -191,15 +194,16 @@ uint64_t resil__now_fast_ns(void) {
                                                        memory_order_acquire,
                                                        memory_order_relaxed))
             return an + ((d * mult) >> 32);
-          uint64_t ns = reanchor();
+          uint64_t ns = reanchor(idx);
           atomic_store_explicit(&fc_busy, 0, memory_order_release);
           return ns;
         }
       }
     }
-    return slow_path();
+    return slow_path(idx);
   }
-  if (detect() == FC_TSC && !resil_clock_is_fake()) return slow_path();
+  if (detect() == FC_TSC && !resil_clock_is_fake())
+    return slow_path(atomic_load_explicit(&fc_idx, memory_order_relaxed));
 #endif
   return resil_now_ns();
 }
