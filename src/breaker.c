@@ -472,3 +472,23 @@ const char *resil_breaker_describe(const resil_breaker *cb, char *buf, size_t si
   }
   return buf;
 }
+
+/* ---- fork (see fork.c) ---------------------------------------------------- */
+
+void resil__breaker_fork_lock(resil_breaker *b) { pthread_mutex_lock(&b->mu); }
+
+void resil__breaker_fork_unlock(resil_breaker *b) { pthread_mutex_unlock(&b->mu); }
+
+void resil__breaker_fork_child(resil_breaker *b) {
+  /* Probes held by threads that do not exist here would never come back:
+   * a new half-open generation starts with no probe in flight (a probe the
+   * forking thread still holds is then stale and ignored). */
+  uint64_t w = atomic_load_explicit(&b->word, memory_order_relaxed);
+  if (W_STATE(w) == RESIL_BREAKER_HALF_OPEN) {
+    uint32_t gen = W_GEN(w) + 1;
+    if (gen == 0) gen = 1;
+    atomic_store_explicit(&b->half, HALF(gen, 0, 0), memory_order_relaxed);
+    atomic_store_explicit(&b->word, WORD(gen, RESIL_BREAKER_HALF_OPEN), memory_order_release);
+  }
+  pthread_mutex_unlock(&b->mu);
+}

@@ -15,6 +15,12 @@
  * oldest waiters. The seq_cst ordering of "in-flight--, then read nwaiters"
  * against "nwaiters++, then re-try in-flight" means a slot freed while a
  * waiter enqueues is never missed.
+ *
+ * Fork (fork.c): in a child, slots and queue places held by threads of the
+ * parent are given up (in_flight and the queue start empty) and fork_gen
+ * moves on; a permit carries the fork_gen it was admitted under, and one
+ * from before the fork ends in the child without giving back a slot it no
+ * longer holds.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -24,6 +30,8 @@
 #include "internal.h"
 
 #define PERMIT_LIVE 0x1u
+#define PERMIT_GEN_SHIFT 1 /* the rest of flags_: the fork_gen admitted under */
+#define FORK_GEN_MASK 0x7fffffffu
 
 typedef struct waiter {
   struct waiter *next, *prev;
@@ -47,6 +55,9 @@ struct resil_dep {
   _Atomic bool draining;
   _Atomic bool warm; /* resil_dep_set_warm() */
   _Atomic(resil_pool *) pool;
+  uint32_t fork_gen; /* forks this dependency went through (mod 2^31); set only
+                        by the atfork child handler, before the child has
+                        other threads */
 
   /* the concurrency limit */
   _Alignas(RESIL_CACHELINE) _Atomic uint32_t in_flight;
@@ -209,6 +220,7 @@ size_t resil_registry_foreach(resil_dep_visit_fn fn, void *ctx) {
 
 resil_dep *resil_dep_new(const resil_dep_config *cfg, resil_err *err) {
   if (resil_dep_config_validate(cfg, err) != RESIL_OK) return NULL;
+  resil__fork_init();
   resil_dep *d = aligned_alloc(RESIL_CACHELINE, sizeof *d);
   if (!d) {
     resil_err_set(err, RESIL_E_NOMEM, "%s: out of memory", cfg->name);
@@ -454,13 +466,15 @@ resil_status resil_dep_admit(resil_dep *d, resil_deadline deadline, resil_permit
   p->deadline.at_ns = (deadline.at_ns && deadline.at_ns < cap) ? deadline.at_ns : cap;
   p->start_ns = now;
   p->ticket = t;
-  p->flags_ = PERMIT_LIVE;
+  p->flags_ = PERMIT_LIVE | d->fork_gen << PERMIT_GEN_SHIFT;
   return RESIL_OK; /* admitted is derived: ended calls + late rejections + in flight */
 }
 
 void resil_dep_done(resil_permit *p, resil_status outcome) {
   if (!p || !(p->flags_ & PERMIT_LIVE) || !p->dep) return;
   resil_dep *d = p->dep;
+  /* Admitted before a fork (in this child): its slot is not counted here. */
+  bool holds_slot = p->flags_ >> PERMIT_GEN_SHIFT == d->fork_gen;
   p->flags_ = 0;
   uint64_t now = resil__now_fast_ns();
   uint64_t lat = now > p->start_ns ? now - p->start_ns : 0;
@@ -473,7 +487,41 @@ void resil_dep_done(resil_permit *p, resil_status outcome) {
     atomic_fetch_add_explicit(&s->calls[outcome_of(outcome)], 1, memory_order_relaxed);
     resil__hist_observe(&d->latency, lat);
   }
-  release_slot(d);
+  if (holds_slot) release_slot(d);
+}
+
+/* ---- fork (see fork.c) ------------------------------------------------ */
+
+void resil__dep_fork_prepare(void) {
+  pthread_mutex_lock(&reg_mu);
+  for (resil_dep *d = reg_head; d; d = d->reg_next) {
+    pthread_mutex_lock(&d->qmu);
+    resil__breaker_fork_lock(d->breaker);
+  }
+}
+
+void resil__dep_fork_parent(void) {
+  for (resil_dep *d = reg_head; d; d = d->reg_next) {
+    resil__breaker_fork_unlock(d->breaker);
+    pthread_mutex_unlock(&d->qmu);
+  }
+  pthread_mutex_unlock(&reg_mu);
+}
+
+void resil__dep_fork_child(void) {
+  for (resil_dep *d = reg_head; d; d = d->reg_next) {
+    /* Every slot and queue place belonged to a thread of the parent: the
+     * forking thread's own permits are recognised by fork_gen in done().
+     * Queued waiters live on the stacks of threads that do not exist here;
+     * their condition variables are never touched again. */
+    d->fork_gen = (d->fork_gen + 1) & FORK_GEN_MASK;
+    atomic_store_explicit(&d->in_flight, 0, memory_order_relaxed);
+    atomic_store_explicit(&d->nwaiters, 0, memory_order_relaxed);
+    d->qhead = d->qtail = NULL;
+    pthread_mutex_unlock(&d->qmu);
+    resil__breaker_fork_child(d->breaker);
+  }
+  pthread_mutex_unlock(&reg_mu);
 }
 
 /* ---- retries ----------------------------------------------------------- */

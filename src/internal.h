@@ -149,4 +149,24 @@ typedef struct resil_stats_vec {
  * then). On success free(out->v). */
 resil_status resil__stats_snapshot(resil_stats_vec *out, const char *what, resil_err *err);
 
+/* ---- Fork safety (fork.c) ---------------------------------------------- */
+
+/* Register the core's pthread_atfork handler once (idempotent, thread-safe).
+ * Called by resil_dep_new() and resil_pool_new(). */
+void resil__fork_init(void);
+/* The handler's parts: dep.c and pool.c lock their registries and objects
+ * before fork, unlock them after it, and reset them in the child. */
+void resil__dep_fork_prepare(void);
+void resil__dep_fork_parent(void);
+void resil__dep_fork_child(void);
+void resil__pool_fork_prepare(void);
+void resil__pool_fork_parent(void);
+void resil__pool_fork_child(void);
+/* A dependency's breaker around fork: lock its mutex (prepare), unlock it
+ * (parent), and in the child start a new half-open round if it was
+ * half-open (probes held by vanished threads never come back) and unlock. */
+void resil__breaker_fork_lock(resil_breaker *b);
+void resil__breaker_fork_unlock(resil_breaker *b);
+void resil__breaker_fork_child(resil_breaker *b);
+
 #endif

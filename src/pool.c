@@ -28,6 +28,16 @@
  * Every connector callback (connect, validate, close) runs with no lock held;
  * connections to close are collected on a local list under the lock and
  * closed after it is released.
+ *
+ * Fork (fork.c, resil/pool.h). The atfork handler holds every pool's mutex
+ * across fork(); in the child it resets the counts (every connection of the
+ * parent is either idle - its session is the parent's too - or held by a
+ * thread), moves the idle list to `orphans`, forgets the waiters (threads of
+ * the parent), re-initialises the condition variables and bumps fork_gen.
+ * The first acquire, prewarm or drain in the child abandons the orphans
+ * (connector->abandon: no I/O on the parent's sessions) and restarts the
+ * housekeeper. A connection released with an older fork_gen (borrowed by
+ * the forking thread before the fork) is abandoned too and touches no count.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -56,6 +66,7 @@ struct resil_pool_conn {
   uint64_t expires_ns;          /* end of the jittered lifetime; 0 = never */
   uint64_t idle_since_ns;       /* when it was last returned (or opened) */
   resil_pool_conn *prev, *next; /* idle list; `next` also links close lists */
+  uint32_t fork_gen;            /* the pool's fork_gen when it was opened */
 };
 
 /* What a locked step handed the calling thread. */
@@ -82,6 +93,14 @@ struct resil_pool {
   uint32_t open, idle, in_use, connecting, waiters;
   uint64_t acquired, acquire_timeouts, connects_ok, connects_failed, connects_timed_out;
   uint64_t closed[RESIL_POOL_CLOSE_REASON_COUNT_];
+
+  /* Fork (all under mu except fork_gen, which only the atfork child handler
+   * writes, before the child has other threads). */
+  uint32_t fork_gen;          /* forks this pool went through */
+  bool forked;                /* fork work left for the first use in the child */
+  bool hk_restart;            /* the housekeeper ran in the parent */
+  resil_pool_conn *orphans;   /* the parent's idle connections, to abandon */
+  resil_pool *reg_next, *reg_prev; /* every pool, for the atfork handler */
 };
 
 /* ---- Configuration ------------------------------------------------------ */
@@ -353,6 +372,7 @@ static resil_status connect_slot(resil_pool *p, resil_deadline deadline, resil_p
   if (st == RESIL_OK) {
     p->connects_ok++;
     p->open++;
+    c->fork_gen = p->fork_gen;
   } else {
     if (st == RESIL_E_TIMEOUT) p->connects_timed_out++;
     else if (st == RESIL_E_FAILURE) p->connects_failed++;
@@ -387,9 +407,99 @@ static resil_status open_one(resil_pool *p, resil_deadline deadline, resil_err *
   return RESIL_OK;
 }
 
-/* ---- Life cycle ---------------------------------------------------------- */
+/* ---- Fork ------------------------------------------------------------------ */
 
 static void *housekeeper(void *arg);
+
+/* Every live pool, for the atfork handler. */
+static pthread_mutex_t pools_mu = PTHREAD_MUTEX_INITIALIZER;
+static resil_pool *pools_head;
+
+static void pools_add(resil_pool *p) {
+  pthread_mutex_lock(&pools_mu);
+  p->reg_prev = NULL;
+  p->reg_next = pools_head;
+  if (pools_head) pools_head->reg_prev = p;
+  pools_head = p;
+  pthread_mutex_unlock(&pools_mu);
+}
+
+static void pools_remove(resil_pool *p) {
+  pthread_mutex_lock(&pools_mu);
+  if (p->reg_prev) p->reg_prev->reg_next = p->reg_next; else pools_head = p->reg_next;
+  if (p->reg_next) p->reg_next->reg_prev = p->reg_prev;
+  p->reg_next = p->reg_prev = NULL;
+  pthread_mutex_unlock(&pools_mu);
+}
+
+void resil__pool_fork_prepare(void) {
+  pthread_mutex_lock(&pools_mu);
+  for (resil_pool *p = pools_head; p; p = p->reg_next) pthread_mutex_lock(&p->mu);
+}
+
+void resil__pool_fork_parent(void) {
+  for (resil_pool *p = pools_head; p; p = p->reg_next) pthread_mutex_unlock(&p->mu);
+  pthread_mutex_unlock(&pools_mu);
+}
+
+/* Single-threaded, every pool mutex held: no I/O, no free, no allocation. */
+void resil__pool_fork_child(void) {
+  for (resil_pool *p = pools_head; p; p = p->reg_next) {
+    p->fork_gen++;
+    if (p->idle_tail) {
+      p->idle_tail->next = p->orphans;
+      p->orphans = p->idle_head;
+    }
+    p->idle_head = p->idle_tail = NULL;
+    /* In use, connecting or queued: all by threads of the parent (the
+     * forking thread's own borrowed connection comes back with an older
+     * fork_gen). Their waiter nodes and condvars are never touched again. */
+    p->open = p->idle = p->in_use = p->connecting = p->waiters = 0;
+    p->wq_head = p->wq_tail = NULL;
+    if (p->hk_running) {
+      p->hk_running = false; /* the thread does not exist here: never join it */
+      p->hk_restart = true;
+    }
+    p->forked = true;
+    /* Waiters of the parent may be recorded in these (the housekeeper always
+     * is in hk_cv): signalling or destroying them could block forever. */
+    resil__cond_init(&p->drain_cv);
+    resil__cond_init(&p->hk_cv);
+    pthread_mutex_unlock(&p->mu);
+  }
+  pthread_mutex_unlock(&pools_mu);
+}
+
+/* Free a connection of the parent without I/O on its session. */
+static void abandon_one(resil_pool *p, resil_pool_conn *c) {
+  if (p->cn.abandon) p->cn.abandon(p->cn.ctx, c->handle);
+  /* else: the driver handle (and its socket) stays allocated in this child:
+   * closing it could end the parent's session. */
+  free(c);
+}
+
+/* The first use in a child: take the orphans (abandon them after unlocking
+ * with abandon_all) and restart the housekeeper unless draining. */
+static void after_fork_locked(resil_pool *p, resil_pool_conn **orphans) {
+  *orphans = p->orphans;
+  p->orphans = NULL;
+  p->forked = false;
+  if (p->hk_restart && !p->draining && !p->hk_stop) {
+    p->hk_restart = false;
+    /* It waits for mu, which we hold, before doing anything. */
+    if (pthread_create(&p->hk, NULL, housekeeper, p) == 0) p->hk_running = true;
+  }
+}
+
+static void abandon_all(resil_pool *p, resil_pool_conn *c) {
+  while (c) {
+    resil_pool_conn *next = c->next;
+    abandon_one(p, c);
+    c = next;
+  }
+}
+
+/* ---- Life cycle ---------------------------------------------------------- */
 
 /* Destroy p's sync objects and free it (housekeeper not running). */
 static void pool_destroy(resil_pool *p) {
@@ -401,6 +511,7 @@ static void pool_destroy(resil_pool *p) {
 
 resil_pool *resil_pool_new(const resil_pool_config *cfg, const resil_pool_connector *connector,
                            resil_err *err) {
+  resil__fork_init();
   resil_problems pr;
   resil__problems_init(&pr, NULL);
   if (!cfg)
@@ -443,6 +554,7 @@ resil_pool *resil_pool_new(const resil_pool_config *cfg, const resil_pool_connec
     }
     p->hk_running = true;
   }
+  pools_add(p);
   return p;
 }
 
@@ -452,6 +564,13 @@ resil_status resil_pool_prewarm(resil_pool *p, resil_deadline deadline, resil_er
    * even if waiters keep taking the new connections. */
   for (uint32_t round = 0; round <= p->cfg.max_size; round++) {
     pthread_mutex_lock(&p->mu);
+    if (p->forked) {
+      resil_pool_conn *orphans;
+      after_fork_locked(p, &orphans);
+      pthread_mutex_unlock(&p->mu);
+      abandon_all(p, orphans);
+      pthread_mutex_lock(&p->mu);
+    }
     if (p->draining) {
       pthread_mutex_unlock(&p->mu);
       return resil_err_set(err, RESIL_E_CLOSED, "pool '%s': draining", p->name);
@@ -512,8 +631,10 @@ resil_status resil_pool_drain(resil_pool *p, resil_deadline deadline) {
   if (!p) return RESIL_E_INVALID;
   if (!resil_deadline_is_set(deadline)) deadline = resil_deadline_in_ms(DRAIN_UNSET_MS);
   close_list dead = {NULL};
+  resil_pool_conn *orphans = NULL;
   pthread_mutex_lock(&p->mu);
   p->draining = true;
+  if (p->forked) after_fork_locked(p, &orphans);
   while (p->wq_head) {
     waiter *w = p->wq_head;
     waiter_unlink_locked(p, w);
@@ -526,6 +647,7 @@ resil_status resil_pool_drain(resil_pool *p, resil_deadline deadline) {
     retire_locked(p, c, RESIL_POOL_CLOSE_DRAIN, &dead);
   }
   pthread_mutex_unlock(&p->mu);
+  abandon_all(p, orphans);
   close_all(p, &dead);
 
   pthread_mutex_lock(&p->mu);
@@ -538,14 +660,14 @@ resil_status resil_pool_drain(resil_pool *p, resil_deadline deadline) {
 
 void resil_pool_free(resil_pool *p) {
   if (!p) return;
+  pools_remove(p);
   resil_pool_drain(p, resil_deadline_in_ms(0));
-  if (p->hk_running) {
-    pthread_mutex_lock(&p->mu);
-    p->hk_stop = true;
-    pthread_cond_signal(&p->hk_cv);
-    pthread_mutex_unlock(&p->mu);
-    pthread_join(p->hk, NULL); /* a refill connect in flight is closed as drained */
-  }
+  pthread_mutex_lock(&p->mu);
+  bool join = p->hk_running; /* false in a child until restarted */
+  p->hk_stop = true;
+  pthread_cond_signal(&p->hk_cv);
+  pthread_mutex_unlock(&p->mu);
+  if (join) pthread_join(p->hk, NULL); /* a refill connect in flight is closed as drained */
   pool_destroy(p);
 }
 
@@ -706,7 +828,9 @@ static resil_status acquire(resil_pool *p, resil_deadline deadline, resil_pool_c
   close_list dead = {NULL};
   grant g = {G_NONE, NULL};
   resil_status st = RESIL_OK;
+  resil_pool_conn *orphans = NULL;
   pthread_mutex_lock(&p->mu);
+  if (__builtin_expect(p->forked, 0)) after_fork_locked(p, &orphans);
   if (p->draining)
     st = resil_err_set(err, RESIL_E_CLOSED, "pool '%s': draining", p->name);
   else if (p->wq_head || !take_locked(p, &g))
@@ -715,6 +839,7 @@ static resil_status acquire(resil_pool *p, resil_deadline deadline, resil_pool_c
   if (st == RESIL_OK) st = vet_locked(p, deadline, &g, &dead, out, err);
   if (st == RESIL_OK && g.kind == G_SLOT) st = slot_check_locked(p, deadline, err);
   pthread_mutex_unlock(&p->mu);
+  if (orphans) abandon_all(p, orphans);
   close_all(p, &dead);
   if (st == RESIL_OK && g.kind == G_SLOT) st = connect_and_lend(p, deadline, out, err);
   return st;
@@ -739,6 +864,12 @@ void *resil_pool_conn_handle(const resil_pool_conn *c) { return c ? c->handle : 
 
 void resil_pool_release(resil_pool *p, resil_pool_conn *c, resil_pool_return how) {
   if (!p || !c) return;
+  if (__builtin_expect(c->fork_gen != p->fork_gen, 0)) {
+    /* Borrowed before a fork, released in the child: the parent still uses
+     * this session, and this child never counted it. */
+    abandon_one(p, c);
+    return;
+  }
   close_list dead = {NULL};
   uint64_t now = resil__now_fast_ns();
   pthread_mutex_lock(&p->mu);

@@ -8,12 +8,15 @@
  * only. */
 #include <arpa/inet.h>
 #include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 #include <curl/curl.h>
 
@@ -333,6 +336,40 @@ static void conn_close(void *ctx, void *conn) {
   free(c);
 }
 
+/* Point fd at /dev/null, so that whatever the driver sends while freeing a
+ * connection inherited from the parent of a fork goes nowhere (and a read
+ * sees end of file): the parent's session on the shared socket is
+ * untouched. False if that could not be done. */
+static bool silence_fd(int fd) {
+  int nul = open("/dev/null", O_RDWR | O_CLOEXEC);
+  if (nul < 0) return false;
+  int r;
+  do r = dup2(nul, fd); while (r < 0 && errno == EINTR);
+  close(nul);
+  return r >= 0;
+}
+
+/* A child of fork frees the parent's easy handle. Its connection cache
+ * (CURLOPT_MAXCONNECTS 1: at most the last connection) may hold a live
+ * connection, which curl_easy_cleanup() would shut down cleanly (TLS
+ * close_notify, HTTP/2 GOAWAY): that socket is pointed at /dev/null first.
+ * If that cannot be done the handle is left allocated rather than risk it. */
+static void conn_abandon(void *ctx, void *conn) {
+  http_conn *c = conn;
+  if (!c) return;
+  curl_socket_t s = CURL_SOCKET_BAD;
+  if (curl_easy_getinfo(c->easy, CURLINFO_ACTIVESOCKET, &s) == CURLE_OK &&
+      s != CURL_SOCKET_BAD && !silence_fd((int)s))
+    c->easy = NULL; /* leaked: see above */
+  if (c->easy) {
+    conn_close(ctx, c);
+    return;
+  }
+  free(c->hbuf);
+  free(c->spans);
+  free(c);
+}
+
 /* ---- lifecycle --------------------------------------------------------- */
 
 void resil_http_free(resil_http *h) {
@@ -410,7 +447,8 @@ resil_http *resil_http_new(const resil_http_config *cfg, resil_err *err) {
   if (!(h->dep = resil_dep_new(&cfg->dep, err))) goto fail;
   resil_pool_config pc = cfg->pool;
   pc.name = h->name;
-  resil_pool_connector conn = {.connect = conn_open, .close = conn_close, .ctx = h};
+  resil_pool_connector conn = {
+      .connect = conn_open, .close = conn_close, .ctx = h, .abandon = conn_abandon};
   if (!(h->pool = resil_pool_new(&pc, &conn, err))) goto fail;
   resil_dep_attach_pool(h->dep, h->pool);
   return h;

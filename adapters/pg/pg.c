@@ -11,6 +11,7 @@
 #include "resil/pg.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <poll.h>
@@ -21,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #define PG_NAME_MAX 64
 #define PG_MAX_ADDRS 8       /* addresses tried per connect */
@@ -198,6 +200,7 @@ typedef struct reaper {
   reap_item *q; /* ring of cap entries */
   size_t cap, head, len;
   bool stop;
+  pid_t pid; /* the process the thread runs in: a child of fork has none */
 } reaper;
 
 struct resil_pg {
@@ -464,15 +467,18 @@ static void *reaper_main(void *arg) {
 static void reap(resil_pg *pg, PGconn *conn) {
   reaper *rp = &pg->rp;
   bump(&pg->timeouts);
-  pthread_mutex_lock(&rp->mu);
-  if (rp->started && !rp->stop && rp->len < rp->cap) {
+  /* In a child of fork the thread does not exist (and its mutex may have
+   * been held by it): close here, without a cancel request. */
+  bool here = rp->started && rp->pid == getpid();
+  if (here) pthread_mutex_lock(&rp->mu);
+  if (here && !rp->stop && rp->len < rp->cap) {
     rp->q[(rp->head + rp->len) % rp->cap].conn = conn;
     rp->len++;
     pthread_cond_signal(&rp->cv);
     pthread_mutex_unlock(&rp->mu);
     return;
   }
-  pthread_mutex_unlock(&rp->mu);
+  if (here) pthread_mutex_unlock(&rp->mu);
   bump(&pg->cancels_skipped);
   PQfinish(conn);
   bump(&pg->reaped);
@@ -709,6 +715,35 @@ static void pg_close(void *ctx, void *conn) {
   for (size_t i = 0; i < w->nprepared; i++) free(w->prepared[i]);
   free(w->prepared);
   free(w);
+}
+
+/* Point fd at /dev/null, so that whatever the driver sends while freeing a
+ * connection inherited from the parent of a fork goes nowhere (and a read
+ * sees end of file): the parent's session on the shared socket is
+ * untouched. False if that could not be done. */
+static bool silence_fd(int fd) {
+  int nul = open("/dev/null", O_RDWR | O_CLOEXEC);
+  if (nul < 0) return false;
+  int r;
+  do r = dup2(nul, fd); while (r < 0 && errno == EINTR);
+  close(nul);
+  return r >= 0;
+}
+
+/* A child of fork frees the parent's connection. PQfinish() would send a
+ * Terminate message (and, over TLS, a close_notify), ending the parent's
+ * session: the socket is pointed at /dev/null first so both go nowhere
+ * (libpq's send() fails with ENOTSOCK). If that cannot be done the PGconn
+ * is left allocated rather than risk it. */
+static void pg_abandon(void *ctx, void *conn) {
+  pg_conn *w = conn;
+  if (!w) return;
+  if (w->pq) {
+    int fd = PQsocket(w->pq);
+    if (fd >= 0 && !silence_fd(fd))
+      w->pq = NULL; /* leaked: see above */
+  }
+  pg_close(ctx, w);
 }
 
 /* ---- Running one statement ---------------------------------------------- */
@@ -1436,7 +1471,10 @@ void resil_pg_free(resil_pg *pg) {
   if (!pg) return;
   if (pg->dep && pg->pool) resil_dep_attach_pool(pg->dep, NULL);
   resil_pool_free(pg->pool);
-  if (pg->rp.started) {
+  /* In a child of fork the reaper thread does not exist: joining it would
+   * wait forever; the connections it was cancelling are the parent's and
+   * stay allocated here. */
+  if (pg->rp.started && pg->rp.pid == getpid()) {
     pthread_mutex_lock(&pg->rp.mu);
     pg->rp.stop = true;
     pthread_cond_signal(&pg->rp.cv);
@@ -1505,6 +1543,7 @@ resil_pg *resil_pg_new(const resil_pg_config *cfg, resil_err *err) {
     goto fail;
   }
   pg->rp.started = true;
+  pg->rp.pid = getpid();
 
   pg->dep = resil_dep_new(&cfg->dep, err);
   if (!pg->dep) goto fail;
@@ -1512,7 +1551,8 @@ resil_pg *resil_pg_new(const resil_pg_config *cfg, resil_err *err) {
   if (!pc.name) pc.name = pg->name;
   pc.connect_timeout_ms = cfg->connect_timeout_ms;
   resil_pool_connector cn = {
-      .connect = pg_connect, .validate = pg_validate, .close = pg_close, .ctx = pg};
+      .connect = pg_connect, .validate = pg_validate, .close = pg_close, .ctx = pg,
+      .abandon = pg_abandon};
   pg->pool = resil_pool_new(&pc, &cn, err);
   if (!pg->pool) goto fail;
   resil_dep_attach_pool(pg->dep, pg->pool);

@@ -24,6 +24,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/types.h>
+#include <unistd.h>
 
 #include "resil/resolve.h"
 
@@ -486,6 +487,29 @@ static void rclose(void *ctx, void *conn) {
   redisFree(conn);
 }
 
+/* Point fd at /dev/null, so that whatever the driver sends while freeing a
+ * connection inherited from the parent of a fork goes nowhere (and a read
+ * sees end of file): the parent's session on the shared socket is
+ * untouched. False if that could not be done. */
+static bool silence_fd(int fd) {
+  int nul = open("/dev/null", O_RDWR | O_CLOEXEC);
+  if (nul < 0) return false;
+  int r;
+  do r = dup2(nul, fd); while (r < 0 && errno == EINTR);
+  close(nul);
+  return r >= 0;
+}
+
+/* A child of fork frees the parent's connection: hiredis' redisFree() only
+ * closes the descriptor (no QUIT), and the descriptor is silenced first in
+ * case a driver version ever writes on the way out. */
+static void rabandon(void *ctx, void *conn) {
+  (void)ctx;
+  redisContext *c = conn;
+  if (c->fd >= 0) silence_fd(c->fd);
+  redisFree(c);
+}
+
 /* ---- Lifecycle ---------------------------------------------------------- */
 
 static char *dup_opt(const char *s, bool *oom) {
@@ -533,7 +557,8 @@ resil_redis *resil_redis_new(const resil_redis_config *cfg, resil_err *err) {
   if (!pc.name) pc.name = r->name;
   pc.connect_timeout_ms = cfg->connect_timeout_ms;
   resil_pool_connector cn = {
-      .connect = rconnect, .validate = rvalidate, .close = rclose, .ctx = r};
+      .connect = rconnect, .validate = rvalidate, .close = rclose, .ctx = r,
+      .abandon = rabandon};
   r->pool = resil_pool_new(&pc, &cn, err);
   if (!r->pool) goto fail;
   resil_dep_attach_pool(r->dep, r->pool);

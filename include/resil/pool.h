@@ -11,6 +11,25 @@
  * and its slot is freed for a new connect.
  *
  * Thread safety: all functions are thread-safe unless stated.
+ *
+ * fork(). A pool may be used in both the parent and a child of fork() (no
+ * exec). The parent is unaffected: its connections, counts and housekeeper
+ * stay as they were. The child never uses a connection opened before the
+ * fork, as its session is shared with the parent (both would read each
+ * other's replies); it starts with no connection, nothing in use, no waiter,
+ * and opens its own connections on demand, up to max_size. The parent's
+ * connections are abandoned in the child - freed through the connector's
+ * `abandon` callback, which does no I/O on them, so no QUIT, Terminate or
+ * TLS close_notify reaches the parent's sessions: the idle ones on the
+ * child's first resil_pool_acquire(), resil_pool_prewarm() or
+ * resil_pool_drain(), and one the forking thread had borrowed when it is
+ * released in the child (it counts nowhere in the child; do not use it
+ * there: its replies may go to the parent). Connections other threads had
+ * borrowed or were opening stay allocated in the child (those threads do
+ * not exist there). The housekeeper thread, if configured, is restarted by
+ * the child's first acquire or prewarm. fork() waits until no other thread
+ * is inside a pool's (or a dependency's) short critical section; detection
+ * uses pthread_atfork(), so a raw clone() or syscall(SYS_fork) is not seen.
  */
 #ifndef RESIL_POOL_H
 #define RESIL_POOL_H
@@ -35,6 +54,14 @@ typedef struct resil_pool_connector {
   /* Close and free a connection. Must not block for long. Required. */
   void (*close)(void *ctx, void *conn);
   void *ctx;
+  /* Free a connection inherited from the parent in a child of fork(),
+   * without any I/O on its session (no goodbye message, no TLS shutdown,
+   * no read: the parent still uses it; closing the child's copy of the
+   * socket descriptor is fine). Called with no pool lock held, in the child
+   * only. Optional: NULL leaves an inherited connection allocated and its
+   * descriptor open in the child, since close() might end the parent's
+   * session. */
+  void (*abandon)(void *ctx, void *conn);
 } resil_pool_connector;
 
 typedef struct resil_pool_config {

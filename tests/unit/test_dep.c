@@ -8,6 +8,9 @@
 #include <stdio.h>
 #include <string.h>
 #include <pthread.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 #include <cmocka.h>
 
@@ -665,6 +668,141 @@ static void stress_in_flight_never_exceeds_the_limit(void **state) {
   resil_dep_free(d);
 }
 
+/* ---- fork() ---------------------------------------------------------- */
+
+/* In a child: report a failed check on stderr and exit 1. */
+#define CHILD_CHECK(cond)                                                             \
+  do {                                                                                \
+    if (!(cond)) {                                                                    \
+      fprintf(stderr, "child: %s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
+      _exit(1);                                                                       \
+    }                                                                                 \
+  } while (0)
+
+/* Fork, run body(arg) in the child, assert it exited 0 within 30 s. */
+static void run_child(void (*body)(void *), void *arg) {
+  pid_t pid = fork();
+  assert_true(pid >= 0);
+  if (pid == 0) {
+    body(arg);
+    _exit(0);
+  }
+  int status = 0;
+  pid_t r = 0;
+  for (int i = 0; i < 3000 && (r = waitpid(pid, &status, WNOHANG)) == 0; i++) {
+    struct timespec ts = {0, 10 * 1000000L};
+    nanosleep(&ts, NULL);
+  }
+  if (r == 0) {
+    kill(pid, SIGKILL);
+    waitpid(pid, &status, 0);
+    fail_msg("the child hung (killed after 30 s)");
+  }
+  assert_int_equal(r, pid);
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+    fail_msg("the child failed (status 0x%x): see its message above", status);
+}
+
+typedef struct fork_arg {
+  resil_dep *limit, *brk;
+  resil_permit mine; /* admitted by the forking thread before the fork */
+} fork_arg;
+
+/* Admit on a thread that keeps the permit and exits. */
+static void *admit_main(void *v) {
+  void **a = v;
+  resil_status st = resil_dep_admit(a[0], RESIL_DEADLINE_UNSET, a[1], NULL);
+  a[2] = (void *)(intptr_t)st;
+  return NULL;
+}
+
+static resil_status admit_on_thread(resil_dep *d, resil_permit *p) {
+  void *a[3] = {d, p, NULL};
+  pthread_t t;
+  assert_int_equal(pthread_create(&t, NULL, admit_main, a), 0);
+  assert_int_equal(pthread_join(t, NULL), 0);
+  return (resil_status)(intptr_t)a[2];
+}
+
+static void fork_child(void *v) {
+  fork_arg *a = v;
+  resil_dep_stats st;
+  resil_dep_get_stats(a->limit, &st);
+  CHILD_CHECK(st.in_flight == 0 && st.waiters == 0);
+  resil_permit q[3];
+  CHILD_CHECK(resil_dep_admit(a->limit, RESIL_DEADLINE_UNSET, &q[0], NULL) == RESIL_OK);
+  CHILD_CHECK(resil_dep_admit(a->limit, RESIL_DEADLINE_UNSET, &q[1], NULL) == RESIL_OK);
+  CHILD_CHECK(resil_dep_admit(a->limit, RESIL_DEADLINE_UNSET, &q[2], NULL) ==
+              RESIL_E_CONCURRENCY_FULL); /* the limit still holds */
+  /* The permit admitted before the fork ends here: no slot given back that
+   * this child does not count. */
+  resil_dep_done(&a->mine, RESIL_OK);
+  resil_dep_get_stats(a->limit, &st);
+  CHILD_CHECK(st.in_flight == 2);
+  CHILD_CHECK(resil_dep_admit(a->limit, RESIL_DEADLINE_UNSET, &q[2], NULL) ==
+              RESIL_E_CONCURRENCY_FULL);
+  resil_dep_done(&q[0], RESIL_OK);
+  resil_dep_done(&q[1], RESIL_OK);
+  resil_dep_get_stats(a->limit, &st);
+  CHILD_CHECK(st.in_flight == 0);
+  /* The half-open probe held by a thread of the parent never comes back:
+   * the child gets a probe of its own, and its success closes the breaker. */
+  resil_permit probe;
+  CHILD_CHECK(resil_dep_admit(a->brk, RESIL_DEADLINE_UNSET, &probe, NULL) == RESIL_OK);
+  resil_dep_done(&probe, RESIL_OK);
+  resil_dep_get_stats(a->brk, &st);
+  CHILD_CHECK(st.breaker.state == RESIL_BREAKER_CLOSED);
+  _exit(0);
+}
+
+/* A child of fork(): concurrency slots and half-open probes held by threads
+ * of the parent are free in the child; a permit admitted before the fork
+ * and ended in the child does not corrupt the count. The parent keeps its
+ * own counts. */
+static void fork_child_gets_free_slots_and_a_fresh_half_open_round(void **state) {
+  (void)state;
+  fork_arg a;
+  a.limit = mk("forked", 2, 0, 50);
+  resil_dep_config c;
+  resil_dep_config_init(&c, "forked-breaker");
+  c.breaker.open_jitter_percent = 0;
+  c.breaker.half_open_probes = 1;
+  resil_err err;
+  a.brk = resil_dep_new(&c, &err);
+  assert_non_null(a.brk);
+  /* Trip it, wait out the break, and let another thread take the probe. */
+  for (uint32_t i = 0; i < c.breaker.consecutive_failures; i++) {
+    resil_permit p;
+    assert_int_equal(resil_dep_admit(a.brk, RESIL_DEADLINE_UNSET, &p, NULL), RESIL_OK);
+    resil_dep_done(&p, RESIL_E_FAILURE);
+  }
+  fake_clock_advance_ms(c.breaker.open_ms + 1);
+  resil_permit held_probe, held_slot;
+  assert_int_equal(admit_on_thread(a.brk, &held_probe), RESIL_OK);
+  assert_int_equal(resil_dep_admit(a.brk, RESIL_DEADLINE_UNSET, &held_slot, NULL),
+                   RESIL_E_BREAKER_OPEN); /* the only probe is taken */
+  /* Both slots of the limit taken: one by this thread, one by another. */
+  assert_int_equal(resil_dep_admit(a.limit, RESIL_DEADLINE_UNSET, &a.mine, NULL), RESIL_OK);
+  assert_int_equal(admit_on_thread(a.limit, &held_slot), RESIL_OK);
+
+  run_child(fork_child, &a);
+
+  resil_dep_stats st;
+  resil_dep_get_stats(a.limit, &st);
+  assert_int_equal(st.in_flight, 2);
+  resil_dep_done(&a.mine, RESIL_OK);
+  resil_dep_done(&held_slot, RESIL_OK);
+  resil_dep_get_stats(a.limit, &st);
+  assert_int_equal(st.in_flight, 0);
+  resil_dep_get_stats(a.brk, &st);
+  assert_int_equal(st.breaker.state, RESIL_BREAKER_HALF_OPEN);
+  resil_dep_done(&held_probe, RESIL_OK);
+  resil_dep_get_stats(a.brk, &st);
+  assert_int_equal(st.breaker.state, RESIL_BREAKER_CLOSED);
+  resil_dep_free(a.limit);
+  resil_dep_free(a.brk);
+}
+
 int main(void) {
 #define F(f) cmocka_unit_test_setup_teardown(f, setup_fake, teardown_fake)
 #define R(f) cmocka_unit_test(f)
@@ -692,6 +830,7 @@ int main(void) {
       R(config_validation_reports_every_problem_by_name),
       R(stress_limit_and_counters_hold_exactly),
       R(stress_in_flight_never_exceeds_the_limit),
+      F(fork_child_gets_free_slots_and_a_fresh_half_open_round),
   };
   return cmocka_run_group_tests_name("dep", tests, NULL, NULL);
 }

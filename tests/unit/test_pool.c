@@ -12,12 +12,19 @@
 
 #include <pthread.h>
 #include <sched.h>
+#include <signal.h>
+#include <sys/wait.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <time.h>
 
 #include "fake_clock.h"
 #include "resil/resil.h"
+
+/* A child of a multi-threaded fork() starts threads (the pool's housekeeper):
+ * tell ThreadSanitizer that this is intended. */
+const char *__tsan_default_options(void);
+const char *__tsan_default_options(void) { return "die_after_fork=0"; }
 
 /* ---- Fake connector ------------------------------------------------------ */
 
@@ -27,6 +34,9 @@ typedef struct fake {
   bool block_connect, block_validate; /* under mu */
   int blocked;                        /* callbacks parked on the gate, under mu */
   _Atomic int connects, closes, validations, next_id;
+  _Atomic int abandons;       /* connector->abandon calls */
+  _Atomic int parent_closes;  /* close() of a handle opened before the fork (ids <= fork_max_id) */
+  _Atomic int fork_max_id;    /* set before fork(): the last id of the parent */
   _Atomic int fail_connects;    /* the next N connects fail (refused) */
   _Atomic int timeout_connects; /* the next N connects time out */
   _Atomic uint32_t take_ms;     /* each connect takes this long (fake clock) */
@@ -116,11 +126,20 @@ static bool fake_validate(void *ctx, void *conn, resil_deadline d) {
 static void fake_close(void *ctx, void *conn) {
   (void)ctx;
   probe_lock_free();
+  if (*(int *)conn <= atomic_load(&F.fork_max_id)) atomic_fetch_add(&F.parent_closes, 1);
   free(conn);
   atomic_fetch_add(&F.closes, 1);
 }
 
-static const resil_pool_connector CONNECTOR = {fake_connect, fake_validate, fake_close, NULL};
+static void fake_abandon(void *ctx, void *conn) {
+  (void)ctx;
+  probe_lock_free();
+  free(conn);
+  atomic_fetch_add(&F.abandons, 1);
+}
+
+static const resil_pool_connector CONNECTOR = {fake_connect, fake_validate, fake_close, NULL,
+                                               fake_abandon};
 
 /* ---- Helpers ------------------------------------------------------------- */
 
@@ -179,6 +198,9 @@ static void fake_reset(void) {
   atomic_store(&F.closes, 0);
   atomic_store(&F.validations, 0);
   atomic_store(&F.next_id, 0);
+  atomic_store(&F.abandons, 0);
+  atomic_store(&F.parent_closes, 0);
+  atomic_store(&F.fork_max_id, 0);
   atomic_store(&F.fail_connects, 0);
   atomic_store(&F.timeout_connects, 0);
   atomic_store(&F.take_ms, 0);
@@ -373,7 +395,7 @@ static void new_rejects_bad_config_and_connector_together(void **state) {
   (void)state;
   resil_pool_config c = base_config();
   c.max_size = 20000;
-  resil_pool_connector cn = {NULL, NULL, NULL, NULL};
+  resil_pool_connector cn = {NULL, NULL, NULL, NULL, NULL};
   resil_err err = {0};
   assert_null(resil_pool_new(&c, &cn, &err));
   assert_int_equal(err.status, RESIL_E_INVALID);
@@ -1242,6 +1264,183 @@ static void connect_finishing_during_drain_is_closed(void **state) {
   assert_int_equal(stats().closed[RESIL_POOL_CLOSE_DRAIN], 1);
 }
 
+/* ---- fork() ---------------------------------------------------------------- */
+
+/* In a child: report a failed check on stderr and exit 1 (cmocka's asserts
+ * would unwind into the parent's copy of the test runner). */
+#define CHILD_CHECK(cond)                                                             \
+  do {                                                                                \
+    if (!(cond)) {                                                                    \
+      fprintf(stderr, "child: %s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
+      _exit(1);                                                                       \
+    }                                                                                 \
+  } while (0)
+
+/* Poll cond for up to 10 s in a child. */
+#define CHILD_WAIT_FOR(cond)                                          \
+  do {                                                                \
+    for (int i_ = 0; i_ < 10000 && !(cond); i_++) test_sleep_ms(1); \
+    CHILD_CHECK(cond);                                                \
+  } while (0)
+
+/* Fork, run body in the child (it must end with _exit), and assert that the
+ * child exited 0 within 30 s (a hang is a failure, not a stuck test). */
+static void run_child(void (*body)(void *), void *arg) {
+  atomic_store(&F.fork_max_id, atomic_load(&F.next_id));
+  pid_t pid = fork();
+  assert_true(pid >= 0);
+  if (pid == 0) {
+    body(arg);
+    _exit(0);
+  }
+  int status = 0;
+  pid_t r = 0;
+  for (int i = 0; i < 3000 && (r = waitpid(pid, &status, WNOHANG)) == 0; i++) test_sleep_ms(10);
+  if (r == 0) {
+    kill(pid, SIGKILL);
+    waitpid(pid, &status, 0);
+    fail_msg("the child hung (killed after 30 s)");
+  }
+  assert_int_equal(r, pid);
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+    fail_msg("the child failed (status 0x%x): see its message above", status);
+}
+
+static resil_status child_acquire(resil_pool_conn **c, uint32_t ms) {
+  *c = NULL;
+  return resil_pool_acquire(P, resil_deadline_in_ms(ms), c, NULL);
+}
+
+typedef struct fork_idle_arg {
+  resil_pool_conn *mine; /* borrowed by the forking thread before the fork */
+} fork_idle_arg;
+
+static void fork_idle_child(void *v) {
+  fork_idle_arg *a = v;
+  /* Nothing of the parent's is counted: one idle, one borrowed by the
+   * forking thread, two by other threads. */
+  resil_pool_stats s;
+  resil_pool_get_stats(P, &s);
+  CHILD_CHECK(s.open == 0 && s.idle == 0 && s.in_use == 0 && s.connecting == 0 &&
+              s.waiters == 0);
+  /* The first acquire abandons the idle one and opens a new one. */
+  resil_pool_conn *c[4];
+  CHILD_CHECK(child_acquire(&c[0], 2000) == RESIL_OK);
+  CHILD_CHECK(atomic_load(&F.abandons) == 1);
+  CHILD_CHECK(*(int *)resil_pool_conn_handle(c[0]) > atomic_load(&F.fork_max_id));
+  /* The housekeeper was restarted: it refills min_idle (1) by itself. */
+  CHILD_WAIT_FOR((resil_pool_get_stats(P, &s), s.idle == 1));
+  for (int i = 1; i < 4; i++) {
+    CHILD_CHECK(child_acquire(&c[i], 2000) == RESIL_OK);
+    CHILD_CHECK(*(int *)resil_pool_conn_handle(c[i]) > atomic_load(&F.fork_max_id));
+  }
+  resil_pool_get_stats(P, &s);
+  CHILD_CHECK(s.open == 4 && s.in_use == 4 && s.idle == 0);
+  /* The connection borrowed before the fork comes back: abandoned, and the
+   * counts do not move (no underflow, no slot freed that was not taken). */
+  resil_pool_release(P, a->mine, RESIL_POOL_OK);
+  CHILD_CHECK(atomic_load(&F.abandons) == 2);
+  resil_pool_get_stats(P, &s);
+  CHILD_CHECK(s.open == 4 && s.in_use == 4 && s.idle == 0);
+  resil_pool_conn *extra;
+  CHILD_CHECK(child_acquire(&extra, 50) == RESIL_E_POOL_TIMEOUT); /* max_size holds */
+  for (int i = 0; i < 4; i++) resil_pool_release(P, c[i], RESIL_POOL_OK);
+  resil_pool_get_stats(P, &s);
+  CHILD_CHECK(s.open == 4 && s.idle == 4 && s.in_use == 0);
+  resil_pool_free(P); /* never joins the parent's housekeeper */
+  CHILD_CHECK(atomic_load(&F.parent_closes) == 0);
+  CHILD_CHECK(atomic_load(&F.closes) == atomic_load(&F.connects) - atomic_load(&F.fork_max_id));
+  _exit(0);
+}
+
+/* A child of fork() starts with a clean pool: the parent's idle connections
+ * are abandoned (never closed, never lent), the one the forking thread had
+ * borrowed is abandoned when released without moving any count, the child
+ * opens its own up to max_size, and the housekeeper runs again. The parent
+ * is unaffected. */
+static void fork_child_gets_a_clean_pool_and_abandons_the_parents(void **state) {
+  (void)state;
+  resil_pool_config c = base_config();
+  c.max_size = 4;
+  c.min_idle = 1;
+  c.housekeeping_ms = 20;
+  make_pool(&c);
+  resil_pool_conn *a = must_acquire(), *b = must_acquire(), *x = must_acquire();
+  resil_pool_conn *y = must_acquire();
+  resil_pool_release(P, x, RESIL_POOL_OK);
+  resil_pool_release(P, y, RESIL_POOL_OK);
+  job other; /* borrows y (the last released) on a thread that then exits */
+  job_start(&other, 5000, false);
+  job_join(&other);
+  assert_int_equal(other.st, RESIL_OK);
+  resil_pool_stats s = stats();
+  assert_int_equal(s.open, 4);
+  assert_int_equal(s.idle, 1);
+
+  fork_idle_arg arg = {.mine = a};
+  run_child(fork_idle_child, &arg);
+
+  /* The parent: same connections, same counts, nothing abandoned. */
+  s = stats();
+  assert_int_equal(s.open, 4);
+  assert_int_equal(s.in_use, 3);
+  assert_int_equal(atomic_load(&F.abandons), 0);
+  resil_pool_release(P, a, RESIL_POOL_OK);
+  resil_pool_release(P, b, RESIL_POOL_OK);
+  resil_pool_release(P, other.conn, RESIL_POOL_OK);
+  assert_int_equal(stats().idle, 4);
+  assert_int_equal(atomic_load(&F.connects), 4);
+}
+
+static void fork_waiter_child(void *v) {
+  (void)v;
+  resil_pool_stats s;
+  resil_pool_get_stats(P, &s);
+  CHILD_CHECK(s.open == 0 && s.in_use == 0 && s.waiters == 0);
+  /* Both slots are free at once: no wait for the parent's threads. */
+  resil_pool_conn *c[2], *extra;
+  uint64_t t0 = real_ms();
+  for (int i = 0; i < 2; i++) CHILD_CHECK(child_acquire(&c[i], 2000) == RESIL_OK);
+  CHILD_CHECK(real_ms() - t0 < 1000);
+  CHILD_CHECK(child_acquire(&extra, 50) == RESIL_E_POOL_TIMEOUT);
+  resil_pool_release(P, c[0], RESIL_POOL_OK);
+  CHILD_CHECK(child_acquire(&extra, 2000) == RESIL_OK); /* the queue still works */
+  resil_pool_release(P, extra, RESIL_POOL_OK);
+  resil_pool_release(P, c[1], RESIL_POOL_BROKEN);
+  resil_pool_get_stats(P, &s);
+  CHILD_CHECK(s.open == 1 && s.idle == 1 && s.in_use == 0 && s.waiters == 0);
+  resil_pool_free(P);
+  _exit(0);
+}
+
+/* Forked while the pool was full and another thread was queued in acquire
+ * (holding the pool's condvars): the child can take max_size connections at
+ * once and never hangs; the parent's waiter is still served. */
+static void fork_with_a_full_pool_and_a_waiter_does_not_hang_the_child(void **state) {
+  (void)state;
+  resil_pool_config c = base_config();
+  c.max_size = 2;
+  c.acquire_timeout_ms = 20000;
+  c.housekeeping_ms = 10; /* its thread sleeps on the pool's condvar */
+  make_pool(&c);
+  resil_pool_conn *a = must_acquire();
+  job holder, waiter;
+  job_start(&holder, 5000, false);
+  job_join(&holder);
+  assert_int_equal(holder.st, RESIL_OK);
+  job_start(&waiter, 20000, true);
+  WAIT_FOR(stats().waiters == 1);
+
+  run_child(fork_waiter_child, NULL);
+
+  resil_pool_release(P, a, RESIL_POOL_OK);
+  job_join(&waiter);
+  assert_int_equal(waiter.st, RESIL_OK);
+  resil_pool_release(P, holder.conn, RESIL_POOL_OK);
+  assert_int_equal(stats().in_use, 0);
+  assert_int_equal(atomic_load(&F.abandons), 0);
+}
+
 /* A test on the real clock, or on the fake clock. */
 #define REAL(f) cmocka_unit_test_setup_teardown(f, setup_real, teardown)
 #define FAKE(f) cmocka_unit_test_setup_teardown(f, setup_fake, teardown)
@@ -1287,6 +1486,8 @@ int main(void) {
       REAL(drain_returns_ok_when_borrowed_come_back),
       REAL(connect_finishing_during_drain_is_closed),
       FAKE(drain_with_unset_deadline_waits_30_s_at_most),
+      REAL(fork_child_gets_a_clean_pool_and_abandons_the_parents),
+      REAL(fork_with_a_full_pool_and_a_waiter_does_not_hang_the_child),
   };
   return cmocka_run_group_tests_name("pool", tests, NULL, NULL);
 }
