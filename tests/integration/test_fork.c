@@ -144,6 +144,7 @@ typedef struct child_report {
   int pool_in_use_after_fork;
   int max_acquired;             /* connections held at once, up to POOL_SIZE */
   int opened_by_child;          /* connects_ok - connects_ok at the fork */
+  long in_use_end, open_end;    /* after everything was released */
   bool done;
 } child_report;
 
@@ -208,6 +209,8 @@ static void child_body(fork_ctx *fc, resil_pool *pool, void *client, bool pg,
   if (held_by_me) resil_pool_release(pool, held_by_me, RESIL_POOL_OK);
   resil_pool_get_stats(pool, &s);
   rep.opened_by_child = (int)(s.connects_ok - connects_at_fork);
+  rep.in_use_end = (long)s.in_use;
+  rep.open_end = (long)s.open;
   rep.done = true;
   write_all(fc->report[1], &rep, sizeof rep);
   if (pg)
@@ -271,6 +274,10 @@ static void check_child(const child_report *rep) {
   assert_int_equal(rep->pool_in_use_after_fork, 0);
   assert_int_equal(rep->max_acquired, POOL_SIZE);
   assert_in_range(rep->opened_by_child, 1, POOL_SIZE);
+  /* All released (including a connection borrowed before the fork, which
+   * counts nowhere): nothing in use, only the child's own are open. */
+  assert_int_equal(rep->in_use_end, 0);
+  assert_int_equal(rep->open_end, rep->opened_by_child);
 }
 
 /* ---- Redis ---------------------------------------------------------------- */
