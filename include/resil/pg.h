@@ -100,6 +100,12 @@
  * connection is closed without a cancel request (set the server's
  * client_connection_check_interval so it notices the closed socket).
  *
+ * fork(): see resil/pool.h. A child uses its own connections; the parent's
+ * are freed without a Terminate message (their socket is pointed at
+ * /dev/null first). The reaper thread does not exist in a child: there a
+ * statement still running at its deadline is closed without a cancel
+ * request, and resil_pg_free() does not wait for the parent's reaper.
+ *
  * Thread safety: a resil_pg is used by any number of threads at once; a
  * resil_pg_tx belongs to one thread at a time.
  */
