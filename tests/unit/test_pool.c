@@ -1223,7 +1223,9 @@ static void drain_with_unset_deadline_waits_30_s_at_most(void **state) {
 
 static void *open_connect_gate_later(void *arg) {
   (void)arg;
-  test_sleep_ms(20);
+  /* The drain has started once it has sent the queued waiter away (it does
+   * so first): only then let the connect finish, not after a fixed time. */
+  for (int i = 0; i < 10000 && stats().waiters != 0; i++) test_sleep_ms(1);
   gate_set(&F.block_connect, false);
   return NULL;
 }
@@ -1231,18 +1233,23 @@ static void *open_connect_gate_later(void *arg) {
 static void connect_finishing_during_drain_is_closed(void **state) {
   (void)state;
   resil_pool_config c = base_config();
+  c.max_size = 1;
   make_pool(&c);
   gate_set(&F.block_connect, true);
-  job j;
+  job j, w;
   job_start(&j, 10000, false);
   WAIT_FOR(gate_blocked() == 1);
+  job_start(&w, 10000, false); /* queued behind the connect: drain's first act ends it */
+  WAIT_FOR(stats().waiters == 1);
   /* The drain waits for the connect in flight; open the gate meanwhile. */
   pthread_t t;
   assert_int_equal(pthread_create(&t, NULL, open_connect_gate_later, NULL), 0);
   assert_int_equal(resil_pool_drain(P, resil_deadline_in_ms(10000)), RESIL_OK);
   pthread_join(t, NULL);
   job_join(&j);
+  job_join(&w);
   assert_int_equal(j.st, RESIL_E_CLOSED);
+  assert_int_equal(w.st, RESIL_E_CLOSED);
   assert_int_equal(atomic_load(&F.connects), 1);
   assert_int_equal(atomic_load(&F.closes), 1);
   assert_int_equal(stats().closed[RESIL_POOL_CLOSE_DRAIN], 1);
