@@ -15,14 +15,19 @@
  *  1. switches the fault on and makes THRESHOLD (3) calls, each with a
  *     DEADLINE_MS deadline: each returns the adapter's documented status for
  *     that fault (timeout faults: RESIL_E_TIMEOUT; reset / close / refuse:
- *     RESIL_E_FAILURE, see the headers) within the deadline + SLACK_MS
- *     (CLOCK_MONOTONIC), and a timeout really waited for its timeout;
+ *     RESIL_E_FAILURE, see the headers) within the deadline + slack
+ *     (test_slack_ms: 100 ms, 300 ms under the sanitizers; CLOCK_MONOTONIC),
+ *     and a timeout really waited for its timeout;
  *  2. each of them is counted by the dependency as that outcome (timeout vs
  *     failure counters; never ignored); the breaker is closed with 1, 2
  *     consecutive failures, then opens on the third (consecutive_failures
- *     trip), and the next call is rejected locally with RESIL_E_BREAKER_OPEN
- *     within FAST_REJECT_MS, without a pool acquire, a connect, or a new
- *     connection at the proxy (fp_accepted unchanged);
+ *     trip), and the next call, made right after the trip (no wait in
+ *     between, so it is well inside the OPEN_MS break however slow the
+ *     machine), is rejected locally with RESIL_E_BREAKER_OPEN without a pool
+ *     acquire, a connect, or a new connection at the proxy (fp_accepted grows
+ *     by no more than the PostgreSQL reaper's own cancel requests, which run
+ *     in the background meanwhile); its time is best-of-3 within
+ *     FAST_REJECT_MS x the build's multiplier, well below any I/O timeout;
  *  3. the connections that saw the fault are destroyed: a call that failed
  *     on an established connection made the pool close exactly that one as
  *     broken (a call that failed while connecting closed at most one dead
@@ -78,12 +83,16 @@
 #define DEADLINE_MS 300        /* every call's deadline, and dep.timeout_ms */
 #define READ_TIMEOUT_MS 250    /* command_timeout_ms / query_timeout_ms / request_timeout_ms */
 #define CONNECT_TIMEOUT_MS 300 /* each adapter's connect_timeout_ms */
-#define SLACK_MS 100           /* a call returns by its deadline + this */
+#define SLACK_MS ((int)test_slack_ms(DEADLINE_MS)) /* a call returns by its deadline + this */
 #define TIMEOUT_MIN_MS 200     /* a timeout must have waited at least this long */
 #define THRESHOLD 3            /* breaker.consecutive_failures */
 #define OPEN_MS 300            /* breaker.open_ms (no jitter, no growth) */
-#define FAST_REJECT_MS 20      /* a breaker-open rejection returns within this (it does no
-                                  I/O: microseconds; the rest absorbs a loaded machine) */
+#define FAST_REJECT_MS 50      /* the fastest of up to REJECT_TRIES breaker-open rejections
+                                  returns within this x test_build_mult() (it does no I/O:
+                                  microseconds; the rest absorbs a loaded machine); still
+                                  below READ_TIMEOUT_MS, so a rejection that waited for I/O
+                                  would fail it */
+#define REJECT_TRIES 3
 #define CANCEL_TIMEOUT_MS 100  /* PostgreSQL reaper's wait for a cancel request */
 #define PAYLOAD 65536          /* bytes of each call's reply payload */
 #define ACTIVE_WAIT_MS 4000    /* for fp_active() to drop (FP_DELAY delays FINs too) */
@@ -166,6 +175,9 @@ typedef struct adapter_ops {
   /* Connections of the adapter's own that may legitimately stay open
    * through the proxy after the faulted ones were closed (NULL: none). */
   unsigned (*stray)(void *cl);
+  /* Connections the adapter has opened in the background so far (cancel
+   * requests), which go through the proxy too (NULL: none). */
+  uint64_t (*background)(void *cl);
   void (*destroy)(void *cl);
 } adapter_ops;
 
@@ -296,6 +308,12 @@ static void pg_quiesce(void *cl) {
  * proxy lets it through or closes it. */
 static unsigned pg_stray(void *cl) { return (unsigned)pg_stats(cl).cancels_abandoned; }
 
+/* Cancel requests that connected or tried to (skipped ones open nothing). */
+static uint64_t pg_background(void *cl) {
+  resil_pg_stats s = pg_stats(cl);
+  return s.cancels_sent + s.cancels_failed + s.cancels_abandoned;
+}
+
 /* HTTP: GET /big?bytes=65536 from testhttpd. */
 
 static child httpd;
@@ -348,10 +366,11 @@ static resil_pool *http_pool(void *cl) { return resil_http_pool(cl); }
 static void http_destroy(void *cl) { resil_http_free(cl); }
 
 static const adapter_ops ADAPTERS[] = {
-    {"redis", redis_upstream, redis_make, redis_call, redis_dep, redis_pool, NULL, NULL,
+    {"redis", redis_upstream, redis_make, redis_call, redis_dep, redis_pool, NULL, NULL, NULL,
      redis_destroy},
-    {"pg", pg_upstream, pg_make, pg_call, pg_dep, pg_pool, pg_quiesce, pg_stray, pg_destroy},
-    {"http", http_upstream, http_make, http_call, http_dep, http_pool, NULL, NULL,
+    {"pg", pg_upstream, pg_make, pg_call, pg_dep, pg_pool, pg_quiesce, pg_stray, pg_background,
+     pg_destroy},
+    {"http", http_upstream, http_make, http_call, http_dep, http_pool, NULL, NULL, NULL,
      http_destroy},
 };
 #define N_ADAPTERS (sizeof ADAPTERS / sizeof ADAPTERS[0])
@@ -540,37 +559,57 @@ static void run_cell(void **state) {
     }
   }
 
-  /* 2. Open: rejected locally, fast, without touching the pool or proxy. */
-  if (a->quiesce) a->quiesce(c->cl); /* no background connect races the check */
+  /* 2. Open: rejected locally, fast, without touching the pool or proxy.
+   * Checked right after the trip: waiting for the PostgreSQL reaper first
+   * (up to cancel_timeout_ms and its thread's scheduling) could carry the
+   * check past the break on a loaded machine. The reaper's cancel requests
+   * connect through the proxy meanwhile; they are accounted for below. */
   resil_dep_stats d1 = dep_stats(c);
   resil_pool_stats p1 = pool_stats(c);
   unsigned acc1 = fp_accepted(fp);
-  {
+  uint64_t bg1 = a->background ? a->background(c->cl) : 0;
+  const int64_t reject_bound_us = (int64_t)FAST_REJECT_MS * test_build_mult() * 1000;
+  unsigned rejections = 0;
+  c->reject_us = INT64_MAX;
+  do {
     resil_err err = {0};
     bool ok = false, in_connect = false;
     uint64_t t0 = test_now_us();
     resil_status st =
         a->call(c->cl, resil_deadline_in_ms(DEADLINE_MS), seq_next(), &err, &ok, &in_connect);
-    c->reject_us = (int64_t)(test_now_us() - t0);
-    if (test_now_us() - tripped_at >= (uint64_t)OPEN_MS * 1000u)
+    int64_t took = (int64_t)(test_now_us() - t0);
+    rejections++;
+    if (took < c->reject_us) c->reject_us = took;
+    if (t0 - tripped_at >= (uint64_t)OPEN_MS * 1000u)
       fail_msg("%s: the open check came %.0f ms after the trip, past the break (%d ms)",
-               c->name, (double)(test_now_us() - tripped_at) / 1000.0, OPEN_MS);
+               c->name, (double)(t0 - tripped_at) / 1000.0, OPEN_MS);
     if (st != RESIL_E_BREAKER_OPEN)
       fail_msg("%s: open breaker: expected breaker_open, got %s (%s)", c->name,
                resil_status_name(st), err.msg);
-    if (c->reject_us > FAST_REJECT_MS * 1000)
-      fail_msg("%s: breaker_open took %.2f ms", c->name, (double)c->reject_us / 1000.0);
-  }
+  } while (c->reject_us > reject_bound_us && rejections < REJECT_TRIES);
+  if (c->reject_us > reject_bound_us)
+    fail_msg("%s: the fastest of %u breaker_open rejections took %.2f ms (bound %.0f ms)",
+             c->name, rejections, (double)c->reject_us / 1000.0,
+             (double)reject_bound_us / 1000.0);
   resil_dep_stats d2 = dep_stats(c);
   resil_pool_stats p2 = pool_stats(c);
-  assert_int_equal(fp_accepted(fp), acc1);
   assert_int_equal(p2.acquired, p1.acquired);
   assert_int_equal(connects(&p2), connects(&p1));
   assert_int_equal(d2.rejections[RESIL_REJECT_BREAKER_OPEN] -
                        d1.rejections[RESIL_REJECT_BREAKER_OPEN],
-                   1);
+                   rejections);
   assert_int_equal(d2.admitted, d1.admitted);
   for (int k = 0; k < RESIL_OUTCOME_COUNT_; k++) assert_int_equal(d2.calls[k], d1.calls[k]);
+  /* No background connect races the proxy check once the reaper is done. */
+  if (a->quiesce) a->quiesce(c->cl);
+  {
+    unsigned acc = fp_accepted(fp);
+    uint64_t bg = a->background ? a->background(c->cl) - bg1 : 0;
+    if (acc - acc1 > bg)
+      fail_msg("%s: %u connections reached the proxy while the breaker was open (%llu of "
+               "them the adapter's background cancel requests)",
+               c->name, acc - acc1, (unsigned long long)bg);
+  }
 
   /* 3. The faulted connections are gone, while the fault is still on. */
   unsigned stray = a->stray ? a->stray(c->cl) : 0;
@@ -615,7 +654,7 @@ static void run_cell(void **state) {
   assert_int_equal(d5.calls[RESIL_OUTCOME_IGNORED], d0.calls[RESIL_OUTCOME_IGNORED]);
   assert_int_equal(d5.rejections[RESIL_REJECT_BREAKER_OPEN] -
                        d0.rejections[RESIL_REJECT_BREAKER_OPEN],
-                   1);
+                   rejections);
   assert_int_equal(d5.in_flight, 0);
   /* Every admitted call ended as exactly one outcome. */
   uint64_t ended = d5.rejected_after_admit;

@@ -31,27 +31,48 @@ static uint16_t refused_port(void) {
   return ntohs(a.sin_port);
 }
 
+/* GET path from the admin endpoint on 127.0.0.1:port: the whole response
+ * (headers and body, until the server closes), or NULL if there was none. */
 static const char *http_get(uint16_t port, const char *path) {
   static char resp[1 << 17];
   int fd = socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return NULL;
   struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port),
                           .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
   struct timeval tv = {.tv_sec = 5};
   setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  resp[0] = 0;
+  size_t got = 0;
   if (connect(fd, (struct sockaddr *)&a, sizeof a) == 0) {
     char req[128];
-    int n = snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: x\r\n\r\n", path);
+    int n = snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                     path);
     if (write(fd, req, (size_t)n) == n) {
-      size_t got = 0;
       ssize_t r;
       while (got < sizeof resp - 1 && (r = read(fd, resp + got, sizeof resp - 1 - got)) > 0)
         got += (size_t)r;
-      resp[got] = 0;
     }
   }
   close(fd);
-  return resp;
+  resp[got] = 0;
+  return got ? resp : NULL;
+}
+
+/* A positive answer first, so that a secret check cannot pass on an
+ * endpoint that is down: GET path must answer with status ok (or ok2, if
+ * not 0) and a body holding every one of the strings in want (NULL-ended).
+ * Returns the whole response. */
+static const char *must_get(uint16_t port, const char *path, int ok, int ok2,
+                            const char *const *want) {
+  const char *r = http_get(port, path);
+  if (!r) fail_msg("GET %s on 127.0.0.1:%u: no answer", path, (unsigned)port);
+  int code = 0;
+  if (sscanf(r, "HTTP/1.1 %d ", &code) != 1 || (code != ok && (!ok2 || code != ok2)))
+    fail_msg("GET %s: status %d, expected %d: '%.200s'", path, code, ok, r);
+  const char *body = strstr(r, "\r\n\r\n");
+  if (!body || !body[4]) fail_msg("GET %s: an empty body: '%.200s'", path, r);
+  for (; want && *want; want++)
+    if (!strstr(body, *want)) fail_msg("GET %s: no '%s' in the body: '%.300s'", path, *want, body);
+  return r;
 }
 
 static void no_secret_in(const char *what, const char *text) {
@@ -95,18 +116,25 @@ static void secrets_never_appear_in_any_output(void **state) {
     resil_status st =
         resil_redis_command(cache, resil_deadline_in_ms(500), 0, &rep, &err, "GET k");
     assert_int_not_equal(st, RESIL_OK);
+    assert_non_null(strstr(err.msg, "cache")); /* a real error message, naming the dependency */
     no_secret_in("a Redis error", err.msg);
     PGresult *res = NULL;
     st = resil_pg_query(db, resil_deadline_in_ms(500), 0, "SELECT 1", 0, NULL, &res, &err);
     PQclear(res);
     assert_int_not_equal(st, RESIL_OK);
+    assert_non_null(strstr(err.msg, "db"));
     no_secret_in("a PostgreSQL error", err.msg);
   }
   uint16_t port = resil_service_admin_port(svc);
-  no_secret_in("/config", http_get(port, "/config"));
-  assert_non_null(strstr(http_get(port, "/config"), "<redacted>"));
-  no_secret_in("/metrics", http_get(port, "/metrics"));
-  no_secret_in("/ready", http_get(port, "/ready"));
+  assert_true(port > 0);
+  /* Each output really holds the two dependencies (whose secrets must not
+   * be there). */
+  const char *config_want[] = {"<redacted>", "cache", "db", NULL};
+  no_secret_in("/config", must_get(port, "/config", 200, 0, config_want));
+  const char *metrics_want[] = {"dependency=\"cache\"", "dependency=\"db\"", NULL};
+  no_secret_in("/metrics", must_get(port, "/metrics", 200, 0, metrics_want));
+  const char *ready_want[] = {"\"ready\":", NULL};
+  no_secret_in("/ready", must_get(port, "/ready", 200, 503, ready_want));
   char *text = NULL;
   assert_int_equal(resil_export_json(&text, NULL, NULL), RESIL_OK);
   no_secret_in("the JSON snapshot", text);

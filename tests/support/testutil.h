@@ -108,4 +108,52 @@ static inline void unanswered_close(int fds[3]) {
     if (fds[i] >= 0) close(fds[i]);
 }
 
+
+/* ---- Timing rules (README, "Timing in tests") ----------------------------
+ * Wait for conditions, never for time: a test that needs something to have
+ * happened polls for it (TEST_WAIT_UNTIL) with a generous bound instead of
+ * sleeping a fixed time. Lower bounds are the exact promise ("a timeout
+ * waited its 300 ms"). Upper bounds are promise + test_slack_ms(promise):
+ * max(100 ms, promise / 4), times the build's multiplier. */
+
+/* 3 under ASan/TSan (RESIL_TEST_BUILD=asan|tsan, as scripts/test.sh sets it,
+ * or a sanitizer compiled in when run by hand), else 1. */
+static inline unsigned test_build_mult(void) {
+  const char *b = test_env("RESIL_TEST_BUILD");
+  if (b) return (strcmp(b, "asan") == 0 || strcmp(b, "tsan") == 0) ? 3u : 1u;
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+  return 3u;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+  return 3u;
+#endif
+#endif
+  return 1u;
+}
+
+/* Slack added to an upper bound of promise_ms: scheduler noise on a loaded
+ * 2-core machine, several-fold under the sanitizers. */
+static inline unsigned test_slack_ms(unsigned promise_ms) {
+  unsigned s = promise_ms / 4 > 100u ? promise_ms / 4 : 100u;
+  return s * test_build_mult();
+}
+
+/* promise_ms + test_slack_ms(promise_ms). */
+static inline unsigned test_upper_ms(unsigned promise_ms) {
+  return promise_ms + test_slack_ms(promise_ms);
+}
+
+/* Poll cond (an expression) every 2 ms for up to ms (times the build's
+ * multiplier); evaluates to whether it became true. For waits on something
+ * that happens "soon" (a thread reached a point, a peer was accepted, a
+ * server freed a slot): pass a generous bound, it costs nothing when the
+ * condition comes quickly. */
+#define TEST_WAIT_UNTIL(cond, ms)                                                   \
+  __extension__({                                                                  \
+    uint64_t until_ = test_now_ms() + (uint64_t)(ms) * test_build_mult();          \
+    int ok_;                                                                       \
+    while (!(ok_ = !!(cond)) && test_now_ms() < until_) test_sleep_ms(2);          \
+    ok_ || !!(cond);                                                               \
+  })
+
 #endif

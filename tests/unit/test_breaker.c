@@ -6,6 +6,8 @@
 #include <stdint.h>
 #include <string.h>
 #include <pthread.h>
+#include <stdbool.h>
+#include <stdatomic.h>
 #include <cmocka.h>
 
 #include "fake_clock.h"
@@ -467,25 +469,36 @@ static void describe_says_why_it_is_open(void **state) {
 
 /* ---- concurrency ---- */
 
+/* Callers that hold their permits: in every round all RACERS threads try
+ * to acquire at once and keep what they got until every thread has tried
+ * (a barrier), so the admitted count of a round is exactly the number of
+ * permits the breaker handed out concurrently, whatever the scheduler does.
+ * With half_open_probes = 3 and every slot free at the start of a round,
+ * exactly 3 must be admitted; then the holders record an ignored outcome
+ * (the breaker stays half-open, the slots come back) before the next round. */
+#define RACERS 8
+#define ROUNDS 300
+
 typedef struct probe_race {
   resil_breaker *b;
-  _Atomic int inside, max_inside, admitted;
-  pthread_barrier_t go;
+  _Atomic int admitted; /* in the current round */
+  int per_round[ROUNDS];
+  pthread_barrier_t tried, checked, released;
 } probe_race;
 
 static void *probe_racer(void *arg) {
   probe_race *r = arg;
-  pthread_barrier_wait(&r->go);
-  for (int i = 0; i < 2000; i++) {
+  for (int round = 0; round < ROUNDS; round++) {
     resil_breaker_ticket t;
-    if (resil_breaker_acquire(r->b, &t) != RESIL_OK) continue;
-    int now = atomic_fetch_add(&r->inside, 1) + 1;
-    int m = atomic_load(&r->max_inside);
-    while (now > m && !atomic_compare_exchange_weak(&r->max_inside, &m, now)) {
+    bool got = resil_breaker_acquire(r->b, &t) == RESIL_OK;
+    if (got) atomic_fetch_add(&r->admitted, 1);
+    /* Every thread has tried; the admitted ones still hold their slot. */
+    if (pthread_barrier_wait(&r->tried) == PTHREAD_BARRIER_SERIAL_THREAD) {
+      r->per_round[round] = atomic_exchange(&r->admitted, 0);
     }
-    atomic_fetch_add(&r->admitted, 1);
-    atomic_fetch_sub(&r->inside, 1);
-    resil_breaker_record(r->b, t, RESIL_E_CALLER, MS); /* ignored: stays half-open */
+    pthread_barrier_wait(&r->checked);
+    if (got) resil_breaker_record(r->b, t, RESIL_E_CALLER, MS); /* ignored: stays half-open */
+    pthread_barrier_wait(&r->released);
   }
   return NULL;
 }
@@ -497,14 +510,23 @@ static void half_open_probe_limit_holds_under_concurrent_callers(void **state) {
   resil_breaker *b = mk(c);
   call(b, RESIL_E_FAILURE, MS);
   fake_clock_advance_ms(1000);
-  probe_race r = {.b = b};
-  pthread_barrier_init(&r.go, NULL, 8);
-  pthread_t th[8];
-  for (int i = 0; i < 8; i++) pthread_create(&th[i], NULL, probe_racer, &r);
-  for (int i = 0; i < 8; i++) pthread_join(th[i], NULL);
-  pthread_barrier_destroy(&r.go);
-  assert_true(atomic_load(&r.max_inside) <= 3);
-  assert_true(atomic_load(&r.admitted) > 0);
+  static probe_race r;
+  memset(&r, 0, sizeof r);
+  r.b = b;
+  pthread_barrier_init(&r.tried, NULL, RACERS);
+  pthread_barrier_init(&r.checked, NULL, RACERS);
+  pthread_barrier_init(&r.released, NULL, RACERS);
+  pthread_t th[RACERS];
+  for (int i = 0; i < RACERS; i++)
+    assert_int_equal(pthread_create(&th[i], NULL, probe_racer, &r), 0);
+  for (int i = 0; i < RACERS; i++) pthread_join(th[i], NULL);
+  pthread_barrier_destroy(&r.tried);
+  pthread_barrier_destroy(&r.checked);
+  pthread_barrier_destroy(&r.released);
+  for (int round = 0; round < ROUNDS; round++)
+    if (r.per_round[round] != 3)
+      fail_msg("round %d: %d of %d concurrent callers admitted, half_open_probes is 3", round,
+               r.per_round[round], RACERS);
   resil_breaker_stats st;
   resil_breaker_get_stats(b, &st);
   assert_int_equal(st.state, RESIL_BREAKER_HALF_OPEN);

@@ -23,6 +23,7 @@
 #include "fake_clock.h"
 #include "minijson.h"
 #include "resil/resil.h"
+#include "testutil.h"
 
 static const char *const units[] = {
     "Seconds",          "Microseconds",     "Milliseconds",      "Bytes",
@@ -537,37 +538,75 @@ static void emitter_reports_counters_as_deltas(void **state) {
   resil_dep_free(b);
 }
 
+/* The emitter writes one document for the dependency every interval_ms,
+ * on a fixed schedule from start: the k-th arrives no earlier than k
+ * intervals after the start (never more often), and no later than that plus
+ * the slack (it does not drift: a late emission does not push the next
+ * ones back). The first carries the calls made before it, the next ones
+ * report deltas (0 calls). */
 static void emitter_writes_every_interval(void **state) {
   (void)state;
+  enum { INTERVAL = 1000, K = 3 };
+  const uint64_t slack = test_slack_ms(INTERVAL);
   int pfd[2];
   assert_int_equal(pipe2(pfd, O_CLOEXEC), 0);
   fcntl(pfd[0], F_SETFL, O_NONBLOCK);
   resil_dep *a = mk("periodic");
   resil_emf_config c;
   resil_emf_config_init(&c);
-  c.interval_ms = 1000;
+  c.interval_ms = INTERVAL;
   c.fd = pfd[1];
+  uint64_t t0 = test_now_ms();
   assert_int_equal(resil_emf_start(&c, NULL), RESIL_OK);
   run(a, RESIL_OK, 3, 1);
-  /* Generous: the first line is due after 1 s. */
-  char *text = drain_pipe(pfd[0], 10000);
-  assert_true(strlen(text) > 0);
-  /* Wait for a complete line if the read raced the write. */
-  while (text[strlen(text) - 1] != '\n') {
-    char *more = drain_pipe(pfd[0], 5000);
-    assert_true(strlen(more) > 0);
-    text = realloc(text, strlen(text) + strlen(more) + 1);
-    strcat(text, more);
-    free(more);
+  uint64_t at[K];
+  double calls[K];
+  int got = 0;
+  char line[65536];
+  size_t len = 0;
+  while (got < K) {
+    uint64_t now = test_now_ms();
+    uint64_t limit = t0 + (uint64_t)(got + 1) * INTERVAL + slack;
+    struct pollfd pl = {.fd = pfd[0], .events = POLLIN};
+    if (now >= limit || poll(&pl, 1, (int)(limit - now)) <= 0)
+      fail_msg("emission %d not there %llu ms after start (interval %d ms, slack %llu ms)",
+               got + 1, (unsigned long long)(test_now_ms() - t0), INTERVAL,
+               (unsigned long long)slack);
+    ssize_t n = read(pfd[0], line + len, sizeof line - 1 - len);
+    if (n <= 0) continue;
+    uint64_t when = test_now_ms() - t0;
+    len += (size_t)n;
+    line[len] = 0;
+    char *nl;
+    while ((nl = strchr(line, '\n')) != NULL) { /* one complete document */
+      size_t ll = (size_t)(nl - line) + 1;
+      char doc[65536];
+      memcpy(doc, line, ll);
+      doc[ll] = 0;
+      memmove(line, line + ll, len - ll + 1);
+      len -= ll;
+      mj *docs[4];
+      size_t nd = check_emf_text(doc, docs, 4);
+      mj *d = find_doc(docs, nd, "periodic");
+      if (d) {
+        if (got >= K) fail_msg("more documents than emissions");
+        at[got] = when;
+        calls[got] = num(d, "Calls");
+        got++;
+      }
+      for (size_t i = 0; i < nd; i++) mj_free(docs[i]);
+    }
   }
-  mj *docs[16];
-  size_t n = check_emf_text(text, docs, 16);
-  assert_true(n >= 1);
-  mj *d = find_doc(docs, n, "periodic");
-  assert_non_null(d);
-  for (size_t i = 0; i < n; i++) mj_free(docs[i]);
-  free(text);
   resil_emf_stop();
+  for (int k = 0; k < K; k++) {
+    print_message("# emission %d after %llu ms: %.0f calls\n", k + 1,
+                  (unsigned long long)at[k], calls[k]);
+    if (at[k] + 5 < (uint64_t)(k + 1) * INTERVAL)
+      fail_msg("emission %d came %llu ms after start, before %d intervals of %d ms", k + 1,
+               (unsigned long long)at[k], k + 1, INTERVAL);
+  }
+  assert_true(calls[0] == 3);
+  assert_true(calls[1] == 0 && calls[2] == 0);
   close(pfd[0]);
   close(pfd[1]);
   resil_dep_free(a);

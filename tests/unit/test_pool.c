@@ -1213,8 +1213,12 @@ static void drain_returns_ok_when_borrowed_come_back(void **state) {
 
 static void *advance_30s_later(void *arg) {
   (void)arg;
-  test_sleep_ms(20);
+  /* The drain has taken its deadline once it has closed the idle
+   * connection (it does so first): wait for that, not for a fixed time. */
+  for (int i = 0; i < 10000 && atomic_load(&F.closes) < 1; i++) test_sleep_ms(1);
   fake_clock_advance_ms(29999);
+  /* Time for a drain that wrongly gave up already to return (a check that
+   * can only miss a bug, never fail a correct pool). */
   test_sleep_ms(30);
   fake_clock_advance_ms(1);
   return NULL;
@@ -1225,6 +1229,8 @@ static void drain_with_unset_deadline_waits_30_s_at_most(void **state) {
   resil_pool_config c = base_config();
   make_pool(&c);
   resil_pool_conn *a = must_acquire();
+  resil_pool_release(P, must_acquire(), RESIL_POOL_OK); /* one idle, closed by drain first */
+  assert_int_equal(stats().idle, 1);
   uint64_t t0 = fake_clock_now_ns();
   pthread_t t;
   assert_int_equal(pthread_create(&t, NULL, advance_30s_later, NULL), 0);
@@ -1234,12 +1240,14 @@ static void drain_with_unset_deadline_waits_30_s_at_most(void **state) {
   assert_int_equal(st, RESIL_E_TIMEOUT);
   assert_int_equal(waited, 30000000000ull);
   resil_pool_release(P, a, RESIL_POOL_OK);
-  assert_int_equal(stats().closed[RESIL_POOL_CLOSE_DRAIN], 1);
+  assert_int_equal(stats().closed[RESIL_POOL_CLOSE_DRAIN], 2);
 }
 
 static void *open_connect_gate_later(void *arg) {
   (void)arg;
-  test_sleep_ms(20);
+  /* The drain has started once it has sent the queued waiter away (it does
+   * so first): only then let the connect finish, not after a fixed time. */
+  for (int i = 0; i < 10000 && stats().waiters != 0; i++) test_sleep_ms(1);
   gate_set(&F.block_connect, false);
   return NULL;
 }
@@ -1247,18 +1255,23 @@ static void *open_connect_gate_later(void *arg) {
 static void connect_finishing_during_drain_is_closed(void **state) {
   (void)state;
   resil_pool_config c = base_config();
+  c.max_size = 1;
   make_pool(&c);
   gate_set(&F.block_connect, true);
-  job j;
+  job j, w;
   job_start(&j, 10000, false);
   WAIT_FOR(gate_blocked() == 1);
+  job_start(&w, 10000, false); /* queued behind the connect: drain's first act ends it */
+  WAIT_FOR(stats().waiters == 1);
   /* The drain waits for the connect in flight; open the gate meanwhile. */
   pthread_t t;
   assert_int_equal(pthread_create(&t, NULL, open_connect_gate_later, NULL), 0);
   assert_int_equal(resil_pool_drain(P, resil_deadline_in_ms(10000)), RESIL_OK);
   pthread_join(t, NULL);
   job_join(&j);
+  job_join(&w);
   assert_int_equal(j.st, RESIL_E_CLOSED);
+  assert_int_equal(w.st, RESIL_E_CLOSED);
   assert_int_equal(atomic_load(&F.connects), 1);
   assert_int_equal(atomic_load(&F.closes), 1);
   assert_int_equal(stats().closed[RESIL_POOL_CLOSE_DRAIN], 1);
