@@ -10,7 +10,6 @@
 #include <cmocka.h>
 
 #include <arpa/inet.h>
-#include <fcntl.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -162,37 +161,8 @@ static void large_but_sane_array_is_accepted(void **state) {
 
 /* ---- max_reply_bytes and the nesting bound --------------------------------- */
 
-static bool sanitized(void) {
-  const char *b = test_env("RESIL_TEST_BUILD");
-  return b && strcmp(b, "plain") != 0;
-}
-
 /* Slack on top of a deadline for a loaded 2-core machine. */
-static uint64_t slack_ms(void) { return sanitized() ? 300 : 100; }
-
-static long status_kb(const char *key) {
-  FILE *f = fopen("/proc/self/status", "r");
-  if (!f) return -1;
-  char line[256];
-  long v = -1;
-  size_t kl = strlen(key);
-  while (fgets(line, sizeof line, f))
-    if (strncmp(line, key, kl) == 0 && line[kl] == ':') {
-      v = strtol(line + kl + 1, NULL, 10);
-      break;
-    }
-  fclose(f);
-  return v;
-}
-
-/* Reset the peak RSS (VmHWM) to the current RSS; returns that RSS in KiB. */
-static long peak_reset(void) {
-  int fd = open("/proc/self/clear_refs", O_WRONLY);
-  if (fd < 0) return -1;
-  ssize_t w = write(fd, "5", 1);
-  close(fd);
-  return w == 1 ? status_kb("VmRSS") : -1;
-}
+static uint64_t slack_ms(void) { return test_sanitized() ? 300 : 100; }
 
 /* How much the peak RSS may grow during a call bounded by max_bytes: the
  * bound, hiredis's buffer growing by realloc (old and new block both live
@@ -200,7 +170,7 @@ static long peak_reset(void) {
  * blocks (quarantine) and add shadow memory: wider there. */
 static long peak_limit_kb(size_t max_bytes) {
   long kb = (long)(max_bytes / 1024);
-  return sanitized() ? 8 * kb + 64 * 1024 : 2 * kb + 4 * 1024;
+  return test_sanitized() ? 8 * kb + 64 * 1024 : 2 * kb + 4 * 1024;
 }
 
 typedef struct bounded_call {
@@ -227,7 +197,8 @@ static bounded_call call_bounded(peer *p, size_t max_bytes, int deadline_ms, siz
   memset(&err, 0, sizeof err);
   resil_redis *r = resil_redis_new(&cfg, &err);
   if (!r) fail_msg("resil_redis_new: %s", err.msg);
-  long base = peak_reset();
+  int perturb = test_malloc_perturb_off();
+  long base = test_peak_rss_reset();
   uint64_t t0 = resil_now_ns();
   if (npipe == 0) {
     redisReply *rep = NULL;
@@ -249,7 +220,8 @@ static bounded_call call_bounded(peer *p, size_t max_bytes, int deadline_ms, siz
     }
   }
   out.took_ms = (resil_now_ns() - t0) / 1000000;
-  long peak = status_kb("VmHWM");
+  long peak = test_status_kb("VmHWM");
+  test_malloc_perturb_restore(perturb);
   out.peak_growth_kb = base >= 0 && peak >= 0 ? peak - base : -1;
   snprintf(out.msg, sizeof out.msg, "%s", out.st == RESIL_OK ? "" : err.msg);
   resil_dep_stats ds;
