@@ -792,10 +792,13 @@ static resil_status timed_out(resil_pg *pg, const char *phase, resil_err *err) {
  * on the TCP connection (TCP_INFO tcpi_bytes_received, Linux >= 4.1) minus
  * what is still queued unread (FIONREAD). It is checked after every
  * PQconsumeInput(), so a result is stopped within one read of
- * max_result_bytes (a read takes what the socket holds, at most its receive
- * buffer) whatever its shape - many rows or one huge value - and the
- * statement is then cancelled and the connection closed (the reaper, as
- * for a timeout). One getsockopt() per read, and one ioctl() only once the
+ * max_result_bytes, and the statement is then cancelled and the connection
+ * closed (the reaper, as for a timeout). One read fills at most libpq's
+ * input buffer: 16-32 KiB for ordinary rows, but libpq sizes it for a whole
+ * DataRow, and keeps reading while the socket is not empty, so a single row
+ * larger than the bound can come in whole in one read when the server
+ * sends faster than we take (then it is refused right after, before libpq
+ * copies it into a PGresult). One getsockopt() per read, and one ioctl() only once the
  * bound may have been passed. The count is of protocol bytes (with TLS:
  * encrypted bytes); the PGresult libpq builds from them is about as large for
  * wide values and up to ~2-3x for many narrow rows. Connections without byte

@@ -177,9 +177,11 @@ typedef struct resil_pg_config {
    * for many narrow rows). A larger result is RESIL_E_CALLER (the message
    * names max_result_bytes; the statement is cancelled and the connection
    * closed, never reused mid-result; not retried): libpq would otherwise
-   * buffer all of it, whatever the deadline. Enforced on TCP connections
-   * (Linux's byte counters); a Unix-socket connection is bounded by the
-   * deadline only. */
+   * buffer all of it, whatever the deadline. Overshoot: one read, which is
+   * small for ordinary rows but can be one whole row when a single value is
+   * larger than the bound (libpq reads a DataRow into one buffer). Enforced
+   * on TCP connections (Linux's byte counters); a Unix-socket connection is
+   * bounded by the deadline only. */
   size_t max_result_bytes;
 } resil_pg_config;
 

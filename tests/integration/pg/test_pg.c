@@ -546,12 +546,19 @@ static void small_result_bound(resil_pg_config *cfg) {
   cfg->dep.timeout_ms = 5000; /* the server may take a while to build 50 MB */
 }
 
-/* Peak-RSS growth allowed while a result is cut at a 1 MiB bound: the bound,
- * what one read can bring on top (the socket's receive buffer, a few MiB on
- * loopback) and libpq's buffer growth; the sanitizers' allocators keep freed
- * blocks and add shadow memory. Without the bound the test's results bring
- * 50-100 MB. */
-static long result_peak_limit_kb(void) { return test_sanitized() ? 40 * 1024 : 16 * 1024; }
+/* Peak-RSS growth allowed while many small rows are cut at a 1 MiB bound:
+ * the bound, what one read can bring on top (libpq's small input buffer) and
+ * the PGresult under construction; the sanitizers' allocators keep freed
+ * blocks and add shadow memory. Without the bound: ~110 MiB. */
+static long rows_peak_limit_kb(void) { return test_sanitized() ? 40 * 1024 : 16 * 1024; }
+
+/* For one 50 MB value: libpq sizes its input buffer for the whole DataRow,
+ * and one PQconsumeInput() reads on for as long as the server keeps the
+ * socket non-empty, so a client slower than the server (seen under ASan)
+ * can take in the whole row in one read before the bound is checked. What
+ * the bound still prevents is everything after it: the PGresult copy of
+ * the value (without the bound: ~95 MiB) and any further row. */
+static long value_peak_limit_kb(void) { return 70 * 1024; }
 
 typedef struct big_call {
   resil_status st;
@@ -589,14 +596,14 @@ static big_call big_query(resil_pg *pg, const char *sql, int deadline_ms) {
  * statement cancelled on the server, the connection never reused, the next
  * call served. */
 static void check_cut_at_bound(resil_pg *pg, PGconn *watcher, const big_call *c,
-                               const char *marker_b) {
+                               const char *marker_b, long peak_limit_kb) {
   if (c->st != RESIL_E_CALLER ||
       !strstr(c->msg, ": query: result larger than max_result_bytes 1048576"))
     fail_msg("%s: %s", resil_status_name(c->st), c->msg);
   assert_false(c->got_result);
   assert_true(c->took_ms < 5000);
-  if (c->peak_kb > result_peak_limit_kb())
-    fail_msg("peak RSS grew by %ld KiB, limit %ld KiB", c->peak_kb, result_peak_limit_kb());
+  if (c->peak_kb > peak_limit_kb)
+    fail_msg("peak RSS grew by %ld KiB, limit %ld KiB", c->peak_kb, peak_limit_kb);
   assert_true(wait_statement_gone(watcher, "resil-big-", marker_b, 3000));
   resil_dep_stats s = dep_stats(pg);
   assert_int_equal(s.calls[RESIL_OUTCOME_IGNORED], 1); /* never a breaker failure */
@@ -614,7 +621,7 @@ static void huge_value_over_max_result_bytes_is_a_caller_error(void **state) {
   resil_pg *pg = make_pg("big-value-db", small_result_bound);
   assert_int_equal(query_int(pg, "SELECT 1"), 1); /* connected before measuring */
   big_call c = big_query(pg, "SELECT repeat('x', 50000000) /* resil-big-value */", 5000);
-  check_cut_at_bound(pg, watcher, &c, "value");
+  check_cut_at_bound(pg, watcher, &c, "value", value_peak_limit_kb());
   resil_pg_free(pg);
   PQfinish(watcher);
 }
@@ -629,7 +636,7 @@ static void many_rows_over_max_result_bytes_is_a_caller_error(void **state) {
                          "SELECT repeat('y', 80) FROM generate_series(1, 1000) a, "
                          "generate_series(1, 1000) b /* resil-big-rows */",
                          5000);
-  check_cut_at_bound(pg, watcher, &c, "rows");
+  check_cut_at_bound(pg, watcher, &c, "rows", rows_peak_limit_kb());
   resil_pg_free(pg);
   PQfinish(watcher);
 }
