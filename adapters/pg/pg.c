@@ -18,11 +18,18 @@
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+
+#include <netinet/in.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+/* struct tcp_info with tcpi_bytes_received (glibc's netinet/tcp.h lacks it) */
+#include <linux/tcp.h>
 
 #define PG_NAME_MAX 64
 #define PG_MAX_ADDRS 8       /* addresses tried per connect */
@@ -84,6 +91,7 @@ void resil_pg_config_init(resil_pg_config *cfg, const char *name) {
   cfg->reaper_queue_max = 64;
   cfg->rollback_timeout_ms = 500;
   cfg->alive_bypass_ms = 500;
+  cfg->max_result_bytes = RESIL_PG_DEFAULT_MAX_RESULT_BYTES;
 }
 
 /* Is s a libpq connection keyword? */
@@ -183,6 +191,8 @@ resil_status resil_pg_config_validate(const resil_pg_config *cfg, resil_err *err
   resil_problems_check_range(&p, "reaper_queue_max", cfg->reaper_queue_max, 1, 100000);
   resil_problems_check_range(&p, "rollback_timeout_ms", cfg->rollback_timeout_ms, 1, 60000);
   resil_problems_check_range(&p, "alive_bypass_ms", cfg->alive_bypass_ms, 0, 60000);
+  resil_problems_check_range(&p, "max_result_bytes", cfg->max_result_bytes,
+                             RESIL_PG_MIN_MAX_RESULT_BYTES, RESIL_PG_MAX_MAX_RESULT_BYTES);
   return resil_problems_finish(&p, err);
 }
 
@@ -806,9 +816,80 @@ static resil_status timed_out(resil_pg *pg, const char *phase, resil_err *err) {
                        pg->name, phase);
 }
 
+/* ---- Bounding what one statement receives -------------------------------
+ * libpq 15 buffers a whole result (and each whole DataRow message) before
+ * handing it over, and has no limit. Single-row mode would let us count rows
+ * as they come, but the caller is promised one ordinary PGresult (with its
+ * command tag), so every row would have to be copied into an assembled
+ * result, and one huge value is still buffered whole by libpq before its row
+ * appears. Instead the adapter counts the bytes libpq has taken from the
+ * socket since the statement was sent: the kernel's count of bytes received
+ * on the TCP connection (TCP_INFO tcpi_bytes_received, Linux >= 4.1) minus
+ * what is still queued unread (FIONREAD). It is checked after every
+ * PQconsumeInput(), so a result is stopped within one read of
+ * max_result_bytes, and the statement is then cancelled and the connection
+ * closed (the reaper, as for a timeout). One read fills at most libpq's
+ * input buffer: 16-32 KiB for ordinary rows, but libpq sizes it for a whole
+ * DataRow, and keeps reading while the socket is not empty, so a single row
+ * larger than the bound can come in whole in one read when the server
+ * sends faster than we take (then it is refused right after, before libpq
+ * copies it into a PGresult). One getsockopt() per read, and one ioctl() only once the
+ * bound may have been passed. The count is of protocol bytes (with TLS:
+ * encrypted bytes); the PGresult libpq builds from them is about as large for
+ * wide values and up to ~2-3x for many narrow rows. Connections without byte
+ * counters (Unix-domain sockets) are not bounded this way, only by the
+ * deadline. */
+typedef struct rx_meter {
+  int fd;
+  bool on;       /* the socket counts received bytes (TCP) */
+  uint64_t base; /* received when the statement was sent */
+  uint64_t used; /* taken by libpq since, as last measured */
+} rx_meter;
+
+static bool tcp_received(int fd, uint64_t *out) {
+  struct tcp_info ti;
+  socklen_t len = sizeof ti;
+  memset(&ti, 0, sizeof ti);
+  if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) != 0) return false;
+  if (len < offsetof(struct tcp_info, tcpi_bytes_received) + sizeof ti.tcpi_bytes_received)
+    return false; /* a kernel older than 4.1 */
+  *out = ti.tcpi_bytes_received;
+  return true;
+}
+
+static void meter_start(rx_meter *m, PGconn *c) {
+  m->fd = PQsocket(c);
+  m->used = 0;
+  m->base = 0;
+  m->on = m->fd >= 0 && tcp_received(m->fd, &m->base);
+}
+
+/* After libpq read from the socket: has the statement taken at most max
+ * bytes? (Anything queued but unread when it was sent counts as its own:
+ * a few bytes of notices at most.) */
+static bool meter_ok(rx_meter *m, size_t max) {
+  uint64_t now;
+  if (!m->on || !tcp_received(m->fd, &now)) return true;
+  uint64_t got = now - m->base; /* received, read or not */
+  if (got <= max) return true;
+  int inq = 0;
+  if (ioctl(m->fd, FIONREAD, &inq) != 0 || inq < 0) inq = 0;
+  m->used = got > (uint64_t)inq ? got - (uint64_t)inq : 0;
+  return m->used <= max;
+}
+
+static resil_status too_large(resil_pg *pg, const char *phase, const rx_meter *m,
+                              resil_err *err) {
+  return resil_err_set(err, RESIL_E_CALLER,
+                       "%s: %s: result larger than max_result_bytes %zu (%" PRIu64
+                       " bytes received; statement cancelled, connection closed)",
+                       pg->name, phase, pg->cfg.max_result_bytes, m->used);
+}
+
 /* Send one statement (q, or simple_sql through the simple protocol) and
- * read every result until PQgetResult() returns NULL or qd passes. *out
- * receives the first error result or else the last result. */
+ * read every result until PQgetResult() returns NULL or qd passes, at most
+ * max_result_bytes of them (see above). *out receives the first error
+ * result or else the last result. */
 typedef enum send_kind { SEND_PARAMS = 0, SEND_PREPARE, SEND_PREPARED } send_kind;
 
 static resil_status run_stmt_kind(resil_pg *pg, PGconn *c, resil_deadline qd,
@@ -835,6 +916,8 @@ static resil_status run_stmt_kind(resil_pg *pg, PGconn *c, resil_deadline qd,
     *d = DISP_BROKEN;
     return conn_error(pg, phase, c, err);
   }
+  rx_meter m;
+  meter_start(&m, c);
   int ok;
   if (!q)
     ok = PQsendQuery(c, simple_sql);
@@ -861,6 +944,10 @@ static resil_status run_stmt_kind(resil_pg *pg, PGconn *c, resil_deadline qd,
       *d = DISP_BROKEN;
       return conn_error(pg, phase, c, err);
     }
+    if (!meter_ok(&m, pg->cfg.max_result_bytes)) {
+      *d = DISP_REAP;
+      return too_large(pg, phase, &m, err);
+    }
   }
   if (r < 0) {
     *d = DISP_BROKEN;
@@ -880,6 +967,11 @@ static resil_status run_stmt_kind(resil_pg *pg, PGconn *c, resil_deadline qd,
         PQclear(keep);
         *d = DISP_BROKEN;
         return conn_error(pg, phase, c, err);
+      }
+      if (!meter_ok(&m, pg->cfg.max_result_bytes)) {
+        PQclear(keep);
+        *d = DISP_REAP;
+        return too_large(pg, phase, &m, err);
       }
     }
     PGresult *res = PQgetResult(c);

@@ -32,6 +32,8 @@ static const resil_key_spec keys[] = {
       "bound on the ROLLBACK of a connection returned inside a transaction"),
     K("alive_bypass_ms", MS, alive_bypass_ms, 0, 60000, false,
       "skip the liveness poll() on a connection returned this recently"),
+    K("max_result_bytes", SIZE, max_result_bytes, 0, 0, false,
+      "most bytes one statement's results may bring; larger is a caller error"),
 };
 
 RESIL_DEFINE_CONFIG_KIND(pg, resil_pg_config, resil_pg_config_init, resil_pg_config_validate,

@@ -17,8 +17,6 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <poll.h>
-#include <pthread.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,6 +24,7 @@
 #include <sys/types.h>
 #include <unistd.h>
 
+#include "reply.h"
 #include "resil/resolve.h"
 
 #define MAX_ADDRS 8
@@ -45,6 +44,7 @@ struct resil_redis {
   const char *name; /* the dependency's (owned by it) */
   char *host, *unix_path, *username, *password;
   uint32_t port, database, connect_timeout_ms, command_timeout_ms;
+  size_t max_reply_bytes;
 };
 
 /* ---- Config ------------------------------------------------------------ */
@@ -59,6 +59,7 @@ void resil_redis_config_init(resil_redis_config *cfg, const char *name) {
   cfg->connect_timeout_ms = 500;
   cfg->pool.connect_timeout_ms = cfg->connect_timeout_ms;
   cfg->command_timeout_ms = 0;
+  cfg->max_reply_bytes = RESIL_REDIS_DEFAULT_MAX_REPLY_BYTES;
 }
 
 resil_status resil_redis_config_validate(const resil_redis_config *cfg, resil_err *err) {
@@ -94,6 +95,8 @@ resil_status resil_redis_config_validate(const resil_redis_config *cfg, resil_er
   resil_problems_check_range(&p, "connect_timeout_ms", cfg->connect_timeout_ms, 1, 600000);
   if (cfg->command_timeout_ms)
     resil_problems_check_range(&p, "command_timeout_ms", cfg->command_timeout_ms, 1, 600000);
+  resil_problems_check_range(&p, "max_reply_bytes", cfg->max_reply_bytes,
+                             RESIL_REDIS_MIN_MAX_REPLY_BYTES, RESIL_REDIS_MAX_MAX_REPLY_BYTES);
   return resil_problems_finish(&p, err);
 }
 
@@ -125,18 +128,20 @@ static int wait_fd(int fd, short events, resil_deadline dl, short *got) {
 
 /* ---- The command driver ------------------------------------------------- */
 
-/* Read once into c's reader: blocking (bounded by SO_RCVTIMEO) or not.
- * 1 = bytes fed, 0 = nothing yet (EAGAIN/EINTR), -1 = error/EOF (c->err set). */
-static int read_some(redisContext *c, bool block) {
+/* Read once into c's reader under the reply bound b: blocking (bounded by
+ * SO_RCVTIMEO) or not. 1 = bytes fed, 0 = nothing yet (EAGAIN/EINTR), -1 =
+ * error/EOF (c->err set) or refused by the bound (b->refused set). */
+static int read_some(redisContext *c, resil_redis_bound *b, bool block) {
   char buf[READ_CHUNK];
   ssize_t n = recv(c->fd, buf, sizeof buf, block ? 0 : MSG_DONTWAIT);
   if (n > 0) {
-    if (redisReaderFeed(c->reader, buf, (size_t)n) != REDIS_OK) {
+    if (resil_redis_bound_feed(b, buf, (size_t)n) != REDIS_OK) {
+      if (b->refused) return -1;
       c->err = c->reader->err;
       snprintf(c->errstr, sizeof c->errstr, "%s", c->reader->errstr);
       return -1;
     }
-    return (size_t)n == sizeof buf ? 2 : 1;
+    return 1;
   }
   if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return 0;
   c->err = n == 0 ? REDIS_ERR_EOF : REDIS_ERR_IO;
@@ -145,54 +150,23 @@ static int read_some(redisContext *c, bool block) {
   return -1;
 }
 
-/* ---- Bounded replies ------------------------------------------------------
- * hiredis 0.14 accepts a multi-bulk count up to INT_MAX and callocs the
- * element array at once ("*2147483647\r\n" asks for 16 GiB, and freeing the
- * half-built reply then walks it for seconds). Every context gets reply
- * functions whose createArray refuses more than MAX_REPLY_ELEMENTS: the read
- * fails at once, the call is a dependency failure, the connection is closed.
- * (hiredis 1.x has reader->maxelements for this.) */
-#define MAX_REPLY_ELEMENTS (1 << 20)
-
-static redisReplyObjectFunctions bounded_fns;
-static void *(*default_create_array)(const redisReadTask *, int);
-static _Atomic(const redisReplyObjectFunctions *) default_fns;
-static pthread_once_t bounded_once = PTHREAD_ONCE_INIT;
-static _Thread_local long long oversize_reply; /* elements of the refused reply */
-
-static void *bounded_create_array(const redisReadTask *t, int elements) {
-  if (elements > MAX_REPLY_ELEMENTS) {
-    oversize_reply = elements;
-    return NULL; /* hiredis reports "Out of memory" and stops reading */
-  }
-  return default_create_array(t, elements);
-}
-
-static void init_bounded(void) {
-  bounded_fns = *atomic_load(&default_fns);
-  default_create_array = bounded_fns.createArray;
-  bounded_fns.createArray = bounded_create_array;
-}
-
-static void bound_replies(redisContext *c) {
-  if (!c->reader || !c->reader->fn) return;
-  const redisReplyObjectFunctions *expected = NULL; /* hiredis' static defaults */
-  atomic_compare_exchange_strong(&default_fns, &expected, c->reader->fn);
-  pthread_once(&bounded_once, init_bounded);
-  c->reader->fn = &bounded_fns;
-}
-
 /* Send buf (already formatted) on c and read n replies into out[], all before
- * dl. On any failure every reply read so far is freed, out[] is NULLed, err
- * gets "<name>: <phase>: ..." and the caller must destroy c. timeout_why
- * names what set dl ("deadline", "command_timeout_ms"). */
+ * dl, the n replies together holding at most max_bytes (see reply.h). On any
+ * failure every reply read so far is freed, out[] is NULLed, err gets
+ * "<name>: <phase>: ..." and the caller must destroy c. timeout_why names
+ * what set dl ("deadline", "command_timeout_ms"). Every read loop re-checks
+ * dl after each read: a server streaming without pause cannot hold the
+ * call. */
 static resil_status drive(redisContext *c, const char *name, const char *buf, size_t len,
-                          size_t n, redisReply **out, resil_deadline dl, const char *timeout_why,
-                          const char *phase_send, const char *phase_recv, resil_err *err) {
+                          size_t n, redisReply **out, size_t max_bytes, resil_deadline dl,
+                          const char *timeout_why, const char *phase_send,
+                          const char *phase_recv, resil_err *err) {
   uint64_t start = resil_now_ns();
   const char *phase = phase_send;
   size_t got = 0;
   resil_status st = RESIL_OK;
+  resil_redis_bound b;
+  resil_redis_bound_begin(&b, c->reader, max_bytes);
   for (size_t i = 0; i < n; i++) out[i] = NULL;
   if (c->err) {
     st = resil_err_set(err, RESIL_E_FAILURE, "%s: %s: connection in error state: %s", name,
@@ -226,13 +200,19 @@ static resil_status drive(redisContext *c, const char *name, const char *buf, si
       goto fail;
     }
     if ((ev & (POLLIN | POLLHUP | POLLERR)) && !(ev & POLLOUT)) {
-      if (read_some(c, false) < 0) goto io_error;
+      if (read_some(c, &b, false) < 0) goto io_error;
     }
   }
   phase = phase_recv;
   while (got < n) {
     void *reply = NULL;
-    if (redisGetReplyFromReader(c, &reply) != REDIS_OK) goto io_error;
+    if (resil_redis_bound_get(&b, &reply) != REDIS_OK) {
+      if (!b.refused) {
+        c->err = c->reader->err;
+        snprintf(c->errstr, sizeof c->errstr, "%s", c->reader->errstr);
+      }
+      goto io_error;
+    }
     if (reply) {
       out[got++] = reply;
       continue;
@@ -241,7 +221,7 @@ static resil_status drive(redisContext *c, const char *name, const char *buf, si
     if (left <= 0) goto timeout;
     int rd;
     if (left > (int64_t)(RECV_SLICE_MS + 1) * 1000000) {
-      rd = read_some(c, true); /* returns within RECV_SLICE_MS */
+      rd = read_some(c, &b, true); /* returns within RECV_SLICE_MS */
     } else {
       short ev = 0;
       int w = wait_fd(c->fd, POLLIN, dl, &ev);
@@ -251,21 +231,18 @@ static resil_status drive(redisContext *c, const char *name, const char *buf, si
                            strerror(errno));
         goto fail;
       }
-      rd = read_some(c, false);
+      rd = read_some(c, &b, false);
     }
-    /* A full chunk: more may be waiting; read on without blocking. */
-    while (rd == 2) rd = read_some(c, false);
+    /* Parse what came and re-check the deadline before reading more, even
+     * when more is waiting: a server that never pauses cannot keep us. */
     if (rd < 0) goto io_error;
   }
+  resil_redis_bound_end(&b);
   return RESIL_OK;
 
 io_error:
-  if (oversize_reply) {
-    st = resil_err_set(err, RESIL_E_FAILURE,
-                       "%s: %s: reply announces %lld elements, more than %d (refused; "
-                       "connection closed)",
-                       name, phase, (long long)oversize_reply, MAX_REPLY_ELEMENTS);
-    oversize_reply = 0;
+  if (b.refused) {
+    st = resil_redis_bound_error(&b, name, phase, err);
     goto fail;
   }
   st = resil_err_set(err, c->err == REDIS_ERR_OOM ? RESIL_E_NOMEM : RESIL_E_FAILURE,
@@ -276,6 +253,7 @@ timeout:
   st = resil_err_set(err, RESIL_E_TIMEOUT, "%s: %s: timed out after %llu ms (%s)", name, phase,
                      (unsigned long long)ms_since(start), timeout_why);
 fail:
+  resil_redis_bound_end(&b);
   for (size_t i = 0; i < got; i++) {
     freeReplyObject(out[i]);
     out[i] = NULL;
@@ -337,7 +315,8 @@ static resil_status handshake(resil_redis *r, redisContext *c, int argc, const c
   int len = redisFormatCommandArgv(&cmd, argc, argv, NULL);
   if (len < 0) return resil_err_set(err, RESIL_E_NOMEM, "%s: %s: out of memory", r->name, phase);
   redisReply *reply = NULL;
-  resil_status st = drive(c, r->name, cmd, (size_t)len, 1, &reply, dl, why, phase, phase, err);
+  resil_status st =
+      drive(c, r->name, cmd, (size_t)len, 1, &reply, r->max_reply_bytes, dl, why, phase, phase, err);
   redisFreeCommand(cmd);
   if (st != RESIL_OK) return st;
   if (reply->type == REDIS_REPLY_ERROR) {
@@ -431,7 +410,6 @@ static resil_status rconnect(void *ctx, resil_deadline deadline, void **conn, re
     return connect_fail(st, false, err);
   }
   c->flags &= ~REDIS_BLOCK;
-  bound_replies(c);
   /* Blocking socket with a receive slice (see RECV_SLICE_MS). */
   struct timeval slice = {.tv_sec = 0, .tv_usec = RECV_SLICE_MS * 1000};
   int fl = fcntl(c->fd, F_GETFL);
@@ -474,8 +452,8 @@ static bool rvalidate(void *ctx, void *conn, resil_deadline deadline) {
   static const char ping[] = "*1\r\n$4\r\nPING\r\n";
   redisReply *reply = NULL;
   resil_err e;
-  if (drive(conn, r->name, ping, sizeof ping - 1, 1, &reply, deadline, "validate_timeout_ms",
-            "validate", "validate", &e) != RESIL_OK)
+  if (drive(conn, r->name, ping, sizeof ping - 1, 1, &reply, r->max_reply_bytes, deadline,
+            "validate_timeout_ms", "validate", "validate", &e) != RESIL_OK)
     return false;
   bool ok = reply->type == REDIS_REPLY_STATUS;
   freeReplyObject(reply);
@@ -546,6 +524,7 @@ resil_redis *resil_redis_new(const resil_redis_config *cfg, resil_err *err) {
   r->database = cfg->database;
   r->connect_timeout_ms = cfg->connect_timeout_ms;
   r->command_timeout_ms = cfg->command_timeout_ms;
+  r->max_reply_bytes = cfg->max_reply_bytes;
   if (oom) {
     resil_err_set(err, RESIL_E_NOMEM, "%s: out of memory", cfg->dep.name);
     goto fail;
@@ -625,8 +604,8 @@ static resil_status attempt(void *vctx, resil_attempt *a) {
       why = "command_timeout_ms";
     }
   }
-  st = drive(c, r->name, cc->buf, cc->len, cc->n, cc->replies, dl, why, "send", "receive",
-             a->err);
+  st = drive(c, r->name, cc->buf, cc->len, cc->n, cc->replies, r->max_reply_bytes, dl, why,
+             "send", "receive", a->err);
   if (st != RESIL_OK) {
     resil_pool_release(r->pool, pc, RESIL_POOL_BROKEN);
     return st;

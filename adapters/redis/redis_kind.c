@@ -16,6 +16,8 @@ static const resil_key_spec keys[] = {
     K("database", UINT, database, "SELECT this database"),
     K("connect_timeout_ms", MS, connect_timeout_ms, "resolve + connect + AUTH + SELECT bound"),
     K("command_timeout_ms", MS, command_timeout_ms, "cap on one attempt's I/O (0: the deadline)"),
+    K("max_reply_bytes", SIZE, max_reply_bytes,
+      "most bytes one call's replies may hold; larger is a caller error"),
 };
 
 RESIL_DEFINE_CONFIG_KIND(redis, resil_redis_config, resil_redis_config_init,

@@ -59,7 +59,10 @@
  *                       disk full);
  *   RESIL_E_TIMEOUT     our deadline passed (the query is cancelled) or the
  *                       server cancelled it (57014, e.g. statement_timeout);
- *   RESIL_E_CALLER      everything else the server rejected: classes 22
+ *   RESIL_E_CALLER      a result larger than max_result_bytes (see the
+ *                       config: the statement is cancelled, the connection
+ *                       closed, no result handed back, not retried), and
+ *                       everything else the server rejected: classes 22
  *                       (data), 23 (constraint), 42 (syntax/access) and any
  *                       other SQLSTATE. Never a breaker failure. The
  *                       message is "<name>: query: ERROR <SQLSTATE> <text>"
@@ -173,7 +176,24 @@ typedef struct resil_pg_config {
    * that window fails its call as a dependency failure (retried if
    * idempotent) instead of being skipped. */
   uint32_t alive_bypass_ms;
+  /* Default RESIL_PG_DEFAULT_MAX_RESULT_BYTES (64 MiB); 1 KiB..4 GiB. The
+   * most bytes one statement's results may bring from the server (protocol
+   * bytes as received, checked after every read from the socket; the
+   * PGresult built from them is about as large for wide values, up to ~2-3x
+   * for many narrow rows). A larger result is RESIL_E_CALLER (the message
+   * names max_result_bytes; the statement is cancelled and the connection
+   * closed, never reused mid-result; not retried): libpq would otherwise
+   * buffer all of it, whatever the deadline. Overshoot: one read, which is
+   * small for ordinary rows but can be one whole row when a single value is
+   * larger than the bound (libpq reads a DataRow into one buffer). Enforced
+   * on TCP connections (Linux's byte counters); a Unix-socket connection is
+   * bounded by the deadline only. */
+  size_t max_result_bytes;
 } resil_pg_config;
+
+#define RESIL_PG_DEFAULT_MAX_RESULT_BYTES ((size_t)64 << 20)
+#define RESIL_PG_MIN_MAX_RESULT_BYTES ((size_t)1 << 10)
+#define RESIL_PG_MAX_MAX_RESULT_BYTES ((size_t)4 << 30)
 
 /* Fill cfg with the defaults above, name the dependency (name may be NULL:
  * set cfg->dep.name later) and leave conninfo NULL. Call first, then change
@@ -212,7 +232,8 @@ RESIL_API resil_pool *resil_pg_pool(resil_pg *pg);
  * hash), _CONNECT_TIMEOUT_MS, _QUERY_TIMEOUT_MS, _APPLICATION_NAME,
  * _STATEMENT_TIMEOUT, _TCP_USER_TIMEOUT_MS, _KEEPALIVES, _KEEPALIVES_IDLE_S,
  * _KEEPALIVES_INTERVAL_S, _KEEPALIVES_COUNT, _CANCEL_TIMEOUT_MS,
- * _REAPER_QUEUE_MAX, _ROLLBACK_TIMEOUT_MS (plus the core's and the pool's
+ * _REAPER_QUEUE_MAX, _ROLLBACK_TIMEOUT_MS, _ALIVE_BYPASS_MS,
+ * _MAX_RESULT_BYTES (plus the core's and the pool's
  * keys) configure a resil_pg and resil_service builds it. Registered
  * automatically when libresil-pg is loaded; a program linking it statically
  * calls resil_pg_register_kind() first. Thread-safe. */

@@ -20,8 +20,12 @@
  *   RESIL_OK          a reply that is not an error reply (nil, integer,
  *                     string, array... all count as success);
  *   RESIL_E_FAILURE   connect refused/reset, I/O error, EOF, protocol error,
- *                     AUTH/SELECT refused; error replies MASTERDOWN, OOM,
- *                     READONLY, CLUSTERDOWN (the reply is still handed back);
+ *                     AUTH/SELECT refused; a reply no sane server sends: an
+ *                     array announcing more than 1M (1048576) elements
+ *                     (refused before hiredis allocates it) or arrays
+ *                     nested more than 7 deep; error replies MASTERDOWN,
+ *                     OOM, READONLY, CLUSTERDOWN (the reply is still handed
+ *                     back);
  *   RESIL_E_OVERLOAD  error replies LOADING, BUSY, TRYAGAIN: the server is up
  *                     but cannot serve now (a failure for the breaker,
  *                     retryable; the reply is handed back);
@@ -30,12 +34,18 @@
  *   RESIL_E_CALLER    any other error reply (ERR, WRONGTYPE, NOSCRIPT,
  *                     NOAUTH...): the caller's fault, handed back, never
  *                     counted against the breaker, connection reused;
+ *                     also a reply larger than max_reply_bytes (see the
+ *                     config): well-formed but bigger than this dependency
+ *                     accepts, most likely a caller reading a huge value;
+ *                     nothing is handed back, the connection is closed
+ *                     (it is mid-reply), not retried;
  *   local rejections  RESIL_E_BREAKER_OPEN, RESIL_E_CONCURRENCY_FULL,
  *                     RESIL_E_QUEUE_TIMEOUT, RESIL_E_POOL_TIMEOUT,
  *                     RESIL_E_DEADLINE, RESIL_E_DRAINING: nothing was sent;
  *   RESIL_E_INVALID / RESIL_E_NOMEM / RESIL_E_CLOSED  bad arguments, out
  *                     of memory, pool closed.
- * A connection that saw a transport error, a timeout, or READONLY /
+ * A connection that saw a transport error, a timeout, a refused reply, or
+ * READONLY /
  * MASTERDOWN (the endpoint moved: reconnecting re-resolves the name) is
  * closed; one that got any other reply goes back to the pool.
  *
@@ -93,7 +103,22 @@ typedef struct resil_redis_config {
   uint32_t command_timeout_ms; /* default 0: no cap beyond the attempt's deadline
                                   (dep.timeout_ms); else 1..600000 caps the
                                   send+receive of one attempt */
+  /* Default RESIL_REDIS_DEFAULT_MAX_REPLY_BYTES (64 MiB); 1 KiB..4 GiB. The
+   * most one call's replies may hold (a pipeline's n replies together): the
+   * bytes of the redisReply objects built (with malloc's overhead: ~64 bytes
+   * per element, plus a string's length) plus the bytes received and not
+   * parsed yet. Checked at every read and every object, so a server that
+   * announces a huge string and streams it, or sends millions of small
+   * elements, is cut off at this bound (RESIL_E_CALLER, connection closed)
+   * instead of growing the process. A GET of a value close to the bound
+   * briefly needs twice its size while hiredis copies it out of its
+   * buffer. */
+  size_t max_reply_bytes;
 } resil_redis_config;
+
+#define RESIL_REDIS_DEFAULT_MAX_REPLY_BYTES ((size_t)64 << 20)
+#define RESIL_REDIS_MIN_MAX_REPLY_BYTES ((size_t)1 << 10)
+#define RESIL_REDIS_MAX_MAX_REPLY_BYTES ((size_t)4 << 30)
 
 /* Fill cfg with the defaults above and set cfg->dep.name to name (may be
  * NULL; set it later). Call first, then change what you need: fields added
@@ -133,7 +158,8 @@ RESIL_API resil_pool *resil_redis_pool(resil_redis *r);
 
 /* The "redis" configuration kind (config.h), so that RESIL_DEPS=name:redis
  * with RESIL_DEP_<NAME>_HOST, _PORT, _UNIX_PATH, _USERNAME, _PASSWORD,
- * _DATABASE, _CONNECT_TIMEOUT_MS, _COMMAND_TIMEOUT_MS (plus the core's and
+ * _DATABASE, _CONNECT_TIMEOUT_MS, _COMMAND_TIMEOUT_MS, _MAX_REPLY_BYTES
+ * (plus the core's and
  * the pool's keys) configure a resil_redis and resil_service builds it. It is
  * registered automatically when libresil-redis is loaded; a program linking
  * it statically calls resil_redis_register_kind() first. Thread-safe. */

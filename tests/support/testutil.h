@@ -5,6 +5,7 @@
 #include <arpa/inet.h>
 #include <dirent.h>
 #include <errno.h>
+#include <malloc.h>
 #include <netinet/in.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -155,5 +156,51 @@ static inline unsigned test_upper_ms(unsigned promise_ms) {
     while (!(ok_ = !!(cond)) && test_now_ms() < until_) test_sleep_ms(2);          \
     ok_ || !!(cond);                                                               \
   })
+
+/* A "Key:   123 kB" line of /proc/self/status (VmRSS, VmHWM...), in KiB;
+ * -1 if absent. */
+static inline long test_status_kb(const char *key) {
+  FILE *f = fopen("/proc/self/status", "r");
+  if (!f) return -1;
+  char line[256];
+  long v = -1;
+  size_t kl = strlen(key);
+  while (fgets(line, sizeof line, f))
+    if (strncmp(line, key, kl) == 0 && line[kl] == ':') {
+      v = strtol(line + kl + 1, NULL, 10);
+      break;
+    }
+  fclose(f);
+  return v;
+}
+
+/* Reset the process's peak RSS (VmHWM) to its current RSS (Linux
+ * /proc/self/clear_refs "5"); returns that RSS in KiB, -1 if not possible.
+ * test_status_kb("VmHWM") minus it is then the growth of the peak. */
+static inline long test_peak_rss_reset(void) {
+  FILE *f = fopen("/proc/self/clear_refs", "w");
+  if (!f) return -1;
+  int ok = fputs("5", f) >= 0;
+  if (fclose(f) != 0) ok = 0;
+  return ok ? test_status_kb("VmRSS") : -1;
+}
+
+/* `meson test` sets MALLOC_PERTURB_, which makes glibc fill every block it
+ * hands out: that touches (makes resident) memory a program reserves but
+ * never uses, e.g. libpq's input buffer sized for an announced message.
+ * Turn it off while measuring peak RSS; returns the setting to restore. */
+static inline int test_malloc_perturb_off(void) {
+  const char *v = getenv("MALLOC_PERTURB_");
+  mallopt(M_PERTURB, 0);
+  return v ? atoi(v) : 0;
+}
+
+static inline void test_malloc_perturb_restore(int v) { mallopt(M_PERTURB, v); }
+
+/* Whether this is a sanitizer build (RESIL_TEST_BUILD=asan|tsan). */
+static inline int test_sanitized(void) {
+  const char *b = test_env("RESIL_TEST_BUILD");
+  return b && strcmp(b, "plain") != 0;
+}
 
 #endif

@@ -234,6 +234,7 @@ static void config_reports_every_problem_without_secrets(void **state) {
   cfg.query_timeout_ms = 0;
   cfg.pool.max_size = 0;
   cfg.cancel_timeout_ms = 0;
+  cfg.max_result_bytes = 100;
   resil_err e;
   memset(&e, 0, sizeof e);
   assert_null(resil_pg_new(&cfg, &e));
@@ -243,6 +244,7 @@ static void config_reports_every_problem_without_secrets(void **state) {
   assert_non_null(strstr(e.msg, "query_timeout_ms"));
   assert_non_null(strstr(e.msg, "max_size"));
   assert_non_null(strstr(e.msg, "cancel_timeout_ms"));
+  assert_non_null(strstr(e.msg, "bad-db: max_result_bytes: 100"));
   assert_null(strstr(e.msg, "hunter2"));
   assert_null(strstr(e.msg, "secret"));
 
@@ -250,6 +252,7 @@ static void config_reports_every_problem_without_secrets(void **state) {
   cfg.query_timeout_ms = 100;
   cfg.pool.max_size = 2;
   cfg.cancel_timeout_ms = 100;
+  cfg.max_result_bytes = RESIL_PG_DEFAULT_MAX_RESULT_BYTES;
   assert_int_equal(resil_pg_config_validate(&cfg, &e), RESIL_E_INVALID);
   assert_non_null(strstr(e.msg, "conninfo: required"));
   cfg.conninfo = "postgresql://resil:pw@127.0.0.1:5432/resil?sslmode=disable";
@@ -600,6 +603,149 @@ static void server_statement_timeout_is_a_timeout_and_keeps_the_connection(void 
   /* The server cancelled it itself: the session is healthy and reused. */
   assert_int_equal(query_int(pg, "SELECT pg_backend_pid()"), pid);
   assert_int_equal(dep_stats(pg).calls[RESIL_OUTCOME_TIMEOUT], 1);
+  resil_pg_free(pg);
+}
+
+/* ---- max_result_bytes --------------------------------------------------- */
+
+static void small_result_bound(resil_pg_config *cfg) {
+  cfg->max_result_bytes = 1 << 20;
+  cfg->pool.max_size = 1;
+  cfg->dep.timeout_ms = 5000; /* the server may take a while to build 50 MB */
+}
+
+/* Peak-RSS growth allowed while many small rows are cut at a 1 MiB bound:
+ * the bound, what one read can bring on top (libpq's small input buffer) and
+ * the PGresult under construction; the sanitizers' allocators keep freed
+ * blocks and add shadow memory. Without the bound: ~110 MiB. */
+static long rows_peak_limit_kb(void) { return test_sanitized() ? 40 * 1024 : 16 * 1024; }
+
+/* For one 50 MB value: libpq sizes its input buffer for the whole DataRow,
+ * and one PQconsumeInput() reads on for as long as the server keeps the
+ * socket non-empty, so a client slower than the server (seen under ASan)
+ * can take in the whole row in one read before the bound is checked. What
+ * the bound still prevents is everything after it: the PGresult copy of
+ * the value (without the bound: ~95 MiB) and any further row. Under TSan
+ * the row's bytes also get shadow memory (+146 MiB seen). */
+static long value_peak_limit_kb(void) { return (test_sanitized() ? 200 : 70) * 1024; }
+
+typedef struct big_call {
+  resil_status st;
+  char msg[RESIL_ERR_MSG_MAX];
+  uint64_t took_ms;
+  long peak_kb;
+  bool got_result;
+} big_call;
+
+static big_call big_query(resil_pg *pg, const char *sql, int deadline_ms) {
+  big_call c;
+  memset(&c, 0, sizeof c);
+  resil_err e;
+  memset(&e, 0, sizeof e);
+  PGresult *res = NULL;
+  int perturb = test_malloc_perturb_off();
+  long base = test_peak_rss_reset();
+  uint64_t t0 = test_now_ms();
+  c.st = resil_pg_query(pg, resil_deadline_in_ms(deadline_ms), RESIL_CALL_IDEMPOTENT, sql, 0,
+                        NULL, &res, &e);
+  c.took_ms = test_now_ms() - t0;
+  long peak = test_status_kb("VmHWM");
+  test_malloc_perturb_restore(perturb);
+  c.peak_kb = base >= 0 && peak >= 0 ? peak - base : -1;
+  c.got_result = res != NULL;
+  PQclear(res);
+  snprintf(c.msg, sizeof c.msg, "%s", c.st == RESIL_OK ? "" : e.msg);
+  print_message("# %s after %llu ms, peak RSS +%ld KiB: %s\n", resil_status_name(c.st),
+                (unsigned long long)c.took_ms, c.peak_kb, c.msg);
+  return c;
+}
+
+/* Checks shared by the cases that pass the bound: a caller error naming
+ * the bound and the dependency, no result, memory near the bound, the
+ * statement cancelled on the server, the connection never reused, the next
+ * call served. */
+static void check_cut_at_bound(resil_pg *pg, PGconn *watcher, const big_call *c,
+                               const char *marker_b, long peak_limit_kb) {
+  if (c->st != RESIL_E_CALLER ||
+      !strstr(c->msg, ": query: result larger than max_result_bytes 1048576"))
+    fail_msg("%s: %s", resil_status_name(c->st), c->msg);
+  assert_false(c->got_result);
+  assert_true(c->took_ms < 5000);
+  if (c->peak_kb > peak_limit_kb)
+    fail_msg("peak RSS grew by %ld KiB, limit %ld KiB", c->peak_kb, peak_limit_kb);
+  assert_true(wait_statement_gone(watcher, "resil-big-", marker_b, 3000));
+  resil_dep_stats s = dep_stats(pg);
+  assert_int_equal(s.calls[RESIL_OUTCOME_IGNORED], 1); /* never a breaker failure */
+  assert_int_equal(s.retries, 0);                      /* nor retried */
+  for (int i = 0; i < 200 && pg_stats(pg).reaped < 1; i++) test_sleep_ms(10);
+  assert_int_equal(pg_stats(pg).reaped, 1); /* cancelled and closed, not reused */
+  assert_int_equal(query_int(pg, "SELECT 7"), 7);
+}
+
+/* One 50 MB value: libpq would buffer the whole DataRow before handing
+ * anything over. */
+static void huge_value_over_max_result_bytes_is_a_caller_error(void **state) {
+  (void)state;
+  PGconn *watcher = raw_connect(pg_conninfo());
+  resil_pg *pg = make_pg("big-value-db", small_result_bound);
+  assert_int_equal(query_int(pg, "SELECT 1"), 1); /* connected before measuring */
+  big_call c = big_query(pg, "SELECT repeat('x', 50000000) /* resil-big-value */", 5000);
+  check_cut_at_bound(pg, watcher, &c, "value", value_peak_limit_kb());
+  resil_pg_free(pg);
+  PQfinish(watcher);
+}
+
+/* Many small rows (~100 MB in all), none large. */
+static void many_rows_over_max_result_bytes_is_a_caller_error(void **state) {
+  (void)state;
+  PGconn *watcher = raw_connect(pg_conninfo());
+  resil_pg *pg = make_pg("big-rows-db", small_result_bound);
+  assert_int_equal(query_int(pg, "SELECT 1"), 1);
+  big_call c = big_query(pg,
+                         "SELECT repeat('y', 80) FROM generate_series(1, 1000) a, "
+                         "generate_series(1, 1000) b /* resil-big-rows */",
+                         5000);
+  check_cut_at_bound(pg, watcher, &c, "rows", rows_peak_limit_kb());
+  resil_pg_free(pg);
+  PQfinish(watcher);
+}
+
+/* What fits is untouched: 900 KB under a 1 MiB bound, on a connection then
+ * reused. */
+static void result_within_max_result_bytes_is_returned(void **state) {
+  (void)state;
+  resil_pg *pg = make_pg("fits-db", small_result_bound);
+  int64_t pid = query_int(pg, "SELECT pg_backend_pid()");
+  PGresult *res = must_query(pg, "SELECT repeat('z', 900000)", 0, NULL);
+  assert_int_equal(PQgetlength(res, 0, 0), 900000);
+  PQclear(res);
+  res = must_query(pg, "SELECT g FROM generate_series(1, 20000) g", 0, NULL);
+  assert_int_equal(PQntuples(res), 20000);
+  assert_string_equal(PQcmdTuples(res), "20000");
+  PQclear(res);
+  assert_int_equal(query_int(pg, "SELECT pg_backend_pid()"), pid);
+  assert_int_equal(dep_stats(pg).calls[RESIL_OUTCOME_IGNORED], 0);
+  resil_pg_free(pg);
+}
+
+static void large_result_bound(resil_pg_config *cfg) {
+  cfg->max_result_bytes = RESIL_PG_MAX_MAX_RESULT_BYTES;
+  cfg->pool.max_size = 1;
+}
+
+/* A result streaming in for longer than the deadline, under a bound it does
+ * not reach: the call ends at the deadline as a timeout. */
+static void large_result_streaming_past_the_deadline_times_out(void **state) {
+  (void)state;
+  resil_pg *pg = make_pg("big-stream-db", large_result_bound);
+  assert_int_equal(query_int(pg, "SELECT 1"), 1);
+  big_call c = big_query(pg,
+                         "SELECT 1 FROM generate_series(1, 10000) a, "
+                         "generate_series(1, 100000) b /* resil-big-stream */",
+                         300);
+  if (c.st != RESIL_E_TIMEOUT || c.took_ms > 300 + SLACK_MS)
+    fail_msg("%s after %llu ms: %s", resil_status_name(c.st), (unsigned long long)c.took_ms,
+             c.msg);
   resil_pg_free(pg);
 }
 
@@ -1364,6 +1510,10 @@ int main(void) {
 #ifdef HAVE_FAULTPROXY
       cmocka_unit_test(blackholed_connection_times_out_and_its_cancel_is_abandoned),
       cmocka_unit_test(reply_cut_mid_way_is_a_failure_and_the_connection_is_replaced),
+      cmocka_unit_test(huge_value_over_max_result_bytes_is_a_caller_error),
+      cmocka_unit_test(many_rows_over_max_result_bytes_is_a_caller_error),
+      cmocka_unit_test(result_within_max_result_bytes_is_returned),
+      cmocka_unit_test(large_result_streaming_past_the_deadline_times_out),
 #endif
       cmocka_unit_test(environment_configures_a_pg_dependency),
       cmocka_unit_test(minimal_example_runs),

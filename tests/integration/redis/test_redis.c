@@ -163,6 +163,7 @@ static void config_reports_every_problem(void **state) {
   cfg.connect_timeout_ms = 0;
   cfg.username = "app";
   cfg.pool.max_size = 0;
+  cfg.max_reply_bytes = 512;
   resil_err err;
   memset(&err, 0, sizeof err);
   assert_null(resil_redis_new(&cfg, &err));
@@ -172,11 +173,16 @@ static void config_reports_every_problem(void **state) {
   assert_non_null(strstr(err.msg, "connect_timeout_ms"));
   assert_non_null(strstr(err.msg, "username"));
   assert_non_null(strstr(err.msg, "bad-cache: pool.max_size: 0"));
+  assert_non_null(strstr(err.msg, "bad-cache: max_reply_bytes: 512"));
 
   resil_redis_config_init(&cfg, "good-cache");
   assert_int_equal(resil_redis_config_validate(&cfg, &err), RESIL_OK);
   assert_int_equal(cfg.connect_timeout_ms, 500);
   assert_int_equal(cfg.command_timeout_ms, 0);
+  assert_int_equal(cfg.max_reply_bytes, 64u << 20);
+  cfg.max_reply_bytes = ((size_t)4 << 30) + 1;
+  assert_int_equal(resil_redis_config_validate(&cfg, &err), RESIL_E_INVALID);
+  assert_non_null(strstr(err.msg, "max_reply_bytes"));
 }
 
 static void bad_arguments_are_invalid_and_touch_nothing(void **state) {
@@ -356,6 +362,47 @@ static void wrongtype_is_a_caller_error(void **state) {
   assert_int_equal(s.retries, 0);
   assert_int_equal(s.pool.connects_ok, 1); /* reused, never destroyed */
   assert_int_equal(s.pool.closed[RESIL_POOL_CLOSE_BROKEN], 0);
+  resil_redis_free(r);
+}
+
+static void small_reply_bound(resil_redis_config *cfg) {
+  cfg->max_reply_bytes = 1 << 20;
+  cfg->pool.max_size = 1;
+}
+
+/* A GET of a value larger than max_reply_bytes, from the real server: a
+ * caller error naming the bound (never a breaker failure, never retried),
+ * the connection closed mid-reply, and the next call served on a fresh one. */
+static void value_larger_than_max_reply_bytes_is_a_caller_error(void **state) {
+  (void)state;
+  resil_redis *r = make_redis("big-cache", small_reply_bound);
+  size_t n = 3u << 20;
+  char *big = malloc(n);
+  assert_non_null(big);
+  memset(big, 'v', n);
+  must_ok(r, "SET %s %b", "resil:big", big, n);
+  free(big);
+  for (int i = 0; i < 6; i++) { /* more than consecutive_failures (5) */
+    redisReply *rep = NULL;
+    resil_err e;
+    memset(&e, 0, sizeof e);
+    resil_status st = resil_redis_command(r, resil_deadline_in_ms(2000), RESIL_CALL_IDEMPOTENT,
+                                          &rep, &e, "GET %s", "resil:big");
+    if (st != RESIL_E_CALLER || !strstr(e.msg, "big-cache: receive: reply larger than "
+                                                "max_reply_bytes 1048576"))
+      fail_msg("%s: %s", resil_status_name(st), e.msg);
+    assert_null(rep);
+  }
+  redisReply *ok = MUST(r, "STRLEN %s", "resil:big");
+  assert_int_equal(ok->integer, (long long)n);
+  freeReplyObject(ok);
+  must_ok(r, "DEL %s", "resil:big");
+  resil_dep_stats s = dep_stats(r);
+  assert_int_equal(s.breaker.state, RESIL_BREAKER_CLOSED);
+  assert_int_equal(s.breaker.window_failures, 0);
+  assert_int_equal(s.calls[RESIL_OUTCOME_IGNORED], 6);
+  assert_int_equal(s.retries, 0);
+  assert_int_equal(s.pool.closed[RESIL_POOL_CLOSE_BROKEN], 6); /* each one mid-reply */
   resil_redis_free(r);
 }
 
@@ -1263,6 +1310,7 @@ int main(void) {
       cmocka_unit_test(pipeline_of_n_commands),
       cmocka_unit_test(wrongtype_is_a_caller_error),
       cmocka_unit_test(error_replies_are_classified_by_their_first_word),
+      cmocka_unit_test(value_larger_than_max_reply_bytes_is_a_caller_error),
       cmocka_unit_test_teardown(busy_server_is_overload_and_the_reply_is_handed_back,
                                 teardown_script),
       cmocka_unit_test(auth_and_select_succeed),

@@ -1,6 +1,8 @@
 /* The Redis adapter against a hostile peer on 127.0.0.1 (a thread of this
- * test that speaks just enough RESP): replies that announce absurd sizes
- * must fail fast and cleanly, never allocate what they announce. */
+ * test that speaks just enough RESP): replies that announce absurd sizes,
+ * stream without end or nest without end must fail fast and cleanly, never
+ * allocate what they announce, and never hold memory past max_reply_bytes
+ * (checked on the process's peak RSS) or the call past its deadline. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -10,6 +12,8 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -21,8 +25,27 @@ typedef struct peer {
   int lfd;
   uint16_t port;
   const char *reply; /* sent for every read */
+  size_t reply_len;  /* 0: strlen(reply) */
+  /* Streaming instead (when unit is set): after the first read, send
+   * header, then unit over and over, unit_len bytes at a time, until
+   * stream_total bytes or the client goes away, sleeping pause_us between
+   * sends (0: as fast as the socket takes them). */
+  const char *header;
+  const char *unit;
+  size_t unit_len, stream_total;
+  unsigned pause_us;
   pthread_t th;
 } peer;
+
+static void stream(peer *p, int c) {
+  if (p->header && write(c, p->header, strlen(p->header)) < 0) return;
+  for (size_t sent = 0; sent < p->stream_total;) {
+    ssize_t w = send(c, p->unit, p->unit_len, MSG_NOSIGNAL);
+    if (w <= 0) return;
+    sent += (size_t)w;
+    if (p->pause_us) usleep(p->pause_us);
+  }
+}
 
 static void *serve(void *arg) {
   peer *p = arg;
@@ -30,14 +53,18 @@ static void *serve(void *arg) {
     int c = accept(p->lfd, NULL, NULL);
     if (c < 0) return NULL;
     char buf[4096];
-    while (read(c, buf, sizeof buf) > 0)
-      if (write(c, p->reply, strlen(p->reply)) < 0) break;
+    while (read(c, buf, sizeof buf) > 0) {
+      if (p->unit) {
+        stream(p, c);
+        break;
+      }
+      if (write(c, p->reply, p->reply_len ? p->reply_len : strlen(p->reply)) < 0) break;
+    }
     close(c);
   }
 }
 
-static void peer_start(peer *p, const char *reply) {
-  p->reply = reply;
+static void peer_listen(peer *p) {
   p->lfd = socket(AF_INET, SOCK_STREAM, 0);
   struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
   assert_int_equal(bind(p->lfd, (struct sockaddr *)&a, sizeof a), 0);
@@ -46,6 +73,23 @@ static void peer_start(peer *p, const char *reply) {
   p->port = ntohs(a.sin_port);
   assert_int_equal(listen(p->lfd, 8), 0);
   pthread_create(&p->th, NULL, serve, p);
+}
+
+static void peer_start(peer *p, const char *reply) {
+  memset(p, 0, sizeof *p);
+  p->reply = reply;
+  peer_listen(p);
+}
+
+static void peer_start_stream(peer *p, const char *header, const char *unit, size_t unit_len,
+                              size_t total, unsigned pause_us) {
+  memset(p, 0, sizeof *p);
+  p->header = header;
+  p->unit = unit;
+  p->unit_len = unit_len;
+  p->stream_total = total;
+  p->pause_us = pause_us;
+  peer_listen(p);
 }
 
 static void peer_stop(peer *p) {
@@ -115,6 +159,284 @@ static void large_but_sane_array_is_accepted(void **state) {
   peer_stop(&p);
 }
 
+/* ---- max_reply_bytes and the nesting bound --------------------------------- */
+
+/* Slack on top of a deadline for a loaded 2-core machine. */
+static uint64_t slack_ms(void) { return test_sanitized() ? 300 : 100; }
+
+/* How much the peak RSS may grow during a call bounded by max_bytes: the
+ * bound, hiredis's buffer growing by realloc (old and new block both live
+ * for an instant) and malloc's slack. The sanitizers' allocators keep freed
+ * blocks (quarantine) and add shadow memory: wider there. */
+static long peak_limit_kb(size_t max_bytes) {
+  long kb = (long)(max_bytes / 1024);
+  return test_sanitized() ? 8 * kb + 64 * 1024 : 2 * kb + 4 * 1024;
+}
+
+typedef struct bounded_call {
+  resil_status st;
+  char msg[RESIL_ERR_MSG_MAX];
+  uint64_t took_ms;
+  long peak_growth_kb; /* -1 if the peak could not be measured */
+  uint64_t closed_broken;
+  uint64_t ignored;    /* calls counted as caller errors */
+  uint64_t failures;
+} bounded_call;
+
+/* One GET (or a pipeline of npipe GETs) through a fresh resil_redis whose
+ * max_reply_bytes is max_bytes, against p, under a deadline of deadline_ms. */
+static bounded_call call_bounded(peer *p, size_t max_bytes, int deadline_ms, size_t npipe) {
+  bounded_call out;
+  memset(&out, 0, sizeof out);
+  resil_redis_config cfg;
+  resil_redis_config_init(&cfg, "bounded");
+  cfg.port = p->port;
+  cfg.max_reply_bytes = max_bytes;
+  cfg.dep.timeout_ms = (uint32_t)deadline_ms;
+  resil_err err;
+  memset(&err, 0, sizeof err);
+  resil_redis *r = resil_redis_new(&cfg, &err);
+  if (!r) fail_msg("resil_redis_new: %s", err.msg);
+  int perturb = test_malloc_perturb_off();
+  long base = test_peak_rss_reset();
+  uint64_t t0 = resil_now_ns();
+  if (npipe == 0) {
+    redisReply *rep = NULL;
+    out.st = resil_redis_command(r, resil_deadline_in_ms(deadline_ms), 0, &rep, &err, "GET %s",
+                                 "k");
+    if (out.st != RESIL_OK) assert_null(rep);
+    if (rep) freeReplyObject(rep);
+  } else {
+    const char *argv[2] = {"GET", "k"};
+    resil_redis_cmd cmds[8];
+    redisReply *reps[8];
+    assert_true(npipe <= 8);
+    for (size_t i = 0; i < npipe; i++) cmds[i] = (resil_redis_cmd){.argc = 2, .argv = argv};
+    out.st = resil_redis_pipeline(r, resil_deadline_in_ms(deadline_ms), 0, npipe, cmds, reps,
+                                  &err);
+    for (size_t i = 0; i < npipe; i++) {
+      if (out.st != RESIL_OK) assert_null(reps[i]);
+      if (reps[i]) freeReplyObject(reps[i]);
+    }
+  }
+  out.took_ms = (resil_now_ns() - t0) / 1000000;
+  long peak = test_status_kb("VmHWM");
+  test_malloc_perturb_restore(perturb);
+  out.peak_growth_kb = base >= 0 && peak >= 0 ? peak - base : -1;
+  snprintf(out.msg, sizeof out.msg, "%s", out.st == RESIL_OK ? "" : err.msg);
+  resil_dep_stats ds;
+  resil_dep_get_stats(resil_redis_dep(r), &ds);
+  out.closed_broken = ds.pool.closed[RESIL_POOL_CLOSE_BROKEN];
+  out.ignored = ds.calls[RESIL_OUTCOME_IGNORED];
+  out.failures = ds.calls[RESIL_OUTCOME_FAILURE];
+  resil_redis_free(r);
+  return out;
+}
+
+static void expect_refused(const bounded_call *c, resil_status st, const char *needle,
+                           int deadline_ms, size_t max_bytes) {
+  if (c->st != st || !strstr(c->msg, needle))
+    fail_msg("status %s after %llu ms (want %s naming \"%s\"): %s", resil_status_name(c->st),
+             (unsigned long long)c->took_ms, resil_status_name(st), needle, c->msg);
+  if (c->took_ms > (uint64_t)deadline_ms + slack_ms())
+    fail_msg("took %llu ms, deadline %d ms", (unsigned long long)c->took_ms, deadline_ms);
+  if (c->peak_growth_kb > peak_limit_kb(max_bytes))
+    fail_msg("peak RSS grew by %ld KiB during the call, limit %ld KiB (max_reply_bytes %zu)",
+             c->peak_growth_kb, peak_limit_kb(max_bytes), max_bytes);
+  print_message("  %s in %llu ms, peak RSS +%ld KiB: %s\n", resil_status_name(c->st),
+                (unsigned long long)c->took_ms, c->peak_growth_kb, c->msg);
+  assert_int_equal(c->closed_broken, 1); /* mid-reply: never reused */
+  if (st == RESIL_E_CALLER) {
+    assert_int_equal(c->ignored, 1); /* a caller error: the breaker never sees it */
+    assert_int_equal(c->failures, 0);
+  } else {
+    assert_int_equal(c->failures, 1);
+  }
+}
+
+#define MiB ((size_t)1 << 20)
+
+static char *filled(size_t n, char ch) {
+  char *b = malloc(n + 1);
+  assert_non_null(b);
+  memset(b, ch, n);
+  b[n] = '\0';
+  return b;
+}
+
+/* "$1000000000000" then bytes as fast as the socket takes them (up to
+ * 256 MiB): cut at max_reply_bytes long before the deadline, the peak RSS
+ * near the bound. */
+static void huge_bulk_streamed_fast_is_cut_at_max_reply_bytes(void **state) {
+  (void)state;
+  char *unit = filled(64 * 1024, 'x');
+  peer p;
+  peer_start_stream(&p, "$1000000000000\r\n", unit, 64 * 1024, 256 * MiB, 0);
+  bounded_call c = call_bounded(&p, 8 * MiB, 2000, 0);
+  peer_stop(&p);
+  free(unit);
+  expect_refused(&c, RESIL_E_CALLER, "max_reply_bytes 8388608", 2000, 8 * MiB);
+}
+
+/* The same, paced (64 KiB per ms at most): still cut at the bound, not at
+ * the deadline with everything received so far buffered. */
+static void huge_bulk_streamed_slowly_is_cut_at_max_reply_bytes(void **state) {
+  (void)state;
+  char *unit = filled(64 * 1024, 'x');
+  peer p;
+  peer_start_stream(&p, "$1000000000000\r\n", unit, 64 * 1024, 256 * MiB, 1000);
+  bounded_call c = call_bounded(&p, 4 * MiB, 1500, 0);
+  peer_stop(&p);
+  free(unit);
+  expect_refused(&c, RESIL_E_CALLER, "max_reply_bytes 4194304", 1500, 4 * MiB);
+}
+
+/* A stream that never pauses, under a bound it does not reach before the
+ * deadline: the call ends at the deadline (every read loop re-checks it),
+ * not when the server stops sending (512 MiB later). */
+static void endless_stream_ends_at_the_deadline(void **state) {
+  (void)state;
+  char *unit = filled(4 * MiB, 'x');
+  peer p;
+  peer_start_stream(&p, "$1000000000000\r\n", unit, 4 * MiB, 512 * MiB, 0);
+  bounded_call c = call_bounded(&p, 1024 * MiB, 100, 0);
+  peer_stop(&p);
+  free(unit);
+  if (c.st != RESIL_E_TIMEOUT || c.took_ms > 100 + slack_ms())
+    fail_msg("status %s after %llu ms (want timeout by 100 ms + %llu): %s",
+             resil_status_name(c.st), (unsigned long long)c.took_ms,
+             (unsigned long long)slack_ms(), c.msg);
+  print_message("  %s in %llu ms, peak RSS +%ld KiB: %s\n", resil_status_name(c.st),
+                (unsigned long long)c.took_ms, c.peak_growth_kb, c.msg);
+  assert_int_equal(c.closed_broken, 1);
+}
+
+/* "*1\r\n" without end: refused at depth 8 as soon as it arrives (a hostile
+ * reply: a failure), never buffered. */
+static void endless_nesting_is_refused_at_depth(void **state) {
+  (void)state;
+  size_t n = 64 * 1024;
+  char *unit = malloc(n);
+  assert_non_null(unit);
+  for (size_t i = 0; i < n; i += 4) memcpy(unit + i, "*1\r\n", 4);
+  peer p;
+  peer_start_stream(&p, NULL, unit, n, 64 * MiB, 0);
+  bounded_call c = call_bounded(&p, 64 * MiB, 2000, 0);
+  peer_stop(&p);
+  free(unit);
+  expect_refused(&c, RESIL_E_FAILURE, "deeper than 7", 2000, 8 * MiB);
+  if (c.took_ms > 50 + slack_ms()) fail_msg("took %llu ms", (unsigned long long)c.took_ms);
+}
+
+/* 100 000 integers: 400 KB on the wire, ~7 MB of redisReply objects. */
+static void many_small_elements_count_against_max_reply_bytes(void **state) {
+  (void)state;
+  size_t n = 100000;
+  char *reply = malloc(16 + n * 4);
+  assert_non_null(reply);
+  int off = sprintf(reply, "*%zu\r\n", n);
+  for (size_t i = 0; i < n; i++) memcpy(reply + off + i * 4, ":1\r\n", 4);
+  reply[off + n * 4] = '\0';
+  peer p;
+  peer_start(&p, reply);
+  bounded_call c = call_bounded(&p, 1 * MiB, 2000, 0);
+  peer_stop(&p);
+  free(reply);
+  expect_refused(&c, RESIL_E_CALLER, "max_reply_bytes 1048576", 2000, 1 * MiB);
+}
+
+/* 64 strings of 64 KiB: each well under the bound, 4 MiB together. */
+static void array_of_strings_over_max_reply_bytes_in_total(void **state) {
+  (void)state;
+  size_t each = 64 * 1024, n = 64;
+  char *reply = malloc(16 + n * (each + 16));
+  assert_non_null(reply);
+  size_t off = (size_t)sprintf(reply, "*%zu\r\n", n);
+  for (size_t i = 0; i < n; i++) {
+    off += (size_t)sprintf(reply + off, "$%zu\r\n", each);
+    memset(reply + off, 'y', each);
+    off += each;
+    memcpy(reply + off, "\r\n", 3);
+    off += 2;
+  }
+  peer p;
+  peer_start(&p, reply);
+  bounded_call c = call_bounded(&p, 1 * MiB, 2000, 0);
+  peer_stop(&p);
+  free(reply);
+  expect_refused(&c, RESIL_E_CALLER, "max_reply_bytes 1048576", 2000, 1 * MiB);
+}
+
+/* A pipeline's replies count together: 4 x 400 KB, each under 1 MiB. */
+static void pipeline_replies_count_together(void **state) {
+  (void)state;
+  size_t each = 400000, n = 4;
+  char *reply = malloc(n * (each + 16) + 1);
+  assert_non_null(reply);
+  size_t off = 0;
+  for (size_t i = 0; i < n; i++) {
+    off += (size_t)sprintf(reply + off, "$%zu\r\n", each);
+    memset(reply + off, 'z', each);
+    off += each;
+    memcpy(reply + off, "\r\n", 3);
+    off += 2;
+  }
+  peer p;
+  peer_start(&p, reply);
+  bounded_call c = call_bounded(&p, 1 * MiB, 2000, n);
+  peer_stop(&p);
+  free(reply);
+  expect_refused(&c, RESIL_E_CALLER, "max_reply_bytes 1048576", 2000, 1 * MiB);
+}
+
+/* The bound does not refuse what fits: a 700 KB string and a 3-deep array
+ * under a 1 MiB bound, on a connection that is then reused. */
+static void replies_within_max_reply_bytes_are_accepted(void **state) {
+  (void)state;
+  size_t each = 700000;
+  char *reply = malloc(each + 64);
+  assert_non_null(reply);
+  int off = sprintf(reply, "$%zu\r\n", each);
+  memset(reply + off, 'w', each);
+  strcpy(reply + off + each, "\r\n");
+  peer p;
+  peer_start(&p, reply);
+  resil_redis_config cfg;
+  resil_redis_config_init(&cfg, "fits");
+  cfg.port = p.port;
+  cfg.max_reply_bytes = 1 * MiB;
+  resil_err err;
+  resil_redis *r = resil_redis_new(&cfg, &err);
+  assert_non_null(r);
+  for (int i = 0; i < 3; i++) {
+    redisReply *rep = NULL;
+    resil_status st = resil_redis_command(r, resil_deadline_in_ms(2000), 0, &rep, &err, "GET k");
+    if (st != RESIL_OK) fail_msg("%s: %s", resil_status_name(st), err.msg);
+    assert_int_equal(rep->type, REDIS_REPLY_STRING);
+    assert_int_equal(rep->len, each);
+    freeReplyObject(rep);
+  }
+  resil_pool_stats ps;
+  resil_pool_get_stats(resil_redis_pool(r), &ps);
+  assert_int_equal(ps.closed[RESIL_POOL_CLOSE_BROKEN], 0);
+  resil_redis_free(r);
+  peer_stop(&p);
+  free(reply);
+
+  peer_start(&p, "*1\r\n*1\r\n*2\r\n:1\r\n$2\r\nok\r\n");
+  resil_redis_config_init(&cfg, "fits-nested");
+  cfg.port = p.port;
+  r = resil_redis_new(&cfg, &err);
+  assert_non_null(r);
+  redisReply *rep = NULL;
+  assert_int_equal(resil_redis_command(r, resil_deadline_in_ms(2000), 0, &rep, &err, "X"),
+                   RESIL_OK);
+  assert_int_equal(rep->element[0]->element[0]->element[1]->len, 2);
+  freeReplyObject(rep);
+  resil_redis_free(r);
+  peer_stop(&p);
+}
+
 /* A connect whose SYN is never answered ends at connect_timeout_ms (the
  * call's deadline is longer), as a timeout naming the connect phase. */
 static void unanswered_connect_times_out_at_connect_timeout(void **state) {
@@ -148,6 +470,14 @@ int main(void) {
       cmocka_unit_test(absurd_multibulk_count_fails_fast),
       cmocka_unit_test(nested_absurd_counts_fail_fast),
       cmocka_unit_test(large_but_sane_array_is_accepted),
+      cmocka_unit_test(huge_bulk_streamed_fast_is_cut_at_max_reply_bytes),
+      cmocka_unit_test(huge_bulk_streamed_slowly_is_cut_at_max_reply_bytes),
+      cmocka_unit_test(endless_stream_ends_at_the_deadline),
+      cmocka_unit_test(endless_nesting_is_refused_at_depth),
+      cmocka_unit_test(many_small_elements_count_against_max_reply_bytes),
+      cmocka_unit_test(array_of_strings_over_max_reply_bytes_in_total),
+      cmocka_unit_test(pipeline_replies_count_together),
+      cmocka_unit_test(replies_within_max_reply_bytes_are_accepted),
       cmocka_unit_test(unanswered_connect_times_out_at_connect_timeout),
   };
   return cmocka_run_group_tests_name("redis_hostile", tests, NULL, NULL);
