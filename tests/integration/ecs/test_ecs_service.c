@@ -16,6 +16,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <pthread.h>
 #include <sys/stat.h>
 
 #include "../http/procs.h"
@@ -86,7 +87,13 @@ static void svc_spawn(svc *s, const char *const *extra) {
   const char *envp[128];
   size_t n = 0;
   for (size_t i = 0; extra && extra[i] && n < 40; i++) envp[n++] = extra[i];
-  for (size_t i = 0; i < 8; i++) envp[n++] = base[i];
+  for (size_t i = 0; i < 8; i++) { /* an extra KEY=... replaces the base's */
+    size_t kl = strcspn(base[i], "=") + 1;
+    bool overridden = false;
+    for (size_t k = 0; extra && extra[k]; k++)
+      if (strncmp(extra[k], base[i], kl) == 0) overridden = true;
+    if (!overridden) envp[n++] = base[i];
+  }
   for (char **e = environ; *e && n < 127; e++)
     if (strncmp(*e, "RESIL_", 6) != 0 && strncmp(*e, "PORT=", 5) != 0 &&
         strncmp(*e, "BIND_ADDR=", 10) != 0 && strncmp(*e, "REQUEST_DEADLINE_MS=", 20) != 0)
@@ -258,6 +265,101 @@ static svc *shared(void) {
   svc_spawn(&main_svc, extra);
   svc_wait_ready(&main_svc, "/ready");
   return &main_svc;
+}
+
+/* ---- A hostile upstream ------------------------------------------------------------- */
+
+/* A loopback HTTP server that answers every request with one canned response chosen by the
+ * request path (see hostile_reply), to show what the example forwards to its client. One
+ * connection at a time, each bounded to 2 s; stopped by closing its listener. */
+typedef struct hostile {
+  int lfd;
+  uint16_t port;
+  pthread_t th;
+} hostile;
+
+static const char *hostile_reply(const char *req) {
+  static char longct[1200];
+  if (strstr(req, "GET /longct ")) { /* a legal but 600-byte Content-Type */
+    char a[601];
+    memset(a, 'a', 600);
+    a[600] = '\0';
+    snprintf(longct, sizeof longct,
+             "HTTP/1.1 200 OK\r\nContent-Type: text/plain; x=%s\r\nContent-Length: 2\r\n"
+             "Connection: close\r\n\r\nok", a);
+    return longct;
+  }
+  if (strstr(req, "GET /crct ")) /* a bare CR inside the value: a header for our client */
+    return "HTTP/1.1 200 OK\r\nContent-Type: text/plain\rSet-Cookie: evil=1\r\n"
+           "Content-Length: 2\r\nConnection: close\r\n\r\nok";
+  if (strstr(req, "GET /ctlct ")) /* a control character other than CR/LF */
+    return "HTTP/1.1 200 OK\r\nContent-Type: text/pl\x01ain\r\nContent-Length: 2\r\n"
+           "Connection: close\r\n\r\nok";
+  return "HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 2\r\n"
+         "Connection: close\r\n\r\nok";
+}
+
+static void *hostile_main(void *arg) {
+  hostile *h = arg;
+  for (;;) {
+    int c = accept(h->lfd, NULL, NULL);
+    if (c < 0) {
+      if (errno == EINTR) continue;
+      return NULL; /* the listener was shut down */
+    }
+    char req[4096];
+    size_t len = 0;
+    double t0 = t_now_ms();
+    while (len < sizeof req - 1 && t_now_ms() - t0 < 2000) {
+      struct pollfd p = {.fd = c, .events = POLLIN};
+      if (poll(&p, 1, 100) <= 0) continue;
+      ssize_t n = read(c, req + len, sizeof req - 1 - len);
+      if (n <= 0) break;
+      len += (size_t)n;
+      req[len] = '\0';
+      if (strstr(req, "\r\n\r\n")) break;
+    }
+    req[len] = '\0';
+    const char *r = hostile_reply(req);
+    if (write(c, r, strlen(r)) < 0) { /* the client went away */ }
+    close(c);
+  }
+}
+
+static void hostile_start(hostile *h) {
+  h->lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = 0};
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t al = sizeof a;
+  if (h->lfd < 0 || bind(h->lfd, (struct sockaddr *)&a, sizeof a) != 0 || listen(h->lfd, 16) != 0 ||
+      getsockname(h->lfd, (struct sockaddr *)&a, &al) != 0)
+    fail_msg("hostile upstream: %s", strerror(errno));
+  h->port = ntohs(a.sin_port);
+  if (pthread_create(&h->th, NULL, hostile_main, h) != 0) fail_msg("hostile upstream: thread");
+}
+
+static void hostile_stop(hostile *h) {
+  shutdown(h->lfd, SHUT_RDWR); /* wakes accept() */
+  pthread_join(h->th, NULL);
+  close(h->lfd);
+}
+
+/* The whole response as bytes: head, body, and anything after. */
+static size_t raw_exchange(uint16_t port, const char *request, char *out, size_t cap) {
+  int fd = send_raw(port, request, strlen(request));
+  size_t len = 0;
+  if (fd < 0) return 0;
+  double t0 = t_now_ms();
+  while (len < cap - 1 && t_now_ms() - t0 < 10000) {
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    if (poll(&p, 1, 10000) <= 0) break;
+    ssize_t n = read(fd, out + len, cap - 1 - len);
+    if (n <= 0) break;
+    len += (size_t)n;
+  }
+  close(fd);
+  out[len] = '\0';
+  return len;
 }
 
 /* ---- Tests -------------------------------------------------------------------------- */
@@ -493,6 +595,114 @@ static void sigterm_drains_and_exits_0(void **state) {
   free(err);
 }
 
+/* An upstream's Content-Type is forwarded only when it is a clean header value of at most
+ * 256 bytes. Before: a 600-byte one made respond() send snprintf's would-be length from a
+ * 512-byte stack buffer (stack bytes to the client; an ASan crash), and a bare CR in it
+ * became a header of its own in the client's response. */
+static void upstream_headers_are_never_forwarded_raw(void **state) {
+  (void)state;
+  hostile h;
+  hostile_start(&h);
+  char url[64];
+  snprintf(url, sizeof url, "RESIL_DEP_UPSTREAM_BASE_URL=http://127.0.0.1:%u", h.port);
+  const char *extra[] = {url, "RESIL_EMF_INTERVAL_MS=0", NULL};
+  svc s;
+  svc_spawn(&s, extra);
+  svc_wait_ready(&s, "/health");
+  static char out[16384];
+  const char *paths[] = {"/upstream/longct", "/upstream/crct", "/upstream/ctlct"};
+  for (size_t i = 0; i < 3; i++) {
+    char rq[128];
+    snprintf(rq, sizeof rq, "GET %s HTTP/1.1\r\nHost: x\r\n\r\n", paths[i]);
+    size_t n = raw_exchange(s.port, rq, out, sizeof out);
+    if (n < 12 || strncmp(out, "HTTP/1.1 502 ", 13) != 0)
+      fail_msg("%s: expected 502, got %zu bytes: %.300s", paths[i], n, out);
+    char *e = strstr(out, "\r\n\r\n");
+    assert_non_null(e);
+    /* exactly Content-Length bytes follow the head: nothing else (no stack bytes) */
+    const char *cl = strcasestr(out, "\r\nContent-Length: ");
+    assert_non_null(cl);
+    size_t body = n - (size_t)(e + 4 - out);
+    if ((size_t)atol(cl + 18) != body)
+      fail_msg("%s: Content-Length %ld but %zu bytes follow the head", paths[i], atol(cl + 18), body);
+    for (const char *c = out; c < e; c++) /* a printable head, CR only before LF */
+      if ((*c < 0x20 && *c != '\r' && *c != '\n') || (*c == '\r' && c[1] != '\n'))
+        fail_msg("%s: control byte 0x%02x in the response head", paths[i], (unsigned char)*c);
+    if (strcasestr(out, "Set-Cookie")) fail_msg("%s: the upstream's header reached the client", paths[i]);
+    assert_non_null(strstr(e, "\"detail\":\"upstream: its Content-Type"));
+  }
+  resp *r = get(s.port, "/upstream/plain"); /* a clean one still passes */
+  assert_status(r, 200);
+  assert_string_equal(header(r, "Content-Type"), "text/plain; charset=utf-8");
+  svc_kill(&s);
+  hostile_stop(&h);
+}
+
+/* The request parser rejects with 400 what RFC 9112 lets a lenient server guess at. */
+static void ambiguous_requests_get_400(void **state) {
+  (void)state;
+  uint16_t port = shared()->port;
+  static const struct { const char *what, *req; size_t len; } cases[] = {
+#define C(w, r) {w, r, sizeof r - 1}
+      C("duplicate Content-Length",
+        "PUT /cache/k HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nab"),
+      C("space before the colon", "GET /health HTTP/1.1\r\nHost: x\r\nTE : gzip\r\n\r\n"),
+      C("obs-fold", "GET /health HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n  folded\r\n\r\n"),
+      C("NUL in a header", "GET /health HTTP/1.1\r\nHost: x\r\nX-A: a\0b\r\n\r\n"),
+      C("HTTP/1.9", "GET /health HTTP/1.9\r\nHost: x\r\n\r\n"),
+      C("bare LF", "GET /health HTTP/1.1\nHost: x\n\n"),
+      C("bare CR", "GET /health HTTP/1.1\r\nHost: x\rX-A: 1\r\n\r\n"),
+      C("Transfer-Encoding", "GET /health HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"),
+#undef C
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    resp r;
+    double t0 = t_now_ms();
+    int fd = tcp_dial(port);
+    assert_true(fd >= 0);
+    if (write(fd, cases[i].req, cases[i].len) != (ssize_t)cases[i].len) fail_msg("write");
+    read_resp(fd, &r, t0);
+    if (r.status != 400) fail_msg("%s: expected 400, got %d (%.0f ms)", cases[i].what, r.status, r.ms);
+    if (r.ms > 1000 + SLACK_MS) fail_msg("%s: 400 only after %.0f ms", cases[i].what, r.ms);
+  }
+  assert_status(get(port, "/health"), 200); /* a clean request still passes */
+}
+
+/* /db/sleep?ms=00000 answers valid JSON: the number, not the digits as sent. */
+static void sleep_reply_is_valid_json(void **state) {
+  (void)state;
+  resp *r = get(shared()->port, "/db/sleep?ms=00000");
+  assert_status(r, 200);
+  assert_string_equal(r->body, "{\"slept_ms\":0}");
+  r = get(shared()->port, "/db/sleep?ms=010");
+  assert_status(r, 200);
+  assert_string_equal(r->body, "{\"slept_ms\":10}");
+}
+
+/* A request still being read when the service stops gets 503 + Retry-After, not an empty
+ * reply. */
+static void request_read_at_shutdown_gets_503(void **state) {
+  (void)state;
+  const char *extra[] = {"RESIL_DRAIN_GRACE_MS=100", "RESIL_DRAIN_TIMEOUT_MS=1000",
+                         "RESIL_EMF_INTERVAL_MS=0", NULL};
+  svc s;
+  svc_spawn(&s, extra);
+  svc_wait_ready(&s, "/health");
+  double t0 = t_now_ms();
+  int fd = send_raw(s.port, "GET /health HTTP/1.1\r\n", 22); /* not finished yet */
+  assert_true(fd >= 0);
+  t_sleep_ms(50);
+  assert_int_equal(kill(s.pid, SIGTERM), 0);
+  resp r;
+  read_resp(fd, &r, t0);
+  assert_status(&r, 503);
+  assert_contains(r.body, "\"error\":\"draining\"");
+  assert_non_null(header(&r, "Retry-After"));
+  int st = svc_wait_exit(&s, 5000);
+  if (st == -1) svc_kill(&s);
+  if (st == -1 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) fail_msg("wait status %d", st);
+}
+
 /* Last: the shared instance stops cleanly too (exit 0; under the sanitizers no report,
  * and LeakSanitizer's exit check has passed). */
 static void shared_instance_exits_cleanly(void **state) {
@@ -533,6 +743,10 @@ int main(void) {
       cmocka_unit_test(emf_goes_to_stdout),
       cmocka_unit_test(bad_environment_exits_1_naming_the_variable),
       cmocka_unit_test(sigterm_drains_and_exits_0),
+      cmocka_unit_test(upstream_headers_are_never_forwarded_raw),
+      cmocka_unit_test(ambiguous_requests_get_400),
+      cmocka_unit_test(sleep_reply_is_valid_json),
+      cmocka_unit_test(request_read_at_shutdown_gets_503),
       cmocka_unit_test(shared_instance_exits_cleanly),
   };
   return cmocka_run_group_tests_name("ecs_service", tests, NULL, teardown);
