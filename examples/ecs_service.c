@@ -226,6 +226,8 @@ static void handle_upstream(int fd, const request *rq, const char *path) {
     else
       respond(fd, (int)resp.status, ct ? ct : "application/octet-stream", resp.body,
               resp.body_len, NULL);
+  } else if (st == RESIL_E_INVALID) { /* the client's path: e.g. a ".." segment */
+    respond_error(fd, 400, "caller", err.msg, NULL);
   } else if (st == RESIL_E_CALLER && resp.status >= 400 && resp.status < 500) {
     respond_error(fd, (int)resp.status, "caller", err.msg, NULL); /* upstream's 404 stays 404 */
   } else {

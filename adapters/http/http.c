@@ -104,6 +104,43 @@ static bool is_url_part(const char *s) {
   return true;
 }
 
+/* A '.' in a path: itself or %2e / %2E. Its length in *n, or 0. */
+static size_t dot_at(const char *s, size_t *n) {
+  if (s[0] == '.') return *n = 1;
+  if (s[0] == '%' && s[1] == '2' && (s[2] == 'e' || s[2] == 'E')) return *n = 3;
+  return *n = 0;
+}
+
+/* A segment separator: '/', '\\', and their encodings %2f %5c, which some servers decode
+ * before resolving the path. Its length, or 0 (also at the end of the path). */
+static size_t sep_at(const char *s) {
+  if (s[0] == '/' || s[0] == '\\') return 1;
+  if (s[0] == '%' && ((s[1] == '2' && (s[2] == 'f' || s[2] == 'F')) ||
+                      (s[1] == '5' && (s[2] == 'c' || s[2] == 'C'))))
+    return 3;
+  return 0;
+}
+
+/* True when the path (up to its '?') has a "." or ".." segment, plainly or percent-encoded:
+ * curl (and servers) resolve them, so "../x" joined to "http://h/v1" would reach "/x", outside
+ * the base URL's path. */
+static bool has_dot_segment(const char *p) {
+  const char *seg = p;
+  for (;;) {
+    size_t n1, n2, k = 0;
+    if (dot_at(seg, &n1)) {
+      k = n1;
+      if (dot_at(seg + k, &n2)) k += n2;
+      if (seg[k] == '\0' || seg[k] == '?' || sep_at(seg + k)) return true;
+    }
+    /* the next segment */
+    const char *c = seg;
+    while (*c && *c != '?' && !sep_at(c)) c++;
+    if (!*c || *c == '?') return false;
+    seg = c + sep_at(c);
+  }
+}
+
 const char *resil_http_phase_name(resil_http_phase p) {
   static const char *const names[] = {"none", "dns", "connect", "tls", "send", "receive"};
   return (unsigned)p < RESIL_HTTP_PHASE_COUNT_ ? names[p] : "unknown";
@@ -924,6 +961,11 @@ resil_status resil_http_request_do(resil_http *h, resil_deadline deadline,
                          "http '%s': path or query has spaces, '#' or non-ASCII bytes "
                          "(encode them)",
                          h->name);
+  if (req->path && has_dot_segment(req->path))
+    return resil_err_set(err, RESIL_E_INVALID,
+                         "http '%s': path \"%.60s\" has a \".\" or \"..\" segment (also as %%2e): "
+                         "it could leave the base URL's path",
+                         h->name, req->path);
   if (req->nheaders && !req->headers)
     return resil_err_set(err, RESIL_E_INVALID, "http '%s': request headers NULL with nheaders %zu",
                          h->name, req->nheaders);

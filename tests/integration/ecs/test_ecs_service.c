@@ -666,6 +666,13 @@ static void ambiguous_requests_get_400(void **state) {
     if (r.ms > 1000 + SLACK_MS) fail_msg("%s: 400 only after %.0f ms", cases[i].what, r.ms);
   }
   assert_status(get(port, "/health"), 200); /* a clean request still passes */
+  /* a path that would leave the upstream's base path: refused by the HTTP adapter */
+  const char *dots[] = {"/upstream/../fast", "/upstream/%2e%2e/fast", "/upstream/a/%2E./fast"};
+  for (size_t i = 0; i < 3; i++) {
+    resp *r = get(port, dots[i]);
+    assert_status(r, 400);
+    assert_contains(r->body, "segment");
+  }
 }
 
 /* /db/sleep?ms=00000 answers valid JSON: the number, not the digits as sent. */
