@@ -61,7 +61,11 @@ static char *slurp(const char *path) {
  * environment is passed on (sanitizer options...) except RESIL_* (the service
  * rejects RESIL_ variables it does not know, e.g. RESIL_TEST_*) and the
  * example's own keys. */
-static void svc_spawn(svc *s, const char *const *extra) {
+static void svc_spawn_out(svc *s, const char *const *extra, int stdout_fd);
+static void svc_spawn(svc *s, const char *const *extra) { svc_spawn_out(s, extra, -1); }
+
+/* stdout_fd >= 0: the child's stdout is that fd (else a file, s->out). */
+static void svc_spawn_out(svc *s, const char *const *extra, int stdout_fd) {
   static int seq;
   const char *redis_port = need_env("RESIL_TEST_REDIS_PORT");
   const char *conninfo = need_env("RESIL_TEST_PG_CONNINFO");
@@ -106,7 +110,10 @@ static void svc_spawn(svc *s, const char *const *extra) {
   posix_spawn_file_actions_t fa;
   posix_spawn_file_actions_init(&fa);
   posix_spawn_file_actions_addopen(&fa, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
-  posix_spawn_file_actions_addopen(&fa, STDOUT_FILENO, s->out, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+  if (stdout_fd >= 0)
+    posix_spawn_file_actions_adddup2(&fa, stdout_fd, STDOUT_FILENO);
+  else
+    posix_spawn_file_actions_addopen(&fa, STDOUT_FILENO, s->out, O_WRONLY | O_CREAT | O_TRUNC, 0600);
   posix_spawn_file_actions_addopen(&fa, STDERR_FILENO, s->err, O_WRONLY | O_CREAT | O_TRUNC, 0600);
   const char *argv[] = {exe, NULL};
   int rc = posix_spawn(&s->pid, exe, &fa, NULL, (char *const *)(uintptr_t)argv,
@@ -710,6 +717,55 @@ static void request_read_at_shutdown_gets_503(void **state) {
   if (st == -1 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) fail_msg("wait status %d", st);
 }
 
+/* The value of an unlabelled Prometheus sample in text, or -1. */
+static double metric_value(const char *text, const char *name) {
+  char key[128];
+  snprintf(key, sizeof key, "\n%s ", name);
+  const char *l = strstr(text, key);
+  return l ? atof(l + strlen(key)) : -1;
+}
+
+/* stdout on a pipe nobody reads (a stalled log driver): EMF lines are dropped and counted,
+ * requests are still served, and SIGTERM still ends the process within grace + timeout.
+ * Before: the emitter blocked in write() holding its mutex, the drain's flush waited for
+ * it, and the process never exited (ECS would SIGKILL it). */
+static void stdout_nobody_reads_never_blocks_the_exit(void **state) {
+  (void)state;
+  int pfd[2];
+  assert_int_equal(pipe2(pfd, O_CLOEXEC), 0);
+  assert_true(fcntl(pfd[1], F_SETPIPE_SZ, 4096) > 0); /* full after one or two emissions */
+  const char *extra[] = {"RESIL_EMF_INTERVAL_MS=1000", "RESIL_DRAIN_GRACE_MS=200",
+                         "RESIL_DRAIN_TIMEOUT_MS=1000", NULL};
+  svc s;
+  svc_spawn_out(&s, extra, pfd[1]);
+  close(pfd[1]); /* the child holds the write end; we hold the read end and never read */
+  svc_wait_ready(&s, "/health");
+  double t0 = t_now_ms();
+  double dropped = 0;
+  while (t_now_ms() - t0 < 15000) { /* a few intervals */
+    assert_status(get(s.port, "/cache/emf-pipe-test"), 404); /* traffic: still served */
+    resp *r = get(s.port, "/metrics");
+    assert_status(r, 200);
+    dropped = metric_value(r->body, "resil_emf_dropped_lines_total");
+    if (dropped > 0) break;
+    t_sleep_ms(200);
+  }
+  if (dropped <= 0) fail_msg("resil_emf_dropped_lines_total stayed %.0f", dropped);
+  t0 = t_now_ms();
+  assert_int_equal(kill(s.pid, SIGTERM), 0);
+  int st = svc_wait_exit(&s, 1200 + 1000 + SLACK_MS * 5);
+  double took = t_now_ms() - t0;
+  char *err = slurp(s.err);
+  if (st == -1) {
+    kill(s.pid, SIGKILL);
+    waitpid(s.pid, NULL, 0);
+    fail_msg("not exited %.0f ms after SIGTERM with a full stdout:\n%s", took, err);
+  }
+  if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) fail_msg("wait status %d:\n%s", st, err);
+  free(err);
+  close(pfd[0]);
+}
+
 /* Last: the shared instance stops cleanly too (exit 0; under the sanitizers no report,
  * and LeakSanitizer's exit check has passed). */
 static void shared_instance_exits_cleanly(void **state) {
@@ -754,6 +810,7 @@ int main(void) {
       cmocka_unit_test(ambiguous_requests_get_400),
       cmocka_unit_test(sleep_reply_is_valid_json),
       cmocka_unit_test(request_read_at_shutdown_gets_503),
+      cmocka_unit_test(stdout_nobody_reads_never_blocks_the_exit),
       cmocka_unit_test(shared_instance_exits_cleanly),
   };
   return cmocka_run_group_tests_name("ecs_service", tests, NULL, teardown);
