@@ -14,8 +14,50 @@
 #include "resil/lifecycle.h"
 
 #define UNSET_WAIT_MS 30000
+#define DRAIN_RESERVE_MS 200
 
 static _Atomic bool proc_draining;
+/* The drain cutoff (process clock, ns; 0 = none) and the pipe that wakes
+ * I/O waits when it is set (resil_drain_fd). */
+static _Atomic uint64_t drain_cut;
+static pthread_once_t drain_pipe_once = PTHREAD_ONCE_INIT;
+static int drain_pipe[2] = {-1, -1};
+
+static void drain_pipe_init(void) {
+  if (pipe2(drain_pipe, O_CLOEXEC | O_NONBLOCK) != 0) drain_pipe[0] = drain_pipe[1] = -1;
+}
+
+int resil_drain_fd(void) {
+  pthread_once(&drain_pipe_once, drain_pipe_init);
+  return drain_pipe[0];
+}
+
+uint64_t resil__drain_cut_ns(void) { return atomic_load_explicit(&drain_cut, memory_order_relaxed); }
+
+resil_deadline resil_drain_cutoff(void) {
+  resil_deadline d = {resil__drain_cut_ns()};
+  return d;
+}
+
+resil_deadline resil_drain_bound(resil_deadline d) {
+  uint64_t cut = resil__drain_cut_ns();
+  if (!cut) return d;
+  resil_deadline c = {cut};
+  return resil_deadline_is_set(d) ? resil_deadline_min(d, c) : c;
+}
+
+/* Set the cutoff (never later than one already set) and wake the waiters. */
+static void drain_cut_set(uint64_t cut) {
+  uint64_t old = atomic_load(&drain_cut);
+  while ((old == 0 || cut < old) && !atomic_compare_exchange_weak(&drain_cut, &old, cut)) {
+  }
+  pthread_once(&drain_pipe_once, drain_pipe_init);
+  if (drain_pipe[1] >= 0) {
+    char c = 1;
+    ssize_t r = write(drain_pipe[1], &c, 1); /* non-blocking: a full pipe is readable anyway */
+    (void)r;
+  }
+}
 
 /* d itself, or now + ms when d is unset. */
 static resil_deadline or_in_ms(resil_deadline d, int64_t ms) {
@@ -185,6 +227,12 @@ static void undrain_one(void *arg, resil_dep *d) {
 }
 
 void resil_drain_reset(void) {
+  atomic_store(&drain_cut, 0);
+  if (drain_pipe[0] >= 0) {
+    char buf[64];
+    while (read(drain_pipe[0], buf, sizeof buf) > 0) {
+    }
+  }
   atomic_store(&proc_draining, false);
   resil_registry_foreach(undrain_one, NULL);
 }
@@ -204,6 +252,16 @@ resil_status resil_drain(uint32_t grace_ms, resil_deadline deadline, resil_err *
   /* A second drain (e.g. resil_service_stop() after the service drained by
    * itself) has had its grace already. */
   if (atomic_exchange(&proc_draining, true)) grace_ms = 0;
+
+  /* 0. Calls in flight must end before the deadline: the adapters' I/O
+   * waits honour the cutoff (resil_drain_bound), which leaves a reserve of
+   * a fifth of the time, at most DRAIN_RESERVE_MS, for the cut calls to
+   * return, the pools to close and EMF to flush. */
+  uint64_t start = resil_now_ns();
+  uint64_t total = until.at_ns > start ? until.at_ns - start : 0;
+  uint64_t reserve = total / 5 < DRAIN_RESERVE_MS * 1000000ull ? total / 5
+                                                                 : DRAIN_RESERVE_MS * 1000000ull;
+  drain_cut_set(until.at_ns - reserve > 0 ? until.at_ns - reserve : 1);
 
   /* 1. Grace: keep admitting while the load balancer deregisters us. */
   uint64_t grace_end = resil_now_ns() + (uint64_t)grace_ms * 1000000ull;

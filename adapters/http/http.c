@@ -18,6 +18,7 @@
 #include <curl/curl.h>
 
 #include "resil/http.h"
+#include "resil/lifecycle.h"
 #include "resil/resolve.h"
 
 #define MIB (1024u * 1024u)
@@ -331,6 +332,16 @@ resil_status resil_http_config_validate(const resil_http_config *cfg, resil_err 
 static size_t on_body(char *data, size_t size, size_t nmemb, void *ud);
 static size_t on_header(char *data, size_t size, size_t nmemb, void *ud);
 
+/* libcurl's progress callback: abort a transfer that runs past the
+ * process's drain cutoff (a transfer started before the drain; one started
+ * after has its timeout capped by the cutoff already). curl calls it at
+ * least once a second, more often while data moves. */
+static int on_progress(void *p, curl_off_t dt, curl_off_t dn, curl_off_t ut, curl_off_t un) {
+  (void)p, (void)dt, (void)dn, (void)ut, (void)un;
+  uint64_t cut = resil_drain_cutoff().at_ns;
+  return cut && resil_now_ns() >= cut;
+}
+
 static resil_status conn_open(void *ctx, resil_deadline deadline, void **out, resil_err *err) {
   (void)deadline;
   resil_http *h = ctx;
@@ -345,6 +356,8 @@ static resil_status conn_open(void *ctx, resil_deadline deadline, void **out, re
   curl_easy_setopt(e, CURLOPT_ERRORBUFFER, c->errbuf);
   curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
   curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
+  curl_easy_setopt(e, CURLOPT_XFERINFOFUNCTION, on_progress);
+  curl_easy_setopt(e, CURLOPT_NOPROGRESS, 0L);
   curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
   curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
   curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
@@ -756,7 +769,8 @@ static resil_status attempt(void *vctx, resil_attempt *a) {
   if (st != RESIL_OK) return st;
   http_conn *hc = resil_pool_conn_handle(pc);
   CURL *e = hc->easy;
-  int64_t left = resil_deadline_remaining_ms(a->deadline); /* rounded up: 0 only if expired */
+  /* rounded up: 0 only if expired; a drain's cutoff bounds it too */
+  int64_t left = resil_deadline_remaining_ms(resil_drain_bound(a->deadline));
   if (left <= 0) {
     resil_pool_release(h->pool, pc, RESIL_POOL_OK);
     return resil_err_set(a->err, RESIL_E_DEADLINE,
@@ -775,7 +789,7 @@ static resil_status attempt(void *vctx, resil_attempt *a) {
       return st;
     }
     /* The lookup used some of the time. */
-    left = resil_deadline_remaining_ms(a->deadline);
+    left = resil_deadline_remaining_ms(resil_drain_bound(a->deadline));
     if (left <= 0) {
       curl_slist_free_all(pin);
       resil_pool_release(h->pool, pc, RESIL_POOL_OK);
@@ -904,6 +918,7 @@ static resil_status attempt(void *vctx, resil_attempt *a) {
   resil_status out = RESIL_E_FAILURE;
   switch (rc) {
   case CURLE_OPERATION_TIMEDOUT:
+  case CURLE_ABORTED_BY_CALLBACK: /* on_progress: the drain's cutoff passed */
     out = RESIL_E_TIMEOUT;
     break;
   case CURLE_URL_MALFORMAT:

@@ -25,6 +25,7 @@
 #include <sys/socket.h>
 #include <sys/types.h>
 
+#include "resil/lifecycle.h"
 #include "resil/resolve.h"
 
 #define MAX_ADDRS 8
@@ -103,17 +104,21 @@ static uint64_t ms_since(uint64_t start_ns) {
   return now > start_ns ? (now - start_ns + 500000) / 1000000 : 0;
 }
 
-/* Wait for events on fd until dl. 1 ready (revents in *got), 0 timed out,
- * -1 error (errno). */
+/* Wait for events on fd until dl, or the process's drain cutoff if earlier
+ * (resil_drain_bound; the drain fd wakes a wait that began before the
+ * drain). 1 ready (revents in *got), 0 timed out, -1 error (errno). */
 static int wait_fd(int fd, short events, resil_deadline dl, short *got) {
+  int dfd = resil_drain_fd();
   for (;;) {
-    int64_t ms = resil_deadline_remaining_ms(dl);
+    int64_t ms = resil_deadline_remaining_ms(resil_drain_bound(dl));
     if (ms <= 0) return 0;
     if (ms > INT_MAX) ms = INT_MAX;
-    struct pollfd pfd = {.fd = fd, .events = events, .revents = 0};
-    int n = poll(&pfd, 1, (int)ms);
+    bool watch = dfd >= 0 && !resil_deadline_is_set(resil_drain_cutoff());
+    struct pollfd pfd[2] = {{.fd = fd, .events = events}, {.fd = dfd, .events = POLLIN}};
+    int n = poll(pfd, watch ? 2 : 1, (int)ms);
+    if (n > 0 && !pfd[0].revents && watch && pfd[1].revents) continue; /* a drain started */
     if (n > 0) {
-      *got = pfd.revents;
+      *got = pfd[0].revents;
       return 1;
     }
     if (n < 0 && errno != EINTR) return -1;
@@ -236,7 +241,7 @@ static resil_status drive(redisContext *c, const char *name, const char *buf, si
       out[got++] = reply;
       continue;
     }
-    int64_t left = resil_deadline_remaining_ns(dl);
+    int64_t left = resil_deadline_remaining_ns(resil_drain_bound(dl)); /* 10 ms slices */
     if (left <= 0) goto timeout;
     int rd;
     if (left > (int64_t)(RECV_SLICE_MS + 1) * 1000000) {

@@ -717,6 +717,46 @@ static void request_read_at_shutdown_gets_503(void **state) {
   if (st == -1 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) fail_msg("wait status %d", st);
 }
 
+/* The drain timeout bounds the exit: an 8 s query in flight (request deadline 10 s) is cut at
+ * the drain's deadline, answered 503 draining, and the process exits within grace + timeout.
+ * Before: the worker waited for the query, and the exit came ~7 s after SIGTERM. */
+static void slow_call_in_flight_is_cut_at_the_drain_deadline(void **state) {
+  (void)state;
+  const char *extra[] = {"RESIL_DRAIN_GRACE_MS=1000", "RESIL_DRAIN_TIMEOUT_MS=2000",
+                         "REQUEST_DEADLINE_MS=10s", "RESIL_DEP_DB_TIMEOUT_MS=10s",
+                         "RESIL_DEP_DB_QUERY_TIMEOUT_MS=10s", "RESIL_EMF_INTERVAL_MS=0", NULL};
+  svc s;
+  svc_spawn(&s, extra);
+  svc_wait_ready(&s, "/ready");
+  const char *slow = "GET /db/sleep?ms=8000 HTTP/1.1\r\nHost: x\r\n\r\n";
+  double t_in = t_now_ms();
+  int fd = send_raw(s.port, slow, strlen(slow));
+  assert_true(fd >= 0);
+  t_sleep_ms(300); /* let it reach the database */
+  double t0 = t_now_ms();
+  assert_int_equal(kill(s.pid, SIGTERM), 0);
+  resp in;
+  read_resp(fd, &in, t_in);
+  double answered = t_now_ms() - t0;
+  int st = svc_wait_exit(&s, 8000);
+  double took = t_now_ms() - t0;
+  char *err = slurp(s.err);
+  if (st == -1) {
+    kill(s.pid, SIGKILL);
+    waitpid(s.pid, NULL, 0);
+    fail_msg("not exited %.0f ms after SIGTERM:\n%s", took, err);
+  }
+  if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) fail_msg("wait status %d:\n%s", st, err);
+  /* grace 1 s + timeout 2 s, plus slack for a loaded machine (the drain deadline itself is
+   * SIGTERM + 2 s here: the example's grace runs inside its timeout) */
+  if (took > 1000 + 2000 + SLACK_MS * 3) fail_msg("exited %.0f ms after SIGTERM:\n%s", took, err);
+  assert_status(&in, 503);
+  assert_contains(in.body, "\"error\":\"draining\"");
+  assert_contains(in.body, "cut at the drain deadline");
+  if (answered > 2000 + SLACK_MS * 3) fail_msg("the cut call was answered after %.0f ms", answered);
+  free(err);
+}
+
 /* The value of an unlabelled Prometheus sample in text, or -1. */
 static double metric_value(const char *text, const char *name) {
   char key[128];
@@ -811,6 +851,7 @@ int main(void) {
       cmocka_unit_test(sleep_reply_is_valid_json),
       cmocka_unit_test(request_read_at_shutdown_gets_503),
       cmocka_unit_test(stdout_nobody_reads_never_blocks_the_exit),
+      cmocka_unit_test(slow_call_in_flight_is_cut_at_the_drain_deadline),
       cmocka_unit_test(shared_instance_exits_cleanly),
   };
   return cmocka_run_group_tests_name("ecs_service", tests, NULL, teardown);
