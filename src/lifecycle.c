@@ -17,20 +17,8 @@
 #define DRAIN_RESERVE_MS 200
 
 static _Atomic bool proc_draining;
-/* The drain cutoff (process clock, ns; 0 = none) and the pipe that wakes
- * I/O waits when it is set (resil_drain_fd). */
+/* The drain cutoff (process clock, ns; 0 = none). */
 static _Atomic uint64_t drain_cut;
-static pthread_once_t drain_pipe_once = PTHREAD_ONCE_INIT;
-static int drain_pipe[2] = {-1, -1};
-
-static void drain_pipe_init(void) {
-  if (pipe2(drain_pipe, O_CLOEXEC | O_NONBLOCK) != 0) drain_pipe[0] = drain_pipe[1] = -1;
-}
-
-int resil_drain_fd(void) {
-  pthread_once(&drain_pipe_once, drain_pipe_init);
-  return drain_pipe[0];
-}
 
 uint64_t resil__drain_cut_ns(void) { return atomic_load_explicit(&drain_cut, memory_order_relaxed); }
 
@@ -46,16 +34,10 @@ resil_deadline resil_drain_bound(resil_deadline d) {
   return resil_deadline_is_set(d) ? resil_deadline_min(d, c) : c;
 }
 
-/* Set the cutoff (never later than one already set) and wake the waiters. */
+/* Set the cutoff, never later than one already set. */
 static void drain_cut_set(uint64_t cut) {
   uint64_t old = atomic_load(&drain_cut);
   while ((old == 0 || cut < old) && !atomic_compare_exchange_weak(&drain_cut, &old, cut)) {
-  }
-  pthread_once(&drain_pipe_once, drain_pipe_init);
-  if (drain_pipe[1] >= 0) {
-    char c = 1;
-    ssize_t r = write(drain_pipe[1], &c, 1); /* non-blocking: a full pipe is readable anyway */
-    (void)r;
   }
 }
 
@@ -228,11 +210,6 @@ static void undrain_one(void *arg, resil_dep *d) {
 
 void resil_drain_reset(void) {
   atomic_store(&drain_cut, 0);
-  if (drain_pipe[0] >= 0) {
-    char buf[64];
-    while (read(drain_pipe[0], buf, sizeof buf) > 0) {
-    }
-  }
   atomic_store(&proc_draining, false);
   resil_registry_foreach(undrain_one, NULL);
 }

@@ -286,28 +286,25 @@ void resil_pg_get_stats(const resil_pg *pg, resil_pg_stats *out) {
 /* ---- Waiting on the socket --------------------------------------------- */
 
 /* Wait for events on fd until d (always set), or the process's drain
- * cutoff if earlier (resil_drain_bound; the drain fd wakes a wait that
- * began before the drain). Returns the revents (> 0), 0 when the bound
- * passed, -1 on a poll error (errno set). */
+ * cutoff if earlier (resil_drain_bound; re-checked every
+ * RESIL_DRAIN_CHECK_MS while no drain has started, so a long wait that
+ * began before a drain notices it). Returns the revents (> 0), 0 when the
+ * bound passed, -1 on a poll error (errno set). */
 static int wait_fd(int fd, short events, resil_deadline d) {
   if (fd < 0) {
     errno = EBADF;
     return -1;
   }
-  int dfd = resil_drain_fd();
   for (;;) {
     resil_deadline b = resil_drain_bound(d);
     int64_t ms = resil_deadline_remaining_ms(b);
     if (ms <= 0) return 0;
+    if (ms > RESIL_DRAIN_CHECK_MS && !resil_deadline_is_set(resil_drain_cutoff()))
+      ms = RESIL_DRAIN_CHECK_MS;
     if (ms > INT_MAX) ms = INT_MAX;
-    bool watch = dfd >= 0 && !resil_deadline_is_set(resil_drain_cutoff());
-    struct pollfd pfd[2] = {{.fd = fd, .events = events}, {.fd = dfd, .events = POLLIN}};
-    int r = poll(pfd, watch ? 2 : 1, (int)ms);
-    if (r > 0) {
-      if (pfd[0].revents) return pfd[0].revents;
-      if (watch && pfd[1].revents) continue; /* a drain started: recompute the bound */
-      return events;
-    }
+    struct pollfd pfd = {.fd = fd, .events = events, .revents = 0};
+    int r = poll(&pfd, 1, (int)ms);
+    if (r > 0) return pfd.revents ? pfd.revents : events;
     if (r == 0) {
       if (resil_deadline_expired(b)) return 0;
       continue;

@@ -105,20 +105,19 @@ static uint64_t ms_since(uint64_t start_ns) {
 }
 
 /* Wait for events on fd until dl, or the process's drain cutoff if earlier
- * (resil_drain_bound; the drain fd wakes a wait that began before the
- * drain). 1 ready (revents in *got), 0 timed out, -1 error (errno). */
+ * (resil_drain_bound; re-checked every RESIL_DRAIN_CHECK_MS while no drain
+ * has started). 1 ready (revents in *got), 0 timed out, -1 error (errno). */
 static int wait_fd(int fd, short events, resil_deadline dl, short *got) {
-  int dfd = resil_drain_fd();
   for (;;) {
     int64_t ms = resil_deadline_remaining_ms(resil_drain_bound(dl));
     if (ms <= 0) return 0;
+    if (ms > RESIL_DRAIN_CHECK_MS && !resil_deadline_is_set(resil_drain_cutoff()))
+      ms = RESIL_DRAIN_CHECK_MS;
     if (ms > INT_MAX) ms = INT_MAX;
-    bool watch = dfd >= 0 && !resil_deadline_is_set(resil_drain_cutoff());
-    struct pollfd pfd[2] = {{.fd = fd, .events = events}, {.fd = dfd, .events = POLLIN}};
-    int n = poll(pfd, watch ? 2 : 1, (int)ms);
-    if (n > 0 && !pfd[0].revents && watch && pfd[1].revents) continue; /* a drain started */
+    struct pollfd pfd = {.fd = fd, .events = events, .revents = 0};
+    int n = poll(&pfd, 1, (int)ms);
     if (n > 0) {
-      *got = pfd[0].revents;
+      *got = pfd.revents;
       return 1;
     }
     if (n < 0 && errno != EINTR) return -1;

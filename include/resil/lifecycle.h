@@ -58,8 +58,8 @@ RESIL_API resil_status resil_prewarm_all(resil_deadline deadline, resil_err *err
  *   0. the drain cutoff is set (resil_drain_cutoff): a little before
  *      deadline - a fifth of the time left, at most 200 ms before it -
  *      every call in flight or admitted from now on is cut there. The
- *      adapters' I/O waits honour it (resil_drain_bound, resil_drain_fd),
- *      so a slow query cannot hold the process past the drain's deadline;
+ *      adapters' I/O waits honour it (resil_drain_bound, re-checked at
+ *      least every RESIL_DRAIN_CHECK_MS), so a slow query cannot hold the process past the drain's deadline;
  *      a call cut that way ends with RESIL_E_DRAINING ("<dep>: cut at the
  *      drain deadline (...)"), counted as a "draining" rejection, never as a
  *      failure of the dependency;
@@ -94,16 +94,15 @@ RESIL_API resil_deadline resil_drain_cutoff(void);
 
 /* d bounded by the drain cutoff: min(d, resil_drain_cutoff()), or d itself
  * when not draining; an unset d becomes the cutoff while draining. For I/O
- * waits: recompute it on every wake-up. Thread-safe, lock-free. */
+ * waits: while no cutoff is set, wait at most RESIL_DRAIN_CHECK_MS at a
+ * time and recompute it on every wake-up, so that a wait that began before
+ * the drain notices it (the cutoff is set when the drain starts, long
+ * before it is reached). Thread-safe, lock-free. */
 RESIL_API resil_deadline resil_drain_bound(resil_deadline d);
 
-/* A file descriptor that becomes readable when a drain starts (the cutoff
- * is set), so that a poll() that began before can wake up and recompute its
- * timeout with resil_drain_bound(). Poll it for POLLIN only while
- * resil_drain_cutoff() is unset (it stays readable while draining); never
- * read from or close it. -1 if it could not be created (then wait in slices
- * instead). Created on first use; one per process. Thread-safe. */
-RESIL_API int resil_drain_fd(void);
+/* The longest an I/O wait should sleep without re-checking the drain
+ * cutoff (resil_drain_bound); the drain keeps more than this in reserve. */
+#define RESIL_DRAIN_CHECK_MS 100
 
 /* True once resil_drain() has started (until resil_drain_reset()).
  * Thread-safe, lock-free. */
