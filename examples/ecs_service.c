@@ -12,6 +12,8 @@
  *   GET /db/sleep?ms=N    SELECT pg_sleep(N/1000): shows a deadline cutting a slow query
  *   GET /upstream/<path>  GET <RESIL_DEP_UPSTREAM_BASE_URL>/<path>, proxied
  *   GET /health /ready /metrics   liveness, readiness, Prometheus text
+ *     (the container health check uses the admin endpoint, RESIL_ADMIN_PORT, instead:
+ *     slow clients holding all 16 workers here cannot starve it; see examples/ecs/)
  *
  * Every request gets a deadline: REQUEST_DEADLINE_MS, or an inbound
  * `grpc-timeout` header if that ends earlier. Statuses map to HTTP: ok 200,
@@ -19,7 +21,9 @@
  * 503 with Retry-After, timeout/deadline 504, dependency failures 502; errors
  * carry {"error":"<resil_status_name>","detail":"<message>"}.
  * EMF metrics go to stdout (RESIL_EMF_INTERVAL_MS), logs to stderr.
- * SIGTERM: drain while still serving, then stop accepting and exit 0. */
+ * SIGTERM: drain while still serving, then stop accepting and exit 0; calls still running
+ * at the drain's deadline are cut (503 draining), so the exit comes within
+ * RESIL_DRAIN_TIMEOUT_MS. */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE /* accept4, pipe2, memmem */
 #endif

@@ -20,6 +20,7 @@
 #include <sys/stat.h>
 
 #include "../http/procs.h"
+#include "minijson.h"
 #include "testutil.h"
 
 #define SLACK_MS 200 /* added to every "within N ms" bound */
@@ -717,6 +718,73 @@ static void request_read_at_shutdown_gets_503(void **state) {
   if (st == -1 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) fail_msg("wait status %d", st);
 }
 
+/* The container health check goes to the admin endpoint (RESIL_ADMIN_PORT, poll-based and
+ * bounded), not to the 16 blocking workers that serve traffic: the task definition says so,
+ * and with 20 slow clients holding every worker /health there still answers at once while
+ * the traffic port's /health waits for a free worker (the failure the health check must not
+ * have: a healthy task killed because it is busy). */
+static void health_check_cannot_be_starved_by_slow_clients(void **state) {
+  (void)state;
+  /* 1. The task definition's health check uses the admin port it configures. */
+  char *td = slurp(meson_env("RESIL_ECS_TASKDEF"));
+  mj *root = mj_parse(td, strlen(td));
+  if (!root) fail_msg("task-definition.json is not JSON");
+  mj *cd = mj_get(root, "containerDefinitions")->items[0];
+  const char *admin_port = NULL, *admin_addr = "127.0.0.1";
+  mj *envs = mj_get(cd, "environment");
+  for (size_t i = 0; i < envs->n; i++) {
+    const char *n = mj_get(envs->items[i], "name")->str, *v = mj_get(envs->items[i], "value")->str;
+    if (!strcmp(n, "RESIL_ADMIN_PORT")) admin_port = v;
+    if (!strcmp(n, "RESIL_ADMIN_ADDR")) admin_addr = v;
+  }
+  if (!admin_port || !atoi(admin_port)) fail_msg("the task definition sets no RESIL_ADMIN_PORT");
+  mj *cmd = mj_get(mj_get(cd, "healthCheck"), "command");
+  char want[96];
+  snprintf(want, sizeof want, "http://%s:%s/health", admin_addr, admin_port);
+  if (!strstr(cmd->items[cmd->n - 1]->str, want))
+    fail_msg("healthCheck \"%s\" does not call the admin endpoint %s", cmd->items[cmd->n - 1]->str,
+             want);
+  mj_free(root);
+  free(td);
+
+  /* 2. The admin endpoint answers while every worker is held. */
+  char admin[48];
+  uint16_t aport = free_port();
+  if (!aport) fail_msg("no free port");
+  snprintf(admin, sizeof admin, "RESIL_ADMIN_PORT=%u", aport);
+  const char *extra[] = {admin, "RESIL_EMF_INTERVAL_MS=0", NULL};
+  svc s;
+  svc_spawn(&s, extra);
+  svc_wait_ready(&s, "/health");
+  assert_status(get(aport, "/health"), 200);
+  enum { SLOW = 20 }; /* more than the 16 workers */
+  int slow[SLOW];
+  for (int i = 0; i < SLOW; i++) { /* each sends half a request and stalls: a worker waits 5 s */
+    slow[i] = send_raw(s.port, "GET /health HTTP/1.1\r\n", 22);
+    assert_true(slow[i] >= 0);
+  }
+  t_sleep_ms(300); /* let the workers pick them up */
+  double worst = 0;
+  for (int i = 0; i < 10; i++) {
+    resp *r = get(aport, "/health");
+    assert_status(r, 200);
+    assert_contains(r->body, "\"status\":\"ok\"");
+    if (r->ms > worst) worst = r->ms;
+    t_sleep_ms(50);
+  }
+  if (worst > 100 + SLACK_MS) fail_msg("admin /health took %.0f ms with every worker held", worst);
+  /* and the traffic port really was starved (else this test would show nothing) */
+  double t0 = t_now_ms();
+  int fd = send_raw(s.port, "GET /health HTTP/1.1\r\nHost: x\r\n\r\n", 37);
+  struct pollfd p = {.fd = fd, .events = POLLIN};
+  int ready = poll(&p, 1, 1000);
+  if (ready != 0) fail_msg("the traffic port answered in %.0f ms: the slow clients held no worker",
+                           t_now_ms() - t0);
+  close(fd);
+  for (int i = 0; i < SLOW; i++) close(slow[i]);
+  svc_kill(&s);
+}
+
 /* The drain timeout bounds the exit: an 8 s query in flight (request deadline 10 s) is cut at
  * the drain's deadline, answered 503 draining, and the process exits within grace + timeout.
  * Before: the worker waited for the query, and the exit came ~7 s after SIGTERM. */
@@ -852,6 +920,7 @@ int main(void) {
       cmocka_unit_test(request_read_at_shutdown_gets_503),
       cmocka_unit_test(stdout_nobody_reads_never_blocks_the_exit),
       cmocka_unit_test(slow_call_in_flight_is_cut_at_the_drain_deadline),
+      cmocka_unit_test(health_check_cannot_be_starved_by_slow_clients),
       cmocka_unit_test(shared_instance_exits_cleanly),
   };
   return cmocka_run_group_tests_name("ecs_service", tests, NULL, teardown);
