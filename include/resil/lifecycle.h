@@ -59,7 +59,8 @@ RESIL_API resil_status resil_prewarm_all(resil_deadline deadline, resil_err *err
  *      deadline - a fifth of the time left, at most 200 ms before it -
  *      every call in flight or admitted from now on is cut there. The
  *      adapters' I/O waits honour it (resil_drain_bound, re-checked at
- *      least every RESIL_DRAIN_CHECK_MS), so a slow query cannot hold the process past the drain's deadline;
+ *      least every RESIL_DRAIN_CHECK_MS), so a slow query cannot hold
+ *      the process past the drain's deadline;
  *      a call cut that way ends with RESIL_E_DRAINING ("<dep>: cut at the
  *      drain deadline (...)"), counted as a "draining" rejection, never as a
  *      failure of the dependency;
@@ -79,7 +80,8 @@ RESIL_API resil_status resil_prewarm_all(resil_deadline deadline, resil_err *err
  * too; resil_dep_call() and resil_dep_done() turn a RESIL_E_TIMEOUT or
  * RESIL_E_DEADLINE that ends at the cutoff into RESIL_E_DRAINING. An HTTP
  * transfer already running when the drain starts notices the cutoff within
- * libcurl's progress period (up to 1 s). Returns RESIL_OK, or RESIL_E_TIMEOUT with err saying how
+ * libcurl's progress period (up to 1 s). Returns RESIL_OK, or
+ * RESIL_E_TIMEOUT with err saying how
  * many calls were still in flight where ("drain: 2 calls still in flight at
  * the deadline: orders-db 2") or which pool still had borrowed
  * connections. Pools and dependencies stay allocated: free them after.
@@ -101,7 +103,8 @@ RESIL_API resil_deadline resil_drain_cutoff(void);
 RESIL_API resil_deadline resil_drain_bound(resil_deadline d);
 
 /* The longest an I/O wait should sleep without re-checking the drain
- * cutoff (resil_drain_bound); the drain keeps more than this in reserve. */
+ * cutoff (resil_drain_bound). The cutoff is set when the drain starts, so a
+ * wait that began before notices it within this period. */
 #define RESIL_DRAIN_CHECK_MS 100
 
 /* True once resil_drain() has started (until resil_drain_reset()).
