@@ -12,6 +12,8 @@
  *   GET /db/sleep?ms=N    SELECT pg_sleep(N/1000): shows a deadline cutting a slow query
  *   GET /upstream/<path>  GET <RESIL_DEP_UPSTREAM_BASE_URL>/<path>, proxied
  *   GET /health /ready /metrics   liveness, readiness, Prometheus text
+ *     (the container health check uses the admin endpoint, RESIL_ADMIN_PORT, instead:
+ *     slow clients holding all 16 workers here cannot starve it; see examples/ecs/)
  *
  * Every request gets a deadline: REQUEST_DEADLINE_MS, or an inbound
  * `grpc-timeout` header if that ends earlier. Statuses map to HTTP: ok 200,
@@ -19,7 +21,9 @@
  * 503 with Retry-After, timeout/deadline 504, dependency failures 502; errors
  * carry {"error":"<resil_status_name>","detail":"<message>"}.
  * EMF metrics go to stdout (RESIL_EMF_INTERVAL_MS), logs to stderr.
- * SIGTERM: drain while still serving, then stop accepting and exit 0. */
+ * SIGTERM: drain while still serving, then stop accepting and exit 0; calls still running
+ * at the drain's deadline are cut (503 draining), so the exit comes within
+ * RESIL_DRAIN_TIMEOUT_MS. */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE /* accept4, pipe2, memmem */
 #endif
@@ -39,6 +43,8 @@
 #include <resil/pg.h>
 #include <resil/redis.h>
 #include <resil/resil.h>
+
+#include "ecs_http.h" /* the request parser and response writer, fuzzed on their own */
 
 extern char **environ;
 
@@ -63,38 +69,34 @@ typedef struct request {
 
 /* ---- Responses ---------------------------------------------------------------------- */
 
-static const char *reason(int code) {
-  switch (code) {
-  case 200: return "OK";                    case 204: return "No Content";
-  case 400: return "Bad Request";           case 404: return "Not Found";
-  case 405: return "Method Not Allowed";    case 408: return "Request Timeout";
-  case 413: return "Content Too Large";     case 431: return "Request Header Fields Too Large";
-  case 500: return "Internal Server Error"; case 502: return "Bad Gateway";
-  case 503: return "Service Unavailable";   case 504: return "Gateway Timeout";
-  default: return code < 400 ? "OK" : "Error";
-  }
-}
-
-/* Write all of buf within IO_TIMEOUT_MS (a client that stops reading cannot hold us). */
+/* Write all of buf within IO_TIMEOUT_MS (a client that stops reading cannot hold us), and
+ * not past shutdown: once the workers are told to stop, a client that is not reading loses
+ * the rest of its answer rather than delaying the exit. */
 static void send_all(int fd, const char *buf, size_t len) {
   resil_deadline until = resil_deadline_in_ms(IO_TIMEOUT_MS);
   while (len > 0) {
     ssize_t n = send(fd, buf, len, MSG_NOSIGNAL | MSG_DONTWAIT);
     if (n > 0) { buf += n; len -= (size_t)n; continue; }
     if (n < 0 && errno != EAGAIN && errno != EINTR) return;
-    struct pollfd p = {.fd = fd, .events = POLLOUT};
-    if (poll(&p, 1, (int)resil_deadline_remaining_ms(until)) <= 0) return;
+    struct pollfd p[2] = {{.fd = fd, .events = POLLOUT}, {.fd = stop_pipe[0], .events = POLLIN}};
+    if (poll(p, 2, (int)resil_deadline_remaining_ms(until)) <= 0) return;
+    if (p[1].revents && !p[0].revents) return;
   }
 }
 
-/* One response; every one closes the connection. extra: more header lines or NULL. */
+/* One response; every one closes the connection. extra: more header lines or NULL. The head
+ * is checked before anything is sent: a value that cannot be a header, or a head that does
+ * not fit, gets a 500 instead (never a truncated head, never bytes past the buffer). */
 static void respond(int fd, int code, const char *ctype, const char *body, size_t len,
                     const char *extra) {
-  char head[512];
-  int n = snprintf(head, sizeof head,
-                   "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
-                   "Connection: close\r\n%s\r\n",
-                   code, reason(code), ctype, len, extra ? extra : "");
+  char head[1024];
+  ssize_t n = ecs_format_head(head, sizeof head, code, ctype, len, extra);
+  if (n < 0) {
+    static const char oops[] = "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n"
+                               "Connection: close\r\n\r\n";
+    send_all(fd, oops, sizeof oops - 1);
+    return;
+  }
   send_all(fd, head, (size_t)n);
   if (len) send_all(fd, body, len);
 }
@@ -107,13 +109,7 @@ static void respond_json(int fd, int code, const char *json, const char *extra) 
 static void respond_error(int fd, int code, const char *name, const char *detail,
                           const char *extra) {
   char json[1024];
-  size_t n = (size_t)snprintf(json, sizeof json, "{\"error\":\"%s\",\"detail\":\"", name);
-  for (const unsigned char *s = (const unsigned char *)detail; *s && n < sizeof json - 16; s++) {
-    if (*s == '"' || *s == '\\') json[n++] = '\\', json[n++] = (char)*s;
-    else if (*s < 0x20) n += (size_t)snprintf(json + n, 8, "\\u%04x", *s);
-    else json[n++] = (char)*s;
-  }
-  memcpy(json + n, "\"}", 3);
+  ecs_json_error(json, sizeof json, name, detail);
   respond_json(fd, code, json, extra);
 }
 
@@ -177,7 +173,7 @@ static void handle_cache(int fd, const request *rq, const char *key) {
 
 /* "/db/now" or "/db/sleep?ms=N" (N 0..60000). */
 static void handle_db(int fd, const request *rq, const char *what) {
-  char ms[8] = "";
+  char ms[8] = ""; /* N as a plain decimal: "00500" becomes "500" */
   const char *q = rq->query && strncmp(rq->query, "ms=", 3) == 0 ? rq->query + 3 : NULL;
   size_t n = q ? strspn(q, "0123456789") : 0;
   bool sleep = strcmp(what, "sleep") == 0;
@@ -189,7 +185,7 @@ static void handle_db(int fd, const request *rq, const char *what) {
     respond_error(fd, 400, "caller", "query: ms=0..60000 is required", NULL);
     return;
   }
-  if (sleep) memcpy(ms, q, n);
+  if (sleep) snprintf(ms, sizeof ms, "%d", atoi(q));
   const char *params[] = {ms};
   PGresult *res = NULL;
   resil_err err;
@@ -201,7 +197,7 @@ static void handle_db(int fd, const request *rq, const char *what) {
                              NULL, &res, &err);
   if (st == RESIL_OK) {
     char json[128];
-    if (sleep) snprintf(json, sizeof json, "{\"slept_ms\":%s}", ms);
+    if (sleep) snprintf(json, sizeof json, "{\"slept_ms\":%s}", ms); /* a JSON number */
     else snprintf(json, sizeof json, "{\"now\":\"%s\"}", resil_pg_value(res, 0, 0));
     respond_json(fd, 200, json, NULL);
   } else {
@@ -223,9 +219,19 @@ static void handle_upstream(int fd, const request *rq, const char *path) {
   /* The time left is sent downstream as grpc-timeout, so upstream can give up early too. */
   resil_status st = resil_http_get(upstream, rq->deadline, target, &resp, &err);
   if (st == RESIL_OK) {
+    /* The upstream's Content-Type is forwarded only if it is a clean header value: a CR, LF or
+     * other control character in it would let the upstream write the client's headers. */
     const char *ct = resil_http_response_header(&resp, "Content-Type");
-    respond(fd, (int)resp.status, ct ? ct : "application/octet-stream", resp.body,
-            resp.body_len, NULL);
+    if (ct && !ecs_field_value_ok(ct, strlen(ct), ECS_MAX_CTYPE))
+      respond_error(fd, 502, "failure",
+                    "upstream: its Content-Type has control characters or is longer than 256 "
+                    "bytes: not forwarded",
+                    NULL);
+    else
+      respond(fd, (int)resp.status, ct ? ct : "application/octet-stream", resp.body,
+              resp.body_len, NULL);
+  } else if (st == RESIL_E_INVALID) { /* the client's path: e.g. a ".." segment */
+    respond_error(fd, 400, "caller", err.msg, NULL);
   } else if (st == RESIL_E_CALLER && resp.status >= 400 && resp.status < 500) {
     respond_error(fd, (int)resp.status, "caller", err.msg, NULL); /* upstream's 404 stays 404 */
   } else {
@@ -269,74 +275,76 @@ static void route(int fd, const request *rq) {
 
 /* ---- Reading a request -------------------------------------------------------------- */
 
+#define READ_STOPPED (-2) /* fill(): the server is shutting down */
+
 /* Read until `want` bytes are in buf (or, with want 0, until the end of the headers), by
- * `until`. Returns bytes held, or -1 on timeout / hang-up / shutdown. */
-static ssize_t fill(int fd, char *buf, size_t have, size_t cap, size_t want, resil_deadline until) {
-  while (want ? have < want : !memmem(buf, have, "\r\n\r\n", 4)) {
+ * `until`. Returns bytes held, -1 on timeout / hang-up, READ_STOPPED at shutdown, -400 for a
+ * head that can never be valid. *head_len gets the head's length (want 0). */
+static ssize_t fill(int fd, char *buf, size_t have, size_t cap, size_t want, resil_deadline until,
+                    size_t *head_len) {
+  size_t scanned = 0;
+  for (;;) {
+    if (want) {
+      if (have >= want) return (ssize_t)have;
+    } else {
+      ssize_t end = ecs_head_end(buf, have, &scanned);
+      if (end < 0) return -400;
+      if (end > 0) {
+        *head_len = (size_t)end;
+        return (ssize_t)have;
+      }
+    }
     if (have == cap) return (ssize_t)have; /* full: the caller answers 431/413 */
     struct pollfd p[2] = {{.fd = fd, .events = POLLIN}, {.fd = stop_pipe[0], .events = POLLIN}};
-    if (poll(p, 2, (int)resil_deadline_remaining_ms(until)) <= 0 || p[1].revents) return -1;
+    int r = poll(p, 2, (int)resil_deadline_remaining_ms(until));
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) return -1;
+    if (p[1].revents) return READ_STOPPED;
     ssize_t n = recv(fd, buf + have, cap - have, MSG_DONTWAIT);
     if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) return -1;
     if (n > 0) have += (size_t)n;
   }
-  return (ssize_t)have;
 }
 
 /* Read and parse one request into rq (pointers into buf). 0, or the HTTP error to answer
- * (-1: just close). */
+ * (-1: just close). The parser (ecs_http.c) is strict: see ecs_http.h. */
 static int read_request(int fd, char *buf, request *rq) {
   resil_deadline until = resil_deadline_in_ms(IO_TIMEOUT_MS); /* the whole request, not per read */
-  ssize_t have = fill(fd, buf, 0, MAX_HEAD, 0, until);
-  if (have < 0) return have == -1 && resil_deadline_expired(until) ? 408 : -1;
-  char *end = memmem(buf, (size_t)have, "\r\n\r\n", 4);
-  if (!end) return 431;
-  *end = '\0';
-  /* Request line: METHOD SP target SP HTTP/1.x */
-  char *save = NULL, *line = strtok_r(buf, "\r\n", &save);
-  char *sp1 = line ? strchr(line, ' ') : NULL, *sp2 = sp1 ? strchr(sp1 + 1, ' ') : NULL;
-  if (!sp2 || strncmp(sp2 + 1, "HTTP/1.", 7) != 0 || sp1[1] != '/') return 400;
-  *sp1 = *sp2 = '\0';
-  rq->method = line;
-  rq->path = sp1 + 1;
-  if ((rq->query = strchr(rq->path, '?')) != NULL) *rq->query++ = '\0';
-  /* The request's deadline: ours, or the caller's if earlier. */
+  size_t head_len = 0;
+  ssize_t have = fill(fd, buf, 0, MAX_HEAD, 0, until, &head_len);
+  if (have == READ_STOPPED) return 503;
+  if (have == -400) return 400;
+  if (have < 0) return resil_deadline_expired(until) ? 408 : -1;
+  if (!head_len) return 431; /* the buffer filled up before the blank line */
+  ecs_request h;
+  int bad = ecs_parse_head(buf, head_len, MAX_BODY, &h);
+  if (bad) return bad;
+  rq->method = h.method;
+  rq->path = h.path;
+  rq->query = h.query;
+  /* The request's deadline: ours, or the caller's (grpc-timeout) if earlier. */
   rq->deadline = resil_deadline_in_ms(deadline_ms);
-  long long clen = 0;
-  for (char *h; (h = strtok_r(NULL, "\r\n", &save)) != NULL;) {
-    char *colon = strchr(h, ':'), *v = colon ? colon + 1 : NULL;
-    if (!colon || colon == h) return 400;
-    *colon = '\0';
-    v += strspn(v, " \t");
-    if (strcasecmp(h, "Content-Length") == 0) {
-      char *e;
-      clen = strtoll(v, &e, 10);
-      if (e == v || *e || clen < 0) return 400;
-    } else if (strcasecmp(h, "Transfer-Encoding") == 0) {
-      return 400; /* chunked bodies are not supported by this small server */
-    } else if (strcasecmp(h, "grpc-timeout") == 0) {
-      resil_deadline theirs;
-      if (resil_grpc_timeout_parse(v, strcspn(v, " \t"), &theirs, NULL) != RESIL_OK) return 400;
-      rq->deadline = resil_deadline_min(rq->deadline, theirs);
-    }
-  }
-  if (clen > MAX_BODY) return 413;
+  if (h.has_deadline) rq->deadline = resil_deadline_min(rq->deadline, h.deadline);
   /* The body: what came after the headers, then the rest. */
-  char *body = end + 4;
-  size_t got = (size_t)have - (size_t)(body - buf);
-  if ((size_t)clen > got &&
-      fill(fd, body, got, (size_t)clen, (size_t)clen, until) < (ssize_t)clen)
-    return resil_deadline_expired(until) ? 408 : -1;
+  size_t clen = h.content_length;
+  char *body = buf + head_len;
+  size_t got = (size_t)have - head_len;
+  if (clen > got) {
+    ssize_t r = fill(fd, body, got, clen, clen, until, NULL);
+    if (r == READ_STOPPED) return 503;
+    if (r < (ssize_t)clen) return resil_deadline_expired(until) ? 408 : -1;
+  }
   rq->body = clen ? body : NULL;
-  rq->body_len = (size_t)clen;
+  rq->body_len = clen;
   return 0;
 }
 
 /* After answering a bad request the client may still be sending: read and drop what it sends
- * for a moment before closing, or the kernel resets the connection and the answer is lost. */
-static void drop_input(int fd) {
+ * for a moment (up to ms) before closing, or the kernel resets the connection and the answer
+ * is lost. */
+static void drop_input(int fd, int ms) {
   char junk[4096];
-  resil_deadline until = resil_deadline_in_ms(500);
+  resil_deadline until = resil_deadline_in_ms(ms);
   shutdown(fd, SHUT_WR);
   for (int i = 0; i < 64; i++) {
     struct pollfd p = {.fd = fd, .events = POLLIN};
@@ -344,6 +352,13 @@ static void drop_input(int fd) {
         recv(fd, junk, sizeof junk, MSG_DONTWAIT) <= 0)
       break;
   }
+}
+
+/* Shutting down: a connection gets a 503 it can act on (retry on another task), never an
+ * empty reply. */
+static void refuse_stopping(int fd) {
+  respond_error(fd, 503, "draining", "the service is shutting down", "Retry-After: 1\r\n");
+  drop_input(fd, 100);
 }
 
 static void *worker(void *arg) {
@@ -361,10 +376,20 @@ static void *worker(void *arg) {
     request rq = {0};
     int bad = read_request(c, buf, &rq);
     if (bad == 0) route(c, &rq);
+    else if (bad == 503) refuse_stopping(c);
     else if (bad > 0) {
-      respond_error(c, bad, "caller", reason(bad), NULL);
-      drop_input(c);
+      respond_error(c, bad, "caller", ecs_reason(bad), NULL);
+      drop_input(c, 500);
     }
+    close(c);
+  }
+  /* Connections already accepted by the kernel (in the listen backlog) get their 503 too,
+   * before the listener closes and would reset them: at most a backlog's worth, in 500 ms. */
+  resil_deadline backlog_until = resil_deadline_in_ms(500);
+  for (int i = 0; buf && i < 512 && !resil_deadline_expired(backlog_until); i++) {
+    int c = accept4(listen_fd, NULL, NULL, SOCK_CLOEXEC);
+    if (c < 0) break;
+    refuse_stopping(c);
     close(c);
   }
   free(buf);

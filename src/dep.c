@@ -470,6 +470,15 @@ resil_status resil_dep_admit(resil_dep *d, resil_deadline deadline, resil_permit
   return RESIL_OK; /* admitted is derived: ended calls + late rejections + in flight */
 }
 
+/* A call that timed out because the drain cut it (the process's drain
+ * cutoff came before its own deadline, and has passed) is not the
+ * dependency's fault: it ends as RESIL_E_DRAINING, a local rejection. */
+static bool cut_by_drain(const resil_permit *p, resil_status st, uint64_t now) {
+  if (st != RESIL_E_TIMEOUT && st != RESIL_E_DEADLINE) return false;
+  uint64_t cut = resil__drain_cut_ns();
+  return cut && (!p->deadline.at_ns || cut < p->deadline.at_ns) && now + 1000000 >= cut;
+}
+
 void resil_dep_done(resil_permit *p, resil_status outcome) {
   if (!p || !(p->flags_ & PERMIT_LIVE) || !p->dep) return;
   resil_dep *d = p->dep;
@@ -477,6 +486,7 @@ void resil_dep_done(resil_permit *p, resil_status outcome) {
   bool holds_slot = p->flags_ >> PERMIT_GEN_SHIFT == d->fork_gen;
   p->flags_ = 0;
   uint64_t now = resil__now_fast_ns();
+  if (cut_by_drain(p, outcome, now)) outcome = RESIL_E_DRAINING;
   uint64_t lat = now > p->start_ns ? now - p->start_ns : 0;
   resil__breaker_record_at(d->breaker, p->ticket, outcome, lat, now);
   dep_stripe *s = my_stripe(d);
@@ -570,6 +580,11 @@ resil_status resil_dep_call(resil_dep *d, resil_deadline deadline, unsigned flag
     if (st != RESIL_OK) return n == 1 ? st : last;
     resil_attempt a = {.deadline = p.deadline, .number = n, .retry = -1, .err = e};
     st = fn(ctx, &a);
+    if (cut_by_drain(&p, st, resil_now_ns())) {
+      char was[RESIL_ERR_MSG_MAX];
+      resil__strlcpy(was, e->msg, sizeof was);
+      st = resil_err_set(e, RESIL_E_DRAINING, "%s: cut at the drain deadline (%s)", d->name, was);
+    }
     resil_dep_done(&p, st);
     last = st;
     if (st == RESIL_OK) return st;

@@ -4,13 +4,17 @@
  * stats, timestamp). The emitter keeps the previous snapshot of every
  * dependency by name, so counters go out as deltas over the interval, and
  * writes each document with a single write() so that lines shorter than
- * PIPE_BUF never interleave with other writers of stdout.
+ * PIPE_BUF never interleave with other writers of stdout. It never blocks:
+ * a stdout nobody reads costs dropped lines (counted), not a stuck process.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -266,15 +270,36 @@ resil_status resil_emf_render(const resil_emf_config *cfg, const resil_dep_stats
 
 /* ---- the emitter ------------------------------------------------------------ */
 
-static pthread_mutex_t emf_mu = PTHREAD_MUTEX_INITIALIZER; /* state + emissions */
+/* How the emitter writes to its fd without ever blocking, and without
+ * changing the flags of the caller's fd (O_NONBLOCK lives in the open file
+ * description, which dup() shares with every other writer of stdout):
+ *   W_REOPEN  a pipe, FIFO or terminal: a private description of the same
+ *             file, opened through /proc/self/fd/N with O_NONBLOCK;
+ *   W_SEND    a socket: send(MSG_DONTWAIT);
+ *   W_PLAIN   a regular file (or block device): write() never waits for a
+ *             reader there;
+ *   W_POLL    anything else, or /proc not mounted: poll(POLLOUT) before each
+ *             write(); a write larger than the room left can still block
+ *             (documented in emf.h). */
+typedef enum { W_PLAIN, W_REOPEN, W_SEND, W_POLL } wmode;
+
+static pthread_mutex_t emf_mu = PTHREAD_MUTEX_INITIALIZER; /* state; never held across I/O */
 static _Atomic bool emf_on;
 static bool emf_stop;
 static pthread_t emf_thread;
-static pthread_cond_t emf_cv;
+static pthread_cond_t emf_cv;   /* wakes the emitter thread (stop) */
+static pthread_cond_t emf_idle; /* signalled when the last writer is done */
+static unsigned emf_writers;    /* emissions writing right now (without emf_mu) */
 static resil_emf_config emf_cfg;
 static char emf_ns[256], emf_service[256];
 static resil_dep_stats *emf_prev; /* the last emission's snapshot */
 static size_t emf_nprev;
+static int emf_wfd = -1;          /* what is written to: emf_cfg.fd or a private reopen */
+static wmode emf_wmode;
+static bool emf_torn;             /* a line was cut short: start the next with '\n' */
+static _Atomic uint64_t emf_dropped;
+
+uint64_t resil_emf_dropped_lines(void) { return atomic_load(&emf_dropped); }
 
 static int64_t realtime_ms(void) {
   struct timespec ts;
@@ -282,34 +307,123 @@ static int64_t realtime_ms(void) {
   return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* Write all of p[0..n) with as few write() calls as the fd allows: one for
- * a pipe line under PIPE_BUF. EINTR is retried; EAGAIN waits for POLLOUT up
- * to 1 s. 0 or an errno. */
-static int write_all(int fd, const char *p, size_t n) {
-  while (n > 0) {
-    ssize_t w = write(fd, p, n);
-    if (w > 0) {
-      p += w;
-      n -= (size_t)w;
-      continue;
-    }
-    if (w < 0 && errno == EINTR) continue;
-    if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-      struct pollfd pfd = {.fd = fd, .events = POLLOUT};
-      int r;
-      do r = poll(&pfd, 1, 1000);
-      while (r < 0 && errno == EINTR);
-      if (r == 0) return EAGAIN;
-      if (r < 0) return errno;
-      continue;
-    }
-    return w < 0 ? errno : EIO;
-  }
-  return 0;
+static uint64_t mono_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
-/* One interval: snapshot, render against the previous snapshot, write line
- * by line, keep the snapshot. emf_mu held. */
+/* Choose how to write to fd (see wmode); *wfd is the fd to write to. */
+static wmode pick_writer(int fd, int *wfd) {
+  struct stat st;
+  *wfd = fd;
+  if (fstat(fd, &st) != 0) return W_POLL;
+  if (S_ISREG(st.st_mode) || S_ISBLK(st.st_mode)) return W_PLAIN;
+  if (S_ISSOCK(st.st_mode)) return W_SEND;
+  if (S_ISFIFO(st.st_mode) || S_ISCHR(st.st_mode)) {
+    char path[64];
+    snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+    int r = open(path, O_WRONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+    if (r >= 0) {
+      struct stat rs;
+      if (fstat(r, &rs) == 0 && rs.st_dev == st.st_dev && rs.st_ino == st.st_ino) {
+        *wfd = r;
+        return W_REOPEN;
+      }
+      close(r);
+    }
+  }
+  return W_POLL;
+}
+
+/* One non-blocking write attempt: bytes written, 0 for "no room now", -1 on
+ * an error (errno). */
+static ssize_t try_write(int fd, wmode m, const char *p, size_t n) {
+  for (;;) {
+    ssize_t w;
+    if (m == W_SEND) {
+      w = send(fd, p, n, MSG_DONTWAIT | MSG_NOSIGNAL);
+    } else if (m == W_POLL) {
+      struct pollfd pfd = {.fd = fd, .events = POLLOUT};
+      int r = poll(&pfd, 1, 0);
+      if (r < 0 && errno == EINTR) continue;
+      if (r < 0) return -1;
+      if (r == 0) return 0;
+      if (pfd.revents & (POLLERR | POLLNVAL)) {
+        errno = EIO;
+        return -1;
+      }
+      w = write(fd, p, n);
+    } else {
+      w = write(fd, p, n);
+    }
+    if (w >= 0) return w;
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return 0;
+    return -1;
+  }
+}
+
+/* Wait for room on fd until the monotonic time `until` (ns). true if there
+ * may be room now. */
+static bool wait_room(int fd, uint64_t until) {
+  for (;;) {
+    uint64_t now = mono_ns();
+    if (now >= until) return false;
+    struct pollfd pfd = {.fd = fd, .events = POLLOUT};
+    int ms = (int)((until - now + 999999) / 1000000);
+    int r = poll(&pfd, 1, ms);
+    if (r > 0) return true;
+    if (r < 0 && errno != EINTR) return false;
+  }
+}
+
+/* Write buf (whole lines) to fd, each line with as few writes as the fd
+ * allows (one for a pipe line under PIPE_BUF, so lines never interleave
+ * with other writers), never blocking: when the fd has no room the writer
+ * waits for it until `until`, then drops the line and counts it. A line cut
+ * short (only possible above PIPE_BUF) is ended with '\n' before the next,
+ * so one bad line does not spoil another. No lock held. 0, or the errno of
+ * a failed write (EAGAIN: lines were dropped for lack of room). */
+static int write_lines(int fd, wmode m, const char *buf, size_t len, uint64_t until, bool *torn) {
+  int result = 0;
+  for (size_t off = 0; off < len;) {
+    const char *nl = memchr(buf + off, '\n', len - off);
+    size_t ll = nl ? (size_t)(nl - (buf + off)) + 1 : len - off;
+    const char *p = buf + off;
+    size_t left = ll;
+    off += ll;
+    if (*torn) { /* end the torn line first */
+      ssize_t w = try_write(fd, m, "\n", 1);
+      while (w == 0 && wait_room(fd, until)) w = try_write(fd, m, "\n", 1);
+      if (w != 1) {
+        atomic_fetch_add(&emf_dropped, 1);
+        if (!result) result = w < 0 ? errno : EAGAIN;
+        continue;
+      }
+      *torn = false;
+    }
+    while (left > 0) {
+      ssize_t w = try_write(fd, m, p, left);
+      if (w > 0) {
+        p += w;
+        left -= (size_t)w;
+        continue;
+      }
+      int e = w < 0 ? errno : EAGAIN;
+      if (w == 0 && wait_room(fd, until)) continue;
+      atomic_fetch_add(&emf_dropped, 1);
+      if (left < ll) *torn = true;
+      if (!result) result = e;
+      break;
+    }
+  }
+  return result;
+}
+
+/* One interval: snapshot and render against the previous snapshot under
+ * emf_mu, keep the snapshot, then write with no lock held (bounded by
+ * RESIL_EMF_WRITE_BUDGET_MS). Called with emf_mu held; returns with it held. */
 static resil_status emit_locked(resil_err *err) {
   resil_stats_vec cur;
   resil_status sst = resil__stats_snapshot(&cur, "emf", err);
@@ -324,28 +438,42 @@ static resil_status emit_locked(resil_err *err) {
         prev = &emf_prev[k];
         break;
       }
-    b.len = 0;
-    if (b.p) b.p[0] = 0;
     render_dep(&b, emf_ns, emf_service[0] ? emf_service : NULL, &cur.v[i], prev, ts,
                RESIL_EMF_MAX_METRICS);
-    if (b.oom) {
-      st = resil_err_set(err, RESIL_E_NOMEM, "emf: out of memory");
-      break;
-    }
-    for (size_t off = 0; off < b.len;) {
-      const char *nl = memchr(b.p + off, '\n', b.len - off);
-      size_t ll = nl ? (size_t)(nl - (b.p + off)) + 1 : b.len - off;
-      int e = write_all(emf_cfg.fd, b.p + off, ll);
-      if (e && st == RESIL_OK)
-        st = resil_err_set(err, RESIL_E_SYSTEM, "emf: write to fd %d failed: %s", emf_cfg.fd,
-                           strerror(e));
-      off += ll;
-    }
+    if (b.oom) break;
   }
-  free(b.p);
   free(emf_prev);
   emf_prev = cur.v;
   emf_nprev = cur.n;
+  if (b.oom) {
+    free(b.p);
+    return resil_err_set(err, RESIL_E_NOMEM, "emf: out of memory");
+  }
+  int fd = emf_wfd, ufd = emf_cfg.fd;
+  wmode m = emf_wmode;
+  bool torn = emf_torn;
+  emf_writers++;
+  pthread_mutex_unlock(&emf_mu);
+
+  uint64_t dropped0 = atomic_load(&emf_dropped);
+  int e = b.len ? write_lines(fd, m, b.p, b.len,
+                              mono_ns() + (uint64_t)RESIL_EMF_WRITE_BUDGET_MS * 1000000ull, &torn)
+                : 0;
+  uint64_t dropped = atomic_load(&emf_dropped) - dropped0;
+  free(b.p);
+
+  pthread_mutex_lock(&emf_mu);
+  emf_torn = torn; /* concurrent emissions: the last word wins; at worst one torn line more */
+  if (--emf_writers == 0) pthread_cond_broadcast(&emf_idle);
+  if (e == EAGAIN)
+    st = resil_err_set(err, RESIL_E_TIMEOUT,
+                       "emf: fd %d had no room for %d ms: %llu line%s dropped "
+                       "(resil_emf_dropped_lines_total)",
+                       ufd, RESIL_EMF_WRITE_BUDGET_MS, (unsigned long long)dropped,
+                       dropped == 1 ? "" : "s");
+  else if (e)
+    st = resil_err_set(err, RESIL_E_SYSTEM, "emf: write to fd %d failed: %s (%llu line%s dropped)",
+                       ufd, strerror(e), (unsigned long long)dropped, dropped == 1 ? "" : "s");
   return st;
 }
 
@@ -362,8 +490,8 @@ static void *emf_main(void *arg) {
     while (!emf_stop && rc != ETIMEDOUT) rc = pthread_cond_timedwait(&emf_cv, &emf_mu, &next);
     if (emf_stop) break;
     emit_locked(NULL);
-    /* If emitting fell behind (a blocked fd), restart the schedule from now
-     * rather than bursting to catch up. */
+    /* If emitting fell behind, restart the schedule from now rather than
+     * bursting to catch up. */
     struct timespec now;
     clock_gettime(CLOCK_MONOTONIC, &now);
     if (now.tv_sec > next.tv_sec || (now.tv_sec == next.tv_sec && now.tv_nsec > next.tv_nsec))
@@ -397,13 +525,23 @@ resil_status resil_emf_start(const resil_emf_config *cfg, resil_err *err) {
   emf_prev = base.v;
   emf_nprev = base.n;
   emf_stop = false;
+  emf_torn = false;
   if (resil__cond_init(&emf_cv) != 0) {
     pthread_mutex_unlock(&emf_mu);
     return resil_err_set(err, RESIL_E_SYSTEM, "emf: cannot create a condition variable");
   }
+  if (resil__cond_init(&emf_idle) != 0) {
+    pthread_cond_destroy(&emf_cv);
+    pthread_mutex_unlock(&emf_mu);
+    return resil_err_set(err, RESIL_E_SYSTEM, "emf: cannot create a condition variable");
+  }
+  emf_wmode = pick_writer(cfg->fd, &emf_wfd);
   int rc = pthread_create(&emf_thread, NULL, emf_main, NULL);
   if (rc != 0) {
+    if (emf_wfd != cfg->fd) close(emf_wfd);
+    emf_wfd = -1;
     pthread_cond_destroy(&emf_cv);
+    pthread_cond_destroy(&emf_idle);
     pthread_mutex_unlock(&emf_mu);
     return resil_err_set(err, RESIL_E_SYSTEM, "emf: cannot start the emitter thread: %s",
                          strerror(rc));
@@ -415,7 +553,7 @@ resil_status resil_emf_start(const resil_emf_config *cfg, resil_err *err) {
 
 resil_status resil_emf_flush(resil_err *err) {
   pthread_mutex_lock(&emf_mu);
-  if (!atomic_load(&emf_on)) {
+  if (!atomic_load(&emf_on) || emf_stop) {
     pthread_mutex_unlock(&emf_mu);
     return resil_err_set(err, RESIL_E_CLOSED, "emf: no emitter is running");
   }
@@ -426,7 +564,7 @@ resil_status resil_emf_flush(resil_err *err) {
 
 void resil_emf_stop(void) {
   pthread_mutex_lock(&emf_mu);
-  if (!atomic_load(&emf_on)) {
+  if (!atomic_load(&emf_on) || emf_stop) {
     pthread_mutex_unlock(&emf_mu);
     return;
   }
@@ -435,11 +573,18 @@ void resil_emf_stop(void) {
   pthread_mutex_unlock(&emf_mu);
   pthread_join(emf_thread, NULL);
   pthread_mutex_lock(&emf_mu);
+  /* A flush on another thread may still be writing (for at most the write
+   * budget): the private fd stays open until it is done. */
+  while (emf_writers) pthread_cond_wait(&emf_idle, &emf_mu);
+  if (emf_wfd >= 0 && emf_wfd != emf_cfg.fd) close(emf_wfd);
+  emf_wfd = -1;
   pthread_cond_destroy(&emf_cv);
+  pthread_cond_destroy(&emf_idle);
   free(emf_prev);
   emf_prev = NULL;
   emf_nprev = 0;
   atomic_store(&emf_on, false);
+  emf_stop = false;
   pthread_mutex_unlock(&emf_mu);
 }
 

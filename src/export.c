@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "internal.h"
+#include "resil/emf.h"
 
 /* ---- snapshot of the registry ------------------------------------------ */
 static void collect(void *ctx, resil_dep *d) {
@@ -129,6 +130,11 @@ static void render_prometheus(resil_sbuf *b, const resil_stats_vec *s) {
   }
   pthread_mutex_unlock(&info_mu);
   resil__sb_printf(b, "} 1\n");
+
+  family(b, "resil_emf_dropped_lines_total", "counter",
+         "CloudWatch EMF lines dropped because stdout had no room (never blocks the process).");
+  resil__sb_printf(b, "resil_emf_dropped_lines_total %llu\n",
+                   (unsigned long long)resil_emf_dropped_lines());
 
   family(b, "resil_calls_total", "counter", "Admitted calls by outcome.");
   EACH(s) for (int k = 0; k < RESIL_OUTCOME_COUNT_; k++)

@@ -47,6 +47,10 @@ int resil__cond_wait_until(pthread_cond_t *c, pthread_mutex_t *m, resil_deadline
  * sliced under a fake clock). */
 void resil__sleep_until(resil_deadline d, uint64_t max_ns);
 
+/* The process's drain cutoff on the process clock (ns), 0 when not
+ * draining: see resil_drain_cutoff(). */
+uint64_t resil__drain_cut_ns(void);
+
 /* A fast per-thread pseudo-random number (xorshift), for jitter. */
 uint64_t resil__rand(void);
 

@@ -14,8 +14,32 @@
 #include "resil/lifecycle.h"
 
 #define UNSET_WAIT_MS 30000
+#define DRAIN_RESERVE_MS 200
 
 static _Atomic bool proc_draining;
+/* The drain cutoff (process clock, ns; 0 = none). */
+static _Atomic uint64_t drain_cut;
+
+uint64_t resil__drain_cut_ns(void) { return atomic_load_explicit(&drain_cut, memory_order_relaxed); }
+
+resil_deadline resil_drain_cutoff(void) {
+  resil_deadline d = {resil__drain_cut_ns()};
+  return d;
+}
+
+resil_deadline resil_drain_bound(resil_deadline d) {
+  uint64_t cut = resil__drain_cut_ns();
+  if (!cut) return d;
+  resil_deadline c = {cut};
+  return resil_deadline_is_set(d) ? resil_deadline_min(d, c) : c;
+}
+
+/* Set the cutoff, never later than one already set. */
+static void drain_cut_set(uint64_t cut) {
+  uint64_t old = atomic_load(&drain_cut);
+  while ((old == 0 || cut < old) && !atomic_compare_exchange_weak(&drain_cut, &old, cut)) {
+  }
+}
 
 /* d itself, or now + ms when d is unset. */
 static resil_deadline or_in_ms(resil_deadline d, int64_t ms) {
@@ -185,6 +209,7 @@ static void undrain_one(void *arg, resil_dep *d) {
 }
 
 void resil_drain_reset(void) {
+  atomic_store(&drain_cut, 0);
   atomic_store(&proc_draining, false);
   resil_registry_foreach(undrain_one, NULL);
 }
@@ -204,6 +229,16 @@ resil_status resil_drain(uint32_t grace_ms, resil_deadline deadline, resil_err *
   /* A second drain (e.g. resil_service_stop() after the service drained by
    * itself) has had its grace already. */
   if (atomic_exchange(&proc_draining, true)) grace_ms = 0;
+
+  /* 0. Calls in flight must end before the deadline: the adapters' I/O
+   * waits honour the cutoff (resil_drain_bound), which leaves a reserve of
+   * a fifth of the time, at most DRAIN_RESERVE_MS, for the cut calls to
+   * return, the pools to close and EMF to flush. */
+  uint64_t start = resil_now_ns();
+  uint64_t total = until.at_ns > start ? until.at_ns - start : 0;
+  uint64_t reserve = total / 5 < DRAIN_RESERVE_MS * 1000000ull ? total / 5
+                                                                 : DRAIN_RESERVE_MS * 1000000ull;
+  drain_cut_set(until.at_ns - reserve > 0 ? until.at_ns - reserve : 1);
 
   /* 1. Grace: keep admitting while the load balancer deregisters us. */
   uint64_t grace_end = resil_now_ns() + (uint64_t)grace_ms * 1000000ull;

@@ -21,6 +21,7 @@
 #include <curl/curl.h>
 
 #include "resil/http.h"
+#include "resil/lifecycle.h"
 #include "resil/resolve.h"
 
 #define MIB (1024u * 1024u)
@@ -105,6 +106,43 @@ static bool is_url_part(const char *s) {
     if (c <= 0x20 || c >= 0x7f || c == '#') return false;
   }
   return true;
+}
+
+/* A '.' in a path: itself or %2e / %2E. Its length in *n, or 0. */
+static size_t dot_at(const char *s, size_t *n) {
+  if (s[0] == '.') return *n = 1;
+  if (s[0] == '%' && s[1] == '2' && (s[2] == 'e' || s[2] == 'E')) return *n = 3;
+  return *n = 0;
+}
+
+/* A segment separator: '/', '\\', and their encodings %2f %5c, which some servers decode
+ * before resolving the path. Its length, or 0 (also at the end of the path). */
+static size_t sep_at(const char *s) {
+  if (s[0] == '/' || s[0] == '\\') return 1;
+  if (s[0] == '%' && ((s[1] == '2' && (s[2] == 'f' || s[2] == 'F')) ||
+                      (s[1] == '5' && (s[2] == 'c' || s[2] == 'C'))))
+    return 3;
+  return 0;
+}
+
+/* True when the path (up to its '?') has a "." or ".." segment, plainly or percent-encoded:
+ * curl (and servers) resolve them, so "../x" joined to "http://h/v1" would reach "/x", outside
+ * the base URL's path. */
+static bool has_dot_segment(const char *p) {
+  const char *seg = p;
+  for (;;) {
+    size_t n1, n2, k = 0;
+    if (dot_at(seg, &n1)) {
+      k = n1;
+      if (dot_at(seg + k, &n2)) k += n2;
+      if (seg[k] == '\0' || seg[k] == '?' || sep_at(seg + k)) return true;
+    }
+    /* the next segment */
+    const char *c = seg;
+    while (*c && *c != '?' && !sep_at(c)) c++;
+    if (!*c || *c == '?') return false;
+    seg = c + sep_at(c);
+  }
 }
 
 const char *resil_http_phase_name(resil_http_phase p) {
@@ -297,6 +335,16 @@ resil_status resil_http_config_validate(const resil_http_config *cfg, resil_err 
 static size_t on_body(char *data, size_t size, size_t nmemb, void *ud);
 static size_t on_header(char *data, size_t size, size_t nmemb, void *ud);
 
+/* libcurl's progress callback: abort a transfer that runs past the
+ * process's drain cutoff (a transfer started before the drain; one started
+ * after has its timeout capped by the cutoff already). curl calls it at
+ * least once a second, more often while data moves. */
+static int on_progress(void *p, curl_off_t dt, curl_off_t dn, curl_off_t ut, curl_off_t un) {
+  (void)p, (void)dt, (void)dn, (void)ut, (void)un;
+  uint64_t cut = resil_drain_cutoff().at_ns;
+  return cut && resil_now_ns() >= cut;
+}
+
 static resil_status conn_open(void *ctx, resil_deadline deadline, void **out, resil_err *err) {
   (void)deadline;
   resil_http *h = ctx;
@@ -311,6 +359,8 @@ static resil_status conn_open(void *ctx, resil_deadline deadline, void **out, re
   curl_easy_setopt(e, CURLOPT_ERRORBUFFER, c->errbuf);
   curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
   curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
+  curl_easy_setopt(e, CURLOPT_XFERINFOFUNCTION, on_progress);
+  curl_easy_setopt(e, CURLOPT_NOPROGRESS, 0L);
   curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
   curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
   curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
@@ -757,7 +807,8 @@ static resil_status attempt(void *vctx, resil_attempt *a) {
   if (st != RESIL_OK) return st;
   http_conn *hc = resil_pool_conn_handle(pc);
   CURL *e = hc->easy;
-  int64_t left = resil_deadline_remaining_ms(a->deadline); /* rounded up: 0 only if expired */
+  /* rounded up: 0 only if expired; a drain's cutoff bounds it too */
+  int64_t left = resil_deadline_remaining_ms(resil_drain_bound(a->deadline));
   if (left <= 0) {
     resil_pool_release(h->pool, pc, RESIL_POOL_OK);
     return resil_err_set(a->err, RESIL_E_DEADLINE,
@@ -776,7 +827,7 @@ static resil_status attempt(void *vctx, resil_attempt *a) {
       return st;
     }
     /* The lookup used some of the time. */
-    left = resil_deadline_remaining_ms(a->deadline);
+    left = resil_deadline_remaining_ms(resil_drain_bound(a->deadline));
     if (left <= 0) {
       curl_slist_free_all(pin);
       resil_pool_release(h->pool, pc, RESIL_POOL_OK);
@@ -905,6 +956,7 @@ static resil_status attempt(void *vctx, resil_attempt *a) {
   resil_status out = RESIL_E_FAILURE;
   switch (rc) {
   case CURLE_OPERATION_TIMEDOUT:
+  case CURLE_ABORTED_BY_CALLBACK: /* on_progress: the drain's cutoff passed */
     out = RESIL_E_TIMEOUT;
     break;
   case CURLE_URL_MALFORMAT:
@@ -962,6 +1014,11 @@ resil_status resil_http_request_do(resil_http *h, resil_deadline deadline,
                          "http '%s': path or query has spaces, '#' or non-ASCII bytes "
                          "(encode them)",
                          h->name);
+  if (req->path && has_dot_segment(req->path))
+    return resil_err_set(err, RESIL_E_INVALID,
+                         "http '%s': path \"%.60s\" has a \".\" or \"..\" segment (also as %%2e): "
+                         "it could leave the base URL's path",
+                         h->name, req->path);
   if (req->nheaders && !req->headers)
     return resil_err_set(err, RESIL_E_INVALID, "http '%s': request headers NULL with nheaders %zu",
                          h->name, req->nheaders);

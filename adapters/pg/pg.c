@@ -9,6 +9,7 @@
  * Only the core's public API is used.
  */
 #include "resil/pg.h"
+#include "resil/lifecycle.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -297,22 +298,28 @@ void resil_pg_get_stats(const resil_pg *pg, resil_pg_stats *out) {
 
 /* ---- Waiting on the socket --------------------------------------------- */
 
-/* Wait for events on fd until d (always set). Returns the revents (> 0),
- * 0 when d passed, -1 on a poll error (errno set). */
+/* Wait for events on fd until d (always set), or the process's drain
+ * cutoff if earlier (resil_drain_bound; re-checked every
+ * RESIL_DRAIN_CHECK_MS while no drain has started, so a long wait that
+ * began before a drain notices it). Returns the revents (> 0), 0 when the
+ * bound passed, -1 on a poll error (errno set). */
 static int wait_fd(int fd, short events, resil_deadline d) {
   if (fd < 0) {
     errno = EBADF;
     return -1;
   }
   for (;;) {
-    int64_t ms = resil_deadline_remaining_ms(d);
+    resil_deadline b = resil_drain_bound(d);
+    int64_t ms = resil_deadline_remaining_ms(b);
     if (ms <= 0) return 0;
+    if (ms > RESIL_DRAIN_CHECK_MS && !resil_deadline_is_set(resil_drain_cutoff()))
+      ms = RESIL_DRAIN_CHECK_MS;
     if (ms > INT_MAX) ms = INT_MAX;
     struct pollfd pfd = {.fd = fd, .events = events, .revents = 0};
     int r = poll(&pfd, 1, (int)ms);
     if (r > 0) return pfd.revents ? pfd.revents : events;
     if (r == 0) {
-      if (resil_deadline_expired(d)) return 0;
+      if (resil_deadline_expired(b)) return 0;
       continue;
     }
     if (errno == EINTR) continue;

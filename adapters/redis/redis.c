@@ -25,6 +25,7 @@
 #include <unistd.h>
 
 #include "reply.h"
+#include "resil/lifecycle.h"
 #include "resil/resolve.h"
 
 #define MAX_ADDRS 8
@@ -107,12 +108,15 @@ static uint64_t ms_since(uint64_t start_ns) {
   return now > start_ns ? (now - start_ns + 500000) / 1000000 : 0;
 }
 
-/* Wait for events on fd until dl. 1 ready (revents in *got), 0 timed out,
- * -1 error (errno). */
+/* Wait for events on fd until dl, or the process's drain cutoff if earlier
+ * (resil_drain_bound; re-checked every RESIL_DRAIN_CHECK_MS while no drain
+ * has started). 1 ready (revents in *got), 0 timed out, -1 error (errno). */
 static int wait_fd(int fd, short events, resil_deadline dl, short *got) {
   for (;;) {
-    int64_t ms = resil_deadline_remaining_ms(dl);
+    int64_t ms = resil_deadline_remaining_ms(resil_drain_bound(dl));
     if (ms <= 0) return 0;
+    if (ms > RESIL_DRAIN_CHECK_MS && !resil_deadline_is_set(resil_drain_cutoff()))
+      ms = RESIL_DRAIN_CHECK_MS;
     if (ms > INT_MAX) ms = INT_MAX;
     struct pollfd pfd = {.fd = fd, .events = events, .revents = 0};
     int n = poll(&pfd, 1, (int)ms);
@@ -217,7 +221,7 @@ static resil_status drive(redisContext *c, const char *name, const char *buf, si
       out[got++] = reply;
       continue;
     }
-    int64_t left = resil_deadline_remaining_ns(dl);
+    int64_t left = resil_deadline_remaining_ns(resil_drain_bound(dl)); /* 10 ms slices */
     if (left <= 0) goto timeout;
     int rd;
     if (left > (int64_t)(RECV_SLICE_MS + 1) * 1000000) {

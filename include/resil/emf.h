@@ -60,6 +60,10 @@ RESIL_BEGIN_DECLS
 /* The EMF limit on metrics in one document. */
 #define RESIL_EMF_MAX_METRICS 100
 
+/* How long one emission (every dependency's lines) may wait for room on a
+ * full fd before its remaining lines are dropped and counted. */
+#define RESIL_EMF_WRITE_BUDGET_MS 250
+
 typedef struct resil_emf_config {
   const char *metric_namespace; /* default "resil"; 1..255 chars of A-Z a-z 0-9
                                    . - _ / # : and space, not starting "AWS/" */
@@ -95,29 +99,53 @@ RESIL_API resil_status resil_emf_render(const resil_emf_config *cfg, const resil
  * every registered dependency and writes its documents to cfg->fd, one
  * write() per line (so lines shorter than PIPE_BUF are never interleaved
  * with other writers of a pipe; partial writes are completed and EINTR is
- * retried; a non-blocking fd that stays full for 1 s drops the line; a
- * blocking fd that stays full blocks the emitter, and resil_emf_flush() and
- * resil_emf_stop() wait for it). The
- * baseline for the first interval's deltas is taken at start. The config's
- * strings are copied. Errors: RESIL_E_INVALID (bad config, or an emitter is
- * already running), RESIL_E_NOMEM, RESIL_E_SYSTEM (thread creation).
- * Thread-safe. */
+ * retried).
+ *
+ * Writing never blocks the process, whatever the fd: a stdout that nobody
+ * reads (a stalled log driver) costs lines, never a stuck emitter, flush or
+ * drain. An emission waits at most RESIL_EMF_WRITE_BUDGET_MS in total for
+ * room; the lines that did not fit are dropped and counted
+ * (resil_emf_dropped_lines(), exported as resil_emf_dropped_lines_total).
+ * The caller's fd and its flags are never changed (O_NONBLOCK would be
+ * shared with every other writer of the same stdout): at start the fd is
+ * examined once, and a pipe, FIFO or terminal is reopened privately through
+ * /proc/self/fd/N with O_NONBLOCK (closed by resil_emf_stop()); a socket
+ * gets send(MSG_DONTWAIT); a regular file is written as is. Without /proc,
+ * a pipe gets poll(POLLOUT) before each write, where a line longer than the
+ * room left (above PIPE_BUF) could still block. A line cut short (only
+ * possible above PIPE_BUF) is followed by a newline before the next, so only
+ * that one is lost. No lock is held while writing.
+ *
+ * The baseline for the first interval's deltas is taken at start. The
+ * config's strings are copied. Errors: RESIL_E_INVALID (bad config, or an
+ * emitter is already running), RESIL_E_NOMEM, RESIL_E_SYSTEM (thread
+ * creation). Thread-safe. */
 RESIL_API resil_status resil_emf_start(const resil_emf_config *cfg, resil_err *err);
 
 /* Emit one interval now (from the last emission to now) on the calling
  * thread, e.g. at drain so that the last seconds are not lost; the next
- * periodic interval starts from here. Errors: RESIL_E_CLOSED (no emitter
- * running), RESIL_E_NOMEM, RESIL_E_SYSTEM (the write failed; errno in the
- * message). Thread-safe (serialised with the background emitter). */
+ * periodic interval starts from here. Returns within
+ * RESIL_EMF_WRITE_BUDGET_MS (plus rendering) even when the fd is full.
+ * Errors: RESIL_E_CLOSED (no emitter running), RESIL_E_NOMEM,
+ * RESIL_E_TIMEOUT (the fd had no room: lines were dropped, how many in the
+ * message), RESIL_E_SYSTEM (a write failed; errno in the message).
+ * Thread-safe (snapshots are serialised with the background emitter). */
 RESIL_API resil_status resil_emf_flush(resil_err *err);
 
 /* Stop the background emitter and join its thread. Emits nothing: call
- * resil_emf_flush() first to keep the last interval. No-op if not running.
- * Thread-safe; must not be called concurrently with resil_emf_start(). */
+ * resil_emf_flush() first to keep the last interval. Waits for a flush in
+ * progress on another thread (at most the write budget). No-op if not
+ * running. Thread-safe; must not be called concurrently with
+ * resil_emf_start(). */
 RESIL_API void resil_emf_stop(void);
 
 /* True while an emitter is running. Thread-safe. */
 RESIL_API bool resil_emf_running(void);
+
+/* EMF lines dropped since the process started because the fd had no room
+ * within the write budget, or a write failed (exported as the Prometheus
+ * counter resil_emf_dropped_lines_total). Thread-safe, lock-free. */
+RESIL_API uint64_t resil_emf_dropped_lines(void);
 
 RESIL_END_DECLS
 #endif

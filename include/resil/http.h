@@ -178,7 +178,10 @@ RESIL_API resil_status resil_http_register_kind(resil_err *err);
 
 typedef struct resil_http_request {
   const char *method;      /* "GET" when NULL; any token ("PATCH", "PURGE") */
-  const char *path;        /* joined to base_url; NULL or "" = base_url itself */
+  const char *path;        /* joined to base_url; NULL or "" = base_url itself.
+                              A "." or ".." segment, also percent-encoded (%2e,
+                              %2E) or next to an encoded separator (%2f, %5c, \),
+                              is RESIL_E_INVALID: it could leave base_url's path */
   const char *query;       /* already encoded, without '?'; NULL = none */
   const resil_http_header *headers; /* after the defaults; same name = sent twice */
   size_t nheaders;
@@ -230,7 +233,7 @@ typedef struct resil_http_response {
  * (RESIL_E_FAILURE, _TIMEOUT, _OVERLOAD, _CALLER), a local rejection
  * (RESIL_E_BREAKER_OPEN, _CONCURRENCY_FULL, _QUEUE_TIMEOUT, _POOL_TIMEOUT,
  * _DEADLINE, _DRAINING), RESIL_E_INVALID (bad request: NULL argument,
- * header with CR/LF), RESIL_E_NOMEM or RESIL_E_CLOSED. err (optional) gets
+ * header with CR/LF, a dot segment in the path), RESIL_E_NOMEM or RESIL_E_CLOSED. err (optional) gets
  * the sentence. Blocks no longer than the deadline (by at most a
  * millisecond, curl's timer resolution). Thread-safe. */
 RESIL_API resil_status resil_http_request_do(resil_http *h, resil_deadline deadline,

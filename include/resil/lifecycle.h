@@ -55,6 +55,15 @@ RESIL_API int resil_ready(char *buf, size_t size);
 RESIL_API resil_status resil_prewarm_all(resil_deadline deadline, resil_err *err);
 
 /* Drain the process, as ECS needs it on SIGTERM:
+ *   0. the drain cutoff is set (resil_drain_cutoff): a little before
+ *      deadline - a fifth of the time left, at most 200 ms before it -
+ *      every call in flight or admitted from now on is cut there. The
+ *      adapters' I/O waits honour it (resil_drain_bound, re-checked at
+ *      least every RESIL_DRAIN_CHECK_MS), so a slow query cannot hold
+ *      the process past the drain's deadline;
+ *      a call cut that way ends with RESIL_E_DRAINING ("<dep>: cut at the
+ *      drain deadline (...)"), counted as a "draining" rejection, never as a
+ *      failure of the dependency;
  *   1. readiness turns 503 at once (resil_is_draining() is true);
  *   2. for grace_ms (the load balancer's deregistration delay still sends
  *      traffic) new calls are still admitted;
@@ -64,15 +73,39 @@ RESIL_API resil_status resil_prewarm_all(resil_deadline deadline, resil_err *err
  *   5. drains every attached pool (resil_pool_drain) with the time left;
  *   6. emits a last EMF interval if the emitter runs (resil_emf_flush).
  * Every step ends at deadline (on the process clock; unset: 30 s at most),
- * so the grace period is cut short by an earlier deadline. Calls already
- * admitted are never interrupted: each still gets its own status from its
- * own deadline. Returns RESIL_OK, or RESIL_E_TIMEOUT with err saying how
+ * so the grace period is cut short by an earlier deadline. Calls that end
+ * before the cutoff are not touched: each gets its own status from its own
+ * deadline. Code of your own that waits (resil_dep_call work functions,
+ * the two-step admit/done) should bound its waits with resil_drain_bound()
+ * too; resil_dep_call() and resil_dep_done() turn a RESIL_E_TIMEOUT or
+ * RESIL_E_DEADLINE that ends at the cutoff into RESIL_E_DRAINING. An HTTP
+ * transfer already running when the drain starts notices the cutoff within
+ * libcurl's progress period (up to 1 s). Returns RESIL_OK, or
+ * RESIL_E_TIMEOUT with err saying how
  * many calls were still in flight where ("drain: 2 calls still in flight at
  * the deadline: orders-db 2") or which pool still had borrowed
  * connections. Pools and dependencies stay allocated: free them after.
- * A second call while already draining skips the grace (it was had).
- * Thread-safe; call it from one thread. */
+ * A second call while already draining skips the grace (it was had) and
+ * never moves the cutoff later. Thread-safe; call it from one thread. */
 RESIL_API resil_status resil_drain(uint32_t grace_ms, resil_deadline deadline, resil_err *err);
+
+/* The drain cutoff: unset (at_ns 0) until resil_drain() starts, then the
+ * time by which every call must end (see resil_drain step 0); unset again
+ * after resil_drain_reset(). Thread-safe, lock-free (one atomic load). */
+RESIL_API resil_deadline resil_drain_cutoff(void);
+
+/* d bounded by the drain cutoff: min(d, resil_drain_cutoff()), or d itself
+ * when not draining; an unset d becomes the cutoff while draining. For I/O
+ * waits: while no cutoff is set, wait at most RESIL_DRAIN_CHECK_MS at a
+ * time and recompute it on every wake-up, so that a wait that began before
+ * the drain notices it (the cutoff is set when the drain starts, long
+ * before it is reached). Thread-safe, lock-free. */
+RESIL_API resil_deadline resil_drain_bound(resil_deadline d);
+
+/* The longest an I/O wait should sleep without re-checking the drain
+ * cutoff (resil_drain_bound). The cutoff is set when the drain starts, so a
+ * wait that began before notices it within this period. */
+#define RESIL_DRAIN_CHECK_MS 100
 
 /* True once resil_drain() has started (until resil_drain_reset()).
  * Thread-safe, lock-free. */

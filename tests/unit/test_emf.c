@@ -16,6 +16,7 @@
 #include <fcntl.h>
 #include <math.h>
 #include <poll.h>
+#include <pthread.h>
 #include <time.h>
 #include <unistd.h>
 #include <cmocka.h>
@@ -538,6 +539,120 @@ static void emitter_reports_counters_as_deltas(void **state) {
   resil_dep_free(b);
 }
 
+static double real_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+typedef struct flush_job {
+  resil_status st;
+  resil_err err;
+  _Atomic bool done;
+} flush_job;
+
+static void *flush_thread(void *arg) {
+  flush_job *j = arg;
+  j->st = resil_emf_flush(&j->err);
+  atomic_store(&j->done, true);
+  return NULL;
+}
+
+static void *drain_thread(void *arg) {
+  flush_job *j = arg;
+  j->st = resil_drain(0, resil_deadline_in_ms(1000), &j->err);
+  atomic_store(&j->done, true);
+  return NULL;
+}
+
+/* Run fn on a thread and wait up to limit_ms of real time; if it is still blocked, empty
+ * the pipe (unblocking the writer) so that the failure is reported instead of a hang. */
+static double run_bounded(void *(*fn)(void *), flush_job *j, int rfd, double limit_ms) {
+  pthread_t th;
+  atomic_store(&j->done, false);
+  double t0 = real_ms();
+  assert_int_equal(pthread_create(&th, NULL, fn, j), 0);
+  while (!atomic_load(&j->done) && real_ms() - t0 < limit_ms) {
+    struct timespec ts = {0, 2000000};
+    nanosleep(&ts, NULL);
+  }
+  double took = real_ms() - t0;
+  bool stuck = !atomic_load(&j->done);
+  while (!atomic_load(&j->done)) free(drain_pipe(rfd, 10));
+  pthread_join(th, NULL);
+  if (stuck) fail_msg("still blocked after %.0f ms on a full stdout", took);
+  return took;
+}
+
+/* A stdout nobody reads (a blocking pipe, full) never blocks the emitter: a flush and a
+ * drain return within the write budget, the lines are dropped and counted (also in the
+ * Prometheus export), the caller's fd keeps its flags, and once the pipe is read again the
+ * next emission arrives whole. */
+static void full_stdout_never_blocks_flush_or_drain(void **state) {
+  (void)state;
+  int pfd[2];
+  assert_int_equal(pipe2(pfd, O_CLOEXEC), 0);
+  fcntl(pfd[0], F_SETFL, O_NONBLOCK);
+  assert_true(fcntl(pfd[1], F_SETPIPE_SZ, 4096) > 0);
+  /* Fill it with whole filler lines (non-blocking for the fill only), then make the write
+   * end blocking again, as a process's stdout is. */
+  int fl = fcntl(pfd[1], F_GETFL);
+  fcntl(pfd[1], F_SETFL, fl | O_NONBLOCK);
+  char filler[64];
+  memset(filler, '#', sizeof filler - 1);
+  filler[sizeof filler - 1] = '\n';
+  while (write(pfd[1], filler, sizeof filler) == (ssize_t)sizeof filler) {}
+  fcntl(pfd[1], F_SETFL, fl);
+  assert_false(fcntl(pfd[1], F_GETFL) & O_NONBLOCK);
+
+  resil_dep *a = mk("full-stdout");
+  resil_emf_config c;
+  resil_emf_config_init(&c);
+  c.interval_ms = 3600000;
+  c.fd = pfd[1];
+  assert_int_equal(resil_emf_start(&c, NULL), RESIL_OK);
+  run(a, RESIL_OK, 3, 1);
+  uint64_t before = resil_emf_dropped_lines();
+  flush_job j;
+  double took = run_bounded(flush_thread, &j, pfd[0], 3000);
+  if (took > RESIL_EMF_WRITE_BUDGET_MS + 750)
+    fail_msg("flush took %.0f ms on a full pipe (budget %d ms)", took, RESIL_EMF_WRITE_BUDGET_MS);
+  assert_int_equal(j.st, RESIL_E_TIMEOUT);
+  assert_non_null(strstr(j.err.msg, "dropped"));
+  assert_true(resil_emf_dropped_lines() > before);
+  char *prom = NULL;
+  assert_int_equal(resil_export_prometheus(&prom, NULL, NULL), RESIL_OK);
+  char want[64];
+  snprintf(want, sizeof want, "\nresil_emf_dropped_lines_total %llu\n",
+           (unsigned long long)resil_emf_dropped_lines());
+  if (!strstr(prom, want)) fail_msg("%s not in the Prometheus text", want + 1);
+  free(prom);
+  /* the drain's last flush is bounded the same way */
+  took = run_bounded(drain_thread, &j, pfd[0], 3000);
+  if (took > RESIL_EMF_WRITE_BUDGET_MS + 750) fail_msg("drain took %.0f ms on a full pipe", took);
+  resil_drain_reset();
+  assert_false(fcntl(pfd[1], F_GETFL) & O_NONBLOCK); /* the caller's flags are untouched */
+
+  /* Read the pipe again: only filler lines were in it, and the next emission is whole. */
+  char *text = drain_pipe(pfd[0], 100);
+  for (char *l = text; *l; l = strchr(l, '\n') + 1)
+    if (strncmp(l, filler, sizeof filler) != 0) fail_msg("unexpected bytes in the pipe: %.80s", l);
+  free(text);
+  run(a, RESIL_OK, 2, 1);
+  assert_int_equal(resil_emf_flush(NULL), RESIL_OK);
+  text = drain_pipe(pfd[0], 5000);
+  mj *docs[16];
+  size_t n = check_emf_text(text, docs, 16);
+  mj *d = find_doc(docs, n, "full-stdout");
+  assert_non_null(d);
+  for (size_t i = 0; i < n; i++) mj_free(docs[i]);
+  free(text);
+  resil_emf_stop();
+  close(pfd[0]);
+  close(pfd[1]);
+  resil_dep_free(a);
+}
+
 /* The emitter writes one document for the dependency every interval_ms,
  * on a fixed schedule from start: the k-th arrives no earlier than k
  * intervals after the start (never more often), and no later than that plus
@@ -622,6 +737,7 @@ int main(void) {
       cmocka_unit_test(counters_that_went_backwards_restart),
       cmocka_unit_test(emitter_reports_counters_as_deltas),
       cmocka_unit_test(emitter_writes_every_interval),
+      cmocka_unit_test(full_stdout_never_blocks_flush_or_drain),
   };
   return cmocka_run_group_tests_name("emf", tests, setup, teardown);
 }

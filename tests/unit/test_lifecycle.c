@@ -344,6 +344,74 @@ static void drain_times_out_naming_the_dependency_with_a_call_in_flight(void **s
   resil_dep_free(slow);
 }
 
+/* A wait written the documented way: sleep (as a poll() would) at most RESIL_DRAIN_CHECK_MS
+ * at a time, with the time left from resil_drain_bound(deadline) recomputed on every wake-up. */
+static resil_status slow_work(void *ctx, resil_attempt *a) {
+  (void)ctx;
+  for (;;) {
+    int64_t ms = resil_deadline_remaining_ms(resil_drain_bound(a->deadline));
+    if (ms <= 0) return resil_err_set(a->err, RESIL_E_TIMEOUT, "slow work: timed out");
+    test_sleep_ms(ms > RESIL_DRAIN_CHECK_MS ? RESIL_DRAIN_CHECK_MS : (unsigned)ms);
+  }
+}
+
+typedef struct call_job {
+  resil_dep *dep;
+  resil_status st;
+  resil_err err;
+  uint64_t ended_ms;
+  pthread_t th;
+} call_job;
+
+static void *call_main(void *arg) {
+  call_job *j = arg;
+  j->st = resil_dep_call(j->dep, resil_deadline_in_ms(10000), 0, slow_work, NULL, &j->err);
+  j->ended_ms = test_now_ms();
+  return NULL;
+}
+
+/* The drain's deadline bounds calls in flight: a 10 s call whose wait honours the cutoff
+ * ends a little before the drain's deadline with RESIL_E_DRAINING (counted as a draining
+ * rejection, not a timeout), so the drain returns RESIL_OK instead of timing out. */
+static void drain_cuts_calls_in_flight_before_its_deadline(void **state) {
+  (void)state;
+  resil_dep *d = mk("cut-dep", false);
+  assert_false(resil_deadline_is_set(resil_drain_cutoff()));
+  resil_deadline far = resil_deadline_in_ms(60000);
+  assert_true(resil_drain_bound(far).at_ns == far.at_ns); /* not draining: unchanged */
+  call_job j = {.dep = d};
+  assert_int_equal(pthread_create(&j.th, NULL, call_main, &j), 0);
+  test_sleep_ms(100); /* the call is waiting, with no cutoff yet */
+  uint64_t t0 = test_now_ms();
+  resil_err err;
+  resil_status st = resil_drain(100, resil_deadline_in_ms(1000), &err);
+  uint64_t took = test_now_ms() - t0;
+  pthread_join(j.th, NULL);
+  if (st != RESIL_OK) fail_msg("drain: %s", err.msg);
+  if (took > 1000 + 300) fail_msg("drain took %llu ms", (unsigned long long)took);
+  assert_true(resil_deadline_is_set(resil_drain_cutoff()));
+  assert_true(resil_drain_bound(far).at_ns == resil_drain_cutoff().at_ns);
+  assert_true(resil_drain_bound(RESIL_DEADLINE_UNSET).at_ns == resil_drain_cutoff().at_ns);
+  assert_int_equal(j.st, RESIL_E_DRAINING);
+  assert_non_null(strstr(j.err.msg, "cut-dep: cut at the drain deadline (slow work: timed out)"));
+  uint64_t ended = j.ended_ms - t0;
+  if (ended < 600 || ended > 1000) fail_msg("cut after %llu ms, expected 800 (deadline 1000 - 200)",
+                                            (unsigned long long)ended);
+  resil_dep_stats s;
+  resil_dep_get_stats(d, &s);
+  assert_int_equal(s.in_flight, 0);
+  assert_int_equal(s.calls[RESIL_OUTCOME_TIMEOUT], 0);
+  assert_int_equal(s.rejections[RESIL_REJECT_DRAINING], 1);
+  assert_int_equal(s.admitted, 1);
+  /* A second drain never moves the cutoff later. */
+  resil_deadline cut = resil_drain_cutoff();
+  assert_int_equal(resil_drain(0, resil_deadline_in_ms(5000), NULL), RESIL_OK);
+  assert_true(resil_drain_cutoff().at_ns == cut.at_ns);
+  resil_drain_reset();
+  assert_false(resil_deadline_is_set(resil_drain_cutoff()));
+  resil_dep_free(d);
+}
+
 static void drain_flushes_emf(void **state) {
   (void)state;
   int pfd[2];
@@ -410,6 +478,7 @@ int main(void) {
       cmocka_unit_test_teardown(drain_lets_in_flight_calls_finish_and_loses_none, teardown),
       cmocka_unit_test_teardown(drain_times_out_naming_the_dependency_with_a_call_in_flight,
                                 teardown),
+      cmocka_unit_test_teardown(drain_cuts_calls_in_flight_before_its_deadline, teardown),
       cmocka_unit_test_teardown(drain_flushes_emf, teardown),
       cmocka_unit_test_teardown(sigterm_sets_a_flag_and_does_not_kill, teardown),
   };

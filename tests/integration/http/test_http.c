@@ -169,6 +169,46 @@ static void bad_request_is_rejected_before_any_io(void **state) {
   resil_http_free(h);
 }
 
+static void base_with_prefix(resil_http_config *c) {
+  static char b[128];
+  snprintf(b, sizeof b, "%s/v1", base);
+  c->base_url = b;
+}
+
+/* "../x" joined to http://h/v1 would reach http://h/x (curl resolves dot segments): a path
+ * with a "." or ".." segment, also percent-encoded, is refused before any I/O. */
+static void dot_segments_cannot_leave_the_base_path(void **state) {
+  (void)state;
+  resil_http *h = client("dotseg", base_with_prefix);
+  static const char *const bad[] = {"../fast", "/../fast", "a/../../fast", "./fast", "a/.",
+                                    "..", "%2e%2e/fast", "%2E%2e/fast", ".%2e/fast",
+                                    "%2e./fast", "a/%2E", "..%2ffast", "..\\fast",
+                                    "a/..?q=1", "%2e%2E%5cfast"};
+  resil_http_response r;
+  resil_err err = {0};
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    resil_status st = resil_http_get(h, RESIL_DEADLINE_UNSET, bad[i], &r, &err);
+    if (st != RESIL_E_INVALID)
+      fail_msg("%s: %s (HTTP %ld), expected invalid", bad[i], resil_status_name(st), r.status);
+    assert_non_null(strstr(err.msg, "segment"));
+    assert_non_null(strstr(err.msg, "dotseg"));
+    resil_http_response_free(&r);
+  }
+  resil_dep_stats st;
+  resil_dep_get_stats(resil_http_dep(h), &st);
+  assert_int_equal(st.admitted, 0); /* none was sent */
+  /* dots inside a segment, and in the query, are fine (testhttpd answers 404 for these) */
+  static const char *const ok[] = {"a..b", "..a", ".well-known/x", "x.json", "a/...",
+                                   "fast?next=../x"};
+  for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
+    resil_status s2 = resil_http_get(h, RESIL_DEADLINE_UNSET, ok[i], &r, &err);
+    if (s2 != RESIL_E_CALLER || r.status != 404)
+      fail_msg("%s: %s (HTTP %ld), expected the server's 404", ok[i], resil_status_name(s2), r.status);
+    resil_http_response_free(&r);
+  }
+  resil_http_free(h);
+}
+
 /* ---- time -------------------------------------------------------------- */
 
 static void slow_endpoint_times_out_within_deadline(void **state) {
@@ -1066,6 +1106,7 @@ int main(void) {
       cmocka_unit_test(post_sends_body_and_headers),
       cmocka_unit_test(invalid_config_reports_every_problem),
       cmocka_unit_test(bad_request_is_rejected_before_any_io),
+      cmocka_unit_test(dot_segments_cannot_leave_the_base_path),
       cmocka_unit_test(slow_endpoint_times_out_within_deadline),
       cmocka_unit_test(request_timeout_caps_a_long_deadline),
       cmocka_unit_test(dripped_body_times_out_at_deadline),
