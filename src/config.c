@@ -41,6 +41,8 @@ static const resil_key_spec dep_keys[] = {
     DK("retry.budget_percent", UINT, retry.budget_percent, "retries <= this % of calls"),
     DK("retry.budget_min_per_s", UINT, retry.budget_min_per_s, "retries always allowed per second"),
     DK("retry.budget_window_ms", MS, retry.budget_window_ms, "retry budget window"),
+    DK("probe_interval_ms", MS, probe_interval_ms, "recovery probe period while the breaker is open (0 = off)"),
+    DK("probe_timeout_ms", MS, probe_timeout_ms, "bound on one recovery probe (0 = min(timeout_ms, 1s))"),
 };
 
 #define PK(k, t, f, h) {k, RESIL_KEY_##t, offsetof(resil_pool_config, f), 0, 0, false, h}
