@@ -32,6 +32,8 @@ static const resil_key_spec keys[] = {
       "bound on the ROLLBACK of a connection returned inside a transaction"),
     K("alive_bypass_ms", MS, alive_bypass_ms, 0, 60000, false,
       "skip the liveness poll() on a connection returned this recently"),
+    K("probe_sql", STRING, probe_sql, 0, 0, false,
+      "recovery probe statement, run on a fresh connection while the breaker is open"),
 };
 
 RESIL_DEFINE_CONFIG_KIND(pg, resil_pg_config, resil_pg_config_init, resil_pg_config_validate,

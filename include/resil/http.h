@@ -127,6 +127,13 @@ typedef struct resil_http_config {
    * handed to curl with CURLOPT_RESOLVE. Always on when libcurl was built
    * without the threaded resolver. No effect for a numeric host. */
   bool resolve_with_resil;
+  /* The recovery probe (see resil_dep_set_probe()): while the breaker is
+   * open, a GET of this path (joined to base_url like a request's; NULL or
+   * "" = base_url itself) on a fresh connection with the default headers,
+   * within dep.probe_timeout_ms. Any response other than 5xx or 429 counts
+   * as healthy (a 404 still proves the server answers); the body is not
+   * read. Default NULL; copied. */
+  const char *probe_path;
 } resil_http_config;
 
 /* Fill cfg with safe defaults (see each field) and set the dependency's name

@@ -167,6 +167,11 @@ typedef struct resil_pg_config {
    * that window fails its call as a dependency failure (retried if
    * idempotent) instead of being skipped. */
   uint32_t alive_bypass_ms;
+  /* The recovery probe's statement (see resil_dep_set_probe(): while the
+   * breaker is open, a FRESH connection is made and this is run on it
+   * through the simple protocol, all within dep.probe_timeout_ms); default
+   * "SELECT 1"; copied; must not be empty. */
+  const char *probe_sql;
 } resil_pg_config;
 
 /* Fill cfg with the defaults above, name the dependency (name may be NULL:
