@@ -86,7 +86,6 @@ static void run_one(probe_entry *e, uint32_t gen) {
     r = end <= dl.at_ns ? RESIL_PROBE_SUCCESS : RESIL_PROBE_TIMEOUT; /* late is not healthy */
   else
     r = st == RESIL_E_TIMEOUT || end > dl.at_ns ? RESIL_PROBE_TIMEOUT : RESIL_PROBE_FAILURE;
-  resil__dep_count_probe(d, r);
   if (r == RESIL_PROBE_SUCCESS) {
     char msg[RESIL_ERR_MSG_MAX + 64];
     snprintf(msg, sizeof msg, "recovery probe succeeded in %llu ms%s%s",
@@ -95,6 +94,7 @@ static void run_one(probe_entry *e, uint32_t gen) {
     resil_breaker_probe_succeeded(resil_dep_breaker(d), gen);
     resil__call_msg = NULL;
   }
+  resil__dep_count_probe(d, r); /* after the move: a counted success has moved it */
   uint64_t next = start + jittered(e->interval_ns);
   pthread_mutex_lock(&mu);
   e->next_at = next > end ? next : end;
