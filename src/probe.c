@@ -14,7 +14,9 @@
  * opened (the call that tripped it just failed: no point asking at once);
  * then one per interval from the start of the last, or right after it when
  * it took longer than that (a hanging dependency always has one probe
- * waiting on it, which answers the moment it heals).
+ * waiting on it, which answers the moment it heals). No probe is started
+ * once the break's timer has run out, nor when it would run out before the
+ * probe is due: the next call moves the breaker to HALF_OPEN then anyway.
  *
  * The threads learn that a breaker opened from the dependency's transition
  * hook (resil__probe_kick) and otherwise sleep until the next due probe, at
@@ -122,6 +124,9 @@ static void *probe_main(void *arg) {
         e->gen = gen;
         e->next_at = opened + jittered(e->interval_ns);
       }
+      /* A probe due when the timer has ended the break anyway (or would
+       * before the probe is due) is useless: the next call goes half-open. */
+      if (now >= until || e->next_at >= until) continue;
       if (e->next_at <= now) {
         if (!due || e->next_at < due->next_at) due = e;
       } else if (e->next_at < wake) {

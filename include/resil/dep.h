@@ -145,7 +145,10 @@ typedef resil_status (*resil_probe_fn)(void *ctx, resil_deadline deadline, resil
  * background threads - never on a caller's thread - every
  * probe_interval_ms (+/- 20% jitter; the first one that long after the
  * breaker opened), at most one probe in flight per dependency, each bounded
- * by probe_timeout_ms (default the smaller of timeout_ms and 1 s).
+ * by probe_timeout_ms (default the smaller of timeout_ms and 1 s). No probe
+ * starts once the break's own timer has run out or would before the probe
+ * is due (the next call ends the break then anyway), so a break shorter
+ * than the interval is never probed.
  * A probe that succeeds in time ends the break at once
  * (resil_breaker_probe_succeeded(): OPEN -> HALF_OPEN, and the normal
  * half-open calls close it); one that fails or times out changes nothing -
