@@ -296,10 +296,28 @@ static void failed_probes_never_grow_the_break_and_a_success_ends_it(void **stat
   assert_false(pc.on_caller);
 }
 
+/* Other probed dependencies (breakers closed), so that every probe thread
+ * runs: a promise about one dependency must hold with several threads. */
+static void add_bystanders(resil_dep **by, probe_ctx *pc) {
+  for (int i = 0; i < RESIL_PROBE_THREADS - 1; i++) {
+    char name[32];
+    snprintf(name, sizeof name, "bystander-%d", i);
+    by[i] = mk_dep(name, 50);
+    assert_int_equal(resil_dep_set_probe(by[i], probe_fn, pc), RESIL_OK);
+  }
+}
+
+static void free_bystanders(resil_dep **by) {
+  for (int i = 0; i < RESIL_PROBE_THREADS - 1; i++) resil_dep_free(by[i]);
+}
+
 static void one_probe_in_flight_and_a_late_success_is_a_timeout(void **state) {
   (void)state;
-  probe_ctx pc;
+  probe_ctx pc, idle;
   ctx_init(&pc, RESIL_OK);
+  ctx_init(&idle, RESIL_OK);
+  resil_dep *by[RESIL_PROBE_THREADS];
+  add_bystanders(by, &idle);
   pc.block = true;
   resil_dep *d = mk_dep("probe-b", 50);
   assert_int_equal(resil_dep_set_probe(d, probe_fn, &pc), RESIL_OK);
@@ -334,6 +352,8 @@ static void one_probe_in_flight_and_a_late_success_is_a_timeout(void **state) {
   assert_int_equal(pc.max_running, 1);
   assert_false(pc.on_caller);
   resil_dep_free(d);
+  free_bystanders(by);
+  assert_int_equal(idle.calls, 0);
 }
 
 static void forced_open_is_never_probed_and_interval_zero_turns_probing_off(void **state) {
@@ -367,6 +387,7 @@ typedef struct remover {
   resil_dep *d;
   probe_ctx *pc;
   bool returned;
+  int running_at_return; /* the probe's state when set_probe returned */
 } remover;
 
 static void *remove_probe(void *arg) {
@@ -374,15 +395,18 @@ static void *remove_probe(void *arg) {
   resil_dep_set_probe(r->d, NULL, NULL);
   pthread_mutex_lock(&r->pc->mu);
   r->returned = true;
-  assert_int_equal(r->pc->running, 0); /* never while the probe still runs */
+  r->running_at_return = r->pc->running;
   pthread_mutex_unlock(&r->pc->mu);
   return NULL;
 }
 
 static void removing_a_probe_waits_for_the_running_one(void **state) {
   (void)state;
-  probe_ctx pc;
+  probe_ctx pc, idle;
   ctx_init(&pc, RESIL_E_FAILURE);
+  ctx_init(&idle, RESIL_OK);
+  resil_dep *by[RESIL_PROBE_THREADS];
+  add_bystanders(by, &idle); /* the threads go on: removal alone must wait */
   pc.block = true;
   resil_dep *d = mk_dep("probe-d", 50);
   assert_int_equal(resil_dep_set_probe(d, probe_fn, &pc), RESIL_OK);
@@ -402,10 +426,12 @@ static void removing_a_probe_waits_for_the_running_one(void **state) {
   pthread_mutex_unlock(&pc.mu);
   pthread_join(th, NULL);
   assert_true(r.returned);
+  assert_int_equal(r.running_at_return, 0); /* never while the probe still runs */
   fake_clock_advance_ms(500);
   test_sleep_ms(30);
   assert_int_equal(calls_of(&pc), 1); /* removed: never called again */
   resil_dep_free(d);
+  free_bystanders(by);
 }
 
 /* ---- events ---------------------------------------------------------------- */
