@@ -171,7 +171,7 @@ RESIL_API resil_pool *resil_http_pool(resil_http *h);
 /* The "http" configuration kind (config.h), so that RESIL_DEPS=name:http
  * with RESIL_DEP_<NAME>_BASE_URL, _CONNECT_TIMEOUT_MS, _REQUEST_TIMEOUT_MS,
  * _TLS_VERIFY, _CA_FILE, _MAX_RESPONSE_BYTES, _LOW_SPEED_BYTES_PER_S,
- * _LOW_SPEED_TIME_S, _DEADLINE_HEADER, _RESOLVE_WITH_RESIL (plus the core's
+ * _LOW_SPEED_TIME_S, _DEADLINE_HEADER, _RESOLVE_WITH_RESIL, _PROBE_PATH (plus the core's
  * and pool's keys) configure a client and resil_service builds it. It is
  * registered automatically when libresil-http is loaded; a program linking
  * it statically calls resil_http_register_kind() first. Default headers and
