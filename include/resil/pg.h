@@ -211,7 +211,8 @@ RESIL_API resil_pool *resil_pg_pool(resil_pg *pg);
  * hash), _CONNECT_TIMEOUT_MS, _QUERY_TIMEOUT_MS, _APPLICATION_NAME,
  * _STATEMENT_TIMEOUT, _TCP_USER_TIMEOUT_MS, _KEEPALIVES, _KEEPALIVES_IDLE_S,
  * _KEEPALIVES_INTERVAL_S, _KEEPALIVES_COUNT, _CANCEL_TIMEOUT_MS,
- * _REAPER_QUEUE_MAX, _ROLLBACK_TIMEOUT_MS (plus the core's and the pool's
+ * _REAPER_QUEUE_MAX, _ROLLBACK_TIMEOUT_MS, _ALIVE_BYPASS_MS, _PROBE_SQL (plus the
+ * core's and the pool's
  * keys) configure a resil_pg and resil_service builds it. Registered
  * automatically when libresil-pg is loaded; a program linking it statically
  * calls resil_pg_register_kind() first. Thread-safe. */
