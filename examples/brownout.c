@@ -267,7 +267,16 @@ static resil_status sim_request(void *b, resil_deadline deadline, uint64_t *rng,
 typedef struct sim_resil {
   sim_backend *s;
   resil_dep *dep;
+  uint64_t probe_rng; /* the recovery probe's (one probe at a time) */
 } sim_resil;
+
+/* The recovery probe (resil_dep_set_probe): one request to the simulated
+ * dependency while the breaker is open. The HTTP backend gets its probe
+ * from the adapter (a GET of the base URL). */
+static resil_status sim_probe(void *ctx, resil_deadline deadline, resil_err *err) {
+  sim_resil *c = ctx;
+  return sim_request(c->s, deadline, &c->probe_rng, err);
+}
 
 static void *sim_resil_open(void *b, const resil_dep_config *cfg, resil_dep **dep,
                             resil_err *err) {
@@ -278,6 +287,13 @@ static void *sim_resil_open(void *b, const resil_dep_config *cfg, resil_dep **de
   }
   c->s = b;
   if (!(c->dep = resil_dep_new(cfg, err))) {
+    free(c);
+    return NULL;
+  }
+  c->probe_rng = 0x9e3779b97f4a7c15ull;
+  if (resil_dep_set_probe(c->dep, sim_probe, c) != RESIL_OK) {
+    resil_err_set(err, RESIL_E_SYSTEM, "cannot start the recovery probe");
+    resil_dep_free(c->dep);
     free(c);
     return NULL;
   }

@@ -53,7 +53,8 @@ struct resil_breaker {
 static const char *const state_names[RESIL_BREAKER_STATE_COUNT_] = {
     "closed", "open", "half_open", "forced_open", "disabled"};
 static const char *const reason_names[RESIL_TRIP_REASON_COUNT_] = {
-    "none", "consecutive_failures", "failure_rate", "slow_call_rate", "probe_failed", "forced"};
+    "none", "consecutive_failures", "failure_rate", "slow_call_rate", "probe_failed", "forced",
+    "recovery_probe"};
 
 const char *resil_breaker_state_name(resil_breaker_state s) {
   return (unsigned)s < RESIL_BREAKER_STATE_COUNT_ ? state_names[s] : "unknown";
@@ -364,6 +365,34 @@ void resil__breaker_record_at(resil_breaker *b, resil_breaker_ticket t, resil_st
   if (failed || slow) trip_check(b, w, now, failed);
 }
 
+bool resil_breaker_probe_succeeded(resil_breaker *b, uint32_t generation) {
+  if (!b) return false;
+  transition t = {0};
+  pthread_mutex_lock(&b->mu);
+  uint64_t w = atomic_load_explicit(&b->word, memory_order_acquire);
+  if (W_STATE(w) == RESIL_BREAKER_OPEN && (generation == 0 || W_GEN(w) == generation))
+    move_locked(b, w, RESIL_BREAKER_HALF_OPEN, RESIL_TRIP_RECOVERY_PROBE, resil_now_ns(), &t);
+  pthread_mutex_unlock(&b->mu);
+  notify(b, &t);
+  return t.happened;
+}
+
+bool resil__breaker_open_info(resil_breaker *b, uint32_t *gen, uint64_t *opened_at_ns,
+                              uint64_t *open_until_ns) {
+  uint64_t w = atomic_load_explicit(&b->word, memory_order_acquire);
+  if (W_STATE(w) != RESIL_BREAKER_OPEN) return false;
+  pthread_mutex_lock(&b->mu);
+  w = atomic_load_explicit(&b->word, memory_order_acquire);
+  bool open = W_STATE(w) == RESIL_BREAKER_OPEN;
+  if (open) {
+    *gen = W_GEN(w);
+    *opened_at_ns = b->opened_at_ns;
+    *open_until_ns = atomic_load_explicit(&b->open_until_ns, memory_order_relaxed);
+  }
+  pthread_mutex_unlock(&b->mu);
+  return open;
+}
+
 resil_breaker_state resil_breaker_get_state(const resil_breaker *b) {
   return W_STATE(atomic_load_explicit((_Atomic uint64_t *)&b->word, memory_order_acquire));
 }
@@ -448,6 +477,7 @@ const char *resil_breaker_describe(const resil_breaker *cb, char *buf, size_t si
       break;
     case RESIL_TRIP_PROBE_FAILED: snprintf(why, sizeof why, "a half-open probe failed"); break;
     case RESIL_TRIP_FORCED: snprintf(why, sizeof why, "forced open by an operator"); break;
+    case RESIL_TRIP_RECOVERY_PROBE: snprintf(why, sizeof why, "a recovery probe"); break;
     default: break;
   }
   switch (st.state) {

@@ -41,6 +41,8 @@ static const resil_key_spec dep_keys[] = {
     DK("retry.budget_percent", UINT, retry.budget_percent, "retries <= this % of calls"),
     DK("retry.budget_min_per_s", UINT, retry.budget_min_per_s, "retries always allowed per second"),
     DK("retry.budget_window_ms", MS, retry.budget_window_ms, "retry budget window"),
+    DK("probe_interval_ms", MS, probe_interval_ms, "recovery probe period while the breaker is open (0 = off)"),
+    DK("probe_timeout_ms", MS, probe_timeout_ms, "bound on one recovery probe (0 = min(timeout_ms, 1s))"),
 };
 
 #define PK(k, t, f, h) {k, RESIL_KEY_##t, offsetof(resil_pool_config, f), 0, 0, false, h}
@@ -68,6 +70,7 @@ static const resil_key_spec svc_keys[] = {
     SK("RESIL_DRAIN_GRACE_MS", MS, drain_grace_ms),
     SK("RESIL_DRAIN_TIMEOUT_MS", MS, drain_timeout_ms),
     SK("RESIL_PREWARM_TIMEOUT_MS", MS, prewarm_timeout_ms),
+    SK("RESIL_EVENT_LOG", STRING, event_log),
 };
 
 #define COUNT(a) (sizeof(a) / sizeof((a)[0]))
@@ -699,6 +702,7 @@ static void assign(resil_config *c, report *r, const kv *e) {
     problem(r, "%s: unknown variable (known: RESIL_DEPS, RESIL_CONFIG_FILE, RESIL_SERVICE, "
                "RESIL_ADMIN_ADDR, RESIL_ADMIN_PORT, RESIL_EMF_NAMESPACE, RESIL_EMF_INTERVAL_MS, "
                "RESIL_DRAIN_GRACE_MS, RESIL_DRAIN_TIMEOUT_MS, RESIL_PREWARM_TIMEOUT_MS, "
+               "RESIL_EVENT_LOG, "
                ENV_PREFIX "<NAME>_<KEY>)",
             e->source);
     return;
@@ -781,6 +785,7 @@ static void service_defaults(resil_service_config *s) {
   s->drain_grace_ms = 5000;
   s->drain_timeout_ms = 20000;
   s->prewarm_timeout_ms = 10000;
+  s->event_log = "json";
 }
 
 static void check_service(report *r, const resil_service_config *s) {
@@ -794,6 +799,10 @@ static void check_service(report *r, const resil_service_config *s) {
   if (s->drain_timeout_ms == 0)
     problem(r, "RESIL_DRAIN_TIMEOUT_MS: must be > 0 (no wait is unbounded, none is instant)");
   if (s->prewarm_timeout_ms == 0) problem(r, "RESIL_PREWARM_TIMEOUT_MS: must be > 0");
+  if (!s->event_log || (strcmp(s->event_log, "json") != 0 && strcmp(s->event_log, "text") != 0 &&
+                        strcmp(s->event_log, "off") != 0))
+    problem(r, "RESIL_EVENT_LOG: '%.40s' is not json, text or off",
+            s->event_log ? s->event_log : "");
   if (s->drain_grace_ms >= s->drain_timeout_ms && s->drain_timeout_ms)
     problem(r, "RESIL_DRAIN_GRACE_MS: %u ms is not below RESIL_DRAIN_TIMEOUT_MS %u ms",
             s->drain_grace_ms, s->drain_timeout_ms);
@@ -928,6 +937,7 @@ static const char *const svc_help[] = {
     "keep admitting calls this long after SIGTERM",
     "wait at most this long for in-flight calls at drain",
     "bound on each start-up pre-warm attempt",
+    "events (breaker changes) on stderr: json, text or off",
 };
 
 static void doc_rows(resil_sbuf *b, const dep_entry *d, const resil_key_spec *keys, size_t n,

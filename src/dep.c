@@ -73,6 +73,12 @@ struct resil_dep {
 
   /* registry */
   resil_dep *reg_next, *reg_prev;
+
+  /* events and recovery probes (probe.c, event.c) */
+  resil_breaker_hook user_hook; /* cfg.breaker.on_transition, called after ours */
+  void *user_hook_ctx;
+  resil__ev_bucket ev;
+  _Atomic uint64_t probe_results[RESIL_PROBE_RESULT_COUNT_];
 };
 
 #define B_REQ 0
@@ -134,6 +140,8 @@ void resil_dep_config_init(resil_dep_config *c, const char *name) {
   c->retry.budget_percent = 20;
   c->retry.budget_min_per_s = 3;
   c->retry.budget_window_ms = 10000;
+  c->probe_interval_ms = 500;
+  c->probe_timeout_ms = 0;
 }
 
 static bool name_ok(const char *n) {
@@ -182,6 +190,10 @@ resil_status resil_dep_config_validate(const resil_dep_config *c, resil_err *err
   resil__check_range(&p, "retry.budget_percent", c->retry.budget_percent, 0, 100);
   resil__check_range(&p, "retry.budget_min_per_s", c->retry.budget_min_per_s, 0, 1000000);
   resil__check_range(&p, "retry.budget_window_ms", c->retry.budget_window_ms, 100, 3600000);
+  if (c->probe_interval_ms)
+    resil__check_range(&p, "probe_interval_ms", c->probe_interval_ms, 10, 3600000);
+  if (c->probe_timeout_ms)
+    resil__check_range(&p, "probe_timeout_ms", c->probe_timeout_ms, 1, 60000);
   resil_err berr;
   if (resil_breaker_config_validate(&c->breaker, prefix, &berr) != RESIL_OK)
     resil__problems_merge(&p, berr.msg);
@@ -216,6 +228,27 @@ size_t resil_registry_foreach(resil_dep_visit_fn fn, void *ctx) {
   return n;
 }
 
+/* ---- events and probes (the rest is in event.c and probe.c) ------------ */
+
+static void dep_transition(void *ctx, const char *name, resil_breaker_state from,
+                           resil_breaker_state to, resil_trip_reason reason) {
+  resil_dep *d = ctx;
+  if (to == RESIL_BREAKER_OPEN) resil__probe_kick();
+  resil__event_breaker(d->name, &d->ev, d->breaker, from, to, reason);
+  if (d->user_hook) d->user_hook(d->user_hook_ctx, name, from, to, reason);
+}
+
+void resil__dep_count_probe(resil_dep *d, resil_probe_result r) {
+  if ((unsigned)r < RESIL_PROBE_RESULT_COUNT_)
+    atomic_fetch_add_explicit(&d->probe_results[r], 1, memory_order_relaxed);
+}
+
+void resil_dep_done_err(resil_permit *p, resil_status outcome, const char *message) {
+  resil__call_msg = message;
+  resil_dep_done(p, outcome);
+  resil__call_msg = NULL;
+}
+
 /* ---- lifecycle --------------------------------------------------------- */
 
 resil_dep *resil_dep_new(const resil_dep_config *cfg, resil_err *err) {
@@ -231,14 +264,24 @@ resil_dep *resil_dep_new(const resil_dep_config *cfg, resil_err *err) {
   resil__strlcpy(d->name, cfg->name, sizeof d->name);
   d->cfg.name = d->name;
   d->cfg.breaker.name = d->name;
-  d->breaker = resil_breaker_new(&d->cfg.breaker, err);
+  /* The breaker reports transitions to the dependency, which emits events,
+   * wakes the probe threads and then calls the user's hook. */
+  d->user_hook = cfg->breaker.on_transition;
+  d->user_hook_ctx = cfg->breaker.hook_ctx;
+  resil_breaker_config bc = d->cfg.breaker;
+  bc.on_transition = dep_transition;
+  bc.hook_ctx = d;
+  resil__ev_bucket_init(&d->ev);
+  d->breaker = resil_breaker_new(&bc, err);
   if (!d->breaker) {
+    resil__ev_bucket_destroy(&d->ev);
     free(d);
     return NULL;
   }
   if (resil__window_init(&d->budget, (uint64_t)cfg->retry.budget_window_ms * 1000000ull, 10) !=
       RESIL_OK) {
     resil_breaker_free(d->breaker);
+    resil__ev_bucket_destroy(&d->ev);
     free(d);
     resil_err_set(err, RESIL_E_NOMEM, "%s: out of memory", cfg->name);
     return NULL;
@@ -254,6 +297,7 @@ resil_dep *resil_dep_new(const resil_dep_config *cfg, resil_err *err) {
     resil__window_destroy(&d->budget);
     resil_breaker_free(d->breaker);
     pthread_mutex_destroy(&d->qmu);
+    resil__ev_bucket_destroy(&d->ev);
     free(d);
     return NULL;
   }
@@ -269,6 +313,7 @@ resil_dep *resil_dep_new(const resil_dep_config *cfg, resil_err *err) {
 
 void resil_dep_free(resil_dep *d) {
   if (!d) return;
+  resil__probe_detach(d);
   pthread_mutex_lock(&reg_mu);
   if (d->reg_prev)
     d->reg_prev->reg_next = d->reg_next;
@@ -282,6 +327,7 @@ void resil_dep_free(resil_dep *d) {
   resil__window_destroy(&d->budget);
   resil_breaker_free(d->breaker);
   pthread_mutex_destroy(&d->qmu);
+  resil__ev_bucket_destroy(&d->ev);
   free(d);
 }
 
@@ -585,7 +631,8 @@ resil_status resil_dep_call(resil_dep *d, resil_deadline deadline, unsigned flag
       resil__strlcpy(was, e->msg, sizeof was);
       st = resil_err_set(e, RESIL_E_DRAINING, "%s: cut at the drain deadline (%s)", d->name, was);
     }
-    resil_dep_done(&p, st);
+    /* the message goes with the outcome into a breaker event, if it trips */
+    resil_dep_done_err(&p, st, st != RESIL_OK && e->status == st && e->msg[0] ? e->msg : NULL);
     last = st;
     if (st == RESIL_OK) return st;
     bool retryable = a.retry == 1 || (a.retry == -1 && resil_status_class_of(st) ==
@@ -651,4 +698,8 @@ void resil_dep_get_stats(const resil_dep *cd, resil_dep_stats *o) {
     }
   }
   o->saturation = sat;
+  for (int k = 0; k < RESIL_PROBE_RESULT_COUNT_; k++)
+    o->probes[k] = atomic_load_explicit(&d->probe_results[k], memory_order_relaxed);
+  o->events = atomic_load_explicit(&d->ev.delivered, memory_order_relaxed);
+  o->events_dropped = atomic_load_explicit(&d->ev.dropped, memory_order_relaxed);
 }

@@ -209,6 +209,10 @@ static void render_dep(resil_sbuf *b, const char *ns, const char *service,
   for (int k = 0; k < RESIL_REJECT_COUNT_; k++) COUNT(reject_metric[k], rejections[k]);
   COUNT("Retries", retries);
   COUNT("BreakerOpened", breaker.transitions[RESIL_BREAKER_OPEN]);
+  COUNT("ProbesSuccess", probes[RESIL_PROBE_SUCCESS]);
+  COUNT("ProbesFailure", probes[RESIL_PROBE_FAILURE]);
+  COUNT("ProbesTimeout", probes[RESIL_PROBE_TIMEOUT]);
+  COUNT("EventsDropped", events_dropped);
   GAUGE("InFlight", cur->in_flight);
   GAUGE("ConcurrencyLimit", cur->limit);
   GAUGE("QueueWaiters", cur->waiters);

@@ -167,6 +167,23 @@ static void render_prometheus(resil_sbuf *b, const resil_stats_vec *s) {
     resil__sb_printf(b, "resil_breaker_transitions_total{dependency=\"%s\",to=\"%s\"} %llu\n", D->name,
               resil_breaker_state_name((resil_breaker_state)k),
               (unsigned long long)D->breaker.transitions[k]);
+  family(b, "resil_probes_total", "counter",
+         "Recovery probes run while the breaker was open, by result (never counted as calls).");
+  EACH(s) for (int k = 0; k < RESIL_PROBE_RESULT_COUNT_; k++)
+    resil__sb_printf(b, "resil_probes_total{dependency=\"%s\",result=\"%s\"} %llu\n", D->name,
+                     resil_probe_result_name((resil_probe_result)k),
+                     (unsigned long long)D->probes[k]);
+  family(b, "resil_events_total", "counter", "State-change events delivered to the event hook.");
+  EACH(s) resil__sb_printf(b, "resil_events_total{dependency=\"%s\"} %llu\n", D->name,
+                           (unsigned long long)D->events);
+  family(b, "resil_events_dropped_total", "counter",
+         "State-change events dropped by the per-dependency rate limit.");
+  EACH(s) resil__sb_printf(b, "resil_events_dropped_total{dependency=\"%s\"} %llu\n", D->name,
+                           (unsigned long long)D->events_dropped);
+  family(b, "resil_event_log_dropped_total", "counter",
+         "Event log lines not written because stderr would have blocked.");
+  resil__sb_printf(b, "resil_event_log_dropped_total %llu\n",
+                   (unsigned long long)resil__event_log_dropped());
   family(b, "resil_call_duration_seconds", "histogram",
          "Latency of admitted calls, admit to done.");
   EACH(s) histogram(b, "resil_call_duration_seconds", D->name, &D->latency);
@@ -264,6 +281,13 @@ static void render_json(resil_sbuf *b, const resil_stats_vec *s) {
               (unsigned long long)D->breaker.window_calls,
               (unsigned long long)D->breaker.window_failures,
               (unsigned long long)D->breaker.window_slow);
+    resil__sb_printf(b, "\"probes\":{");
+    for (int k = 0; k < RESIL_PROBE_RESULT_COUNT_; k++)
+      resil__sb_printf(b, "%s\"%s\":%llu", k ? "," : "",
+                       resil_probe_result_name((resil_probe_result)k),
+                       (unsigned long long)D->probes[k]);
+    resil__sb_printf(b, "},\"events\":%llu,\"events_dropped\":%llu,",
+                     (unsigned long long)D->events, (unsigned long long)D->events_dropped);
     resil__sb_printf(b, "\"latency\":");
     json_hist(b, &D->latency);
     if (D->has_pool) {

@@ -141,6 +141,46 @@ void resil__window_reset(resil_window *w);
 void resil__breaker_record_at(resil_breaker *b, resil_breaker_ticket t, resil_status outcome,
                               uint64_t latency_ns, uint64_t now);
 
+/* If the breaker is OPEN: its generation, when it opened and when the break
+ * ends, and true; else false. Takes the breaker's state mutex. */
+bool resil__breaker_open_info(resil_breaker *b, uint32_t *gen, uint64_t *opened_at_ns,
+                              uint64_t *open_until_ns);
+
+/* ---- Events (event.c) and recovery probes (probe.c) ---------------------- */
+
+/* A dependency's event rate limit (token bucket) and counters. */
+typedef struct resil__ev_bucket {
+  pthread_mutex_t mu;
+  double tokens;
+  uint64_t last_ns;
+  uint32_t suppressed; /* dropped since the last delivered event */
+  _Atomic uint64_t delivered, dropped;
+} resil__ev_bucket;
+
+void resil__ev_bucket_init(resil__ev_bucket *b);
+void resil__ev_bucket_destroy(resil__ev_bucket *b);
+
+/* The message of the call whose outcome is being recorded on this thread
+ * (or of the recovery probe ending a break), for the event a transition
+ * emits; NULL if none. */
+extern _Thread_local const char *resil__call_msg;
+
+/* Emit a breaker transition of dependency dep (rate-limited by bk) to the
+ * event hook, if one is installed. */
+void resil__event_breaker(const char *dep, resil__ev_bucket *bk, resil_breaker *b,
+                          resil_breaker_state from, resil_breaker_state to,
+                          resil_trip_reason reason);
+
+/* Wake the probe threads (a breaker opened). */
+void resil__probe_kick(void);
+/* Remove dep's probe, waiting for a running one (resil_dep_free). */
+void resil__probe_detach(resil_dep *d);
+/* Count a probe result in dep's stats. */
+void resil__dep_count_probe(resil_dep *d, resil_probe_result r);
+
+/* The service layer's event log: lines it could not write (stderr full). */
+uint64_t resil__event_log_dropped(void);
+
 /* ---- A snapshot of every registered dependency ------------------------- */
 typedef struct resil_stats_vec {
   resil_dep_stats *v;

@@ -1,9 +1,16 @@
 /* The start-up/shut-down glue for an ECS-style service: configuration,
  * dependencies, metric labels, background pre-warm, admin endpoint, EMF and
  * SIGTERM, in one call each way. */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "resil/admin.h"
 #include "resil/emf.h"
@@ -18,8 +25,19 @@ typedef struct svc_dep {
   resil_dep *dep;
 } svc_dep;
 
+/* The event log: where and how to write. */
+typedef struct evlog {
+  bool json;
+  int fd;      /* stderr, or our own non-blocking descriptor of its pipe */
+  bool own_fd; /* fd is ours to close */
+  bool sock;   /* stderr is a socket: send(MSG_DONTWAIT) */
+  bool poll;   /* a pipe we could not reopen: write only when poll says so */
+} evlog;
+
 struct resil_service {
   resil_config *cfg;
+  evlog log;
+  bool log_on;
   svc_dep *deps;
   size_t n;
   bool admin, emf;
@@ -31,6 +49,79 @@ struct resil_service {
 };
 
 static _Atomic bool running;
+
+/* ---- the event log ----------------------------------------------------------
+ * One line per event on stderr, never blocking the thread that made the
+ * change (a caller's, on a trip). A pipe (the usual stderr of a container)
+ * is reopened through /proc/self/fd/2 as a separate open file with
+ * O_NONBLOCK - the process's own stderr stays as it was - and a line (at
+ * most 1 KiB, below PIPE_BUF) is written whole or not at all; a socket gets
+ * send(MSG_DONTWAIT); a file or terminal is written directly. A line that
+ * cannot be written at once is dropped and counted
+ * (resil_event_log_dropped_total). SIGPIPE is never raised. */
+static _Atomic uint64_t evlog_dropped;
+
+uint64_t resil__event_log_dropped(void) { return atomic_load(&evlog_dropped); }
+
+static void evlog_open(evlog *l, bool json) {
+  memset(l, 0, sizeof *l);
+  l->json = json;
+  l->fd = STDERR_FILENO;
+  struct stat st;
+  if (fstat(STDERR_FILENO, &st) != 0) return;
+  if (S_ISFIFO(st.st_mode)) {
+    int fd = open("/proc/self/fd/2", O_WRONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd >= 0) {
+      l->fd = fd;
+      l->own_fd = true;
+    } else {
+      l->poll = true;
+    }
+  } else if (S_ISSOCK(st.st_mode)) {
+    l->sock = true;
+  }
+}
+
+static void evlog_close(evlog *l) {
+  if (l->own_fd) close(l->fd);
+  l->own_fd = false;
+}
+
+/* Write one line in one go, or not at all (false). */
+static bool evlog_write(const evlog *l, const char *buf, size_t len) {
+  ssize_t n;
+  if (l->sock) {
+    n = send(l->fd, buf, len, MSG_DONTWAIT | MSG_NOSIGNAL);
+    return n == (ssize_t)len;
+  }
+  if (l->poll) {
+    struct pollfd p = {.fd = l->fd, .events = POLLOUT, .revents = 0};
+    if (poll(&p, 1, 0) != 1 || !(p.revents & POLLOUT)) return false;
+  }
+  /* A reader that went away gives EPIPE and a SIGPIPE: block it, and take
+   * it back if we raised it. */
+  sigset_t pipe_set, old, pending;
+  sigemptyset(&pipe_set);
+  sigaddset(&pipe_set, SIGPIPE);
+  pthread_sigmask(SIG_BLOCK, &pipe_set, &old);
+  bool was_pending = sigpending(&pending) == 0 && sigismember(&pending, SIGPIPE);
+  do {
+    n = write(l->fd, buf, len);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0 && errno == EPIPE && !was_pending) {
+    struct timespec zero = {0, 0};
+    sigtimedwait(&pipe_set, NULL, &zero);
+  }
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  return n == (ssize_t)len;
+}
+
+static void evlog_hook(void *ctx, const resil_event *ev) {
+  const evlog *l = ctx;
+  char line[1024];
+  size_t n = resil_event_format(ev, l->json, line, sizeof line);
+  if (!n || !evlog_write(l, line, n)) atomic_fetch_add(&evlog_dropped, 1);
+}
 
 static resil_status admin_config_json(void *ctx, char **out) {
   *out = resil_config_dump_json(ctx);
@@ -78,6 +169,11 @@ static void teardown(resil_service *s) {
   if (s->emf) resil_emf_stop();
   if (s->admin) resil_admin_stop();
   destroy_deps(s);
+  if (s->log_on) {
+    resil_set_event_hook(NULL, NULL); /* waits for a line being written */
+    evlog_close(&s->log);
+    s->log_on = false;
+  }
   resil_config_free(s->cfg);
   pthread_mutex_destroy(&s->mu);
   pthread_cond_destroy(&s->cv);
@@ -107,6 +203,11 @@ resil_status resil_service_start(char *const *envp, resil_service **out, char **
     return st;
   }
   const resil_service_config *sc = resil_config_service(s->cfg);
+  if (strcmp(sc->event_log, "off") != 0) {
+    evlog_open(&s->log, strcmp(sc->event_log, "json") == 0);
+    resil_set_event_hook(evlog_hook, &s->log);
+    s->log_on = true;
+  }
   resil_export_set_info_label("config_hash", resil_config_hash(s->cfg), NULL);
   resil_export_set_info_label("service", sc->service, NULL);
 

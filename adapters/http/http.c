@@ -49,6 +49,7 @@ struct resil_http {
   uint32_t low_speed_bps, low_speed_s;
   uint16_t failure_statuses[RESIL_HTTP_MAX_FAILURE_STATUSES];
   size_t nfailure;
+  char *probe_url; /* base_url + probe_path */
 };
 
 /* Where one response header sits in http_conn.hbuf. */
@@ -318,6 +319,9 @@ static resil_status validate(const resil_http_config *cfg, resil_err *err, bool 
         snprintf(f, sizeof f, "failure_statuses[%zu]", i);
         add(&p, f, "%u is outside 400..599", cfg->failure_statuses[i]);
       }
+  if (cfg->probe_path && !is_url_part(cfg->probe_path))
+    add(&p, "probe_path", "\"%.60s\" has spaces, '#' or non-ASCII bytes (encode them)",
+        cfg->probe_path);
   if (cfg->deadline_header && *cfg->deadline_header &&
       (!is_token(cfg->deadline_header) || strlen(cfg->deadline_header) > 64))
     add(&p, "deadline_header", "\"%.60s\" is not an HTTP token of at most 64 characters",
@@ -420,10 +424,105 @@ static void conn_abandon(void *ctx, void *conn) {
   free(c);
 }
 
+/* ---- the recovery probe ------------------------------------------------ */
+
+/* Any body byte ends the transfer: the status line and headers are the
+ * answer. */
+static size_t probe_body(char *data, size_t size, size_t nmemb, void *ud) {
+  (void)data;
+  (void)size;
+  (void)nmemb;
+  (void)ud;
+  return 0;
+}
+
+/* Recovery probe (resil_dep_set_probe): GET probe_url on a fresh handle
+ * (a fresh connection) with the default headers, within the deadline. */
+static resil_status http_probe(void *ctx, resil_deadline deadline, resil_err *err) {
+  resil_http *h = ctx;
+  int64_t left = resil_deadline_remaining_ms(deadline);
+  if (left <= 0) return resil_err_set(err, RESIL_E_TIMEOUT, "http '%s': probe: no time", h->name);
+  CURL *e = curl_easy_init();
+  if (!e) return resil_err_set(err, RESIL_E_NOMEM, "http '%s': probe: no curl handle", h->name);
+  char errbuf[CURL_ERROR_SIZE] = "";
+  struct curl_slist *hdrs = NULL, *pin = NULL;
+  resil_status st = RESIL_OK;
+  for (size_t i = 0; i < h->nheaders && st == RESIL_OK; i++) {
+    struct curl_slist *nl = curl_slist_append(hdrs, h->headers[i]);
+    if (nl)
+      hdrs = nl;
+    else
+      st = resil_err_set(err, RESIL_E_NOMEM, "http '%s': probe: out of memory", h->name);
+  }
+  long cto = (long)(left < h->connect_timeout_ms ? left : h->connect_timeout_ms);
+  if (st == RESIL_OK && h->use_resil_resolve) {
+    resil_addr addrs[8];
+    size_t n = 0;
+    resil_err re = {0};
+    st = resil_resolve(h->host, h->port, resil_deadline_min(deadline, resil_deadline_in_ms(cto)),
+                       addrs, 8, &n, &re);
+    if (st == RESIL_OK && n == 0) st = RESIL_E_FAILURE;
+    if (st != RESIL_OK) {
+      st = resil_err_set(err, st == RESIL_E_TIMEOUT ? RESIL_E_TIMEOUT : RESIL_E_FAILURE,
+                         "http '%s': probe: dns: %s", h->name, re.msg);
+    } else {
+      char line[600];
+      int len = snprintf(line, sizeof line, "%s:%u:", h->host, h->port);
+      for (size_t i = 0; i < n && len > 0 && (size_t)len < sizeof line - RESIL_ADDR_TEXT_MAX - 4;
+           i++)
+        len += snprintf(line + len, sizeof line - (size_t)len,
+                        addrs[i].family == AF_INET6 ? "%s[%s]" : "%s%s", i ? "," : "",
+                        addrs[i].text);
+      if (!(pin = curl_slist_append(NULL, line)))
+        st = resil_err_set(err, RESIL_E_NOMEM, "http '%s': probe: out of memory", h->name);
+    }
+    left = resil_deadline_remaining_ms(deadline);
+    if (st == RESIL_OK && left <= 0)
+      st = resil_err_set(err, RESIL_E_TIMEOUT, "http '%s': probe: no time after dns", h->name);
+    if (cto > left) cto = (long)left;
+  }
+  if (st == RESIL_OK) {
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_FORBID_REUSE, 1L);
+    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, errbuf);
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, probe_body);
+    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
+    curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, h->tls_verify ? 1L : 0L);
+    curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, h->tls_verify ? 2L : 0L);
+    if (h->ca_file) curl_easy_setopt(e, CURLOPT_CAINFO, h->ca_file);
+    if (pin) curl_easy_setopt(e, CURLOPT_RESOLVE, pin);
+    curl_easy_setopt(e, CURLOPT_URL, h->probe_url);
+    curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, hdrs);
+    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, cto);
+    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)left);
+    CURLcode rc = curl_easy_perform(e);
+    long code = 0;
+    curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &code);
+    if ((rc == CURLE_OK || rc == CURLE_WRITE_ERROR) && code >= 100) {
+      if (code >= 500 || code == 429)
+        st = resil_err_set(err, RESIL_E_FAILURE, "http '%s': probe: GET %s: HTTP %ld", h->name,
+                           h->probe_url, code);
+      else
+        resil_err_set(err, RESIL_OK, "GET %s: HTTP %ld", h->probe_url, code);
+    } else {
+      st = resil_err_set(err, rc == CURLE_OPERATION_TIMEDOUT ? RESIL_E_TIMEOUT : RESIL_E_FAILURE,
+                         "http '%s': probe: GET %s: %s (curl %d)", h->name, h->probe_url,
+                         errbuf[0] ? errbuf : curl_easy_strerror(rc), (int)rc);
+    }
+  }
+  curl_easy_cleanup(e);
+  curl_slist_free_all(hdrs);
+  curl_slist_free_all(pin);
+  return st;
+}
+
 /* ---- lifecycle --------------------------------------------------------- */
 
 void resil_http_free(resil_http *h) {
   if (!h) return;
+  if (h->dep) resil_dep_set_probe(h->dep, NULL, NULL); /* waits for a running probe */
   if (h->dep) resil_dep_attach_pool(h->dep, NULL);
   resil_pool_free(h->pool);
   resil_dep_free(h->dep);
@@ -434,6 +533,7 @@ void resil_http_free(resil_http *h) {
   free(h->base);
   free(h->deadline_header);
   free(h->ca_file);
+  free(h->probe_url);
   free(h);
 }
 
@@ -494,6 +594,15 @@ resil_http *resil_http_new(const resil_http_config *cfg, resil_err *err) {
         snprintf(h->headers[i], n, "%s;", hd->name);
     }
   }
+  {
+    const char *pp = cfg->probe_path ? cfg->probe_path : "";
+    while (*pp == '/') pp++;
+    size_t bl = strlen(h->base), pl = strlen(pp);
+    if (!(h->probe_url = malloc(bl + pl + 2))) goto nomem;
+    memcpy(h->probe_url, h->base, bl);
+    if (pl) h->probe_url[bl++] = '/';
+    memcpy(h->probe_url + bl, pp, pl + 1);
+  }
   if (!(h->dep = resil_dep_new(&cfg->dep, err))) goto fail;
   resil_pool_config pc = cfg->pool;
   pc.name = h->name;
@@ -501,6 +610,10 @@ resil_http *resil_http_new(const resil_http_config *cfg, resil_err *err) {
       .connect = conn_open, .close = conn_close, .ctx = h, .abandon = conn_abandon};
   if (!(h->pool = resil_pool_new(&pc, &conn, err))) goto fail;
   resil_dep_attach_pool(h->dep, h->pool);
+  if (resil_dep_set_probe(h->dep, http_probe, h) != RESIL_OK) {
+    resil_err_set(err, RESIL_E_SYSTEM, "http '%s': cannot start the recovery probe", h->name);
+    goto fail;
+  }
   return h;
 nomem:
   resil_err_set(err, RESIL_E_NOMEM, "http '%s': out of memory",

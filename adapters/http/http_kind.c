@@ -19,6 +19,8 @@ static const resil_key_spec keys[] = {
     K("low_speed_time_s", UINT, low_speed_time_s, false, "low-speed guard time"),
     K("deadline_header", STRING, deadline_header, false, "header carrying the deadline"),
     K("resolve_with_resil", BOOL, resolve_with_resil, false, "resolve with resil_resolve()"),
+    K("probe_path", STRING, probe_path, false,
+      "recovery probe: GET this path while the breaker is open (default: base_url)"),
 };
 
 RESIL_DEFINE_CONFIG_KIND(http, resil_http_config, resil_http_config_init,

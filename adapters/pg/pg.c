@@ -93,6 +93,7 @@ void resil_pg_config_init(resil_pg_config *cfg, const char *name) {
   cfg->rollback_timeout_ms = 500;
   cfg->alive_bypass_ms = 500;
   cfg->max_result_bytes = RESIL_PG_DEFAULT_MAX_RESULT_BYTES;
+  cfg->probe_sql = "SELECT 1";
 }
 
 /* Is s a libpq connection keyword? */
@@ -194,6 +195,8 @@ resil_status resil_pg_config_validate(const resil_pg_config *cfg, resil_err *err
   resil_problems_check_range(&p, "alive_bypass_ms", cfg->alive_bypass_ms, 0, 60000);
   resil_problems_check_range(&p, "max_result_bytes", cfg->max_result_bytes,
                              RESIL_PG_MIN_MAX_RESULT_BYTES, RESIL_PG_MAX_MAX_RESULT_BYTES);
+  if (!cfg->probe_sql || !*cfg->probe_sql)
+    resil_problem(&p, "probe_sql", "must not be empty (default \"SELECT 1\")");
   return resil_problems_finish(&p, err);
 }
 
@@ -228,6 +231,7 @@ struct resil_pg {
   char app_name[PG_NAME_MAX];
   char tcp_ut[24], ka_idle[16], ka_int[16], ka_cnt[16];
   char *options; /* options with statement_timeout appended, or NULL */
+  char *probe_sql; /* owned copy of cfg.probe_sql */
   resil_dep *dep;
   resil_pool *pool;
   reaper rp;
@@ -1141,6 +1145,32 @@ static bool pg_validate(void *ctx, void *conn, resil_deadline deadline) {
   return st == RESIL_OK && d == DISP_KEEP;
 }
 
+/* Recovery probe (resil_dep_set_probe): a FRESH connection (never a
+ * pooled one), then probe_sql, all under the probe's deadline. */
+static resil_status pg_probe(void *ctx, resil_deadline deadline, resil_err *err) {
+  resil_pg *pg = ctx;
+  void *conn = NULL;
+  resil_err ce;
+  memset(&ce, 0, sizeof ce);
+  resil_status st =
+      pg_connect(pg, resil_deadline_bound(deadline, pg->cfg.connect_timeout_ms), &conn, &ce);
+  if (st != RESIL_OK)
+    return resil_err_set(err, st, "%s: probe: connect: %s", pg->name,
+                         ce.msg[0] ? ce.msg : resil_strerror(st));
+  pg_conn *w = conn;
+  disp d = DISP_KEEP;
+  PGresult *res = NULL;
+  st = run_stmt(pg, w->pq, deadline, NULL, pg->probe_sql, "probe", &res, &d, NULL, err);
+  PQclear(res);
+  if (d == DISP_REAP) { /* still running at the deadline: cancel and close it aside */
+    PGconn *c = w->pq;
+    w->pq = NULL;
+    reap(pg, c);
+  }
+  pg_close(pg, w);
+  return st;
+}
+
 /* ---- Queries ------------------------------------------------------------ */
 
 /* One statement through the dependency: a plain one (name NULL) or a
@@ -1568,6 +1598,7 @@ static resil_status build_keys(resil_pg *pg, resil_err *err) {
 
 void resil_pg_free(resil_pg *pg) {
   if (!pg) return;
+  if (pg->dep) resil_dep_set_probe(pg->dep, NULL, NULL); /* waits for a running probe */
   if (pg->dep && pg->pool) resil_dep_attach_pool(pg->dep, NULL);
   resil_pool_free(pg->pool);
   /* In a child of fork the reaper thread does not exist: joining it would
@@ -1585,6 +1616,7 @@ void resil_pg_free(resil_pg *pg) {
   resil_dep_free(pg->dep);
   free(pg->rp.q);
   free(pg->options);
+  free(pg->probe_sql);
   if (pg->opts) PQconninfoFree(pg->opts);
   free(pg->conninfo);
   free(pg);
@@ -1601,7 +1633,8 @@ resil_pg *resil_pg_new(const resil_pg_config *cfg, resil_err *err) {
   pg->cfg = *cfg;
   pg->cfg.application_name = NULL; /* copied into app_name if used */
   pg->cfg.conninfo = pg->conninfo = xstrdup(cfg->conninfo);
-  if (!pg->conninfo) {
+  pg->cfg.probe_sql = pg->probe_sql = xstrdup(cfg->probe_sql);
+  if (!pg->conninfo || !pg->probe_sql) {
     resil_err_set(err, RESIL_E_NOMEM, "%s: out of memory", pg->name);
     goto fail;
   }
@@ -1655,6 +1688,10 @@ resil_pg *resil_pg_new(const resil_pg_config *cfg, resil_err *err) {
   pg->pool = resil_pool_new(&pc, &cn, err);
   if (!pg->pool) goto fail;
   resil_dep_attach_pool(pg->dep, pg->pool);
+  if (resil_dep_set_probe(pg->dep, pg_probe, pg) != RESIL_OK) {
+    resil_err_set(err, RESIL_E_SYSTEM, "%s: cannot start the recovery probe", pg->name);
+    goto fail;
+  }
   return pg;
 fail:
   resil_pg_free(pg);

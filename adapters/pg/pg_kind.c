@@ -34,6 +34,8 @@ static const resil_key_spec keys[] = {
       "skip the liveness poll() on a connection returned this recently"),
     K("max_result_bytes", SIZE, max_result_bytes, 0, 0, false,
       "most bytes one statement's results may bring; larger is a caller error"),
+    K("probe_sql", STRING, probe_sql, 0, 0, false,
+      "recovery probe statement, run on a fresh connection while the breaker is open"),
 };
 
 RESIL_DEFINE_CONFIG_KIND(pg, resil_pg_config, resil_pg_config_init, resil_pg_config_validate,

@@ -492,6 +492,29 @@ static void rabandon(void *ctx, void *conn) {
   redisFree(c);
 }
 
+/* Recovery probe (resil_dep_set_probe): PING on a FRESH connection, after
+ * AUTH and SELECT, all under the probe's deadline; never a pooled one (a
+ * pooled connection says nothing about whether new ones work). */
+static resil_status rprobe(void *ctx, resil_deadline deadline, resil_err *err) {
+  resil_redis *r = ctx;
+  void *conn = NULL;
+  resil_status st = rconnect(r, deadline, &conn, err);
+  if (st != RESIL_OK) return st;
+  static const char ping[] = "*1\r\n$4\r\nPING\r\n";
+  redisReply *reply = NULL;
+  st = drive(conn, r->name, ping, sizeof ping - 1, 1, &reply, r->max_reply_bytes, deadline,
+             "probe_timeout_ms", "probe", "probe", err);
+  if (st == RESIL_OK) {
+    if (reply->type != REDIS_REPLY_STATUS)
+      st = resil_err_set(err, RESIL_E_FAILURE, "%s: probe: PING answered %.*s", r->name,
+                         reply->type == REDIS_REPLY_ERROR ? (int)reply->len : 0,
+                         reply->type == REDIS_REPLY_ERROR ? reply->str : "");
+    freeReplyObject(reply);
+  }
+  redisFree(conn);
+  return st;
+}
+
 /* ---- Lifecycle ---------------------------------------------------------- */
 
 static char *dup_opt(const char *s, bool *oom) {
@@ -545,6 +568,12 @@ resil_redis *resil_redis_new(const resil_redis_config *cfg, resil_err *err) {
   r->pool = resil_pool_new(&pc, &cn, err);
   if (!r->pool) goto fail;
   resil_dep_attach_pool(r->dep, r->pool);
+  if (resil_dep_set_probe(r->dep, rprobe, r) != RESIL_OK) {
+    resil_err_set(err, RESIL_E_SYSTEM, "%s: cannot start the recovery probe", r->name);
+    resil_dep_attach_pool(r->dep, NULL);
+    resil_pool_free(r->pool);
+    goto fail;
+  }
   return r;
 fail:
   resil_dep_free(r->dep);
@@ -555,6 +584,7 @@ fail:
 
 void resil_redis_free(resil_redis *r) {
   if (!r) return;
+  resil_dep_set_probe(r->dep, NULL, NULL); /* waits for a running probe */
   resil_dep_attach_pool(r->dep, NULL);
   resil_pool_free(r->pool);
   resil_dep_free(r->dep);

@@ -56,6 +56,9 @@ typedef enum resil_trip_reason {
   RESIL_TRIP_SLOW_CALL_RATE,
   RESIL_TRIP_PROBE_FAILED,
   RESIL_TRIP_FORCED,
+  /* Not a trip: the reason given to the transition hook when a successful
+   * recovery probe (resil_breaker_probe_succeeded) ended a break early. */
+  RESIL_TRIP_RECOVERY_PROBE,
   RESIL_TRIP_REASON_COUNT_
 } resil_trip_reason;
 
@@ -159,8 +162,20 @@ RESIL_API void resil_breaker_get_stats(const resil_breaker *b, resil_breaker_sta
  * Returns buf. Thread-safe. */
 RESIL_API const char *resil_breaker_describe(const resil_breaker *b, char *buf, size_t size);
 
+/* End the break now because an out-of-band recovery probe found the
+ * dependency healthy: OPEN moves to HALF_OPEN at once (the transition hook
+ * gets RESIL_TRIP_RECOVERY_PROBE), and the usual half-open calls with real
+ * traffic then close or reopen it. A no-op (returns false) unless the
+ * breaker is OPEN and, when generation is not 0, still in that generation
+ * (resil_breaker_stats.generation read when the probe started), so that a
+ * probe's news never overrides a newer state; never moves FORCED_OPEN or
+ * DISABLED. Neither the trip streak nor the break duration changes: a probe
+ * can only shorten a break, never lengthen one. Returns true if it moved
+ * the breaker. Thread-safe. */
+RESIL_API bool resil_breaker_probe_succeeded(resil_breaker *b, uint32_t generation);
+
 /* Names for enums: "closed", "open", "half_open", "forced_open", "disabled";
- * "consecutive_failures", "failure_rate", ... Never NULL. */
+ * "consecutive_failures", "failure_rate", ..., "recovery_probe". Never NULL. */
 RESIL_API const char *resil_breaker_state_name(resil_breaker_state s);
 RESIL_API const char *resil_trip_reason_name(resil_trip_reason r);
 

@@ -143,6 +143,8 @@ typedef struct resil_service_config {
   uint32_t drain_grace_ms;      /* RESIL_DRAIN_GRACE_MS: keep admitting after SIGTERM; default 5000 */
   uint32_t drain_timeout_ms;    /* RESIL_DRAIN_TIMEOUT_MS: wait for in-flight calls; default 20000 */
   uint32_t prewarm_timeout_ms;  /* RESIL_PREWARM_TIMEOUT_MS: bound on start-up pre-warm; default 10000 */
+  const char *event_log;        /* RESIL_EVENT_LOG: json, text or off: one line per event
+                                   (event.h) on stderr; default "json" */
 } resil_service_config;
 
 /* ---- Loading ------------------------------------------------------------- */

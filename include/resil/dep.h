@@ -57,6 +57,13 @@ typedef struct resil_dep_config {
   resil_breaker_config breaker;
   resil_limit_config limit;
   resil_retry_config retry;
+  /* Recovery probes (see resil_dep_set_probe()): while the breaker is OPEN,
+   * run the dependency's probe every probe_interval_ms (+/- 20% jitter).
+   * Default 500; 0 turns probing off; else 10..3600000. */
+  uint32_t probe_interval_ms;
+  /* Bound on one probe. Default 0: the smaller of timeout_ms and 1000;
+   * else 1..60000. */
+  uint32_t probe_timeout_ms;
 } resil_dep_config;
 
 /* Fill cfg with safe defaults and set its name (may be NULL; set it later).
@@ -118,6 +125,66 @@ RESIL_API resil_status resil_dep_admit(resil_dep *dep, resil_deadline deadline,
  * clears the permit. A second call with the same permit is a no-op.
  * Thread-safe; lock-free and allocation-free unless a waiter must be woken. */
 RESIL_API void resil_dep_done(resil_permit *permit, resil_status outcome);
+
+/* As resil_dep_done(), also giving the call's error message (may be NULL):
+ * if this outcome trips the breaker, the breaker event (event.h) carries
+ * it, so the log says what the failing call saw. resil_dep_call() does this
+ * by itself. Thread-safe. */
+RESIL_API void resil_dep_done_err(resil_permit *permit, resil_status outcome, const char *message);
+
+/* ---- Recovery probes --------------------------------------------------- */
+
+/* A cheap real operation against the dependency, e.g. a PING on a fresh
+ * connection. Must finish by deadline (return RESIL_E_TIMEOUT when it
+ * passes); RESIL_OK means healthy, any other status unhealthy. err (never
+ * NULL) may get a sentence, shown in the event a successful probe emits. */
+typedef resil_status (*resil_probe_fn)(void *ctx, resil_deadline deadline, resil_err *err);
+
+/* Give the dependency a recovery probe (fn NULL removes it). While the
+ * breaker is OPEN (not FORCED_OPEN), resil probes it out of band, on its own
+ * background threads - never on a caller's thread - every
+ * probe_interval_ms (+/- 20% jitter; the first one that long after the
+ * breaker opened), at most one probe in flight per dependency, each bounded
+ * by probe_timeout_ms (default the smaller of timeout_ms and 1 s). No probe
+ * starts once the break's own timer has run out or would before the probe
+ * is due (the next call ends the break then anyway), so a break shorter
+ * than the interval is never probed.
+ * A probe that succeeds in time ends the break at once
+ * (resil_breaker_probe_succeeded(): OPEN -> HALF_OPEN, and the normal
+ * half-open calls close it); one that fails or times out changes nothing -
+ * the break still ends on its timer and does not grow - so probes only ever
+ * shorten an outage. Probe results are counted in resil_dep_stats.probes
+ * (metric resil_probes_total), never as calls.
+ *
+ * The adapters install their own probe in _new (Redis: PING on a fresh
+ * connection after AUTH and SELECT; PostgreSQL: a fresh connection and
+ * probe_sql; HTTP: a GET of probe_path); call this for a dependency without
+ * an adapter. Probes run on a small pool of threads shared by every
+ * dependency (one per probed dependency, at most RESIL_PROBE_THREADS), so a
+ * probe that hangs until its timeout delays other dependencies' probes only
+ * when more than RESIL_PROBE_THREADS probes are due at once, and then by at
+ * most that timeout.
+ *
+ * ctx is not owned; it must stay valid until fn is removed. Removing or
+ * replacing (and resil_dep_free) waits for a running probe of this
+ * dependency to finish, at most its timeout, so afterwards ctx may be freed;
+ * do not call it from inside fn. A no-op returning RESIL_OK when
+ * probe_interval_ms is 0. Errors: RESIL_E_INVALID (dep NULL), RESIL_E_NOMEM,
+ * RESIL_E_SYSTEM (no probe thread could be started). Thread-safe. */
+RESIL_API resil_status resil_dep_set_probe(resil_dep *dep, resil_probe_fn fn, void *ctx);
+
+#define RESIL_PROBE_THREADS 4 /* most probe threads in a process */
+
+/* Results of recovery probes, in the order of the probes[] array. */
+typedef enum resil_probe_result {
+  RESIL_PROBE_SUCCESS = 0, /* answered healthy within its timeout */
+  RESIL_PROBE_FAILURE,     /* answered unhealthy, or could not connect */
+  RESIL_PROBE_TIMEOUT,     /* no answer within its timeout */
+  RESIL_PROBE_RESULT_COUNT_
+} resil_probe_result;
+
+/* "success", "failure", "timeout". Never NULL. */
+RESIL_API const char *resil_probe_result_name(resil_probe_result r);
 
 /* ---- One-call wrapper with retries ------------------------------------- */
 
@@ -225,6 +292,9 @@ typedef struct resil_dep_stats {
    * queue: 1 + waiters/max_waiters for the slot queue, 1 + waiters/max for
    * the pool's queue. Alert on >= 1. */
   double saturation;
+  uint64_t probes[RESIL_PROBE_RESULT_COUNT_]; /* recovery probes by result */
+  uint64_t events;                          /* events delivered (event.h) */
+  uint64_t events_dropped;                  /* events dropped by the rate limit */
 } resil_dep_stats;
 
 /* A snapshot of everything counted for dep. Counters are read one by one

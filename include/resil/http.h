@@ -127,6 +127,13 @@ typedef struct resil_http_config {
    * handed to curl with CURLOPT_RESOLVE. Always on when libcurl was built
    * without the threaded resolver. No effect for a numeric host. */
   bool resolve_with_resil;
+  /* The recovery probe (see resil_dep_set_probe()): while the breaker is
+   * open, a GET of this path (joined to base_url like a request's; NULL or
+   * "" = base_url itself) on a fresh connection with the default headers,
+   * within dep.probe_timeout_ms. Any response other than 5xx or 429 counts
+   * as healthy (a 404 still proves the server answers); the body is not
+   * read. Default NULL; copied. */
+  const char *probe_path;
 } resil_http_config;
 
 /* Fill cfg with safe defaults (see each field) and set the dependency's name
@@ -164,7 +171,7 @@ RESIL_API resil_pool *resil_http_pool(resil_http *h);
 /* The "http" configuration kind (config.h), so that RESIL_DEPS=name:http
  * with RESIL_DEP_<NAME>_BASE_URL, _CONNECT_TIMEOUT_MS, _REQUEST_TIMEOUT_MS,
  * _TLS_VERIFY, _CA_FILE, _MAX_RESPONSE_BYTES, _LOW_SPEED_BYTES_PER_S,
- * _LOW_SPEED_TIME_S, _DEADLINE_HEADER, _RESOLVE_WITH_RESIL (plus the core's
+ * _LOW_SPEED_TIME_S, _DEADLINE_HEADER, _RESOLVE_WITH_RESIL, _PROBE_PATH (plus the core's
  * and pool's keys) configure a client and resil_service builds it. It is
  * registered automatically when libresil-http is loaded; a program linking
  * it statically calls resil_http_register_kind() first. Default headers and

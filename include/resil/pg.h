@@ -189,6 +189,11 @@ typedef struct resil_pg_config {
    * on TCP connections (Linux's byte counters); a Unix-socket connection is
    * bounded by the deadline only. */
   size_t max_result_bytes;
+  /* The recovery probe's statement (see resil_dep_set_probe(): while the
+   * breaker is open, a FRESH connection is made and this is run on it
+   * through the simple protocol, all within dep.probe_timeout_ms); default
+   * "SELECT 1"; copied; must not be empty. */
+  const char *probe_sql;
 } resil_pg_config;
 
 #define RESIL_PG_DEFAULT_MAX_RESULT_BYTES ((size_t)64 << 20)
@@ -233,7 +238,7 @@ RESIL_API resil_pool *resil_pg_pool(resil_pg *pg);
  * _STATEMENT_TIMEOUT, _TCP_USER_TIMEOUT_MS, _KEEPALIVES, _KEEPALIVES_IDLE_S,
  * _KEEPALIVES_INTERVAL_S, _KEEPALIVES_COUNT, _CANCEL_TIMEOUT_MS,
  * _REAPER_QUEUE_MAX, _ROLLBACK_TIMEOUT_MS, _ALIVE_BYPASS_MS,
- * _MAX_RESULT_BYTES (plus the core's and the pool's
+ * _MAX_RESULT_BYTES, _PROBE_SQL (plus the core's and the pool's
  * keys) configure a resil_pg and resil_service builds it. Registered
  * automatically when libresil-pg is loaded; a program linking it statically
  * calls resil_pg_register_kind() first. Thread-safe. */

@@ -65,6 +65,12 @@
  * server answered (RESIL_OK, RESIL_E_CALLER, and the error replies counted as
  * RESIL_E_FAILURE / RESIL_E_OVERLOAD); otherwise *reply is NULL.
  *
+ * Recovery probe: resil_redis_new() installs one (resil_dep_set_probe()):
+ * while the breaker is open, every dep.probe_interval_ms, a PING on a FRESH
+ * connection after AUTH and SELECT, within dep.probe_timeout_ms; a PONG
+ * ends the break at once. Its connections are not the pool's and do not
+ * appear in the pool's stats.
+ *
  * Thread safety: resil_redis_command(), _command_argv(), _pipeline() and
  * the accessors may be called from any number of threads at once on the same
  * resil_redis. _new and _free are not concurrent with anything on that

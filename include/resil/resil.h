@@ -17,6 +17,7 @@
 #include "resil/pool.h"
 #include "resil/resolve.h"
 #include "resil/dep.h"
+#include "resil/event.h"
 #include "resil/export.h"
 #include "resil/config.h"
 #include "resil/service.h"

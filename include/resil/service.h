@@ -18,7 +18,11 @@
  * background (readiness stays 503 until the critical ones are warm; failed
  * pre-warms are retried, each bounded by RESIL_PREWARM_TIMEOUT_MS), starts
  * the admin endpoint if RESIL_ADMIN_PORT is set, the EMF emitter if
- * RESIL_EMF_INTERVAL_MS is not 0, and installs the SIGTERM handler.
+ * RESIL_EMF_INTERVAL_MS is not 0, installs the SIGTERM handler, and -
+ * unless RESIL_EVENT_LOG=off - installs the event hook (event.h) that writes
+ * one line per event (json, or text) to stderr without ever blocking;
+ * stop removes it. Adapters' recovery probes are installed by the adapters
+ * themselves (resil_dep_set_probe()).
  *
  * Only one service may run per process (the admin endpoint, EMF emitter and
  * SIGTERM handler are process-wide).

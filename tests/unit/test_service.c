@@ -14,8 +14,14 @@
 #include <unistd.h>
 #include <cmocka.h>
 
+#include <fcntl.h>
+#include <poll.h>
+
+#include "minijson.h"
 #include "testutil.h"
 #include "resil/resil.h"
+
+uint64_t resil__event_log_dropped(void); /* internal: lines the event log dropped */
 
 /* A free loopback port (bind to 0, read it back, release it). */
 static uint16_t free_port(void) {
@@ -133,10 +139,130 @@ static void service_serves_admin_and_drains_on_sigterm(void **state) {
   assert_int_equal(count_open_fds(), fds); /* the SIGTERM self-pipe predates fds */
 }
 
+/* Read one line starting with '{' (or with `prefix`) from fd within 2 s. */
+static bool read_line(int fd, const char *prefix, char *out, size_t size) {
+  size_t got = 0;
+  uint64_t until = test_now_ms() + 2000;
+  while (test_now_ms() < until && got < size - 1) {
+    struct pollfd p = {.fd = fd, .events = POLLIN, .revents = 0};
+    if (poll(&p, 1, 50) != 1) continue;
+    ssize_t n = read(fd, out + got, 1);
+    if (n != 1) return false;
+    if (out[got] == '\n') {
+      out[got] = '\0';
+      if (strncmp(out, prefix, strlen(prefix)) == 0) return true;
+      got = 0; /* another line (something else wrote to stderr) */
+      continue;
+    }
+    got++;
+  }
+  return false;
+}
+
+static void event_log_writes_one_line_per_event_to_stderr_and_never_blocks(void **state) {
+  (void)state;
+  char *bad[] = {(char *)"RESIL_DEPS=ledger", (char *)"RESIL_EVENT_LOG=verbose", NULL};
+  resil_service *s = NULL;
+  char *report = NULL;
+  resil_err err;
+  assert_int_equal(resil_service_start(bad, &s, &report, &err), RESIL_E_INVALID);
+  assert_non_null(strstr(report, "RESIL_EVENT_LOG: 'verbose' is not json, text or off"));
+  free(report);
+
+  int p[2];
+  assert_int_equal(pipe(p), 0);
+  int saved = dup(STDERR_FILENO);
+  assert_true(saved >= 0);
+  assert_int_equal(dup2(p[1], STDERR_FILENO), STDERR_FILENO);
+  char *env[] = {(char *)"RESIL_DEPS=ledger", (char *)"RESIL_EMF_INTERVAL_MS=0",
+                 (char *)"RESIL_DRAIN_GRACE_MS=0", (char *)"RESIL_DRAIN_TIMEOUT_MS=1s", NULL};
+  if (resil_service_start(env, &s, NULL, &err) != RESIL_OK) {
+    dup2(saved, STDERR_FILENO);
+    fail_msg("start: %s", err.msg);
+  }
+  resil_breaker *b = resil_dep_breaker(resil_service_dep(s, "ledger"));
+  resil_breaker_set_mode(b, RESIL_BREAKER_MODE_FORCE_OPEN); /* json is the default */
+  char line[2048];
+  bool got = read_line(p[0], "{", line, sizeof line);
+  mj *j = got ? mj_parse(line, strlen(line)) : NULL;
+  bool ok = j && mj_get(j, "ts") && mj_get(j, "ts")->t == MJ_STR &&
+            !strcmp(mj_get(j, "type")->str, "breaker") && !strcmp(mj_get(j, "dep")->str, "ledger") &&
+            !strcmp(mj_get(j, "from")->str, "closed") &&
+            !strcmp(mj_get(j, "to")->str, "forced_open") &&
+            !strcmp(mj_get(j, "reason")->str, "forced") && mj_get(j, "message") &&
+            mj_get(j, "detail") && mj_get(j, "open_ms") && mj_get(j, "suppressed");
+  mj_free(j);
+
+  /* stderr a full pipe (nobody reading): the change happens at once and the
+   * line is dropped and counted. */
+  int fl = fcntl(p[1], F_GETFL);
+  fcntl(p[1], F_SETFL, fl | O_NONBLOCK);
+  static char fill[65536];
+  while (write(p[1], fill, sizeof fill) > 0) {
+  }
+  while (write(p[1], fill, 1) > 0) {
+  }
+  fcntl(p[1], F_SETFL, fl);
+  uint64_t dropped = resil__event_log_dropped();
+  uint64_t t0 = test_now_ms();
+  resil_breaker_set_mode(b, RESIL_BREAKER_MODE_AUTO);
+  uint64_t took = test_now_ms() - t0;
+  uint64_t dropped_after = resil__event_log_dropped();
+  char *text = NULL;
+  resil_export_prometheus(&text, NULL, NULL);
+  char want[80];
+  snprintf(want, sizeof want, "resil_event_log_dropped_total %llu\n",
+           (unsigned long long)dropped_after);
+  bool exported = text && strstr(text, want);
+  free(text);
+  resil_status stop = resil_service_stop(s, &err);
+  dup2(saved, STDERR_FILENO);
+  close(saved);
+  close(p[0]);
+  close(p[1]);
+  if (!got) fail_msg("no event line on stderr");
+  if (!ok) fail_msg("bad event line: %s", line);
+  assert_int_equal(stop, RESIL_OK);
+  assert_true(took < 500);
+  assert_int_equal(dropped_after, dropped + 1);
+  assert_true(exported);
+
+  /* text */
+  assert_int_equal(pipe(p), 0);
+  saved = dup(STDERR_FILENO);
+  dup2(p[1], STDERR_FILENO);
+  char *tenv[] = {(char *)"RESIL_DEPS=ledger", (char *)"RESIL_EMF_INTERVAL_MS=0",
+                  (char *)"RESIL_DRAIN_GRACE_MS=0", (char *)"RESIL_DRAIN_TIMEOUT_MS=1s",
+                  (char *)"RESIL_EVENT_LOG=text", NULL};
+  assert_int_equal(resil_service_start(tenv, &s, NULL, &err), RESIL_OK);
+  resil_breaker_set_mode(resil_dep_breaker(resil_service_dep(s, "ledger")),
+                         RESIL_BREAKER_MODE_FORCE_OPEN);
+  got = read_line(p[0], "20", line, sizeof line);
+  resil_service_stop(s, &err);
+  /* off: nothing */
+  char *oenv[] = {(char *)"RESIL_DEPS=ledger", (char *)"RESIL_EMF_INTERVAL_MS=0",
+                  (char *)"RESIL_DRAIN_GRACE_MS=0", (char *)"RESIL_DRAIN_TIMEOUT_MS=1s",
+                  (char *)"RESIL_EVENT_LOG=off", NULL};
+  assert_int_equal(resil_service_start(oenv, &s, NULL, &err), RESIL_OK);
+  resil_breaker_set_mode(resil_dep_breaker(resil_service_dep(s, "ledger")),
+                         RESIL_BREAKER_MODE_FORCE_OPEN);
+  char other[256];
+  bool got_off = read_line(p[0], "", other, sizeof other);
+  resil_service_stop(s, &err);
+  dup2(saved, STDERR_FILENO);
+  close(saved);
+  close(p[0]);
+  close(p[1]);
+  assert_true(got);
+  assert_non_null(strstr(line, "resil event breaker dep=ledger closed -> forced_open reason=forced"));
+  assert_false(got_off);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(bad_environment_starts_nothing_and_names_every_problem),
       cmocka_unit_test(service_serves_admin_and_drains_on_sigterm),
+      cmocka_unit_test(event_log_writes_one_line_per_event_to_stderr_and_never_blocks),
   };
   return cmocka_run_group_tests_name("service", tests, NULL, NULL);
 }

@@ -734,6 +734,78 @@ static void reset_mid_body_fails_in_receive_and_drops_the_connection(void **stat
   fp_stop(fp);
 }
 
+/* Probe interval (500 ms, +20%) + one probe + slack for a loaded machine. */
+static uint64_t heal_bound_ms(void) {
+  const char *b = test_env("RESIL_TEST_BUILD");
+  return b && (strcmp(b, "asan") == 0 || strcmp(b, "tsan") == 0) ? 3000 : 1500;
+}
+
+static void recovery_probe_ends_a_long_break_soon_after_the_upstream_heals(void **state) {
+  (void)state;
+  fp_proxy *fp = fp_start("127.0.0.1", port);
+  assert_non_null(fp);
+  char url[64];
+  snprintf(url, sizeof url, "http://127.0.0.1:%u", fp_port(fp));
+  resil_http_config cfg;
+  resil_http_config_init(&cfg, "probe-api");
+  cfg.base_url = url;
+  cfg.probe_path = "/fast";
+  cfg.dep.timeout_ms = 300; /* probe timeout: min(300, 1000) */
+  cfg.dep.breaker.consecutive_failures = 2;
+  cfg.dep.breaker.failure_rate_percent = 0;
+  cfg.dep.breaker.open_ms = 30000; /* a long break, as after several trips */
+  cfg.dep.breaker.open_max_ms = 60000;
+  cfg.dep.breaker.open_jitter_percent = 0;
+  cfg.dep.breaker.half_open_probes = 1;
+  resil_err err = {0};
+  resil_http *h = resil_http_new(&cfg, &err);
+  if (!h) fail_msg("resil_http_new: %s", err.msg);
+  resil_http_response r;
+  assert_int_equal(resil_http_get(h, resil_deadline_in_ms(1000), "/fast", &r, &err), RESIL_OK);
+  resil_http_response_free(&r);
+  fp_set_mode(fp, FP_BLACKHOLE, 0); /* the upstream hangs */
+  for (int i = 0; i < 2; i++) {
+    assert_int_equal(resil_http_get(h, resil_deadline_in_ms(200), "/fast", &r, &err),
+                     RESIL_E_TIMEOUT);
+    resil_http_response_free(&r);
+  }
+  resil_dep_stats s0, s;
+  resil_dep_get_stats(resil_http_dep(h), &s0);
+  assert_int_equal(s0.breaker.state, RESIL_BREAKER_OPEN);
+
+  /* The outage goes on: probes time out, the break neither ends nor grows. */
+  test_sleep_ms(1600);
+  resil_dep_get_stats(resil_http_dep(h), &s);
+  assert_int_equal(s.breaker.state, RESIL_BREAKER_OPEN);
+  assert_true(s.probes[RESIL_PROBE_TIMEOUT] >= 1);
+  assert_int_equal(s.probes[RESIL_PROBE_SUCCESS], 0);
+  assert_int_equal(s.breaker.open_until_ns, s0.breaker.open_until_ns);
+  for (int k = 0; k < RESIL_OUTCOME_COUNT_; k++) assert_int_equal(s.calls[k], s0.calls[k]);
+
+  /* Heal. Without probes the breaker would refuse calls for > 10 s more. */
+  uint64_t left_ms = (s.breaker.open_until_ns - resil_now_ns()) / 1000000;
+  assert_true(left_ms > 10000);
+  uint64_t healed = test_now_ms();
+  fp_set_mode(fp, FP_PASS, 0);
+  resil_status st = RESIL_E_BREAKER_OPEN;
+  while (test_now_ms() - healed < 10000) {
+    st = resil_http_get(h, resil_deadline_in_ms(300), "/fast", &r, &err);
+    resil_http_response_free(&r);
+    if (st == RESIL_OK) break;
+    test_sleep_ms(10);
+  }
+  uint64_t took = test_now_ms() - healed;
+  print_message("# healed -> first success: %llu ms (the break had %llu ms left)\n",
+                (unsigned long long)took, (unsigned long long)left_ms);
+  assert_int_equal(st, RESIL_OK);
+  assert_true(took <= heal_bound_ms());
+  resil_dep_get_stats(resil_http_dep(h), &s);
+  assert_true(s.probes[RESIL_PROBE_SUCCESS] >= 1);
+  assert_int_equal(s.breaker.state, RESIL_BREAKER_CLOSED);
+  resil_http_free(h);
+  fp_stop(fp);
+}
+
 static void blackholed_connection_times_out_and_is_closed(void **state) {
   (void)state;
   fp_proxy *fp = fp_start("127.0.0.1", port);
@@ -759,6 +831,64 @@ static void blackholed_connection_times_out_and_is_closed(void **state) {
   fp_stop(fp);
 }
 #endif
+
+/* ---- recovery probes: what counts as healthy ---------------------------- */
+
+static resil_http *probing_client(const char *name, const char *probe_path) {
+  resil_http_config cfg;
+  resil_http_config_init(&cfg, name);
+  cfg.base_url = base;
+  cfg.probe_path = probe_path;
+  cfg.dep.probe_interval_ms = 100;
+  cfg.dep.breaker.consecutive_failures = 2;
+  cfg.dep.breaker.failure_rate_percent = 0;
+  cfg.dep.breaker.open_ms = 30000;
+  cfg.dep.breaker.open_jitter_percent = 0;
+  resil_err err = {0};
+  resil_http *h = resil_http_new(&cfg, &err);
+  if (!h) fail_msg("resil_http_new: %s", err.msg);
+  for (int i = 0; i < 2; i++) { /* trip it */
+    resil_http_response r;
+    assert_int_equal(resil_http_get(h, resil_deadline_in_ms(1000), "/status/500", &r, &err),
+                     RESIL_E_FAILURE);
+    resil_http_response_free(&r);
+  }
+  return h;
+}
+
+/* Wait (at most 3 s) until the client's probes add up to n. */
+static resil_dep_stats wait_probes(resil_http *h, uint64_t n) {
+  resil_dep_stats s;
+  uint64_t until = test_now_ms() + 3000;
+  do {
+    resil_dep_get_stats(resil_http_dep(h), &s);
+    if (s.probes[0] + s.probes[1] + s.probes[2] >= n) break;
+    test_sleep_ms(10);
+  } while (test_now_ms() < until);
+  return s;
+}
+
+static void probe_counts_any_answer_but_5xx_and_429_as_healthy(void **state) {
+  (void)state;
+  resil_http *h503 = probing_client("probe-503", "/status/503");
+  resil_http *h429 = probing_client("probe-429", "status/429");
+  resil_http *h404 = probing_client("probe-404", "/status/404");
+  resil_dep_stats s = wait_probes(h503, 3);
+  assert_int_equal(s.probes[RESIL_PROBE_FAILURE], 3);
+  assert_int_equal(s.breaker.state, RESIL_BREAKER_OPEN);
+  s = wait_probes(h429, 3);
+  assert_int_equal(s.probes[RESIL_PROBE_FAILURE], 3);
+  assert_int_equal(s.breaker.state, RESIL_BREAKER_OPEN);
+  s = wait_probes(h404, 1); /* a 404 proves the server answers */
+  assert_int_equal(s.probes[RESIL_PROBE_SUCCESS], 1);
+  assert_int_equal(s.breaker.state, RESIL_BREAKER_HALF_OPEN);
+  /* A probe is not a call. */
+  assert_int_equal(s.calls[RESIL_OUTCOME_FAILURE], 2);
+  assert_int_equal(s.calls[RESIL_OUTCOME_SUCCESS], 0);
+  resil_http_free(h503);
+  resil_http_free(h429);
+  resil_http_free(h404);
+}
 
 /* ---- classification and the breaker ----------------------------------- */
 
@@ -1127,7 +1257,9 @@ int main(void) {
 #ifdef HAVE_FAULTPROXY
       cmocka_unit_test(reset_mid_body_fails_in_receive_and_drops_the_connection),
       cmocka_unit_test(blackholed_connection_times_out_and_is_closed),
+      cmocka_unit_test(recovery_probe_ends_a_long_break_soon_after_the_upstream_heals),
 #endif
+      cmocka_unit_test(probe_counts_any_answer_but_5xx_and_429_as_healthy),
       cmocka_unit_test(not_found_never_trips_the_breaker),
       cmocka_unit_test(five_xx_trip_the_breaker),
       cmocka_unit_test(failure_status_set_is_configurable),

@@ -1,0 +1,215 @@
+/* Events: one process-wide hook, a per-dependency token bucket, and the
+ * line formats the service layer writes. */
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include "internal.h"
+
+_Thread_local const char *resil__call_msg;
+
+static pthread_rwlock_t hook_lock = PTHREAD_RWLOCK_INITIALIZER;
+static resil_event_hook hook_fn;
+static void *hook_ctx;
+
+void resil_set_event_hook(resil_event_hook fn, void *ctx) {
+  pthread_rwlock_wrlock(&hook_lock);
+  hook_fn = fn;
+  hook_ctx = fn ? ctx : NULL;
+  pthread_rwlock_unlock(&hook_lock);
+}
+
+const char *resil_event_type_name(resil_event_type t) {
+  return t == RESIL_EVENT_BREAKER ? "breaker" : "unknown";
+}
+
+void resil__ev_bucket_init(resil__ev_bucket *b) {
+  pthread_mutex_init(&b->mu, NULL);
+  b->tokens = RESIL_EVENT_BURST;
+  b->last_ns = 0;
+  b->suppressed = 0;
+  atomic_init(&b->delivered, 0);
+  atomic_init(&b->dropped, 0);
+}
+
+void resil__ev_bucket_destroy(resil__ev_bucket *b) { pthread_mutex_destroy(&b->mu); }
+
+/* Take a token at now. On success *suppressed gets the events dropped since
+ * the last one delivered (and the count restarts). */
+static bool bucket_take(resil__ev_bucket *b, uint64_t now, uint32_t *suppressed) {
+  pthread_mutex_lock(&b->mu);
+  if (b->last_ns && now > b->last_ns) {
+    b->tokens += (double)(now - b->last_ns) * RESIL_EVENT_RATE_PER_S / 1e9;
+    if (b->tokens > RESIL_EVENT_BURST) b->tokens = RESIL_EVENT_BURST;
+  }
+  if (now > b->last_ns) b->last_ns = now;
+  bool ok = b->tokens >= 1.0;
+  if (ok) {
+    b->tokens -= 1.0;
+    *suppressed = b->suppressed;
+    b->suppressed = 0;
+  } else {
+    b->suppressed++;
+  }
+  pthread_mutex_unlock(&b->mu);
+  return ok;
+}
+
+static const char *transition_reason(resil_breaker_state from, resil_breaker_state to,
+                                     resil_trip_reason reason) {
+  switch (to) {
+    case RESIL_BREAKER_OPEN: return resil_trip_reason_name(reason);
+    case RESIL_BREAKER_FORCED_OPEN: return "forced";
+    case RESIL_BREAKER_HALF_OPEN:
+      return reason == RESIL_TRIP_RECOVERY_PROBE ? "recovery_probe" : "break_elapsed";
+    case RESIL_BREAKER_CLOSED:
+      return from == RESIL_BREAKER_HALF_OPEN ? "half_open_succeeded" : "operator";
+    default: return "operator";
+  }
+}
+
+void resil__event_breaker(const char *dep, resil__ev_bucket *bk, resil_breaker *b,
+                          resil_breaker_state from, resil_breaker_state to,
+                          resil_trip_reason reason) {
+  pthread_rwlock_rdlock(&hook_lock);
+  if (!hook_fn) {
+    pthread_rwlock_unlock(&hook_lock);
+    return;
+  }
+  uint64_t now = resil_now_ns();
+  uint32_t suppressed = 0;
+  if (!bucket_take(bk, now, &suppressed)) {
+    atomic_fetch_add_explicit(&bk->dropped, 1, memory_order_relaxed);
+    pthread_rwlock_unlock(&hook_lock);
+    return;
+  }
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  resil_breaker_stats st;
+  resil_breaker_get_stats(b, &st);
+  char detail[200];
+  resil_breaker_describe(b, detail, sizeof detail);
+  resil_event ev = {
+      .type = RESIL_EVENT_BREAKER,
+      .dep = dep,
+      .wall_ns = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec,
+      .mono_ns = now,
+      .from = (int)from,
+      .to = (int)to,
+      .reason = transition_reason(from, to, reason),
+      .message = resil__call_msg ? resil__call_msg : "",
+      .detail = detail,
+      .open_ms = 0,
+      .trip_streak = st.trip_streak,
+      .suppressed = suppressed,
+  };
+  /* The stats may already show a later state (another thread moved on):
+   * the break's length only when they still show this one. */
+  if (to == RESIL_BREAKER_OPEN && st.state == RESIL_BREAKER_OPEN &&
+      st.open_until_ns > st.opened_at_ns)
+    ev.open_ms = (st.open_until_ns - st.opened_at_ns + 500000) / 1000000;
+  hook_fn(hook_ctx, &ev);
+  atomic_fetch_add_explicit(&bk->delivered, 1, memory_order_relaxed);
+  pthread_rwlock_unlock(&hook_lock);
+}
+
+/* ---- formatting --------------------------------------------------------- */
+
+/* Append s (at most max bytes of it) JSON-escaped to buf[*o..cap), leaving
+ * room for `reserve` more bytes. Non-ASCII bytes become '?' so that the
+ * line is valid UTF-8 whatever a server sent. */
+static void esc(char *buf, size_t *o, size_t cap, const char *s, size_t max, size_t reserve,
+                bool json) {
+  size_t n = 0;
+  for (; s && *s && n < max; s++, n++) {
+    unsigned char ch = (unsigned char)*s;
+    char tmp[8];
+    size_t tl;
+    if (json && (ch == '"' || ch == '\\')) {
+      tmp[0] = '\\';
+      tmp[1] = (char)ch;
+      tl = 2;
+    } else if (ch < 0x20 || ch == 0x7f) {
+      if (json)
+        tl = (size_t)snprintf(tmp, sizeof tmp, "\\u%04x", ch);
+      else {
+        tmp[0] = ' ';
+        tl = 1;
+      }
+    } else if (ch >= 0x80) {
+      tmp[0] = '?';
+      tl = 1;
+    } else {
+      tmp[0] = (char)ch;
+      tl = 1;
+    }
+    if (*o + tl + reserve >= cap) break;
+    memcpy(buf + *o, tmp, tl);
+    *o += tl;
+  }
+  buf[*o] = '\0';
+}
+
+static void put(char *buf, size_t *o, size_t cap, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static void put(char *buf, size_t *o, size_t cap, const char *fmt, ...) {
+  if (*o >= cap) return;
+  va_list ap;
+  va_start(ap, fmt);
+  int n = vsnprintf(buf + *o, cap - *o, fmt, ap);
+  va_end(ap);
+  if (n > 0) *o += (size_t)n < cap - *o ? (size_t)n : cap - *o - 1;
+}
+
+static const char *state_of(const resil_event *ev, int s) {
+  if (ev->type != RESIL_EVENT_BREAKER || s < 0) return "";
+  return resil_breaker_state_name((resil_breaker_state)s);
+}
+
+size_t resil_event_format(const resil_event *ev, bool json, char *buf, size_t size) {
+  if (!ev || !buf || size < 256) return 0;
+  time_t secs = (time_t)(ev->wall_ns / 1000000000ull);
+  unsigned ms = (unsigned)(ev->wall_ns % 1000000000ull / 1000000ull);
+  struct tm tm;
+  gmtime_r(&secs, &tm);
+  char when[80];
+  snprintf(when, sizeof when, "%04d-%02d-%02dT%02d:%02d:%02d.%03uZ", tm.tm_year + 1900,
+           tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ms);
+  const char *dep = ev->dep ? ev->dep : "";
+  const char *reason = ev->reason ? ev->reason : "";
+  /* The fixed parts take < 200 bytes; the message and detail share the
+   * rest, the message first (it is what went wrong). */
+  const size_t tail = 120;
+  size_t o = 0;
+  buf[0] = '\0';
+  if (json) {
+    put(buf, &o, size, "{\"ts\":\"%s\",\"type\":\"%s\",\"dep\":\"", when,
+        resil_event_type_name(ev->type));
+    esc(buf, &o, size, dep, 63, tail, true);
+    put(buf, &o, size, "\",\"from\":\"%s\",\"to\":\"%s\",\"reason\":\"", state_of(ev, ev->from),
+        state_of(ev, ev->to));
+    esc(buf, &o, size, reason, 40, tail, true);
+    put(buf, &o, size, "\",\"message\":\"");
+    esc(buf, &o, size, ev->message, (size - o) / 2, tail, true);
+    put(buf, &o, size, "\",\"detail\":\"");
+    esc(buf, &o, size, ev->detail, 400, tail, true);
+    put(buf, &o, size, "\",\"open_ms\":%llu,\"trip_streak\":%u,\"suppressed\":%u}\n",
+        (unsigned long long)ev->open_ms, ev->trip_streak, ev->suppressed);
+  } else {
+    put(buf, &o, size, "%s resil event %s dep=", when, resil_event_type_name(ev->type));
+    esc(buf, &o, size, dep, 63, tail, false);
+    put(buf, &o, size, " %s -> %s reason=", state_of(ev, ev->from), state_of(ev, ev->to));
+    esc(buf, &o, size, reason, 40, tail, false);
+    if (ev->open_ms) put(buf, &o, size, " open_ms=%llu", (unsigned long long)ev->open_ms);
+    if (ev->suppressed) put(buf, &o, size, " suppressed=%u", ev->suppressed);
+    if (ev->message && *ev->message) {
+      put(buf, &o, size, " message=\"");
+      esc(buf, &o, size, ev->message, (size - o) / 2, tail, false);
+      put(buf, &o, size, "\"");
+    }
+    put(buf, &o, size, " (");
+    esc(buf, &o, size, ev->detail, 400, tail, false);
+    put(buf, &o, size, ")\n");
+  }
+  return o;
+}
