@@ -19,6 +19,15 @@ void resil_set_event_hook(resil_event_hook fn, void *ctx) {
   pthread_rwlock_unlock(&hook_lock);
 }
 
+/* fork (see fork.c): no thread is inside the hook while the process is
+ * copied, so the child's resil_set_event_hook() never waits on a reader
+ * that does not exist there. */
+void resil__event_fork_prepare(void) { pthread_rwlock_wrlock(&hook_lock); }
+void resil__event_fork_parent(void) { pthread_rwlock_unlock(&hook_lock); }
+/* glibc knows the writer by thread id, which the child's thread does not
+ * share with its parent: unlocking would be taken as a reader's unlock. */
+void resil__event_fork_child(void) { pthread_rwlock_init(&hook_lock, NULL); }
+
 const char *resil_event_type_name(resil_event_type t) {
   return t == RESIL_EVENT_BREAKER ? "breaker" : "unknown";
 }

@@ -3,7 +3,8 @@
  *
  * One pthread_atfork() handler, registered the first time a dependency or a
  * pool is created:
- *   prepare  locks the dependency registry, every dependency's queue and
+ *   prepare  locks the event hook (write) and the recovery probes' list,
+ *            then the dependency registry, every dependency's queue and
  *            breaker mutexes, then the pool registry and every pool's mutex,
  *            always in that order (no code path holds one of these and
  *            waits for an earlier one), so no other thread is inside a
@@ -15,7 +16,8 @@
  *            object's fork generation (permits and connections from before
  *            the fork are recognised by it and never touch the new counts),
  *            re-initialises condition variables that may list waiters of
- *            vanished threads, and unlocks.
+ *            vanished threads, forgets the probe threads (they start again
+ *            on the child's next open breaker), and unlocks.
  * The child handler does no I/O and frees nothing: pre-fork connections are
  * abandoned lazily by the pool, outside the handler.
  */
@@ -24,6 +26,8 @@
 static pthread_once_t fork_once = PTHREAD_ONCE_INIT;
 
 static void prepare(void) {
+  resil__event_fork_prepare();
+  resil__probe_fork_prepare();
   resil__dep_fork_prepare();
   resil__pool_fork_prepare();
 }
@@ -31,11 +35,15 @@ static void prepare(void) {
 static void parent(void) {
   resil__pool_fork_parent();
   resil__dep_fork_parent();
+  resil__probe_fork_parent();
+  resil__event_fork_parent();
 }
 
 static void child(void) {
   resil__pool_fork_child();
   resil__dep_fork_child();
+  resil__probe_fork_child();
+  resil__event_fork_child();
 }
 
 static void register_handlers(void) { pthread_atfork(prepare, parent, child); }

@@ -206,6 +206,12 @@ void resil__dep_fork_child(void);
 void resil__pool_fork_prepare(void);
 void resil__pool_fork_parent(void);
 void resil__pool_fork_child(void);
+void resil__probe_fork_prepare(void);
+void resil__probe_fork_parent(void);
+void resil__probe_fork_child(void);
+void resil__event_fork_prepare(void);
+void resil__event_fork_parent(void);
+void resil__event_fork_child(void);
 /* A dependency's breaker around fork: lock its mutex (prepare), unlock it
  * (parent), and in the child start a new half-open round if it was
  * half-open (probes held by vanished threads never come back) and unlock. */

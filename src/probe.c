@@ -62,10 +62,28 @@ static void init_cvs(void) {
   resil__cond_init(&done_cv);
 }
 
+static void *probe_main(void *arg);
+
+/* Start threads until there is one per probed dependency (at most
+ * RESIL_PROBE_THREADS). mu held. Returns the pthread_create error of the
+ * first thread that could not start, 0 if none failed. */
+static int start_threads(void) {
+  size_t want = nentries < RESIL_PROBE_THREADS ? nentries : RESIL_PROBE_THREADS;
+  while (nthreads < want) {
+    int rc = pthread_create(&threads[nthreads], NULL, probe_main, NULL);
+    if (rc != 0) return rc;
+    nthreads++;
+  }
+  return 0;
+}
+
 void resil__probe_kick(void) {
   pthread_once(&cv_once, init_cvs);
   pthread_mutex_lock(&mu);
-  if (nentries) pthread_cond_broadcast(&work_cv);
+  if (nentries) {
+    (void)start_threads(); /* none after a fork(): the child's first open breaker starts them */
+    pthread_cond_broadcast(&work_cv);
+  }
   pthread_mutex_unlock(&mu);
 }
 
@@ -201,21 +219,14 @@ static resil_status set_probe(resil_dep *d, resil_probe_fn fn, void *ctx, resil_
     entries = e;
     nentries++;
   }
-  size_t want = nentries < RESIL_PROBE_THREADS ? nentries : RESIL_PROBE_THREADS;
   resil_status st = RESIL_OK;
-  while (nthreads < want) {
-    int rc = pthread_create(&threads[nthreads], NULL, probe_main, NULL);
-    if (rc != 0) {
-      if (nthreads == 0 && e && fn) { /* nobody could run it: undo */
-        *find(d) = e->next;
-        nentries--;
-        free(e);
-        st = resil_err_set(err, RESIL_E_SYSTEM, "%s: probe: cannot start a thread: %s",
-                           resil_dep_name(d), strerror(rc));
-      }
-      break;
-    }
-    nthreads++;
+  int rc = start_threads();
+  if (rc != 0 && nthreads == 0 && e && fn) { /* nobody could run it: undo */
+    *find(d) = e->next;
+    nentries--;
+    free(e);
+    st = resil_err_set(err, RESIL_E_SYSTEM, "%s: probe: cannot start a thread: %s",
+                       resil_dep_name(d), strerror(rc));
   }
   pthread_cond_broadcast(&work_cv); /* the new entry's breaker may be open already */
   bool idle = nentries == 0 && nthreads > 0;
@@ -235,4 +246,29 @@ void resil__probe_detach(resil_dep *d) {
   bool has = *find(d) != NULL;
   pthread_mutex_unlock(&mu);
   if (has) set_probe(d, NULL, NULL, NULL);
+}
+
+/* ---- fork (see fork.c) ------------------------------------------------ */
+
+/* Before fork: no probe thread is inside the list; a probe running
+ * unlocked is the parent's business (its thread does not exist in the
+ * child). */
+void resil__probe_fork_prepare(void) { pthread_mutex_lock(&mu); }
+
+void resil__probe_fork_parent(void) { pthread_mutex_unlock(&mu); }
+
+/* In the child: no probe thread exists, none is running, and set_probe()
+ * (serialised by life_mu, which a vanished thread may hold) must not wait
+ * for one. Threads start again on the next open breaker or set_probe(). */
+void resil__probe_fork_child(void) {
+  for (probe_entry *e = entries; e; e = e->next) {
+    e->running = false;
+    e->gen = 0;
+  }
+  nthreads = 0;
+  stopping = false;
+  pthread_mutex_init(&life_mu, NULL);
+  resil__cond_init(&work_cv);
+  resil__cond_init(&done_cv);
+  pthread_mutex_unlock(&mu);
 }

@@ -11,6 +11,8 @@
 #include <stdio.h>
 #include <string.h>
 #include <pthread.h>
+#include <signal.h>
+#include <sys/wait.h>
 #include <unistd.h>
 #include <cmocka.h>
 
@@ -20,6 +22,10 @@
 #include "resil/resil.h"
 
 #define MS 1000000ull
+
+/* The fork test's child starts threads (TSan's default is to die there). */
+const char *__tsan_default_options(void);
+const char *__tsan_default_options(void) { return "die_after_fork=0"; }
 
 static int setup_fake(void **state) {
   (void)state;
@@ -434,6 +440,61 @@ static void removing_a_probe_waits_for_the_running_one(void **state) {
   free_bystanders(by);
 }
 
+/* fork() while a probe runs on the parent's probe thread: the child (whose
+ * probe threads do not exist) can remove and replace the probe without
+ * waiting for the vanished one, and its own open breaker is probed again by
+ * threads started in the child: a success there moves it to HALF_OPEN. The
+ * child reports by exit code; alarm() turns a hang into a failure. */
+static void fork_child_probes_again_and_never_waits_for_the_parents_probe(void **state) {
+  (void)state;
+  probe_ctx pc;
+  ctx_init(&pc, RESIL_E_FAILURE);
+  pc.block = true;
+  resil_dep *d = mk_dep("probe-fork", 50);
+  assert_int_equal(resil_dep_set_probe(d, probe_fn, &pc), RESIL_OK);
+  call(d, RESIL_E_FAILURE, RESIL_OK);
+  fake_clock_advance_ms(70);
+  uint64_t until = test_now_ms() + 3000;
+  while (calls_of(&pc) < 1 && test_now_ms() < until) test_sleep_ms(2);
+  assert_int_equal(calls_of(&pc), 1); /* running, blocked, on the parent's probe thread */
+  fflush(NULL);
+  pid_t pid = fork();
+  assert_true(pid >= 0);
+  if (pid == 0) {
+    alarm(10);
+    resil_dep_set_probe(d, NULL, NULL); /* must not wait for the parent's probe */
+    probe_ctx child;
+    ctx_init(&child, RESIL_OK);
+    if (resil_dep_set_probe(d, probe_fn, &child) != RESIL_OK) _exit(2);
+    if (resil_breaker_get_state(resil_dep_breaker(d)) != RESIL_BREAKER_OPEN) _exit(3);
+    fake_clock_advance_ms(70);
+    if (!wait_calls(&child, 1)) _exit(4); /* a probe thread runs in the child */
+    if (!wait_counted(d, 1)) _exit(5); /* the child's (the parent's never ended here) */
+    if (resil_breaker_get_state(resil_dep_breaker(d)) != RESIL_BREAKER_HALF_OPEN) _exit(6);
+    resil_dep_set_probe(d, NULL, NULL);
+    _exit(0);
+  }
+  int status = 0;
+  pid_t w = 0;
+  until = test_now_ms() + 15000;
+  while ((w = waitpid(pid, &status, WNOHANG)) == 0 && test_now_ms() < until) test_sleep_ms(5);
+  if (w == 0) {
+    kill(pid, SIGKILL);
+    waitpid(pid, &status, 0);
+  }
+  pthread_mutex_lock(&pc.mu);
+  pc.block = false;
+  pthread_cond_broadcast(&pc.cv);
+  pthread_mutex_unlock(&pc.mu);
+  assert_true(wait_calls(&pc, 1));
+  resil_dep_set_probe(d, NULL, NULL);
+  resil_dep_free(d);
+  if (WIFSIGNALED(status))
+    fail_msg("the child was killed by signal %d (hung: SIGALRM is %d)", WTERMSIG(status), SIGALRM);
+  assert_true(WIFEXITED(status));
+  if (WEXITSTATUS(status) != 0) fail_msg("the child failed at step %d", WEXITSTATUS(status));
+}
+
 /* ---- events ---------------------------------------------------------------- */
 
 typedef struct ev_rec {
@@ -636,6 +697,7 @@ int main(void) {
       F(one_probe_in_flight_and_a_late_success_is_a_timeout),
       F(forced_open_is_never_probed_and_interval_zero_turns_probing_off),
       F(removing_a_probe_waits_for_the_running_one),
+      F(fork_child_probes_again_and_never_waits_for_the_parents_probe),
       F(events_name_the_reason_and_the_tripping_calls_error),
       F(a_flapping_breaker_is_rate_limited_and_drops_are_counted),
       F(lines_are_valid_json_whatever_the_message),
