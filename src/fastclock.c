@@ -92,6 +92,8 @@ __extension__ typedef unsigned __int128 u128;
 #define AGREE_NS 50000ull       /* validation bound: 50 us ... */
 #define AGREE_PPM_DIV 2000ull   /* ... plus 500 ppm of the time since the last check */
 #define ANCHORS 8u
+#define RETRY_NS 60000000000ull /* after a failed check: calibrate again in 60 s, */
+#define RETRIES 3u              /* then 120 s, 240 s; the 4th failure is final */
 
 enum { FC_UNKNOWN = 0, FC_OFF, FC_CALIB, FC_TSC, FC_FAILED };
 
@@ -110,10 +112,15 @@ static _Atomic uint64_t fc_cal_next; /* calibration: CLOCK_MONOTONIC when the ne
 static pthread_mutex_t fc_detect_mu = PTHREAD_MUTEX_INITIALIZER;
 /* Written once before fc_mode leaves FC_UNKNOWN (choice) or enters
  * FC_FAILED (fail), read after an acquire load of fc_mode. */
-static char fc_why_choice[256], fc_why_fail[256];
+static char fc_why_choice[256], fc_why_fail[2][256];
+static _Atomic unsigned fc_why_idx;   /* fc_why_fail[fc_why_idx]: the last failure */
+static _Atomic uint64_t fc_retry_at;  /* FC_FAILED: when to calibrate again; 0: never */
+static _Atomic unsigned fc_failures;  /* checks failed so far (written with fc_busy held) */
 
 /* Owned by the thread holding fc_busy. */
 static uint64_t cal_t0, cal_n0, cal_t1, cal_n1; /* calibration points (t0: also the slope's origin) */
+
+static uint64_t fc_retry_ns = RETRY_NS;          /* first back-off (tests shorten it) */
 static int64_t test_skew_ppm, test_tsc_offset;   /* test hooks, see internal.h */
 
 static inline uint64_t mono_ns(void) {
@@ -197,14 +204,28 @@ static bool take_busy(void) {
 static void drop_busy(void) { atomic_store_explicit(&fc_busy, 0, memory_order_release); }
 
 #if HAVE_TSC
-static inline bool fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static inline bool fail(const char *fmt, ...) {
+/* A check failed at CLOCK_MONOTONIC ns (fc_busy held): clock_gettime from
+ * now on; calibrate again after a back-off (RETRY_NS, doubling) unless this
+ * was the RETRIES+1st failure. */
+static void fail(uint64_t ns, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void fail(uint64_t ns, const char *fmt, ...) {
+  unsigned n = atomic_fetch_add_explicit(&fc_failures, 1, memory_order_relaxed) + 1;
+  char *w = fc_why_fail[n % 2]; /* a reader may still hold the other one */
   va_list ap;
   va_start(ap, fmt);
-  vsnprintf(fc_why_fail, sizeof fc_why_fail, fmt, ap);
+  int l = vsnprintf(w, sizeof fc_why_fail[0], fmt, ap);
   va_end(ap);
+  uint64_t after = n <= RETRIES ? fc_retry_ns << (n - 1) : 0;
+  if (l > 0 && (size_t)l < sizeof fc_why_fail[0]) {
+    if (after)
+      snprintf(w + l, sizeof fc_why_fail[0] - (size_t)l,
+               "; failure %u, calibrating again in %" PRIu64 " ms", n, (uint64_t)(after / 1000000));
+    else
+      snprintf(w + l, sizeof fc_why_fail[0] - (size_t)l, "; failure %u, clock_gettime for good", n);
+  }
+  atomic_store_explicit(&fc_why_idx, n % 2, memory_order_relaxed);
+  atomic_store_explicit(&fc_retry_at, after ? ns + after : 0, memory_order_relaxed);
   atomic_store_explicit(&fc_mode, FC_FAILED, memory_order_release);
-  return false;
 }
 
 /* A TSC value and CLOCK_MONOTONIC at the same instant, to within half the
@@ -290,13 +311,13 @@ static uint64_t calibrate(void) {
   if (ns - cal_n1 < CAL_STEP_NS) return ns;
   uint64_t m1 = slope(cal_n1 - cal_n0, cal_t1 - cal_t0);
   if (!m1) {
-    fail("calibration: %" PRIu64 " TSC ticks in %" PRIu64 " ns is not a plausible rate",
+    fail(ns, "calibration: %" PRIu64 " TSC ticks in %" PRIu64 " ns is not a plausible rate",
          cal_t1 - cal_t0, cal_n1 - cal_n0);
     return ns;
   }
   uint64_t d = disagreement(cal_t1, cal_n1, m1, tsc, ns);
   if (d > bound(ns - cal_n1)) {
-    fail("calibration: %" PRIu64 " us after the TSC's rate was measured over %" PRIu64
+    fail(ns, "calibration: %" PRIu64 " us after the TSC's rate was measured over %" PRIu64
          " us, it was %" PRIu64 " us off CLOCK_MONOTONIC (bound %" PRIu64 " us)",
          (ns - cal_n1) / 1000, (cal_n1 - cal_n0) / 1000, d / 1000, bound(ns - cal_n1) / 1000);
     return ns;
@@ -322,19 +343,19 @@ static uint64_t reanchor(uint64_t seen) {
   uint64_t elapsed = ns > an ? ns - an : 0;
   uint64_t d = disagreement(at, an, am, tsc, ns);
   if (d > bound(elapsed)) {
-    fail("validation: %" PRIu64 " ms after the last anchor the TSC was %" PRIu64
+    fail(ns, "validation: %" PRIu64 " ms after the last anchor the TSC was %" PRIu64
          " us off CLOCK_MONOTONIC (bound %" PRIu64 " us)",
          elapsed / 1000000, d / 1000, bound(elapsed) / 1000);
     return ns;
   }
   atomic_fetch_add_explicit(&fc_checks, 1, memory_order_relaxed);
   if (tsc <= cal_t0 || ns <= cal_n0) {
-    fail("validation: the TSC went backwards past the calibration point");
+    fail(ns, "validation: the TSC went backwards past the calibration point");
     return ns;
   }
   uint64_t mult = slope(ns - cal_n0, tsc - cal_t0);
   if (!mult) {
-    fail("validation: implausible TSC rate over the process's life");
+    fail(ns, "validation: implausible TSC rate over the process's life");
     return ns;
   }
   publish(tsc, ns, mult);
@@ -395,6 +416,18 @@ static __attribute__((noinline)) uint64_t now_slow(uint64_t seen) {
     uint64_t ns = mono_ns();
     if (ns < atomic_load_explicit(&fc_cal_next, memory_order_relaxed) || !take_busy()) return ns;
     if (atomic_load_explicit(&fc_mode, memory_order_relaxed) == FC_CALIB) ns = calibrate();
+    drop_busy();
+    return ns;
+  }
+  if (m == FC_FAILED) {
+    uint64_t ns = mono_ns(), at = atomic_load_explicit(&fc_retry_at, memory_order_relaxed);
+    if (at == 0 || ns < at || !take_busy()) return ns;
+    if (atomic_load_explicit(&fc_mode, memory_order_relaxed) == FC_FAILED &&
+        atomic_load_explicit(&fc_retry_at, memory_order_relaxed) == at) {
+      cal_t0 = cal_n0 = cal_t1 = cal_n1 = 0; /* from scratch: new slope origin too */
+      atomic_store_explicit(&fc_cal_next, 0, memory_order_relaxed);
+      atomic_store_explicit(&fc_mode, FC_CALIB, memory_order_release);
+    }
     drop_busy();
     return ns;
   }
@@ -461,7 +494,9 @@ const char *resil__fast_clock_state(void) {
 }
 
 const char *resil__fast_clock_why(void) {
-  return detect() == FC_FAILED ? fc_why_fail : fc_why_choice;
+  return detect() == FC_FAILED
+             ? fc_why_fail[atomic_load_explicit(&fc_why_idx, memory_order_relaxed)]
+             : fc_why_choice;
 }
 
 uint64_t resil__fast_clock_anchors(void) {
@@ -490,8 +525,22 @@ void resil__fast_clock_test_reset(void) {
   atomic_store(&fc_worst, 0);
   cal_t0 = cal_n0 = cal_t1 = cal_n1 = 0;
   test_skew_ppm = test_tsc_offset = 0;
-  fc_why_choice[0] = fc_why_fail[0] = 0;
+  fc_why_choice[0] = fc_why_fail[0][0] = fc_why_fail[1][0] = 0;
+  atomic_store(&fc_failures, 0);
+  fc_retry_ns = RETRY_NS;
+  atomic_store(&fc_retry_at, 0);
+  atomic_store(&fc_why_idx, 0);
   pthread_mutex_unlock(&fc_detect_mu);
+}
+
+uint64_t resil__fast_clock_failures(void) {
+  return atomic_load_explicit(&fc_failures, memory_order_relaxed);
+}
+
+void resil__fast_clock_test_retry(uint64_t first_retry_ns) {
+  while (!take_busy()) sched_yield();
+  fc_retry_ns = first_retry_ns;
+  drop_busy();
 }
 
 void resil__fast_clock_test_skew(int64_t slope_ppm, int64_t tsc_offset_ticks) {

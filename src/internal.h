@@ -99,7 +99,8 @@ uint64_t resil__now_fast_ns(void);
  * calibrates, and after a fallback: clock_gettime). */
 const char *resil__fast_clock_source(void);
 /* "portable" (clock_gettime by choice), "calibrating", "tsc" or "failed"
- * (a check failed: clock_gettime for good). */
+ * (a check failed: clock_gettime; calibrating again after 60 s, 120 s,
+ * 240 s; for good after the 4th failure). */
 const char *resil__fast_clock_state(void);
 /* Why: the choice made at first use, or what failed. Static storage. */
 const char *resil__fast_clock_why(void);
@@ -109,6 +110,8 @@ const char *resil__fast_clock_why(void);
 uint64_t resil__fast_clock_anchors(void);
 uint64_t resil__fast_clock_checks(void);
 uint64_t resil__fast_clock_worst_ns(void);
+/* How many checks failed (each sends the clock back to clock_gettime). */
+uint64_t resil__fast_clock_failures(void);
 /* The kernel's clocksource (current_clocksource), "" if unreadable; buf. */
 const char *resil__kernel_clocksource(char *buf, size_t n);
 
@@ -130,6 +133,9 @@ bool resil__fast_clock_choose(const char *env, bool has_tsc, bool invariant, con
  * step with the anchors' CPU, or a TSC that jumped). */
 void resil__fast_clock_test_reset(void);
 void resil__fast_clock_test_skew(int64_t slope_ppm, int64_t tsc_offset_ticks);
+/* Test hook: the back-off before the first re-calibration after a failed
+ * check (60 s; doubling for the next ones). */
+void resil__fast_clock_test_retry(uint64_t first_retry_ns);
 
 /* ---- Rolling window of striped counters -------------------------------- */
 

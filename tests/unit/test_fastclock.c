@@ -241,7 +241,8 @@ static void read_until_fallback(void) {
          (unsigned long long)((resil_now_ns() - t0) / 1000000), resil__fast_clock_why());
 }
 
-/* After the fallback: clock_gettime for good, exactly. */
+/* After the fallback: clock_gettime, exactly, even once the TSC is fine
+ * again (until the back-off ends: 60 s). */
 static void assert_fell_back(const char *why) {
   assert_string_equal(resil__fast_clock_state(), "failed");
   assert_string_equal(resil__fast_clock_source(), "clock_gettime");
@@ -298,6 +299,54 @@ static void tsc_failing_calibration_is_never_used(void **state) {
   printf("# %s: %s\n", resil__fast_clock_state(), resil__fast_clock_why());
   assert_int_equal(resil__fast_clock_anchors(), anchors0);
   assert_fell_back("calibration");
+}
+
+/* After a failed check the TSC is calibrated again after a back-off (60 s,
+ * shortened here to 150 ms), doubling each time; the 4th failure is final. */
+static void failed_tsc_is_retried_after_a_doubling_backoff_then_given_up(void **state) {
+  (void)state;
+  if (!force_tsc()) skip();
+  const uint64_t backoff = 150000000ull;
+  resil__fast_clock_test_retry(backoff);
+  uint64_t failures0 = resil__fast_clock_failures();
+  for (unsigned k = 1; k <= 4; k++) {
+    resil__fast_clock_test_skew(0, 100000000);
+    read_until_fallback();
+    resil__fast_clock_test_skew(0, 0); /* the TSC is fine again */
+    uint64_t t_fail = resil_now_ns();
+    assert_string_equal(resil__fast_clock_state(), "failed");
+    assert_int_equal(resil__fast_clock_failures() - failures0, k);
+    if (k == 4) {
+      assert_non_null(strstr(resil__fast_clock_why(), "failure 4, clock_gettime for good"));
+      uint64_t anchors0 = resil__fast_clock_anchors();
+      while (resil_now_ns() - t_fail < 2 * (backoff << 3)) { /* past a 4th back-off */
+        uint64_t m1 = resil_now_ns(), f = resil__now_fast_ns(), m2 = resil_now_ns();
+        assert_true(f >= m1 && f <= m2);
+        sleep_ms(1);
+      }
+      assert_string_equal(resil__fast_clock_state(), "failed");
+      assert_int_equal(resil__fast_clock_anchors(), anchors0);
+      break;
+    }
+    uint64_t wait = backoff << (k - 1);
+    char want[64];
+    snprintf(want, sizeof want, "failure %u, calibrating again in %llu ms", k,
+             (unsigned long long)(wait / 1000000));
+    assert_non_null(strstr(resil__fast_clock_why(), want));
+    while (strcmp(resil__fast_clock_state(), "failed") == 0 &&
+           resil_now_ns() - t_fail < wait + 5000000000ull) {
+      uint64_t m1 = resil_now_ns(), f = resil__now_fast_ns(), m2 = resil_now_ns();
+      assert_true(f >= m1 && f <= m2);
+      sleep_ms(1);
+    }
+    uint64_t waited = resil_now_ns() - t_fail;
+    printf("# failure %u: calibrating again after %llu ms\n", k,
+           (unsigned long long)(waited / 1000000));
+    assert_true(waited + 10000000ull >= wait); /* not before the back-off (fail came first) */
+    calibrate();
+    assert_string_equal(resil__fast_clock_state(), "tsc");
+    assert_bracketed();
+  }
 }
 
 /* RESIL_CLOCK=portable: clock_gettime itself, exactly, from every thread;
@@ -376,6 +425,7 @@ int main(void) {
       cmocka_unit_test(tsc_out_of_step_falls_back_to_clock_gettime),
       cmocka_unit_test(tsc_rate_change_falls_back_to_clock_gettime),
       cmocka_unit_test(tsc_failing_calibration_is_never_used),
+      cmocka_unit_test(failed_tsc_is_retried_after_a_doubling_backoff_then_given_up),
       cmocka_unit_test(portable_is_clock_gettime),
       cmocka_unit_test(fast_clock_follows_a_fake_clock),
       cmocka_unit_test(auto_names_its_source),
