@@ -49,9 +49,11 @@
  * a TSC that changed rate or jumped (a VM migrated or restored from a
  * snapshot onto another host) is caught within one anchor period, the error
  * seen by callers meanwhile staying within about the bound. On a
- * disagreement the fast clock falls back to clock_gettime for the rest of
- * the process and records why (resil__fast_clock_why()); it never goes back
- * to the TSC by itself. Readings outside the current anchor's span (a thread
+ * disagreement the fast clock falls back to clock_gettime and records why
+ * (resil__fast_clock_why()); it calibrates again from scratch after a
+ * back-off of 60 s, 120 s, 240 s (the cause may have been transient: chrony
+ * slewing CLOCK_MONOTONIC faster than 500 ppm, a VM restored elsewhere) and
+ * stays on clock_gettime for good after the 4th failure. Readings outside the current anchor's span (a thread
  * that slept for long, a TSC well below the anchor) take the slow path:
  * clock_gettime itself, and a re-anchor (validated over the gap).
  *
