@@ -112,8 +112,9 @@ static _Atomic uint64_t fc_checks;  /* validations passed */
 static _Atomic uint64_t fc_worst;   /* largest disagreement seen by a validation, ns */
 static _Atomic uint64_t fc_cal_next; /* calibration: CLOCK_MONOTONIC when the next sample is due */
 static pthread_mutex_t fc_detect_mu = PTHREAD_MUTEX_INITIALIZER;
-/* Written once before fc_mode leaves FC_UNKNOWN (choice) or enters
- * FC_FAILED (fail), read after an acquire load of fc_mode. */
+/* Written before fc_mode leaves FC_UNKNOWN (choice, once) or enters
+ * FC_FAILED (fail: the two buffers alternate, so a reader of the previous
+ * failure's text is not overwritten), read after an acquire load of fc_mode. */
 static char fc_why_choice[256], fc_why_fail[2][256];
 static _Atomic unsigned fc_why_idx;   /* fc_why_fail[fc_why_idx]: the last failure */
 static _Atomic uint64_t fc_retry_at;  /* FC_FAILED: when to calibrate again; 0: never */
