@@ -4,12 +4,21 @@
  * render the Prometheus text and the JSON snapshot for 100 dependencies
  * (no baseline). Prints numbers; never passes or fails.
  *
- *   bench_core [--iters N] [--runs R] [--summary]
+ *   bench_core [--iters N] [--runs R] [--summary] [--call-path-only]
+ *
+ * The header names the clock resil's call path read (resil_info's clock
+ * label: tsc or clock_gettime; RESIL_CLOCK=tsc|portable forces either) and
+ * the kernel's clocksource, which decide most of admit+done's cost: figures
+ * from different machines or clocks are not comparable. --call-path-only
+ * leaves out the render rows (scripts/bench.sh runs this program once per
+ * clock).
  *
  * --summary adds one machine-readable line per row after the table (read by
  * scripts/bench.sh):
- *   SUMMARY <name> <resil_ns> <raw_ns> <ratio> <resil_min> <resil_max> <raw_min> <raw_max>
- * where raw is the one-mutex baseline and every ns figure a median over the runs.
+ *   SUMMARY <name>@<clock> <resil_ns> <raw_ns> <ratio> <resil_min> <resil_max> <raw_min> <raw_max>
+ * where raw is the one-mutex baseline and every ns figure a median over the
+ * runs, and one line
+ *   SUMMARY-CLOCK <clock> <kernel clocksource>
  *
  * Allocation counting: malloc/calloc/realloc are interposed (this binary's
  * definitions win over libc's) and counted while the measured loops run.
@@ -47,6 +56,8 @@ void *realloc(void *p, size_t n) {
 static long iters = 2000000;
 static int runs = 7;
 static int summary;
+static int call_path_only;
+static char clock_name[32] = "?"; /* resil_info's clock label */
 
 /* Machine-readable rows, printed after the table with --summary. */
 static char summary_buf[4096];
@@ -261,12 +272,37 @@ static void print_row(const char *key, const char *name, row r, row base, long n
   if (summary_len < sizeof summary_buf) {
     int n = base.med > 0
                 ? snprintf(summary_buf + summary_len, sizeof summary_buf - summary_len,
-                           "SUMMARY %s %.1f %.1f %.3f %.1f %.1f %.1f %.1f\n", key, r.med,
-                           base.med, r.med / base.med, r.min, r.max, base.min, base.max)
+                           "SUMMARY %s@%s %.1f %.1f %.3f %.1f %.1f %.1f %.1f\n", key,
+                           clock_name, r.med, base.med, r.med / base.med, r.min, r.max, base.min,
+                           base.max)
                 : snprintf(summary_buf + summary_len, sizeof summary_buf - summary_len,
-                           "SUMMARY %s %.1f - - %.1f %.1f - -\n", key, r.med, r.min, r.max);
+                           "SUMMARY %s@%s %.1f - - %.1f %.1f - -\n", key, clock_name, r.med,
+                           r.min, r.max);
     if (n > 0) summary_len += (size_t)n;
   }
+}
+
+/* The clock label of resil_info: what resil's call path reads. */
+static void read_clock_name(char *buf, size_t n) {
+  char *text = NULL;
+  snprintf(buf, n, "?");
+  if (resil_export_prometheus(&text, NULL, NULL) != RESIL_OK) return;
+  const char *p = strstr(text, "resil_info{");
+  p = p ? strstr(p, "clock=\"") : NULL;
+  if (p) {
+    p += 7;
+    size_t l = strcspn(p, "\"");
+    snprintf(buf, n, "%.*s", (int)(l < n ? l : n - 1), p);
+  }
+  free(text);
+}
+
+static void kernel_clocksource(char *buf, size_t n) {
+  snprintf(buf, n, "unknown");
+  FILE *f = fopen("/sys/devices/system/clocksource/clocksource0/current_clocksource", "r");
+  if (!f) return;
+  if (fgets(buf, (int)n, f)) buf[strcspn(buf, "\n")] = 0;
+  fclose(f);
 }
 
 int main(int argc, char **argv) {
@@ -274,6 +310,7 @@ int main(int argc, char **argv) {
     if (!strcmp(argv[i], "--iters") && i + 1 < argc) iters = atol(argv[++i]);
     if (!strcmp(argv[i], "--runs") && i + 1 < argc) runs = atoi(argv[++i]);
     if (!strcmp(argv[i], "--summary")) summary = 1;
+    if (!strcmp(argv[i], "--call-path-only")) call_path_only = 1;
   }
   if (runs < 1) runs = 1;
   if (runs > 32) runs = 32;
@@ -303,14 +340,23 @@ int main(int argc, char **argv) {
   naive nv_open = {.mu = PTHREAD_MUTEX_INITIALIZER, .limit = 1000, .state = 1,
                    .open_until = UINT64_MAX};
 
+  /* Warm up for 100 ms of admit+done: the TSC clock calibrates for ~20 ms
+   * at first use (reading clock_gettime meanwhile). */
+  for (uint64_t w0 = now_ns(); now_ns() - w0 < 100000000ull;)
+    run_work(&(work){.kind = 0, .dep = dep, .n = 10000});
+  char ksrc[64];
+  kernel_clocksource(ksrc, sizeof ksrc);
+  read_clock_name(clock_name, sizeof clock_name);
+  const char *env_clock = getenv("RESIL_CLOCK");
   printf("resil %s core benchmark: %ld ops per run, %d runs, median [min max] ns/op\n",
          resil_version(), iters, runs);
+  printf("clock: resil's call path reads %s (RESIL_CLOCK=%s); kernel clocksource %s\n",
+         clock_name, env_clock && *env_clock ? env_clock : "(unset: auto)", ksrc);
   printf("| %-44s | %8s | %8s | %8s | %8s | %6s | %6s |\n", "operation", "median", "min", "max",
          "mutex", "ratio", "allocs");
   printf("|%s|%s|%s|%s|%s|%s|%s|\n", "----------------------------------------------",
          "----------", "----------", "----------", "----------", "--------", "--------");
   long a = 0;
-  run_work(&(work){.kind = 0, .dep = dep, .n = 100000}); /* warm up */
   row base1 = repeat(1, NULL, &nv, 1, NULL);
   row r1 = repeat(0, dep, NULL, 1, &a);
   print_row("core.admit_done.1thread", "admit+done, breaker closed, 1 thread", r1, base1, a);
@@ -318,6 +364,10 @@ int main(int argc, char **argv) {
   row base2 = repeat(1, NULL, &nv, 2, NULL);
   row r2 = repeat(0, dep, NULL, 2, &a);
   print_row("core.admit_done.2threads", "admit+done, breaker closed, 2 threads", r2, base2, a);
+  a = 0;
+  row base4 = repeat(1, NULL, &nv, 4, NULL);
+  row r4 = repeat(0, dep, NULL, 4, &a);
+  print_row("core.admit_done.4threads", "admit+done, breaker closed, 4 threads", r4, base4, a);
   a = 0;
   row bo = repeat(3, NULL, &nv_open, 1, NULL);
   row ro = repeat(2, tripped, NULL, 1, &a);
@@ -346,7 +396,7 @@ int main(int argc, char **argv) {
          "rejects when full instead of queueing)\n");
   resil_dep_free(limited);
 
-  /* pool acquire+release, no waiting (4 connections, at most 2 borrowed) */
+  /* pool acquire+release, no waiting (4 connections, at most 4 borrowed) */
   resil_pool_config pc;
   resil_pool_config_init(&pc);
   pc.name = "bench-pool";
@@ -368,9 +418,14 @@ int main(int argc, char **argv) {
   row bp2 = repeat(5, NULL, NULL, 2, NULL);
   row rp2 = repeat(4, NULL, NULL, 2, &a);
   print_row("core.pool_acquire_release.2threads", "pool acquire+release, 2 threads", rp2, bp2, a);
+  a = 0;
+  row bp4 = repeat(5, NULL, NULL, 4, NULL);
+  row rp4 = repeat(4, NULL, NULL, 4, &a);
+  print_row("core.pool_acquire_release.4threads", "pool acquire+release, 4 threads", rp4, bp4, a);
   resil_pool_free(g_pool);
   g_pool = NULL;
 
+  if (call_path_only) goto done;
   /* rendering the metrics of 100 dependencies, each with some history */
   resil_dep *many[100];
   for (int i = 0; i < 100; i++) {
@@ -400,12 +455,21 @@ int main(int argc, char **argv) {
   print_row("core.render_json.100deps", "JSON snapshot, 100+ deps (ns per render)", rj, none, a);
   g_iters_override = 0;
   for (int i = 0; i < 100; i++) resil_dep_free(many[i]);
+done:
   printf("(pool rows: mutex = a mutex-protected free list of the same 4 connections; render rows:"
          " 200 renders per run, no baseline; allocs inside glibc, e.g. open_memstream, are not"
          " seen)\n");
   printf("mutex = the same workload through a one-mutex breaker written in the benchmark; "
          "ratio = resil/mutex; allocs = malloc calls during all measured resil runs\n");
-  if (summary) fputs(summary_buf, stdout);
+  char clock_after[32];
+  read_clock_name(clock_after, sizeof clock_after);
+  if (strcmp(clock_after, clock_name) != 0)
+    printf("warning: the call path's clock changed during the run: %s, then %s\n", clock_name,
+           clock_after);
+  if (summary) {
+    fputs(summary_buf, stdout);
+    printf("SUMMARY-CLOCK %s %s\n", clock_name, ksrc);
+  }
   resil_dep_stats st;
   resil_dep_get_stats(tripped, &st);
   if (st.breaker.state != RESIL_BREAKER_OPEN) printf("warning: tripped breaker not open\n");

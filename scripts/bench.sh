@@ -10,7 +10,11 @@
 # PostgreSQL and pgbouncer on free loopback ports exactly as scripts/test.sh
 # does (scripts/lib/servers.sh); run
 #   bench_core    resil admit/done and rejections vs a one-mutex breaker, pool
-#                 acquire/release vs a mutex free list, metrics render (100 deps)
+#                 acquire/release vs a mutex free list, metrics render (100 deps);
+#                 then its call-path rows again with the other clock forced
+#                 (RESIL_CLOCK=portable if the default read the TSC, else tsc),
+#                 so both clock paths are in the table, each row named
+#                 name@clock (tsc or clock_gettime)
 #   bench_redis   GET through resil-redis vs raw hiredis (same server, same run)
 #   bench_pg      SELECT 1 through resil-pg vs raw libpq PQexecParams
 #   bench_http    GET through resil-http vs a raw libcurl easy handle (testhttpd)
@@ -20,6 +24,8 @@
 # machine description. The servers are stopped at the end, also on error or
 # Ctrl-C. All traffic is on 127.0.0.1. Every figure is a median over the
 # runs, with [min max]; ratios are resil/raw of medians from the same run.
+# bench_core runs without RESIL_CLOCK unless the environment sets it (the
+# second pass always forces the other clock).
 # Logs: build-bench/bench-logs/.
 set -euo pipefail
 
@@ -120,6 +126,9 @@ describe_machine() {
   # shellcheck disable=SC1091
   os=$(. /etc/os-release 2>/dev/null && echo "${PRETTY_NAME:-}")
   echo "machine: $(nproc) CPUs ($(nproc --all) online), ${cpu}"
+  echo "clock:   clocksource $(cat /sys/devices/system/clocksource/clocksource0/current_clocksource 2>/dev/null || echo unknown)" \
+    "(available: $(xargs </sys/devices/system/clocksource/clocksource0/available_clocksource 2>/dev/null || echo unknown));" \
+    "CPU flags: $(grep -m1 -o -w -E 'constant_tsc|nonstop_tsc|tsc_known_freq|tsc_reliable' /proc/cpuinfo 2>/dev/null | sort -u | xargs || true)"
   echo "         $(uname -sr) $(uname -m)${os:+, $os}; $(awk '/MemTotal/ {printf "%.1f GiB RAM", $2/1048576}' /proc/meminfo)"
   echo "         gcc $(gcc -dumpfullversion 2>/dev/null || echo '?'), buildtype=release;" \
     "libcurl $(pkg-config --modversion libcurl 2>/dev/null || echo -)," \
@@ -138,7 +147,7 @@ print_table() {
   echo "resil $(sed -n "s/^ *version : '\(.*\)',/\1/p" meson.build | head -n1) benchmarks ($what)"
   echo
   local f logs=()
-  for f in core redis pg http; do [[ -f $LOGS/$f.log ]] && logs+=("$LOGS/$f.log"); done
+  for f in core core-other redis pg http; do [[ -f $LOGS/$f.log ]] && logs+=("$LOGS/$f.log"); done
   cat "${logs[@]}" | grep '^SUMMARY ' | awk '
     function raw_is(name) {
       if (name ~ /^core\.pool/) return "mutex free list";
@@ -156,13 +165,21 @@ print_table() {
     }
     function range(a, b) { return (a == "-") ? "" : "[" num(a) " " num(b) "]"; }
     BEGIN {
-      printf "| %-37s | %11s | %-17s | %11s | %-17s | %6s | %-25s |\n", "benchmark", "resil ns/op", "[min max]", "raw ns/op", "[min max]", "ratio", "raw =";
-      printf "|%s|%s|%s|%s|%s|%s|%s|\n", "---------------------------------------", "------------:", "-------------------", "------------:", "-------------------", "-------:", "---------------------------";
+      printf "| %-51s | %11s | %-17s | %11s | %-17s | %6s | %-25s |\n", "benchmark", "resil ns/op", "[min max]", "raw ns/op", "[min max]", "ratio", "raw =";
+      printf "|%s|%s|%s|%s|%s|%s|%s|\n", "-----------------------------------------------------", "------------:", "-------------------", "------------:", "-------------------", "-------:", "---------------------------";
     }
     {
       if (raw_is($2) == "?" || $4 == "-") rawname = "(no baseline)"; else rawname = raw_is($2);
-      printf "| %-37s | %11s | %-17s | %11s | %-17s | %6s | %-25s |\n", $2, num($3), range($6, $7), num($4), range($8, $9), ($5 == "-" ? "-" : sprintf("%.3f", $5)), rawname;
+      printf "| %-51s | %11s | %-17s | %11s | %-17s | %6s | %-25s |\n", $2, num($3), range($6, $7), num($4), range($8, $9), ($5 == "-" ? "-" : sprintf("%.3f", $5)), rawname;
     }'
+  local ck1 ck2 ksrc
+  ck1=$(awk '/^SUMMARY-CLOCK / {print $2}' "$LOGS/core.log" 2>/dev/null || true)
+  ck2=$(awk '/^SUMMARY-CLOCK / {print $2}' "$LOGS/core-other.log" 2>/dev/null || true)
+  ksrc=$(cat /sys/devices/system/clocksource/clocksource0/current_clocksource 2>/dev/null || echo unknown)
+  echo "core rows name@clock: the clock resil's call path read (tsc: extrapolated TSC;"
+  echo "clock_gettime: the vDSO or a system call): ${ck1:-?} by default (RESIL_CLOCK unset), ${ck2:-?} in"
+  echo "the second pass (the other clock forced); kernel clocksource ${ksrc}."
+  echo "The raw baselines read clock_gettime twice per admit+done whatever the clock."
   echo "ns/op: median over the runs [min max]; ratio: resil median / raw median, measured in the"
   echo "same run. core: wall ns/op for the whole loop across threads (render rows: ns per render"
   echo "of every registered dependency, 100+); redis/pg 8 threads: wall time / total operations"
@@ -255,6 +272,11 @@ main() {
 
   say "bench_core --runs $core_runs"
   run_logged "$LOGS/core.log" "$BUILD/bench/bench_core" --runs "$core_runs" --summary
+  local other=tsc
+  if grep -q '^SUMMARY-CLOCK tsc ' "$LOGS/core.log"; then other=portable; fi
+  say "bench_core --runs $core_runs --call-path-only, RESIL_CLOCK=$other"
+  run_logged "$LOGS/core-other.log" env RESIL_CLOCK="$other" "$BUILD/bench/bench_core" \
+    --runs "$core_runs" --call-path-only --summary
 
   if [[ -x $BUILD/bench/bench_redis ]] && ((have_servers)); then
     say "bench_redis --runs $redis_runs --iters $redis_iters"

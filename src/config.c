@@ -693,13 +693,22 @@ static void parse_deps(resil_config *c, report *r, const kv *deps) {
 
 static void assign(resil_config *c, report *r, const kv *e) {
   if (!strcmp(e->key, "RESIL_DEPS") || !strcmp(e->key, "RESIL_CONFIG_FILE")) return;
+  if (!strcmp(e->key, "RESIL_CLOCK")) { /* read by the fast clock itself (fastclock.c) */
+    if (strcmp(e->source, e->key) != 0)
+      problem(r, "%s: RESIL_CLOCK works only in the environment (the call path's clock is "
+                 "chosen at its first use, before any file is read)", e->source);
+    else if (resil__clock_mode_parse(e->value) < 0)
+      problem(r, "RESIL_CLOCK: '%.40s' is not auto, tsc or portable", e->value);
+    return;
+  }
   for (size_t i = 0; i < COUNT(svc_keys); i++)
     if (!strcmp(e->key, svc_keys[i].key)) {
       set_value(c, r, e->source, &svc_keys[i], &c->svc, e->value);
       return;
     }
   if (strncmp(e->key, ENV_PREFIX, strlen(ENV_PREFIX)) != 0) {
-    problem(r, "%s: unknown variable (known: RESIL_DEPS, RESIL_CONFIG_FILE, RESIL_SERVICE, "
+    problem(r, "%s: unknown variable (known: RESIL_DEPS, RESIL_CONFIG_FILE, RESIL_CLOCK, "
+               "RESIL_SERVICE, "
                "RESIL_ADMIN_ADDR, RESIL_ADMIN_PORT, RESIL_EMF_NAMESPACE, RESIL_EMF_INTERVAL_MS, "
                "RESIL_DRAIN_GRACE_MS, RESIL_DRAIN_TIMEOUT_MS, RESIL_PREWARM_TIMEOUT_MS, "
                "RESIL_EVENT_LOG, "
@@ -964,6 +973,8 @@ char *resil_config_keys_markdown(const char *kind_name) {
     resil__sb_printf(&b, "| `RESIL_DEPS` | (required) | dependencies: name[:kind],... |\n");
     resil__sb_printf(&b, "| `RESIL_CONFIG_FILE` | (none) | KEY=VALUE file read before the "
                          "environment |\n");
+    resil__sb_printf(&b, "| `RESIL_CLOCK` | auto | call-path clock: auto, tsc (force the TSC) "
+                         "or portable (clock_gettime); environment only |\n");
     for (size_t i = 0; i < COUNT(svc_keys); i++) {
       resil_key_spec ks = svc_keys[i];
       ks.help = svc_help[i];

@@ -51,14 +51,14 @@ static bool label_name_ok(const char *n) {
     bool alpha = (*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || *c == '_';
     if (!alpha && !(c != n && *c >= '0' && *c <= '9')) return false;
   }
-  return strncmp(n, "__", 2) != 0 && strcmp(n, "version") != 0;
+  return strncmp(n, "__", 2) != 0 && strcmp(n, "version") != 0 && strcmp(n, "clock") != 0;
 }
 
 resil_status resil_export_set_info_label(const char *name, const char *value, resil_err *err) {
   if (!label_name_ok(name))
     return resil_err_set(err, RESIL_E_INVALID,
                          "export: label name '%.64s' must match [a-zA-Z_][a-zA-Z0-9_]* "
-                         "(not 'version', not starting with __)",
+                         "(not 'version' or 'clock', not starting with __)",
                          name ? name : "(null)");
   if (!value) return resil_err_set(err, RESIL_E_INVALID, "export: label %s: value is NULL", name);
   if (strlen(value) >= sizeof info_value[0])
@@ -121,7 +121,8 @@ static void histogram(resil_sbuf *b, const char *name, const char *dep,
 
 static void render_prometheus(resil_sbuf *b, const resil_stats_vec *s) {
   family(b, "resil_info", "gauge", "resil library version and deployment labels (always 1).");
-  resil__sb_printf(b, "resil_info{version=\"%s\"", resil_version());
+  resil__sb_printf(b, "resil_info{version=\"%s\",clock=\"%s\"", resil_version(),
+                   resil__fast_clock_source());
   pthread_mutex_lock(&info_mu);
   for (int i = 0; i < info_n; i++) {
     resil__sb_printf(b, ",%s=\"", info_name[i]);

@@ -91,15 +91,55 @@ uint64_t resil__now_coarse_ns(void);
 /* ---- Fast clock ---------------------------------------------------------- */
 
 /* CLOCK_MONOTONIC as resil_now_ns() reads it, to within a few microseconds,
- * for the call path (admit/done, pool acquire/release): where the kernel's
- * clocksource is an invariant TSC, extrapolated from RDTSC (~10 ns instead
- * of ~21); elsewhere, and with a fake clock installed, resil_now_ns().
- * Lock-free and allocation-free. fastclock.c explains the scheme. */
+ * for the call path (admit/done, pool acquire/release): where the CPU has an
+ * invariant TSC that the kernel uses or still offers (kvm-clock guests
+ * included), extrapolated from RDTSC (~10 ns instead of 21-28) after a
+ * 20 ms calibration and checked against CLOCK_MONOTONIC at every anchor;
+ * elsewhere, with RESIL_CLOCK=portable, after a failed check, and with a
+ * fake clock installed, resil_now_ns(). Lock-free and allocation-free.
+ * fastclock.c explains the scheme. */
 uint64_t resil__now_fast_ns(void);
-/* "tsc" or "clock_gettime": what resil__now_fast_ns() reads. */
+/* "tsc" or "clock_gettime": what resil__now_fast_ns() reads now (while it
+ * calibrates, and after a fallback: clock_gettime). */
 const char *resil__fast_clock_source(void);
-/* How many anchors the fast clock has published so far (tests). */
+/* "portable" (clock_gettime by choice), "calibrating", "tsc" or "failed"
+ * (a check failed: clock_gettime; calibrating again after 60 s, 120 s,
+ * 240 s; for good after the 4th failure). */
+const char *resil__fast_clock_state(void);
+/* Why: the choice made at first use, or what failed. Static storage. */
+const char *resil__fast_clock_why(void);
+/* How many anchors the fast clock has published, how many checks against
+ * CLOCK_MONOTONIC passed, and the largest disagreement a check saw (tests,
+ * benchmarks). */
 uint64_t resil__fast_clock_anchors(void);
+uint64_t resil__fast_clock_checks(void);
+uint64_t resil__fast_clock_worst_ns(void);
+/* How many checks failed (each sends the clock back to clock_gettime). */
+uint64_t resil__fast_clock_failures(void);
+/* The kernel's clocksource (current_clocksource), "" if unreadable; buf. */
+const char *resil__kernel_clocksource(char *buf, size_t n);
+
+/* RESIL_CLOCK: NULL or "" or "auto", "tsc", "portable"; -1 for anything else. */
+enum { RESIL__CLOCK_AUTO = 0, RESIL__CLOCK_TSC, RESIL__CLOCK_PORTABLE };
+int resil__clock_mode_parse(const char *s);
+/* The decision made at first use, from RESIL_CLOCK's value (env, may be
+ * NULL), what CPUID says (has_tsc: readable at all; invariant) and the
+ * kernel's current and available clocksources (may be NULL). True: the TSC.
+ * Writes a one-line reason into why. Pure: for tests. */
+bool resil__fast_clock_choose(const char *env, bool has_tsc, bool invariant, const char *current,
+                              const char *available, char *why, size_t whylen);
+
+/* Test hooks (no concurrent readers while resetting): forget every decision
+ * and anchor, so the next reading re-reads RESIL_CLOCK and calibrates again;
+ * and inject a disagreement from now on: slope_ppm skews every rate the clock
+ * measures (a wrong frequency), tsc_offset_ticks is added to the TSC values
+ * the calibrating/re-anchoring thread samples (a CPU whose TSC is out of
+ * step with the anchors' CPU, or a TSC that jumped). */
+void resil__fast_clock_test_reset(void);
+void resil__fast_clock_test_skew(int64_t slope_ppm, int64_t tsc_offset_ticks);
+/* Test hook: the back-off before the first re-calibration after a failed
+ * check (60 s; doubling for the next ones). */
+void resil__fast_clock_test_retry(uint64_t first_retry_ns);
 
 /* ---- Rolling window of striped counters -------------------------------- */
 

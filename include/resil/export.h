@@ -22,7 +22,9 @@
  *   resil_pool_connects_total{result}         counter  ok|failed|timeout
  *   resil_pool_closed_total{reason}           counter  lifetime|idle|broken|validation|drain
  *   resil_pool_acquire_duration_seconds       histogram
- *   resil_info{version}                       gauge    always 1; carries extra labels
+ *   resil_info{version,clock}                 gauge    always 1; carries extra labels;
+ *                                                      clock: what the call path reads,
+ *                                                      tsc|clock_gettime (README: fast clock)
  *
  * Thread safety: all functions are thread-safe.
  */
@@ -44,7 +46,8 @@ RESIL_API resil_status resil_export_prometheus(char **out, size_t *len, resil_er
 RESIL_API resil_status resil_export_json(char **out, size_t *len, resil_err *err);
 
 /* Add a constant label to resil_info (e.g. "config_hash", "service").
- * Names must match [a-zA-Z_][a-zA-Z0-9_]*; values are escaped. Setting a
+ * Names must match [a-zA-Z_][a-zA-Z0-9_]* and not be "version" or "clock"
+ * (resil's own); values are escaped. Setting a
  * name again replaces its value; at most 8 labels. Errors: RESIL_E_INVALID. */
 RESIL_API resil_status resil_export_set_info_label(const char *name, const char *value,
                                                    resil_err *err);

@@ -282,6 +282,26 @@ static void file_problems_name_file_and_line(void **state) {
   free(missing);
 }
 
+/* RESIL_CLOCK belongs to the fast clock (read at its first use): the
+ * configuration accepts it from the environment, names a bad value, and
+ * refuses it in a file, where it would have no effect. */
+static void resil_clock_is_checked_but_left_to_the_clock(void **state) {
+  (void)state;
+  char *ok[] = {(char *)"RESIL_DEPS=cache", (char *)"RESIL_CLOCK=portable", NULL};
+  resil_config_free(load_ok(ok));
+  char *bad[] = {(char *)"RESIL_DEPS=cache", (char *)"RESIL_CLOCK=fastest", NULL};
+  char *r = load_bad(bad, NULL);
+  const char *want[] = {"RESIL_CLOCK: 'fastest' is not auto, tsc or portable"};
+  expect_all(r, want, 1);
+  free(r);
+  char *path = write_file("RESIL_DEPS=cache\nRESIL_CLOCK=tsc\n");
+  r = load_bad(NULL, path);
+  const char *want_file[] = {"RESIL_CLOCK works only in the environment"};
+  expect_all(r, want_file, 1);
+  free(r);
+  unlink(path);
+}
+
 static void inconsistent_timeouts_are_errors(void **state) {
   (void)state;
   char *env[] = {(char *)"RESIL_DEPS=db:fake", (char *)"RESIL_DEP_DB_HOST=h", (char *)"RESIL_DEP_DB_TIMEOUT_MS=500",
@@ -398,6 +418,7 @@ int main(void) {
       cmocka_unit_test(a_kind_key_hides_the_pool_key_it_replaces),
       cmocka_unit_test(value_parsers_are_strict),
       cmocka_unit_test(bad_kind_registration_is_refused),
+      cmocka_unit_test(resil_clock_is_checked_but_left_to_the_clock),
   };
   return cmocka_run_group_tests_name("config", tests, setup, NULL);
 }

@@ -15,6 +15,7 @@
 #include "fake_clock.h"
 #include "testutil.h"
 #include "resil/resil.h"
+#include "internal.h"
 
 #define MS 1000000ull
 
@@ -228,6 +229,21 @@ static void json_snapshot_has_every_dependency(void **state) {
   free(out);
 }
 
+/* resil_info names the clock the call path reads (tsc or clock_gettime),
+ * so figures and latencies from different hosts are never compared blind. */
+static void info_names_the_call_path_clock(void **state) {
+  (void)state;
+  char *out = NULL;
+  assert_int_equal(resil_export_prometheus(&out, NULL, NULL), RESIL_OK);
+  char want[128];
+  snprintf(want, sizeof want, "resil_info{version=\"%s\",clock=\"%s\",", resil_version(),
+           resil__fast_clock_source());
+  if (!strstr(out, want)) fail_msg("missing '%s' in:\n%.600s", want, out);
+  assert_true(strcmp(resil__fast_clock_source(), "tsc") == 0 ||
+              strcmp(resil__fast_clock_source(), "clock_gettime") == 0);
+  free(out);
+}
+
 static void bad_arguments_are_named(void **state) {
   (void)state;
   resil_err err;
@@ -235,6 +251,7 @@ static void bad_arguments_are_named(void **state) {
   assert_int_equal(resil_export_set_info_label("9bad", "x", &err), RESIL_E_INVALID);
   assert_non_null(strstr(err.msg, "9bad"));
   assert_int_equal(resil_export_set_info_label("version", "x", &err), RESIL_E_INVALID);
+  assert_int_equal(resil_export_set_info_label("clock", "x", &err), RESIL_E_INVALID);
   assert_int_equal(resil_export_set_info_label("ok", NULL, &err), RESIL_E_INVALID);
 }
 
@@ -244,6 +261,7 @@ int main(void) {
       cmocka_unit_test(promtool_accepts_the_output),
       cmocka_unit_test(json_snapshot_has_every_dependency),
       cmocka_unit_test(bad_arguments_are_named),
+      cmocka_unit_test(info_names_the_call_path_clock),
   };
   return cmocka_run_group_tests_name("export", tests, setup, teardown);
 }
