@@ -20,8 +20,9 @@
  * runs, and one line
  *   SUMMARY-CLOCK <clock> <kernel clocksource>
  *
- * Allocation counting: malloc/calloc/realloc are interposed (this binary's
- * definitions win over libc's) and counted while the measured loops run.
+ * Allocation counting (tests/support/alloc_count.h): malloc/calloc/realloc
+ * are interposed (this binary's definitions win over libc's) and counted
+ * while the measured loops run.
  */
 #include <dlfcn.h>
 #include <pthread.h>
@@ -33,25 +34,9 @@
 
 #include "resil/resil.h"
 
-/* ---- allocation counter --------------------------------------------------- */
-static _Atomic long allocs;
-static _Atomic int counting;
-extern void *__libc_malloc(size_t);
-extern void *__libc_calloc(size_t, size_t);
-extern void *__libc_realloc(void *, size_t);
-
-void *malloc(size_t n) {
-  if (atomic_load_explicit(&counting, memory_order_relaxed)) atomic_fetch_add(&allocs, 1);
-  return __libc_malloc(n);
-}
-void *calloc(size_t a, size_t b) {
-  if (atomic_load_explicit(&counting, memory_order_relaxed)) atomic_fetch_add(&allocs, 1);
-  return __libc_calloc(a, b);
-}
-void *realloc(void *p, size_t n) {
-  if (atomic_load_explicit(&counting, memory_order_relaxed)) atomic_fetch_add(&allocs, 1);
-  return __libc_realloc(p, n);
-}
+/* ---- allocation counter: tests/support/alloc_count.h (shared with the
+ * test that asserts zero allocations, tests/unit/test_alloc.c) ---------- */
+#include "alloc_count.h"
 
 static long iters = 2000000;
 static int runs = 7;
@@ -232,15 +217,14 @@ static double measure(int kind, resil_dep *dep, naive *nv, int threads, long *al
                   .go = &go};
     pthread_create(&th[i], NULL, run_work, &w[i]);
   }
-  atomic_store(&allocs, 0);
-  atomic_store(&counting, 1);
+  alloc_count_start();
   uint64_t t0 = now_ns();
   pthread_barrier_wait(&go);
   for (int i = 0; i < threads; i++) pthread_join(th[i], NULL);
   uint64_t t1 = now_ns();
-  atomic_store(&counting, 0);
+  long counted = alloc_count_stop();
   pthread_barrier_destroy(&go);
-  if (alloc_out) *alloc_out += atomic_load(&allocs);
+  if (alloc_out) *alloc_out += counted;
   /* wall time per op across all threads: throughput view */
   return (double)(t1 - t0) / (double)(per * threads);
 }

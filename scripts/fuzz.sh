@@ -2,19 +2,31 @@
 # scripts/fuzz.sh — build the libFuzzer harnesses (tests/fuzz/) and run each
 # for a bounded time.
 #
-#   bash scripts/fuzz.sh [SECONDS]        each target for SECONDS (default 20)
-#   bash scripts/fuzz.sh 600 admin        only the named targets
+#   bash scripts/fuzz.sh [--no-merge] [SECONDS]   each target for SECONDS (default 20)
+#   bash scripts/fuzz.sh 600 admin                 only the named targets
 #
 # Configures build-fuzz/ (CC=clang, -Dfuzz=true, the library under
-# ASan+UBSan), builds the fuzz_* targets, and runs each with
-# -max_total_time=SECONDS on a COPY of its seed corpus (tests/fuzz/corpus/
-# <target>/, never modified) in a temporary directory. Prints one line per
-# target:
-#   fuzz <target> <N> runs <ok|CRASH|ERROR> [detail]
+# ASan+UBSan) and builds every fuzz_* target meson defines there (so a new
+# harness in tests/fuzz/meson.build is picked up with no change here; a
+# tests/fuzz/fuzz_<t>.c that the build does not define is reported MISSING).
+# For each target:
+#   1. replays every file of tests/fuzz/crashes/<target>/ (past findings,
+#      README.md there): a crash that reproduces fails the run;
+#   2. fuzzes for -max_total_time=SECONDS with a work corpus that starts as
+#      a copy of tests/fuzz/corpus/<target>/;
+#   3. unless --no-merge: merges the inputs of the work corpus that add
+#      coverage back into tests/fuzz/corpus/<target>/ (libFuzzer -merge=1,
+#      so only new coverage, named by their SHA-1), at most FUZZ_MAX_FILES
+#      files (default 400) and FUZZ_MAX_LEN bytes each (default 8192) per
+#      target, so the corpus grows from run to run: commit what it adds.
+# Prints one line per target and per replay:
+#   fuzz <target> <N> runs <ok|CRASH|ERROR|MISSING> [detail]
+#   fuzz <target>/crashes <K> files <ok|CRASH> [detail]
 # where N is from libFuzzer's final "Done N runs" line. A crash's reproducer
 # and log are copied to build-fuzz/fuzz-crashes/<target>/; replay one with
 #   build-fuzz/tests/fuzz/fuzz_<target> FILE
-# Exits non-zero if any target crashed or could not run.
+# and keep it under tests/fuzz/crashes/<target>/ once fixed.
+# Exits non-zero if any target crashed, is missing or could not run.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -22,8 +34,12 @@ cd "$REPO"
 # shellcheck source-path=SCRIPTDIR/..
 . scripts/lib/packages.sh
 
+MERGE=1
+if [[ ${1:-} == --no-merge ]]; then MERGE=0; shift; fi
 SECS=${1:-20}
 shift || true
+MAX_FILES=${FUZZ_MAX_FILES:-400}
+MAX_LEN=${FUZZ_MAX_LEN:-8192}
 [[ $SECS =~ ^[0-9]+$ && $SECS -gt 0 ]] || { echo "usage: $0 [SECONDS] [TARGET...]" >&2; exit 2; }
 DIR=build-fuzz
 # shellcheck disable=SC2054 # commas are meson's list syntax
@@ -31,12 +47,6 @@ OPTS=(-Dfuzz=true -Dtests=enabled -Db_sanitize=address,undefined -Db_lundef=fals
       --buildtype=debugoptimized)
 
 TARGETS=("$@")
-if ((${#TARGETS[@]} == 0)); then
-  for f in tests/fuzz/fuzz_*.c; do
-    t=${f##*/fuzz_}
-    TARGETS+=("${t%.c}")
-  done
-fi
 
 ensure_packages clang libclang-rt-14-dev meson ninja-build pkg-config libcmocka-dev \
   libhiredis-dev libpq-dev libcurl4-openssl-dev >/dev/null
@@ -52,6 +62,24 @@ if [[ ! -f $DIR/build.ninja || ! -f $stamp || $(<"$stamp") != "$want" ]]; then
   fi
   mv -f "$DIR.setup.log" "$DIR/meson-logs/setup-output.log"
   echo "$want" >"$stamp"
+fi
+# The targets: those named, else every fuzz_* executable of the build.
+MISSING=()
+if ((${#TARGETS[@]} == 0)); then
+  mapfile -t TARGETS < <(meson introspect --targets "$DIR" | python3 -c '
+import json, sys
+for t in json.load(sys.stdin):
+    if t["type"] == "executable" and t["name"].startswith("fuzz_"):
+        print(t["name"][5:])' | sort -u)
+  for f in tests/fuzz/fuzz_*.c; do
+    t=${f##*/fuzz_}
+    t=${t%.c}
+    [[ " ${TARGETS[*]} " == *" $t "* ]] || MISSING+=("$t")
+  done
+fi
+if ((${#TARGETS[@]} == 0)); then
+  echo "fuzz: no fuzz_* target in $DIR" >&2
+  exit 1
 fi
 log="$DIR/meson-logs/fuzz-compile.log"
 if ! meson compile -C "$DIR" "${TARGETS[@]/#/fuzz_}" >"$log" 2>&1; then
@@ -77,12 +105,74 @@ export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1:symbolize=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1}
 
 bad=0
+for t in "${MISSING[@]}"; do
+  echo "fuzz $t 0 runs MISSING tests/fuzz/fuzz_$t.c is not built (its adapter missing?)"
+  bad=1
+done
+
+# replay TARGET EXE: every file of tests/fuzz/crashes/TARGET/ once.
+replay() {
+  local t=$1 exe=$2 dir="tests/fuzz/crashes/$1" files=() f rc
+  shopt -s nullglob
+  for f in "$dir"/*; do [[ -f $f && ${f##*/} != *.md ]] && files+=("$f"); done
+  shopt -u nullglob
+  ((${#files[@]})) || return 0
+  rc=0
+  "$exe" -runs=1 -timeout=10 -rss_limit_mb=2048 "${files[@]}" >"$TMP/$t.replay.log" 2>&1 &
+  FZ_PID=$!
+  wait "$FZ_PID" || rc=$?
+  FZ_PID=
+  if ((rc == 0)); then
+    echo "fuzz $t/crashes ${#files[@]} files ok"
+  else
+    bad=1
+    local what
+    what=$(grep -m1 -E '^==[0-9]+==ERROR|^SUMMARY|runtime error|out-of-memory|deadly signal|timeout' \
+             "$TMP/$t.replay.log" || true)
+    echo "fuzz $t/crashes ${#files[@]} files CRASH a past finding reproduces: ${what:0:160}"
+    tail -n 30 "$TMP/$t.replay.log" | sed 's/^/    /' >&2
+  fi
+}
+
+# merge_back TARGET EXE WORK: add the work corpus's new coverage to the
+# repository corpus, bounded in file count and size.
+merge_back() {
+  local t=$1 exe=$2 work=$3 repo="tests/fuzz/corpus/$1" n before
+  ((MERGE)) || return 0
+  mkdir -p "$repo"
+  before=$(find "$repo" -maxdepth 1 -type f | wc -l)
+  if ((before >= MAX_FILES)); then
+    echo "    $t: corpus has $before files (FUZZ_MAX_FILES=$MAX_FILES): nothing merged" >&2
+    return 0
+  fi
+  # Merge into a scratch copy, then move at most the allowed new files in.
+  local into="$work/merge"
+  rm -rf "$into"; mkdir -p "$into"
+  cp -R "$repo/." "$into/"
+  if ! "$exe" -merge=1 -max_len="$MAX_LEN" -timeout=10 -rss_limit_mb=2048 \
+       "$into" "$work/corpus" >"$work/merge.log" 2>&1; then
+    echo "    $t: merge failed (log: $work/merge.log)" >&2
+    return 0
+  fi
+  n=0
+  local f
+  while IFS= read -r f; do
+    [[ -e $repo/${f##*/} ]] && continue
+    (($(stat -c %s "$f") <= MAX_LEN)) || continue
+    ((before + n < MAX_FILES)) || break
+    cp "$f" "$repo/"
+    n=$((n + 1))
+  done < <(find "$into" -maxdepth 1 -type f | sort)
+  ((n == 0)) || echo "    $t: $n new inputs merged into $repo (commit them)" >&2
+}
+
 for t in "${TARGETS[@]}"; do
   exe="$DIR/tests/fuzz/fuzz_$t"
   seeds="tests/fuzz/corpus/$t"
   work="$TMP/$t"
   mkdir -p "$work/corpus" "$work/artifacts"
   [[ -d $seeds ]] && cp -R "$seeds/." "$work/corpus/"
+  replay "$t" "$exe"
   rc=0
   # In the background, so that a signal stops the run at once.
   "$exe" -max_total_time="$SECS" -timeout=10 -rss_limit_mb=2048 -print_final_stats=0 \
@@ -96,6 +186,7 @@ for t in "${TARGETS[@]}"; do
   shopt -u nullglob
   if ((rc == 0)) && [[ -n $runs ]] && ((${#arts[@]} == 0)); then
     echo "fuzz $t $runs runs ok"
+    merge_back "$t" "$exe" "$work"
     continue
   fi
   bad=1

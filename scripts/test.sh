@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# scripts/test.sh — build resil three ways and run every test suite against
+# scripts/test.sh — build resil four ways and run every test suite against
 # throwaway servers. This is what CI runs (through .ci/run).
 #
-#   bash scripts/test.sh                 plain + ASan/UBSan + TSan builds, and fuzz
+#   bash scripts/test.sh                 plain, core-only, ASan/UBSan and TSan
+#                                        builds, and fuzz
 #   bash scripts/test.sh --quick         plain build only (no fuzz)
 #   bash scripts/test.sh --suite unit    only that meson suite (repeatable;
 #                                        soak and fuzz name those steps)
@@ -18,8 +19,15 @@
 # --suite, or with --suite fuzz); stop the servers; print a per-build table
 # and, as the very last line,
 # "N passed, M failed[, K skipped]" counted over individual test cases
-# (scripts/lib/count_tests.py). Exits non-zero if any test case or any build
-# failed.
+# (scripts/lib/count_tests.py). The build `core` has no adapter
+# (-Dredis/pg/http=disabled) and runs the unit and tools suites only.
+# The table shows the library's tests and, on a row of their own, the tests
+# of the test tools (meson suite 'tools'); the last line counts both.
+# Nothing is silently missing: in each build the tests meson configured are
+# compared with tests/expected-tests.txt and with the tests that ran, and an
+# adapter whose driver is installed must be built
+# (scripts/lib/check_manifest.py); each problem is a failure.
+# Exits non-zero if any test case or any build failed.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -29,22 +37,30 @@ cd "$REPO"
 . scripts/lib/servers.sh
 
 # ------------------------------------------------------------------ builds ---
-ALL_BUILDS=(plain asan tsan fuzz)
+ALL_BUILDS=(plain core asan tsan fuzz)
 SOAK_SECONDS_PLAIN=20   # RESIL_SOAK_SECONDS of the soak step, plain build
 SOAK_SECONDS_SAN=10     # and under ASan / TSan
 FUZZ_SECONDS=20         # per fuzz target
 
 # build_config NAME: set B_DIR, B_CC, B_OPTS (meson setup), B_ENV (meson test
-# environment), B_TMULT (timeout multiplier).
+# environment), B_TMULT (timeout multiplier), B_SUITES (the only suites this
+# build runs; empty: all), B_ADAPTERS (1: the adapters whose drivers are
+# installed must be built).
 build_config() {
   B_OPTS=(--buildtype=debugoptimized -Dtests=enabled)
-  B_ENV=()
+  B_ENV=() B_SUITES=() B_ADAPTERS=1
   case $1 in
     plain)
       # What users ship: gcc at -O3 (buildtype=release), where gcc finds
       # warnings (e.g. maybe-uninitialized) that -O2 does not; warnings fail.
       B_DIR=build-test B_CC=gcc B_TMULT=1
       B_OPTS=(--buildtype=release -Dtests=enabled -Dwerror=true) ;;
+    core)
+      # The README's promise that the core builds and works alone: no
+      # adapter at all; the unit and tools suites (cheap: -O1, no servers).
+      B_DIR=build-core B_CC=gcc B_TMULT=1 B_SUITES=(unit tools) B_ADAPTERS=0
+      B_OPTS=(--buildtype=debugoptimized -Doptimization=1 -Dtests=enabled -Dwerror=true
+              -Dredis=disabled -Dpg=disabled -Dhttp=disabled) ;;
     asan)
       B_DIR=build-asan B_CC=clang B_TMULT=3
       # shellcheck disable=SC2054 # commas are meson's list syntax
@@ -65,7 +81,7 @@ build_config() {
   esac
 }
 
-usage() { sed -n '2,23p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | grep '^#' | sed 's/^# \{0,1\}//'; }
 
 # ------------------------------------------------------------------- state ---
 BUILDS=()
@@ -73,6 +89,7 @@ SUITES=()               # the names alone
 MAIN_SUITE_ARGS=()      # for the main `meson test`: without soak and fuzz
 WANT_MAIN=1 WANT_SOAK=1 WANT_FUZZ=1
 declare -A R_PASS=() R_FAIL=() R_SKIP=() R_TIME=() R_NOTE=()
+declare -A R_TPASS=() R_TFAIL=() R_TSKIP=()   # the tools suite, per build
 FAILED_CASES=()
 EXTRA_FAILURES=0        # failures outside any build (server start-up)
 TSAN_PREFIX=()          # e.g. setarch x86_64 -R, when TSan needs ASLR off
@@ -208,24 +225,56 @@ compile_build() {
   return 1
 }
 
-# count_log LOG NAME RC: add the test cases of a meson test log to NAME's row
-# (R_PASS/R_FAIL/R_SKIP) and FAILED_CASES; RC is meson test's exit status.
+# count_log LOG NAME RC: add the test cases of a meson test log to NAME's rows
+# (R_PASS/R_FAIL/R_SKIP for the library, R_T* for suite 'tools') and
+# FAILED_CASES, and the programs that ran to $RESIL_TEST_TMPDIR/ran-NAME;
+# RC is meson test's exit status.
 count_log() {
-  local log=$1 name=$2 rc=$3 counts p f s
+  local log=$1 name=$2 rc=$3 counts p f s tp tf ts
   local errf="$RESIL_TEST_TMPDIR/count-$name.err"
-  counts=$("$PY" scripts/lib/count_tests.py "$log" "$name" 2>"$errf") || counts="0 1 0"
-  read -r p f s <<<"$counts"
+  counts=$("$PY" scripts/lib/count_tests.py "$log" "$name" \
+    --ran "$RESIL_TEST_TMPDIR/ran-$name" 2>"$errf") || counts="0 1 0 0 0 0"
+  read -r p f s tp tf ts <<<"$counts"
   mapfile -t -O "${#FAILED_CASES[@]}" FAILED_CASES <"$errf"
-  if ((rc != 0 && f == 0)); then
+  if ((rc != 0 && f + tf == 0)); then
     f=1
     FAILED_CASES+=("$name: meson test exited $rc with no failing test case in its log")
   fi
   R_PASS[$name]=$((R_PASS[$name] + p)) R_FAIL[$name]=$((R_FAIL[$name] + f))
   R_SKIP[$name]=$((R_SKIP[$name] + s))
+  R_TPASS[$name]=$((R_TPASS[$name] + tp)) R_TFAIL[$name]=$((R_TFAIL[$name] + tf))
+  R_TSKIP[$name]=$((R_TSKIP[$name] + ts))
+}
+
+# installed_adapters: the adapters whose driver is installed (pkg-config), as
+# "redis,pg,http" (a subset).
+installed_adapters() {
+  local found=() a pc
+  for a in redis:hiredis pg:libpq http:libcurl; do
+    pc=${a#*:}
+    pkg-config --exists "$pc" 2>/dev/null && found+=("${a%%:*}")
+  done
+  local IFS=,
+  echo "${found[*]}"
+}
+
+# check_manifest NAME SUITES: nothing silently missing from NAME's run (see
+# scripts/lib/check_manifest.py): each problem is one failed case.
+check_manifest() {
+  local name=$1 suites=$2 expect="" line n=0
+  ((B_ADAPTERS == 0)) || expect=$(installed_adapters)
+  while IFS= read -r line; do
+    [[ -n $line ]] || continue
+    n=$((n + 1))
+    FAILED_CASES+=("$name: missing: $line")
+  done < <("$PY" scripts/lib/check_manifest.py "$B_DIR" tests/expected-tests.txt \
+             "$expect" "$suites" "$RESIL_TEST_TMPDIR/ran-$name" 2>&1)
+  R_FAIL[$name]=$((R_FAIL[$name] + n))
 }
 
 # run_fuzz: the pseudo-build `fuzz`: scripts/fuzz.sh FUZZ_SECONDS, one test
-# case per target (its lines "fuzz TARGET N runs ok|CRASH|ERROR ...").
+# case per target (its lines "fuzz TARGET N runs ok|CRASH|ERROR|MISSING ...")
+# and per replay of past findings ("fuzz TARGET/crashes K files ok|CRASH").
 run_fuzz() {
   local name=fuzz start=$SECONDS rc=0 line runs res total=0 n=0
   R_PASS[$name]=0 R_FAIL[$name]=0 R_SKIP[$name]=0 R_NOTE[$name]=
@@ -240,7 +289,8 @@ run_fuzz() {
     n=$((n + 1))
     if [[ $res == ok ]]; then
       R_PASS[$name]=$((R_PASS[$name] + 1))
-      total=$((total + runs))
+      # "fuzz TARGET/crashes K files ok": the replay of past findings
+      [[ $line == "fuzz "*/crashes* ]] || total=$((total + runs))
     else
       R_FAIL[$name]=$((R_FAIL[$name] + 1))
       FAILED_CASES+=("$name: $line")
@@ -261,6 +311,7 @@ run_soak() {
   shift
   [[ $name != plain ]] || secs=$SOAK_SECONDS_PLAIN
   if [[ ! -x $B_DIR/tests/soak/soak ]]; then
+    # A failure if its adapters should be there: see check_manifest.
     R_NOTE[$name]+="no soak (an adapter is not built) "
     return 0
   fi
@@ -286,8 +337,29 @@ run_build() {
   # Tests may read this to widen timing slack under the sanitizers.
   B_ENV+=("RESIL_TEST_BUILD=$name")
   R_PASS[$name]=0 R_FAIL[$name]=0 R_SKIP[$name]=0 R_NOTE[$name]=
+  R_TPASS[$name]=0 R_TFAIL[$name]=0 R_TSKIP[$name]=0
+  rm -f "$RESIL_TEST_TMPDIR/ran-$name"
   echo
   echo "==> [$name] $B_CC, ${B_OPTS[*]} ($B_DIR)"
+
+  # The suites of the main `meson test` run: the selection, narrowed to
+  # B_SUITES for a build that runs only some.
+  local suite_args=("${MAIN_SUITE_ARGS[@]}") want_main=$WANT_MAIN want_soak=$WANT_SOAK
+  local ran_suites=all s local_suites=()
+  if ((${#MAIN_SUITE_ARGS[@]})); then
+    ran_suites=$(printf '%s\n' "${SUITES[@]}" | grep -vx 'soak\|fuzz' | paste -sd, - || true)
+  fi
+  if ((${#B_SUITES[@]})); then
+    want_soak=0 suite_args=()
+    for s in "${B_SUITES[@]}"; do
+      if ((${#MAIN_SUITE_ARGS[@]} == 0)) || [[ ,$ran_suites, == *",$s,"* ]]; then
+        suite_args+=(--suite "$s") local_suites+=("$s")
+      fi
+    done
+    ((${#suite_args[@]})) || want_main=0
+    ran_suites=$(IFS=,; echo "${local_suites[*]}")
+  fi
+  ((want_main)) || ran_suites=
 
   local prefix=()
   if [[ $name == tsan ]]; then
@@ -312,17 +384,19 @@ run_build() {
 
   ensure_servers_healthy || echo "warning: a test server could not be restarted" >&2
 
-  if ((WANT_MAIN)); then
+  if ((want_main)); then
     local log="$B_DIR/meson-logs/testlog.json"
     rm -f "$log"
     run_child "${prefix[@]}" env "${B_ENV[@]}" meson test -C "$B_DIR" --no-rebuild --print-errorlogs \
-      --num-processes 2 --timeout-multiplier "$B_TMULT" "${MAIN_SUITE_ARGS[@]}" || rc=$?
+      --num-processes 2 --timeout-multiplier "$B_TMULT" "${suite_args[@]}" || rc=$?
     count_log "$log" "$name" "$rc"
   fi
-  if ((WANT_SOAK)); then
+  if ((want_soak)); then
     ensure_servers_healthy || echo "warning: a test server could not be restarted" >&2
     run_soak "$name" "${prefix[@]}"
+    ran_suites+=${ran_suites:+,}soak
   fi
+  check_manifest "$name" "$ran_suites"
   R_TIME[$name]=$((SECONDS - start))
 }
 
@@ -331,12 +405,17 @@ run_build() {
 report() {
   local b tp=0 tf=$EXTRA_FAILURES ts=0
   echo
-  printf '%-8s %8s %8s %8s %7s  %s\n' build passed failed skipped time note
+  printf '%-12s %8s %8s %8s %7s  %s\n' build passed failed skipped time note
   for b in "${BUILDS[@]}"; do
     [[ -n ${R_PASS[$b]+x} ]] || continue
-    printf '%-8s %8d %8d %8d %6ss  %s\n' "$b" "${R_PASS[$b]}" "${R_FAIL[$b]}" \
+    printf '%-12s %8d %8d %8d %6ss  %s\n' "$b" "${R_PASS[$b]}" "${R_FAIL[$b]}" \
       "${R_SKIP[$b]}" "${R_TIME[$b]}" "${R_NOTE[$b]}"
     tp=$((tp + R_PASS[$b])) tf=$((tf + R_FAIL[$b])) ts=$((ts + R_SKIP[$b]))
+    [[ -n ${R_TPASS[$b]+x} ]] || continue
+    # Tests of the test tools (suite 'tools'), apart from the library's.
+    printf '%-12s %8d %8d %8d %7s  %s\n' "  $b tools" "${R_TPASS[$b]}" "${R_TFAIL[$b]}" \
+      "${R_TSKIP[$b]}" "" "tests of the test tools"
+    tp=$((tp + R_TPASS[$b])) tf=$((tf + R_TFAIL[$b])) ts=$((ts + R_TSKIP[$b]))
   done
   if ((${#FAILED_CASES[@]})); then
     echo

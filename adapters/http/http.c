@@ -805,8 +805,15 @@ static resil_http_phase phase_of(const resil_http *h, CURL *e, CURLcode rc, size
   case CURLE_SEND_ERROR:
     return RESIL_HTTP_PHASE_SEND;
   case CURLE_RECV_ERROR:
+  case CURLE_GOT_NOTHING: {
+    /* curl also reads while it uploads (for an early response): a reset
+     * that read sees before the whole body went out happened while
+     * sending. */
+    curl_off_t sent = 0;
+    curl_easy_getinfo(e, CURLINFO_SIZE_UPLOAD_T, &sent);
+    return sent >= 0 && (size_t)sent < to_send ? RESIL_HTTP_PHASE_SEND : RESIL_HTTP_PHASE_RECEIVE;
+  }
   case CURLE_PARTIAL_FILE:
-  case CURLE_GOT_NOTHING:
   case CURLE_WEIRD_SERVER_REPLY:
   case CURLE_WRITE_ERROR:
   case CURLE_FILESIZE_EXCEEDED:
@@ -826,7 +833,10 @@ static resil_http_phase phase_of(const resil_http *h, CURL *e, CURLcode rc, size
   curl_easy_getinfo(e, CURLINFO_STARTTRANSFER_TIME_T, &start);
   curl_easy_getinfo(e, CURLINFO_SIZE_UPLOAD_T, &up);
   if (pre > 0 || start > 0) {
-    if (start == 0 && up >= 0 && (size_t)up < to_send) return RESIL_HTTP_PHASE_SEND;
+    /* Not "start == 0": curl 7.88 sets STARTTRANSFER when a POST body starts
+     * going out, not at the first byte received; a body not all sent is the
+     * send phase. */
+    if (up >= 0 && (size_t)up < to_send) return RESIL_HTTP_PHASE_SEND;
     return RESIL_HTTP_PHASE_RECEIVE;
   }
   if (conn > 0) return h->https && app == 0 ? RESIL_HTTP_PHASE_TLS : RESIL_HTTP_PHASE_SEND;

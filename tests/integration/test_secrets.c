@@ -171,10 +171,104 @@ static void a_bad_secret_value_is_not_echoed_in_config_errors(void **state) {
   free(report);
 }
 
+/* The same with the password inside a postgresql:// URI (user info, or the
+ * query parameter password=), in every form libpq accepts, and in URIs
+ * libpq refuses (its parse errors quote pieces of the string): no error
+ * message, config error report, /config nor config dump shows it. */
+#define PG_URI_SECRET "pGuRi-SeCrEt-31d5"
+static void no_uri_secret_in(const char *what, const char *text) {
+  assert_non_null(text);
+  if (strstr(text, PG_URI_SECRET)) fail_msg("a postgresql:// password leaked into %s: %s", what, text);
+}
+
+static void postgresql_uri_passwords_never_appear(void **state) {
+  (void)state;
+  resil_pg_register_kind(NULL);
+  int fds[3];
+  uint16_t hang = unanswered_listener(fds), refused = refused_port();
+  char uris[4][256];
+  snprintf(uris[0], sizeof uris[0],
+           "RESIL_DEP_DB_CONNINFO=postgresql://resil:" PG_URI_SECRET "@127.0.0.1:%u/x", refused);
+  snprintf(uris[1], sizeof uris[1],
+           "RESIL_DEP_DB_CONNINFO=postgres://resil:" PG_URI_SECRET "@127.0.0.1:%u/x"
+           "?connect_timeout=1", hang);
+  snprintf(uris[2], sizeof uris[2],
+           "RESIL_DEP_DB_CONNINFO=postgresql://127.0.0.1:%u/x?user=resil&password=" PG_URI_SECRET,
+           refused);
+  snprintf(uris[3], sizeof uris[3],
+           "RESIL_DEP_DB_CONNINFO=postgresql://resil:%%41" PG_URI_SECRET "@127.0.0.1:%u/x", hang);
+  for (int i = 0; i < 4; i++) {
+    char admin[64];
+    snprintf(admin, sizeof admin, "RESIL_ADMIN_PORT=%u", refused_port());
+    char *env[] = {(char *)"RESIL_DEPS=db:pg", (char *)"RESIL_EMF_INTERVAL_MS=0",
+                   (char *)"RESIL_DRAIN_GRACE_MS=0", admin, uris[i],
+                   (char *)"RESIL_DEP_DB_CONNECT_TIMEOUT_MS=150", NULL};
+    resil_service *svc;
+    char *report = NULL;
+    resil_err err;
+    if (resil_service_start(env, &svc, &report, &err) != RESIL_OK)
+      fail_msg("start with URI %d: %s", i, report ? report : err.msg);
+    resil_pg *db = resil_service_get(svc, "db", "pg");
+    assert_non_null(db);
+    for (int k = 0; k < 2; k++) {
+      PGresult *res = NULL;
+      resil_status st =
+          resil_pg_query(db, resil_deadline_in_ms(500), 0, "SELECT 1", 0, NULL, &res, &err);
+      PQclear(res);
+      assert_int_not_equal(st, RESIL_OK);
+      no_uri_secret_in("a PostgreSQL error", err.msg);
+    }
+    uint16_t port = resil_service_admin_port(svc);
+    const char *cfg = http_get(port, "/config");
+    no_uri_secret_in("/config", cfg);
+    assert_non_null(strstr(cfg, "<redacted>"));
+    no_uri_secret_in("/metrics", http_get(port, "/metrics"));
+    char *text = resil_config_dump(resil_service_get_config(svc));
+    no_uri_secret_in("the config dump", text);
+    free(text);
+    text = NULL;
+    assert_int_equal(resil_export_json(&text, NULL, NULL), RESIL_OK);
+    no_uri_secret_in("the JSON snapshot", text);
+    free(text);
+    assert_int_equal(resil_service_stop(svc, &err), RESIL_OK);
+  }
+  unanswered_close(fds);
+
+  /* URIs libpq refuses, each quoting a piece that holds the password. */
+  const char *bad[] = {
+      "RESIL_DEP_DB_CONNINFO=postgresql://resil:" PG_URI_SECRET "%zz@127.0.0.1/x",
+      "RESIL_DEP_DB_CONNINFO=postgresql://resil:" PG_URI_SECRET "@127.0.0.1:port/x",
+      "RESIL_DEP_DB_CONNINFO=postgresql://127.0.0.1/x?password=" PG_URI_SECRET "&" PG_URI_SECRET
+      "=1",
+      "RESIL_DEP_DB_CONNINFO=postgresql://[resil:" PG_URI_SECRET "@127.0.0.1/x",
+  };
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    char *env[] = {(char *)"RESIL_DEPS=db:pg", (char *)bad[i], NULL};
+    resil_config *c = NULL;
+    char *report = NULL;
+    resil_err err;
+    resil_status st = resil_config_load(env, NULL, &c, &report, &err);
+    if (st == RESIL_OK) {
+      char *text = resil_config_dump(c);
+      no_uri_secret_in("the config dump", text);
+      free(text);
+      resil_config_free(c);
+      continue;
+    }
+    assert_non_null(report);
+    if (!strstr(report, "RESIL_DEP_DB_CONNINFO"))
+      fail_msg("the error does not name RESIL_DEP_DB_CONNINFO: %s", report);
+    no_uri_secret_in("a config error report", report);
+    no_uri_secret_in("a config error", err.msg);
+    free(report);
+  }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(secrets_never_appear_in_any_output),
       cmocka_unit_test(a_bad_secret_value_is_not_echoed_in_config_errors),
+      cmocka_unit_test(postgresql_uri_passwords_never_appear),
   };
   return cmocka_run_group_tests_name("secrets", tests, NULL, NULL);
 }
