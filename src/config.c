@@ -237,11 +237,16 @@ resil_status resil_parse_size(const char *what, const char *v, size_t *out, resi
   return RESIL_OK;
 }
 
+/* A finite decimal number with nothing around it: no leading or trailing
+ * space (strtod would skip the leading one), no hex, inf or nan. */
 static resil_status parse_double(const char *what, const char *v, double *out, resil_err *err) {
-  char *end;
+  if (!v || !*v || isspace((unsigned char)*v)) return bad(err, what, v ? v : "", "a number");
+  for (const char *q = v; *q; q++)
+    if (!strchr("0123456789.eE+-", *q)) return bad(err, what, v, "a number");
+  char *end = NULL;
   errno = 0;
-  double x = v && *v && !isspace((unsigned char)*v) ? strtod(v, &end) : NAN;
-  if (!v || !*v || errno || *end || !isfinite(x)) return bad(err, what, v ? v : "", "a number");
+  double x = strtod(v, &end);
+  if (errno || end == v || *end || !isfinite(x)) return bad(err, what, v, "a number");
   *out = x;
   return RESIL_OK;
 }

@@ -372,6 +372,30 @@ static void value_parsers_are_strict(void **state) {
   assert_false(b);
 }
 
+/* Doubles (breaker.open_multiplier, retry.multiplier): a leading space once
+ * made the loader read an uninitialised end pointer (a crash under ASan). */
+static void double_values_are_strict(void **state) {
+  (void)state;
+  const char *bad_double[] = {" 2", "2 ", "\t2", "", "x", "2x", "0x10", "inf", "nan", "1e999",
+                              "--2", ".", "1,5"};
+  for (size_t i = 0; i < sizeof bad_double / sizeof bad_double[0]; i++) {
+    char var[128];
+    snprintf(var, sizeof var, "RESIL_DEP_A_BREAKER_OPEN_MULTIPLIER=%s", bad_double[i]);
+    char *env[] = {(char *)"RESIL_DEPS=a", var, NULL};
+    char *r = load_bad(env, NULL);
+    if (!strstr(r, "RESIL_DEP_A_BREAKER_OPEN_MULTIPLIER: '") || !strstr(r, "' is not a number"))
+      fail_msg("'%s': %s", bad_double[i], r);
+    free(r);
+  }
+  char *env[] = {(char *)"RESIL_DEPS=a", (char *)"RESIL_DEP_A_BREAKER_OPEN_MULTIPLIER=1.5",
+                 (char *)"RESIL_DEP_A_RETRY_MULTIPLIER=3", NULL};
+  resil_config *c = load_ok(env);
+  const resil_dep_config *d = resil_config_find(c, "a", NULL);
+  assert_true(d->breaker.open_multiplier == 1.5);
+  assert_true(d->retry.multiplier == 3.0);
+  resil_config_free(c);
+}
+
 static void bad_kind_registration_is_refused(void **state) {
   (void)state;
   resil_config_kind k = {.name = "broken"};
@@ -397,6 +421,7 @@ int main(void) {
       cmocka_unit_test(dump_redacts_secrets_and_hash_ignores_them),
       cmocka_unit_test(a_kind_key_hides_the_pool_key_it_replaces),
       cmocka_unit_test(value_parsers_are_strict),
+      cmocka_unit_test(double_values_are_strict),
       cmocka_unit_test(bad_kind_registration_is_refused),
   };
   return cmocka_run_group_tests_name("config", tests, setup, NULL);
