@@ -622,6 +622,37 @@ static bool name_char(char ch) {
          ch == '_' || ch == '-' || ch == '.';
 }
 
+/* Two dependencies are ambiguous when a variable could belong to either:
+ * b's prefix is a's prefix + "_" + T (a = DB, b = DB_CONNECT, T = CONNECT)
+ * and a has a key T_K where K is a key of b (DB's CONNECT_TIMEOUT_MS and
+ * DB_CONNECT's TIMEOUT_MS are both RESIL_DEP_DB_CONNECT_TIMEOUT_MS). Such a
+ * variable would silently go to one of them and the other's key could not
+ * be set at all, so the pair is an error whether or not the variable is
+ * set. Names that merely share a prefix (orders, orders-db) are fine: no
+ * key of the shorter one starts with DB_. */
+static void check_ambiguous(report *r, const char *source, const dep_entry *a,
+                            const dep_entry *b) {
+  size_t la = strlen(a->env);
+  if (strncmp(b->env, a->env, la) != 0 || b->env[la] != '_') return;
+  const char *t = b->env + la + 1;
+  size_t lt = strlen(t);
+  table tb[3];
+  int nt = tables_of(a, tb);
+  for (int i = 0; i < nt; i++)
+    for (size_t k = 0; k < tb[i].n; k++) {
+      if (shadowed(a, &tb[i].keys[k])) continue;
+      char e[96];
+      env_form(e, sizeof e, tb[i].keys[k].key);
+      void *base;
+      if (strncmp(e, t, lt) != 0 || e[lt] != '_' || !find_key(b, e + lt + 1, &base)) continue;
+      problem(r,
+              "%s: dependency names %s and %s are ambiguous: " ENV_PREFIX
+              "%s_%s would be both %s's %s and %s's %s (rename one of them)",
+              source, a->name, b->name, a->env, e, a->name, e, b->name, e + lt + 1);
+      return;
+    }
+}
+
 static void parse_deps(resil_config *c, report *r, const kv *deps) {
   const char *p = deps->value;
   size_t cap = 1;
@@ -689,6 +720,9 @@ static void parse_deps(resil_config *c, report *r, const kv *deps) {
     if (end) p++;
   }
   if (c->n == 0 && r->n == 0) problem(r, "%s: lists no dependency", deps->source);
+  for (size_t i = 0; i < c->n; i++)
+    for (size_t j = 0; j < c->n; j++)
+      if (i != j) check_ambiguous(r, deps->source, &c->deps[i], &c->deps[j]);
 }
 
 /* ---- assigning keys -------------------------------------------------------- */

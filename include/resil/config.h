@@ -12,6 +12,11 @@
  *       upper case with '-' and '.' as '_' (orders-db -> ORDERS_DB); <KEY> is
  *       the field's path in upper case with '.' as '_'
  *       (breaker.failure_rate_percent -> BREAKER_FAILURE_RATE_PERCENT).
+ *       Two dependencies whose variables could collide are an error: when
+ *       B's <NAME> is A's <NAME> + "_" + T and a key of A's kind is T + "_" +
+ *       a key of B's kind (db:pg and db-connect:redis both claim
+ *       RESIL_DEP_DB_CONNECT_TIMEOUT_MS), RESIL_DEPS is refused naming both
+ *       and the variable, whether or not that variable is set.
  *   RESIL_SERVICE, RESIL_CONFIG_FILE and the other RESIL_* process keys
  *       listed in resil_service_config below.
  *
