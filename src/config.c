@@ -7,7 +7,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "resil/admin.h"
 #include "resil/config.h"
+#include "resil/emf.h"
 #include "internal.h"
 
 #define MAX_KINDS 16
@@ -822,6 +824,51 @@ static void service_defaults(resil_service_config *s) {
   s->prewarm_timeout_ms = 10000;
 }
 
+void resil__service_admin_config(const resil_service_config *s, resil_admin_config *ac) {
+  resil_admin_config_init(ac);
+  ac->bind_address = s->admin_addr;
+  ac->port = (uint16_t)s->admin_port;
+}
+
+void resil__service_emf_config(const resil_service_config *s, resil_emf_config *ec) {
+  resil_emf_config_init(ec);
+  ec->metric_namespace = s->emf_namespace;
+  ec->service = s->service;
+  ec->interval_ms = s->emf_interval_ms;
+}
+
+/* Rewrite "admin.bind_address: msg; emf.service: msg" from the admin and EMF
+ * validators into problems named by the RESIL_* variable that set the
+ * field. */
+static void translate_service(report *r, const char *msg) {
+  static const struct {
+    const char *field, *var;
+  } fields[] = {
+      {"admin.bind_address", "RESIL_ADMIN_ADDR"}, {"admin.port", "RESIL_ADMIN_PORT"},
+      {"emf.metric_namespace", "RESIL_EMF_NAMESPACE"}, {"emf.service", "RESIL_SERVICE"},
+      {"emf.interval_ms", "RESIL_EMF_INTERVAL_MS"},
+  };
+  for (const char *p = msg; *p;) {
+    const char *end = strstr(p, "; ");
+    size_t len = end ? (size_t)(end - p) : strlen(p);
+    const char *var = NULL, *rest = p;
+    for (size_t i = 0; i < COUNT(fields) && !var; i++) {
+      size_t fl = strlen(fields[i].field);
+      if (fl + 2 <= len && strncmp(p, fields[i].field, fl) == 0 && p[fl] == ':' &&
+          p[fl + 1] == ' ') {
+        var = fields[i].var;
+        rest = p + fl + 2;
+      }
+    }
+    if (!var)
+      problem(r, "RESIL_* process settings: %.*s", (int)len, p);
+    else if (!reported(r, var))
+      problem(r, "%s: %.*s", var, (int)(len - (size_t)(rest - p)), rest);
+    p += len;
+    if (end) p += 2;
+  }
+}
+
 static void check_service(report *r, const resil_service_config *s) {
   if (s->admin_port > 65535) problem(r, "RESIL_ADMIN_PORT: %u is above 65535", s->admin_port);
   if (!s->admin_addr || !*s->admin_addr) problem(r, "RESIL_ADMIN_ADDR: must not be empty");
@@ -836,6 +883,18 @@ static void check_service(report *r, const resil_service_config *s) {
   if (s->drain_grace_ms >= s->drain_timeout_ms && s->drain_timeout_ms)
     problem(r, "RESIL_DRAIN_GRACE_MS: %u ms is not below RESIL_DRAIN_TIMEOUT_MS %u ms",
             s->drain_grace_ms, s->drain_timeout_ms);
+  /* What resil_service_start() will hand the admin endpoint and the EMF
+   * emitter, checked by their own validators. Both are checked even when
+   * off (a bad value is bad whether or not it is used yet), and
+   * RESIL_SERVICE is also the service label of resil_info. */
+  resil_err e;
+  resil_admin_config ac;
+  resil__service_admin_config(s, &ac);
+  if (resil_admin_config_validate(&ac, &e) != RESIL_OK) translate_service(r, e.msg);
+  resil_emf_config ec;
+  resil__service_emf_config(s, &ec);
+  if (!ec.interval_ms) ec.interval_ms = 60000; /* EMF off: check the rest */
+  if (resil_emf_config_validate(&ec, &e) != RESIL_OK) translate_service(r, e.msg);
 }
 
 /* Cross-field checks the core can make for any kind: a connect timeout set
@@ -959,11 +1018,12 @@ char *resil_config_dump_json(const resil_config *c) {
 }
 
 static const char *const svc_help[] = {
-    "service name: the Service dimension of EMF and a resil_info label",
-    "admin endpoint bind address (numeric)",
+    "service name: the Service dimension of EMF and a resil_info label; 1..255 bytes, no "
+    "control characters",
+    "admin endpoint bind address: a numeric IPv4 or IPv6 address (no host names, no brackets)",
     "admin endpoint port; 0 = off",
-    "CloudWatch EMF namespace",
-    "EMF interval; 0 = EMF off (min 1s)",
+    "CloudWatch EMF namespace: 1..255 of A-Z a-z 0-9 . - _ / # : and space, not starting AWS/",
+    "EMF interval, 1s..24h; 0 = EMF off",
     "keep admitting calls this long after SIGTERM",
     "wait at most this long for in-flight calls at drain",
     "bound on each start-up pre-warm attempt",
