@@ -270,11 +270,34 @@ static void the_tool_and_the_start_refuse_the_same_values_naming_the_variable(vo
   if (st != RESIL_OK) fail_msg("the edge values: %s", report ? report : err.msg);
 }
 
+/* The one start-up failure resil-config cannot foresee, a taken admin
+ * port, names the variables too. */
+static void a_taken_admin_port_is_named_at_start(void **state) {
+  (void)state;
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
+  assert_int_equal(listen(fd, 1), 0);
+  socklen_t len = sizeof a;
+  getsockname(fd, (struct sockaddr *)&a, &len);
+  char port_var[64], want[96];
+  snprintf(port_var, sizeof port_var, "RESIL_ADMIN_PORT=%u", ntohs(a.sin_port));
+  snprintf(want, sizeof want, "RESIL_ADMIN_ADDR=127.0.0.1 %s: ", port_var);
+  char *env[] = {(char *)"RESIL_DEPS=orders", (char *)"RESIL_EMF_INTERVAL_MS=0", port_var, NULL};
+  resil_service *s = (resil_service *)1;
+  resil_err err;
+  assert_int_equal(resil_service_start(env, &s, NULL, &err), RESIL_E_SYSTEM);
+  assert_null(s);
+  if (!strstr(err.msg, want)) fail_msg("'%s' lacks '%s'", err.msg, want);
+  close(fd);
+}
+
 int main(int argc, char **argv) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(bad_environment_starts_nothing_and_names_every_problem),
       cmocka_unit_test(service_serves_admin_and_drains_on_sigterm),
       cmocka_unit_test(the_tool_and_the_start_refuse_the_same_values_naming_the_variable),
+      cmocka_unit_test(a_taken_admin_port_is_named_at_start),
   };
   tool_path = argc > 1 ? argv[1] : NULL;
   return cmocka_run_group_tests_name("service", tests, NULL, NULL);
