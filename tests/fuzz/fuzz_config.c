@@ -53,7 +53,7 @@
 static const char *const kinds[] = {"core", "redis", "pg", "http"};
 static char *kind_keys[4][MAX_KEYS]; /* "RESIL_DEP_<NAME>_X" per kind */
 static size_t kind_nkeys[4];
-static char *proc_keys[32];
+static char *proc_keys[32]; /* RESIL_DEPS and RESIL_SERVICE, ... */
 static size_t proc_nkeys;
 static const char *const names[16] = {"a",      "db",        "db-connect", "db.connect",
                                       "db-query", "cache",   "cache-pool", "orders-db",
@@ -87,8 +87,9 @@ static size_t parse_keys(const char *md, char **out, size_t max) {
     a += 3;
     const char *b = strchr(a, '`');
     if (!b) break;
-    if (strncmp(a, "RESIL_DEPS", (size_t)(b - a)) != 0 &&
-        strncmp(a, "RESIL_CONFIG_FILE", (size_t)(b - a)) != 0) {
+    /* not RESIL_CONFIG_FILE: the input must not open arbitrary paths; a
+     * RESIL_DEPS record overrides the structured list (a list value) */
+    if ((size_t)(b - a) != 17 || strncmp(a, "RESIL_CONFIG_FILE", 17) != 0) {
       out[n] = strndup(a, (size_t)(b - a));
       if (!out[n]) abort();
       n++;
@@ -108,7 +109,7 @@ static void load_key_tables(void) {
     kind_nkeys[k] = md ? parse_keys(md, kind_keys[k], MAX_KEYS) : 0;
     free(md);
   }
-  if (proc_nkeys < 8 || kind_nkeys[0] < 20) abort(); /* the tables must be there */
+  if (proc_nkeys < 9 || kind_nkeys[0] < 20) abort(); /* the tables must be there */
 }
 
 /* "RESIL_DEP_<NAME>_X" with <NAME> as the dependency's variable form. */
