@@ -111,7 +111,10 @@ resil_status resil_admin_config_validate(const resil_admin_config *cfg, resil_er
   addr_any sa;
   socklen_t sl;
   if (strlen(a) >= sizeof adm_addr || !parse_addr(a, 0, &sa, &sl))
-    resil__problem(&p, "admin.bind_address", "'%.64s' is not a numeric IPv4 or IPv6 address", a);
+    resil__problem(&p, "admin.bind_address",
+                   "'%.64s' is not an IP address (a numeric IPv4 or IPv6 address: no host "
+                   "names, no brackets)",
+                   a);
   resil__check_range(&p, "admin.max_connections", cfg->max_connections, 1, 4096);
   resil__check_range(&p, "admin.max_request_bytes", cfg->max_request_bytes, 256, 1048576);
   resil__check_range(&p, "admin.read_timeout_ms", cfg->read_timeout_ms, 10, 600000);

@@ -7,7 +7,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "resil/admin.h"
 #include "resil/config.h"
+#include "resil/emf.h"
 #include "internal.h"
 
 #define MAX_KINDS 16
@@ -240,11 +242,16 @@ resil_status resil_parse_size(const char *what, const char *v, size_t *out, resi
   return RESIL_OK;
 }
 
+/* A finite decimal number with nothing around it: no leading or trailing
+ * space (strtod would skip the leading one), no hex, inf or nan. */
 static resil_status parse_double(const char *what, const char *v, double *out, resil_err *err) {
-  char *end;
+  if (!v || !*v || isspace((unsigned char)*v)) return bad(err, what, v ? v : "", "a number");
+  for (const char *q = v; *q; q++)
+    if (!strchr("0123456789.eE+-", *q)) return bad(err, what, v, "a number");
+  char *end = NULL;
   errno = 0;
-  double x = v && *v && !isspace((unsigned char)*v) ? strtod(v, &end) : NAN;
-  if (!v || !*v || errno || *end || !isfinite(x)) return bad(err, what, v ? v : "", "a number");
+  double x = strtod(v, &end);
+  if (errno || end == v || *end || !isfinite(x)) return bad(err, what, v, "a number");
   *out = x;
   return RESIL_OK;
 }
@@ -620,6 +627,37 @@ static bool name_char(char ch) {
          ch == '_' || ch == '-' || ch == '.';
 }
 
+/* Two dependencies are ambiguous when a variable could belong to either:
+ * b's prefix is a's prefix + "_" + T (a = DB, b = DB_CONNECT, T = CONNECT)
+ * and a has a key T_K where K is a key of b (DB's CONNECT_TIMEOUT_MS and
+ * DB_CONNECT's TIMEOUT_MS are both RESIL_DEP_DB_CONNECT_TIMEOUT_MS). Such a
+ * variable would silently go to one of them and the other's key could not
+ * be set at all, so the pair is an error whether or not the variable is
+ * set. Names that merely share a prefix (orders, orders-db) are fine: no
+ * key of the shorter one starts with DB_. */
+static void check_ambiguous(report *r, const char *source, const dep_entry *a,
+                            const dep_entry *b) {
+  size_t la = strlen(a->env);
+  if (strncmp(b->env, a->env, la) != 0 || b->env[la] != '_') return;
+  const char *t = b->env + la + 1;
+  size_t lt = strlen(t);
+  table tb[3];
+  int nt = tables_of(a, tb);
+  for (int i = 0; i < nt; i++)
+    for (size_t k = 0; k < tb[i].n; k++) {
+      if (shadowed(a, &tb[i].keys[k])) continue;
+      char e[96];
+      env_form(e, sizeof e, tb[i].keys[k].key);
+      void *base;
+      if (strncmp(e, t, lt) != 0 || e[lt] != '_' || !find_key(b, e + lt + 1, &base)) continue;
+      problem(r,
+              "%s: dependency names %s and %s are ambiguous: " ENV_PREFIX
+              "%s_%s would be both %s's %s and %s's %s (rename one of them)",
+              source, a->name, b->name, a->env, e, a->name, e, b->name, e + lt + 1);
+      return;
+    }
+}
+
 static void parse_deps(resil_config *c, report *r, const kv *deps) {
   const char *p = deps->value;
   size_t cap = 1;
@@ -687,6 +725,9 @@ static void parse_deps(resil_config *c, report *r, const kv *deps) {
     if (end) p++;
   }
   if (c->n == 0 && r->n == 0) problem(r, "%s: lists no dependency", deps->source);
+  for (size_t i = 0; i < c->n; i++)
+    for (size_t j = 0; j < c->n; j++)
+      if (i != j) check_ambiguous(r, deps->source, &c->deps[i], &c->deps[j]);
 }
 
 /* ---- assigning keys -------------------------------------------------------- */
@@ -797,6 +838,51 @@ static void service_defaults(resil_service_config *s) {
   s->event_log = "json";
 }
 
+void resil__service_admin_config(const resil_service_config *s, resil_admin_config *ac) {
+  resil_admin_config_init(ac);
+  ac->bind_address = s->admin_addr;
+  ac->port = (uint16_t)s->admin_port;
+}
+
+void resil__service_emf_config(const resil_service_config *s, resil_emf_config *ec) {
+  resil_emf_config_init(ec);
+  ec->metric_namespace = s->emf_namespace;
+  ec->service = s->service;
+  ec->interval_ms = s->emf_interval_ms;
+}
+
+/* Rewrite "admin.bind_address: msg; emf.service: msg" from the admin and EMF
+ * validators into problems named by the RESIL_* variable that set the
+ * field. */
+static void translate_service(report *r, const char *msg) {
+  static const struct {
+    const char *field, *var;
+  } fields[] = {
+      {"admin.bind_address", "RESIL_ADMIN_ADDR"}, {"admin.port", "RESIL_ADMIN_PORT"},
+      {"emf.metric_namespace", "RESIL_EMF_NAMESPACE"}, {"emf.service", "RESIL_SERVICE"},
+      {"emf.interval_ms", "RESIL_EMF_INTERVAL_MS"},
+  };
+  for (const char *p = msg; *p;) {
+    const char *end = strstr(p, "; ");
+    size_t len = end ? (size_t)(end - p) : strlen(p);
+    const char *var = NULL, *rest = p;
+    for (size_t i = 0; i < COUNT(fields) && !var; i++) {
+      size_t fl = strlen(fields[i].field);
+      if (fl + 2 <= len && strncmp(p, fields[i].field, fl) == 0 && p[fl] == ':' &&
+          p[fl + 1] == ' ') {
+        var = fields[i].var;
+        rest = p + fl + 2;
+      }
+    }
+    if (!var)
+      problem(r, "RESIL_* process settings: %.*s", (int)len, p);
+    else if (!reported(r, var))
+      problem(r, "%s: %.*s", var, (int)(len - (size_t)(rest - p)), rest);
+    p += len;
+    if (end) p += 2;
+  }
+}
+
 static void check_service(report *r, const resil_service_config *s) {
   if (s->admin_port > 65535) problem(r, "RESIL_ADMIN_PORT: %u is above 65535", s->admin_port);
   if (!s->admin_addr || !*s->admin_addr) problem(r, "RESIL_ADMIN_ADDR: must not be empty");
@@ -815,6 +901,18 @@ static void check_service(report *r, const resil_service_config *s) {
   if (s->drain_grace_ms >= s->drain_timeout_ms && s->drain_timeout_ms)
     problem(r, "RESIL_DRAIN_GRACE_MS: %u ms is not below RESIL_DRAIN_TIMEOUT_MS %u ms",
             s->drain_grace_ms, s->drain_timeout_ms);
+  /* What resil_service_start() will hand the admin endpoint and the EMF
+   * emitter, checked by their own validators. Both are checked even when
+   * off (a bad value is bad whether or not it is used yet), and
+   * RESIL_SERVICE is also the service label of resil_info. */
+  resil_err e;
+  resil_admin_config ac;
+  resil__service_admin_config(s, &ac);
+  if (resil_admin_config_validate(&ac, &e) != RESIL_OK) translate_service(r, e.msg);
+  resil_emf_config ec;
+  resil__service_emf_config(s, &ec);
+  if (!ec.interval_ms) ec.interval_ms = 60000; /* EMF off: check the rest */
+  if (resil_emf_config_validate(&ec, &e) != RESIL_OK) translate_service(r, e.msg);
 }
 
 /* Cross-field checks the core can make for any kind: a connect timeout set
@@ -938,11 +1036,12 @@ char *resil_config_dump_json(const resil_config *c) {
 }
 
 static const char *const svc_help[] = {
-    "service name: the Service dimension of EMF and a resil_info label",
-    "admin endpoint bind address (numeric)",
+    "service name: the Service dimension of EMF and a resil_info label; 1..255 bytes, no "
+    "control characters",
+    "admin endpoint bind address: a numeric IPv4 or IPv6 address (no host names, no brackets)",
     "admin endpoint port; 0 = off",
-    "CloudWatch EMF namespace",
-    "EMF interval; 0 = EMF off (min 1s)",
+    "CloudWatch EMF namespace: 1..255 of A-Z a-z 0-9 . - _ / # : and space, not starting AWS/",
+    "EMF interval, 1s..24h; 0 = EMF off",
     "keep admitting calls this long after SIGTERM",
     "wait at most this long for in-flight calls at drain",
     "bound on each start-up pre-warm attempt",

@@ -63,6 +63,16 @@ uint64_t resil__rand(void);
 #define resil__check_range resil_problems_check_range
 void resil__check_range_d(resil_problems *p, const char *field, double v, double lo, double hi);
 
+/* ---- The process settings' admin and EMF configs ----------------------- */
+/* What resil_service_start() passes to resil_admin_start() and
+ * resil_emf_start() for the RESIL_* process settings s. The config loader
+ * validates these same structs (naming the variables), so a configuration
+ * that resil-config accepts cannot fail their validation at start. */
+struct resil_admin_config;
+struct resil_emf_config;
+void resil__service_admin_config(const resil_service_config *s, struct resil_admin_config *ac);
+void resil__service_emf_config(const resil_service_config *s, struct resil_emf_config *ec);
+
 /* Copy a string into a fixed buffer, always NUL-terminated. */
 void resil__strlcpy(char *dst, const char *src, size_t size);
 

@@ -208,8 +208,13 @@ resil_status resil_service_start(char *const *envp, resil_service **out, char **
     resil_set_event_hook(evlog_hook, &s->log);
     s->log_on = true;
   }
-  resil_export_set_info_label("config_hash", resil_config_hash(s->cfg), NULL);
-  resil_export_set_info_label("service", sc->service, NULL);
+  /* The loader checked RESIL_SERVICE against the label's limits. */
+  if ((st = resil_export_set_info_label("config_hash", resil_config_hash(s->cfg), err)) !=
+          RESIL_OK ||
+      (st = resil_export_set_info_label("service", sc->service, err)) != RESIL_OK) {
+    teardown(s);
+    return st;
+  }
 
   size_t n = resil_config_count(s->cfg);
   s->deps = calloc(n ? n : 1, sizeof *s->deps);
@@ -245,12 +250,13 @@ resil_status resil_service_start(char *const *envp, resil_service **out, char **
 
   if (sc->admin_port) {
     resil_admin_config ac;
-    resil_admin_config_init(&ac);
-    ac.bind_address = sc->admin_addr;
-    ac.port = (uint16_t)sc->admin_port;
+    resil__service_admin_config(sc, &ac); /* as validated by the loader */
     ac.config_json_fn = admin_config_json;
     ac.config_ctx = s->cfg;
-    if ((st = resil_admin_start(&ac, err)) != RESIL_OK) {
+    resil_err e;
+    if ((st = resil_admin_start(&ac, &e)) != RESIL_OK) { /* e.g. the port is taken */
+      resil_err_set(err, st, "RESIL_ADMIN_ADDR=%s RESIL_ADMIN_PORT=%u: %s", sc->admin_addr,
+                    sc->admin_port, e.msg);
       teardown(s);
       return st;
     }
@@ -258,10 +264,7 @@ resil_status resil_service_start(char *const *envp, resil_service **out, char **
   }
   if (sc->emf_interval_ms) {
     resil_emf_config ec;
-    resil_emf_config_init(&ec);
-    ec.metric_namespace = sc->emf_namespace;
-    ec.service = sc->service;
-    ec.interval_ms = sc->emf_interval_ms;
+    resil__service_emf_config(sc, &ec); /* as validated by the loader */
     if ((st = resil_emf_start(&ec, err)) != RESIL_OK) {
       teardown(s);
       return st;

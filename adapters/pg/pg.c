@@ -96,54 +96,188 @@ void resil_pg_config_init(resil_pg_config *cfg, const char *name) {
   cfg->probe_sql = "SELECT 1";
 }
 
-/* Is s a libpq connection keyword? */
-static bool is_keyword(const char *s, size_t len) {
-  PQconninfoOption *d = PQconndefaults();
-  bool found = false;
-  if (!d) return false;
-  for (PQconninfoOption *o = d; o->keyword; o++)
-    if (strlen(o->keyword) == len && strncmp(o->keyword, s, len) == 0) {
-      found = true;
-      break;
-    }
-  PQconninfoFree(d);
-  return found;
-}
-
-/* libpq's conninfo parse error with every quoted fragment that is not a
- * keyword or a lone punctuation mark replaced by "***": libpq quotes pieces
- * of the string, which may be a password. */
-static void redact_parse_error(char *dst, size_t size, const char *msg) {
-  char flat[RESIL_ERR_MSG_MAX];
-  flatten(flat, sizeof flat, msg);
-  size_t n = 0;
-  const char *s = flat;
-  while (*s && n + 1 < size) {
-    if (*s != '"') {
-      dst[n++] = *s++;
-      continue;
-    }
-    const char *end = strchr(s + 1, '"');
-    if (!end) { /* unbalanced: drop the rest */
-      break;
-    }
-    size_t len = (size_t)(end - s - 1);
-    bool keep = (len == 1 && !((s[1] >= 'a' && s[1] <= 'z') || (s[1] >= 'A' && s[1] <= 'Z') ||
-                               (s[1] >= '0' && s[1] <= '9'))) ||
-                (len > 0 && is_keyword(s + 1, len));
-    const char *piece = keep ? s : "\"***\"";
-    size_t plen = keep ? len + 2 : 5;
-    if (n + plen >= size) break;
-    memcpy(dst + n, piece, plen);
-    n += plen;
-    s = end + 1;
-  }
-  dst[n] = '\0';
-}
-
 static const char *opt_val(PQconninfoOption *opts, const char *key) {
   for (PQconninfoOption *o = opts; o && o->keyword; o++)
     if (strcmp(o->keyword, key) == 0) return (o->val && o->val[0]) ? o->val : NULL;
+  return NULL;
+}
+
+/* ---- Conninfo parse errors, redacted ---------------------------------------
+ *
+ * libpq's parse errors quote pieces of the conninfo, which may be pieces of
+ * the password: `password=abc"def ghi"TAIL` gives `missing "=" after
+ * "ghi"TAIL" ...`, and a URI error quotes the whole URI. Guessing which
+ * quoted piece is safe from quote marks cannot work (the piece may itself
+ * hold quotes), so the message is rebuilt instead:
+ *   - it must match one of libpq's templates below exactly, or none of it
+ *     is shown (a localised or future libpq gets a generic sentence);
+ *   - only the template's own text is copied; each %s piece is shown only if
+ *     it looks like a keyword ([A-Za-z0-9_.-], at most 64), occurs in the
+ *     part of the conninfo before anything that may hold a secret, and does
+ *     NOT occur anywhere in the rest, so it cannot be a piece of the
+ *     password; any other piece is "***", a %c is "*", a %d is kept.
+ * The part that may hold a secret starts at the first "password" (any
+ * case: also sslpassword), and in a postgresql:// URI also at the first ':'
+ * after the scheme (user:password@, or a port), '@' or '%' (a
+ * percent-encoded key could spell password). */
+static const char *const parse_templates[] = {
+    "missing \"=\" after \"%s\" in connection info string",
+    "unterminated quoted string in connection info string",
+    "invalid connection option \"%s\"",
+    "invalid URI propagated to internal parser routine: \"%s\"",
+    "end of string reached when looking for matching \"]\" in IPv6 host address in URI: \"%s\"",
+    "IPv6 host address may not be empty in URI: \"%s\"",
+    "unexpected character \"%c\" at position %d in URI (expected \":\" or \"/\"): \"%s\"",
+    "extra key/value separator \"=\" in URI query parameter: \"%s\"",
+    "missing key/value separator \"=\" in URI query parameter: \"%s\"",
+    "invalid URI query parameter: \"%s\"",
+    "invalid percent-encoded token: \"%s\"",
+    "forbidden value %%00 in percent-encoded value: \"%s\"",
+    "out of memory",
+};
+
+#define PARSE_SLOTS 4
+typedef struct slot {
+  char type; /* 's', 'c' or 'd' */
+  const char *p;
+  size_t len;
+} slot;
+
+/* Does msg[0..mlen) match template t exactly? Fills slots (at most
+ * PARSE_SLOTS); a %s matches any text, a %c one byte, a %d digits. */
+static bool match_template(const char *t, const char *m, size_t mlen, slot *sl, int n) {
+  while (*t) {
+    if (t[0] == '%' && t[1] == '%') {
+      if (!mlen || *m != '%') return false;
+      t += 2, m++, mlen--;
+      continue;
+    }
+    if (t[0] == '%' && (t[1] == 's' || t[1] == 'c' || t[1] == 'd')) {
+      if (n == PARSE_SLOTS) return false;
+      sl[n] = (slot){t[1], m, 0};
+      size_t lo = t[1] == 'c' ? 1 : t[1] == 'd' ? 1 : 0;
+      size_t hi = t[1] == 'c' ? 1 : mlen;
+      for (size_t l = lo; l <= hi && l <= mlen; l++) {
+        if (t[1] == 'd' && !(m[l - 1] >= '0' && m[l - 1] <= '9')) break;
+        sl[n].len = l;
+        if (match_template(t + 2, m + l, mlen - l, sl, n + 1)) return true;
+      }
+      return false;
+    }
+    if (!mlen || *t != *m) return false;
+    t++, m++, mlen--;
+  }
+  return mlen == 0;
+}
+
+static const char *find_ci(const char *s, size_t n, const char *needle) {
+  size_t k = strlen(needle);
+  for (size_t i = 0; i + k <= n; i++)
+    if (strncasecmp(s + i, needle, k) == 0) return s + i;
+  return NULL;
+}
+
+static bool is_uri(const char *ci) {
+  return strncmp(ci, "postgresql://", 13) == 0 || strncmp(ci, "postgres://", 11) == 0;
+}
+
+/* Length of the part of ci that cannot hold a secret (see above). */
+static size_t public_prefix(const char *ci) {
+  size_t n = strlen(ci);
+  const char *pw = find_ci(ci, n, "password");
+  size_t end = pw ? (size_t)(pw - ci) : n;
+  if (is_uri(ci)) {
+    const char *a = strstr(ci, "://") + 3;
+    size_t cut = (size_t)(a - ci) + strcspn(a, ":@%");
+    if (cut < end) end = cut;
+  }
+  return end;
+}
+
+static bool occurs(const char *hay, size_t n, const char *p, size_t len) {
+  for (size_t i = 0; i + len <= n; i++)
+    if (memcmp(hay + i, p, len) == 0) return true;
+  return false;
+}
+
+static bool keyword_like(const char *p, size_t len) {
+  if (len == 0 || len > 64) return false;
+  for (size_t i = 0; i < len; i++) {
+    char c = p[i];
+    if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+          c == '_' || c == '.' || c == '-'))
+      return false;
+  }
+  return true;
+}
+
+/* libpq's parse error msg for conninfo ci, rebuilt as described above. */
+static void redact_parse_error(char *dst, size_t size, const char *msg, const char *ci) {
+  size_t mlen = strlen(msg);
+  while (mlen && (msg[mlen - 1] == '\n' || msg[mlen - 1] == '\r')) mlen--;
+  slot sl[PARSE_SLOTS];
+  const char *t = NULL;
+  for (size_t i = 0; i < sizeof parse_templates / sizeof parse_templates[0] && !t; i++)
+    if (match_template(parse_templates[i], msg, mlen, sl, 0)) t = parse_templates[i];
+  if (!t) {
+    snprintf(dst, size, "libpq cannot parse it (its message is not shown: it may quote the "
+                        "password)");
+    return;
+  }
+  size_t cilen = strlen(ci), pub = public_prefix(ci);
+  bool hid = false;
+  size_t n = 0;
+  int k = 0;
+#define PUT(p, l)                                   \
+  do {                                              \
+    size_t l_ = (l);                                \
+    if (n + l_ >= size) l_ = n + 1 < size ? size - n - 1 : 0; \
+    memcpy(dst + n, (p), l_);                       \
+    n += l_;                                        \
+  } while (0)
+  while (*t) {
+    if (t[0] == '%' && t[1] == '%') {
+      PUT("%", 1);
+      t += 2;
+    } else if (t[0] == '%') {
+      const slot *s = &sl[k++];
+      if (s->type == 'd') {
+        PUT(s->p, s->len);
+      } else if (s->type == 's' && keyword_like(s->p, s->len) && occurs(ci, pub, s->p, s->len) &&
+                 !occurs(ci + pub, cilen - pub, s->p, s->len)) {
+        PUT(s->p, s->len);
+      } else {
+        PUT(s->type == 'c' ? "*" : "***", s->type == 'c' ? 1 : 3);
+        hid = true;
+      }
+      t += 2;
+    } else {
+      PUT(t, 1);
+      t++;
+    }
+  }
+  if (hid) PUT(" (the part that may hold the password is not shown)", 52);
+#undef PUT
+  dst[n] = '\0';
+}
+
+/* A postgresql:// URI that libpq parses but not as meant: a password with an
+ * unencoded '/' makes "user:pa" the host and port, and one with an unencoded
+ * '@' leaves the rest in the host; both would show pieces of the password in
+ * connect errors. libpq takes the first '@' before the first '/' after the
+ * scheme as the end of user:password. */
+static const char *uri_problem(const char *ci, PQconninfoOption *o) {
+  const char *port = opt_val(o, "port");
+  if (port && port[strspn(port, "0123456789,")])
+    return "the port is not a number (not shown: it may be part of the password, as when a "
+           "URI's password has a '/' that is not percent-encoded as %2F)";
+  if (!is_uri(ci)) return NULL;
+  const char *a = strstr(ci, "://") + 3;
+  size_t auth = strcspn(a, "@/");
+  const char *rest = a + auth + (a[auth] == '@' ? 1 : 0);
+  if (strchr(rest, '@'))
+    return "has an '@' that does not end user:password (a password's '@' and '/' must be "
+           "percent-encoded as %40 and %2F)";
   return NULL;
 }
 
@@ -169,13 +303,15 @@ resil_status resil_pg_config_validate(const resil_pg_config *cfg, resil_err *err
     if (!o) {
       if (!emsg) return resil_err_set(err, RESIL_E_NOMEM, "%s: conninfo: out of memory", name);
       char red[RESIL_ERR_MSG_MAX];
-      redact_parse_error(red, sizeof red, emsg);
+      redact_parse_error(red, sizeof red, emsg, cfg->conninfo);
       PQfreemem(emsg);
       resil_problem(&p, "conninfo", "%s", red);
     } else {
       const char *an = opt_val(o, "application_name");
       if (an && strlen(an) > 63)
         resil_problem(&p, "conninfo", "application_name is longer than 63 bytes");
+      const char *up = uri_problem(cfg->conninfo, o);
+      if (up) resil_problem(&p, "conninfo", "%s", up);
       PQconninfoFree(o);
     }
   }

@@ -12,6 +12,11 @@
  *       upper case with '-' and '.' as '_' (orders-db -> ORDERS_DB); <KEY> is
  *       the field's path in upper case with '.' as '_'
  *       (breaker.failure_rate_percent -> BREAKER_FAILURE_RATE_PERCENT).
+ *       Two dependencies whose variables could collide are an error: when
+ *       B's <NAME> is A's <NAME> + "_" + T and a key of A's kind is T + "_" +
+ *       a key of B's kind (db:pg and db-connect:redis both claim
+ *       RESIL_DEP_DB_CONNECT_TIMEOUT_MS), RESIL_DEPS is refused naming both
+ *       and the variable, whether or not that variable is set.
  *   RESIL_SERVICE, RESIL_CONFIG_FILE and the other RESIL_* process keys
  *       listed in resil_service_config below.
  *
@@ -134,12 +139,17 @@ RESIL_API const resil_key_spec *resil_config_pool_keys(size_t *n);
 
 /* ---- Process-wide settings -------------------------------------------------- */
 
+/* The loader validates these with resil_admin_config_validate() and
+ * resil_emf_config_validate() on the structs resil_service_start() passes
+ * to the admin endpoint and the EMF emitter (whether or not they are on),
+ * reporting each problem under its variable. */
 typedef struct resil_service_config {
-  const char *service;          /* RESIL_SERVICE: name for metrics dimensions; default "service" */
-  const char *admin_addr;       /* RESIL_ADMIN_ADDR: default "127.0.0.1" */
+  const char *service;          /* RESIL_SERVICE: name for metrics dimensions; default "service";
+                                   1..255 bytes, no control characters */
+  const char *admin_addr;       /* RESIL_ADMIN_ADDR: default "127.0.0.1"; numeric IPv4 or IPv6 */
   uint32_t admin_port;          /* RESIL_ADMIN_PORT: 0 = admin endpoint off (default) */
-  const char *emf_namespace;    /* RESIL_EMF_NAMESPACE: default "resil" */
-  uint32_t emf_interval_ms;     /* RESIL_EMF_INTERVAL_MS: default 60000; 0 = EMF off */
+  const char *emf_namespace;    /* RESIL_EMF_NAMESPACE: default "resil" (see resil_emf_config) */
+  uint32_t emf_interval_ms;     /* RESIL_EMF_INTERVAL_MS: default 60000; 1s..24h; 0 = EMF off */
   uint32_t drain_grace_ms;      /* RESIL_DRAIN_GRACE_MS: keep admitting after SIGTERM; default 5000 */
   uint32_t drain_timeout_ms;    /* RESIL_DRAIN_TIMEOUT_MS: wait for in-flight calls; default 20000 */
   uint32_t prewarm_timeout_ms;  /* RESIL_PREWARM_TIMEOUT_MS: bound on start-up pre-warm; default 10000 */

@@ -40,8 +40,12 @@ typedef struct resil_service resil_service;
  * RESIL_E_INVALID, *report (if report is not NULL) is the full list of
  * configuration problems, one per line (free() it). Errors: RESIL_E_INVALID
  * (configuration; a service is already running), RESIL_E_NOMEM,
- * RESIL_E_SYSTEM (admin port in use, thread creation), or a dependency's
- * creation error. Nothing is left running on failure. Thread-safe. */
+ * RESIL_E_SYSTEM (admin port in use: the message names RESIL_ADMIN_ADDR and
+ * RESIL_ADMIN_PORT; thread creation), or a dependency's creation error. The
+ * configuration is checked exactly as resil-config checks it (the admin and
+ * EMF settings with their own validators), so a configuration resil-config
+ * accepts fails here only for such system reasons. Nothing is left running
+ * on failure. Thread-safe. */
 RESIL_API resil_status resil_service_start(char *const *envp, resil_service **out, char **report,
                                            resil_err *err);
 

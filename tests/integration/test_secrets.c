@@ -9,9 +9,15 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "resil/pg.h"
 #include "resil/redis.h"
@@ -264,11 +270,126 @@ static void postgresql_uri_passwords_never_appear(void **state) {
   }
 }
 
+/* Run the resil-config binary (RESIL_CONFIG_TOOL, set by meson) with env;
+ * its exit status and everything it printed (stdout and stderr). */
+static int run_tool(char **env, const char **out) {
+  static char text[32768];
+  const char *tool = need_env("RESIL_CONFIG_TOOL");
+  int pfd[2];
+  assert_int_equal(pipe(pfd), 0);
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_addopen(&fa, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
+  posix_spawn_file_actions_adddup2(&fa, pfd[1], STDOUT_FILENO);
+  posix_spawn_file_actions_adddup2(&fa, pfd[1], STDERR_FILENO);
+  posix_spawn_file_actions_addclose(&fa, pfd[0]);
+  char *argv[] = {(char *)tool, NULL};
+  pid_t pid;
+  int rc = posix_spawn(&pid, tool, &fa, NULL, argv, env);
+  posix_spawn_file_actions_destroy(&fa);
+  close(pfd[1]);
+  if (rc != 0) fail_msg("posix_spawn %s: %s", tool, strerror(rc));
+  size_t got = 0;
+  uint64_t end = test_now_ms() + 10000;
+  for (;;) {
+    struct pollfd p = {.fd = pfd[0], .events = POLLIN};
+    int left = (int)(end > test_now_ms() ? end - test_now_ms() : 0);
+    if (poll(&p, 1, left) <= 0) {
+      kill(pid, SIGKILL);
+      waitpid(pid, NULL, 0);
+      fail_msg("resil-config did not finish within 10 s");
+    }
+    ssize_t r = read(pfd[0], text + got, sizeof text - 1 - got);
+    if (r <= 0 || (got += (size_t)r) == sizeof text - 1) break;
+  }
+  text[got] = 0;
+  close(pfd[0]);
+  int status;
+  assert_int_equal(waitpid(pid, &status, 0), pid);
+  *out = text;
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+/* Malformed conninfo strings and URIs holding the password: every one is
+ * refused, naming RESIL_DEP_DB_CONNINFO, and no error from the adapter's
+ * validation, the config loader, resil-config or resil_service_start
+ * shows the password or a piece of it. */
+static void a_malformed_conninfo_never_shows_the_password(void **state) {
+  (void)state;
+  resil_pg_register_kind(NULL);
+  const char *cases[] = {
+      "password=abc\"def ghi\"" PG_SECRET,           /* the quoted piece holds quotes */
+      "host=127.0.0.1 password=abc\"def ghi\"" PG_SECRET " dbname=x",
+      "host=127.0.0.1 password=abc " PG_SECRET,      /* unquoted space: missing "=" */
+      "host=127.0.0.1 password=abc " PG_SECRET "=1", /* invalid connection option */
+      "host=127.0.0.1 password='" PG_SECRET,         /* unterminated quote */
+      "host=127.0.0.1 password=x " PG_SECRET "\"=1",
+      "postgresql://u:" PG_SECRET "%zz@127.0.0.1/db",          /* bad percent-encoding */
+      "postgresql://u:" PG_SECRET "%00@127.0.0.1/db",          /* %00 */
+      "postgresql://u@127.0.0.1/db?password=" PG_SECRET "%2",  /* in the query */
+      "postgresql://u@127.0.0.1/db?pass%77ord=" PG_SECRET "%zz",
+      "postgresql://u@127.0.0.1/db?password=a&" PG_SECRET,     /* missing "=" in a param */
+      "postgresql://u@127.0.0.1/db?password=a=" PG_SECRET,     /* extra "=" */
+      "postgresql://u:" PG_SECRET "@[::1",                     /* quotes the whole URI */
+      "postgresql://u:" PG_SECRET "@[::1]x/db",
+      "postgresql://u:" PG_SECRET "@[]/db",
+      "postgres://u:" PG_SECRET "@h?" PG_SECRET,
+      "postgresql://u:" PG_SECRET "/x@127.0.0.1/db",  /* '/' in the password: host:port */
+      "postgresql://u:12/" PG_SECRET "@127.0.0.1/db", /* the rest would be the dbname */
+      "postgresql://u:a@" PG_SECRET "@127.0.0.1/db",  /* '@' in the password */
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    char var[512];
+    snprintf(var, sizeof var, "RESIL_DEP_DB_CONNINFO=%s", cases[i]);
+    char *env[] = {(char *)"RESIL_DEPS=db:pg", (char *)"RESIL_EMF_INTERVAL_MS=0", var, NULL};
+    /* the adapter's own validation */
+    resil_pg_config pc;
+    resil_pg_config_init(&pc, "db");
+    pc.conninfo = cases[i];
+    resil_err err = {0};
+    if (resil_pg_config_validate(&pc, &err) != RESIL_E_INVALID)
+      fail_msg("case %zu accepted: %s", i, cases[i]);
+    no_secret_in("resil_pg_config_validate", err.msg);
+    /* the loader */
+    resil_config *c = NULL;
+    char *report = NULL;
+    assert_int_equal(resil_config_load(env, NULL, &c, &report, &err), RESIL_E_INVALID);
+    if (!strstr(report, "RESIL_DEP_DB_CONNINFO: "))
+      fail_msg("case %zu: the report does not name the variable: %s", i, report);
+    no_secret_in("a config error report", report);
+    no_secret_in("a config error", err.msg);
+    free(report);
+    /* the service */
+    resil_service *svc = (resil_service *)1;
+    report = NULL;
+    assert_int_equal(resil_service_start(env, &svc, &report, &err), RESIL_E_INVALID);
+    assert_null(svc);
+    assert_non_null(report);
+    no_secret_in("a start-up error report", report);
+    no_secret_in("a start-up error", err.msg);
+    free(report);
+    /* the tool a user runs before deploying */
+    const char *out;
+    int rc = run_tool(env, &out);
+    if (rc != 1 || !strstr(out, "RESIL_DEP_DB_CONNINFO: "))
+      fail_msg("case %zu: resil-config exit %d: %s", i, rc, out);
+    no_secret_in("resil-config's output", out);
+  }
+  /* what is not secret is still shown: a typo before the password */
+  resil_pg_config pc;
+  resil_pg_config_init(&pc, "db");
+  pc.conninfo = "host=127.0.0.1 hots=x password=" PG_SECRET;
+  resil_err err;
+  assert_int_equal(resil_pg_config_validate(&pc, &err), RESIL_E_INVALID);
+  if (!strstr(err.msg, "invalid connection option \"hots\"")) fail_msg("%s", err.msg);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(secrets_never_appear_in_any_output),
       cmocka_unit_test(a_bad_secret_value_is_not_echoed_in_config_errors),
       cmocka_unit_test(postgresql_uri_passwords_never_appear),
+      cmocka_unit_test(a_malformed_conninfo_never_shows_the_password),
   };
   return cmocka_run_group_tests_name("secrets", tests, NULL, NULL);
 }

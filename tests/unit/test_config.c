@@ -232,6 +232,40 @@ static void longest_dependency_name_wins(void **state) {
   resil_config_free(c);
 }
 
+/* db's CONNECT_TIMEOUT_MS and db-connect's TIMEOUT_MS are the same variable:
+ * the pair is refused (in either order), naming both and the variable. */
+static void dependency_names_that_share_a_variable_are_an_error(void **state) {
+  (void)state;
+  const char *lists[] = {"RESIL_DEPS=db:shadow,db-connect", "RESIL_DEPS=db-connect,db:shadow",
+                         "RESIL_DEPS=db:shadow,db.connect:fake"};
+  for (size_t i = 0; i < sizeof lists / sizeof lists[0]; i++) {
+    char *env[] = {(char *)lists[i], (char *)"RESIL_DEP_DB_CONNECT_HOST=h",
+                   (char *)"RESIL_DEP_DB_CONNECT_TIMEOUT_MS=100", NULL};
+    char *r = load_bad(env, NULL);
+    if (!strstr(r, "RESIL_DEPS: dependency names db and db") ||
+        !strstr(r, "are ambiguous: RESIL_DEP_DB_CONNECT_TIMEOUT_MS would be both db's "
+                   "CONNECT_TIMEOUT_MS and db") ||
+        !strstr(r, "'s TIMEOUT_MS"))
+      fail_msg("%s: %s", lists[i], r);
+    free(r);
+  }
+  /* through a pool key: a's POOL_CONNECT_TIMEOUT_MS vs a-pool-connect's TIMEOUT_MS */
+  char *env[] = {(char *)"RESIL_DEPS=a:fake,a-pool-connect", (char *)"RESIL_DEP_A_HOST=h", NULL};
+  char *r = load_bad(env, NULL);
+  if (!strstr(r, "RESIL_DEP_A_POOL_CONNECT_TIMEOUT_MS would be both a's "
+                 "POOL_CONNECT_TIMEOUT_MS and a-pool-connect's TIMEOUT_MS"))
+    fail_msg("%s", r);
+  free(r);
+  /* a shared prefix alone is fine: no key of db starts with CONNECT_ here */
+  char *ok[] = {(char *)"RESIL_DEPS=db,db-connect,orders,orders-db,a-limit,a",
+                (char *)"RESIL_DEP_DB_CONNECT_TIMEOUT_MS=100", NULL};
+  resil_config *c = load_ok(ok);
+  assert_int_equal(((resil_dep_config *)resil_config_find(c, "db-connect", NULL))->timeout_ms,
+                   100);
+  assert_int_equal(((resil_dep_config *)resil_config_find(c, "db", NULL))->timeout_ms, 1000);
+  resil_config_free(c);
+}
+
 static char *write_file(const char *text) {
   static char path[64];
   strcpy(path, "/tmp/resil-config-XXXXXX");
@@ -392,6 +426,30 @@ static void value_parsers_are_strict(void **state) {
   assert_false(b);
 }
 
+/* Doubles (breaker.open_multiplier, retry.multiplier): a leading space once
+ * made the loader read an uninitialised end pointer (a crash under ASan). */
+static void double_values_are_strict(void **state) {
+  (void)state;
+  const char *bad_double[] = {" 2", "2 ", "\t2", "", "x", "2x", "0x10", "inf", "nan", "1e999",
+                              "--2", ".", "1,5"};
+  for (size_t i = 0; i < sizeof bad_double / sizeof bad_double[0]; i++) {
+    char var[128];
+    snprintf(var, sizeof var, "RESIL_DEP_A_BREAKER_OPEN_MULTIPLIER=%s", bad_double[i]);
+    char *env[] = {(char *)"RESIL_DEPS=a", var, NULL};
+    char *r = load_bad(env, NULL);
+    if (!strstr(r, "RESIL_DEP_A_BREAKER_OPEN_MULTIPLIER: '") || !strstr(r, "' is not a number"))
+      fail_msg("'%s': %s", bad_double[i], r);
+    free(r);
+  }
+  char *env[] = {(char *)"RESIL_DEPS=a", (char *)"RESIL_DEP_A_BREAKER_OPEN_MULTIPLIER=1.5",
+                 (char *)"RESIL_DEP_A_RETRY_MULTIPLIER=3", NULL};
+  resil_config *c = load_ok(env);
+  const resil_dep_config *d = resil_config_find(c, "a", NULL);
+  assert_true(d->breaker.open_multiplier == 1.5);
+  assert_true(d->retry.multiplier == 3.0);
+  resil_config_free(c);
+}
+
 static void bad_kind_registration_is_refused(void **state) {
   (void)state;
   resil_config_kind k = {.name = "broken"};
@@ -411,12 +469,14 @@ int main(void) {
       cmocka_unit_test(every_problem_is_reported_at_once_by_variable),
       cmocka_unit_test(missing_or_bad_dependency_list_is_an_error),
       cmocka_unit_test(longest_dependency_name_wins),
+      cmocka_unit_test(dependency_names_that_share_a_variable_are_an_error),
       cmocka_unit_test(file_values_are_overridden_by_environment),
       cmocka_unit_test(file_problems_name_file_and_line),
       cmocka_unit_test(inconsistent_timeouts_are_errors),
       cmocka_unit_test(dump_redacts_secrets_and_hash_ignores_them),
       cmocka_unit_test(a_kind_key_hides_the_pool_key_it_replaces),
       cmocka_unit_test(value_parsers_are_strict),
+      cmocka_unit_test(double_values_are_strict),
       cmocka_unit_test(bad_kind_registration_is_refused),
       cmocka_unit_test(resil_clock_is_checked_but_left_to_the_clock),
   };

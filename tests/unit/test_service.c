@@ -8,9 +8,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
+#include <spawn.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 #include <cmocka.h>
 
@@ -258,11 +262,169 @@ static void event_log_writes_one_line_per_event_to_stderr_and_never_blocks(void 
   assert_false(got_off);
 }
 
-int main(void) {
+/* tools/resil-config, from the test's argument (meson passes it). */
+static const char *tool_path;
+
+/* Run resil-config with exactly env; its exit status, stderr in *err_out
+ * (static). Bounded: a tool that does not finish in 10 s fails the test. */
+static int run_tool(char **env, const char **err_out) {
+  static char text[16384];
+  if (!tool_path) fail_msg("usage: test_service PATH-TO-resil-config");
+  int pfd[2];
+  assert_int_equal(pipe(pfd), 0);
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_addopen(&fa, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
+  posix_spawn_file_actions_addopen(&fa, STDOUT_FILENO, "/dev/null", O_WRONLY, 0);
+  posix_spawn_file_actions_adddup2(&fa, pfd[1], STDERR_FILENO);
+  posix_spawn_file_actions_addclose(&fa, pfd[0]);
+  char *argv[] = {(char *)tool_path, NULL};
+  pid_t pid;
+  int rc = posix_spawn(&pid, tool_path, &fa, NULL, argv, env);
+  posix_spawn_file_actions_destroy(&fa);
+  close(pfd[1]);
+  if (rc != 0) fail_msg("posix_spawn %s: %s", tool_path, strerror(rc));
+  size_t got = 0;
+  uint64_t end = test_now_ms() + 10000;
+  for (;;) {
+    struct pollfd p = {.fd = pfd[0], .events = POLLIN};
+    int left = (int)(end > test_now_ms() ? end - test_now_ms() : 0);
+    if (poll(&p, 1, left) <= 0) {
+      kill(pid, SIGKILL);
+      waitpid(pid, NULL, 0);
+      fail_msg("resil-config did not finish within 10 s");
+    }
+    ssize_t r = read(pfd[0], text + got, sizeof text - 1 - got);
+    if (r <= 0) break;
+    got += (size_t)r;
+    if (got == sizeof text - 1) break;
+  }
+  text[got] = 0;
+  close(pfd[0]);
+  int status;
+  assert_int_equal(waitpid(pid, &status, 0), pid);
+  *err_out = text;
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+/* Each value that the service refuses at start is refused by resil-config,
+ * which the user runs before deploying, and both name the variable. */
+static void the_tool_and_the_start_refuse_the_same_values_naming_the_variable(void **state) {
+  (void)state;
+  static char long_name[301];
+  memset(long_name, 'x', 300);
+  char port_var[64];
+  snprintf(port_var, sizeof port_var, "RESIL_ADMIN_PORT=%u", free_port());
+  static const char *const ON = "RESIL_EMF_INTERVAL_MS=60000", *const OFF = "RESIL_EMF_INTERVAL_MS=0";
+  struct {
+    const char *var, *value, *extra; /* extra: another variable, or NULL */
+    bool admin;                      /* with RESIL_ADMIN_PORT set */
+    const char *says;                /* in the message after "VAR: " */
+  } rows[] = {
+      {"RESIL_ADMIN_ADDR", "localhost", OFF, true, "'localhost' is not an IP address"},
+      {"RESIL_ADMIN_ADDR", "[::1]", OFF, true, "'[::1]' is not an IP address"},
+      {"RESIL_ADMIN_ADDR", "127.0.0.1:9102", OFF, true, "is not an IP address"},
+      {"RESIL_ADMIN_ADDR", "localhost", OFF, false, "is not an IP address"}, /* admin off */
+      {"RESIL_ADMIN_ADDR", "", OFF, true, "must not be empty"},
+      {"RESIL_EMF_NAMESPACE", "AWS/Foo", ON, false, "must not start with AWS/"},
+      {"RESIL_EMF_NAMESPACE", "AWS/Foo", OFF, false, "must not start with AWS/"},
+      {"RESIL_EMF_NAMESPACE", long_name, ON, false, "must be 1..255 characters (got 300)"},
+      {"RESIL_EMF_NAMESPACE", "my*ns", ON, false, "has a character outside"},
+      {"RESIL_SERVICE", long_name, ON, false, "longer than 255 bytes (300)"},
+      {"RESIL_SERVICE", long_name, OFF, false, "longer than 255 bytes (300)"}, /* the label */
+      {"RESIL_SERVICE", "check\tout", ON, false, "control character at byte 5"},
+      {"RESIL_SERVICE", "check\nout", OFF, false, "control character at byte 5"},
+      {"RESIL_EMF_INTERVAL_MS", "25h", NULL, false, "90000000 is outside 1000..86400000"},
+      {"RESIL_EMF_INTERVAL_MS", "999", NULL, false, "999 ms is below 1s"},
+      {"RESIL_ADMIN_PORT", "65536", NULL, false, "65536 is above 65535"},
+  };
+  for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
+    char var[400], want[400];
+    snprintf(var, sizeof var, "%s=%s", rows[i].var, rows[i].value);
+    snprintf(want, sizeof want, "%s: ", rows[i].var);
+    char *env[] = {(char *)"RESIL_DEPS=orders", (char *)"RESIL_DRAIN_GRACE_MS=0", var,
+                   rows[i].admin ? port_var : (char *)"RESIL_DRAIN_TIMEOUT_MS=1s",
+                   (char *)rows[i].extra, NULL};
+    const char *out;
+    int rc = run_tool(env, &out);
+    if (rc != 1 || !strstr(out, want) || !strstr(strstr(out, want), rows[i].says))
+      fail_msg("row %zu (%s): resil-config exit %d, wanted 1 and '%s%s':\n%s", i, rows[i].var, rc,
+               want, rows[i].says, out);
+    resil_service *s = (resil_service *)1;
+    char *report = NULL;
+    resil_err err = {0};
+    resil_status st = resil_service_start(env, &s, &report, &err);
+    if (st == RESIL_OK) {
+      resil_service_stop(s, NULL);
+      fail_msg("row %zu (%s): the service started", i, rows[i].var);
+    }
+    assert_null(s);
+    const char *msg = report ? report : err.msg;
+    if (!strstr(msg, want) || !strstr(strstr(msg, want), rows[i].says))
+      fail_msg("row %zu (%s): start said (status %s) '%s', wanted '%s%s'", i, rows[i].var,
+               resil_status_name(st), msg, want, rows[i].says);
+    free(report);
+  }
+
+  /* The edges both accept, and the service starts with them. */
+  static char max_name[256];
+  memset(max_name, 'y', 255);
+  char svc_var[300];
+  snprintf(svc_var, sizeof svc_var, "RESIL_SERVICE=%s", max_name);
+  char *good[] = {(char *)"RESIL_DEPS=orders", (char *)"RESIL_DRAIN_GRACE_MS=0",
+                  (char *)"RESIL_ADMIN_ADDR=::1", port_var,
+                  (char *)"RESIL_EMF_INTERVAL_MS=24h",
+                  (char *)"RESIL_EMF_NAMESPACE=My/App#1:a b_c-d.e", svc_var, NULL};
+  const char *out;
+  int rc = run_tool(good, &out);
+  if (rc != 0) fail_msg("resil-config refused the edge values (exit %d):\n%s", rc, out);
+  /* EMF flushes at stop: keep its lines out of the test's output */
+  fflush(stdout);
+  int saved = dup(STDOUT_FILENO), devnull = open("/dev/null", O_WRONLY);
+  assert_true(saved >= 0 && devnull >= 0);
+  dup2(devnull, STDOUT_FILENO);
+  close(devnull);
+  resil_service *s = NULL;
+  char *report = NULL;
+  resil_err err;
+  resil_status st = resil_service_start(good, &s, &report, &err);
+  if (st == RESIL_OK) st = resil_service_stop(s, &err);
+  fflush(stdout);
+  dup2(saved, STDOUT_FILENO);
+  close(saved);
+  if (st != RESIL_OK) fail_msg("the edge values: %s", report ? report : err.msg);
+}
+
+/* The one start-up failure resil-config cannot foresee, a taken admin
+ * port, names the variables too. */
+static void a_taken_admin_port_is_named_at_start(void **state) {
+  (void)state;
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
+  assert_int_equal(listen(fd, 1), 0);
+  socklen_t len = sizeof a;
+  getsockname(fd, (struct sockaddr *)&a, &len);
+  char port_var[64], want[96];
+  snprintf(port_var, sizeof port_var, "RESIL_ADMIN_PORT=%u", ntohs(a.sin_port));
+  snprintf(want, sizeof want, "RESIL_ADMIN_ADDR=127.0.0.1 %s: ", port_var);
+  char *env[] = {(char *)"RESIL_DEPS=orders", (char *)"RESIL_EMF_INTERVAL_MS=0", port_var, NULL};
+  resil_service *s = (resil_service *)1;
+  resil_err err;
+  assert_int_equal(resil_service_start(env, &s, NULL, &err), RESIL_E_SYSTEM);
+  assert_null(s);
+  if (!strstr(err.msg, want)) fail_msg("'%s' lacks '%s'", err.msg, want);
+  close(fd);
+}
+
+int main(int argc, char **argv) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(bad_environment_starts_nothing_and_names_every_problem),
       cmocka_unit_test(service_serves_admin_and_drains_on_sigterm),
+      cmocka_unit_test(the_tool_and_the_start_refuse_the_same_values_naming_the_variable),
+      cmocka_unit_test(a_taken_admin_port_is_named_at_start),
       cmocka_unit_test(event_log_writes_one_line_per_event_to_stderr_and_never_blocks),
   };
+  tool_path = argc > 1 ? argv[1] : NULL;
   return cmocka_run_group_tests_name("service", tests, NULL, NULL);
 }
