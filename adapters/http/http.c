@@ -216,15 +216,37 @@ static void add(probs *p, const char *field, const char *fmt, ...) {
   add_text(p, line);
 }
 
+/* base_url as errors may show it: user info (a password, perhaps) never.
+ * "http://u:pw@h/x" shows as "http://" "***@h/x"; a string with an '@' where
+ * no authority can be found is not shown at all. Cut to 100 bytes. */
+static const char *shown_url(const char *url, char *buf, size_t size) {
+  const char *sep = strstr(url, "://");
+  const char *auth = sep ? sep + 3 : NULL;
+  size_t alen = auth ? strcspn(auth, "/?#") : 0;
+  const char *at = NULL;
+  for (size_t i = 0; auth && i < alen; i++)
+    if (auth[i] == '@') at = auth + i;
+  if (at)
+    snprintf(buf, size, "%.*s***%.100s", (int)(auth - url), url, at);
+  else if (!sep && strchr(url, '@'))
+    snprintf(buf, size, "(not shown: it has an '@' but no scheme://)");
+  else
+    snprintf(buf, size, "%s", url);
+  if (strlen(buf) > 100) strcpy(buf + 97, "...");
+  return buf;
+}
+
 /* Parse base_url; on success fill what new() needs. Adds problems. */
-static void check_base_url(const char *url, probs *p, bool *https, bool *numeric, char **host_out,
+static void check_base_url(const char *raw, probs *p, bool *https, bool *numeric, char **host_out,
                            uint16_t *port_out) {
+  const char *url = raw; /* never echoed as is: see shown_url() */
+  char shown[128];
   if (!url || !*url) {
     add(p, "base_url", "is required (e.g. \"http://orders.internal:8080/v1\")");
     return;
   }
   if (!is_url_part(url)) {
-    add(p, "base_url", "\"%.100s\" has spaces or control characters", url);
+    add(p, "base_url", "\"%s\" has spaces or control characters", shown_url(url, shown, sizeof shown));
     return;
   }
   CURLU *u = curl_url();
@@ -234,7 +256,7 @@ static void check_base_url(const char *url, probs *p, bool *https, bool *numeric
   }
   CURLUcode uc = curl_url_set(u, CURLUPART_URL, url, 0);
   if (uc != CURLUE_OK) {
-    add(p, "base_url", "\"%.100s\" is not a URL (%s)", url, curl_url_strerror(uc));
+    add(p, "base_url", "\"%s\" is not a URL (%s)", shown_url(url, shown, sizeof shown), curl_url_strerror(uc));
     curl_url_cleanup(u);
     return;
   }
@@ -249,12 +271,13 @@ static void check_base_url(const char *url, probs *p, bool *https, bool *numeric
   if (port_out && portstr) *port_out = (uint16_t)strtoul(portstr, NULL, 10);
   curl_free(portstr);
   if (!scheme || (strcmp(scheme, "http") != 0 && strcmp(scheme, "https") != 0))
-    add(p, "base_url", "\"%.100s\": scheme must be http or https", url);
+    add(p, "base_url", "\"%s\": scheme must be http or https", shown_url(url, shown, sizeof shown));
   else if (https)
     *https = strcmp(scheme, "https") == 0;
-  if (!host || !*host) add(p, "base_url", "\"%.100s\" has no host", url);
+  if (!host || !*host) add(p, "base_url", "\"%s\" has no host", shown_url(url, shown, sizeof shown));
   if (query || frag || user)
-    add(p, "base_url", "\"%.100s\" must not have a query, fragment or user info", url);
+    add(p, "base_url", "\"%s\" must not have a query, fragment or user info",
+        shown_url(url, shown, sizeof shown));
   if (host && numeric) {
     unsigned char tmp[16];
     char h[256];

@@ -149,6 +149,27 @@ static void invalid_config_reports_every_problem(void **state) {
   assert_non_null(strstr(err.msg, "base_url: is required"));
 }
 
+/* A base_url with user info is refused, and the error never repeats the
+ * password, whatever else is wrong with the URL. */
+static void base_url_user_info_is_refused_without_echoing_it(void **state) {
+  (void)state;
+  static const char *const urls[] = {
+      "http://u:hTtP-SeCrEt@127.0.0.1/x",     "https://hTtP-SeCrEt@127.0.0.1:8443",
+      "ftp://u:hTtP-SeCrEt@127.0.0.1/x",      "http://u:hTtP-SeCrEt@/x",
+      "http://u:hTtP-SeCrEt@127.0.0.1/x?q=1", "u:hTtP-SeCrEt@127.0.0.1/x",
+      "http://u:hTtP-SeCrEt@[::1/x",          "http://u:hTtP SeCrEt@127.0.0.1/x",
+  };
+  for (size_t i = 0; i < sizeof urls / sizeof urls[0]; i++) {
+    resil_http_config cfg;
+    resil_http_config_init(&cfg, "api");
+    cfg.base_url = urls[i];
+    resil_err err = {0};
+    assert_int_equal(resil_http_config_validate(&cfg, &err), RESIL_E_INVALID);
+    if (!strstr(err.msg, "base_url")) fail_msg("%s: the error names no base_url: %s", urls[i], err.msg);
+    if (strstr(err.msg, "SeCrEt")) fail_msg("the password is in the error: %s", err.msg);
+  }
+}
+
 static void bad_request_is_rejected_before_any_io(void **state) {
   (void)state;
   resil_http *h = client("badreq", NULL);
@@ -1235,6 +1256,7 @@ int main(void) {
       cmocka_unit_test(get_fast_returns_200_with_body_and_headers),
       cmocka_unit_test(post_sends_body_and_headers),
       cmocka_unit_test(invalid_config_reports_every_problem),
+      cmocka_unit_test(base_url_user_info_is_refused_without_echoing_it),
       cmocka_unit_test(bad_request_is_rejected_before_any_io),
       cmocka_unit_test(dot_segments_cannot_leave_the_base_path),
       cmocka_unit_test(slow_endpoint_times_out_within_deadline),
