@@ -65,6 +65,7 @@ struct resil_pool_conn {
   void *handle;
   uint64_t expires_ns;          /* end of the jittered lifetime; 0 = never */
   uint64_t idle_since_ns;       /* when it was last returned (or opened) */
+  bool did_io;                  /* the acquire that lent it connected or validated */
   resil_pool_conn *prev, *next; /* idle list; `next` also links close lists */
   uint32_t fork_gen;            /* the pool's fork_gen when it was opened */
 };
@@ -364,7 +365,10 @@ static resil_status connect_slot(resil_pool *p, resil_deadline deadline, resil_p
   if (c) {
     st = p->cn.connect(p->cn.ctx, resil_deadline_bound(deadline, p->cfg.connect_timeout_ms),
                        &h, &cerr);
-    if (st != RESIL_OK && st != RESIL_E_TIMEOUT) st = RESIL_E_FAILURE;
+    /* Local failures (no fd, no memory) stay local: never a dependency
+     * failure, and not counted as a failed connect. */
+    if (st != RESIL_OK && st != RESIL_E_TIMEOUT && st != RESIL_E_SYSTEM && st != RESIL_E_NOMEM)
+      st = RESIL_E_FAILURE;
   }
   uint64_t now = resil_now_ns();
   pthread_mutex_lock(&p->mu);
@@ -379,7 +383,7 @@ static resil_status connect_slot(resil_pool *p, resil_deadline deadline, resil_p
     slot_freed_locked(p);
   }
   pthread_mutex_unlock(&p->mu);
-  if (st == RESIL_E_NOMEM)
+  if (st == RESIL_E_NOMEM && !c)
     return resil_err_set(err, st, "pool '%s': out of memory", p->name);
   if (st != RESIL_OK) {
     free(c);
@@ -737,12 +741,28 @@ static void unreserve_locked(resil_pool *p) {
   slot_freed_locked(p);
 }
 
+/* The deadline ran out inside this acquire. Before any I/O against the
+ * dependency it is a local rejection (RESIL_E_POOL_TIMEOUT: the time went
+ * waiting for a connection); after a validation (*did_io) it is the
+ * dependency's time, RESIL_E_TIMEOUT. Needs mu. */
+static resil_status out_of_time_locked(resil_pool *p, bool did_io, bool connecting,
+                                       resil_err *err) {
+  if (did_io)
+    return resil_err_set(err, RESIL_E_TIMEOUT,
+                         "pool '%s': timed out: validating connections used the whole deadline "
+                         "(none left for %s)",
+                         p->name, connecting ? "a new connection" : "the next idle one");
+  p->acquire_timeouts++;
+  return resil_err_set(err, RESIL_E_POOL_TIMEOUT, "pool '%s': deadline passed before %s", p->name,
+                       connecting ? "connecting" : "validating");
+}
+
 /* Lend the idle connection g->conn, or close it if it is being drained,
  * stale or fails validation and take the next idle one or the slot it
  * freed, until one is lent (*out set) or g holds a slot. Needs mu; drops it
- * around validate. Closed connections go on dead. */
+ * around validate (and sets *did_io). Closed connections go on dead. */
 static resil_status vet_locked(resil_pool *p, resil_deadline deadline, grant *g, close_list *dead,
-                               resil_pool_conn **out, resil_err *err) {
+                               resil_pool_conn **out, bool *did_io, resil_err *err) {
   while (g->kind == G_CONN) {
     resil_pool_conn *c = g->conn;
     uint64_t now = resil__now_fast_ns();
@@ -754,10 +774,9 @@ static resil_status vet_locked(resil_pool *p, resil_deadline deadline, grant *g,
          * connection: put it back untouched instead. */
         p->in_use--;
         give_back_locked(p, c);
-        p->acquire_timeouts++;
-        return resil_err_set(err, RESIL_E_POOL_TIMEOUT,
-                             "pool '%s': deadline passed before validating", p->name);
+        return out_of_time_locked(p, *did_io, false, err);
       }
+      *did_io = true;
       pthread_mutex_unlock(&p->mu);
       bool ok = p->cn.validate(p->cn.ctx, c->handle,
                                resil_deadline_bound(deadline, p->cfg.validate_timeout_ms));
@@ -767,6 +786,7 @@ static resil_status vet_locked(resil_pool *p, resil_deadline deadline, grant *g,
     }
     if (r == RESIL_POOL_CLOSE_REASON_COUNT_) {
       p->acquired++;
+      c->did_io = *did_io;
       *out = c;
       return RESIL_OK;
     }
@@ -783,16 +803,15 @@ static resil_status vet_locked(resil_pool *p, resil_deadline deadline, grant *g,
 
 /* Before connecting on a reserved slot: give it back if the pool is
  * draining or the caller has no time left. Needs mu. */
-static resil_status slot_check_locked(resil_pool *p, resil_deadline deadline, resil_err *err) {
+static resil_status slot_check_locked(resil_pool *p, resil_deadline deadline, bool did_io,
+                                      resil_err *err) {
   if (p->draining) {
     unreserve_locked(p);
     return resil_err_set(err, RESIL_E_CLOSED, "pool '%s': draining", p->name);
   }
   if (resil_deadline_expired(deadline)) {
     unreserve_locked(p);
-    p->acquire_timeouts++;
-    return resil_err_set(err, RESIL_E_POOL_TIMEOUT, "pool '%s': deadline passed before connecting",
-                         p->name);
+    return out_of_time_locked(p, did_io, true, err);
   }
   return RESIL_OK;
 }
@@ -813,6 +832,7 @@ static resil_status connect_and_lend(resil_pool *p, resil_deadline deadline,
   } else {
     p->in_use++;
     p->acquired++;
+    c->did_io = true;
     *out = c;
   }
   pthread_mutex_unlock(&p->mu);
@@ -829,6 +849,7 @@ static resil_status acquire(resil_pool *p, resil_deadline deadline, resil_pool_c
   grant g = {G_NONE, NULL};
   resil_status st = RESIL_OK;
   resil_pool_conn *orphans = NULL;
+  bool did_io = false; /* validated a connection: the dependency's time from here on */
   pthread_mutex_lock(&p->mu);
   if (__builtin_expect(p->forked, 0)) after_fork_locked(p, &orphans);
   if (p->draining)
@@ -836,8 +857,8 @@ static resil_status acquire(resil_pool *p, resil_deadline deadline, resil_pool_c
   else if (p->wq_head || !take_locked(p, &g))
     st = wait_locked(p, deadline, &g, err);
   /* From here we hold a grant and keep our slot until we return. */
-  if (st == RESIL_OK) st = vet_locked(p, deadline, &g, &dead, out, err);
-  if (st == RESIL_OK && g.kind == G_SLOT) st = slot_check_locked(p, deadline, err);
+  if (st == RESIL_OK) st = vet_locked(p, deadline, &g, &dead, out, &did_io, err);
+  if (st == RESIL_OK && g.kind == G_SLOT) st = slot_check_locked(p, deadline, did_io, err);
   pthread_mutex_unlock(&p->mu);
   if (orphans) abandon_all(p, orphans);
   close_all(p, &dead);
@@ -861,6 +882,8 @@ resil_status resil_pool_acquire(resil_pool *p, resil_deadline deadline, resil_po
 }
 
 void *resil_pool_conn_handle(const resil_pool_conn *c) { return c ? c->handle : NULL; }
+
+bool resil_pool_conn_did_io(const resil_pool_conn *c) { return c && c->did_io; }
 
 void resil_pool_release(resil_pool *p, resil_pool_conn *c, resil_pool_return how) {
   if (!p || !c) return;

@@ -215,10 +215,20 @@ static void lookup_run(lookup *lk) {
   int rc = gai ? gai(lk->host, NULL, &hints, &res) : getaddrinfo(lk->host, NULL, &hints, &res);
   if (rc != 0) {
     int e = errno;
-    lk->st = rc == EAI_MEMORY ? RESIL_E_NOMEM : rc == EAI_SYSTEM ? RESIL_E_SYSTEM : RESIL_E_FAILURE;
+    /* glibc reports a lookup it could not even start for lack of file
+     * descriptors (it could not open /etc/hosts or a DNS socket) as "Name or
+     * service not known": that is this process's limit, not the name's. */
+    bool local = e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM;
+    lk->st = rc == EAI_MEMORY                ? RESIL_E_NOMEM
+             : rc == EAI_SYSTEM || local ? RESIL_E_SYSTEM
+                                             : RESIL_E_FAILURE;
     resil_err tmp;
-    resil_err_set(&tmp, lk->st, "resolve '%s': %s", lk->host,
-                  rc == EAI_SYSTEM ? strerror(e) : gai_strerror(rc));
+    if (local)
+      resil_err_set(&tmp, lk->st, "resolve '%s': %s (%s: a local resource limit)", lk->host,
+                    rc == EAI_SYSTEM ? "lookup failed" : gai_strerror(rc), strerror(e));
+    else
+      resil_err_set(&tmp, lk->st, "resolve '%s': %s", lk->host,
+                    rc == EAI_SYSTEM ? strerror(e) : gai_strerror(rc));
     memcpy(lk->msg, tmp.msg, sizeof lk->msg);
     return;
   }

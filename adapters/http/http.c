@@ -17,6 +17,7 @@
 #include <string.h>
 #include <strings.h>
 #include <unistd.h>
+#include <sys/socket.h>
 
 #include <curl/curl.h>
 
@@ -372,13 +373,26 @@ static int on_progress(void *p, curl_off_t dt, curl_off_t dn, curl_off_t ut, cur
   return cut && resil_now_ns() >= cut;
 }
 
+/* curl's socket, made here so that a failed socket() leaves its errno
+ * behind: curl 7.88 reports it as CURLE_COULDNT_CONNECT with no errno
+ * (CURLINFO_OS_ERRNO stays 0), exactly like a refused connect, and EMFILE
+ * is this process's limit, not the dependency's failure. ud is the
+ * transfer's xfer.sock_errno (NULL outside a transfer). */
+static curl_socket_t open_socket(void *ud, curlsocktype purpose, struct curl_sockaddr *a) {
+  (void)purpose;
+  curl_socket_t s = socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
+  if (s == CURL_SOCKET_BAD && ud) *(int *)ud = errno;
+  return s;
+}
+
 static resil_status conn_open(void *ctx, resil_deadline deadline, void **out, resil_err *err) {
   (void)deadline;
   resil_http *h = ctx;
   http_conn *c = calloc(1, sizeof *c);
   if (!c || !(c->easy = curl_easy_init())) {
     free(c);
-    return resil_err_set(err, RESIL_E_FAILURE, "http '%s': cannot create a curl handle", h->name);
+    /* Local (memory): not the dependency's failure. */
+    return resil_err_set(err, RESIL_E_NOMEM, "http '%s': cannot create a curl handle", h->name);
   }
   CURL *e = c->easy;
   curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
@@ -392,6 +406,7 @@ static resil_status conn_open(void *ctx, resil_deadline deadline, void **out, re
   curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
   curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
   curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+  curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, open_socket);
   curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, h->tls_verify ? 1L : 0L);
   curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, h->tls_verify ? 2L : 0L);
   if (h->ca_file) curl_easy_setopt(e, CURLOPT_CAINFO, h->ca_file);
@@ -682,6 +697,7 @@ typedef struct xfer {
   bool headers_done; /* the blank line ending the last response's headers came */
   bool too_big;
   bool nomem;
+  int sock_errno; /* errno of a socket() that failed in open_socket(), else 0 */
 } xfer;
 
 static size_t on_body(char *data, size_t size, size_t nmemb, void *ud) {
@@ -867,6 +883,24 @@ static resil_http_phase phase_of(const resil_http *h, CURL *e, CURLcode rc, size
   return RESIL_HTTP_PHASE_DNS;
 }
 
+/* curl 7.88 ends a transfer whose response has a header line longer than
+ * CURL_MAX_HTTP_HEADER (100 KiB) with CURLE_OUT_OF_MEMORY and no message
+ * (later versions say CURLE_TOO_LARGE). Call for a CURLE_OUT_OF_MEMORY our
+ * own callbacks did not cause: true if it is that refusal, i.e. response
+ * bytes had arrived (the first-byte time is set), the headers never ended,
+ * and memory is in fact available (a 256 KiB allocation succeeds, which a
+ * real out-of-memory would not allow). */
+static bool curl_refused_header(CURL *e, const xfer *x) {
+  curl_off_t first_byte = 0;
+  curl_easy_getinfo(e, CURLINFO_STARTTRANSFER_TIME_T, &first_byte);
+  if (first_byte <= 0 || x->headers_done) return false;
+  void *(*volatile alloc)(size_t) = malloc; /* not elided by the compiler */
+  char *probe = alloc(256 * 1024);
+  if (!probe) return false;
+  free(probe);
+  return true;
+}
+
 /* ---- one call ---------------------------------------------------------- */
 
 typedef struct call_ctx {
@@ -915,7 +949,8 @@ static resil_status resolve_pin(resil_http *h, call_ctx *c, resil_attempt *a, lo
   resil_status st = resil_resolve(h->host, h->port, d, addrs, 8, &n, &e);
   if (st == RESIL_OK && n == 0) st = RESIL_E_FAILURE;
   if (st != RESIL_OK) {
-    if (st != RESIL_E_TIMEOUT && st != RESIL_E_NOMEM) st = RESIL_E_FAILURE;
+    if (st != RESIL_E_TIMEOUT && st != RESIL_E_NOMEM && st != RESIL_E_SYSTEM)
+      st = RESIL_E_FAILURE;
     return resil_err_set(a->err, st, "http '%s': %s %.*s: dns: %s", h->name, c->method,
                          (int)c->url_show, c->url, e.msg);
   }
@@ -956,8 +991,12 @@ static resil_status attempt(void *vctx, resil_attempt *a) {
   /* rounded up: 0 only if expired; a drain's cutoff bounds it too */
   int64_t left = resil_deadline_remaining_ms(resil_drain_bound(a->deadline));
   if (left <= 0) {
+    /* The pool's handles do no I/O to be lent (curl connects inside the
+     * transfer), so this is time spent waiting for one; asked anyway, so
+     * that the rule (resil/status.h) holds whatever the pool does. */
+    bool io = resil_pool_conn_did_io(pc);
     resil_pool_release(h->pool, pc, RESIL_POOL_OK);
-    return resil_err_set(a->err, RESIL_E_DEADLINE,
+    return resil_err_set(a->err, io ? RESIL_E_TIMEOUT : RESIL_E_DEADLINE,
                          "http '%s': %s %.*s: deadline passed before the transfer", h->name,
                          c->method, (int)c->url_show, c->url);
   }
@@ -1008,6 +1047,7 @@ static resil_status attempt(void *vctx, resil_attempt *a) {
   }
 
   xfer x = {.resp = r, .hc = hc, .max = h->max_body};
+  curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, &x.sock_errno);
   hc->hlen = hc->nspans = 0;
   hc->errbuf[0] = '\0';
   curl_easy_setopt(e, CURLOPT_URL, c->url);
@@ -1024,6 +1064,7 @@ static resil_status attempt(void *vctx, resil_attempt *a) {
 
   CURLcode rc = curl_easy_perform(e);
 
+  curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, (void *)NULL);
   curl_easy_setopt(e, CURLOPT_HTTPHEADER, (struct curl_slist *)NULL);
   if (tail) tail->next = NULL;
   if (pin) {
@@ -1082,6 +1123,7 @@ static resil_status attempt(void *vctx, resil_attempt *a) {
     snprintf(detail, sizeof detail, "%s", hc->errbuf[0] ? hc->errbuf : curl_easy_strerror(rc));
   hc->hlen = hc->nspans = 0;
   bool clean = rc == CURLE_COULDNT_CONNECT || rc == CURLE_COULDNT_RESOLVE_HOST;
+  bool header_refused = rc == CURLE_OUT_OF_MEMORY && !x.nomem && curl_refused_header(e, &x);
   resil_pool_release(h->pool, pc, clean ? RESIL_POOL_OK : RESIL_POOL_BROKEN); /* frees hc */
   hc = NULL;
   e = NULL;
@@ -1097,8 +1139,26 @@ static resil_status attempt(void *vctx, resil_attempt *a) {
                          "(%zu bytes)",
                          h->name, c->method, (int)c->url_show, c->url, h->max_body);
   }
+  if (header_refused) {
+    /* The peer sent what curl will not hold: its failure, and it would send
+     * the same again. */
+    r->phase = RESIL_HTTP_PHASE_RECEIVE;
+    a->retry = 0;
+    return resil_err_set(a->err, RESIL_E_FAILURE,
+                         "http '%s': %s %.*s: receive: response header too large (a header "
+                         "line over curl's %d-byte limit; curl %d)",
+                         h->name, c->method, (int)c->url_show, c->url, CURL_MAX_HTTP_HEADER,
+                         (int)rc);
+  }
   if (x.nomem || rc == CURLE_OUT_OF_MEMORY)
     return resil_err_set(a->err, RESIL_E_NOMEM, "http '%s': out of memory", h->name);
+  if (rc == CURLE_COULDNT_CONNECT && x.sock_errno &&
+      (x.sock_errno == EMFILE || x.sock_errno == ENFILE || x.sock_errno == ENOBUFS ||
+       x.sock_errno == ENOMEM))
+    return resil_err_set(a->err, RESIL_E_SYSTEM,
+                         "http '%s': %s %.*s: connect: cannot create a socket: %s (a local "
+                         "resource limit; not counted against the dependency)",
+                         h->name, c->method, (int)c->url_show, c->url, strerror(x.sock_errno));
   resil_status out = RESIL_E_FAILURE;
   switch (rc) {
   case CURLE_OPERATION_TIMEDOUT:

@@ -726,7 +726,8 @@ static resil_status build_hosts(resil_pg *pg, resil_deadline deadline, char *hos
   }
   if (entries == 0) {
     if (last == RESIL_OK) last = RESIL_E_FAILURE;
-    if (last != RESIL_E_TIMEOUT) last = RESIL_E_FAILURE;
+    if (last != RESIL_E_TIMEOUT && last != RESIL_E_SYSTEM && last != RESIL_E_NOMEM)
+      last = RESIL_E_FAILURE;
     return resil_err_set(err, last, "resolving %s: %s", pg->host,
                          last_err.msg[0] ? last_err.msg : "no address");
   }
@@ -738,6 +739,12 @@ static resil_status build_hosts(resil_pg *pg, resil_deadline deadline, char *hos
 static resil_status connect_error(resil_pg *pg, PGconn *c, resil_err *err) {
   char msg[RESIL_ERR_MSG_MAX - 80];
   flatten(msg, sizeof msg, PQerrorMessage(c));
+  /* libpq could not even make a socket (EMFILE, ENFILE...): this process's
+   * limit, not the server's failure. libpq's own words, not the server's
+   * (server errors come as "FATAL:  <SQLSTATE>: ..."). */
+  if (strstr(msg, "could not create socket"))
+    return resil_err_set(err, RESIL_E_SYSTEM,
+                         "%s (a local resource limit; not counted against the dependency)", msg);
   bump(&pg->connects_failed);
   return resil_err_set(err, RESIL_E_FAILURE, "%s",
                        msg[0] ? msg : "connection failed");
@@ -765,7 +772,7 @@ static resil_status pg_connect(void *ctx, resil_deadline deadline, void **out, r
     if (st != RESIL_OK) {
       if (st == RESIL_E_TIMEOUT)
         bump(&pg->connects_timed_out);
-      else
+      else if (st != RESIL_E_SYSTEM && st != RESIL_E_NOMEM)
         bump(&pg->connects_failed);
       return st;
     }
@@ -1307,6 +1314,23 @@ static resil_status pg_probe(void *ctx, resil_deadline deadline, resil_err *err)
   return st;
 }
 
+/* The deadline was found spent right after borrowing pc, before anything
+ * was sent. If that acquire connected (start-up, TLS, authentication) or
+ * validated, the dependency's slowness spent it: RESIL_E_TIMEOUT, counted
+ * by the breaker. Otherwise the time went to the caller or to waiting for
+ * a connection: RESIL_E_DEADLINE, a local rejection. */
+static resil_status spent_before_sending(resil_pg *pg, const resil_pool_conn *pc,
+                                         const char *phase, resil_err *err) {
+  if (resil_pool_conn_did_io(pc))
+    return resil_err_set(err, RESIL_E_TIMEOUT,
+                         "%s: %s: timed out: connecting or validating the connection used the "
+                         "whole deadline, nothing was sent",
+                         pg->name, phase);
+  return resil_err_set(err, RESIL_E_DEADLINE,
+                       "%s: %s: deadline passed before sending (waiting for a connection)",
+                       pg->name, phase);
+}
+
 /* ---- Queries ------------------------------------------------------------ */
 
 /* One statement through the dependency: a plain one (name NULL) or a
@@ -1346,9 +1370,9 @@ static resil_status query_attempt(void *vctx, resil_attempt *a) {
   pg_conn *w = resil_pool_conn_handle(pc);
   resil_deadline qd = resil_deadline_bound(a->deadline, pg->cfg.query_timeout_ms);
   if (resil_deadline_expired(qd)) {
+    resil_status late = spent_before_sending(pg, pc, "query", a->err);
     resil_pool_release(pg->pool, pc, RESIL_POOL_OK);
-    return resil_err_set(a->err, RESIL_E_DEADLINE, "%s: query: deadline passed before sending",
-                         pg->name);
+    return late;
   }
   disp d = DISP_KEEP;
   bool retryable = false;
@@ -1443,8 +1467,7 @@ static resil_status tx_open(resil_pg *pg, resil_deadline deadline, const char *b
   resil_deadline qd = resil_deadline_bound(deadline, pg->cfg.query_timeout_ms);
   disp d = DISP_KEEP;
   if (resil_deadline_expired(qd)) {
-    st = resil_err_set(err, RESIL_E_DEADLINE, "%s: begin: deadline passed before sending",
-                       pg->name);
+    st = spent_before_sending(pg, tx->pc, "begin", err);
   } else {
     st = run_simple(pg, w->pq, qd, begin_sql ? begin_sql : "BEGIN", "begin", &d, NULL, 0,
                     retryable, err);

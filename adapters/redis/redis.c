@@ -333,13 +333,26 @@ static resil_status handshake(resil_redis *r, redisContext *c, int argc, const c
   return RESIL_OK;
 }
 
-/* Wait for a non-blocking connect to finish. */
+/* errno values that mean this process ran out of something. */
+static bool local_errno(int e) { return e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM; }
+
+/* Wait for a non-blocking connect to finish. sock_errno is errno right
+ * after hiredis tried to create and connect the socket. */
 static resil_status finish_connect(resil_redis *r, redisContext *c, const char *where,
-                                   resil_deadline dl, const char *why, uint64_t start,
-                                   resil_err *err) {
-  if (c->err)
+                                   int sock_errno, resil_deadline dl, const char *why,
+                                   uint64_t start, resil_err *err) {
+  if (c->err) {
+    /* hiredis 0.14 reports a failed socket() as "Can't create socket: <strerror>"
+     * (TCP) or "<strerror>" (Unix): no fd left is this process's limit, not a
+     * dependency failure. */
+    if (local_errno(sock_errno) && strstr(c->errstr, strerror(sock_errno)))
+      return resil_err_set(err, RESIL_E_SYSTEM,
+                           "%s: connect to %s: cannot create a socket: %s (a local resource "
+                           "limit; not counted against the dependency)",
+                           r->name, where, strerror(sock_errno));
     return resil_err_set(err, RESIL_E_FAILURE, "%s: connect to %s: %s", r->name, where,
                          c->errstr);
+  }
   short ev = 0;
   int w = wait_fd(c->fd, POLLOUT, dl, &ev);
   if (w == 0)
@@ -372,10 +385,12 @@ static resil_status rconnect(void *ctx, resil_deadline deadline, void **conn, re
   resil_status st = RESIL_E_FAILURE;
   last_connect.set = false;
   if (r->unix_path) {
+    errno = 0;
     c = redisConnectUnixNonBlock(r->unix_path);
+    int sock_errno = errno;
     if (!c) return connect_fail(resil_err_set(err, RESIL_E_NOMEM, "%s: out of memory", r->name),
                                 false, err);
-    st = finish_connect(r, c, r->unix_path, dl, why, start, err);
+    st = finish_connect(r, c, r->unix_path, sock_errno, dl, why, start, err);
   } else {
     resil_addr addrs[MAX_ADDRS];
     size_t count = 0;
@@ -383,7 +398,8 @@ static resil_status rconnect(void *ctx, resil_deadline deadline, void **conn, re
     rerr.msg[0] = '\0';
     st = resil_resolve(r->host, (uint16_t)r->port, dl, addrs, MAX_ADDRS, &count, &rerr);
     if (st != RESIL_OK) {
-      if (st != RESIL_E_TIMEOUT && st != RESIL_E_NOMEM) st = RESIL_E_FAILURE;
+      if (st != RESIL_E_TIMEOUT && st != RESIL_E_NOMEM && st != RESIL_E_SYSTEM)
+        st = RESIL_E_FAILURE;
       return connect_fail(resil_err_set(err, st, "%s: resolve %s: %s", r->name, r->host,
                                         rerr.msg[0] ? rerr.msg : resil_strerror(st)),
                           false, err);
@@ -398,13 +414,15 @@ static resil_status rconnect(void *ctx, resil_deadline deadline, void **conn, re
         snprintf(where, sizeof where, "[%s]:%u", addrs[i].text, (unsigned)r->port);
       else
         snprintf(where, sizeof where, "%s:%u", addrs[i].text, (unsigned)r->port);
+      errno = 0;
       c = redisConnectNonBlock(addrs[i].text, (int)r->port);
+      int sock_errno = errno;
       if (!c) {
         st = resil_err_set(err, RESIL_E_NOMEM, "%s: out of memory", r->name);
         break;
       }
-      st = finish_connect(r, c, where, dl, why, start, err);
-      if (st == RESIL_OK || st == RESIL_E_TIMEOUT) break;
+      st = finish_connect(r, c, where, sock_errno, dl, why, start, err);
+      if (st == RESIL_OK || st == RESIL_E_TIMEOUT || st == RESIL_E_SYSTEM) break;
       redisFree(c);
       c = NULL;
     }
@@ -419,7 +437,7 @@ static resil_status rconnect(void *ctx, resil_deadline deadline, void **conn, re
   int fl = fcntl(c->fd, F_GETFL);
   if (fl < 0 || fcntl(c->fd, F_SETFL, fl & ~O_NONBLOCK) != 0 ||
       setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &slice, sizeof slice) != 0) {
-    st = resil_err_set(err, RESIL_E_FAILURE, "%s: connect: socket options: %s", r->name,
+    st = resil_err_set(err, RESIL_E_SYSTEM, "%s: connect: socket options: %s", r->name,
                        strerror(errno));
     redisFree(c);
     return connect_fail(st, false, err);
@@ -620,7 +638,8 @@ static resil_status attempt(void *vctx, resil_attempt *a) {
   last_connect.set = false;
   resil_status st = resil_pool_acquire(r->pool, a->deadline, &pc, a->err);
   if (st != RESIL_OK) {
-    if (last_connect.set && (st == RESIL_E_FAILURE || st == RESIL_E_TIMEOUT)) {
+    if (last_connect.set &&
+        (st == RESIL_E_FAILURE || st == RESIL_E_TIMEOUT || st == RESIL_E_SYSTEM)) {
       *a->err = last_connect.err; /* the connector's own words */
       a->err->status = st;
       if (last_connect.no_retry) a->retry = 0;
@@ -629,6 +648,17 @@ static resil_status attempt(void *vctx, resil_attempt *a) {
     return st;
   }
   redisContext *c = resil_pool_conn_handle(pc);
+  if (resil_deadline_expired(a->deadline)) {
+    /* Nothing sent yet. Spent connecting or validating: the dependency's
+     * time (a timeout); spent waiting for the connection: the caller's. */
+    bool io = resil_pool_conn_did_io(pc);
+    resil_pool_release(r->pool, pc, RESIL_POOL_OK);
+    return resil_err_set(a->err, io ? RESIL_E_TIMEOUT : RESIL_E_DEADLINE,
+                         io ? "%s: send: timed out: the connect or validation used the whole "
+                              "deadline"
+                            : "%s: send: deadline passed while waiting for a connection",
+                         r->name);
+  }
   resil_deadline dl = a->deadline;
   const char *why = "deadline";
   if (r->command_timeout_ms) {

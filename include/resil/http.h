@@ -27,7 +27,9 @@
  * lookup, TCP and TLS handshakes included - and CURLOPT_TIMEOUT_MS =
  * min(request_timeout_ms, remaining) for the whole transfer; neither is ever
  * 0 (curl's "no limit"): an attempt with no time left is not started
- * (RESIL_E_DEADLINE). Name lookups use curl's threaded resolver, which obeys
+ * (RESIL_E_DEADLINE: no work with the dependency had begun; a deadline that
+ * runs out in the lookup, the TCP or TLS handshake or the transfer is
+ * RESIL_E_TIMEOUT). Name lookups use curl's threaded resolver, which obeys
  * those timeouts, or resil_resolve() (see resolve_with_resil), which is used
  * anyway when libcurl was built without it. Transfers set CURLOPT_NOSIGNAL,
  * and a low-speed guard aborts a transfer that moves fewer than
@@ -47,6 +49,13 @@
  *   connect or transfer timeout, low-speed abort    RESIL_E_TIMEOUT
  *   body larger than max_response_bytes             RESIL_E_FAILURE, not
  *                       retried; the message names the limit
+ *   a header line over curl's 100 KiB limit         RESIL_E_FAILURE, not
+ *                       retried: "response header too large" (curl 7.88
+ *                       reports it as CURLE_OUT_OF_MEMORY; the adapter tells
+ *                       it from a real out-of-memory)
+ *   no fd for the socket (EMFILE, ENFILE, ENOBUFS)  RESIL_E_SYSTEM: a local
+ *                       limit, never counted by the breaker
+ *   out of memory here                              RESIL_E_NOMEM (ignored)
  *   unreadable ca_file                              RESIL_E_INVALID (ignored
  *                       by the breaker: it is our configuration)
  * 500 is in the default failure set because on the services this is meant

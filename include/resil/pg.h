@@ -57,8 +57,13 @@
  *                       error): the connection is closed;
  *   RESIL_E_OVERLOAD    other class 53 errors during a query (out of memory,
  *                       disk full);
- *   RESIL_E_TIMEOUT     our deadline passed (the query is cancelled) or the
- *                       server cancelled it (57014, e.g. statement_timeout);
+ *   RESIL_E_TIMEOUT     our deadline passed while working with the server
+ *                       - resolving, connecting, TLS, authentication and
+ *                       start-up, validating an idle connection, or the
+ *                       statement (then cancelled) - including a connect or
+ *                       validation that left no time to send the statement;
+ *                       or the server cancelled it (57014, e.g.
+ *                       statement_timeout);
  *   RESIL_E_CALLER      a result larger than max_result_bytes (see the
  *                       config: the statement is cancelled, the connection
  *                       closed, no result handed back, not retried), and
@@ -74,7 +79,12 @@
  *   local rejections    RESIL_E_BREAKER_OPEN, RESIL_E_CONCURRENCY_FULL,
  *                       RESIL_E_QUEUE_TIMEOUT, RESIL_E_POOL_TIMEOUT,
  *                       RESIL_E_DEADLINE, RESIL_E_DRAINING, RESIL_E_CLOSED:
- *                       no statement was sent.
+ *                       no statement was sent (RESIL_E_DEADLINE: the time
+ *                       went before any work with the server began, e.g.
+ *                       waiting for a pooled connection);
+ *   RESIL_E_SYSTEM      libpq "could not create socket" (EMFILE, ENFILE...)
+ *                       or a name lookup that could not run for lack of
+ *                       fds: a local limit, never counted by the breaker.
  *
  * Transaction-pooling proxies (pgbouncer pool_mode=transaction, RDS Proxy):
  * each resil_pg_query() may run on a different server session, so nothing

@@ -44,9 +44,18 @@ RESIL_BEGIN_DECLS
  * threads at once. */
 typedef struct resil_pool_connector {
   /* Open a connection, never blocking past deadline. On success store the
-   * driver handle in *conn and return RESIL_OK. On failure return
-   * RESIL_E_TIMEOUT (deadline hit) or RESIL_E_FAILURE (refused, reset, auth
-   * failed...) with err filled; both count as dependency failures. Required. */
+   * driver handle in *conn and return RESIL_OK. On failure return, with err
+   * filled:
+   *   RESIL_E_TIMEOUT  the deadline ran out during DNS, connect, TLS or the
+   *                    handshake (AUTH, SELECT, start-up): a dependency
+   *                    failure;
+   *   RESIL_E_FAILURE  refused, reset, auth failed...: a dependency failure;
+   *   RESIL_E_SYSTEM   a local resource ran out (socket() failed with
+   *                    EMFILE, ENFILE, ENOBUFS or ENOMEM...) or
+   *   RESIL_E_NOMEM    out of memory: local errors, passed through as they
+   *                    are, never counted as a dependency failure nor in
+   *                    connects_failed.
+   * Any other status is taken as RESIL_E_FAILURE. Required. */
   resil_status (*connect)(void *ctx, resil_deadline deadline, void **conn, resil_err *err);
   /* Cheap liveness check of an idle connection (e.g. PING), bounded by
    * deadline. Return true if usable. Optional (NULL: always usable). */
@@ -109,18 +118,44 @@ RESIL_API resil_status resil_pool_prewarm(resil_pool *p, resil_deadline deadline
  * closed and skipped; one idle longer than validate_after_idle_ms is
  * validated first (a failed check closes it and tries the next). With no idle
  * connection and a free slot, connects (bounded by connect_timeout_ms and the
- * deadline). Returns:
+ * deadline).
+ *
+ * Whose time ran out: waiting (for a free connection or slot) is local;
+ * connecting and validating are work against the dependency. So the
+ * deadline running out before this acquire did any I/O is a local
+ * rejection (RESIL_E_DEADLINE, RESIL_E_POOL_TIMEOUT), and after it connected
+ * or validated it is RESIL_E_TIMEOUT, a dependency failure. A caller that
+ * gets RESIL_OK and then finds the deadline passed before its own first
+ * byte asks resil_pool_conn_did_io() which of the two it is. Returns:
  *   RESIL_OK            *out is yours until resil_pool_release();
- *   RESIL_E_POOL_TIMEOUT no connection in time, or the waiter queue is full
- *                        (local rejection: not a dependency failure);
+ *   RESIL_E_POOL_TIMEOUT no connection in time, the waiter queue is full, or
+ *                        the deadline passed before any connect or
+ *                        validation (local rejection: not a dependency
+ *                        failure);
  *   RESIL_E_DEADLINE     the deadline had passed on entry;
- *   RESIL_E_TIMEOUT / RESIL_E_FAILURE  connect failed (dependency failure);
+ *   RESIL_E_TIMEOUT      the connect timed out, or the deadline passed after
+ *                        this acquire validated a connection (e.g. a slow
+ *                        check failed and no time was left for another);
+ *   RESIL_E_FAILURE      connect failed (dependency failure);
+ *   RESIL_E_SYSTEM / RESIL_E_NOMEM  the connector hit a local resource
+ *                        limit (not a dependency failure);
  *   RESIL_E_CLOSED       the pool is draining or closed. */
 RESIL_API resil_status resil_pool_acquire(resil_pool *p, resil_deadline deadline,
                                           resil_pool_conn **out, resil_err *err);
 
 /* The driver handle of a borrowed connection. */
 RESIL_API void *resil_pool_conn_handle(const resil_pool_conn *c);
+
+/* True if the resil_pool_acquire() that lent c did I/O against the
+ * dependency to do so: it opened c, or it validated c (or another
+ * connection, closed for failing its check) first. False when c came
+ * straight from the idle list, however long the acquire waited for it.
+ * Adapters use it to classify a deadline found spent right after acquiring:
+ * true means the dependency's own slowness spent it (RESIL_E_TIMEOUT),
+ * false means the caller's or the queue's time did (RESIL_E_DEADLINE).
+ * Valid until the connection is released; false for NULL. Thread-safe for
+ * the borrower (c is not shared). */
+RESIL_API bool resil_pool_conn_did_io(const resil_pool_conn *c);
 
 /* How a borrowed connection comes back. */
 typedef enum resil_pool_return {

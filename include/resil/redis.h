@@ -30,7 +30,10 @@
  *                     but cannot serve now (a failure for the breaker,
  *                     retryable; the reply is handed back);
  *   RESIL_E_TIMEOUT   the deadline (or command_timeout_ms) passed while
- *                     connecting, sending or waiting for the reply;
+ *                     working with Redis: resolving, connecting, in AUTH or
+ *                     SELECT, validating an idle connection (PING), sending
+ *                     or waiting for the reply - also when the connect or
+ *                     validation left no time to send the command;
  *   RESIL_E_CALLER    any other error reply (ERR, WRONGTYPE, NOSCRIPT,
  *                     NOAUTH...): the caller's fault, handed back, never
  *                     counted against the breaker, connection reused;
@@ -41,7 +44,12 @@
  *                     (it is mid-reply), not retried;
  *   local rejections  RESIL_E_BREAKER_OPEN, RESIL_E_CONCURRENCY_FULL,
  *                     RESIL_E_QUEUE_TIMEOUT, RESIL_E_POOL_TIMEOUT,
- *                     RESIL_E_DEADLINE, RESIL_E_DRAINING: nothing was sent;
+ *                     RESIL_E_DEADLINE, RESIL_E_DRAINING: nothing was sent
+ *                     (RESIL_E_DEADLINE: the time went before any work with
+ *                     Redis began, e.g. waiting for a pooled connection);
+ *   RESIL_E_SYSTEM    a local resource ran out: no fd for the socket
+ *                     (EMFILE, ENFILE...), a name lookup that could not run
+ *                     for the same reason; never counted by the breaker;
  *   RESIL_E_INVALID / RESIL_E_NOMEM / RESIL_E_CLOSED  bad arguments, out
  *                     of memory, pool closed.
  * A connection that saw a transport error, a timeout, a refused reply, or

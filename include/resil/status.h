@@ -5,6 +5,28 @@
  * Statuses double as call outcomes: an adapter ends a call with
  * resil_dep_done(&permit, status), and the status decides how the breaker
  * and the metrics count it (see resil_status_class()).
+ *
+ * Timeout or deadline? The rule every adapter follows:
+ *   - The deadline running out while resil is working with the dependency
+ *     is RESIL_E_TIMEOUT, a dependency failure the breaker counts. That
+ *     work is name resolution, TCP connect, TLS, authentication and set-up
+ *     (Redis AUTH/SELECT, the PostgreSQL start-up), validating an idle
+ *     pooled connection, and the request or statement itself. A dependency
+ *     that is slow to accept or to get through its handshake therefore
+ *     trips its breaker like one that is slow to answer.
+ *   - RESIL_E_DEADLINE is only for a deadline already spent before any work
+ *     against the dependency began in the attempt: the caller's own time,
+ *     or time waiting in the bulkhead queue or for a pooled connection
+ *     without connecting (waiting for a pooled connection may also end as
+ *     RESIL_E_POOL_TIMEOUT). It is a local rejection, never counted.
+ * Local resources are never the dependency's fault: socket() failing with
+ * EMFILE, ENFILE, ENOBUFS or ENOMEM (and the drivers' own words for it:
+ * hiredis "Can't create socket", libpq "could not create socket", a curl
+ * socket callback's errno) is RESIL_E_SYSTEM, running out of memory is
+ * RESIL_E_NOMEM; both are ignored by the breaker. A peer that sends what
+ * the driver refuses to hold (an HTTP header line over curl's limit, a
+ * Redis reply over the adapter's bound) is the dependency's failure,
+ * RESIL_E_FAILURE, not RESIL_E_NOMEM.
  */
 #ifndef RESIL_STATUS_H
 #define RESIL_STATUS_H
@@ -18,7 +40,9 @@ typedef enum resil_status {
 
   /* -- The dependency's answer (counted as outcomes) ----------------------- */
   RESIL_E_FAILURE,  /* the dependency failed (I/O error, 5xx, server down...) */
-  RESIL_E_TIMEOUT,  /* the call ran out of time while talking to the dependency */
+  RESIL_E_TIMEOUT,  /* the deadline ran out while working with the dependency
+                       (DNS, connect, TLS, AUTH/SELECT/start-up, validation,
+                       the request itself) */
   RESIL_E_OVERLOAD, /* the dependency said it is overloaded (429, LOADING...) */
   RESIL_E_CALLER,   /* the dependency rejected the request itself (404, syntax
                        error, WRONGTYPE): the caller's fault, never trips the
@@ -29,14 +53,18 @@ typedef enum resil_status {
   RESIL_E_CONCURRENCY_FULL, /* max concurrent calls reached, queue full */
   RESIL_E_QUEUE_TIMEOUT,    /* waited in the concurrency queue for max_wait */
   RESIL_E_POOL_TIMEOUT,     /* no pooled connection became free in time */
-  RESIL_E_DEADLINE,         /* the deadline was already spent */
+  RESIL_E_DEADLINE,         /* the deadline was spent before any work against
+                               the dependency began (caller's time, bulkhead
+                               queue, waiting for a pooled connection) */
   RESIL_E_DRAINING,         /* the process is draining (SIGTERM) */
   RESIL_E_RETRY_BUDGET,     /* a retry was refused by the retry budget */
 
   /* -- Programming, configuration and system errors ----------------------- */
   RESIL_E_INVALID, /* bad argument or configuration; the message names it */
-  RESIL_E_NOMEM,   /* out of memory */
-  RESIL_E_SYSTEM,  /* an OS call failed (errno in the message) */
+  RESIL_E_NOMEM,   /* out of memory (here, not at the dependency) */
+  RESIL_E_SYSTEM,  /* an OS call failed, e.g. no file descriptor left for a
+                      socket (errno in the message); never the dependency's
+                      fault */
   RESIL_E_CLOSED,  /* the object was closed/drained */
 
   RESIL_STATUS_COUNT_

@@ -394,7 +394,10 @@ static const fault_spec FAULTS[] = {
     /* 1000 bytes of a 64 KiB reply (or of a connect handshake), then RST. */
     {"reset_mid_reply", FP_RESET_AFTER, 1000, RESIL_E_FAILURE, false},
     {"close_mid_reply", FP_CLOSE_MID_REPLY, 0, RESIL_E_FAILURE, false},
-    /* 2 KiB/s: a 64 KiB reply would need 32 s. */
+    /* 2 KiB/s: a 64 KiB reply would need 32 s. A connect through it (the
+     * PostgreSQL start-up) may end right at the deadline, leaving no time to
+     * send: that is still the dependency's timeout, never `deadline`
+     * (resil/status.h; test_classify.c forces that case every time). */
     {"throttle", FP_THROTTLE, 2048, RESIL_E_TIMEOUT, false},
     /* New connections refused; the open one is aborted so that every call
      * needs a new connection. */

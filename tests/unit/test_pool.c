@@ -40,6 +40,10 @@ typedef struct fake {
   _Atomic int fail_connects;    /* the next N connects fail (refused) */
   _Atomic int timeout_connects; /* the next N connects time out */
   _Atomic uint32_t take_ms;     /* each connect takes this long (fake clock) */
+  _Atomic int local_connects;   /* the next N connects fail locally (the status below) */
+  _Atomic int local_status;     /* RESIL_E_SYSTEM or RESIL_E_NOMEM */
+  _Atomic uint32_t validate_ms; /* each validate takes this long (fake clock); one
+                                   that would outlast its deadline ends there, false */
   _Atomic bool valid;           /* what validate answers */
   resil_pool *_Atomic probe;    /* if set, callbacks read its stats (lock check) */
 } fake;
@@ -104,6 +108,9 @@ static resil_status fake_connect(void *ctx, resil_deadline d, void **conn, resil
     fake_clock_advance_ms(take);
   }
   if (take_one(&F.fail_connects)) return resil_err_set(err, RESIL_E_FAILURE, "Connection refused");
+  if (take_one(&F.local_connects))
+    return resil_err_set(err, (resil_status)atomic_load(&F.local_status),
+                         "cannot create a socket: Too many open files");
   if (take_one(&F.timeout_connects)) return resil_err_set(err, RESIL_E_TIMEOUT, "no answer");
   int *h = malloc(sizeof *h);
   if (!h) return resil_err_set(err, RESIL_E_FAILURE, "malloc");
@@ -116,10 +123,18 @@ static resil_status fake_connect(void *ctx, resil_deadline d, void **conn, resil
 static bool fake_validate(void *ctx, void *conn, resil_deadline d) {
   (void)ctx;
   (void)conn;
-  (void)d;
   probe_lock_free();
   gate_wait(&F.block_validate);
   atomic_fetch_add(&F.validations, 1);
+  uint32_t take = atomic_load(&F.validate_ms);
+  if (take) {
+    int64_t left = resil_deadline_remaining_ns(d);
+    if (left < (int64_t)take * 1000000) {
+      fake_clock_advance_ns((uint64_t)left); /* no answer before the deadline */
+      return false;
+    }
+    fake_clock_advance_ms(take);
+  }
   return atomic_load(&F.valid);
 }
 
@@ -204,6 +219,9 @@ static void fake_reset(void) {
   atomic_store(&F.fail_connects, 0);
   atomic_store(&F.timeout_connects, 0);
   atomic_store(&F.take_ms, 0);
+  atomic_store(&F.local_connects, 0);
+  atomic_store(&F.local_status, RESIL_E_SYSTEM);
+  atomic_store(&F.validate_ms, 0);
   atomic_store(&F.valid, true);
   atomic_store(&F.probe, NULL);
   P = NULL;
@@ -943,6 +961,89 @@ static void waiter_handed_an_invalid_connection_connects_itself(void **state) {
   resil_pool_release(P, w.conn, RESIL_POOL_OK);
 }
 
+/* Whose time: an acquire tells whether it did I/O against the dependency
+ * (connected or validated) to lend a connection (resil/pool.h). */
+static void acquire_tells_whether_it_connected_or_validated(void **state) {
+  (void)state;
+  resil_pool_config c = base_config();
+  c.validate_after_idle_ms = 100;
+  make_pool(&c);
+  resil_pool_conn *a = must_acquire(); /* connected */
+  assert_true(resil_pool_conn_did_io(a));
+  resil_pool_release(P, a, RESIL_POOL_OK);
+  a = must_acquire(); /* straight from the idle list */
+  assert_int_equal(id_of(a), 1);
+  assert_false(resil_pool_conn_did_io(a));
+  resil_pool_release(P, a, RESIL_POOL_OK);
+  fake_clock_advance_ms(100);
+  a = must_acquire(); /* validated first */
+  assert_int_equal(id_of(a), 1);
+  assert_int_equal(atomic_load(&F.validations), 1);
+  assert_true(resil_pool_conn_did_io(a));
+  resil_pool_release(P, a, RESIL_POOL_OK);
+  a = must_acquire(); /* idle again: the flag is per acquire */
+  assert_false(resil_pool_conn_did_io(a));
+  resil_pool_release(P, a, RESIL_POOL_OK);
+  assert_false(resil_pool_conn_did_io(NULL));
+}
+
+/* A slow dependency that makes the validation of an idle connection use
+ * the whole deadline is a dependency timeout, not a local pool timeout
+ * (which the breaker would not count). */
+static void validation_that_spends_the_deadline_is_a_timeout(void **state) {
+  (void)state;
+  resil_pool_config c = base_config();
+  c.validate_after_idle_ms = 0;    /* always */
+  c.validate_timeout_ms = 10000; /* the deadline is the bound */
+  make_pool(&c);
+  resil_pool_release(P, must_acquire(), RESIL_POOL_OK);
+  atomic_store(&F.validate_ms, 1000);
+  resil_pool_conn *a = NULL;
+  resil_err err = {0};
+  resil_status st = resil_pool_acquire(P, resil_deadline_in_ms(300), &a, &err);
+  assert_int_equal(st, RESIL_E_TIMEOUT);
+  assert_null(a);
+  assert_non_null(strstr(err.msg, "validating connections used the whole deadline"));
+  resil_pool_stats s = stats();
+  assert_int_equal(s.closed[RESIL_POOL_CLOSE_VALIDATION], 1);
+  assert_int_equal(s.acquire_timeouts, 0); /* not a pool_timeout */
+  assert_int_equal(atomic_load(&F.connects), 1); /* no connect tried with no time left */
+  assert_int_equal(s.open, 0);
+  /* The same check with time to spare keeps the connection. */
+  atomic_store(&F.validate_ms, 10);
+  resil_pool_release(P, must_acquire(), RESIL_POOL_OK); /* connect 2 */
+  st = resil_pool_acquire(P, resil_deadline_in_ms(300), &a, &err);
+  assert_int_equal(st, RESIL_OK);
+  assert_int_equal(id_of(a), 2);
+  assert_true(resil_pool_conn_did_io(a));
+  resil_pool_release(P, a, RESIL_POOL_OK);
+}
+
+/* A connector's local failure (no fd, no memory) comes back as it is,
+ * never as a dependency failure, and is not counted as a failed connect. */
+static void local_connect_errors_are_not_dependency_failures(void **state) {
+  (void)state;
+  resil_pool_config c = base_config();
+  make_pool(&c);
+  const resil_status local[] = {RESIL_E_SYSTEM, RESIL_E_NOMEM};
+  for (size_t i = 0; i < 2; i++) {
+    atomic_store(&F.local_status, local[i]);
+    atomic_store(&F.local_connects, 1);
+    resil_pool_conn *a = NULL;
+    resil_err err = {0};
+    resil_status st = resil_pool_acquire(P, resil_deadline_in_ms(1000), &a, &err);
+    assert_int_equal(st, local[i]);
+    assert_int_equal(err.status, local[i]);
+    assert_null(a);
+    assert_non_null(strstr(err.msg, "pool 'test': connect: cannot create a socket"));
+    resil_pool_stats s = stats();
+    assert_int_equal(s.connects_failed, 0);
+    assert_int_equal(s.connects_timed_out, 0);
+    assert_int_equal(s.open + s.connecting, 0); /* the slot came back */
+  }
+  resil_pool_release(P, must_acquire(), RESIL_POOL_OK);
+}
+
 static void lifetime_expiry_closes_on_release_and_on_acquire(void **state) {
   (void)state;
   resil_pool_config c = base_config();
@@ -1484,6 +1585,9 @@ int main(void) {
       FAKE(idle_connection_is_validated_and_replaced_if_invalid),
       FAKE(invalid_connection_is_skipped_for_the_next_idle_one),
       REAL(waiter_handed_an_invalid_connection_connects_itself),
+      FAKE(acquire_tells_whether_it_connected_or_validated),
+      FAKE(validation_that_spends_the_deadline_is_a_timeout),
+      REAL(local_connect_errors_are_not_dependency_failures),
       FAKE(lifetime_expiry_closes_on_release_and_on_acquire),
       FAKE(lifetime_jitter_spreads_expiry),
       FAKE(idle_timeout_closes_idle_connections_on_acquire),

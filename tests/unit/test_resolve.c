@@ -46,6 +46,10 @@ static int gated_gai(const char *node, const char *service, const struct addrinf
   while (gate_closed) pthread_cond_wait(&gate_cv, &gate_mu);
   pthread_mutex_unlock(&gate_mu);
   if (strstr(node, "nohost")) return EAI_NONAME;
+  if (strstr(node, "nofd")) { /* as glibc does when it cannot open /etc/hosts */
+    errno = EMFILE;
+    return EAI_NONAME;
+  }
   if (strstr(node, "three")) {
     struct addrinfo any = *hints;
     any.ai_socktype = 0;
@@ -375,6 +379,23 @@ static void name_not_found_is_failure_naming_the_host(void **state) {
   assert_int_equal(counters().cached, 0); /* failures are not cached */
 }
 
+/* A lookup that failed because this process has no fd left is a local
+ * error, not an unknown name (which would count against the dependency). */
+static void lookup_without_fds_is_a_local_error(void **state) {
+  (void)state;
+  resil_addr a[1];
+  size_t n = 0;
+  resil_err err = {0};
+  assert_int_equal(resil_resolve("nofd.test", 80, resil_deadline_in_ms(5000), a, 1, &n, &err),
+                   RESIL_E_SYSTEM);
+  char want[200];
+  snprintf(want, sizeof want, "resolve 'nofd.test': %s (%s: a local resource limit)",
+           gai_strerror(EAI_NONAME), strerror(EMFILE));
+  assert_string_equal(err.msg, want);
+  assert_int_equal(n, 0);
+  assert_int_equal(counters().cached, 0);
+}
+
 static void answers_are_truncated_to_max(void **state) {
   (void)state;
   resil_addr a[4];
@@ -505,6 +526,7 @@ int main(void) {
       FAKE(cache_entry_expires_after_ttl),
       REAL(zero_ttl_disables_the_cache_and_flush_empties_it),
       GATED(name_not_found_is_failure_naming_the_host),
+      GATED(lookup_without_fds_is_a_local_error),
       GATED(answers_are_truncated_to_max),
       GATED(abandoned_lookup_finishes_and_fills_the_cache),
       GATED(concurrent_callers_share_one_lookup),
