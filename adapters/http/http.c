@@ -21,6 +21,8 @@
 
 #include <curl/curl.h>
 
+#include "xutil.h"
+
 #include "resil/http.h"
 #include "resil/lifecycle.h"
 #include "resil/resolve.h"
@@ -70,14 +72,6 @@ typedef struct http_conn {
 } http_conn;
 
 /* ---- small helpers ----------------------------------------------------- */
-
-static char *dup_str(const char *s) {
-  if (!s) return NULL;
-  size_t n = strlen(s) + 1;
-  char *d = malloc(n);
-  if (d) memcpy(d, s, n);
-  return d;
-}
 
 static bool is_tchar(int c) {
   return isalnum(c) || (c && strchr("!#$%&'*+-.^_`|~", c) != NULL);
@@ -289,7 +283,7 @@ static void check_base_url(const char *raw, probs *p, bool *https, bool *numeric
       h[hl - 2] = '\0';
     }
     *numeric = inet_pton(AF_INET, h, tmp) == 1 || inet_pton(AF_INET6, h, tmp) == 1;
-    if (host_out) *host_out = dup_str(h);
+    if (host_out) *host_out = resil_x_strdup(h);
   }
   curl_free(scheme);
   curl_free(host);
@@ -428,19 +422,6 @@ static void conn_close(void *ctx, void *conn) {
   free(c);
 }
 
-/* Point fd at /dev/null, so that whatever the driver sends while freeing a
- * connection inherited from the parent of a fork goes nowhere (and a read
- * sees end of file): the parent's session on the shared socket is
- * untouched. False if that could not be done. */
-static bool silence_fd(int fd) {
-  int nul = open("/dev/null", O_RDWR | O_CLOEXEC);
-  if (nul < 0) return false;
-  int r;
-  do r = dup2(nul, fd); while (r < 0 && errno == EINTR);
-  close(nul);
-  return r >= 0;
-}
-
 /* A child of fork frees the parent's easy handle. Its connection cache
  * (CURLOPT_MAXCONNECTS 1: at most the last connection) may hold a live
  * connection, which curl_easy_cleanup() would shut down cleanly (TLS
@@ -451,7 +432,7 @@ static void conn_abandon(void *ctx, void *conn) {
   if (!c) return;
   curl_socket_t s = CURL_SOCKET_BAD;
   if (curl_easy_getinfo(c->easy, CURLINFO_ACTIVESOCKET, &s) == CURLE_OK &&
-      s != CURL_SOCKET_BAD && !silence_fd((int)s))
+      s != CURL_SOCKET_BAD && !resil_x_silence_fd((int)s))
     c->easy = NULL; /* leaked: see above */
   if (c->easy) {
     conn_close(ctx, c);
@@ -609,7 +590,7 @@ resil_http *resil_http_new(const resil_http_config *cfg, resil_err *err) {
   h->low_speed_s = cfg->low_speed_time_s;
   memcpy(h->failure_statuses, cfg->failure_statuses, sizeof h->failure_statuses);
   h->nfailure = cfg->nfailure_statuses;
-  if (!(h->name = dup_str(cfg->dep.name)) || !(h->base = dup_str(cfg->base_url))) goto nomem;
+  if (!(h->name = resil_x_strdup(cfg->dep.name)) || !(h->base = resil_x_strdup(cfg->base_url))) goto nomem;
   for (size_t n = strlen(h->base); n > 0 && h->base[n - 1] == '/'; n--) h->base[n - 1] = '\0';
   if (cfg->deadline_header && *cfg->deadline_header) {
     size_t n = strlen(cfg->deadline_header);
@@ -617,7 +598,7 @@ resil_http *resil_http_new(const resil_http_config *cfg, resil_err *err) {
     memcpy(h->deadline_header, cfg->deadline_header, n);
     memcpy(h->deadline_header + n, ": ", 3);
   }
-  if (cfg->ca_file && !(h->ca_file = dup_str(cfg->ca_file))) goto nomem;
+  if (cfg->ca_file && !(h->ca_file = resil_x_strdup(cfg->ca_file))) goto nomem;
   if (cfg->nheaders) {
     if (!(h->headers = calloc(cfg->nheaders, sizeof *h->headers))) goto nomem;
     for (size_t i = 0; i < cfg->nheaders; i++) {

@@ -10,6 +10,7 @@
  */
 #include "resil/pg.h"
 #include "resil/lifecycle.h"
+#include "xutil.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -61,14 +62,6 @@ static void flatten(char *dst, size_t size, const char *src) {
     dst[n++] = (char)ch;
   }
   dst[n] = '\0';
-}
-
-static char *xstrdup(const char *s) {
-  if (!s) return NULL;
-  size_t n = strlen(s) + 1;
-  char *d = malloc(n);
-  if (d) memcpy(d, s, n);
-  return d;
 }
 
 /* ---- Configuration ------------------------------------------------------ */
@@ -398,7 +391,7 @@ static void conn_add_prepared(pg_conn *w, const char *name) {
     if (!p) return;
     w->prepared = p;
   }
-  char *d = xstrdup(name);
+  char *d = resil_x_strdup(name);
   if (d) w->prepared[w->nprepared++] = d;
 }
 
@@ -437,35 +430,6 @@ void resil_pg_get_stats(const resil_pg *pg, resil_pg_stats *out) {
 }
 
 /* ---- Waiting on the socket --------------------------------------------- */
-
-/* Wait for events on fd until d (always set), or the process's drain
- * cutoff if earlier (resil_drain_bound; re-checked every
- * RESIL_DRAIN_CHECK_MS while no drain has started, so a long wait that
- * began before a drain notices it). Returns the revents (> 0), 0 when the
- * bound passed, -1 on a poll error (errno set). */
-static int wait_fd(int fd, short events, resil_deadline d) {
-  if (fd < 0) {
-    errno = EBADF;
-    return -1;
-  }
-  for (;;) {
-    resil_deadline b = resil_drain_bound(d);
-    int64_t ms = resil_deadline_remaining_ms(b);
-    if (ms <= 0) return 0;
-    if (ms > RESIL_DRAIN_CHECK_MS && !resil_deadline_is_set(resil_drain_cutoff()))
-      ms = RESIL_DRAIN_CHECK_MS;
-    if (ms > INT_MAX) ms = INT_MAX;
-    struct pollfd pfd = {.fd = fd, .events = events, .revents = 0};
-    int r = poll(&pfd, 1, (int)ms);
-    if (r > 0) return pfd.revents ? pfd.revents : events;
-    if (r == 0) {
-      if (resil_deadline_expired(b)) return 0;
-      continue;
-    }
-    if (errno == EINTR) continue;
-    return -1;
-  }
-}
 
 /* ---- The reaper --------------------------------------------------------- */
 
@@ -828,7 +792,7 @@ static resil_status pg_connect(void *ctx, resil_deadline deadline, void **out, r
     /* The socket can change between polls (libpq tries each address and
      * retries without SSL on its own): ask every time. */
     short ev = ps == PGRES_POLLING_READING ? POLLIN : POLLOUT;
-    int w = wait_fd(PQsocket(c), ev, deadline);
+    int w = resil_x_wait_fd(PQsocket(c), ev, deadline);
     if (w == 0) {
       /* Name the address that did not answer (libpq may try several). */
       const char *addr = PQhostaddr(c), *port = PQport(c);
@@ -881,19 +845,6 @@ static void pg_close(void *ctx, void *conn) {
   free(w);
 }
 
-/* Point fd at /dev/null, so that whatever the driver sends while freeing a
- * connection inherited from the parent of a fork goes nowhere (and a read
- * sees end of file): the parent's session on the shared socket is
- * untouched. False if that could not be done. */
-static bool silence_fd(int fd) {
-  int nul = open("/dev/null", O_RDWR | O_CLOEXEC);
-  if (nul < 0) return false;
-  int r;
-  do r = dup2(nul, fd); while (r < 0 && errno == EINTR);
-  close(nul);
-  return r >= 0;
-}
-
 /* A child of fork frees the parent's connection. PQfinish() would send a
  * Terminate message (and, over TLS, a close_notify), ending the parent's
  * session: the socket is pointed at /dev/null first so both go nowhere
@@ -904,7 +855,7 @@ static void pg_abandon(void *ctx, void *conn) {
   if (!w) return;
   if (w->pq) {
     int fd = PQsocket(w->pq);
-    if (fd >= 0 && !silence_fd(fd))
+    if (fd >= 0 && !resil_x_silence_fd(fd))
       w->pq = NULL; /* leaked: see above */
   }
   pg_close(ctx, w);
@@ -1089,7 +1040,7 @@ static resil_status run_stmt_kind(resil_pg *pg, PGconn *c, resil_deadline qd,
   }
   int r;
   while ((r = PQflush(c)) == 1) {
-    int w = wait_fd(PQsocket(c), POLLIN | POLLOUT, qd);
+    int w = resil_x_wait_fd(PQsocket(c), POLLIN | POLLOUT, qd);
     if (w == 0) {
       *d = DISP_REAP;
       return timed_out(pg, phase, err);
@@ -1111,7 +1062,7 @@ static resil_status run_stmt_kind(resil_pg *pg, PGconn *c, resil_deadline qd,
   bool keep_err = false;
   for (;;) {
     while (PQisBusy(c)) {
-      int w = wait_fd(PQsocket(c), POLLIN, qd);
+      int w = resil_x_wait_fd(PQsocket(c), POLLIN, qd);
       if (w == 0) {
         PQclear(keep);
         *d = DISP_REAP;
@@ -1791,8 +1742,8 @@ resil_pg *resil_pg_new(const resil_pg_config *cfg, resil_err *err) {
   snprintf(pg->name, sizeof pg->name, "%s", cfg->dep.name);
   pg->cfg = *cfg;
   pg->cfg.application_name = NULL; /* copied into app_name if used */
-  pg->cfg.conninfo = pg->conninfo = xstrdup(cfg->conninfo);
-  pg->cfg.probe_sql = pg->probe_sql = xstrdup(cfg->probe_sql);
+  pg->cfg.conninfo = pg->conninfo = resil_x_strdup(cfg->conninfo);
+  pg->cfg.probe_sql = pg->probe_sql = resil_x_strdup(cfg->probe_sql);
   if (!pg->conninfo || !pg->probe_sql) {
     resil_err_set(err, RESIL_E_NOMEM, "%s: out of memory", pg->name);
     goto fail;

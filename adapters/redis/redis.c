@@ -27,6 +27,7 @@
 #include "reply.h"
 #include "resil/lifecycle.h"
 #include "resil/resolve.h"
+#include "xutil.h"
 
 #define MAX_ADDRS 8
 #define MAX_PIPELINE 100000u
@@ -108,26 +109,13 @@ static uint64_t ms_since(uint64_t start_ns) {
   return now > start_ns ? (now - start_ns + 500000) / 1000000 : 0;
 }
 
-/* Wait for events on fd until dl, or the process's drain cutoff if earlier
- * (resil_drain_bound; re-checked every RESIL_DRAIN_CHECK_MS while no drain
- * has started). 1 ready (revents in *got), 0 timed out, -1 error (errno). */
+/* resil_x_wait_fd (deadline and drain cutoff bounded) in this file's
+ * convention: 1 ready (revents in *got), 0 timed out, -1 error (errno). */
 static int wait_fd(int fd, short events, resil_deadline dl, short *got) {
-  for (;;) {
-    int64_t ms = resil_deadline_remaining_ms(resil_drain_bound(dl));
-    if (ms <= 0) return 0;
-    if (ms > RESIL_DRAIN_CHECK_MS && !resil_deadline_is_set(resil_drain_cutoff()))
-      ms = RESIL_DRAIN_CHECK_MS;
-    if (ms > INT_MAX) ms = INT_MAX;
-    struct pollfd pfd = {.fd = fd, .events = events, .revents = 0};
-    int n = poll(&pfd, 1, (int)ms);
-    if (n > 0) {
-      *got = pfd.revents;
-      return 1;
-    }
-    if (n < 0 && errno != EINTR) return -1;
-    /* n == 0: poll's ms is rounded up, so the deadline has passed unless the
-     * clock is coarse; loop to re-check. */
-  }
+  int r = resil_x_wait_fd(fd, events, dl);
+  if (r <= 0) return r;
+  *got = (short)r;
+  return 1;
 }
 
 /* ---- The command driver ------------------------------------------------- */
@@ -487,26 +475,13 @@ static void rclose(void *ctx, void *conn) {
   redisFree(conn);
 }
 
-/* Point fd at /dev/null, so that whatever the driver sends while freeing a
- * connection inherited from the parent of a fork goes nowhere (and a read
- * sees end of file): the parent's session on the shared socket is
- * untouched. False if that could not be done. */
-static bool silence_fd(int fd) {
-  int nul = open("/dev/null", O_RDWR | O_CLOEXEC);
-  if (nul < 0) return false;
-  int r;
-  do r = dup2(nul, fd); while (r < 0 && errno == EINTR);
-  close(nul);
-  return r >= 0;
-}
-
 /* A child of fork frees the parent's connection: hiredis' redisFree() only
  * closes the descriptor (no QUIT), and the descriptor is silenced first in
  * case a driver version ever writes on the way out. */
 static void rabandon(void *ctx, void *conn) {
   (void)ctx;
   redisContext *c = conn;
-  if (c->fd >= 0) silence_fd(c->fd);
+  if (c->fd >= 0) resil_x_silence_fd(c->fd);
   redisFree(c);
 }
 
