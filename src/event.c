@@ -8,25 +8,59 @@
 
 _Thread_local const char *resil__call_msg;
 
-static pthread_rwlock_t hook_lock = PTHREAD_RWLOCK_INITIALIZER;
+/* The hook and the calls running it. A caller takes the hook under hook_mu
+ * and runs it unlocked, counted in hook_active; resil_set_event_hook()
+ * waits until no call runs any more. A plain mutex and a count rather than
+ * a rwlock: the fork handler locks hook_mu and resets the count in the
+ * child (glibc's rwlock knows its writer by thread id, which the child's
+ * thread does not share, and it cannot be unlocked or re-initialised there
+ * cleanly under ThreadSanitizer). */
+static pthread_mutex_t hook_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t hook_idle;
+static pthread_once_t hook_once = PTHREAD_ONCE_INIT;
+static unsigned hook_active;
 static resil_event_hook hook_fn;
 static void *hook_ctx;
 
+static void hook_init(void) { resil__cond_init(&hook_idle); }
+
 void resil_set_event_hook(resil_event_hook fn, void *ctx) {
-  pthread_rwlock_wrlock(&hook_lock);
+  pthread_once(&hook_once, hook_init);
+  pthread_mutex_lock(&hook_mu);
   hook_fn = fn;
   hook_ctx = fn ? ctx : NULL;
-  pthread_rwlock_unlock(&hook_lock);
+  while (hook_active) pthread_cond_wait(&hook_idle, &hook_mu);
+  pthread_mutex_unlock(&hook_mu);
 }
 
-/* fork (see fork.c): no thread is inside the hook while the process is
- * copied, so the child's resil_set_event_hook() never waits on a reader
- * that does not exist there. */
-void resil__event_fork_prepare(void) { pthread_rwlock_wrlock(&hook_lock); }
-void resil__event_fork_parent(void) { pthread_rwlock_unlock(&hook_lock); }
-/* glibc knows the writer by thread id, which the child's thread does not
- * share with its parent: unlocking would be taken as a reader's unlock. */
-void resil__event_fork_child(void) { pthread_rwlock_init(&hook_lock, NULL); }
+/* The hook to call (NULL: none), counted as running until hook_leave(). */
+static resil_event_hook hook_enter(void **ctx) {
+  pthread_mutex_lock(&hook_mu);
+  resil_event_hook fn = hook_fn;
+  *ctx = hook_ctx;
+  if (fn) hook_active++;
+  pthread_mutex_unlock(&hook_mu);
+  return fn;
+}
+
+static void hook_leave(void) {
+  pthread_once(&hook_once, hook_init);
+  pthread_mutex_lock(&hook_mu);
+  if (--hook_active == 0) pthread_cond_broadcast(&hook_idle);
+  pthread_mutex_unlock(&hook_mu);
+}
+
+/* fork (see fork.c): hook_mu is held across fork(); in the child, calls of
+ * the hook by threads that do not exist there are forgotten, so the
+ * child's resil_set_event_hook() never waits for them. */
+void resil__event_fork_prepare(void) { pthread_mutex_lock(&hook_mu); }
+void resil__event_fork_parent(void) { pthread_mutex_unlock(&hook_mu); }
+void resil__event_fork_child(void) {
+  hook_active = 0;
+  pthread_once(&hook_once, hook_init);
+  resil__cond_init(&hook_idle);
+  pthread_mutex_unlock(&hook_mu);
+}
 
 const char *resil_event_type_name(resil_event_type t) {
   return t == RESIL_EVENT_BREAKER ? "breaker" : "unknown";
@@ -80,16 +114,14 @@ static const char *transition_reason(resil_breaker_state from, resil_breaker_sta
 void resil__event_breaker(const char *dep, resil__ev_bucket *bk, resil_breaker *b,
                           resil_breaker_state from, resil_breaker_state to,
                           resil_trip_reason reason) {
-  pthread_rwlock_rdlock(&hook_lock);
-  if (!hook_fn) {
-    pthread_rwlock_unlock(&hook_lock);
-    return;
-  }
+  void *ctx;
+  resil_event_hook fn = hook_enter(&ctx);
+  if (!fn) return;
   uint64_t now = resil_now_ns();
   uint32_t suppressed = 0;
   if (!bucket_take(bk, now, &suppressed)) {
     atomic_fetch_add_explicit(&bk->dropped, 1, memory_order_relaxed);
-    pthread_rwlock_unlock(&hook_lock);
+    hook_leave();
     return;
   }
   struct timespec ts;
@@ -117,9 +149,9 @@ void resil__event_breaker(const char *dep, resil__ev_bucket *bk, resil_breaker *
   if (to == RESIL_BREAKER_OPEN && st.state == RESIL_BREAKER_OPEN &&
       st.open_until_ns > st.opened_at_ns)
     ev.open_ms = (st.open_until_ns - st.opened_at_ns + 500000) / 1000000;
-  hook_fn(hook_ctx, &ev);
+  fn(ctx, &ev);
   atomic_fetch_add_explicit(&bk->delivered, 1, memory_order_relaxed);
-  pthread_rwlock_unlock(&hook_lock);
+  hook_leave();
 }
 
 /* ---- formatting --------------------------------------------------------- */
