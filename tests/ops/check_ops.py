@@ -434,7 +434,7 @@ def check_grafana(tap, root, exports, tmp):
 
     templ = dash.get("templating", {}).get("list", [])
     variables = dict(GRAFANA_VALUES)
-    problems = []
+    problems, var_exprs = [], []
     tnames = {t.get("name") for t in templ}
     for want in ("service", "dependency"):
         if want not in tnames:
@@ -444,9 +444,17 @@ def check_grafana(tap, root, exports, tmp):
             continue
         q = t.get("query")
         q = q.get("query") if isinstance(q, dict) else q
+        m = re.fullmatch(r"\s*query_result\((.*)\)\s*", q or "", re.S)
+        if m:     # checked with the panels' queries below
+            try:
+                var_exprs.append((f"variable {t.get('name')}", substitute(m.group(1), variables)))
+            except KeyError as e:
+                problems.append(f"variable {t.get('name')}: unknown variable ${e.args[0]}")
+            continue
         m = re.fullmatch(r"\s*label_values\((.*),\s*(\w+)\s*\)\s*", q or "")
         if not m:
-            problems.append(f"variable {t.get('name')}: query {q!r} is not label_values(SELECTOR, LABEL)")
+            problems.append(f"variable {t.get('name')}: query {q!r} is neither "
+                            f"label_values(SELECTOR, LABEL) nor query_result(EXPR)")
             continue
         sel, label = m.group(1), m.group(2)
         try:
@@ -458,7 +466,8 @@ def check_grafana(tap, root, exports, tmp):
         for name, _ in selectors(sel):
             if name in exports.series and label not in exports.series[name]:
                 problems.append(f"variable {t.get('name')}: {name} has no label {label}")
-    tap.check("template variables come from label_values() of exported series and labels",
+    tap.check("template variables come from label_values() / query_result() of exported "
+              "series and labels",
               problems)
 
     exprs, problems = [], []
@@ -472,6 +481,7 @@ def check_grafana(tap, root, exports, tmp):
             except KeyError as e:
                 problems.append(f"{where}: unknown variable ${e.args[0]}")
     tap.check("every query's template variables are defined", problems)
+    exprs += [(where, e, {}) for where, e in var_exprs]
     tap.case(len(exprs) >= 10, f"the dashboard has queries ({len(exprs)})")
 
     # promtool parses each query: as a recording rule of a throwaway file.
