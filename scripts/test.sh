@@ -5,8 +5,9 @@
 #   bash scripts/test.sh                 plain, core-only, ASan/UBSan and TSan
 #                                        builds, and fuzz
 #   bash scripts/test.sh --quick         plain build only (no fuzz)
-#   bash scripts/test.sh --suite unit    only that meson suite (repeatable;
-#                                        soak and fuzz name those steps)
+#   bash scripts/test.sh --suite unit    only that meson suite (repeatable: unit,
+#                                        integration, examples, tools, ops; soak
+#                                        and fuzz name those steps)
 #   bash scripts/test.sh --build tsan    only that build (repeatable; fuzz too)
 #
 # Steps: install missing Debian packages (scripts/lib/packages.sh); start

@@ -9,10 +9,10 @@ RESIL_DEBIAN_PACKAGES=(
   libcmocka-dev libhiredis-dev libpq-dev libcurl4-openssl-dev
   # servers the integration and fault tests run against
   redis-server postgresql postgresql-client pgbouncer
-  # promtool (checks the Prometheus text exposition)
+  # promtool (checks the Prometheus text exposition, and the rules and dashboard in deploy/)
   prometheus
-  # tools the harness itself uses
-  curl openssl procps iproute2 util-linux python3-minimal iptables
+  # tools the harness itself uses (python3-yaml: the operator kit's tests, suite ops)
+  curl openssl procps iproute2 util-linux python3-minimal python3-yaml iptables
 )
 
 # ensure_packages [PKG...]: install whichever of the packages (default: the
