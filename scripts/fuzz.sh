@@ -26,6 +26,8 @@
 # and log are copied to build-fuzz/fuzz-crashes/<target>/; replay one with
 #   build-fuzz/tests/fuzz/fuzz_<target> FILE
 # and keep it under tests/fuzz/crashes/<target>/ once fixed.
+# Targets run FUZZ_JOBS at a time (default: one per CPU; each fuzzer is one
+# process), so a run takes about SECONDS x targets / CPUs.
 # Exits non-zero if any target crashed, is missing or could not run.
 set -euo pipefail
 
@@ -91,10 +93,17 @@ fi
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/resil-fuzz.XXXXXX")
 FZ_PID=
 # shellcheck disable=SC2317 # called from the EXIT trap
+JOB_PIDS=()
 cleanup() {
   if [[ -n $FZ_PID ]] && kill -0 "$FZ_PID" 2>/dev/null; then
     kill -TERM "$FZ_PID" 2>/dev/null; wait "$FZ_PID" 2>/dev/null || true
   fi
+  local p
+  for p in "${JOB_PIDS[@]}"; do    # the targets' subshells and their fuzzers
+    pkill -TERM -P "$p" 2>/dev/null || true
+    kill -TERM "$p" 2>/dev/null || true
+  done
+  wait 2>/dev/null || true
   rm -rf "$TMP"
 }
 trap cleanup EXIT
@@ -166,7 +175,11 @@ merge_back() {
   ((n == 0)) || echo "    $t: $n new inputs merged into $repo (commit them)" >&2
 }
 
-for t in "${TARGETS[@]}"; do
+# fuzz_one TARGET: replay its past findings, fuzz it for SECS from a copy of
+# its corpus, merge what adds coverage back. Prints its "fuzz ..." lines;
+# returns non-zero if anything failed. Runs in a background subshell.
+fuzz_one() {
+  local t=$1 exe seeds work rc runs arts keep what bad=0
   exe="$DIR/tests/fuzz/fuzz_$t"
   seeds="tests/fuzz/corpus/$t"
   work="$TMP/$t"
@@ -187,7 +200,7 @@ for t in "${TARGETS[@]}"; do
   if ((rc == 0)) && [[ -n $runs ]] && ((${#arts[@]} == 0)); then
     echo "fuzz $t $runs runs ok"
     merge_back "$t" "$exe" "$work"
-    continue
+    return "$bad"
   fi
   bad=1
   keep="$DIR/fuzz-crashes/$t"
@@ -201,5 +214,24 @@ for t in "${TARGETS[@]}"; do
     echo "fuzz $t ${runs:-?} runs ERROR exit $rc, no \"Done\" line (log in $keep/log.txt)"
   fi
   tail -n 40 "$work/log" | sed 's/^/    /' >&2
+  return 1
+}
+
+# The targets run FUZZ_JOBS at a time (default: one per CPU), each in its
+# own subshell with its output kept apart and printed in target order.
+JOBS=${FUZZ_JOBS:-$(nproc 2>/dev/null || echo 1)}
+((JOBS >= 1)) || JOBS=1
+JOB_PIDS=()
+for t in "${TARGETS[@]}"; do
+  while (($(jobs -rp | wc -l) >= JOBS)); do wait -n || true; done
+  ( rc=0; fuzz_one "$t" || rc=$?; echo "$rc" >"$TMP/$t.rc" ) >"$TMP/$t.out" 2>"$TMP/$t.err" &
+  JOB_PIDS+=($!)
+done
+for p in "${JOB_PIDS[@]}"; do wait "$p" || true; done
+JOB_PIDS=()
+for t in "${TARGETS[@]}"; do
+  cat "$TMP/$t.out"
+  cat "$TMP/$t.err" >&2
+  [[ $(cat "$TMP/$t.rc" 2>/dev/null) == 0 ]] || bad=1
 done
 exit "$bad"
