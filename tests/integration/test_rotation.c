@@ -385,6 +385,66 @@ static void pg_password_callback_rotation(void **state) {
   pg_rotation(true);
 }
 
+
+/* The server's password and the file change before any connection is made,
+ * and the file's periodic check is an hour away: the first connect's AUTH is
+ * refused, the file is checked at once, and the connect is retried with the
+ * new password - the very first call succeeds. */
+static void a_refused_password_rereads_the_file_and_retries_at_once(void **state) {
+  (void)state;
+  const char *orig = need_env("RESIL_TEST_REDIS_PASSWORD");
+  put_file(orig);
+  resil_redis_config rc;
+  resil_redis_config_init(&rc, "retry-cache");
+  rc.port = need_port("RESIL_TEST_REDIS_AUTH_PORT");
+  rc.password_file = pwpath;
+  rc.password_file_check_ms = 3600000;
+  rc.dep.probe_interval_ms = 0;
+  resil_pg_config pc;
+  resil_pg_config_init(&pc, "retry-db");
+  char ci[256];
+  snprintf(ci, sizeof ci, "host=127.0.0.1 port=%s dbname=resil user=resil",
+           need_env("RESIL_TEST_PG_PORT"));
+  pc.conninfo = ci;
+  pc.password_file = pwpath;
+  pc.password_file_check_ms = 3600000;
+  pc.dep.probe_interval_ms = 0;
+  resil_err err;
+  resil_redis *r = resil_redis_new(&rc, &err); /* reads the file: the old password */
+  if (!r) fail_msg("resil_redis_new: %s", err.msg);
+  resil_pg *pg = resil_pg_new(&pc, &err);
+  if (!pg) fail_msg("resil_pg_new: %s", err.msg);
+  redisContext *admin = redis_admin(orig);
+  assert_non_null(admin);
+  redis_set_pass(admin, newpw);
+  redisFree(admin);
+  pg_set_pass(newpw);
+  put_file(newpw);
+  redisReply *rep = NULL;
+  resil_status st = resil_redis_command(r, resil_deadline_in_ms(2000), 0, &rep, &err, "PING");
+  if (st != RESIL_OK) fail_msg("redis: %s", err.msg);
+  freeReplyObject(rep);
+  PGresult *res = NULL;
+  st = resil_pg_query(pg, resil_deadline_in_ms(2000), 0, "SELECT 1", 0, NULL, &res, &err);
+  if (st != RESIL_OK) fail_msg("pg: %s", err.msg);
+  PQclear(res);
+  resil_redis_stats rs;
+  resil_redis_get_stats(r, &rs);
+  resil_pg_stats ps;
+  resil_pg_get_stats(pg, &ps);
+  assert_int_equal(rs.auth_failures, 1);
+  assert_int_equal(rs.password_changes, 1);
+  assert_int_equal(ps.auth_failures, 1);
+  assert_int_equal(ps.password_changes, 1);
+  resil_redis_free(r);
+  resil_pg_free(pg);
+}
+
+static int both_teardown(void **state) {
+  redis_teardown(state);
+  return pg_teardown(state);
+}
+
 /* A missing password file is a configuration error naming the variable and
  * the file; the secret of a file that exists never shows. */
 static void a_missing_password_file_is_a_config_error_naming_it(void **state) {
@@ -413,6 +473,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(pg_rotation_under_load_fails_only_calls_in_flight, setup,
                                       pg_teardown),
       cmocka_unit_test_setup_teardown(pg_password_callback_rotation, setup, pg_teardown),
+      cmocka_unit_test_setup_teardown(a_refused_password_rereads_the_file_and_retries_at_once,
+                                      setup, both_teardown),
       cmocka_unit_test(a_missing_password_file_is_a_config_error_naming_it),
   };
   return cmocka_run_group_tests_name("rotation", tests, NULL, NULL);
