@@ -74,7 +74,7 @@ typedef struct writer {
   void *h; /* resil_pg * or resil_redis * */
   int id;
   rec *recs;
-  size_t n;
+  _Atomic size_t n; /* records written (published after each is complete) */
 } writer;
 
 static atomic_bool stop_writers;
@@ -84,8 +84,8 @@ static void *pg_writer(void *arg) {
   char who[16];
   snprintf(who, sizeof who, "w%d", w->id);
   const char *params[] = {who};
-  while (!atomic_load(&stop_writers) && w->n < MAX_RECS) {
-    rec *r = &w->recs[w->n++];
+  while (!atomic_load(&stop_writers) && atomic_load(&w->n) < MAX_RECS) {
+    rec *r = &w->recs[atomic_load(&w->n)];
     r->start_ms = test_now_ms();
     PGresult *res = NULL;
     resil_err err;
@@ -97,6 +97,7 @@ static void *pg_writer(void *arg) {
     r->on_b = r->st == RESIL_OK && strcmp(resil_pg_value(res, 0, 0), "127.0.0.1") == 0;
     if (r->st != RESIL_OK) print_message("# writer %d: %s\n", w->id, err.msg);
     PQclear(res);
+    atomic_fetch_add(&w->n, 1);
     test_sleep_ms(2);
   }
   return NULL;
@@ -104,8 +105,8 @@ static void *pg_writer(void *arg) {
 
 static void *redis_writer(void *arg) {
   writer *w = arg;
-  while (!atomic_load(&stop_writers) && w->n < MAX_RECS) {
-    rec *r = &w->recs[w->n++];
+  while (!atomic_load(&stop_writers) && atomic_load(&w->n) < MAX_RECS) {
+    rec *r = &w->recs[atomic_load(&w->n)];
     r->start_ms = test_now_ms();
     redisReply *rep = NULL;
     resil_err err;
@@ -114,6 +115,7 @@ static void *redis_writer(void *arg) {
     r->end_ms = test_now_ms();
     if (r->st != RESIL_OK) print_message("# writer %d: %s\n", w->id, err.msg);
     if (rep) freeReplyObject(rep);
+    atomic_fetch_add(&w->n, 1);
     test_sleep_ms(2);
   }
   return NULL;
@@ -122,7 +124,10 @@ static void *redis_writer(void *arg) {
 static void start_writers(writer *ws, void *h, void *(*fn)(void *)) {
   atomic_store(&stop_writers, false);
   for (int i = 0; i < WRITERS; i++) {
-    ws[i] = (writer){.h = h, .id = i, .recs = calloc(MAX_RECS, sizeof(rec))};
+    ws[i].h = h;
+    ws[i].id = i;
+    ws[i].recs = calloc(MAX_RECS, sizeof(rec));
+    atomic_store(&ws[i].n, 0);
     assert_non_null(ws[i].recs);
     assert_int_equal(pthread_create(&ws[i].t, NULL, fn, &ws[i]), 0);
   }
@@ -169,8 +174,8 @@ static void free_writers(writer *ws) {
 
 static bool any_ok_since(writer *ws, uint64_t t, bool need_b) {
   for (int i = 0; i < WRITERS; i++) {
-    size_t n = ws[i].n; /* racy read of a growing count: the records below it are written */
-    for (size_t k = n > 50 ? n - 50 : 0; k + 1 < n; k++) {
+    size_t n = atomic_load(&ws[i].n); /* the records below it are complete */
+    for (size_t k = n > 50 ? n - 50 : 0; k < n; k++) {
       rec *r = &ws[i].recs[k];
       if (r->start_ms >= t && r->st == RESIL_OK && (!need_b || r->on_b)) return true;
     }
