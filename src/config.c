@@ -10,6 +10,7 @@
 #include "resil/admin.h"
 #include "resil/config.h"
 #include "resil/emf.h"
+#include "resil/resolve.h"
 #include "internal.h"
 
 #define MAX_KINDS 16
@@ -742,6 +743,16 @@ static void assign(resil_config *c, report *r, const kv *e) {
       problem(r, "RESIL_CLOCK: '%.40s' is not auto, tsc or portable", e->value);
     return;
   }
+  if (!strcmp(e->key, RESIL_HOSTS_FILE_ENV)) { /* read by the resolver itself (resolve.c) */
+    FILE *hf = NULL;
+    if (strcmp(e->source, e->key) != 0)
+      problem(r, "%s: " RESIL_HOSTS_FILE_ENV " works only in the environment (the resolver "
+                 "reads it itself)", e->source);
+    else if (e->value[0] && !(hf = fopen(e->value, "re")))
+      problem(r, RESIL_HOSTS_FILE_ENV ": cannot read '%.200s': %s", e->value, strerror(errno));
+    if (hf) fclose(hf);
+    return;
+  }
   for (size_t i = 0; i < COUNT(svc_keys); i++)
     if (!strcmp(e->key, svc_keys[i].key)) {
       set_value(c, r, e->source, &svc_keys[i], &c->svc, e->value);
@@ -749,7 +760,7 @@ static void assign(resil_config *c, report *r, const kv *e) {
     }
   if (strncmp(e->key, ENV_PREFIX, strlen(ENV_PREFIX)) != 0) {
     problem(r, "%s: unknown variable (known: RESIL_DEPS, RESIL_CONFIG_FILE, RESIL_CLOCK, "
-               "RESIL_SERVICE, "
+               "RESIL_HOSTS_FILE, RESIL_SERVICE, "
                "RESIL_ADMIN_ADDR, RESIL_ADMIN_PORT, RESIL_EMF_NAMESPACE, RESIL_EMF_INTERVAL_MS, "
                "RESIL_DRAIN_GRACE_MS, RESIL_DRAIN_TIMEOUT_MS, RESIL_PREWARM_TIMEOUT_MS, "
                "RESIL_EVENT_LOG, "
@@ -1074,6 +1085,8 @@ char *resil_config_keys_markdown(const char *kind_name) {
                          "environment |\n");
     resil__sb_printf(&b, "| `RESIL_CLOCK` | auto | call-path clock: auto, tsc (force the TSC) "
                          "or portable (clock_gettime); environment only |\n");
+    resil__sb_printf(&b, "| `RESIL_HOSTS_FILE` | (none) | hosts file (/etc/hosts format) "
+                         "consulted before DNS by resil's resolver; environment only |\n");
     for (size_t i = 0; i < COUNT(svc_keys); i++) {
       resil_key_spec ks = svc_keys[i];
       ks.help = svc_help[i];

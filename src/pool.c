@@ -68,6 +68,7 @@ struct resil_pool_conn {
   bool did_io;                  /* the acquire that lent it connected or validated */
   resil_pool_conn *prev, *next; /* idle list; `next` also links close lists */
   uint32_t fork_gen;            /* the pool's fork_gen when it was opened */
+  uint64_t gen;                 /* the pool's generation when its connect began */
 };
 
 /* What a locked step handed the calling thread. */
@@ -94,6 +95,10 @@ struct resil_pool {
   uint32_t open, idle, in_use, connecting, waiters;
   uint64_t acquired, acquire_timeouts, connects_ok, connects_failed, connects_timed_out;
   uint64_t closed[RESIL_POOL_CLOSE_REASON_COUNT_];
+  /* Generation (resil_pool_evict): written under mu, read anywhere. A
+   * connection of an older generation is closed on borrow and on return. */
+  _Atomic uint64_t gen;
+  uint64_t evictions;
 
   /* Fork (all under mu except fork_gen, which only the atfork child handler
    * writes, before the child has other threads). */
@@ -155,11 +160,16 @@ resil_status resil_pool_config_validate(const resil_pool_config *cfg, const char
 /* ---- Small helpers (all *_locked ones need p->mu) ------------------------ */
 
 static const char *const reason_names[RESIL_POOL_CLOSE_REASON_COUNT_] = {
-    "lifetime", "idle", "broken", "validation", "drain"};
+    "lifetime", "idle", "broken", "validation", "drain", "evicted"};
 
 const char *resil_pool_close_reason_name(resil_pool_close_reason r) {
   if ((unsigned)r >= RESIL_POOL_CLOSE_REASON_COUNT_) return "unknown";
   return reason_names[r];
+}
+
+/* The current generation (written only under mu). */
+static uint64_t gen_locked(const resil_pool *p) {
+  return atomic_load_explicit(&p->gen, memory_order_relaxed);
 }
 
 static bool slot_free_locked(const resil_pool *p) {
@@ -277,8 +287,8 @@ static void retire_locked(resil_pool *p, resil_pool_conn *c, resil_pool_close_re
 /* A connection no one holds yet (just connected, or just returned): make it
  * idle and serve waiters, or close it if the pool is draining. */
 static void add_idle_locked(resil_pool *p, resil_pool_conn *c, close_list *l) {
-  if (p->draining) {
-    retire_locked(p, c, RESIL_POOL_CLOSE_DRAIN, l);
+  if (p->draining || c->gen != gen_locked(p)) {
+    retire_locked(p, c, p->draining ? RESIL_POOL_CLOSE_DRAIN : RESIL_POOL_CLOSE_EVICTED, l);
     slot_freed_locked(p);
     return;
   }
@@ -362,6 +372,9 @@ static resil_status connect_slot(resil_pool *p, resil_deadline deadline, resil_p
   resil_err cerr = {.status = RESIL_OK, .msg = ""};
   resil_status st = RESIL_E_NOMEM;
   void *h = NULL;
+  /* Read before the connector resolves the name: a connection whose connect
+   * began before an eviction may reach the old address. */
+  uint64_t gen = atomic_load_explicit(&p->gen, memory_order_acquire);
   if (c) {
     st = p->cn.connect(p->cn.ctx, resil_deadline_bound(deadline, p->cfg.connect_timeout_ms),
                        &h, &cerr);
@@ -391,6 +404,7 @@ static resil_status connect_slot(resil_pool *p, resil_deadline deadline, resil_p
                          cerr.msg[0] ? cerr.msg : st == RESIL_E_TIMEOUT ? "timed out" : "failed");
   }
   c->handle = h;
+  c->gen = gen;
   c->expires_ns = lifetime_end(p, now);
   c->idle_since_ns = now;
   *out = c;
@@ -726,6 +740,7 @@ static resil_status wait_locked(resil_pool *p, resil_deadline deadline, grant *g
  * lent, or RESIL_POOL_CLOSE_REASON_COUNT_ if it may. */
 static resil_pool_close_reason stale_reason_locked(const resil_pool *p,
                                                    const resil_pool_conn *c, uint64_t now) {
+  if (c->gen != gen_locked(p)) return RESIL_POOL_CLOSE_EVICTED;
   if (lifetime_over(c, now)) return RESIL_POOL_CLOSE_LIFETIME;
   if (idle_over(p, c, now, p->idle)) return RESIL_POOL_CLOSE_IDLE;
   return RESIL_POOL_CLOSE_REASON_COUNT_;
@@ -885,6 +900,38 @@ void *resil_pool_conn_handle(const resil_pool_conn *c) { return c ? c->handle : 
 
 bool resil_pool_conn_did_io(const resil_pool_conn *c) { return c && c->did_io; }
 
+/* ---- Eviction ------------------------------------------------------------- */
+
+uint64_t resil_pool_generation(const resil_pool *p) {
+  return p ? atomic_load_explicit(&p->gen, memory_order_acquire) : 0;
+}
+
+uint64_t resil_pool_conn_generation(const resil_pool_conn *c) { return c ? c->gen : 0; }
+
+bool resil_pool_evict(resil_pool *p, uint64_t generation) {
+  if (!p) return false;
+  close_list dead = {NULL};
+  pthread_mutex_lock(&p->mu);
+  uint64_t g = gen_locked(p);
+  if (generation != RESIL_POOL_GEN_CURRENT && generation != g) {
+    pthread_mutex_unlock(&p->mu);
+    return false; /* an eviction since then already covered it */
+  }
+  atomic_store_explicit(&p->gen, g + 1, memory_order_release);
+  p->evictions++;
+  bool freed = false;
+  while (p->idle_head) {
+    resil_pool_conn *c = p->idle_head;
+    idle_unlink_locked(p, c);
+    retire_locked(p, c, RESIL_POOL_CLOSE_EVICTED, &dead);
+    freed = true;
+  }
+  if (freed) slot_freed_locked(p);
+  pthread_mutex_unlock(&p->mu);
+  close_all(p, &dead);
+  return true;
+}
+
 void resil_pool_release(resil_pool *p, resil_pool_conn *c, resil_pool_return how) {
   if (!p || !c) return;
   if (__builtin_expect(c->fork_gen != p->fork_gen, 0)) {
@@ -897,9 +944,11 @@ void resil_pool_release(resil_pool *p, resil_pool_conn *c, resil_pool_return how
   uint64_t now = resil__now_fast_ns();
   pthread_mutex_lock(&p->mu);
   p->in_use--;
-  if (how != RESIL_POOL_OK || p->draining || lifetime_over(c, now)) {
+  bool stale = c->gen != gen_locked(p);
+  if (how != RESIL_POOL_OK || p->draining || stale || lifetime_over(c, now)) {
     resil_pool_close_reason r = how != RESIL_POOL_OK ? RESIL_POOL_CLOSE_BROKEN
                                 : p->draining        ? RESIL_POOL_CLOSE_DRAIN
+                                : stale              ? RESIL_POOL_CLOSE_EVICTED
                                                      : RESIL_POOL_CLOSE_LIFETIME;
     retire_locked(p, c, r, &dead);
     slot_freed_locked(p);
@@ -931,6 +980,8 @@ void resil_pool_get_stats(const resil_pool *p, resil_pool_stats *out) {
   out->connects_failed = p->connects_failed;
   out->connects_timed_out = p->connects_timed_out;
   memcpy(out->closed, p->closed, sizeof out->closed);
+  out->evictions = p->evictions;
+  out->generation = gen_locked(p);
   pthread_mutex_unlock(&m->mu);
   resil__hist_read(&p->latency, &out->acquire_latency);
 }

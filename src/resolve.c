@@ -14,10 +14,14 @@
  * Everything shared lives under one mutex; answers are copied out.
  */
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
+#include <limits.h>
 #include <netinet/in.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "internal.h"
 #include "resolve_internal.h"
@@ -55,6 +59,13 @@ static cache_entry *cache;
 static uint64_t n_lookups, n_hits;
 static _Atomic uint32_t ttl_ms = DEFAULT_TTL_MS;
 static _Atomic(resil__gai_fn) gai_hook;
+/* The hosts-file override (RESIL_HOSTS_FILE or resil_resolve_set_hosts_file);
+ * empty = none. Under mu. */
+static char hosts_path[PATH_MAX];
+static pthread_once_t hosts_env_once = PTHREAD_ONCE_INIT;
+static uint64_t n_invalidated;
+
+static void hosts_env_read(void);
 
 /* ---- Addresses ----------------------------------------------------------- */
 
@@ -190,6 +201,39 @@ void resil_resolve_flush(void) {
   pthread_mutex_unlock(&mu);
 }
 
+bool resil_resolve_invalidate(const char *host) {
+  if (!host) return false;
+  bool found = false;
+  pthread_mutex_lock(&mu);
+  for (cache_entry **pp = &cache; *pp; pp = &(*pp)->next)
+    if (strcmp((*pp)->host, host) == 0) {
+      cache_remove_locked(pp);
+      found = true;
+      break;
+    }
+  n_invalidated++;
+  pthread_mutex_unlock(&mu);
+  return found;
+}
+
+resil_status resil_resolve_set_hosts_file(const char *path, resil_err *err) {
+  pthread_once(&hosts_env_once, hosts_env_read); /* the environment never overrides this */
+  if (path && *path) {
+    if (strlen(path) >= sizeof hosts_path)
+      return resil_err_set(err, RESIL_E_INVALID, "hosts file '%.60s...': path too long", path);
+    FILE *f = fopen(path, "re");
+    if (!f)
+      return resil_err_set(err, RESIL_E_INVALID, "hosts file '%s': %s", path, strerror(errno));
+    fclose(f);
+  }
+  pthread_mutex_lock(&mu);
+  if (path && *path) resil__strlcpy(hosts_path, path, sizeof hosts_path);
+  else hosts_path[0] = '\0';
+  while (cache) cache_remove_locked(&cache); /* answers from the old source */
+  pthread_mutex_unlock(&mu);
+  return RESIL_OK;
+}
+
 /* ---- Lookups ------------------------------------------------------------- */
 
 static void lookup_free(lookup *lk) {
@@ -203,9 +247,65 @@ static void unref_locked(lookup *lk) {
   if (--lk->refs == 0) lookup_free(lk);
 }
 
+/* ---- Hosts-file override ------------------------------------------------ */
+
+static void hosts_env_read(void) {
+  const char *v = getenv(RESIL_HOSTS_FILE_ENV);
+  pthread_mutex_lock(&mu);
+  if (v && *v && !hosts_path[0]) resil__strlcpy(hosts_path, v, sizeof hosts_path);
+  pthread_mutex_unlock(&mu);
+}
+
+/* Look host up in the hosts file at path (format of /etc/hosts: an address,
+ * then names; '#' starts a comment; names compare case-insensitively).
+ * 1 found (lk->addrs filled, lk->st set), 0 not listed, -1 error (lk->st
+ * and lk->msg set). */
+static int hosts_file_lookup(lookup *lk, const char *path) {
+  resil_err tmp;
+  FILE *f = fopen(path, "re");
+  if (!f) {
+    int e = errno;
+    lk->st = resil_err_set(&tmp, RESIL_E_FAILURE, "resolve '%s': hosts file '%s' (%s): %s",
+                           lk->host, path, RESIL_HOSTS_FILE_ENV, strerror(e));
+    memcpy(lk->msg, tmp.msg, sizeof lk->msg);
+    return -1;
+  }
+  char line[1024];
+  size_t cap = 0;
+  while (fgets(line, sizeof line, f)) {
+    char *hash = strchr(line, '#');
+    if (hash) *hash = '\0';
+    char *save = NULL, *addr = strtok_r(line, " \t\r\n", &save);
+    if (!addr) continue;
+    bool listed = false;
+    for (char *name; (name = strtok_r(NULL, " \t\r\n", &save)) != NULL;)
+      if (strcasecmp(name, lk->host) == 0) listed = true;
+    if (!listed) continue;
+    resil_addr a;
+    if (!parse_numeric(addr, 0, &a)) continue; /* not an address: ignored, as glibc does */
+    if (lk->n == cap) {
+      size_t ncap = cap ? cap * 2 : 4;
+      resil_addr *na = realloc(lk->addrs, ncap * sizeof *na);
+      if (!na) break;
+      lk->addrs = na;
+      cap = ncap;
+    }
+    lk->addrs[lk->n++] = a;
+  }
+  fclose(f);
+  if (lk->n == 0) return 0;
+  lk->st = RESIL_OK;
+  return 1;
+}
+
 /* Turn getaddrinfo's answer into lk's result. No lock needed: only the
  * lookup's thread touches these fields until `done` is published. */
 static void lookup_run(lookup *lk) {
+  char path[PATH_MAX];
+  pthread_mutex_lock(&mu);
+  memcpy(path, hosts_path, sizeof path);
+  pthread_mutex_unlock(&mu);
+  if (path[0] && hosts_file_lookup(lk, path) != 0) return;
   struct addrinfo hints, *res = NULL;
   memset(&hints, 0, sizeof hints);
   hints.ai_family = AF_UNSPEC;
@@ -363,6 +463,7 @@ resil_status resil_resolve(const char *host, uint16_t port, resil_deadline deadl
     *count = 1;
     return RESIL_OK;
   }
+  pthread_once(&hosts_env_once, hosts_env_read);
 
   pthread_mutex_lock(&mu);
   if (cache_get_locked(host, port, out, max, count)) {
@@ -418,5 +519,6 @@ void resil__resolve_counters_get(resil__resolve_counters *out) {
   out->in_flight = n_in_flight;
   out->waiting = n_waiting;
   out->cached = n_cached;
+  out->invalidated = n_invalidated;
   pthread_mutex_unlock(&mu);
 }

@@ -26,6 +26,7 @@ typedef struct resil__resolve_counters {
   unsigned in_flight;  /* lookups started or queued, not finished */
   unsigned waiting;    /* callers blocked waiting for a lookup */
   unsigned cached;     /* hosts in the cache (expired ones included) */
+  uint64_t invalidated; /* resil_resolve_invalidate() calls */
 } resil__resolve_counters;
 
 /* A consistent snapshot of the counters above. Thread-safe. */

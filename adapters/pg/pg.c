@@ -10,6 +10,8 @@
  */
 #include "resil/pg.h"
 #include "resil/lifecycle.h"
+#include "resil/credentials.h"
+#include "resil/resolve.h"
 #include "xutil.h"
 
 #include <errno.h>
@@ -87,6 +89,10 @@ void resil_pg_config_init(resil_pg_config *cfg, const char *name) {
   cfg->alive_bypass_ms = 500;
   cfg->max_result_bytes = RESIL_PG_DEFAULT_MAX_RESULT_BYTES;
   cfg->probe_sql = "SELECT 1";
+  cfg->password_file = NULL;
+  cfg->password_file_check_ms = RESIL_PASSWORD_FILE_CHECK_MS;
+  cfg->password_cb = NULL;
+  cfg->password_ctx = NULL;
 }
 
 static const char *opt_val(PQconninfoOption *opts, const char *key) {
@@ -300,6 +306,10 @@ resil_status resil_pg_config_validate(const resil_pg_config *cfg, resil_err *err
       PQfreemem(emsg);
       resil_problem(&p, "conninfo", "%s", red);
     } else {
+      const char *pwd = opt_val(o, "password");
+      if (pwd && *pwd && (cfg->password_file || cfg->password_cb))
+        resil_problem(&p, cfg->password_file ? "password_file" : "password_cb",
+                      "the conninfo also holds a password: give it one way only");
       const char *an = opt_val(o, "application_name");
       if (an && strlen(an) > 63)
         resil_problem(&p, "conninfo", "application_name is longer than 63 bytes");
@@ -326,6 +336,15 @@ resil_status resil_pg_config_validate(const resil_pg_config *cfg, resil_err *err
                              RESIL_PG_MIN_MAX_RESULT_BYTES, RESIL_PG_MAX_MAX_RESULT_BYTES);
   if (!cfg->probe_sql || !*cfg->probe_sql)
     resil_problem(&p, "probe_sql", "must not be empty (default \"SELECT 1\")");
+  if (cfg->password_file) {
+    if (cfg->password_cb)
+      resil_problem(&p, "password_file", "set together with password_cb: use one");
+    resil_err fe;
+    if (resil_password_file_check(cfg->password_file, &fe) != RESIL_OK)
+      resil_problem(&p, "password_file", "%s", fe.msg);
+  }
+  resil_problems_check_range(&p, "password_file_check_ms", cfg->password_file_check_ms, 100,
+                             3600000);
   return resil_problems_finish(&p, err);
 }
 
@@ -364,8 +383,10 @@ struct resil_pg {
   resil_dep *dep;
   resil_pool *pool;
   reaper rp;
+  resil_password_file *pwfile; /* cfg.password_file, or NULL */
   _Atomic uint64_t connects_ok, connects_failed, connects_timed_out, timeouts, reaped,
-      cancels_sent, cancels_failed, cancels_abandoned, cancels_skipped, rollbacks, broken;
+      cancels_sent, cancels_failed, cancels_abandoned, cancels_skipped, rollbacks, broken,
+      failovers, read_only, replays, auth_failures;
 };
 
 /* A pooled connection. pq is NULL once handed to the reaper. */
@@ -426,7 +447,17 @@ void resil_pg_get_stats(const resil_pg *pg, resil_pg_stats *out) {
   RD(cancels_skipped);
   RD(rollbacks);
   RD(broken);
+  RD(failovers);
+  RD(read_only);
+  RD(replays);
+  RD(auth_failures);
 #undef RD
+  if (pg->pwfile) {
+    resil_password_file_stats ps;
+    resil_password_file_get_stats(pg->pwfile, &ps);
+    out->password_changes = ps.changes;
+    out->password_errors = ps.errors;
+  }
 }
 
 /* ---- Waiting on the socket --------------------------------------------- */
@@ -721,13 +752,98 @@ static void quiet_notices(void *arg, const char *message) {
   (void)message;
 }
 
+/* ---- Failover ------------------------------------------------------------
+ * A connection that shows the endpoint moved (25006 read-only, 57P01/57P02
+ * shutdown, a reset or refused connection after good ones) makes every
+ * host name be resolved afresh (the cached answer is dropped whatever its
+ * TTL) and ends the pool's generation `gen`: idle connections close at
+ * once, borrowed ones when they come back. Invalidate first: a connect that
+ * starts between the two then resolves afresh (and, being of the old
+ * generation, is closed on return), never the other way round. */
+static void failover(resil_pg *pg, uint64_t gen) {
+  if (pg->host && !pg->hostaddr) {
+    const char *hs = pg->host;
+    for (size_t i = 0, nh = count_items(pg->host); i < nh; i++) {
+      char h[256];
+      next_item(&hs, h, sizeof h);
+      if (h[0] && h[0] != '/' && h[0] != '@') resil_resolve_invalidate(h);
+    }
+  }
+  if (pg->pool && resil_pool_evict(pg->pool, gen)) bump(&pg->failovers);
+}
+
+/* A connect error that, after good connects, means the server at that
+ * address went away or is being demoted: refused, reset, closed during
+ * start-up, shutting down (57P01, 57P03). */
+static bool connect_error_moved(const char *msg) {
+  return strstr(msg, "Connection refused") || strstr(msg, "Connection reset") ||
+         strstr(msg, "server closed the connection unexpectedly") || strstr(msg, "57P01") ||
+         strstr(msg, "57P02") || strstr(msg, "57P03");
+}
+
+/* The password for a new connection from password_cb or password_file
+ * into buf; false (err set, never with the secret) if none. */
+static bool get_password(resil_pg *pg, unsigned flags, char *buf, resil_err *err) {
+  if (pg->cfg.password_cb) {
+    buf[0] = '\0';
+    if (pg->cfg.password_cb(pg->cfg.password_ctx, flags, buf, RESIL_PASSWORD_MAX) != 0 ||
+        !memchr(buf, '\0', RESIL_PASSWORD_MAX)) {
+      explicit_bzero(buf, RESIL_PASSWORD_MAX);
+      resil_err_set(err, RESIL_E_FAILURE, "password callback failed");
+      return false;
+    }
+    return true;
+  }
+  return resil_password_file_get(pg->pwfile, flags, buf, RESIL_PASSWORD_MAX, NULL, err) ==
+         RESIL_OK;
+}
+
+static resil_status pg_connect_once(resil_pg *pg, resil_deadline deadline, const char *password,
+                                    void **out, resil_err *err);
+
+/* The pool's connector (and the probe's): one connect, and when the server
+ * refused the password (28P01) and the password comes from a file or a
+ * callback, ask again at once and, if the answer changed (rotated), connect
+ * once more within the same deadline. A reset or refusal after good
+ * connects is a failover sign (see failover()). */
 static resil_status pg_connect(void *ctx, resil_deadline deadline, void **out, resil_err *err) {
   resil_pg *pg = ctx;
-  const char *keys[PG_MAX_KEYS + 4], *vals[PG_MAX_KEYS + 4];
+  uint64_t gen = pg->pool ? resil_pool_generation(pg->pool) : 0;
+  bool had_good = atomic_load_explicit(&pg->connects_ok, memory_order_relaxed) > 0;
+  bool rotating = pg->cfg.password_cb || pg->pwfile;
+  char pw[RESIL_PASSWORD_MAX], pw2[RESIL_PASSWORD_MAX];
+  if (rotating && !get_password(pg, 0, pw, err)) {
+    bump(&pg->connects_failed);
+    return RESIL_E_FAILURE;
+  }
+  resil_status st = pg_connect_once(pg, deadline, rotating ? pw : NULL, out, err);
+  if (st == RESIL_E_FAILURE && rotating && err && strstr(err->msg, "28P01")) {
+    bump(&pg->auth_failures);
+    resil_err e2;
+    if (get_password(pg, RESIL_PASSWORD_AUTH_FAILED, pw2, &e2) && strcmp(pw, pw2) != 0 &&
+        !resil_deadline_expired(deadline)) {
+      st = pg_connect_once(pg, deadline, pw2, out, err);
+      if (st == RESIL_E_FAILURE && err && strstr(err->msg, "28P01")) bump(&pg->auth_failures);
+    }
+    explicit_bzero(pw2, sizeof pw2);
+  }
+  if (rotating) explicit_bzero(pw, sizeof pw);
+  if (st == RESIL_E_FAILURE && had_good && err && connect_error_moved(err->msg))
+    failover(pg, gen);
+  return st;
+}
+
+static resil_status pg_connect_once(resil_pg *pg, resil_deadline deadline, const char *password,
+                                    void **out, resil_err *err) {
+  const char *keys[PG_MAX_KEYS + 5], *vals[PG_MAX_KEYS + 5];
   size_t n = 0;
   for (size_t i = 0; i < pg->nkeys; i++) {
     keys[n] = pg->keys[i];
     vals[n++] = pg->vals[i];
+  }
+  if (password) {
+    keys[n] = "password";
+    vals[n++] = password;
   }
   char hosts[PG_LIST_MAX], addrs[PG_LIST_MAX], ports[PG_LIST_MAX];
   if (pg->host && !pg->hostaddr) {
@@ -864,7 +980,9 @@ static void pg_abandon(void *ctx, void *conn) {
 /* ---- Running one statement ---------------------------------------------- */
 
 /* What to do with the connection after a statement. */
-typedef enum disp { DISP_KEEP = 0, DISP_BROKEN, DISP_REAP } disp;
+/* DISP_MOVED: close it, and the endpoint moved (read-only after a failover,
+ * shut down, reset): see failover(). */
+typedef enum disp { DISP_KEEP = 0, DISP_BROKEN, DISP_REAP, DISP_MOVED } disp;
 
 static bool is_sqlstate(const char *s) {
   if (!s || strlen(s) != 5) return false;
@@ -881,6 +999,7 @@ resil_status resil_pg_classify_sqlstate(const char *s, bool *retryable) {
     return RESIL_E_CALLER;
   }
   if (strcmp(s, "57014") == 0) return RESIL_E_TIMEOUT;
+  if (strcmp(s, "25006") == 0) return RESIL_E_FAILURE; /* read-only: a demoted writer */
   if (strncmp(s, "08", 2) == 0 || strncmp(s, "58", 2) == 0 || strncmp(s, "XX", 2) == 0 ||
       strcmp(s, "57P01") == 0 || strcmp(s, "57P02") == 0 || strcmp(s, "57P03") == 0 ||
       strcmp(s, "53300") == 0)
@@ -1010,10 +1129,38 @@ static resil_status run_stmt(resil_pg *pg, PGconn *c, resil_deadline qd,
                        err);
 }
 
+static resil_status run_stmt_raw(resil_pg *pg, PGconn *c, resil_deadline qd,
+                                 const resil_pg_query_args *q, const char *simple_sql,
+                                 send_kind kind, const char *name, const char *phase,
+                                 PGresult **out, disp *d, bool *retryable, resil_err *err);
+
+/* run_stmt_raw, then: does the outcome show the endpoint moved? 25006
+ * (read_only_sql_transaction: the old writer after a failover answers
+ * writes so) - the connection would still work but must not be reused for
+ * writes; 57P01/57P02 or a connection lost mid-call (no error result). */
 static resil_status run_stmt_kind(resil_pg *pg, PGconn *c, resil_deadline qd,
                                   const resil_pg_query_args *q, const char *simple_sql,
                                   send_kind kind, const char *name, const char *phase,
                                   PGresult **out, disp *d, bool *retryable, resil_err *err) {
+  resil_status st =
+      run_stmt_raw(pg, c, qd, q, simple_sql, kind, name, phase, out, d, retryable, err);
+  if (st == RESIL_OK || *d == DISP_REAP) return st;
+  const char *state = resil_pg_sqlstate(*out);
+  if (state && strcmp(state, "25006") == 0) {
+    bump(&pg->read_only);
+    *d = DISP_MOVED;
+  } else if (*d == DISP_BROKEN && st == RESIL_E_FAILURE &&
+             (!state || strcmp(state, "57P01") == 0 || strcmp(state, "57P02") == 0 ||
+              strncmp(state, "08", 2) == 0)) {
+    *d = DISP_MOVED;
+  }
+  return st;
+}
+
+static resil_status run_stmt_raw(resil_pg *pg, PGconn *c, resil_deadline qd,
+                                 const resil_pg_query_args *q, const char *simple_sql,
+                                 send_kind kind, const char *name, const char *phase,
+                                 PGresult **out, disp *d, bool *retryable, resil_err *err) {
   *out = NULL;
   *d = DISP_KEEP;
   if (retryable) *retryable = false;
@@ -1141,6 +1288,10 @@ static resil_status run_simple(resil_pg *pg, PGconn *c, resil_deadline qd, const
  * rollback_timeout_ms), or closed. */
 static void give_back(resil_pg *pg, resil_pool_conn *pc, disp d, resil_deadline deadline) {
   pg_conn *w = resil_pool_conn_handle(pc);
+  if (d == DISP_MOVED) {
+    failover(pg, resil_pool_conn_generation(pc));
+    d = DISP_BROKEN;
+  }
   if (d == DISP_REAP) {
     PGconn *c = w->pq;
     w->pq = NULL;
@@ -1213,6 +1364,9 @@ static resil_status acquire_live(resil_pg *pg, resil_deadline d, resil_pool_conn
                       (uint64_t)pg->cfg.alive_bypass_ms * 1000000u))
       return RESIL_OK;
     bump(&pg->broken);
+    /* The server closed an idle connection: restarted, shut down or failed
+     * over. Close the others now, not one by one as they are borrowed. */
+    failover(pg, resil_pool_conn_generation(*pc));
     resil_pool_release(pg->pool, *pc, RESIL_POOL_BROKEN);
     *pc = NULL;
   }
@@ -1223,11 +1377,16 @@ static resil_status acquire_live(resil_pg *pg, resil_deadline d, resil_pool_conn
 static bool pg_validate(void *ctx, void *conn, resil_deadline deadline) {
   resil_pg *pg = ctx;
   pg_conn *w = conn;
-  if (!conn_quick_ok(w, 0)) return false;
+  if (!conn_quick_ok(w, 0)) {
+    failover(pg, resil_pool_generation(pg->pool)); /* closed by the server: see acquire_live */
+    return false;
+  }
   disp d;
   PGresult *res = NULL;
   resil_status st = run_stmt(pg, w->pq, deadline, NULL, "", "validate", &res, &d, NULL, NULL);
   PQclear(res);
+  if (d == DISP_MOVED) /* only current-generation connections are validated */
+    failover(pg, resil_pool_generation(pg->pool));
   if (d == DISP_REAP) {
     /* Statement still running at the deadline: let the reaper cancel and
      * close it; the pool then closes the empty wrapper. */
@@ -1293,6 +1452,8 @@ typedef struct query_ctx {
   PGresult *res;
 } query_ctx;
 
+static resil_status query_attempt_once(query_ctx *x, resil_attempt *a, disp *dout);
+
 /* Prepare x->name on w unless it already is. */
 static resil_status ensure_prepared(query_ctx *x, pg_conn *w, resil_deadline qd, disp *d,
                                     bool *retryable, resil_err *err) {
@@ -1310,8 +1471,28 @@ static resil_status ensure_prepared(query_ctx *x, pg_conn *w, resil_deadline qd,
   return st;
 }
 
+/* One attempt. A statement refused with 25006 (the server is read-only: a
+ * writer demoted by a failover) was not executed, so once the endpoint's
+ * connections are evicted and its name re-resolved it is sent again at
+ * once, on a fresh connection, within the same attempt and deadline - once.
+ * Then a failover that DNS already followed costs the caller nothing, and
+ * the breaker sees one call. */
 static resil_status query_attempt(void *vctx, resil_attempt *a) {
   query_ctx *x = vctx;
+  resil_pg *pg = x->pg;
+  resil_status st;
+  for (int replay = 0;; replay++) {
+    disp d = DISP_KEEP;
+    st = query_attempt_once(x, a, &d);
+    const char *state = resil_pg_sqlstate(x->res);
+    if (replay || d != DISP_MOVED || !state || strcmp(state, "25006") != 0 ||
+        resil_deadline_expired(a->deadline))
+      return st;
+    bump(&pg->replays);
+  }
+}
+
+static resil_status query_attempt_once(query_ctx *x, resil_attempt *a, disp *dout) {
   resil_pg *pg = x->pg;
   PQclear(x->res);
   x->res = NULL;
@@ -1338,6 +1519,7 @@ static resil_status query_attempt(void *vctx, resil_attempt *a) {
       if (state && strcmp(state, "26000") == 0) conn_drop_prepared(w, x->name);
     }
   }
+  *dout = d;
   give_back(pg, pc, d, a->deadline);
   if (retryable) a->retry = 1;
   return st;
@@ -1727,6 +1909,7 @@ void resil_pg_free(resil_pg *pg) {
   free(pg->rp.q);
   free(pg->options);
   free(pg->probe_sql);
+  resil_password_file_free(pg->pwfile);
   if (pg->opts) PQconninfoFree(pg->opts);
   free(pg->conninfo);
   free(pg);
@@ -1744,6 +1927,15 @@ resil_pg *resil_pg_new(const resil_pg_config *cfg, resil_err *err) {
   pg->cfg.application_name = NULL; /* copied into app_name if used */
   pg->cfg.conninfo = pg->conninfo = resil_x_strdup(cfg->conninfo);
   pg->cfg.probe_sql = pg->probe_sql = resil_x_strdup(cfg->probe_sql);
+  pg->cfg.password_file = NULL; /* the path is kept by pwfile */
+  if (cfg->password_file) {
+    resil_err fe;
+    pg->pwfile = resil_password_file_open(cfg->password_file, cfg->password_file_check_ms, &fe);
+    if (!pg->pwfile) {
+      resil_err_set(err, fe.status, "%s: password_file: %s", cfg->dep.name, fe.msg);
+      goto fail;
+    }
+  }
   if (!pg->conninfo || !pg->probe_sql) {
     resil_err_set(err, RESIL_E_NOMEM, "%s: out of memory", pg->name);
     goto fail;

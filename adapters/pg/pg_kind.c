@@ -36,6 +36,10 @@ static const resil_key_spec keys[] = {
       "most bytes one statement's results may bring; larger is a caller error"),
     K("probe_sql", STRING, probe_sql, 0, 0, false,
       "recovery probe statement, run on a fresh connection while the breaker is open"),
+    K("password_file", STRING, password_file, 0, 0, false,
+      "file holding the password (first line), re-read when it changes (rotation)"),
+    K("password_file_check_ms", MS, password_file_check_ms, 100, 3600000, false,
+      "how often, at most, password_file is checked before new connections"),
 };
 
 RESIL_DEFINE_CONFIG_KIND(pg, resil_pg_config, resil_pg_config_init, resil_pg_config_validate,

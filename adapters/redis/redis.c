@@ -15,6 +15,8 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdatomic.h>
+#include <strings.h>
 #include <limits.h>
 #include <poll.h>
 #include <stdio.h>
@@ -47,6 +49,10 @@ struct resil_redis {
   char *host, *unix_path, *username, *password;
   uint32_t port, database, connect_timeout_ms, command_timeout_ms;
   size_t max_reply_bytes;
+  resil_password_file *pwfile; /* password_file, or NULL */
+  resil_password_fn pw_cb;
+  void *pw_ctx;
+  _Atomic uint64_t connects_ok, failovers, read_only, replays, auth_failures;
 };
 
 /* ---- Config ------------------------------------------------------------ */
@@ -62,6 +68,10 @@ void resil_redis_config_init(resil_redis_config *cfg, const char *name) {
   cfg->pool.connect_timeout_ms = cfg->connect_timeout_ms;
   cfg->command_timeout_ms = 0;
   cfg->max_reply_bytes = RESIL_REDIS_DEFAULT_MAX_REPLY_BYTES;
+  cfg->password_file = NULL;
+  cfg->password_file_check_ms = RESIL_PASSWORD_FILE_CHECK_MS;
+  cfg->password_cb = NULL;
+  cfg->password_ctx = NULL;
 }
 
 resil_status resil_redis_config_validate(const resil_redis_config *cfg, resil_err *err) {
@@ -90,9 +100,22 @@ resil_status resil_redis_config_validate(const resil_redis_config *cfg, resil_er
       resil_problem(&p, "host", "longer than 253 characters");
     resil_problems_check_range(&p, "port", cfg->port, 1, 65535);
   }
-  if (cfg->username && !cfg->password) resil_problem(&p, "username", "set without password");
+  if (cfg->username && !cfg->password && !cfg->password_file && !cfg->password_cb)
+    resil_problem(&p, "username", "set without password");
   if (cfg->password && !cfg->password[0])
     resil_problem(&p, "password", "is empty (use NULL for no AUTH)");
+  if (cfg->password_file) {
+    if (cfg->password || cfg->password_cb)
+      resil_problem(&p, "password_file", "set together with %s: use one",
+                    cfg->password ? "password" : "password_cb");
+    resil_err fe;
+    if (resil_password_file_check(cfg->password_file, &fe) != RESIL_OK)
+      resil_problem(&p, "password_file", "%s", fe.msg);
+  } else if (cfg->password_cb && cfg->password) {
+    resil_problem(&p, "password_cb", "set together with password: use one");
+  }
+  resil_problems_check_range(&p, "password_file_check_ms", cfg->password_file_check_ms, 100,
+                             3600000);
   resil_problems_check_range(&p, "database", cfg->database, 0, 100000);
   resil_problems_check_range(&p, "connect_timeout_ms", cfg->connect_timeout_ms, 1, 600000);
   if (cfg->command_timeout_ms)
@@ -280,6 +303,44 @@ static bool reply_moves_endpoint(const redisReply *r) {
   return word_is(r->str, r->len, "READONLY") || word_is(r->str, r->len, "MASTERDOWN");
 }
 
+/* ---- Failover ------------------------------------------------------------ */
+
+static void bump(_Atomic uint64_t *c) { atomic_fetch_add_explicit(c, 1, memory_order_relaxed); }
+
+/* The endpoint moved: resolve the name afresh at the next connect (first:
+ * see adapters/pg/pg.c) and end the pool's generation gen. */
+static void failover(resil_redis *r, uint64_t gen) {
+  if (r->host) resil_resolve_invalidate(r->host);
+  if (r->pool && resil_pool_evict(r->pool, gen)) bump(&r->failovers);
+}
+
+/* An AUTH error reply that means the password is wrong (rotated). */
+static bool auth_refused(const char *msg) {
+  return strstr(msg, "WRONGPASS") || strstr(msg, "NOAUTH") || strstr(msg, "invalid password");
+}
+
+/* The password for a new connection into buf: the fixed one, the
+ * callback's or the file's. NULL (err set) if none could be had. */
+static const char *get_password(resil_redis *r, unsigned flags, char *buf, resil_err *err) {
+  if (r->pw_cb) {
+    buf[0] = '\0';
+    if (r->pw_cb(r->pw_ctx, flags, buf, RESIL_PASSWORD_MAX) != 0 ||
+        !memchr(buf, '\0', RESIL_PASSWORD_MAX) || !buf[0]) {
+      explicit_bzero(buf, RESIL_PASSWORD_MAX);
+      resil_err_set(err, RESIL_E_FAILURE, "%s: auth: password callback failed", r->name);
+      return NULL;
+    }
+    return buf;
+  }
+  if (r->pwfile) {
+    if (resil_password_file_get(r->pwfile, flags, buf, RESIL_PASSWORD_MAX, NULL, err) !=
+        RESIL_OK)
+      return NULL;
+    return buf;
+  }
+  return r->password;
+}
+
 /* ---- Connector ---------------------------------------------------------- */
 
 /* What the last connect on this thread said, so the attempt that triggered
@@ -372,6 +433,8 @@ static resil_status rconnect(void *ctx, resil_deadline deadline, void **conn, re
   redisContext *c = NULL;
   resil_status st = RESIL_E_FAILURE;
   last_connect.set = false;
+  uint64_t gen = r->pool ? resil_pool_generation(r->pool) : 0;
+  bool had_good = atomic_load_explicit(&r->connects_ok, memory_order_relaxed) > 0;
   if (r->unix_path) {
     errno = 0;
     c = redisConnectUnixNonBlock(r->unix_path);
@@ -417,6 +480,9 @@ static resil_status rconnect(void *ctx, resil_deadline deadline, void **conn, re
   }
   if (st != RESIL_OK) {
     if (c) redisFree(c);
+    if (st == RESIL_E_FAILURE && had_good && err &&
+        (strstr(err->msg, "refused") || strstr(err->msg, "reset")))
+      failover(r, gen);
     return connect_fail(st, false, err);
   }
   c->flags &= ~REDIS_BLOCK;
@@ -435,9 +501,34 @@ static resil_status rconnect(void *ctx, resil_deadline deadline, void **conn, re
     redisFree(c);
     return connect_fail(st, false, err);
   }
-  if (r->password) {
-    const char *argv[3] = {"AUTH", r->username ? r->username : r->password, r->password};
+  if (r->password || r->pwfile || r->pw_cb) {
+    char buf[RESIL_PASSWORD_MAX], buf2[RESIL_PASSWORD_MAX];
+    const char *pw = get_password(r, 0, buf, err);
+    if (!pw) {
+      redisFree(c);
+      return connect_fail(RESIL_E_FAILURE, true, err);
+    }
+    const char *argv[3] = {"AUTH", r->username ? r->username : pw, pw};
     st = handshake(r, c, r->username ? 3 : 2, argv, "auth", dl, why, err);
+    if (st == RESIL_E_FAILURE && last_connect.set && (r->pwfile || r->pw_cb) &&
+        auth_refused(err ? err->msg : "")) {
+      /* Rotated? Ask again at once; if the answer changed, AUTH again on
+       * this connection. */
+      bump(&r->auth_failures);
+      resil_err e2;
+      const char *pw2 = get_password(r, RESIL_PASSWORD_AUTH_FAILED, buf2, &e2);
+      if (pw2 && strcmp(pw, pw2) != 0 && !resil_deadline_expired(dl)) {
+        const char *argv2[3] = {"AUTH", r->username ? r->username : pw2, pw2};
+        last_connect.set = false;
+        st = handshake(r, c, r->username ? 3 : 2, argv2, "auth", dl, why, err);
+        if (st == RESIL_E_FAILURE && last_connect.set && auth_refused(err ? err->msg : ""))
+          bump(&r->auth_failures);
+      }
+      explicit_bzero(buf2, sizeof buf2);
+    } else if (st == RESIL_E_FAILURE && last_connect.set && auth_refused(err ? err->msg : "")) {
+      bump(&r->auth_failures);
+    }
+    explicit_bzero(buf, sizeof buf);
     if (st != RESIL_OK) {
       redisFree(c);
       return last_connect.set ? st : connect_fail(st, false, err);
@@ -453,6 +544,7 @@ static resil_status rconnect(void *ctx, resil_deadline deadline, void **conn, re
       return last_connect.set ? st : connect_fail(st, false, err);
     }
   }
+  bump(&r->connects_ok);
   *conn = c;
   return RESIL_OK;
 }
@@ -526,6 +618,8 @@ static void free_strings(resil_redis *r) {
     while (*p) *p++ = 0;
   }
   free(r->password);
+  resil_password_file_free(r->pwfile);
+  r->pwfile = NULL;
 }
 
 resil_redis *resil_redis_new(const resil_redis_config *cfg, resil_err *err) {
@@ -545,6 +639,16 @@ resil_redis *resil_redis_new(const resil_redis_config *cfg, resil_err *err) {
   r->connect_timeout_ms = cfg->connect_timeout_ms;
   r->command_timeout_ms = cfg->command_timeout_ms;
   r->max_reply_bytes = cfg->max_reply_bytes;
+  r->pw_cb = cfg->password_cb;
+  r->pw_ctx = cfg->password_ctx;
+  if (!oom && cfg->password_file) {
+    resil_err fe;
+    r->pwfile = resil_password_file_open(cfg->password_file, cfg->password_file_check_ms, &fe);
+    if (!r->pwfile) {
+      resil_err_set(err, fe.status, "%s: password_file: %s", cfg->dep.name, fe.msg);
+      goto fail;
+    }
+  }
   if (oom) {
     resil_err_set(err, RESIL_E_NOMEM, "%s: out of memory", cfg->dep.name);
     goto fail;
@@ -586,6 +690,23 @@ void resil_redis_free(resil_redis *r) {
 }
 
 resil_dep *resil_redis_dep(resil_redis *r) { return r ? r->dep : NULL; }
+
+void resil_redis_get_stats(const resil_redis *r, resil_redis_stats *out) {
+  if (!out) return;
+  memset(out, 0, sizeof *out);
+  if (!r) return;
+  resil_redis *m = (resil_redis *)(uintptr_t)r;
+  out->failovers = atomic_load_explicit(&m->failovers, memory_order_relaxed);
+  out->read_only = atomic_load_explicit(&m->read_only, memory_order_relaxed);
+  out->replays = atomic_load_explicit(&m->replays, memory_order_relaxed);
+  out->auth_failures = atomic_load_explicit(&m->auth_failures, memory_order_relaxed);
+  if (r->pwfile) {
+    resil_password_file_stats ps;
+    resil_password_file_get_stats(r->pwfile, &ps);
+    out->password_changes = ps.changes;
+    out->password_errors = ps.errors;
+  }
+}
 resil_pool *resil_redis_pool(resil_redis *r) { return r ? r->pool : NULL; }
 
 /* ---- Calls --------------------------------------------------------------- */
@@ -605,8 +726,39 @@ static void free_replies(redisReply **rs, size_t n) {
   }
 }
 
+static resil_status attempt_once(call_ctx *cc, resil_attempt *a, bool *readonly);
+
+/* Is the formatted command a script (EVAL, EVALSHA, FCALL...)? A script
+ * may have had effects (PUBLISH) before a write was refused. */
+static bool is_script(const char *buf, size_t len) {
+  /* "*<argc>\r\n$<len>\r\n<name>\r\n" */
+  const char *p = memchr(buf, '\n', len);
+  if (!p || (size_t)(p - buf) + 1 >= len) return true;
+  p = memchr(p + 1, '\n', len - (size_t)(p + 1 - buf));
+  if (!p) return true;
+  size_t rest = len - (size_t)(p + 1 - buf);
+  return (rest >= 4 && strncasecmp(p + 1, "EVAL", 4) == 0) ||
+         (rest >= 5 && strncasecmp(p + 1, "FCALL", 5) == 0);
+}
+
+/* One attempt; a single command refused with READONLY (not executed: the
+ * server is a demoted primary) is sent again once at once on a fresh
+ * connection, after the eviction and re-resolution attempt_once did. */
 static resil_status attempt(void *vctx, resil_attempt *a) {
   call_ctx *cc = vctx;
+  resil_redis *r = cc->r;
+  bool readonly = false;
+  resil_status st = attempt_once(cc, a, &readonly);
+  if (readonly && cc->n == 1 && !resil_deadline_expired(a->deadline) &&
+      !is_script(cc->buf, cc->len)) {
+    bump(&r->replays);
+    readonly = false;
+    st = attempt_once(cc, a, &readonly);
+  }
+  return st;
+}
+
+static resil_status attempt_once(call_ctx *cc, resil_attempt *a, bool *readonly) {
   resil_redis *r = cc->r;
   free_replies(cc->replies, cc->n); /* a previous attempt's error replies */
   resil_pool_conn *pc = NULL;
@@ -646,6 +798,9 @@ static resil_status attempt(void *vctx, resil_attempt *a) {
   st = drive(c, r->name, cc->buf, cc->len, cc->n, cc->replies, r->max_reply_bytes, dl, why,
              "send", "receive", a->err);
   if (st != RESIL_OK) {
+    /* Reset, or closed by the server mid-call (not a timeout, nor a reply
+     * too large): the endpoint may have moved. */
+    if (st == RESIL_E_FAILURE && c->err) failover(r, resil_pool_conn_generation(pc));
     resil_pool_release(r->pool, pc, RESIL_POOL_BROKEN);
     return st;
   }
@@ -657,6 +812,10 @@ static resil_status attempt(void *vctx, resil_attempt *a) {
     redisReply *rep = cc->replies[i];
     resil_status k = resil_redis_classify_reply(rep);
     if (reply_moves_endpoint(rep)) broken = true;
+    if (rep->type == REDIS_REPLY_ERROR && rep->str && word_is(rep->str, rep->len, "READONLY")) {
+      bump(&r->read_only);
+      *readonly = true;
+    }
     if (k == RESIL_OK) continue;
     if (k == RESIL_E_CALLER) {
       if (worst == RESIL_OK) {
@@ -668,6 +827,7 @@ static resil_status attempt(void *vctx, resil_attempt *a) {
       first_err = rep;
     }
   }
+  if (broken) failover(r, resil_pool_conn_generation(pc));
   resil_pool_release(r->pool, pc, broken ? RESIL_POOL_BROKEN : RESIL_POOL_OK);
   if (worst != RESIL_OK) {
     resil_err_set(a->err, worst, "%s: reply: %.*s", r->name, (int)first_err->len,

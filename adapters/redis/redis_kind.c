@@ -18,6 +18,10 @@ static const resil_key_spec keys[] = {
     K("command_timeout_ms", MS, command_timeout_ms, "cap on one attempt's I/O (0: the deadline)"),
     K("max_reply_bytes", SIZE, max_reply_bytes,
       "most bytes one call's replies may hold; larger is a caller error"),
+    K("password_file", STRING, password_file,
+      "file holding the AUTH password (first line), re-read when it changes (rotation)"),
+    K("password_file_check_ms", MS, password_file_check_ms,
+      "how often, at most, password_file is checked before new connections"),
 };
 
 RESIL_DEFINE_CONFIG_KIND(redis, resil_redis_config, resil_redis_config_init,

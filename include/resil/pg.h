@@ -49,7 +49,10 @@
  * Outcomes, by SQLSTATE (what the breaker sees):
  *   RESIL_OK            the statement succeeded;
  *   RESIL_E_FAILURE     class 08 (connection exception), 57P01/57P02/57P03
- *                       (shutdown, crash, cannot connect now), class 58
+ *                       (shutdown, crash, cannot connect now), 25006
+ *                       (read_only_sql_transaction: after an Aurora/RDS
+ *                       failover the old writer answers writes so; the
+ *                       connection is closed, see Failover), class 58
  *                       (system error) and XX (internal error), connect
  *                       failures (refused, auth failed, 53300
  *                       too_many_connections at start-up) and every
@@ -85,6 +88,27 @@
  *   RESIL_E_SYSTEM      libpq "could not create socket" (EMFILE, ENFILE...)
  *                       or a name lookup that could not run for lack of
  *                       fds: a local limit, never counted by the breaker.
+ *
+ * Failover. These signs mean the endpoint moved (a failover, a demotion, a
+ * restart): 25006 on a statement; 57P01/57P02 or the connection lost
+ * mid-call; an idle connection found closed by the server when borrowed
+ * or validated; and, once this dependency has connected successfully, a
+ * connect refused, reset, or answered 57P01/57P03. On any of them: the
+ * connection is closed; every host name of the conninfo is resolved afresh
+ * at the next connect (resil_resolve_invalidate: the cached answer is
+ * dropped whatever its TTL, so a cluster endpoint that moved by DNS is
+ * followed at once); and the pool's generation is evicted
+ * (resil_pool_evict): idle connections close at once, borrowed ones when
+ * they come back, so one sign, not one failed call per pooled connection,
+ * ends the use of the old server. Many calls seeing the same failover
+ * evict once. A plain query (resil_pg_query*, not a transaction) refused
+ * with 25006 was not executed: it is sent again at once, once, on a fresh
+ * connection within the same attempt, so when DNS already points at the
+ * new writer the caller sees no error and the breaker one success. Counted
+ * in resil_pg_stats (failovers, read_only, replays). Breaker: each failed
+ * call during the switch counts once; with the defaults (5 consecutive
+ * failures, or 50 % of at least 20 calls in 10 s) the few calls in flight
+ * at the moment of a failover that heals within a second do not open it.
  *
  * Transaction-pooling proxies (pgbouncer pool_mode=transaction, RDS Proxy):
  * each resil_pg_query() may run on a different server session, so nothing
@@ -128,6 +152,7 @@
 #include <libpq-fe.h>
 
 #include "resil/resil.h"
+#include "resil/credentials.h"
 
 RESIL_BEGIN_DECLS
 
@@ -204,6 +229,23 @@ typedef struct resil_pg_config {
    * through the simple protocol, all within dep.probe_timeout_ms); default
    * "SELECT 1"; copied; must not be empty. */
   const char *probe_sql;
+  /* Rotating passwords (resil/credentials.h); at most one of the two, and
+   * then the conninfo must hold no password. password_file: a file whose
+   * first line is the password, read at start (missing, unreadable or
+   * empty: a configuration error naming the file), checked again (one
+   * stat()) at most every password_file_check_ms (default 2000, 100..3600000)
+   * before new connections and at once when the server refuses the password
+   * (28P01); a changed file is read again, and a connect refused with
+   * 28P01 is retried once at once when the password changed. A file that
+   * vanished later keeps the last good password (counted in
+   * resil_pg_stats.password_errors). Copied. password_cb(password_ctx,
+   * flags, buf, size): called for each new connection, e.g. an RDS IAM
+   * token generator (see resil_password_fn). Connections already open are
+   * kept. Default NULL. */
+  const char *password_file;
+  uint32_t password_file_check_ms;
+  resil_password_fn password_cb;
+  void *password_ctx;
 } resil_pg_config;
 
 #define RESIL_PG_DEFAULT_MAX_RESULT_BYTES ((size_t)64 << 20)
@@ -248,7 +290,7 @@ RESIL_API resil_pool *resil_pg_pool(resil_pg *pg);
  * _STATEMENT_TIMEOUT, _TCP_USER_TIMEOUT_MS, _KEEPALIVES, _KEEPALIVES_IDLE_S,
  * _KEEPALIVES_INTERVAL_S, _KEEPALIVES_COUNT, _CANCEL_TIMEOUT_MS,
  * _REAPER_QUEUE_MAX, _ROLLBACK_TIMEOUT_MS, _ALIVE_BYPASS_MS,
- * _MAX_RESULT_BYTES, _PROBE_SQL (plus the core's and the pool's
+ * _MAX_RESULT_BYTES, _PROBE_SQL, _PASSWORD_FILE, _PASSWORD_FILE_CHECK_MS (plus the core's and the pool's
  * keys) configure a resil_pg and resil_service builds it. Registered
  * automatically when libresil-pg is loaded; a program linking it statically
  * calls resil_pg_register_kind() first. Thread-safe. */
@@ -408,6 +450,12 @@ typedef struct resil_pg_stats {
   uint64_t cancels_skipped;    /* queue full, too many stuck, or shutdown */
   uint64_t rollbacks;          /* connections rolled back before reuse */
   uint64_t broken;             /* connections closed after an error */
+  uint64_t failovers;          /* failover signs that evicted the pool (see above) */
+  uint64_t read_only;          /* statements refused with 25006 */
+  uint64_t replays;            /* 25006-refused statements sent again at once */
+  uint64_t auth_failures;      /* connects refused with 28P01 */
+  uint64_t password_changes;   /* password_file re-reads that found a new password */
+  uint64_t password_errors;    /* password_file checks that failed (old one kept) */
 } resil_pg_stats;
 
 /* Counters of the adapter's own work (call outcomes are in the

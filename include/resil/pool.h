@@ -179,6 +179,39 @@ RESIL_API resil_status resil_pool_drain(resil_pool *p, resil_deadline deadline);
  * free the pool. No connection may still be borrowed. NULL is a no-op. */
 RESIL_API void resil_pool_free(resil_pool *p);
 
+/* ---- Eviction (failover) ----------------------------------------------
+ * Every connection belongs to the pool's generation current when its
+ * connect began. resil_pool_evict() starts a new generation: idle
+ * connections of older ones are closed at once, borrowed ones when they are
+ * released (whatever `how` says) and, should any be left idle, when they
+ * would be lent. A connection whose connect began before the eviction and
+ * ended after it is lent once to the acquirer that made it, then closed on
+ * release. Cost on acquire and release: one compare under the pool's lock.
+ * Adapters evict when a connection shows that the endpoint moved (a
+ * failover), so one sign closes every connection to the old address
+ * instead of one failed call per connection. */
+
+/* Pass to resil_pool_evict() to end the current generation whatever it is. */
+#define RESIL_POOL_GEN_CURRENT UINT64_MAX
+
+/* The current generation (starts at 0). Thread-safe (one atomic load). */
+RESIL_API uint64_t resil_pool_generation(const resil_pool *p);
+
+/* The generation of a borrowed connection. Valid until released. */
+RESIL_API uint64_t resil_pool_conn_generation(const resil_pool_conn *c);
+
+/* If generation is the current one (or RESIL_POOL_GEN_CURRENT): start a
+ * new generation, close every idle connection now (reason "evicted"; the
+ * connector's close runs on this thread, without the pool's lock) and every
+ * borrowed one of an older generation when it comes back; return true.
+ * Otherwise (an eviction since that generation already did it) do nothing
+ * and return false, so many callers seeing the same failover evict once:
+ * pass the generation of the connection (resil_pool_conn_generation) or the
+ * one read before the connect (resil_pool_generation) that saw it.
+ * Waiters are served with new connections on the freed slots. NULL p:
+ * false. Thread-safe. */
+RESIL_API bool resil_pool_evict(resil_pool *p, uint64_t generation);
+
 /* Why the pool closed a connection. */
 typedef enum resil_pool_close_reason {
   RESIL_POOL_CLOSE_LIFETIME = 0,
@@ -186,10 +219,11 @@ typedef enum resil_pool_close_reason {
   RESIL_POOL_CLOSE_BROKEN,
   RESIL_POOL_CLOSE_VALIDATION,
   RESIL_POOL_CLOSE_DRAIN,
+  RESIL_POOL_CLOSE_EVICTED, /* its generation was evicted (resil_pool_evict) */
   RESIL_POOL_CLOSE_REASON_COUNT_
 } resil_pool_close_reason;
 
-/* "lifetime", "idle", "broken", "validation", "drain". */
+/* "lifetime", "idle", "broken", "validation", "drain", "evicted". */
 RESIL_API const char *resil_pool_close_reason_name(resil_pool_close_reason r);
 
 typedef struct resil_pool_stats {
@@ -204,6 +238,8 @@ typedef struct resil_pool_stats {
   uint64_t connects_ok, connects_failed, connects_timed_out;
   uint64_t closed[RESIL_POOL_CLOSE_REASON_COUNT_];
   resil_hist_snapshot acquire_latency; /* time spent in resil_pool_acquire */
+  uint64_t evictions;      /* generations ended by resil_pool_evict() */
+  uint64_t generation;     /* the current generation */
 } resil_pool_stats;
 
 /* A snapshot of the pool's gauges and counters. */

@@ -53,9 +53,21 @@
  *   RESIL_E_INVALID / RESIL_E_NOMEM / RESIL_E_CLOSED  bad arguments, out
  *                     of memory, pool closed.
  * A connection that saw a transport error, a timeout, a refused reply, or
- * READONLY /
- * MASTERDOWN (the endpoint moved: reconnecting re-resolves the name) is
- * closed; one that got any other reply goes back to the pool.
+ * READONLY / MASTERDOWN is closed; one that got any other reply goes back to
+ * the pool.
+ *
+ * Failover (ElastiCache, Sentinel): READONLY ("You can't write against a
+ * read only replica": a demoted primary) or MASTERDOWN, a connection reset
+ * or closed by the server mid-call, and - once this dependency has
+ * connected - a refused or reset connect mean the endpoint moved. Then the
+ * host name is resolved afresh at the next connect whatever the cache's TTL
+ * (resil_resolve_invalidate) and the pool's generation is evicted
+ * (resil_pool_evict: idle connections close at once, borrowed ones when they
+ * come back), once for many calls seeing the same failover. A single
+ * command (not EVAL, EVALSHA or FCALL, not a pipeline) refused with
+ * READONLY was not executed: it is sent again at once, once, on a fresh
+ * connection within the same attempt, so when DNS already points at the
+ * new primary the caller sees no error. Counted in resil_redis_stats.
  *
  * Error messages name the dependency and the phase (resolve, connect, auth,
  * select, send, receive) and carry hiredis's or the server's text, e.g.
@@ -91,6 +103,7 @@
 
 #include <hiredis/hiredis.h>
 
+#include "resil/credentials.h"
 #include "resil/deadline.h"
 #include "resil/dep.h"
 #include "resil/pool.h"
@@ -128,6 +141,21 @@ typedef struct resil_redis_config {
    * briefly needs twice its size while hiredis copies it out of its
    * buffer. */
   size_t max_reply_bytes;
+  /* Rotating passwords (resil/credentials.h), instead of `password` (at
+   * most one of the three). password_file: a file whose first line is the
+   * AUTH password, read at start (missing, unreadable or empty: a
+   * configuration error naming the file), checked again (one stat()) at
+   * most every password_file_check_ms (default 2000, 100..3600000) before
+   * new connections and at once when AUTH is refused (WRONGPASS, NOAUTH,
+   * "invalid password"); when the password changed, AUTH is sent again at
+   * once on the same connection. A file that vanished later keeps the
+   * last good password (counted). Copied. password_cb(password_ctx, flags,
+   * buf, size): called for each new connection (see resil_password_fn).
+   * Connections already open stay authenticated. Default NULL. */
+  const char *password_file;
+  uint32_t password_file_check_ms;
+  resil_password_fn password_cb;
+  void *password_ctx;
 } resil_redis_config;
 
 #define RESIL_REDIS_DEFAULT_MAX_REPLY_BYTES ((size_t)64 << 20)
@@ -172,7 +200,7 @@ RESIL_API resil_pool *resil_redis_pool(resil_redis *r);
 
 /* The "redis" configuration kind (config.h), so that RESIL_DEPS=name:redis
  * with RESIL_DEP_<NAME>_HOST, _PORT, _UNIX_PATH, _USERNAME, _PASSWORD,
- * _DATABASE, _CONNECT_TIMEOUT_MS, _COMMAND_TIMEOUT_MS, _MAX_REPLY_BYTES
+ * _PASSWORD_FILE, _PASSWORD_FILE_CHECK_MS, _DATABASE, _CONNECT_TIMEOUT_MS, _COMMAND_TIMEOUT_MS, _MAX_REPLY_BYTES
  * (plus the core's and
  * the pool's keys) configure a resil_redis and resil_service builds it. It is
  * registered automatically when libresil-redis is loaded; a program linking
@@ -233,6 +261,19 @@ RESIL_API resil_status resil_redis_pipeline(resil_redis *r, resil_deadline deadl
  * RESIL_E_FAILURE / RESIL_E_OVERLOAD / RESIL_E_CALLER for an error reply by
  * its first word (see above), RESIL_E_INVALID for NULL. Thread-safe. */
 RESIL_API resil_status resil_redis_classify_reply(const redisReply *reply);
+
+typedef struct resil_redis_stats {
+  uint64_t failovers;        /* failover signs that evicted the pool */
+  uint64_t read_only;        /* READONLY replies */
+  uint64_t replays;          /* READONLY-refused commands sent again at once */
+  uint64_t auth_failures;    /* AUTH refused */
+  uint64_t password_changes; /* password_file re-reads that found a new password */
+  uint64_t password_errors;  /* password_file checks that failed (old one kept) */
+} resil_redis_stats;
+
+/* Counters of the adapter's own work (call outcomes are in the dependency's
+ * stats). Thread-safe. */
+RESIL_API void resil_redis_get_stats(const resil_redis *r, resil_redis_stats *out);
 
 RESIL_END_DECLS
 #endif

@@ -16,6 +16,7 @@
 #include "resil/breaker.h"
 #include "resil/pool.h"
 #include "resil/resolve.h"
+#include "resil/credentials.h"
 #include "resil/dep.h"
 #include "resil/event.h"
 #include "resil/export.h"

@@ -44,5 +44,36 @@ RESIL_API void resil_resolve_set_ttl_ms(uint32_t ttl_ms);
 /* Drop every cached answer. */
 RESIL_API void resil_resolve_flush(void);
 
+/* Drop the cached answer for host (exactly as passed to resil_resolve), so
+ * the next resil_resolve() of it looks it up afresh whatever its TTL. The
+ * adapters call it when a connection to host shows a failover (PostgreSQL
+ * 25006 / 57P01 / 57P02, Redis READONLY / MASTERDOWN, a reset or refused
+ * connection after good ones): a cluster endpoint that moved by DNS is
+ * followed at once, not after the TTL. A lookup already in flight is not
+ * stopped and its answer is cached as usual. Returns whether an answer was
+ * cached. Thread-safe; cheap (one mutex, a list walk). */
+RESIL_API bool resil_resolve_invalidate(const char *host);
+
+/* The environment variable naming a hosts-file override. */
+#define RESIL_HOSTS_FILE_ENV "RESIL_HOSTS_FILE"
+
+/* Use the file at path, in /etc/hosts format ("ADDRESS NAME [NAME...]",
+ * '#' comments; names compared case-insensitively), before getaddrinfo():
+ * a name listed there resolves to every address listed for it, in file
+ * order; any other name goes to getaddrinfo() as before. The file is read
+ * again at every lookup (a cache miss), so editing it (ideally by rename,
+ * atomically) moves a name within the cache TTL, or at once after
+ * resil_resolve_invalidate(). Answers are cached like DNS answers. A file
+ * that cannot be read at lookup time fails the lookup (RESIL_E_FAILURE,
+ * naming the file), never falls back to DNS silently. Unless this function
+ * was called first, the path comes from the environment variable
+ * RESIL_HOSTS_FILE at the first resil_resolve() of a name (the config
+ * loader checks that file is readable). path NULL or "" turns the override
+ * off. Flushes the cache. Errors: RESIL_E_INVALID (the file cannot be
+ * opened now: the message names it; the setting is unchanged).
+ * Thread-safe. For pinning names without DNS, and for tests that move a
+ * name between loopback addresses. */
+RESIL_API resil_status resil_resolve_set_hosts_file(const char *path, resil_err *err);
+
 RESIL_END_DECLS
 #endif

@@ -18,6 +18,15 @@
 #   RESIL_TEST_PG_ADMIN_CONNINFO  superuser postgres, trusted, same port
 #   RESIL_TEST_PGBOUNCER_PORT / _PID / _RESTART, RESIL_TEST_PGBOUNCER_CONNINFO
 #   RESIL_TEST_HTTP_PORT          not set yet: see start_http_server
+# Failover twins, started only when a test asks (their start scripts are
+# idempotent: start if not answering, initdb the first time, print nothing
+# on success), each on 127.0.0.2 with the SAME port as its twin on
+# 127.0.0.1, so a host name moved between the two addresses (a hosts file:
+# RESIL_HOSTS_FILE) moves connections the way a DNS failover does:
+#   RESIL_TEST_PG2_START, RESIL_TEST_PG2_ADDR (127.0.0.2; port RESIL_TEST_PG_PORT),
+#   RESIL_TEST_PG2_ADMIN_CONNINFO  superuser postgres on pg2 (role resil and
+#                                  database resil exist, same password)
+#   RESIL_TEST_REDIS2_START, RESIL_TEST_REDIS2_ADDR (127.0.0.2; port RESIL_TEST_REDIS_PORT, no auth)
 # (scripts/test.sh adds RESIL_TEST_BUILD=plain|asan|tsan to each test run.)
 #
 # Restart scripts ($RESIL_TEST_TMPDIR/restart-*.sh) bring a server back on the
@@ -155,7 +164,7 @@ _srv_read_pid() { if [[ -f $1 ]]; then head -n1 "$1" 2>/dev/null || true; fi; }
 _srv_write_pid() { echo "$2" >"$1.tmp" && mv -f "$1.tmp" "$1"; }
 
 # Can we open a TCP connection to 127.0.0.1:PORT?
-_srv_tcp_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+_srv_tcp_open() { (exec 3<>"/dev/tcp/${2:-127.0.0.1}/$1") 2>/dev/null; }
 
 # Run a command as the PostgreSQL OS user (PostgreSQL and pgbouncer refuse
 # root), from a directory that user can read.
@@ -191,18 +200,20 @@ _srv_clean_env() {
 }
 
 # ------------------------------------------------------------------ redis ---
-# Two instances: "redis" (no auth) and "redis-auth" (requirepass).
+# Two instances: "redis" (no auth) and "redis-auth" (requirepass); and on
+# demand "redis2" (no auth) on 127.0.0.2 with redis's port (failover twin).
 
 _redis_port() { if [[ $1 == redis-auth ]]; then echo "$RESIL_TEST_REDIS_AUTH_PORT"; else echo "$RESIL_TEST_REDIS_PORT"; fi; }
 _redis_pass() { if [[ $1 == redis-auth ]]; then echo "$RESIL_TEST_REDIS_PASSWORD"; fi; }
+_redis_host() { if [[ $1 == redis2 ]]; then echo "$RESIL_TEST_REDIS2_ADDR"; else echo 127.0.0.1; fi; }
 
 _redis_cli() {
   local name=$1; shift
   local pass; pass=$(_redis_pass "$name")
   if [[ -n $pass ]]; then
-    REDISCLI_AUTH=$pass redis-cli -h 127.0.0.1 -p "$(_redis_port "$name")" "$@"
+    REDISCLI_AUTH=$pass redis-cli -h "$(_redis_host "$name")" -p "$(_redis_port "$name")" "$@"
   else
-    redis-cli -h 127.0.0.1 -p "$(_redis_port "$name")" "$@"
+    redis-cli -h "$(_redis_host "$name")" -p "$(_redis_port "$name")" "$@"
   fi
 }
 
@@ -212,7 +223,7 @@ redis_write_conf() {
   mkdir -p "$dir"
   {
     echo "port $(_redis_port "$name")"
-    echo "bind 127.0.0.1"
+    echo "bind $(_redis_host "$name")"
     echo "daemonize no"
     echo "save \"\""
     echo "appendonly no"
@@ -230,11 +241,11 @@ redis_stop() {
   _srv_kill "$(_srv_read_pid "$RESIL_TEST_TMPDIR/$name.pid")" $(_srv_pids_in "$RESIL_TEST_TMPDIR/$name")
 }
 
-# Wait up to 10 s until nothing listens on 127.0.0.1:PORT.
+# Wait up to 10 s until nothing listens on HOST:PORT (HOST: 127.0.0.1).
 _srv_wait_port_free() {
   local i
   for ((i = 0; i < 200; i++)); do
-    _srv_tcp_open "$1" || return 0
+    _srv_tcp_open "$1" "${2:-}" || return 0
     sleep 0.05
   done
   _srv_err "port $1 is still in use"
@@ -243,7 +254,7 @@ _srv_wait_port_free() {
 
 redis_start() {
   local name=$1 dir="$RESIL_TEST_TMPDIR/$1" i pid=''
-  _srv_wait_port_free "$(_redis_port "$name")" || return 1
+  _srv_wait_port_free "$(_redis_port "$name")" "$(_redis_host "$name")" || return 1
   (
     _srv_clean_env
     cd "$dir" && exec setsid -w redis-server "$dir/redis.conf" </dev/null >>"$dir/stdout.log" 2>&1
@@ -259,7 +270,7 @@ redis_start() {
     sleep 0.05
   done
   if [[ -z $pid ]]; then
-    _srv_err "$name did not start on 127.0.0.1:$(_redis_port "$name")"
+    _srv_err "$name did not start on $(_redis_host "$name"):$(_redis_port "$name")"
     _srv_log_tail "$dir/redis.log"; _srv_log_tail "$dir/stdout.log"
     return 1
   fi
@@ -269,6 +280,14 @@ redis_start() {
 redis_restart() { redis_stop "$1" && redis_start "$1"; }
 
 redis_healthy() { [[ $(_redis_cli "$1" ping 2>/dev/null) == PONG ]]; }
+
+# redis2 (on demand): write its config the first time, start it unless it
+# answers.
+redis2_ensure() {
+  redis_healthy redis2 && return 0
+  [[ -f $RESIL_TEST_TMPDIR/redis2/redis.conf ]] || redis_write_conf redis2 || return 1
+  redis_restart redis2
+}
 
 # ------------------------------------------------------------- postgresql ---
 
@@ -365,6 +384,97 @@ pg_restart() { pg_stop && pg_start; }
 
 pg_healthy() { "$RESIL_TEST_PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$RESIL_TEST_PG_PORT" -t 2; }
 
+# ---------------------------------------------------------------- pg2 --------
+# The failover twin (on demand): its own data directory, listening on
+# RESIL_TEST_PG2_ADDR with RESIL_TEST_PG_PORT; the resil role and database
+# with the same password; the same trust/scram rules for 127.0.0.0/8.
+
+_pg2_dir() { echo "$RESIL_TEST_TMPDIR/pg2"; }
+
+pg2_healthy() {
+  "$RESIL_TEST_PG_BIN/pg_isready" -q -h "$RESIL_TEST_PG2_ADDR" -p "$RESIL_TEST_PG_PORT" -t 2
+}
+
+_pg2_init() {
+  local dir data sock out; dir=$(_pg2_dir); data=$dir/data; sock=$dir/sock
+  rm -rf "$dir"
+  mkdir -p "$dir"
+  _srv_pg_mkdir "$dir" "$data" "$sock"
+  if ! out=$(_srv_as_pg "$RESIL_TEST_PG_BIN/initdb" -D "$data" -U postgres \
+      -A trust -E UTF8 --locale=C --no-sync --no-instructions 2>&1); then
+    _srv_err "pg2: initdb failed"; echo "$out" >&2; return 1
+  fi
+  _srv_as_pg tee -a "$data/postgresql.conf" >/dev/null <<EOF
+
+# ---- resil test instance: failover twin ----
+listen_addresses = '$RESIL_TEST_PG2_ADDR'
+port = $RESIL_TEST_PG_PORT
+unix_socket_directories = '$sock'
+max_connections = 30
+superuser_reserved_connections = 3
+shared_buffers = 16MB
+fsync = off
+synchronous_commit = off
+full_page_writes = off
+logging_collector = off
+log_min_messages = warning
+EOF
+  _srv_as_pg tee "$data/pg_hba.conf" >/dev/null <<EOF
+local   all       all                      trust
+host    all       postgres  127.0.0.0/8    trust
+host    all       all       127.0.0.0/8    scram-sha-256
+EOF
+}
+
+pg2_stop() {
+  local data; data=$(_pg2_dir)/data
+  [[ -d $data ]] || return 0
+  local pids; pids=$(_srv_pids_in "$data")
+  [[ -z $pids ]] || kill -CONT $pids 2>/dev/null || true
+  if [[ -f $data/postmaster.pid ]] && _srv_ours "$(_srv_read_pid "$data/postmaster.pid")"; then
+    _srv_as_pg "$RESIL_TEST_PG_BIN/pg_ctl" -D "$data" -s -w -t 10 -m immediate stop \
+      >/dev/null 2>&1 || true
+  fi
+  _srv_kill $(_srv_pids_in "$data") || return 1
+  rm -f "$data/postmaster.pid" "$(_pg2_dir)"/sock/.s.PGSQL.*
+}
+
+# Start pg2 unless it answers; initdb (and create the role) the first time.
+pg2_ensure() {
+  pg2_healthy && return 0
+  local dir data fresh=0 out i; dir=$(_pg2_dir); data=$dir/data
+  if [[ ! -f $data/PG_VERSION || ! -f $dir/initialized ]]; then
+    _pg2_init || return 1
+    fresh=1
+  else
+    pg2_stop || return 1
+  fi
+  if ! out=$(_srv_clean_env; _srv_as_pg setsid -w "$RESIL_TEST_PG_BIN/pg_ctl" -D "$data" \
+      -l "$dir/postgres.log" -s -w -t "$RESIL_SERVER_WAIT_S" start </dev/null 2>&1); then
+    _srv_err "pg2 did not start on $RESIL_TEST_PG2_ADDR:$RESIL_TEST_PG_PORT"
+    echo "$out" >&2; _srv_log_tail "$dir/postgres.log"
+    return 1
+  fi
+  for ((i = 0; i < RESIL_SERVER_WAIT_S * 10; i++)); do
+    pg2_healthy && break
+    sleep 0.1
+  done
+  pg2_healthy || { _srv_err "pg2 is not ready"; _srv_log_tail "$dir/postgres.log"; return 1; }
+  if ((fresh)); then
+    if ! out=$(_srv_as_pg "$RESIL_TEST_PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 \
+        -h "$dir/sock" -p "$RESIL_TEST_PG_PORT" -U postgres -d postgres 2>&1 <<EOF
+SET password_encryption = 'scram-sha-256';
+CREATE ROLE resil LOGIN PASSWORD '$RESIL_TEST_PG_PASSWORD';
+CREATE DATABASE resil OWNER resil;
+EOF
+    ); then
+      _srv_err "pg2: creating role/database resil failed"; echo "$out" >&2; return 1
+    fi
+    touch "$dir/initialized"
+  fi
+  _srv_write_pid "$RESIL_TEST_TMPDIR/pg2.pid" "$(_srv_read_pid "$data/postmaster.pid")"
+}
+
 # -------------------------------------------------------------- pgbouncer ---
 
 _pgb_dir() { echo "$RESIL_TEST_TMPDIR/pgbouncer"; }
@@ -454,7 +564,8 @@ _servers_save_env() {
     for v in RESIL_SERVERS_LIB RESIL_TEST_TMPDIR RESIL_PG_VERSION RESIL_SERVER_WAIT_S \
         RESIL_TEST_REDIS_PORT RESIL_TEST_REDIS_AUTH_PORT RESIL_TEST_REDIS_PASSWORD \
         RESIL_TEST_PG_PORT RESIL_TEST_PG_DATA RESIL_TEST_PG_BIN RESIL_TEST_PG_SOCKDIR \
-        RESIL_TEST_PG_PASSWORD RESIL_TEST_PGBOUNCER_PORT; do
+        RESIL_TEST_PG_PASSWORD RESIL_TEST_PGBOUNCER_PORT RESIL_TEST_PG2_ADDR \
+        RESIL_TEST_REDIS2_ADDR; do
       printf '%s=%q\n' "$v" "${!v}"
     done
   } >"$f"
@@ -496,12 +607,15 @@ start_all_servers() {
   export RESIL_TEST_PG_BIN=/usr/lib/postgresql/$RESIL_PG_VERSION/bin
   export RESIL_TEST_PG_DATA=$RESIL_TEST_TMPDIR/pg/data
   export RESIL_TEST_PG_SOCKDIR=$RESIL_TEST_TMPDIR/pg/sock
+  export RESIL_TEST_PG2_ADDR=127.0.0.2 RESIL_TEST_REDIS2_ADDR=127.0.0.2
   _servers_save_env
 
   _servers_write_restart redis redis_restart redis
   _servers_write_restart redis-auth redis_restart redis-auth
   _servers_write_restart pg pg_restart
   _servers_write_restart pgbouncer pgbouncer_restart
+  _servers_write_restart pg2 pg2_ensure
+  _servers_write_restart redis2 redis2_ensure
 
   redis_write_conf redis && redis_start redis || return 1
   redis_write_conf redis-auth && redis_start redis-auth || return 1
@@ -517,6 +631,9 @@ start_all_servers() {
   export RESIL_TEST_REDIS_AUTH_RESTART=$RESIL_TEST_TMPDIR/restart-redis-auth.sh
   export RESIL_TEST_PG_RESTART=$RESIL_TEST_TMPDIR/restart-pg.sh
   export RESIL_TEST_PGBOUNCER_RESTART=$RESIL_TEST_TMPDIR/restart-pgbouncer.sh
+  export RESIL_TEST_PG2_START=$RESIL_TEST_TMPDIR/restart-pg2.sh
+  export RESIL_TEST_REDIS2_START=$RESIL_TEST_TMPDIR/restart-redis2.sh
+  export RESIL_TEST_PG2_ADMIN_CONNINFO="host=$RESIL_TEST_PG2_ADDR port=$RESIL_TEST_PG_PORT dbname=resil user=postgres"
   export RESIL_TEST_PG_CONNINFO="host=127.0.0.1 port=$RESIL_TEST_PG_PORT dbname=resil user=resil password=$RESIL_TEST_PG_PASSWORD"
   export RESIL_TEST_PG_ADMIN_CONNINFO="host=127.0.0.1 port=$RESIL_TEST_PG_PORT dbname=resil user=postgres"
   export RESIL_TEST_PGBOUNCER_CONNINFO="host=127.0.0.1 port=$RESIL_TEST_PGBOUNCER_PORT dbname=resil user=resil password=$RESIL_TEST_PG_PASSWORD"
@@ -541,6 +658,8 @@ stop_all_servers() {
   pgbouncer_stop || true
   redis_stop redis-auth || true
   redis_stop redis || true
+  redis_stop redis2 || true
+  pg2_stop || true
   [[ -z ${RESIL_TEST_PG_DATA:-} ]] || pg_stop || true
   # Anything else still working in our root (a server a test started itself).
   _srv_kill $(_srv_pids_in "$RESIL_TEST_TMPDIR") || true

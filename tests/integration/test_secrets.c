@@ -2,7 +2,8 @@
  * from the environment with a Redis password and a PostgreSQL conninfo
  * password, whose dependencies fail (refused and never-answered ports, so no
  * server is needed), must not show either secret in any error message, in
- * /config, /metrics, the JSON snapshot, the EMF lines or the config dump. */
+ * /config, /metrics, the JSON snapshot, the EMF lines or the config dump;
+ * nor may passwords read from PASSWORD_FILE files. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -384,12 +385,140 @@ static void a_malformed_conninfo_never_shows_the_password(void **state) {
   if (!strstr(err.msg, "invalid connection option \"hots\"")) fail_msg("%s", err.msg);
 }
 
+/* Passwords from files (PASSWORD_FILE): their content never shows in an
+ * error, /config, /metrics, the JSON snapshot, the config dump or EMF; a
+ * file that is missing, a directory or empty is a configuration error
+ * naming the variable and the file, never the content; a file that vanishes
+ * at run time keeps the last password and says so without showing it. */
+static void password_files_never_show_their_content(void **state) {
+  (void)state;
+  resil_redis_register_kind(NULL);
+  resil_pg_register_kind(NULL);
+  char rfile[128], pfile[128];
+  snprintf(rfile, sizeof rfile, "/tmp/resil-secrets-redis-%d", (int)getpid());
+  snprintf(pfile, sizeof pfile, "/tmp/resil-secrets-pg-%d", (int)getpid());
+  FILE *f = fopen(rfile, "w");
+  assert_non_null(f);
+  fputs(REDIS_SECRET "\n", f);
+  fclose(f);
+  f = fopen(pfile, "w");
+  assert_non_null(f);
+  fputs(PG_SECRET "\n", f);
+  fclose(f);
+  int fds[3];
+  uint16_t hang = unanswered_listener(fds), refused = refused_port();
+  char admin[64], rport[64], pginfo[160], rpw[200], ppw[200];
+  snprintf(admin, sizeof admin, "RESIL_ADMIN_PORT=%u", refused_port());
+  snprintf(rport, sizeof rport, "RESIL_DEP_CACHE_PORT=%u", refused);
+  snprintf(pginfo, sizeof pginfo, "RESIL_DEP_DB_CONNINFO=host=127.0.0.1 port=%u dbname=x user=x",
+           hang);
+  snprintf(rpw, sizeof rpw, "RESIL_DEP_CACHE_PASSWORD_FILE=%s", rfile);
+  snprintf(ppw, sizeof ppw, "RESIL_DEP_DB_PASSWORD_FILE=%s", pfile);
+  char *env[] = {(char *)"RESIL_DEPS=cache:redis,db:pg",
+                 (char *)"RESIL_EMF_INTERVAL_MS=0",
+                 (char *)"RESIL_DRAIN_GRACE_MS=0",
+                 admin,
+                 rport,
+                 rpw,
+                 pginfo,
+                 ppw,
+                 (char *)"RESIL_DEP_DB_CONNECT_TIMEOUT_MS=150",
+                 NULL};
+  resil_service *svc;
+  char *report = NULL;
+  resil_err err;
+  if (resil_service_start(env, &svc, &report, &err) != RESIL_OK)
+    fail_msg("start: %s", report ? report : err.msg);
+  resil_redis *cache = resil_service_get(svc, "cache", "redis");
+  resil_pg *db = resil_service_get(svc, "db", "pg");
+  assert_non_null(cache);
+  assert_non_null(db);
+  for (int i = 0; i < 3; i++) {
+    if (i == 2) { /* the files vanish: the last password stays, the error names the file */
+      unlink(rfile);
+      unlink(pfile);
+    }
+    redisReply *rep = NULL;
+    resil_status st =
+        resil_redis_command(cache, resil_deadline_in_ms(500), 0, &rep, &err, "GET k");
+    assert_int_not_equal(st, RESIL_OK);
+    assert_non_null(strstr(err.msg, "cache"));
+    no_secret_in("a Redis error", err.msg);
+    PGresult *res = NULL;
+    st = resil_pg_query(db, resil_deadline_in_ms(500), 0, "SELECT 1", 0, NULL, &res, &err);
+    PQclear(res);
+    assert_int_not_equal(st, RESIL_OK);
+    no_secret_in("a PostgreSQL error", err.msg);
+  }
+  uint16_t port = resil_service_admin_port(svc);
+  const char *config_want[] = {rfile, pfile, NULL}; /* paths are not secrets: shown */
+  no_secret_in("/config", must_get(port, "/config", 200, 0, config_want));
+  const char *metrics_want[] = {"dependency=\"cache\"", "dependency=\"db\"", NULL};
+  no_secret_in("/metrics", must_get(port, "/metrics", 200, 0, metrics_want));
+  char *text = NULL;
+  assert_int_equal(resil_export_json(&text, NULL, NULL), RESIL_OK);
+  no_secret_in("the JSON snapshot", text);
+  free(text);
+  text = resil_config_dump(resil_service_get_config(svc));
+  no_secret_in("the config dump", text);
+  free(text);
+  resil_emf_config ec;
+  resil_emf_config_init(&ec);
+  ec.service = "secrets-test";
+  resil_dep_stats ds;
+  resil_dep_get_stats(resil_service_dep(svc, "db"), &ds);
+  assert_int_equal(resil_emf_render(&ec, &ds, NULL, 1, 100, &text, NULL, &err), RESIL_OK);
+  no_secret_in("EMF", text);
+  free(text);
+  assert_int_equal(resil_service_stop(svc, &err), RESIL_OK);
+  unanswered_close(fds);
+
+  /* Bad files: errors name the variable and the file, never the content. */
+  char dir[128], empty[128], holder[128];
+  snprintf(dir, sizeof dir, "/tmp");
+  snprintf(empty, sizeof empty, "/tmp/resil-secrets-empty-%d", (int)getpid());
+  snprintf(holder, sizeof holder, "/tmp/resil-secrets-holder-%d", (int)getpid());
+  f = fopen(empty, "w");
+  assert_non_null(f);
+  fputs("\n" PG_SECRET "\n", f); /* the first line is empty; the secret after it */
+  fclose(f);
+  const char *bad[][2] = {{"/nonexistent/resil-pw", "No such file"},
+                          {dir, "is a directory"},
+                          {empty, "is empty"}};
+  for (size_t i = 0; i < 3; i++) {
+    char v1[200], v2[200];
+    snprintf(v1, sizeof v1, "RESIL_DEP_CACHE_PASSWORD_FILE=%s", bad[i][0]);
+    snprintf(v2, sizeof v2, "RESIL_DEP_DB_PASSWORD_FILE=%s", bad[i][0]);
+    char *benv[] = {(char *)"RESIL_DEPS=cache:redis,db:pg", v1,
+                    (char *)"RESIL_DEP_DB_CONNINFO=host=127.0.0.1 dbname=x user=x", v2, NULL};
+    resil_config *c = NULL;
+    report = NULL;
+    assert_int_equal(resil_config_load(benv, NULL, &c, &report, &err), RESIL_E_INVALID);
+    char want[300];
+    snprintf(want, sizeof want, "RESIL_DEP_CACHE_PASSWORD_FILE: cannot read '%s'", bad[i][0]);
+    if (i == 2)
+      snprintf(want, sizeof want, "RESIL_DEP_CACHE_PASSWORD_FILE: '%s' is empty", bad[i][0]);
+    if (!strstr(report, want) || !strstr(report, "RESIL_DEP_DB_PASSWORD_FILE: ") ||
+        !strstr(report, bad[i][1]))
+      fail_msg("case %zu: %s", i, report);
+    no_secret_in("a password file error", report);
+    free(report);
+    const char *out;
+    int rc = run_tool(benv, &out);
+    if (rc != 1 || !strstr(out, want)) fail_msg("resil-config, case %zu: exit %d: %s", i, rc, out);
+    no_secret_in("resil-config's output", out);
+  }
+  unlink(empty);
+  (void)holder;
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(secrets_never_appear_in_any_output),
       cmocka_unit_test(a_bad_secret_value_is_not_echoed_in_config_errors),
       cmocka_unit_test(postgresql_uri_passwords_never_appear),
       cmocka_unit_test(a_malformed_conninfo_never_shows_the_password),
+      cmocka_unit_test(password_files_never_show_their_content),
   };
   return cmocka_run_group_tests_name("secrets", tests, NULL, NULL);
 }

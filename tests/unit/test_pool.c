@@ -431,6 +431,7 @@ static void close_reasons_have_names(void **state) {
   assert_string_equal(resil_pool_close_reason_name(RESIL_POOL_CLOSE_BROKEN), "broken");
   assert_string_equal(resil_pool_close_reason_name(RESIL_POOL_CLOSE_VALIDATION), "validation");
   assert_string_equal(resil_pool_close_reason_name(RESIL_POOL_CLOSE_DRAIN), "drain");
+  assert_string_equal(resil_pool_close_reason_name(RESIL_POOL_CLOSE_EVICTED), "evicted");
   assert_string_equal(resil_pool_close_reason_name(RESIL_POOL_CLOSE_REASON_COUNT_), "unknown");
 }
 
@@ -1555,6 +1556,81 @@ static void fork_with_a_full_pool_and_a_waiter_does_not_hang_the_child(void **st
   assert_int_equal(atomic_load(&F.abandons), 0);
 }
 
+/* ---- Eviction (failover) ---------------------------------------------------- */
+
+static void evict_closes_idle_now_and_borrowed_on_release(void **state) {
+  (void)state;
+  resil_pool_config c = base_config();
+  c.max_size = 4;
+  make_pool(&c);
+  resil_pool_conn *a = must_acquire(), *b = must_acquire(), *d = must_acquire();
+  uint64_t g0 = resil_pool_generation(P);
+  assert_int_equal(resil_pool_conn_generation(a), g0);
+  resil_pool_release(P, b, RESIL_POOL_OK);
+  resil_pool_release(P, d, RESIL_POOL_OK); /* two idle, one borrowed */
+  assert_true(resil_pool_evict(P, resil_pool_conn_generation(a)));
+  assert_int_equal(resil_pool_generation(P), g0 + 1);
+  assert_int_equal(atomic_load(&F.closes), 2); /* the idle ones, at once */
+  resil_pool_stats s = stats();
+  assert_int_equal(s.closed[RESIL_POOL_CLOSE_EVICTED], 2);
+  assert_int_equal(s.evictions, 1);
+  assert_int_equal(s.idle, 0);
+  /* Another caller that saw the same failover on an old connection: no
+   * second eviction (it would close the new generation's connections). */
+  resil_pool_conn *n = must_acquire(); /* a new connection, generation g0 + 1 */
+  assert_int_equal(id_of(n), 4);
+  assert_int_equal(resil_pool_conn_generation(n), g0 + 1);
+  assert_false(resil_pool_evict(P, g0));
+  assert_int_equal(stats().evictions, 1);
+  /* The borrowed old one is closed when it comes back, even "OK". */
+  resil_pool_release(P, a, RESIL_POOL_OK);
+  assert_int_equal(atomic_load(&F.closes), 3);
+  assert_int_equal(stats().closed[RESIL_POOL_CLOSE_EVICTED], 3);
+  resil_pool_release(P, n, RESIL_POOL_OK); /* the new one stays */
+  assert_int_equal(stats().idle, 1);
+  assert_int_equal(id_of(a = must_acquire()), 4);
+  resil_pool_release(P, a, RESIL_POOL_OK);
+  /* RESIL_POOL_GEN_CURRENT always evicts. */
+  assert_true(resil_pool_evict(P, RESIL_POOL_GEN_CURRENT));
+  assert_int_equal(stats().idle, 0);
+  assert_int_equal(stats().evictions, 2);
+}
+
+static void eviction_hands_freed_slots_to_waiters(void **state) {
+  (void)state;
+  resil_pool_config c = base_config();
+  c.max_size = 1;
+  make_pool(&c);
+  resil_pool_conn *a = must_acquire();
+  job w;
+  job_start(&w, 10000, false);
+  WAIT_FOR(stats().waiters == 1);
+  assert_true(resil_pool_evict(P, RESIL_POOL_GEN_CURRENT));
+  resil_pool_release(P, a, RESIL_POOL_OK); /* closed: the waiter connects anew */
+  job_join(&w);
+  assert_int_equal(w.st, RESIL_OK);
+  assert_int_equal(w.id, 2);
+  resil_pool_release(P, w.conn, RESIL_POOL_OK);
+  assert_int_equal(stats().closed[RESIL_POOL_CLOSE_EVICTED], 1);
+}
+
+static void a_connect_begun_before_an_eviction_is_lent_once_then_closed(void **state) {
+  (void)state;
+  resil_pool_config c = base_config();
+  make_pool(&c);
+  gate_set(&F.block_connect, true);
+  job j;
+  job_start(&j, 10000, false);
+  WAIT_FOR(gate_blocked() == 1);
+  assert_true(resil_pool_evict(P, RESIL_POOL_GEN_CURRENT)); /* while it connects */
+  gate_set(&F.block_connect, false);
+  job_join(&j);
+  assert_int_equal(j.st, RESIL_OK);
+  resil_pool_release(P, j.conn, RESIL_POOL_OK);
+  assert_int_equal(stats().idle, 0);
+  assert_int_equal(stats().closed[RESIL_POOL_CLOSE_EVICTED], 1);
+}
+
 /* A test on the real clock, or on the fake clock. */
 #define REAL(f) cmocka_unit_test_setup_teardown(f, setup_real, teardown)
 #define FAKE(f) cmocka_unit_test_setup_teardown(f, setup_fake, teardown)
@@ -1605,6 +1681,9 @@ int main(void) {
       FAKE(drain_with_unset_deadline_waits_30_s_at_most),
       REAL(fork_child_gets_a_clean_pool_and_abandons_the_parents),
       REAL(fork_with_a_full_pool_and_a_waiter_does_not_hang_the_child),
+      REAL(evict_closes_idle_now_and_borrowed_on_release),
+      REAL(eviction_hands_freed_slots_to_waiters),
+      REAL(a_connect_begun_before_an_eviction_is_lent_once_then_closed),
   };
   return cmocka_run_group_tests_name("pool", tests, NULL, NULL);
 }

@@ -509,6 +509,108 @@ static void nonexistent_name_fails_or_times_out_naming_the_host(void **state) {
   assert_int_equal(n, 0);
 }
 
+/* ---- Invalidation and the hosts-file override ---------------------------- */
+
+/* Write text to a fresh file in /tmp, renamed into place at path (as a
+ * config agent would). */
+static void write_hosts(const char *path, const char *text) {
+  char tmp[256];
+  snprintf(tmp, sizeof tmp, "%s.tmp", path);
+  FILE *f = fopen(tmp, "w");
+  assert_non_null(f);
+  fputs(text, f);
+  fclose(f);
+  assert_int_equal(rename(tmp, path), 0);
+}
+
+static void hosts_path(char *buf, size_t size) {
+  snprintf(buf, size, "/tmp/resil-test-hosts-%d", (int)getpid());
+}
+
+static void hosts_file_names_resolve_from_the_file_in_order(void **state) {
+  (void)state;
+  char path[128];
+  hosts_path(path, sizeof path);
+  write_hosts(path, "# comment\n127.0.0.9 other.test\n127.0.0.2 db.test DB2.test # x\n"
+                    "::1 db.test\nnot-an-address db.test\n");
+  resil_err err = {0};
+  assert_int_equal(resil_resolve_set_hosts_file(path, &err), RESIL_OK);
+  resil_addr a[4];
+  size_t n = 0;
+  assert_int_equal(resil_resolve("db.test", 5432, resil_deadline_in_ms(2000), a, 4, &n, &err),
+                   RESIL_OK);
+  assert_int_equal(n, 2);
+  assert_string_equal(a[0].text, "127.0.0.2");
+  assert_int_equal(port_of(&a[0]), 5432);
+  assert_string_equal(a[1].text, "::1");
+  assert_int_equal(resil_resolve("db2.TEST", 1, resil_deadline_in_ms(2000), a, 4, &n, &err),
+                   RESIL_OK);
+  assert_int_equal(n, 1);
+  assert_string_equal(a[0].text, "127.0.0.2");
+  /* A name the file does not list still goes to getaddrinfo. */
+  assert_int_equal(resil_resolve("localhost", 1, resil_deadline_in_ms(5000), a, 4, &n, &err),
+                   RESIL_OK);
+  assert_true(is_loopback_text(a[0].text));
+  /* Off again. */
+  assert_int_equal(resil_resolve_set_hosts_file(NULL, &err), RESIL_OK);
+  unlink(path);
+}
+
+static void invalidate_drops_one_cached_answer_whatever_the_ttl(void **state) {
+  (void)state;
+  resil_resolve_set_ttl_ms(600000); /* the move must not wait for the TTL */
+  char path[128];
+  hosts_path(path, sizeof path);
+  write_hosts(path, "127.0.0.2 moving.test\n127.0.0.3 staying.test\n");
+  resil_err err = {0};
+  assert_int_equal(resil_resolve_set_hosts_file(path, &err), RESIL_OK);
+  resil_addr a[2];
+  size_t n = 0;
+  assert_int_equal(resil_resolve("moving.test", 1, resil_deadline_in_ms(2000), a, 2, &n, &err),
+                   RESIL_OK);
+  assert_string_equal(a[0].text, "127.0.0.2");
+  assert_int_equal(resil_resolve("staying.test", 1, resil_deadline_in_ms(2000), a, 2, &n, &err),
+                   RESIL_OK);
+  write_hosts(path, "127.0.0.1 moving.test\n127.0.0.4 staying.test\n");
+  /* Cached: still the old address. */
+  assert_int_equal(resil_resolve("moving.test", 1, resil_deadline_in_ms(2000), a, 2, &n, &err),
+                   RESIL_OK);
+  assert_string_equal(a[0].text, "127.0.0.2");
+  resil__resolve_counters before = counters();
+  assert_true(resil_resolve_invalidate("moving.test"));
+  assert_false(resil_resolve_invalidate("never-cached.test"));
+  assert_int_equal(counters().invalidated, before.invalidated + 2);
+  assert_int_equal(resil_resolve("moving.test", 1, resil_deadline_in_ms(2000), a, 2, &n, &err),
+                   RESIL_OK);
+  assert_string_equal(a[0].text, "127.0.0.1");
+  /* Only that name was dropped. */
+  assert_int_equal(resil_resolve("staying.test", 1, resil_deadline_in_ms(2000), a, 2, &n, &err),
+                   RESIL_OK);
+  assert_string_equal(a[0].text, "127.0.0.3");
+  assert_int_equal(resil_resolve_set_hosts_file(NULL, &err), RESIL_OK);
+  unlink(path);
+}
+
+static void hosts_file_errors_name_the_file(void **state) {
+  (void)state;
+  resil_err err = {0};
+  assert_int_equal(resil_resolve_set_hosts_file("/nonexistent/resil-hosts", &err),
+                   RESIL_E_INVALID);
+  assert_non_null(strstr(err.msg, "'/nonexistent/resil-hosts'"));
+  char path[128];
+  hosts_path(path, sizeof path);
+  write_hosts(path, "127.0.0.2 gone.test\n");
+  assert_int_equal(resil_resolve_set_hosts_file(path, &err), RESIL_OK);
+  unlink(path); /* vanished at run time: the lookup fails naming it, no DNS fallback */
+  resil_addr a[2];
+  size_t n = 0;
+  assert_int_equal(resil_resolve("gone.test", 1, resil_deadline_in_ms(2000), a, 2, &n, &err),
+                   RESIL_E_FAILURE);
+  assert_non_null(strstr(err.msg, path));
+  assert_non_null(strstr(err.msg, "RESIL_HOSTS_FILE"));
+  assert_int_equal(resil_resolve_set_hosts_file("", &err), RESIL_OK);
+}
+
 /* Tests by setup: real getaddrinfo, gated fake, and either on the fake clock. */
 #define REAL(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
 #define GATED(f) cmocka_unit_test_setup_teardown(f, setup_gated, teardown)
@@ -533,6 +635,9 @@ int main(void) {
       GATED(lookup_threads_are_capped),
       FAKE_GATED(unset_deadline_waits_five_seconds_at_most),
       REAL(nonexistent_name_fails_or_times_out_naming_the_host),
+      REAL(hosts_file_names_resolve_from_the_file_in_order),
+      REAL(invalidate_drops_one_cached_answer_whatever_the_ttl),
+      REAL(hosts_file_errors_name_the_file),
   };
   return cmocka_run_group_tests_name("resolve", tests, NULL, NULL);
 }
