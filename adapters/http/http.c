@@ -22,6 +22,7 @@
 #include <curl/curl.h>
 
 #include "resil/http.h"
+#include "resil/adapter.h"
 #include "resil/lifecycle.h"
 #include "resil/resolve.h"
 

@@ -9,6 +9,7 @@
  * Only the core's public API is used.
  */
 #include "resil/pg.h"
+#include "resil/adapter.h"
 #include "resil/lifecycle.h"
 
 #include <errno.h>

@@ -25,6 +25,7 @@
 #include <unistd.h>
 
 #include "reply.h"
+#include "resil/adapter.h"
 #include "resil/lifecycle.h"
 #include "resil/resolve.h"
 

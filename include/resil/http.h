@@ -143,6 +143,8 @@ typedef struct resil_http_config {
    * as healthy (a 404 still proves the server answers); the body is not
    * read. Default NULL; copied. */
   const char *probe_path;
+  /* ABI: sizeof is frozen; new fields come out of this tail (docs/abi.md). */
+  unsigned char reserved_[256];
 } resil_http_config;
 
 /* Fill cfg with safe defaults (see each field) and set the dependency's name
@@ -204,6 +206,8 @@ typedef struct resil_http_request {
   const void *body;        /* sent as is, with Content-Length; NULL = none */
   size_t body_len;
   unsigned flags;          /* RESIL_HTTP_IDEMPOTENT, RESIL_HTTP_NO_RETRY */
+  /* ABI: sizeof is frozen; new fields come out of this tail (docs/abi.md). */
+  unsigned char reserved_[68];
 } resil_http_request;
 
 /* Where an attempt failed. */
@@ -236,6 +240,8 @@ typedef struct resil_http_response {
   resil_http_phase phase;     /* where the last attempt failed, if in transport */
   int curl_code;              /* CURLcode of the last transfer (0 = CURLE_OK) */
   bool reused;                /* the last attempt reused an open connection */
+  /* ABI: sizeof is frozen; new fields come out of this tail (docs/abi.md). */
+  unsigned char reserved_[71];
 } resil_http_response;
 
 /* Perform req through the dependency: admission (breaker, concurrency,

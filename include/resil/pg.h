@@ -204,6 +204,8 @@ typedef struct resil_pg_config {
    * through the simple protocol, all within dep.probe_timeout_ms); default
    * "SELECT 1"; copied; must not be empty. */
   const char *probe_sql;
+  /* ABI: sizeof is frozen; new fields come out of this tail (docs/abi.md). */
+  unsigned char reserved_[304];
 } resil_pg_config;
 
 #define RESIL_PG_DEFAULT_MAX_RESULT_BYTES ((size_t)64 << 20)
@@ -268,6 +270,8 @@ typedef struct resil_pg_query_args {
   const int *lengths;        /* byte lengths of binary parameters */
   const int *formats;        /* 0 text, 1 binary, per parameter */
   int result_format;
+  /* ABI: sizeof is frozen; new fields come out of this tail (docs/abi.md). */
+  unsigned char reserved_[44];
 } resil_pg_query_args;
 
 /* Run one statement with text parameters (values[i] NULL = SQL NULL) and
@@ -408,6 +412,8 @@ typedef struct resil_pg_stats {
   uint64_t cancels_skipped;    /* queue full, too many stuck, or shutdown */
   uint64_t rollbacks;          /* connections rolled back before reuse */
   uint64_t broken;             /* connections closed after an error */
+  /* ABI: sizeof is frozen; new fields come out of this tail (docs/abi.md). */
+  unsigned char reserved_[168];
 } resil_pg_stats;
 
 /* Counters of the adapter's own work (call outcomes are in the

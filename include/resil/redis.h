@@ -128,6 +128,8 @@ typedef struct resil_redis_config {
    * briefly needs twice its size while hiredis copies it out of its
    * buffer. */
   size_t max_reply_bytes;
+  /* ABI: sizeof is frozen; new fields come out of this tail (docs/abi.md). */
+  unsigned char reserved_[320];
 } resil_redis_config;
 
 #define RESIL_REDIS_DEFAULT_MAX_REPLY_BYTES ((size_t)64 << 20)

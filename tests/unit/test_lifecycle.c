@@ -24,6 +24,7 @@
 
 #include "testutil.h"
 
+#include "resil/adapter.h"
 #include "resil/resil.h"
 
 static resil_dep *mk(const char *name, bool critical) {
