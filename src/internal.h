@@ -7,6 +7,7 @@
 #include <stdarg.h>
 
 #include "resil/adapter.h"
+#include "resil/testing.h"
 #include "resil/resil.h"
 
 /* The stats arrays have a fixed capacity (docs/abi.md): an enum may grow up
