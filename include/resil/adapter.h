@@ -23,6 +23,18 @@
 #include "resil/pool.h"
 #include "resil/status.h"
 
+/* RESIL_DEFINE_CONFIG_KIND hands a void * handle to the adapter's FREE_FN
+ * and DEP_FN: implicit in C, through a converting wrapper in C++. */
+#ifdef __cplusplus
+struct resil_handle_ {
+  void *p;
+  template <typename T> operator T *() const { return static_cast<T *>(p); }
+};
+#define RESIL_HANDLE_(h) (resil_handle_{h})
+#else
+#define RESIL_HANDLE_(h) (h)
+#endif
+
 RESIL_BEGIN_DECLS
 
 /* ---- Errors ---------------------------------------------------------------- */
@@ -157,20 +169,22 @@ RESIL_API resil_status resil_config_register_kind(const resil_config_kind *kind,
   static void *NAME##_kind_create(const void *c, resil_err *e) {                            \
     return NEW_FN((const CFG_T *)c, e);                                                      \
   }                                                                                          \
-  static void NAME##_kind_destroy(void *h) { FREE_FN(h); }                                  \
-  static resil_dep *NAME##_kind_dep_of(void *h) { return DEP_FN(h); }                       \
+  static void NAME##_kind_destroy(void *h) { FREE_FN(RESIL_HANDLE_(h)); }                   \
+  static resil_dep *NAME##_kind_dep_of(void *h) { return DEP_FN(RESIL_HANDLE_(h)); }        \
+  /* Positional (C and C++17 alike), in the order of struct resil_config_kind. */            \
   static const resil_config_kind NAME##_kind = {                                            \
-      .name = #NAME,                                                                         \
-      .size = sizeof(CFG_T),                                                                 \
-      .init = NAME##_kind_init,                                                              \
-      .validate = NAME##_kind_validate,                                                      \
-      .dep_config = NAME##_kind_dep,                                                         \
-      .pool_config = NAME##_kind_pool,                                                       \
-      .keys = KEYS,                                                                          \
-      .nkeys = sizeof(KEYS) / sizeof((KEYS)[0]),                                             \
-      .create = NAME##_kind_create,                                                          \
-      .destroy = NAME##_kind_destroy,                                                        \
-      .dep_of = NAME##_kind_dep_of,                                                          \
+      #NAME,                                                                                 \
+      sizeof(CFG_T),                                                                         \
+      NAME##_kind_init,                                                                      \
+      NAME##_kind_validate,                                                                  \
+      NAME##_kind_dep,                                                                       \
+      NAME##_kind_pool,                                                                      \
+      KEYS,                                                                                  \
+      sizeof(KEYS) / sizeof((KEYS)[0]),                                                      \
+      NAME##_kind_create,                                                                    \
+      NAME##_kind_destroy,                                                                   \
+      NAME##_kind_dep_of,                                                                    \
+      {0},                                                                                   \
   }
 
 /* The kind for plain dependencies: struct resil_dep_config, no pool. */

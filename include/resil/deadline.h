@@ -20,7 +20,13 @@ typedef struct resil_deadline {
   uint64_t at_ns; /* monotonic ns; 0 = unset */
 } resil_deadline;
 
+/* A compound literal in C; C++ has none, so there it is a braced temporary
+ * (valid C++11 and later, also under -pedantic-errors). */
+#ifdef __cplusplus
+#define RESIL_DEADLINE_UNSET (resil_deadline{0})
+#else
 #define RESIL_DEADLINE_UNSET ((resil_deadline){0})
+#endif
 
 /* ---- The clock --------------------------------------------------------- */
 
