@@ -74,6 +74,13 @@ static char *xstrdup(const char *s) {
 
 /* ---- Configuration ------------------------------------------------------ */
 
+/* Pull the "pg" configuration kind (pg_kind.c) into every program that
+ * uses this adapter, also from a static archive, where the linker takes only
+ * the members a program references: its constructor registers the kind, so
+ * RESIL_DEPS=name:pg works without calling resil_pg_register_kind(). */
+__attribute__((used)) static resil_status (*const pull_kind_)(resil_err *) =
+    resil_pg_register_kind;
+
 void resil_pg_config_init(resil_pg_config *cfg, const char *name) {
   if (!cfg) return;
   memset(cfg, 0, sizeof *cfg);

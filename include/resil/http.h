@@ -184,8 +184,10 @@ RESIL_API resil_pool *resil_http_pool(resil_http *h);
  * _TLS_VERIFY, _CA_FILE, _MAX_RESPONSE_BYTES, _LOW_SPEED_BYTES_PER_S,
  * _LOW_SPEED_TIME_S, _DEADLINE_HEADER, _RESOLVE_WITH_RESIL, _PROBE_PATH (plus the core's
  * and pool's keys) configure a client and resil_service builds it. It is
- * registered automatically when libresil-http is loaded; a program linking
- * it statically calls resil_http_register_kind() first. Default headers and
+ * registered automatically when libresil-http is loaded, also in a static
+ * link of a program that calls any resil_http_* function; a program that
+ * only names the kind in RESIL_DEPS calls resil_http_register_kind() first.
+ * Default headers and
  * the failure status set are set in C only. Thread-safe. */
 RESIL_API const struct resil_config_kind *resil_http_config_kind(void);
 RESIL_API resil_status resil_http_register_kind(resil_err *err);

@@ -252,8 +252,9 @@ RESIL_API resil_pool *resil_pg_pool(resil_pg *pg);
  * _REAPER_QUEUE_MAX, _ROLLBACK_TIMEOUT_MS, _ALIVE_BYPASS_MS,
  * _MAX_RESULT_BYTES, _PROBE_SQL (plus the core's and the pool's
  * keys) configure a resil_pg and resil_service builds it. Registered
- * automatically when libresil-pg is loaded; a program linking it statically
- * calls resil_pg_register_kind() first. Thread-safe. */
+ * automatically when libresil-pg is loaded, also in a static link of a
+ * program that calls any resil_pg_* function; a program that only names the
+ * kind in RESIL_DEPS calls resil_pg_register_kind() first. Thread-safe. */
 RESIL_API const struct resil_config_kind *resil_pg_config_kind(void);
 RESIL_API resil_status resil_pg_register_kind(resil_err *err);
 

@@ -177,8 +177,10 @@ RESIL_API resil_pool *resil_redis_pool(resil_redis *r);
  * _DATABASE, _CONNECT_TIMEOUT_MS, _COMMAND_TIMEOUT_MS, _MAX_REPLY_BYTES
  * (plus the core's and
  * the pool's keys) configure a resil_redis and resil_service builds it. It is
- * registered automatically when libresil-redis is loaded; a program linking
- * it statically calls resil_redis_register_kind() first. Thread-safe. */
+ * registered automatically when libresil-redis is loaded, also in a static
+ * link of a program that calls any resil_redis_* function; a program that
+ * only names the kind in RESIL_DEPS calls resil_redis_register_kind() first.
+ * Thread-safe. */
 RESIL_API const struct resil_config_kind *resil_redis_config_kind(void);
 RESIL_API resil_status resil_redis_register_kind(resil_err *err);
 
