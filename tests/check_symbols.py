@@ -5,7 +5,9 @@ removed one is an ABI break (docs/abi.md). Each listed symbol is declared in
 an installed header (include/resil/*.h but testing.h), except those marked
 "# test hook", which are declared in include/resil/testing.h only.
 
-usage: check_symbols.py SOURCE_ROOT NAME LIBRARY.so [NAME LIBRARY.so ...]
+Each library's SONAME is NAME.so.SOVERSION (meson.build's resil_soversion).
+
+usage: check_symbols.py SOURCE_ROOT SOVERSION NAME LIBRARY.so [NAME LIBRARY.so ...]
        (NAME: libresil, libresil-redis, ...; the list is abi/NAME.symbols)
 Prints TAP: one case per library.
 """
@@ -43,8 +45,8 @@ def declared(headers, name):
 
 
 def main():
-    root = sys.argv[1]
-    pairs = list(zip(sys.argv[2::2], sys.argv[3::2]))
+    root, soversion = sys.argv[1], sys.argv[2]
+    pairs = list(zip(sys.argv[3::2], sys.argv[4::2]))
     hdrs = {}
     for h in glob.glob(os.path.join(root, "include/resil/*.h")):
         text = re.sub(r"/\*.*?\*/", " ", open(h).read(), flags=re.S)  # declarations only
@@ -80,6 +82,11 @@ def main():
                 problems.append(f"{lst}:{n}: {s} is exported but declared in no installed "
                                 f"header under include/resil/ (declare and document it, or "
                                 f"make it static / hidden)")
+        dyn = subprocess.run(["readelf", "-d", lib], capture_output=True, text=True).stdout
+        m = re.search(r"\(SONAME\)\s+Library soname: \[([^\]]+)\]", dyn)
+        if not m or m.group(1) != f"{name}.so.{soversion}":
+            problems.append(f"{os.path.basename(lib)}: SONAME is {m.group(1) if m else 'missing'}, "
+                            f"expected {name}.so.{soversion} (soversion : resil_soversion)")
         lines = list(open(os.path.join(root, lst)))
         names = [ln.partition("#")[0].strip() for ln in lines]
         names = [x for x in names if x]
