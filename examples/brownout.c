@@ -44,6 +44,7 @@
  *
  * Build: meson compile -C build brownout; run: build/examples/brownout --help
  */
+#include <resil/adapter.h> /* resil_err_set: the simulated dependency fills resil_attempt.err */
 #include <resil/resil.h>
 
 #include <errno.h>

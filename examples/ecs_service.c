@@ -39,6 +39,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <resil/adapter.h> /* resil_parse_* for its own settings */
 #include <resil/http.h>
 #include <resil/pg.h>
 #include <resil/redis.h>

@@ -54,10 +54,10 @@ ensure_packages clang libclang-rt-14-dev meson ninja-build pkg-config libcmocka-
   libhiredis-dev libpq-dev libcurl4-openssl-dev >/dev/null
 
 stamp="$DIR/.resil-fuzz-setup"
-want="CC=clang meson setup ${OPTS[*]}"
+want="CC=clang CXX=clang++ meson setup ${OPTS[*]}"
 if [[ ! -f $DIR/build.ninja || ! -f $stamp || $(<"$stamp") != "$want" ]]; then
   rm -rf "$DIR"
-  if ! CC=clang meson setup "$DIR" "${OPTS[@]}" >"$DIR.setup.log" 2>&1; then
+  if ! CC=clang CXX=clang++ meson setup "$DIR" "${OPTS[@]}" >"$DIR.setup.log" 2>&1; then
     cat "$DIR.setup.log" >&2; rm -f "$DIR.setup.log"
     echo "fuzz: meson setup failed" >&2
     exit 1

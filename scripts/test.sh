@@ -203,14 +203,18 @@ EOF
 
 configure_build() {
   local stamp="$B_DIR/.resil-test-setup" want
-  want="CC=$B_CC meson setup ${B_OPTS[*]}"
+  # The C++ header test (tests/cxx) is built with the C compiler's sibling,
+  # so that a sanitizer build links one sanitizer runtime.
+  local cxx=g++
+  [[ $B_CC != clang ]] || cxx=clang++
+  want="CC=$B_CC CXX=$cxx meson setup ${B_OPTS[*]}"
   # Reuse a build directory configured the same way (ninja re-runs meson when
   # a meson.build changes); otherwise start it afresh.
   if [[ -f $B_DIR/build.ninja && -f $stamp && $(<"$stamp") == "$want" ]]; then
     return 0
   fi
   rm -rf "$B_DIR"
-  CC=$B_CC meson setup "$B_DIR" "${B_OPTS[@]}" >"$B_DIR.setup.log" 2>&1 || {
+  CC=$B_CC CXX=$cxx meson setup "$B_DIR" "${B_OPTS[@]}" >"$B_DIR.setup.log" 2>&1 || {
     cat "$B_DIR.setup.log" >&2; rm -f "$B_DIR.setup.log"; return 1; }
   mv -f "$B_DIR.setup.log" "$B_DIR/meson-logs/setup-output.log"
   echo "$want" >"$stamp"

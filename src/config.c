@@ -18,7 +18,8 @@
 
 /* ---- key specs of the core ------------------------------------------------ */
 
-#define DK(k, t, f, h) {k, RESIL_KEY_##t, offsetof(resil_dep_config, f), 0, 0, false, h}
+#define DK(k, t, f, h) \
+  {.key = k, .type = RESIL_KEY_##t, .offset = offsetof(resil_dep_config, f), .help = h}
 static const resil_key_spec dep_keys[] = {
     DK("timeout_ms", MS, timeout_ms, "cap on each attempt; the call's deadline if the caller has none"),
     DK("critical", BOOL, critical, "readiness depends on this dependency"),
@@ -48,7 +49,8 @@ static const resil_key_spec dep_keys[] = {
     DK("probe_timeout_ms", MS, probe_timeout_ms, "bound on one recovery probe (0 = min(timeout_ms, 1s))"),
 };
 
-#define PK(k, t, f, h) {k, RESIL_KEY_##t, offsetof(resil_pool_config, f), 0, 0, false, h}
+#define PK(k, t, f, h) \
+  {.key = k, .type = RESIL_KEY_##t, .offset = offsetof(resil_pool_config, f), .help = h}
 static const resil_key_spec pool_keys[] = {
     PK("pool.max_size", UINT, max_size, "connections at most"),
     PK("pool.min_idle", UINT, min_idle, "connections kept open and pre-warmed"),
@@ -63,7 +65,7 @@ static const resil_key_spec pool_keys[] = {
     PK("pool.housekeeping_ms", MS, housekeeping_ms, "background maintenance period (0 = off)"),
 };
 
-#define SK(k, t, f) {k, RESIL_KEY_##t, offsetof(resil_service_config, f), 0, 0, false, NULL}
+#define SK(k, t, f) {.key = k, .type = RESIL_KEY_##t, .offset = offsetof(resil_service_config, f)}
 static const resil_key_spec svc_keys[] = {
     SK("RESIL_SERVICE", STRING, service),
     SK("RESIL_ADMIN_ADDR", STRING, admin_addr),

@@ -6,7 +6,20 @@
 #include <stdatomic.h>
 #include <stdarg.h>
 
+#include "resil/adapter.h"
+#include "resil/testing.h"
 #include "resil/resil.h"
+
+/* The stats arrays have a fixed capacity (docs/abi.md): an enum may grow up
+ * to it without moving any field of the stats structs. */
+_Static_assert(RESIL_OUTCOME_COUNT_ <= RESIL_OUTCOME_SLOTS, "resil_dep_stats.calls[] is full");
+_Static_assert(RESIL_REJECT_COUNT_ <= RESIL_REJECT_SLOTS, "resil_dep_stats.rejections[] is full");
+_Static_assert(RESIL_PROBE_RESULT_COUNT_ <= RESIL_PROBE_RESULT_SLOTS,
+               "resil_dep_stats.probes[] is full");
+_Static_assert(RESIL_POOL_CLOSE_REASON_COUNT_ <= RESIL_POOL_CLOSE_REASON_SLOTS,
+               "resil_pool_stats.closed[] is full");
+_Static_assert(RESIL_BREAKER_STATE_COUNT_ <= RESIL_BREAKER_STATE_SLOTS,
+               "resil_breaker_stats.transitions[] is full");
 
 #define RESIL_CACHELINE 64
 #define RESIL_STRIPES 8 /* power of two */

@@ -979,7 +979,7 @@ void resil_pool_get_stats(const resil_pool *p, resil_pool_stats *out) {
   out->connects_ok = p->connects_ok;
   out->connects_failed = p->connects_failed;
   out->connects_timed_out = p->connects_timed_out;
-  memcpy(out->closed, p->closed, sizeof out->closed);
+  memcpy(out->closed, p->closed, sizeof p->closed);
   out->evictions = p->evictions;
   out->generation = gen_locked(p);
   pthread_mutex_unlock(&m->mu);

@@ -24,6 +24,7 @@
 #include "xutil.h"
 
 #include "resil/http.h"
+#include "resil/adapter.h"
 #include "resil/lifecycle.h"
 #include "resil/resolve.h"
 
@@ -159,6 +160,13 @@ static void curl_global_once(void) {
 }
 
 /* ---- configuration ----------------------------------------------------- */
+
+/* Pull the "http" configuration kind (http_kind.c) into every program that
+ * uses this adapter, also from a static archive, where the linker takes only
+ * the members a program references: its constructor registers the kind, so
+ * RESIL_DEPS=name:http works without calling resil_http_register_kind(). */
+__attribute__((used)) static resil_status (*const pull_kind_)(resil_err *) =
+    resil_http_register_kind;
 
 void resil_http_config_init(resil_http_config *cfg, const char *name) {
   if (!cfg) return;

@@ -3,11 +3,12 @@
  * library is loaded. */
 #include <stddef.h>
 
-#include "resil/config.h"
+#include "resil/adapter.h"
 #include "resil/http.h"
 
 
-#define K(k, t, f, req, h) {k, RESIL_KEY_##t, offsetof(resil_http_config, f), 0, 0, req, h}
+#define K(k, t, f, req, h) \
+  {.key = k, .type = RESIL_KEY_##t, .offset = offsetof(resil_http_config, f), .required = req, .help = h}
 static const resil_key_spec keys[] = {
     K("base_url", STRING, base_url, true, "http(s)://host[:port][/prefix]"),
     K("connect_timeout_ms", MS, connect_timeout_ms, false, "DNS + TCP + TLS bound"),

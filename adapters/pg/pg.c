@@ -9,6 +9,7 @@
  * Only the core's public API is used.
  */
 #include "resil/pg.h"
+#include "resil/adapter.h"
 #include "resil/lifecycle.h"
 #include "resil/credentials.h"
 #include "resil/resolve.h"
@@ -67,6 +68,13 @@ static void flatten(char *dst, size_t size, const char *src) {
 }
 
 /* ---- Configuration ------------------------------------------------------ */
+
+/* Pull the "pg" configuration kind (pg_kind.c) into every program that
+ * uses this adapter, also from a static archive, where the linker takes only
+ * the members a program references: its constructor registers the kind, so
+ * RESIL_DEPS=name:pg works without calling resil_pg_register_kind(). */
+__attribute__((used)) static resil_status (*const pull_kind_)(resil_err *) =
+    resil_pg_register_kind;
 
 void resil_pg_config_init(resil_pg_config *cfg, const char *name) {
   if (!cfg) return;

@@ -3,10 +3,12 @@
  * library is loaded. */
 #include <stddef.h>
 
-#include "resil/config.h"
+#include "resil/adapter.h"
 #include "resil/pg.h"
 
-#define K(k, t, f, lo, hi, req, h) {k, RESIL_KEY_##t, offsetof(resil_pg_config, f), lo, hi, req, h}
+#define K(k, t, f, lo, hi, req, h)                                                   \
+  {.key = k, .type = RESIL_KEY_##t, .offset = offsetof(resil_pg_config, f), .min = lo, .max = hi, \
+   .required = req, .help = h}
 static const resil_key_spec keys[] = {
     K("conninfo", SECRET, conninfo, 0, 0, true,
       "libpq key=value string or postgresql:// URL (may hold the password)"),

@@ -27,6 +27,7 @@
 #include <unistd.h>
 
 #include "reply.h"
+#include "resil/adapter.h"
 #include "resil/lifecycle.h"
 #include "resil/resolve.h"
 #include "xutil.h"
@@ -56,6 +57,13 @@ struct resil_redis {
 };
 
 /* ---- Config ------------------------------------------------------------ */
+
+/* Pull the "redis" configuration kind (redis_kind.c) into every program that
+ * uses this adapter, also from a static archive, where the linker takes only
+ * the members a program references: its constructor registers the kind, so
+ * RESIL_DEPS=name:redis works without calling resil_redis_register_kind(). */
+__attribute__((used)) static resil_status (*const pull_kind_)(resil_err *) =
+    resil_redis_register_kind;
 
 void resil_redis_config_init(resil_redis_config *cfg, const char *name) {
   if (!cfg) return;

@@ -3,10 +3,11 @@
  * when the library is loaded. */
 #include <stddef.h>
 
-#include "resil/config.h"
+#include "resil/adapter.h"
 #include "resil/redis.h"
 
-#define K(k, t, f, h) {k, RESIL_KEY_##t, offsetof(resil_redis_config, f), 0, 0, false, h}
+#define K(k, t, f, h) \
+  {.key = k, .type = RESIL_KEY_##t, .offset = offsetof(resil_redis_config, f), .help = h}
 static const resil_key_spec keys[] = {
     K("host", STRING, host, "server name or address"),
     K("port", UINT, port, "server port"),

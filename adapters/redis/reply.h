@@ -29,7 +29,7 @@
 
 #include <hiredis/hiredis.h>
 
-#include "resil/status.h"
+#include "resil/adapter.h"
 
 #define RESIL_REDIS_MAX_REPLY_ELEMENTS (1 << 20)
 /* hiredis 0.14 itself refuses depth > 7 (its message says so, and parses at

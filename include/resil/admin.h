@@ -63,6 +63,8 @@ typedef struct resil_admin_config {
                                  again to send the response; 10..600000 */
   resil_admin_config_fn config_json_fn; /* default NULL: /config is 404 */
   void *config_ctx;           /* passed to config_json_fn */
+  /* ABI: sizeof is frozen; new fields come out of this tail (docs/abi.md). */
+  unsigned char reserved_[56];
 } resil_admin_config;
 
 /* Fill cfg with the defaults above. Thread-safe. */

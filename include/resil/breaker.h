@@ -48,6 +48,11 @@ typedef enum resil_breaker_state {
   RESIL_BREAKER_STATE_COUNT_
 } resil_breaker_state;
 
+/* Capacity of resil_breaker_stats.transitions[], fixed for the ABI (a new
+ * state does not move the fields after it); entries from
+ * RESIL_BREAKER_STATE_COUNT_ on are 0. */
+#define RESIL_BREAKER_STATE_SLOTS 8
+
 /* Why the breaker last left CLOSED or HALF_OPEN. */
 typedef enum resil_trip_reason {
   RESIL_TRIP_NONE = 0,
@@ -91,6 +96,8 @@ typedef struct resil_breaker_config {
   uint32_t half_open_probes;       /* default 3; 1..1000 */
   resil_breaker_hook on_transition; /* optional */
   void *hook_ctx;
+  /* ABI: sizeof is frozen; new fields come out of this tail (docs/abi.md). */
+  unsigned char reserved_[48];
 } resil_breaker_config;
 
 /* Fill cfg with the defaults above (name NULL). Always call it first, then
@@ -147,11 +154,13 @@ typedef struct resil_breaker_stats {
   uint32_t generation;
   uint32_t consecutive_failures;
   uint64_t window_calls, window_failures, window_slow; /* current window */
-  uint64_t transitions[RESIL_BREAKER_STATE_COUNT_];    /* entries into each state */
+  uint64_t transitions[RESIL_BREAKER_STATE_SLOTS];    /* entries into each state */
   uint64_t opened_at_ns;     /* when it last opened (0 never) */
   uint64_t open_until_ns;    /* when OPEN ends (0 unless OPEN) */
   uint32_t trip_streak;      /* consecutive trips feeding the backoff */
   uint32_t probes_in_flight, probe_successes;
+  /* ABI: sizeof is frozen; new fields come out of this tail (docs/abi.md). */
+  unsigned char reserved_[60];
 } resil_breaker_stats;
 
 /* A snapshot of the breaker's state and counters. Thread-safe. */

@@ -45,97 +45,9 @@
 
 RESIL_BEGIN_DECLS
 
-/* ---- Schemas: how keys map onto config structs ---------------------------- */
-
-typedef enum resil_key_type {
-  RESIL_KEY_UINT,   /* uint32_t, decimal digits */
-  RESIL_KEY_MS,     /* uint32_t milliseconds, optional unit */
-  RESIL_KEY_BOOL,   /* bool */
-  RESIL_KEY_DOUBLE, /* double, finite */
-  RESIL_KEY_STRING, /* const char *, owned by the resil_config */
-  RESIL_KEY_SECRET, /* like STRING, but redacted when printed */
-  RESIL_KEY_SIZE    /* size_t, decimal digits, optional unit k, M, G (1024-based) */
-} resil_key_type;
-
-/* One settable field. `offset` is relative to the struct the key belongs to:
- * the kind's own struct, its embedded resil_dep_config, or its embedded
- * resil_pool_config (see resil_config_kind). */
-typedef struct resil_key_spec {
-  const char *key;    /* "breaker.failure_rate_percent" */
-  resil_key_type type;
-  size_t offset;
-  uint32_t min, max;  /* inclusive range for UINT and MS (both 0: no check) */
-  bool required;      /* must be given (strings: non-empty) */
-  const char *help;   /* one line for documentation and --help output */
-} resil_key_spec;
-
-/* A kind of dependency ("core", "redis", "pg", "http"). Adapters describe
- * theirs and register it; the core registers "core" itself. */
-typedef struct resil_config_kind {
-  const char *name;
-  size_t size; /* sizeof the kind's config struct */
-  /* Fill defaults; name is the dependency's name (owned by the config). */
-  void (*init)(void *cfg, const char *name);
-  /* Report every problem at once (RESIL_OK or RESIL_E_INVALID). */
-  resil_status (*validate)(const void *cfg, resil_err *err);
-  /* The embedded core config (required) and pool config (NULL if none). */
-  resil_dep_config *(*dep_config)(void *cfg);
-  resil_pool_config *(*pool_config)(void *cfg);
-  const resil_key_spec *keys; /* the kind's own keys (may be NULL) */
-  size_t nkeys;
-  /* Optional, used by resil_service (service.h): build the dependency's
-   * handle from a validated config (e.g. resil_redis_new), free it, and get
-   * its resil_dep. The core kind's handle is the resil_dep itself. */
-  void *(*create)(const void *cfg, resil_err *err);
-  void (*destroy)(void *handle);
-  resil_dep *(*dep_of)(void *handle);
-} resil_config_kind;
-
-/* Register a kind so that RESIL_DEPS can name it. A kind with the same name
- * is replaced. The struct must outlive the process's use of it (static
- * storage). Errors: RESIL_E_INVALID (NULL fields), RESIL_E_NOMEM (more than
- * 16 kinds). Thread-safe. */
-RESIL_API resil_status resil_config_register_kind(const resil_config_kind *kind, resil_err *err);
-
-/* For adapters: define a static kind named NAME_kind for config struct
- * CFG_T (with members `dep` and `pool`) whose handles are made by NEW_FN,
- * freed by FREE_FN and give their resil_dep through DEP_FN; KEYS is a static
- * array of resil_key_spec with offsets into CFG_T. Also defines
- * NAME_kind_get() returning it. */
-#define RESIL_DEFINE_CONFIG_KIND(NAME, CFG_T, INIT_FN, VALIDATE_FN, NEW_FN, FREE_FN, DEP_FN, \
-                                 KEYS)                                                      \
-  static void NAME##_kind_init(void *c, const char *n) { INIT_FN((CFG_T *)c, n); }          \
-  static resil_status NAME##_kind_validate(const void *c, resil_err *e) {                    \
-    return VALIDATE_FN((const CFG_T *)c, e);                                                 \
-  }                                                                                          \
-  static resil_dep_config *NAME##_kind_dep(void *c) { return &((CFG_T *)c)->dep; }         \
-  static resil_pool_config *NAME##_kind_pool(void *c) { return &((CFG_T *)c)->pool; }      \
-  static void *NAME##_kind_create(const void *c, resil_err *e) {                            \
-    return NEW_FN((const CFG_T *)c, e);                                                      \
-  }                                                                                          \
-  static void NAME##_kind_destroy(void *h) { FREE_FN(h); }                                  \
-  static resil_dep *NAME##_kind_dep_of(void *h) { return DEP_FN(h); }                       \
-  static const resil_config_kind NAME##_kind = {                                            \
-      .name = #NAME,                                                                         \
-      .size = sizeof(CFG_T),                                                                 \
-      .init = NAME##_kind_init,                                                              \
-      .validate = NAME##_kind_validate,                                                      \
-      .dep_config = NAME##_kind_dep,                                                         \
-      .pool_config = NAME##_kind_pool,                                                       \
-      .keys = KEYS,                                                                          \
-      .nkeys = sizeof(KEYS) / sizeof((KEYS)[0]),                                             \
-      .create = NAME##_kind_create,                                                          \
-      .destroy = NAME##_kind_destroy,                                                        \
-      .dep_of = NAME##_kind_dep_of,                                                          \
-  }
-
-/* The kind for plain dependencies: struct resil_dep_config, no pool. */
-RESIL_API const resil_config_kind *resil_config_core_kind(void);
-
-/* The core's key specs (relative to resil_dep_config and resil_pool_config),
- * for documentation generators and adapters. */
-RESIL_API const resil_key_spec *resil_config_dep_keys(size_t *n);
-RESIL_API const resil_key_spec *resil_config_pool_keys(size_t *n);
+/* A kind of dependency ("core", "redis", "pg", "http"): defined, with the
+ * rest of the adapter-facing interface, in resil/adapter.h. */
+typedef struct resil_config_kind resil_config_kind;
 
 /* ---- Process-wide settings -------------------------------------------------- */
 
@@ -216,17 +128,6 @@ RESIL_API const char *resil_config_hash(const resil_config *cfg);
  * help |", or of the process keys when kind_name is NULL. malloc'd (free
  * it); NULL for an unknown kind or out of memory. Thread-safe. */
 RESIL_API char *resil_config_keys_markdown(const char *kind_name);
-
-/* Parse helpers, exposed for adapters and tests. Each returns RESIL_OK or
- * RESIL_E_INVALID with a message naming `what` and quoting the value. */
-RESIL_API resil_status resil_parse_uint(const char *what, const char *v, uint32_t *out,
-                                        resil_err *err);
-RESIL_API resil_status resil_parse_ms(const char *what, const char *v, uint32_t *out,
-                                      resil_err *err);
-RESIL_API resil_status resil_parse_bool(const char *what, const char *v, bool *out,
-                                        resil_err *err);
-RESIL_API resil_status resil_parse_size(const char *what, const char *v, size_t *out,
-                                        resil_err *err);
 
 RESIL_END_DECLS
 #endif

@@ -97,6 +97,8 @@ typedef struct resil_password_file_stats {
   uint64_t errors;  /* checks or reads that failed (the old password kept) */
   char last_error[RESIL_ERR_MSG_MAX]; /* the latest failure ("" if none); names
                                          the file, never its content */
+  /* ABI: sizeof is frozen; new fields come out of this tail (docs/abi.md). */
+  unsigned char reserved_[220];
 } resil_password_file_stats;
 
 /* A snapshot of f's counters. */

@@ -20,28 +20,19 @@ typedef struct resil_deadline {
   uint64_t at_ns; /* monotonic ns; 0 = unset */
 } resil_deadline;
 
+/* A compound literal in C; C++ has none, so there it is a braced temporary
+ * (valid C++11 and later, also under -pedantic-errors). */
+#ifdef __cplusplus
+#define RESIL_DEADLINE_UNSET (resil_deadline{0})
+#else
 #define RESIL_DEADLINE_UNSET ((resil_deadline){0})
+#endif
 
 /* ---- The clock --------------------------------------------------------- */
-
-/* A clock returns monotonic nanoseconds. */
-typedef uint64_t (*resil_clock_fn)(void *ctx);
 
 /* Current monotonic time in ns from the process clock (CLOCK_MONOTONIC
  * unless a test clock is installed). Thread-safe, lock-free. */
 RESIL_API uint64_t resil_now_ns(void);
-
-/* Install a clock for the whole process, or restore CLOCK_MONOTONIC with
- * fn == NULL. Meant for tests: a fake clock lets a test drive breaker and
- * window time by hand. Blocking waits still sleep on the real clock, in
- * slices of at most 10 ms while a fake clock is installed, so a test that
- * advances the fake clock from another thread wakes them. Install it before
- * creating any object; thread-safe, but objects created under one clock
- * must not be used under another. */
-RESIL_API void resil_clock_set(resil_clock_fn fn, void *ctx);
-
-/* True while a clock other than CLOCK_MONOTONIC is installed. */
-RESIL_API bool resil_clock_is_fake(void);
 
 /* ---- Deadlines --------------------------------------------------------- */
 

@@ -36,6 +36,8 @@ typedef struct resil_limit_config {
   uint32_t max_concurrent; /* default 64; 1..1000000 */
   uint32_t max_waiters;    /* default 0: reject at once when full; else queue this many */
   uint32_t max_wait_ms;    /* default 50: longest time in the queue (> 0 when queueing) */
+  /* ABI: sizeof is frozen; new fields come out of this tail (docs/abi.md). */
+  unsigned char reserved_[84];
 } resil_limit_config;
 
 /* Retries with exponential backoff and full jitter, limited by a budget. */
@@ -47,6 +49,8 @@ typedef struct resil_retry_config {
   uint32_t budget_percent;   /* default 20: retries <= this % of calls in the window; 0..100 */
   uint32_t budget_min_per_s; /* default 3: retries always allowed at this rate */
   uint32_t budget_window_ms; /* default 10000 */
+  /* ABI: sizeof is frozen; new fields come out of this tail (docs/abi.md). */
+  unsigned char reserved_[32];
 } resil_retry_config;
 
 typedef struct resil_dep_config {
@@ -64,6 +68,8 @@ typedef struct resil_dep_config {
   /* Bound on one probe. Default 0: the smaller of timeout_ms and 1000;
    * else 1..60000. */
   uint32_t probe_timeout_ms;
+  /* ABI: sizeof is frozen; new fields come out of this tail (docs/abi.md). */
+  unsigned char reserved_[200];
 } resil_dep_config;
 
 /* Fill cfg with safe defaults and set its name (may be NULL; set it later).
@@ -102,6 +108,8 @@ typedef struct resil_permit {
   uint64_t start_ns;
   resil_breaker_ticket ticket;
   uint32_t flags_; /* internal */
+  /* ABI: sizeof is frozen; new fields come out of this tail (docs/abi.md). */
+  unsigned char reserved_[28];
 } resil_permit;
 
 /* Ask to call the dependency. deadline may be RESIL_DEADLINE_UNSET (the
@@ -183,6 +191,10 @@ typedef enum resil_probe_result {
   RESIL_PROBE_RESULT_COUNT_
 } resil_probe_result;
 
+/* Capacity of resil_dep_stats.probes[], fixed for the ABI; entries from
+ * RESIL_PROBE_RESULT_COUNT_ on are 0. */
+#define RESIL_PROBE_RESULT_SLOTS 4
+
 /* "success", "failure", "timeout". Never NULL. */
 RESIL_API const char *resil_probe_result_name(resil_probe_result r);
 
@@ -255,6 +267,11 @@ typedef enum resil_reject_reason {
   RESIL_REJECT_COUNT_
 } resil_reject_reason;
 
+/* Capacity of resil_dep_stats.rejections[], fixed for the ABI (a new reason
+ * does not move the fields after it); entries from RESIL_REJECT_COUNT_ on
+ * are 0. */
+#define RESIL_REJECT_SLOTS 16
+
 /* Call outcomes, in the order of the calls[] array. */
 typedef enum resil_outcome {
   RESIL_OUTCOME_SUCCESS = 0,
@@ -265,6 +282,10 @@ typedef enum resil_outcome {
   RESIL_OUTCOME_COUNT_
 } resil_outcome;
 
+/* Capacity of resil_dep_stats.calls[], fixed for the ABI; entries from
+ * RESIL_OUTCOME_COUNT_ on are 0. */
+#define RESIL_OUTCOME_SLOTS 8
+
 /* "breaker_open", ...; "success", "failure", ... Never NULL. */
 RESIL_API const char *resil_reject_reason_name(resil_reject_reason r);
 RESIL_API const char *resil_outcome_name(resil_outcome o);
@@ -274,8 +295,8 @@ typedef struct resil_dep_stats {
   bool critical;
   bool draining;
   uint64_t admitted;                        /* permits handed out */
-  uint64_t calls[RESIL_OUTCOME_COUNT_];     /* admitted calls by outcome */
-  uint64_t rejections[RESIL_REJECT_COUNT_]; /* by reason, before or after admission */
+  uint64_t calls[RESIL_OUTCOME_SLOTS];      /* admitted calls by outcome */
+  uint64_t rejections[RESIL_REJECT_SLOTS];  /* by reason, before or after admission */
   uint64_t rejected_after_admit;            /* admitted calls ended by a local
                                                rejection (e.g. pool_timeout): once
                                                idle, admitted == sum(calls) + this */
@@ -292,9 +313,11 @@ typedef struct resil_dep_stats {
    * queue: 1 + waiters/max_waiters for the slot queue, 1 + waiters/max for
    * the pool's queue. Alert on >= 1. */
   double saturation;
-  uint64_t probes[RESIL_PROBE_RESULT_COUNT_]; /* recovery probes by result */
+  uint64_t probes[RESIL_PROBE_RESULT_SLOTS]; /* recovery probes by result */
   uint64_t events;                          /* events delivered (event.h) */
   uint64_t events_dropped;                  /* events dropped by the rate limit */
+  /* ABI: sizeof is frozen; new fields come out of this tail (docs/abi.md). */
+  unsigned char reserved_[784];
 } resil_dep_stats;
 
 /* A snapshot of everything counted for dep. Counters are read one by one

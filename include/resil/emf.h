@@ -72,6 +72,8 @@ typedef struct resil_emf_config {
                                    most 255 bytes, no control characters. */
   uint32_t interval_ms;         /* default 60000; 1000..86400000 */
   int fd;                       /* default 1 (stdout); not closed by resil */
+  /* ABI: sizeof is frozen; new fields come out of this tail (docs/abi.md). */
+  unsigned char reserved_[40];
 } resil_emf_config;
 
 /* Fill cfg with the defaults above. Thread-safe. */

@@ -64,6 +64,8 @@ typedef struct resil_event {
   uint32_t suppressed;    /* this dependency's events dropped by the rate limit
                              since its previous delivered event */
   int64_t old_value, new_value; /* for future numeric changes (limits); 0 here */
+  /* ABI: sizeof is frozen; new fields come out of this tail (docs/abi.md). */
+  unsigned char reserved_[64];
 } resil_event;
 
 /* Receives events. Called by the thread that made the change (a caller's

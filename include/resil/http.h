@@ -143,6 +143,8 @@ typedef struct resil_http_config {
    * as healthy (a 404 still proves the server answers); the body is not
    * read. Default NULL; copied. */
   const char *probe_path;
+  /* ABI: sizeof is frozen; new fields come out of this tail (docs/abi.md). */
+  unsigned char reserved_[256];
 } resil_http_config;
 
 /* Fill cfg with safe defaults (see each field) and set the dependency's name
@@ -182,8 +184,10 @@ RESIL_API resil_pool *resil_http_pool(resil_http *h);
  * _TLS_VERIFY, _CA_FILE, _MAX_RESPONSE_BYTES, _LOW_SPEED_BYTES_PER_S,
  * _LOW_SPEED_TIME_S, _DEADLINE_HEADER, _RESOLVE_WITH_RESIL, _PROBE_PATH (plus the core's
  * and pool's keys) configure a client and resil_service builds it. It is
- * registered automatically when libresil-http is loaded; a program linking
- * it statically calls resil_http_register_kind() first. Default headers and
+ * registered automatically when libresil-http is loaded, also in a static
+ * link of a program that calls any resil_http_* function; a program that
+ * only names the kind in RESIL_DEPS calls resil_http_register_kind() first.
+ * Default headers and
  * the failure status set are set in C only. Thread-safe. */
 RESIL_API const struct resil_config_kind *resil_http_config_kind(void);
 RESIL_API resil_status resil_http_register_kind(resil_err *err);
@@ -204,6 +208,8 @@ typedef struct resil_http_request {
   const void *body;        /* sent as is, with Content-Length; NULL = none */
   size_t body_len;
   unsigned flags;          /* RESIL_HTTP_IDEMPOTENT, RESIL_HTTP_NO_RETRY */
+  /* ABI: sizeof is frozen; new fields come out of this tail (docs/abi.md). */
+  unsigned char reserved_[68];
 } resil_http_request;
 
 /* Where an attempt failed. */
@@ -236,6 +242,8 @@ typedef struct resil_http_response {
   resil_http_phase phase;     /* where the last attempt failed, if in transport */
   int curl_code;              /* CURLcode of the last transfer (0 = CURLE_OK) */
   bool reused;                /* the last attempt reused an open connection */
+  /* ABI: sizeof is frozen; new fields come out of this tail (docs/abi.md). */
+  unsigned char reserved_[71];
 } resil_http_response;
 
 /* Perform req through the dependency: admission (breaker, concurrency,

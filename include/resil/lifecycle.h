@@ -111,11 +111,6 @@ RESIL_API resil_deadline resil_drain_bound(resil_deadline d);
  * Thread-safe, lock-free. */
 RESIL_API bool resil_is_draining(void);
 
-/* Undo a drain: readiness no longer reports draining and every registered
- * dependency admits calls again. Pools drained by resil_drain() stay
- * closed. For tests and for an aborted shutdown. Thread-safe. */
-RESIL_API void resil_drain_reset(void);
-
 /* Install a SIGTERM handler that only sets a flag and writes one byte to a
  * non-blocking self-pipe (async-signal-safe; errno preserved). The process
  * is no longer killed by SIGTERM: the service must notice

@@ -26,6 +26,8 @@ typedef struct resil_hist_snapshot {
   uint64_t counts[RESIL_HIST_BOUNDS + 1];
   uint64_t count;  /* sum of counts */
   uint64_t sum_ns; /* sum of observed values */
+  /* ABI: sizeof is frozen; new fields come out of this tail (docs/abi.md). */
+  unsigned char reserved_[24];
 } resil_hist_snapshot;
 
 /* The value at quantile q (0..1) estimated by linear interpolation inside

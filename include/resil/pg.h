@@ -246,6 +246,8 @@ typedef struct resil_pg_config {
   uint32_t password_file_check_ms;
   resil_password_fn password_cb;
   void *password_ctx;
+  /* ABI: sizeof is frozen; new fields come out of this tail (docs/abi.md). */
+  unsigned char reserved_[272];
 } resil_pg_config;
 
 #define RESIL_PG_DEFAULT_MAX_RESULT_BYTES ((size_t)64 << 20)
@@ -290,10 +292,12 @@ RESIL_API resil_pool *resil_pg_pool(resil_pg *pg);
  * _STATEMENT_TIMEOUT, _TCP_USER_TIMEOUT_MS, _KEEPALIVES, _KEEPALIVES_IDLE_S,
  * _KEEPALIVES_INTERVAL_S, _KEEPALIVES_COUNT, _CANCEL_TIMEOUT_MS,
  * _REAPER_QUEUE_MAX, _ROLLBACK_TIMEOUT_MS, _ALIVE_BYPASS_MS,
- * _MAX_RESULT_BYTES, _PROBE_SQL, _PASSWORD_FILE, _PASSWORD_FILE_CHECK_MS (plus the core's and the pool's
+ * _MAX_RESULT_BYTES, _PROBE_SQL, _PASSWORD_FILE, _PASSWORD_FILE_CHECK_MS (plus the
+ * core's and the pool's
  * keys) configure a resil_pg and resil_service builds it. Registered
- * automatically when libresil-pg is loaded; a program linking it statically
- * calls resil_pg_register_kind() first. Thread-safe. */
+ * automatically when libresil-pg is loaded, also in a static link of a
+ * program that calls any resil_pg_* function; a program that only names the
+ * kind in RESIL_DEPS calls resil_pg_register_kind() first. Thread-safe. */
 RESIL_API const struct resil_config_kind *resil_pg_config_kind(void);
 RESIL_API resil_status resil_pg_register_kind(resil_err *err);
 
@@ -310,6 +314,8 @@ typedef struct resil_pg_query_args {
   const int *lengths;        /* byte lengths of binary parameters */
   const int *formats;        /* 0 text, 1 binary, per parameter */
   int result_format;
+  /* ABI: sizeof is frozen; new fields come out of this tail (docs/abi.md). */
+  unsigned char reserved_[44];
 } resil_pg_query_args;
 
 /* Run one statement with text parameters (values[i] NULL = SQL NULL) and
@@ -456,6 +462,8 @@ typedef struct resil_pg_stats {
   uint64_t auth_failures;      /* connects refused with 28P01 */
   uint64_t password_changes;   /* password_file re-reads that found a new password */
   uint64_t password_errors;    /* password_file checks that failed (old one kept) */
+  /* ABI: sizeof is frozen; new fields come out of this tail (docs/abi.md). */
+  unsigned char reserved_[120];
 } resil_pg_stats;
 
 /* Counters of the adapter's own work (call outcomes are in the

@@ -71,6 +71,8 @@ typedef struct resil_pool_connector {
    * descriptor open in the child, since close() might end the parent's
    * session. */
   void (*abandon)(void *ctx, void *conn);
+  /* ABI: sizeof is frozen; new fields come out of this tail (docs/abi.md). */
+  unsigned char reserved_[56];
 } resil_pool_connector;
 
 typedef struct resil_pool_config {
@@ -89,6 +91,8 @@ typedef struct resil_pool_config {
   uint32_t housekeeping_ms;      /* default 1000: background thread period for
                                     eviction and min_idle refill; 0 = no thread
                                     (eviction happens on acquire/release only) */
+  /* ABI: sizeof is frozen; new fields come out of this tail (docs/abi.md). */
+  unsigned char reserved_[76];
 } resil_pool_config;
 
 /* Fill cfg with the defaults above. Call first, then set fields. */
@@ -145,17 +149,6 @@ RESIL_API resil_status resil_pool_acquire(resil_pool *p, resil_deadline deadline
 
 /* The driver handle of a borrowed connection. */
 RESIL_API void *resil_pool_conn_handle(const resil_pool_conn *c);
-
-/* True if the resil_pool_acquire() that lent c did I/O against the
- * dependency to do so: it opened c, or it validated c (or another
- * connection, closed for failing its check) first. False when c came
- * straight from the idle list, however long the acquire waited for it.
- * Adapters use it to classify a deadline found spent right after acquiring:
- * true means the dependency's own slowness spent it (RESIL_E_TIMEOUT),
- * false means the caller's or the queue's time did (RESIL_E_DEADLINE).
- * Valid until the connection is released; false for NULL. Thread-safe for
- * the borrower (c is not shared). */
-RESIL_API bool resil_pool_conn_did_io(const resil_pool_conn *c);
 
 /* How a borrowed connection comes back. */
 typedef enum resil_pool_return {
@@ -223,6 +216,10 @@ typedef enum resil_pool_close_reason {
   RESIL_POOL_CLOSE_REASON_COUNT_
 } resil_pool_close_reason;
 
+/* Capacity of resil_pool_stats.closed[], fixed for the ABI; entries from
+ * RESIL_POOL_CLOSE_REASON_COUNT_ on are 0. */
+#define RESIL_POOL_CLOSE_REASON_SLOTS 8
+
 /* "lifetime", "idle", "broken", "validation", "drain", "evicted". */
 RESIL_API const char *resil_pool_close_reason_name(resil_pool_close_reason r);
 
@@ -236,10 +233,12 @@ typedef struct resil_pool_stats {
   uint64_t acquired;       /* successful acquires */
   uint64_t acquire_timeouts; /* RESIL_E_POOL_TIMEOUT returned */
   uint64_t connects_ok, connects_failed, connects_timed_out;
-  uint64_t closed[RESIL_POOL_CLOSE_REASON_COUNT_];
+  uint64_t closed[RESIL_POOL_CLOSE_REASON_SLOTS]; /* by resil_pool_close_reason */
   resil_hist_snapshot acquire_latency; /* time spent in resil_pool_acquire */
   uint64_t evictions;      /* generations ended by resil_pool_evict() */
   uint64_t generation;     /* the current generation */
+  /* ABI: sizeof is frozen; new fields come out of this tail (docs/abi.md). */
+  unsigned char reserved_[176];
 } resil_pool_stats;
 
 /* A snapshot of the pool's gauges and counters. */

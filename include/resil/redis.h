@@ -156,6 +156,8 @@ typedef struct resil_redis_config {
   uint32_t password_file_check_ms;
   resil_password_fn password_cb;
   void *password_ctx;
+  /* ABI: sizeof is frozen; new fields come out of this tail (docs/abi.md). */
+  unsigned char reserved_[288];
 } resil_redis_config;
 
 #define RESIL_REDIS_DEFAULT_MAX_REPLY_BYTES ((size_t)64 << 20)
@@ -200,11 +202,14 @@ RESIL_API resil_pool *resil_redis_pool(resil_redis *r);
 
 /* The "redis" configuration kind (config.h), so that RESIL_DEPS=name:redis
  * with RESIL_DEP_<NAME>_HOST, _PORT, _UNIX_PATH, _USERNAME, _PASSWORD,
- * _PASSWORD_FILE, _PASSWORD_FILE_CHECK_MS, _DATABASE, _CONNECT_TIMEOUT_MS, _COMMAND_TIMEOUT_MS, _MAX_REPLY_BYTES
+ * _PASSWORD_FILE, _PASSWORD_FILE_CHECK_MS, _DATABASE, _CONNECT_TIMEOUT_MS,
+ * _COMMAND_TIMEOUT_MS, _MAX_REPLY_BYTES
  * (plus the core's and
  * the pool's keys) configure a resil_redis and resil_service builds it. It is
- * registered automatically when libresil-redis is loaded; a program linking
- * it statically calls resil_redis_register_kind() first. Thread-safe. */
+ * registered automatically when libresil-redis is loaded, also in a static
+ * link of a program that calls any resil_redis_* function; a program that
+ * only names the kind in RESIL_DEPS calls resil_redis_register_kind() first.
+ * Thread-safe. */
 RESIL_API const struct resil_config_kind *resil_redis_config_kind(void);
 RESIL_API resil_status resil_redis_register_kind(resil_err *err);
 
@@ -269,6 +274,8 @@ typedef struct resil_redis_stats {
   uint64_t auth_failures;    /* AUTH refused */
   uint64_t password_changes; /* password_file re-reads that found a new password */
   uint64_t password_errors;  /* password_file checks that failed (old one kept) */
+  /* ABI: sizeof is frozen; new fields come out of this tail (docs/abi.md). */
+  unsigned char reserved_[208];
 } resil_redis_stats;
 
 /* Counters of the adapter's own work (call outcomes are in the dependency's

@@ -35,6 +35,8 @@
 
 RESIL_BEGIN_DECLS
 
+/* Values never change (docs/abi.md): a new status is added just before
+ * RESIL_STATUS_COUNT_, and tests/unit/test_abi.c pins every number. */
 typedef enum resil_status {
   RESIL_OK = 0,
 
@@ -90,7 +92,9 @@ RESIL_API const char *resil_status_name(resil_status s);
 /* Which class a status belongs to (see resil_status_class). Thread-safe. */
 RESIL_API resil_status_class resil_status_class_of(resil_status s);
 
-/* True for the local rejections (BREAKER_OPEN ... RETRY_BUDGET). */
+/* True for the local rejections: BREAKER_OPEN, CONCURRENCY_FULL,
+ * QUEUE_TIMEOUT, POOL_TIMEOUT, DEADLINE, DRAINING, RETRY_BUDGET, and any
+ * rejection added later (wherever it sits in the enum). Thread-safe. */
 RESIL_API bool resil_status_is_rejection(resil_status s);
 
 /* Longest detail message kept in a resil_err, including the NUL. */
@@ -105,51 +109,6 @@ typedef struct resil_err {
   resil_status status;
   char msg[RESIL_ERR_MSG_MAX];
 } resil_err;
-
-/* Fill err (if not NULL) with status and a printf-style message; returns
- * status so callers can `return resil_err_set(err, RESIL_E_INVALID, ...)`.
- * Adapters use it; applications rarely need to. Thread-safe. */
-RESIL_API resil_status resil_err_set(resil_err *err, resil_status status,
-                                     const char *fmt, ...)
-#if defined(__GNUC__)
-    __attribute__((format(printf, 3, 4)))
-#endif
-    ;
-
-/* ---- Collecting several problems (for config validators) -------------- */
-
-/* Validators report every problem at once: "orders-db: port: 0 is outside
- * 1..65535; orders-db: host: is required". Adapters use this to do the
- * same. Not thread-safe (one collector per validation). */
-typedef struct resil_problems {
-  char buf[RESIL_ERR_MSG_MAX];
-  size_t len;
-  unsigned count;
-  const char *prefix; /* put before each field, e.g. "orders-db: " */
-} resil_problems;
-
-/* Start an empty collection; prefix (may be NULL) is kept by pointer. */
-RESIL_API void resil_problems_init(resil_problems *p, const char *prefix);
-
-/* Add "<prefix><field>: <message>". Past RESIL_ERR_MSG_MAX the text ends
- * with "..." but every problem is still counted. */
-RESIL_API void resil_problem(resil_problems *p, const char *field, const char *fmt, ...)
-#if defined(__GNUC__)
-    __attribute__((format(printf, 3, 4)))
-#endif
-    ;
-
-/* Add problems another validator already formatted ("; "-separated, each
- * with its own prefix), e.g. resil_dep_config_validate()'s err->msg. */
-RESIL_API void resil_problems_merge(resil_problems *p, const char *formatted);
-
-/* Add "<field>: <v> is outside <lo>..<hi>" unless lo <= v <= hi. */
-RESIL_API void resil_problems_check_range(resil_problems *p, const char *field, uint64_t v,
-                                          uint64_t lo, uint64_t hi);
-
-/* RESIL_OK if nothing was added, else RESIL_E_INVALID with every problem in
- * err->msg. */
-RESIL_API resil_status resil_problems_finish(const resil_problems *p, resil_err *err);
 
 RESIL_END_DECLS
 #endif

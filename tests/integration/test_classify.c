@@ -34,6 +34,7 @@
 #include "resil/http.h"
 #include "resil/pg.h"
 #include "resil/redis.h"
+#include "resil/testing.h" /* test hooks */
 #include "testutil.h"
 
 #define DEADLINE_MS 300

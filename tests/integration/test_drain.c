@@ -32,6 +32,7 @@
 #include "resil/http.h"
 #include "resil/pg.h"
 #include "resil/redis.h"
+#include "resil/testing.h" /* test hooks */
 #include "resil/resil.h"
 #include "testutil.h"
 

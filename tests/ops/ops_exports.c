@@ -29,6 +29,7 @@
 #include <unistd.h>
 #include <fcntl.h>
 
+#include "resil/adapter.h"
 #include "resil/resil.h"
 
 static void die(const char *step, const char *msg) {

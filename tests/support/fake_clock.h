@@ -6,6 +6,7 @@
 #include <stdint.h>
 
 #include "resil/deadline.h"
+#include "resil/testing.h" /* resil_clock_set */
 
 static _Atomic uint64_t fake_now_ns_ = 1000000000ull; /* start at 1 s */
 

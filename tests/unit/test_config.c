@@ -11,6 +11,7 @@
 #include <unistd.h>
 #include <cmocka.h>
 
+#include "resil/adapter.h"
 #include "resil/resil.h"
 
 /* A kind like an adapter's: own keys (required host, secret password), an
@@ -40,9 +41,11 @@ static resil_status fake_validate(const void *c, resil_err *err) {
 static resil_dep_config *fake_dep(void *c) { return &((fake_cfg *)c)->dep; }
 static resil_pool_config *fake_pool(void *c) { return &((fake_cfg *)c)->pool; }
 static const resil_key_spec fake_keys[] = {
-    {"host", RESIL_KEY_STRING, offsetof(fake_cfg, host), 0, 0, true, "server"},
-    {"password", RESIL_KEY_SECRET, offsetof(fake_cfg, password), 0, 0, false, "secret"},
-    {"port", RESIL_KEY_UINT, offsetof(fake_cfg, port), 0, 0, false, "port"},
+    {.key = "host", .type = RESIL_KEY_STRING, .offset = offsetof(fake_cfg, host), .required = true,
+     .help = "server"},
+    {.key = "password", .type = RESIL_KEY_SECRET, .offset = offsetof(fake_cfg, password),
+     .help = "secret"},
+    {.key = "port", .type = RESIL_KEY_UINT, .offset = offsetof(fake_cfg, port), .help = "port"},
 };
 static const resil_config_kind fake_kind = {
     .name = "fake", .size = sizeof(fake_cfg), .init = fake_init, .validate = fake_validate,
@@ -66,8 +69,8 @@ static resil_status shadow_validate(const void *c, resil_err *err) {
 static resil_dep_config *shadow_dep(void *c) { return &((shadow_cfg *)c)->dep; }
 static resil_pool_config *shadow_pool(void *c) { return &((shadow_cfg *)c)->pool; }
 static const resil_key_spec shadow_keys[] = {
-    {"connect_timeout_ms", RESIL_KEY_MS, offsetof(shadow_cfg, connect_timeout_ms), 1, 1000, false,
-     "own connect bound"},
+    {.key = "connect_timeout_ms", .type = RESIL_KEY_MS, .offset = offsetof(shadow_cfg, connect_timeout_ms),
+     .min = 1, .max = 1000, .help = "own connect bound"},
 };
 static const resil_config_kind shadow_kind = {
     .name = "shadow", .size = sizeof(shadow_cfg), .init = shadow_init,

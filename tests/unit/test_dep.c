@@ -15,6 +15,7 @@
 #include <cmocka.h>
 
 #include "fake_clock.h"
+#include "resil/adapter.h"
 #include "resil/resil.h"
 #include "testutil.h"
 

@@ -24,6 +24,7 @@
 #include "fake_clock.h"
 #include "minijson.h"
 #include "resil/resil.h"
+#include "resil/testing.h" /* resil_drain_reset */
 #include "testutil.h"
 
 static const char *const units[] = {

@@ -24,7 +24,9 @@
 
 #include "testutil.h"
 
+#include "resil/adapter.h"
 #include "resil/resil.h"
+#include "resil/testing.h" /* resil_drain_reset */
 
 static resil_dep *mk(const char *name, bool critical) {
   resil_dep_config c;

@@ -19,6 +19,7 @@
 #include <time.h>
 
 #include "fake_clock.h"
+#include "resil/adapter.h"
 #include "resil/resil.h"
 
 /* A child of a multi-threaded fork() starts threads (the pool's housekeeper):
@@ -153,8 +154,10 @@ static void fake_abandon(void *ctx, void *conn) {
   atomic_fetch_add(&F.abandons, 1);
 }
 
-static const resil_pool_connector CONNECTOR = {fake_connect, fake_validate, fake_close, NULL,
-                                               fake_abandon};
+static const resil_pool_connector CONNECTOR = {.connect = fake_connect,
+                                               .validate = fake_validate,
+                                               .close = fake_close,
+                                               .abandon = fake_abandon};
 
 /* ---- Helpers ------------------------------------------------------------- */
 
@@ -413,7 +416,7 @@ static void new_rejects_bad_config_and_connector_together(void **state) {
   (void)state;
   resil_pool_config c = base_config();
   c.max_size = 20000;
-  resil_pool_connector cn = {NULL, NULL, NULL, NULL, NULL};
+  resil_pool_connector cn = {0};
   resil_err err = {0};
   assert_null(resil_pool_new(&c, &cn, &err));
   assert_int_equal(err.status, RESIL_E_INVALID);

@@ -19,6 +19,7 @@
 #include "fake_clock.h"
 #include "minijson.h"
 #include "testutil.h"
+#include "resil/adapter.h"
 #include "resil/resil.h"
 
 #define MS 1000000ull
