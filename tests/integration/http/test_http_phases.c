@@ -214,8 +214,9 @@ static void send_phase_when_the_server_stops_reading_the_body(void **state) {
   char where[96];
   snprintf(where, sizeof where, "POST http://127.0.0.1:%u/upload: send: ", (unsigned)s.port);
   assert_msg_has(err.msg, where);
-  const char *b = test_env("RESIL_TEST_BUILD");
-  uint64_t slack = (b && strcmp(b, "plain") != 0) ? 300 : 100;
+  /* took includes making the client and the loopback server's accept: on a
+   * loaded 2-core machine that alone has taken 180 ms */
+  uint64_t slack = 250u * test_build_mult();
   if (took > 400 + slack)
     fail_msg("the stalled upload ended after %llu ms, past its 400 ms timeout + %llu ms",
              (unsigned long long)took, (unsigned long long)slack);
