@@ -29,7 +29,12 @@ void resil__event_fork_parent(void) { pthread_rwlock_unlock(&hook_lock); }
 void resil__event_fork_child(void) { pthread_rwlock_init(&hook_lock, NULL); }
 
 const char *resil_event_type_name(resil_event_type t) {
-  return t == RESIL_EVENT_BREAKER ? "breaker" : "unknown";
+  switch (t) {
+    case RESIL_EVENT_BREAKER: return "breaker";
+    case RESIL_EVENT_LIMIT: return "limit";
+    case RESIL_EVENT_THROTTLE: return "throttle";
+    default: return "unknown";
+  }
 }
 
 void resil__ev_bucket_init(resil__ev_bucket *b) {
@@ -122,6 +127,42 @@ void resil__event_breaker(const char *dep, resil__ev_bucket *bk, resil_breaker *
   pthread_rwlock_unlock(&hook_lock);
 }
 
+void resil__event_value(const char *dep, resil__ev_bucket *bk, resil_event_type type,
+                        const char *reason, const char *detail, int64_t old_value,
+                        int64_t new_value) {
+  pthread_rwlock_rdlock(&hook_lock);
+  if (!hook_fn) {
+    pthread_rwlock_unlock(&hook_lock);
+    return;
+  }
+  uint64_t now = resil_now_ns();
+  uint32_t suppressed = 0;
+  if (!bucket_take(bk, now, &suppressed)) {
+    atomic_fetch_add_explicit(&bk->dropped, 1, memory_order_relaxed);
+    pthread_rwlock_unlock(&hook_lock);
+    return;
+  }
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  resil_event ev = {
+      .type = type,
+      .dep = dep,
+      .wall_ns = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec,
+      .mono_ns = now,
+      .from = -1,
+      .to = -1,
+      .reason = reason,
+      .message = "",
+      .detail = detail ? detail : "",
+      .suppressed = suppressed,
+      .old_value = old_value,
+      .new_value = new_value,
+  };
+  hook_fn(hook_ctx, &ev);
+  atomic_fetch_add_explicit(&bk->delivered, 1, memory_order_relaxed);
+  pthread_rwlock_unlock(&hook_lock);
+}
+
 /* ---- formatting --------------------------------------------------------- */
 
 /* Append s (at most max bytes of it) JSON-escaped to buf[*o..cap), leaving
@@ -202,12 +243,20 @@ size_t resil_event_format(const resil_event *ev, bool json, char *buf, size_t si
     esc(buf, &o, size, ev->message, (size - o) / 2, tail, true);
     put(buf, &o, size, "\",\"detail\":\"");
     esc(buf, &o, size, ev->detail, 400, tail, true);
-    put(buf, &o, size, "\",\"open_ms\":%llu,\"trip_streak\":%u,\"suppressed\":%u}\n",
+    put(buf, &o, size, "\",\"open_ms\":%llu,\"trip_streak\":%u,\"suppressed\":%u",
         (unsigned long long)ev->open_ms, ev->trip_streak, ev->suppressed);
+    if (ev->type != RESIL_EVENT_BREAKER)
+      put(buf, &o, size, ",\"old_value\":%lld,\"new_value\":%lld", (long long)ev->old_value,
+          (long long)ev->new_value);
+    put(buf, &o, size, "}\n");
   } else {
     put(buf, &o, size, "%s resil event %s dep=", when, resil_event_type_name(ev->type));
     esc(buf, &o, size, dep, 63, tail, false);
-    put(buf, &o, size, " %s -> %s reason=", state_of(ev, ev->from), state_of(ev, ev->to));
+    if (ev->type == RESIL_EVENT_BREAKER)
+      put(buf, &o, size, " %s -> %s reason=", state_of(ev, ev->from), state_of(ev, ev->to));
+    else
+      put(buf, &o, size, " %lld -> %lld reason=", (long long)ev->old_value,
+          (long long)ev->new_value);
     esc(buf, &o, size, reason, 40, tail, false);
     if (ev->open_ms) put(buf, &o, size, " open_ms=%llu", (unsigned long long)ev->open_ms);
     if (ev->suppressed) put(buf, &o, size, " suppressed=%u", ev->suppressed);

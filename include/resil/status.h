@@ -67,6 +67,13 @@ typedef enum resil_status {
                       fault */
   RESIL_E_CLOSED,  /* the object was closed/drained */
 
+  /* -- Added later; numbered after the groups above so that no existing
+   *    value ever changes. Check classes with resil_status_class_of() and
+   *    resil_status_is_rejection(), never with numeric ranges. ------------- */
+  RESIL_E_THROTTLED, /* a local rejection: client-side adaptive throttling
+                        shed the call because too few recent calls to this
+                        dependency succeeded (dep.h, throttle) */
+
   RESIL_STATUS_COUNT_
 } resil_status;
 
@@ -90,7 +97,7 @@ RESIL_API const char *resil_status_name(resil_status s);
 /* Which class a status belongs to (see resil_status_class). Thread-safe. */
 RESIL_API resil_status_class resil_status_class_of(resil_status s);
 
-/* True for the local rejections (BREAKER_OPEN ... RETRY_BUDGET). */
+/* True for the local rejections (BREAKER_OPEN ... RETRY_BUDGET, THROTTLED). */
 RESIL_API bool resil_status_is_rejection(resil_status s);
 
 /* Longest detail message kept in a resil_err, including the NUL. */
