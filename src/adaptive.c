@@ -63,6 +63,9 @@ struct resil__alimit {
   uint32_t published, last_event;
   double bl[BASELINE_SLOTS];
   uint64_t bl_epoch[BASELINE_SLOTS]; /* sub-period number + 1 */
+  uint32_t bl_conc[BASELINE_SLOTS];  /* peak in flight of the window kept */
+  double base;                       /* the baseline (ns), 0 before the first */
+  uint32_t base_conc;                /* peak in flight of its window */
 };
 
 struct resil__throttle {
@@ -79,6 +82,8 @@ struct resil__throttle {
   bool active;
   uint32_t last_pct;
 };
+
+static void range_note(resil__alimit *a, uint32_t v, uint64_t now);
 
 /* ---- setup -------------------------------------------------------------- */
 
@@ -109,6 +114,7 @@ resil_status resil__adaptive_new(const resil_dep_config *cfg, uint64_t now, resi
     a->published = a->last_event = a->min;
     atomic_init(&a->window_start, now);
     atomic_init(&a->close_at, now + a->window_ns);
+    range_note(a, a->min, now);
     *first_limit = a->min;
     *alim = a;
   }
@@ -188,26 +194,42 @@ void resil__alimit_range(resil__alimit *a, uint32_t cur, uint64_t now, uint32_t 
 
 /* ---- the adaptive limit -------------------------------------------------- */
 
-/* The gradient baseline: the lowest window latency over the last
- * baseline_ms, kept as the minimum of each of BASELINE_SLOTS sub-periods
- * so that it forgets old minima (a dependency that became slower for good
- * is accepted after baseline_ms) without ever pinning the limit low to
- * re-measure it. */
-static double baseline_note(resil__alimit *a, double lat, uint64_t now) {
+/* The gradient baseline: the lowest window latency on record over the
+ * last baseline_ms, kept as the minimum of each of BASELINE_SLOTS
+ * sub-periods, with the most calls in flight in that window.
+ *
+ * A window enters the record only if its latency is at or below the
+ * baseline, or it ran no more calls at once than the baseline's window did
+ * (or than LIMIT_MIN). So a limit that sits above the knee, where latency
+ * is partly our own queue, never raises the baseline (no upward creep under
+ * sustained overload, as with a moving average); while a dependency that
+ * became slower for good, seen at the same or lower concurrency, replaces
+ * the old minimum once it ages out. With no window on record the baseline
+ * stays. It is never re-measured by pinning the limit low. */
+static double baseline_note(resil__alimit *a, double lat, uint32_t peak, uint64_t now) {
   uint64_t e = now / a->baseline_slot_ns + 1;
-  unsigned i = (unsigned)(e % BASELINE_SLOTS);
-  if (a->bl_epoch[i] != e) {
-    a->bl_epoch[i] = e;
-    a->bl[i] = lat;
-  } else if (lat < a->bl[i]) {
-    a->bl[i] = lat;
+  uint32_t conc_ok = a->base_conc > a->min ? a->base_conc : a->min;
+  if (a->base == 0.0 || lat <= a->base || peak <= conc_ok) {
+    unsigned i = (unsigned)(e % BASELINE_SLOTS);
+    if (a->bl_epoch[i] != e || lat < a->bl[i]) {
+      a->bl_epoch[i] = e;
+      a->bl[i] = lat;
+      a->bl_conc[i] = peak;
+    }
   }
-  double b = lat;
+  double b = 0.0;
+  uint32_t c = 0;
   for (unsigned k = 0; k < BASELINE_SLOTS; k++)
     if (a->bl_epoch[k] && a->bl_epoch[k] <= e && e - a->bl_epoch[k] < BASELINE_SLOTS &&
-        a->bl[k] < b)
+        (b == 0.0 || a->bl[k] < b)) {
       b = a->bl[k];
-  return b;
+      c = a->bl_conc[k];
+    }
+  if (b > 0.0) {
+    a->base = b;
+    a->base_conc = c;
+  }
+  return a->base;
 }
 
 static void close_window(resil__alimit *a, resil_dep *d, uint64_t at, uint64_t now) {
@@ -241,7 +263,7 @@ static void close_window(resil__alimit *a, resil_dep *d, uint64_t at, uint64_t n
   double old = a->lim, lim = a->lim;
   if (a->alg == ALG_GRADIENT) {
     if (dn) {
-      base = baseline_note(a, lat, now);
+      base = baseline_note(a, lat, peak, now);
       if (lat > 0.0) g = a->tol * base / lat;
       if (g > 1.0) g = 1.0;
       if (g < 0.5) g = 0.5;
@@ -275,6 +297,7 @@ static void close_window(resil__alimit *a, resil_dep *d, uint64_t at, uint64_t n
     resil__dep_set_limit(d, pub);
     a->published = pub;
   }
+  range_note(a, was, now); /* in force until now */
   range_note(a, pub, now);
   atomic_store_explicit(&a->window_start, now, memory_order_release);
   atomic_store_explicit(&a->close_at, now + a->window_ns, memory_order_release);
