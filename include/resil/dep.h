@@ -13,9 +13,10 @@
  *   2. One call, which also retries idempotent work within a budget:
  *        st = resil_dep_call(dep, deadline, RESIL_CALL_IDEMPOTENT, fn, ctx, &err);
  *
- * admit checks, in order: draining, the deadline, the breaker, then a
- * concurrency slot (waiting FIFO in a bounded queue for no longer than the
- * earlier of max_wait_ms and the deadline). Each refusal is a distinct
+ * admit checks, in order: draining, the breaker, the deadline, client-side
+ * throttling (when on), then a concurrency slot (waiting FIFO in a bounded
+ * queue for no longer than the earlier of max_wait_ms and the deadline)
+ * below the limit in force (max_concurrent, or the adaptive limit). Each refusal is a distinct
  * status and a distinct rejection counter, and never a dependency failure.
  *
  * Every dependency is listed in a process-wide registry from _new to _free,
