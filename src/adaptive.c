@@ -300,7 +300,6 @@ static void close_window(resil__alimit *a, resil_dep *d, uint64_t at, uint64_t n
   range_note(a, was, now); /* in force until now */
   range_note(a, pub, now);
   atomic_store_explicit(&a->window_start, now, memory_order_release);
-  atomic_store_explicit(&a->close_at, now + a->window_ns, memory_order_release);
 
   double moved = fabs((double)pub - (double)a->last_event);
   if (pub != a->last_event && moved >= EVENT_STEP * (double)a->last_event) {
@@ -322,6 +321,8 @@ static void close_window(resil__alimit *a, resil_dep *d, uint64_t at, uint64_t n
                        pub);
     a->last_event = pub;
   }
+  /* last: the next window's closer may start once this one is done */
+  atomic_store_explicit(&a->close_at, now + a->window_ns, memory_order_release);
 }
 
 void resil__alimit_record(resil__alimit *a, resil_dep *d, uint64_t start_ns, resil_status outcome,
