@@ -352,6 +352,34 @@ int main(int argc, char **argv) {
   row base4 = repeat(1, NULL, &nv, 4, NULL);
   row r4 = repeat(0, dep, NULL, 4, &a);
   print_row("core.admit_done.4threads", "admit+done, breaker closed, 4 threads", r4, base4, a);
+  /* the opt-in policies on (admit+done with 1 call in flight: the adaptive
+   * limit is app-limited, so it stays at its minimum, never below 1 call) */
+  resil_dep_config_init(&c, "bench-adaptive");
+  c.limit.max_concurrent = 1000;
+  c.adaptive.algorithm = "gradient";
+  resil_dep *adaptive = resil_dep_new(&c, &err);
+  resil_dep_config_init(&c, "bench-throttle");
+  c.limit.max_concurrent = 1000;
+  c.throttle.enabled = true;
+  c.breaker.failure_rate_percent = 95;
+  c.breaker.consecutive_failures = 0;
+  resil_dep *throttled = resil_dep_new(&c, &err);
+  if (!adaptive || !throttled) {
+    fprintf(stderr, "bench: %s\n", err.msg);
+    return 1;
+  }
+  a = 0;
+  row ra = repeat(0, adaptive, NULL, 1, &a);
+  print_row("core.admit_done_adaptive.1thread", "admit+done, adaptive limit on, 1 thread", ra,
+            base1, a);
+  a = 0;
+  row ra2 = repeat(0, adaptive, NULL, 2, &a);
+  print_row("core.admit_done_adaptive.2threads", "admit+done, adaptive limit on, 2 threads", ra2,
+            base2, a);
+  a = 0;
+  row rt = repeat(0, throttled, NULL, 1, &a);
+  print_row("core.admit_done_throttle.1thread", "admit+done, throttling on, 1 thread", rt, base1,
+            a);
   a = 0;
   row bo = repeat(3, NULL, &nv_open, 1, NULL);
   row ro = repeat(2, tripped, NULL, 1, &a);

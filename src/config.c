@@ -47,6 +47,18 @@ static const resil_key_spec dep_keys[] = {
     DK("retry.budget_window_ms", MS, retry.budget_window_ms, "retry budget window"),
     DK("probe_interval_ms", MS, probe_interval_ms, "recovery probe period while the breaker is open (0 = off)"),
     DK("probe_timeout_ms", MS, probe_timeout_ms, "bound on one recovery probe (0 = min(timeout_ms, 1s))"),
+    DK("limit.adaptive", STRING, adaptive.algorithm, "adaptive concurrency limit: off, gradient or aimd"),
+    DK("limit.min", UINT, adaptive.min, "adaptive: lowest limit, and where it starts"),
+    DK("limit.window_ms", MS, adaptive.window_ms, "adaptive: shortest window between two decisions"),
+    DK("limit.min_samples", UINT, adaptive.min_samples, "adaptive: calls a window needs before deciding"),
+    DK("limit.tolerance", DOUBLE, adaptive.tolerance, "gradient: latency up to this x baseline is not congestion"),
+    DK("limit.smoothing", DOUBLE, adaptive.smoothing, "gradient: weight of one window's verdict (0.01..1)"),
+    DK("limit.baseline_ms", MS, adaptive.baseline_ms, "gradient: the baseline is the lowest window latency over this long"),
+    DK("limit.backoff", DOUBLE, adaptive.backoff, "adaptive: a window with drops multiplies the limit by at most this"),
+    DK("throttle", BOOL, throttle.enabled, "client-side throttling: shed calls when few succeed"),
+    DK("throttle.k", DOUBLE, throttle.k, "throttling: shed when fewer than 1/K of calls sent succeed"),
+    DK("throttle.window_ms", MS, throttle.window_ms, "throttling: rolling window"),
+    DK("throttle.min_requests", UINT, throttle.min_requests, "throttling: calls sent in the window before shedding"),
 };
 
 #define PK(k, t, f, h) \

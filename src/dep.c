@@ -16,6 +16,12 @@
  * against "nwaiters++, then re-try in-flight" means a slot freed while a
  * waiter enqueues is never missed.
  *
+ * The limit and the in-flight count share one 64-bit word (limit << 32 |
+ * in flight), so one CAS admits a call only if in flight < the limit in
+ * force at that instant, even while an adaptive limit (adaptive.c) moves:
+ * no check-then-act window. A dependency without an adaptive limit or
+ * throttling pays one predictable branch in admit and one in done.
+ *
  * Fork (fork.c): in a child, slots and queue places held by threads of the
  * parent are given up (in_flight and the queue start empty) and fork_gen
  * moves on; a permit carries the fork_gen it was admitted under, and one
@@ -59,8 +65,13 @@ struct resil_dep {
                         by the atfork child handler, before the child has
                         other threads */
 
-  /* the concurrency limit */
-  _Alignas(RESIL_CACHELINE) _Atomic uint32_t in_flight;
+  /* opt-in policies (adaptive.c): NULL when off */
+  resil__alimit *alim;
+  resil__throttle *thr;
+  bool features; /* alim || thr: done() has work for them */
+
+  /* the concurrency limit: limit << 32 | in flight */
+  _Alignas(RESIL_CACHELINE) _Atomic uint64_t slots;
   _Alignas(RESIL_CACHELINE) _Atomic uint32_t nwaiters;
   pthread_mutex_t qmu;
   waiter *qhead, *qtail;
@@ -86,9 +97,11 @@ struct resil_dep {
 
 /* ---- names ------------------------------------------------------------- */
 
-static const char *const reject_names[RESIL_REJECT_COUNT_] = {
+static const char *const reject_names[] = {
     "breaker_open", "concurrency_full", "queue_timeout", "pool_timeout",
-    "deadline",     "draining",         "retry_budget"};
+    "deadline",     "draining",         "retry_budget",  "throttled"};
+_Static_assert(sizeof reject_names / sizeof reject_names[0] == RESIL_REJECT_COUNT_,
+               "one name per rejection reason");
 static const char *const outcome_names[RESIL_OUTCOME_COUNT_] = {"success", "failure", "timeout",
                                                                 "overload", "ignored"};
 
@@ -108,6 +121,7 @@ static int reject_reason_of(resil_status s) {
     case RESIL_E_DEADLINE: return RESIL_REJECT_DEADLINE;
     case RESIL_E_DRAINING: return RESIL_REJECT_DRAINING;
     case RESIL_E_RETRY_BUDGET: return RESIL_REJECT_RETRY_BUDGET;
+    case RESIL_E_THROTTLED: return RESIL_REJECT_THROTTLED;
     default: return -1;
   }
 }
@@ -142,6 +156,18 @@ void resil_dep_config_init(resil_dep_config *c, const char *name) {
   c->retry.budget_window_ms = 10000;
   c->probe_interval_ms = 500;
   c->probe_timeout_ms = 0;
+  c->adaptive.algorithm = "off";
+  c->adaptive.min = 4;
+  c->adaptive.window_ms = 250;
+  c->adaptive.min_samples = 20;
+  c->adaptive.tolerance = 1.5;
+  c->adaptive.smoothing = 0.5;
+  c->adaptive.baseline_ms = 60000;
+  c->adaptive.backoff = 0.9;
+  c->throttle.enabled = false;
+  c->throttle.k = 2.0;
+  c->throttle.window_ms = 10000;
+  c->throttle.min_requests = 20;
 }
 
 static bool name_ok(const char *n) {
@@ -154,6 +180,44 @@ static bool name_ok(const char *n) {
       return false;
   }
   return true;
+}
+
+/* The adaptive limit and throttling, named by their keys' paths. */
+static void validate_adaptive(resil_problems *p, const resil_dep_config *c) {
+  const resil_adaptive_limit_config *a = &c->adaptive;
+  const char *alg = a->algorithm;
+  bool on = alg && strcmp(alg, "off") != 0;
+  if (on && strcmp(alg, "gradient") != 0 && strcmp(alg, "aimd") != 0)
+    resil__problem(p, "limit.adaptive", "'%.40s' is not one of off, gradient, aimd", alg);
+  if (on) {
+    if (a->min < 1 || a->min > c->limit.max_concurrent)
+      resil__problem(p, "limit.min", "%u is outside 1..%u (limit.max_concurrent, the ceiling)",
+                     a->min, c->limit.max_concurrent);
+    resil__check_range(p, "limit.window_ms", a->window_ms, 1, 3600000);
+    resil__check_range(p, "limit.min_samples", a->min_samples, 1, 100000);
+    resil__check_range_d(p, "limit.tolerance", a->tolerance, 1.0, 10.0);
+    resil__check_range_d(p, "limit.smoothing", a->smoothing, 0.01, 1.0);
+    resil__check_range(p, "limit.baseline_ms", a->baseline_ms, 1000, 3600000);
+    resil__check_range_d(p, "limit.backoff", a->backoff, 0.5, 0.99);
+  }
+  const resil_throttle_config *t = &c->throttle;
+  if (!t->enabled) return;
+  resil__check_range_d(p, "throttle.k", t->k, 1.0, 10.0);
+  resil__check_range(p, "throttle.window_ms", t->window_ms, 1000, 600000);
+  resil__check_range(p, "throttle.min_requests", t->min_requests, 1, 1000000);
+  /* The breaker must not open on the partial failure the throttle is there
+   * to shed gracefully; it stays for total outages (README "Client-side
+   * throttling"). */
+  if (c->breaker.failure_rate_percent && c->breaker.failure_rate_percent < 90)
+    resil__problem(p, "breaker.failure_rate_percent",
+                   "%u would open the breaker on a partial failure that throttling sheds "
+                   "gracefully: with throttle on it must be 0 or 90..100 (recommended 95)",
+                   c->breaker.failure_rate_percent);
+  if (c->breaker.consecutive_failures && c->breaker.consecutive_failures < 20)
+    resil__problem(p, "breaker.consecutive_failures",
+                   "%u would open the breaker on a partial failure that throttling sheds "
+                   "gracefully: with throttle on it must be 0 or >= 20 (recommended 0)",
+                   c->breaker.consecutive_failures);
 }
 
 resil_status resil_dep_config_validate(const resil_dep_config *c, resil_err *err) {
@@ -194,6 +258,7 @@ resil_status resil_dep_config_validate(const resil_dep_config *c, resil_err *err
     resil__check_range(&p, "probe_interval_ms", c->probe_interval_ms, 10, 3600000);
   if (c->probe_timeout_ms)
     resil__check_range(&p, "probe_timeout_ms", c->probe_timeout_ms, 1, 60000);
+  validate_adaptive(&p, c);
   resil_err berr;
   if (resil_breaker_config_validate(&c->breaker, prefix, &berr) != RESIL_OK)
     resil__problems_merge(&p, berr.msg);
@@ -286,6 +351,21 @@ resil_dep *resil_dep_new(const resil_dep_config *cfg, resil_err *err) {
     resil_err_set(err, RESIL_E_NOMEM, "%s: out of memory", cfg->name);
     return NULL;
   }
+  uint32_t first_limit = cfg->limit.max_concurrent;
+  if (resil__adaptive_new(cfg, resil_now_ns(), &d->alim, &d->thr, &first_limit) != RESIL_OK) {
+    resil__window_destroy(&d->budget);
+    resil_breaker_free(d->breaker);
+    resil__ev_bucket_destroy(&d->ev);
+    free(d);
+    resil_err_set(err, RESIL_E_NOMEM, "%s: out of memory", cfg->name);
+    return NULL;
+  }
+  d->features = d->alim || d->thr;
+  /* our own constant: the caller's string need not outlive the config */
+  d->cfg.adaptive.algorithm = !d->alim ? "off"
+                              : strcmp(cfg->adaptive.algorithm, "aimd") == 0 ? "aimd"
+                                                                             : "gradient";
+  atomic_init(&d->slots, (uint64_t)first_limit << 32);
   pthread_mutex_init(&d->qmu, NULL);
   resil__hist_init(&d->latency);
 
@@ -298,6 +378,7 @@ resil_dep *resil_dep_new(const resil_dep_config *cfg, resil_err *err) {
     resil_breaker_free(d->breaker);
     pthread_mutex_destroy(&d->qmu);
     resil__ev_bucket_destroy(&d->ev);
+    resil__adaptive_free(d->alim, d->thr);
     free(d);
     return NULL;
   }
@@ -328,6 +409,7 @@ void resil_dep_free(resil_dep *d) {
   resil_breaker_free(d->breaker);
   pthread_mutex_destroy(&d->qmu);
   resil__ev_bucket_destroy(&d->ev);
+  resil__adaptive_free(d->alim, d->thr);
   free(d);
 }
 
@@ -377,18 +459,23 @@ static resil_status reject(resil_dep *d, resil_status s, resil_err *err) {
       return resil_err_set(err, s, "%s: rejected, circuit breaker %s", d->name,
                            resil_breaker_describe(d->breaker, why, sizeof why));
     }
-    case RESIL_E_CONCURRENCY_FULL:
-      return resil_err_set(err, s,
-                           "%s: rejected, %u calls in flight (limit.max_concurrent %u) and %s",
-                           d->name, atomic_load(&d->in_flight), d->cfg.limit.max_concurrent,
+    case RESIL_E_CONCURRENCY_FULL: {
+      uint64_t w = atomic_load(&d->slots);
+      return resil_err_set(err, s, "%s: rejected, %u calls in flight (%s %u) and %s", d->name,
+                           (uint32_t)w, d->alim ? "adaptive limit" : "limit.max_concurrent",
+                           (uint32_t)(w >> 32),
                            d->cfg.limit.max_waiters ? "the wait queue is full"
                                                     : "no queueing (limit.max_waiters 0)");
+    }
     case RESIL_E_QUEUE_TIMEOUT:
       return resil_err_set(err, s,
                            "%s: rejected after waiting for a concurrency slot "
-                           "(limit.max_concurrent %u, waited up to limit.max_wait_ms %u or the "
-                           "deadline)",
-                           d->name, d->cfg.limit.max_concurrent, d->cfg.limit.max_wait_ms);
+                           "(%s %u, waited up to limit.max_wait_ms %u or the deadline)",
+                           d->name, d->alim ? "adaptive limit" : "limit.max_concurrent",
+                           (uint32_t)(atomic_load(&d->slots) >> 32), d->cfg.limit.max_wait_ms);
+    case RESIL_E_THROTTLED:
+      return d->thr ? resil__throttle_reject_msg(d->thr, d->name, err)
+                    : resil_err_set(err, s, "%s: %s", d->name, resil_strerror(s));
     case RESIL_E_DEADLINE:
       return resil_err_set(err, s, "%s: rejected, the caller's deadline had already passed",
                            d->name);
@@ -400,10 +487,12 @@ static resil_status reject(resil_dep *d, resil_status s, resil_err *err) {
 
 /* ---- the concurrency limit --------------------------------------------- */
 
+/* Take a slot if fewer calls than the limit in force are in flight: one
+ * CAS on the word holding both. */
 static inline bool try_slot(resil_dep *d) {
-  uint32_t cur = atomic_load_explicit(&d->in_flight, memory_order_relaxed);
-  while (cur < d->cfg.limit.max_concurrent) {
-    if (atomic_compare_exchange_weak_explicit(&d->in_flight, &cur, cur + 1, memory_order_seq_cst,
+  uint64_t w = atomic_load_explicit(&d->slots, memory_order_relaxed);
+  while ((uint32_t)w < (uint32_t)(w >> 32)) {
+    if (atomic_compare_exchange_weak_explicit(&d->slots, &w, w + 1, memory_order_seq_cst,
                                               memory_order_relaxed))
       return true;
   }
@@ -471,13 +560,39 @@ static resil_status wait_slot(resil_dep *d, resil_deadline deadline) {
   return st;
 }
 
-static void release_slot(resil_dep *d) {
-  atomic_fetch_sub_explicit(&d->in_flight, 1, memory_order_seq_cst);
+/* Give a slot back; returns how many calls were in flight before. */
+static uint32_t release_slot(resil_dep *d) {
+  uint64_t was = atomic_fetch_sub_explicit(&d->slots, 1, memory_order_seq_cst);
   if (atomic_load_explicit(&d->nwaiters, memory_order_seq_cst) > 0) {
     pthread_mutex_lock(&d->qmu);
     grant_locked(d);
     pthread_mutex_unlock(&d->qmu);
   }
+  return (uint32_t)was;
+}
+
+void resil__dep_set_limit(resil_dep *d, uint32_t limit) {
+  uint64_t w = atomic_load_explicit(&d->slots, memory_order_relaxed);
+  while (!atomic_compare_exchange_weak_explicit(&d->slots, &w,
+                                                (uint64_t)limit << 32 | (w & 0xffffffffu),
+                                                memory_order_seq_cst, memory_order_relaxed)) {
+  }
+  if (limit > (uint32_t)(w >> 32) && atomic_load_explicit(&d->nwaiters, memory_order_seq_cst)) {
+    pthread_mutex_lock(&d->qmu);
+    grant_locked(d);
+    pthread_mutex_unlock(&d->qmu);
+  }
+}
+
+resil__ev_bucket *resil__dep_ev(resil_dep *d) { return &d->ev; }
+
+/* done()'s share of the opt-in policies: out of line, so a dependency
+ * without them pays one branch. */
+static __attribute__((noinline)) void policies_done(resil_dep *d, const resil_permit *p,
+                                                    resil_status outcome, uint64_t lat,
+                                                    uint64_t now, uint32_t inflight) {
+  if (d->alim) resil__alimit_record(d->alim, d, p->start_ns, outcome, lat, now, inflight);
+  if (d->thr) resil__throttle_record(d->thr, d, outcome, now);
 }
 
 /* ---- admit / done ------------------------------------------------------ */
@@ -497,6 +612,13 @@ resil_status resil_dep_admit(resil_dep *d, resil_deadline deadline, resil_permit
   if (deadline.at_ns && now >= deadline.at_ns) {
     resil_breaker_record(d->breaker, t, RESIL_E_DEADLINE, 0);
     return reject(d, RESIL_E_DEADLINE, err);
+  }
+  if (d->thr && !t.probe) { /* half-open probes are the breaker's to limit */
+    resil_status st = resil__throttle_admit(d->thr, d, now);
+    if (st != RESIL_OK) {
+      resil_breaker_record(d->breaker, t, st, 0);
+      return reject(d, st, err);
+    }
   }
   bool fast = atomic_load_explicit(&d->nwaiters, memory_order_relaxed) == 0 && try_slot(d);
   if (!fast) {
@@ -543,7 +665,8 @@ void resil_dep_done(resil_permit *p, resil_status outcome) {
     atomic_fetch_add_explicit(&s->calls[outcome_of(outcome)], 1, memory_order_relaxed);
     resil__hist_observe(&d->latency, lat);
   }
-  if (holds_slot) release_slot(d);
+  uint32_t inflight = holds_slot ? release_slot(d) : 0;
+  if (d->features) policies_done(d, p, outcome, lat, now, inflight);
 }
 
 /* ---- fork (see fork.c) ------------------------------------------------ */
@@ -571,7 +694,9 @@ void resil__dep_fork_child(void) {
      * Queued waiters live on the stacks of threads that do not exist here;
      * their condition variables are never touched again. */
     d->fork_gen = (d->fork_gen + 1) & FORK_GEN_MASK;
-    atomic_store_explicit(&d->in_flight, 0, memory_order_relaxed);
+    atomic_store_explicit(&d->slots, atomic_load(&d->slots) & ~(uint64_t)0xffffffffu,
+                          memory_order_relaxed); /* keep the limit, no call in flight */
+    resil__adaptive_fork_child(d->alim, d->thr);
     atomic_store_explicit(&d->nwaiters, 0, memory_order_relaxed);
     d->qhead = d->qtail = NULL;
     pthread_mutex_unlock(&d->qmu);
@@ -671,10 +796,14 @@ void resil_dep_get_stats(const resil_dep *cd, resil_dep_stats *o) {
     o->retries += atomic_load_explicit(&s->retries, memory_order_relaxed);
     o->rejected_after_admit += atomic_load_explicit(&s->late_rejections, memory_order_relaxed);
   }
-  o->in_flight = atomic_load(&d->in_flight);
+  uint64_t slots = atomic_load(&d->slots);
+  o->in_flight = (uint32_t)slots;
   o->admitted = o->rejected_after_admit + o->in_flight;
   for (int k = 0; k < RESIL_OUTCOME_COUNT_; k++) o->admitted += o->calls[k];
-  o->limit = d->cfg.limit.max_concurrent;
+  o->limit = (uint32_t)(slots >> 32);
+  o->limit_min = o->limit_max = o->limit;
+  if (d->alim) resil__alimit_range(d->alim, o->limit, resil_now_ns(), &o->limit_min, &o->limit_max);
+  o->throttle_probability = d->thr ? resil__throttle_probability(d->thr) : 0.0;
   o->waiters = atomic_load(&d->nwaiters);
   o->max_waiters = d->cfg.limit.max_waiters;
   resil__hist_read(&d->latency, &o->latency);

@@ -175,10 +175,12 @@ static void render_doc(resil_sbuf *b, const char *ns, const char *service, const
   resil__sb_printf(b, "}\n");
 }
 
-static const char *const reject_metric[RESIL_REJECT_COUNT_] = {
+static const char *const reject_metric[] = {
     "RejectedBreakerOpen", "RejectedConcurrencyFull", "RejectedQueueTimeout",
     "RejectedPoolTimeout", "RejectedDeadline",        "RejectedDraining",
-    "RejectedRetryBudget"};
+    "RejectedRetryBudget", "RejectedThrottled"};
+_Static_assert(sizeof reject_metric / sizeof reject_metric[0] == RESIL_REJECT_COUNT_,
+               "one EMF name per rejection reason");
 static const char *const call_metric[RESIL_OUTCOME_COUNT_] = {
     "CallsSuccess", "CallsFailure", "CallsTimeout", "CallsOverload", "CallsIgnored"};
 
@@ -215,6 +217,10 @@ static void render_dep(resil_sbuf *b, const char *ns, const char *service,
   COUNT("EventsDropped", events_dropped);
   GAUGE("InFlight", cur->in_flight);
   GAUGE("ConcurrencyLimit", cur->limit);
+  GAUGE("ConcurrencyLimitMin", cur->limit_min);
+  GAUGE("ConcurrencyLimitMax", cur->limit_max);
+  m[n++] = (metric){.name = "ThrottleProbability", .unit = "Percent", .kind = M_DOUBLE,
+                    .d = cur->throttle_probability * 100.0};
   GAUGE("QueueWaiters", cur->waiters);
   m[n++] = (metric){.name = "Saturation", .unit = "Percent", .kind = M_DOUBLE,
                     .d = cur->saturation * 100.0};

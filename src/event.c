@@ -63,7 +63,12 @@ void resil__event_fork_child(void) {
 }
 
 const char *resil_event_type_name(resil_event_type t) {
-  return t == RESIL_EVENT_BREAKER ? "breaker" : "unknown";
+  switch (t) {
+    case RESIL_EVENT_BREAKER: return "breaker";
+    case RESIL_EVENT_LIMIT: return "limit";
+    case RESIL_EVENT_THROTTLE: return "throttle";
+    default: return "unknown";
+  }
 }
 
 void resil__ev_bucket_init(resil__ev_bucket *b) {
@@ -111,19 +116,31 @@ static const char *transition_reason(resil_breaker_state from, resil_breaker_sta
   }
 }
 
+/* The hook to deliver one event of bk's dependency to, counted as running
+ * (end with hook_leave()), or NULL: no hook, or the rate limit dropped the
+ * event (counted). *now and *suppressed are filled for the event. */
+static resil_event_hook take_turn(resil__ev_bucket *bk, void **ctx, uint64_t *now,
+                                  uint32_t *suppressed) {
+  resil_event_hook fn = hook_enter(ctx);
+  if (!fn) return NULL;
+  *now = resil_now_ns();
+  *suppressed = 0;
+  if (!bucket_take(bk, *now, suppressed)) {
+    atomic_fetch_add_explicit(&bk->dropped, 1, memory_order_relaxed);
+    hook_leave();
+    return NULL;
+  }
+  return fn;
+}
+
 void resil__event_breaker(const char *dep, resil__ev_bucket *bk, resil_breaker *b,
                           resil_breaker_state from, resil_breaker_state to,
                           resil_trip_reason reason) {
   void *ctx;
-  resil_event_hook fn = hook_enter(&ctx);
+  uint64_t now;
+  uint32_t suppressed;
+  resil_event_hook fn = take_turn(bk, &ctx, &now, &suppressed);
   if (!fn) return;
-  uint64_t now = resil_now_ns();
-  uint32_t suppressed = 0;
-  if (!bucket_take(bk, now, &suppressed)) {
-    atomic_fetch_add_explicit(&bk->dropped, 1, memory_order_relaxed);
-    hook_leave();
-    return;
-  }
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
   resil_breaker_stats st;
@@ -149,6 +166,35 @@ void resil__event_breaker(const char *dep, resil__ev_bucket *bk, resil_breaker *
   if (to == RESIL_BREAKER_OPEN && st.state == RESIL_BREAKER_OPEN &&
       st.open_until_ns > st.opened_at_ns)
     ev.open_ms = (st.open_until_ns - st.opened_at_ns + 500000) / 1000000;
+  fn(ctx, &ev);
+  atomic_fetch_add_explicit(&bk->delivered, 1, memory_order_relaxed);
+  hook_leave();
+}
+
+void resil__event_value(const char *dep, resil__ev_bucket *bk, resil_event_type type,
+                        const char *reason, const char *detail, int64_t old_value,
+                        int64_t new_value) {
+  void *ctx;
+  uint64_t now;
+  uint32_t suppressed;
+  resil_event_hook fn = take_turn(bk, &ctx, &now, &suppressed);
+  if (!fn) return;
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  resil_event ev = {
+      .type = type,
+      .dep = dep,
+      .wall_ns = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec,
+      .mono_ns = now,
+      .from = -1,
+      .to = -1,
+      .reason = reason,
+      .message = "",
+      .detail = detail ? detail : "",
+      .suppressed = suppressed,
+      .old_value = old_value,
+      .new_value = new_value,
+  };
   fn(ctx, &ev);
   atomic_fetch_add_explicit(&bk->delivered, 1, memory_order_relaxed);
   hook_leave();
@@ -234,12 +280,20 @@ size_t resil_event_format(const resil_event *ev, bool json, char *buf, size_t si
     esc(buf, &o, size, ev->message, (size - o) / 2, tail, true);
     put(buf, &o, size, "\",\"detail\":\"");
     esc(buf, &o, size, ev->detail, 400, tail, true);
-    put(buf, &o, size, "\",\"open_ms\":%llu,\"trip_streak\":%u,\"suppressed\":%u}\n",
+    put(buf, &o, size, "\",\"open_ms\":%llu,\"trip_streak\":%u,\"suppressed\":%u",
         (unsigned long long)ev->open_ms, ev->trip_streak, ev->suppressed);
+    if (ev->type != RESIL_EVENT_BREAKER)
+      put(buf, &o, size, ",\"old_value\":%lld,\"new_value\":%lld", (long long)ev->old_value,
+          (long long)ev->new_value);
+    put(buf, &o, size, "}\n");
   } else {
     put(buf, &o, size, "%s resil event %s dep=", when, resil_event_type_name(ev->type));
     esc(buf, &o, size, dep, 63, tail, false);
-    put(buf, &o, size, " %s -> %s reason=", state_of(ev, ev->from), state_of(ev, ev->to));
+    if (ev->type == RESIL_EVENT_BREAKER)
+      put(buf, &o, size, " %s -> %s reason=", state_of(ev, ev->from), state_of(ev, ev->to));
+    else
+      put(buf, &o, size, " %lld -> %lld reason=", (long long)ev->old_value,
+          (long long)ev->new_value);
     esc(buf, &o, size, reason, 40, tail, false);
     if (ev->open_ms) put(buf, &o, size, " open_ms=%llu", (unsigned long long)ev->open_ms);
     if (ev->suppressed) put(buf, &o, size, " suppressed=%u", ev->suppressed);

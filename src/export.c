@@ -151,8 +151,21 @@ static void render_prometheus(resil_sbuf *b, const resil_stats_vec *s) {
                     (unsigned long long)D->retries);
   family(b, "resil_in_flight", "gauge", "Calls admitted and not yet done.");
   EACH(s) resil__sb_printf(b, "resil_in_flight{dependency=\"%s\"} %u\n", D->name, D->in_flight);
-  family(b, "resil_concurrency_limit", "gauge", "Maximum concurrent calls (limit.max_concurrent).");
+  family(b, "resil_concurrency_limit", "gauge",
+         "Concurrent calls allowed now (limit.max_concurrent, or the adaptive limit).");
   EACH(s) resil__sb_printf(b, "resil_concurrency_limit{dependency=\"%s\"} %u\n", D->name, D->limit);
+  family(b, "resil_concurrency_limit_min", "gauge",
+         "Lowest concurrency limit in force over the last 60 s.");
+  EACH(s) resil__sb_printf(b, "resil_concurrency_limit_min{dependency=\"%s\"} %u\n", D->name,
+                           D->limit_min);
+  family(b, "resil_concurrency_limit_max", "gauge",
+         "Highest concurrency limit in force over the last 60 s.");
+  EACH(s) resil__sb_printf(b, "resil_concurrency_limit_max{dependency=\"%s\"} %u\n", D->name,
+                           D->limit_max);
+  family(b, "resil_throttle_probability", "gauge",
+         "Probability (0..1) that client-side throttling refuses a call now.");
+  EACH(s) resil__sb_printf(b, "resil_throttle_probability{dependency=\"%s\"} %.4f\n", D->name,
+                           D->throttle_probability);
   family(b, "resil_queue_waiters", "gauge", "Callers waiting for a concurrency slot.");
   EACH(s) resil__sb_printf(b, "resil_queue_waiters{dependency=\"%s\"} %u\n", D->name, D->waiters);
   family(b, "resil_saturation_ratio", "gauge",
@@ -271,9 +284,11 @@ static void render_json(resil_sbuf *b, const resil_stats_vec *s) {
                 resil_reject_reason_name((resil_reject_reason)k),
                 (unsigned long long)D->rejections[k]);
     resil__sb_printf(b,
-              "},\"retries\":%llu,\"in_flight\":%u,\"limit\":%u,\"waiters\":%u,"
+              "},\"retries\":%llu,\"in_flight\":%u,\"limit\":%u,\"limit_min\":%u,"
+              "\"limit_max\":%u,\"throttle_probability\":%.4f,\"waiters\":%u,"
               "\"saturation\":%.4f,",
-              (unsigned long long)D->retries, D->in_flight, D->limit, D->waiters, D->saturation);
+              (unsigned long long)D->retries, D->in_flight, D->limit, D->limit_min, D->limit_max,
+              D->throttle_probability, D->waiters, D->saturation);
     resil__sb_printf(b,
               "\"breaker\":{\"state\":\"%s\",\"last_trip_reason\":\"%s\",\"trip_streak\":%u,"
               "\"window_calls\":%llu,\"window_failures\":%llu,\"window_slow\":%llu},",

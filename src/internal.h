@@ -244,6 +244,53 @@ void resil__dep_count_probe(resil_dep *d, resil_probe_result r);
 /* The service layer's event log: lines it could not write (stderr full). */
 uint64_t resil__event_log_dropped(void);
 
+/* ---- Adaptive concurrency limit and client-side throttling (adaptive.c) -- */
+
+typedef struct resil__alimit resil__alimit;
+typedef struct resil__throttle resil__throttle;
+
+/* Allocate the state for dep's adaptive limit (cfg->adaptive on) and its
+ * throttle (cfg->throttle.enabled); *alim / *thr stay NULL when off. The
+ * first limit in force is written to *first_limit (max_concurrent when
+ * off). RESIL_OK or RESIL_E_NOMEM (nothing left allocated). */
+resil_status resil__adaptive_new(const resil_dep_config *cfg, uint64_t now, resil__alimit **alim,
+                                 resil__throttle **thr, uint32_t *first_limit);
+void resil__adaptive_free(resil__alimit *alim, resil__throttle *thr);
+/* done(): a call admitted at start_ns ended with outcome after lat_ns, with
+ * inflight calls in flight just before it ended (itself included; 0 if
+ * unknown). May close the window and move dep's limit. Lock-free unless it
+ * closes a window (then it may take the queue mutex to hand out slots). */
+void resil__alimit_record(resil__alimit *a, resil_dep *dep, uint64_t start_ns,
+                          resil_status outcome, uint64_t lat_ns, uint64_t now, uint32_t inflight);
+/* The lowest and highest limit over the last 60 s, the current one included. */
+void resil__alimit_range(resil__alimit *a, uint32_t cur, uint64_t now, uint32_t *lo,
+                         uint32_t *hi);
+/* admit(): RESIL_OK, or RESIL_E_THROTTLED with the current probability. */
+resil_status resil__throttle_admit(resil__throttle *t, resil_dep *dep, uint64_t now);
+/* done(): count a call sent to the dependency. */
+void resil__throttle_record(resil__throttle *t, resil_dep *dep, resil_status outcome,
+                            uint64_t now);
+/* The rejection probability in force (0..1). */
+double resil__throttle_probability(const resil__throttle *t);
+/* err sentence for a throttled call. */
+resil_status resil__throttle_reject_msg(resil__throttle *t, const char *dep, resil_err *err);
+/* In a fork child: a window a thread of the parent was closing is free. */
+void resil__adaptive_fork_child(resil__alimit *alim, resil__throttle *thr);
+
+/* Set the limit in force (the adaptive limit's only writer, and tests).
+ * A raised limit hands its new slots to queued callers at once; a lowered
+ * one never cancels a call: admissions wait or are refused until fewer
+ * calls than the new limit are in flight. Thread-safe. */
+void resil__dep_set_limit(resil_dep *d, uint32_t limit);
+/* The dependency's event rate limit (for adaptive.c's events). */
+resil__ev_bucket *resil__dep_ev(resil_dep *d);
+
+/* Emit a numeric state change (an adaptive limit that moved, throttling
+ * that started or stopped) to the event hook, rate-limited by bk. */
+void resil__event_value(const char *dep, resil__ev_bucket *bk, resil_event_type type,
+                        const char *reason, const char *detail, int64_t old_value,
+                        int64_t new_value);
+
 /* ---- A snapshot of every registered dependency ------------------------- */
 typedef struct resil_stats_vec {
   resil_dep_stats *v;

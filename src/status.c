@@ -23,6 +23,9 @@ static const struct {
     [RESIL_E_NOMEM] = {"nomem", "out of memory"},
     [RESIL_E_SYSTEM] = {"system", "system call failed"},
     [RESIL_E_CLOSED] = {"closed", "the object is closed or draining"},
+    [RESIL_E_THROTTLED] = {"throttled",
+                           "rejected: client-side throttling shed the call (too few recent "
+                           "calls to the dependency succeeded)"},
 };
 
 const char *resil_strerror(resil_status s) {
@@ -45,7 +48,8 @@ bool resil_status_is_rejection(resil_status s) {
     case RESIL_E_POOL_TIMEOUT:
     case RESIL_E_DEADLINE:
     case RESIL_E_DRAINING:
-    case RESIL_E_RETRY_BUDGET: return true;
+    case RESIL_E_RETRY_BUDGET:
+    case RESIL_E_THROTTLED: return true;
     default: return false;
   }
 }

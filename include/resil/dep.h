@@ -13,9 +13,10 @@
  *   2. One call, which also retries idempotent work within a budget:
  *        st = resil_dep_call(dep, deadline, RESIL_CALL_IDEMPOTENT, fn, ctx, &err);
  *
- * admit checks, in order: draining, the deadline, the breaker, then a
- * concurrency slot (waiting FIFO in a bounded queue for no longer than the
- * earlier of max_wait_ms and the deadline). Each refusal is a distinct
+ * admit checks, in order: draining, the breaker, the deadline, client-side
+ * throttling (when on), then a concurrency slot (waiting FIFO in a bounded
+ * queue for no longer than the earlier of max_wait_ms and the deadline)
+ * below the limit in force (max_concurrent, or the adaptive limit). Each refusal is a distinct
  * status and a distinct rejection counter, and never a dependency failure.
  *
  * Every dependency is listed in a process-wide registry from _new to _free,
@@ -53,6 +54,50 @@ typedef struct resil_retry_config {
   unsigned char reserved_[32];
 } resil_retry_config;
 
+/* Adaptive concurrency limit (opt-in): the limit in force moves between
+ * min and limit.max_concurrent (the ceiling), recomputed once per window
+ * from the latencies of calls and their drops (timeouts, overload). See the
+ * README "Adaptive concurrency limit" for the exact rules. */
+typedef struct resil_adaptive_limit_config {
+  /* "off" (default; NULL means the same), "gradient" (latency against a
+   * baseline) or "aimd" (additive increase, multiplicative decrease on
+   * drops). Not copied: resil_dep_new() keeps its own constant. */
+  const char *algorithm;
+  uint32_t min;         /* default 4: the lowest limit; 1..limit.max_concurrent
+                           (the limit starts here and grows) */
+  uint32_t window_ms;   /* default 250: a window lasts at least this long... */
+  uint32_t min_samples; /* default 20: ...and until this many calls admitted in it
+                           ended; 1..100000 */
+  double tolerance;     /* gradient, default 1.5: latency up to tolerance x
+                           baseline is not congestion; 1.0..10 */
+  double smoothing;     /* default 0.5: weight of a window's verdict in the limit;
+                           0.01..1 (1 = take it whole) */
+  uint32_t baseline_ms; /* gradient, default 60000: the baseline is the lowest
+                           window latency seen over this long; 1000..3600000 */
+  double backoff;       /* default 0.9: a window with drops multiplies the limit
+                           by at most this; 0.5..0.99 */
+  /* ABI: sizeof is frozen; new fields come out of this tail (docs/abi.md). */
+  unsigned char reserved_[40];
+} resil_adaptive_limit_config;
+
+/* Client-side adaptive throttling (opt-in; Google SRE book "Handling
+ * Overload"): each admission is refused locally, as RESIL_E_THROTTLED, with
+ * probability max(0, (requests - k * accepts) / (requests + 1)) over the
+ * last window_ms, where requests are the calls sent to the dependency and
+ * accepts those it answered (success or caller error). See the README
+ * "Client-side throttling" for the exact rules and the breaker settings it
+ * needs. */
+typedef struct resil_throttle_config {
+  bool enabled;          /* default false */
+  double k;              /* default 2.0: shedding starts when fewer than 1/k of
+                            the calls sent succeed; 1.0..10 */
+  uint32_t window_ms;    /* default 10000: rolling window; 1000..600000 */
+  uint32_t min_requests; /* default 20: no shedding until this many calls were
+                            sent in the window; 1..1000000 */
+  /* ABI: sizeof is frozen; new fields come out of this tail (docs/abi.md). */
+  unsigned char reserved_[24];
+} resil_throttle_config;
+
 typedef struct resil_dep_config {
   const char *name;        /* required; copied; [A-Za-z0-9_.-], 1..63 chars */
   uint32_t timeout_ms;     /* default 1000: cap on each attempt's deadline, and
@@ -68,8 +113,13 @@ typedef struct resil_dep_config {
   /* Bound on one probe. Default 0: the smaller of timeout_ms and 1000;
    * else 1..60000. */
   uint32_t probe_timeout_ms;
+  /* Adaptive concurrency limit (keys LIMIT_ADAPTIVE, LIMIT_MIN, LIMIT_*);
+   * off by default. */
+  resil_adaptive_limit_config adaptive;
+  /* Client-side throttling (keys THROTTLE, THROTTLE_*); off by default. */
+  resil_throttle_config throttle;
   /* ABI: sizeof is frozen; new fields come out of this tail (docs/abi.md). */
-  unsigned char reserved_[200];
+  unsigned char reserved_[56];
 } resil_dep_config;
 
 /* Fill cfg with safe defaults and set its name (may be NULL; set it later).
@@ -116,7 +166,8 @@ typedef struct resil_permit {
  * dependency's timeout_ms then applies). On RESIL_OK *permit is filled and
  * must be ended by exactly one resil_dep_done(). Otherwise the status is a
  * rejection - RESIL_E_DRAINING, RESIL_E_DEADLINE, RESIL_E_BREAKER_OPEN,
- * RESIL_E_CONCURRENCY_FULL, RESIL_E_QUEUE_TIMEOUT - counted under its
+ * RESIL_E_THROTTLED (throttling on), RESIL_E_CONCURRENCY_FULL,
+ * RESIL_E_QUEUE_TIMEOUT - counted under its
  * reason, or RESIL_E_INVALID for NULL arguments. err (optional) gets a
  * sentence naming the dependency and why. May block only when the limit is
  * full and max_waiters > 0, never past the deadline or max_wait_ms.
@@ -264,6 +315,7 @@ typedef enum resil_reject_reason {
   RESIL_REJECT_DEADLINE,
   RESIL_REJECT_DRAINING,
   RESIL_REJECT_RETRY_BUDGET,
+  RESIL_REJECT_THROTTLED, /* client-side throttling (RESIL_E_THROTTLED) */
   RESIL_REJECT_COUNT_
 } resil_reject_reason;
 
@@ -302,7 +354,8 @@ typedef struct resil_dep_stats {
                                                idle, admitted == sum(calls) + this */
   uint64_t retries;                         /* extra attempts made */
   uint32_t in_flight;                       /* admitted, not yet done */
-  uint32_t limit;                           /* max_concurrent */
+  uint32_t limit;                           /* the limit in force: max_concurrent,
+                                               or the adaptive limit */
   uint32_t waiters;                         /* queued for a slot */
   uint32_t max_waiters;
   resil_hist_snapshot latency;              /* admit -> done, admitted calls */
@@ -316,8 +369,15 @@ typedef struct resil_dep_stats {
   uint64_t probes[RESIL_PROBE_RESULT_SLOTS]; /* recovery probes by result */
   uint64_t events;                          /* events delivered (event.h) */
   uint64_t events_dropped;                  /* events dropped by the rate limit */
+  /* The lowest and highest limit in force over the last 60 s (at least the
+   * current one; both == limit when not adaptive). 60 s covers any scrape
+   * or EMF interval up to a minute, so no swing between two reads is missed. */
+  uint32_t limit_min, limit_max;
+  /* Client-side throttling: the probability (0..1) that an admission is
+   * refused now; 0 when throttling is off or not shedding. */
+  double throttle_probability;
   /* ABI: sizeof is frozen; new fields come out of this tail (docs/abi.md). */
-  unsigned char reserved_[784];
+  unsigned char reserved_[768];
 } resil_dep_stats;
 
 /* A snapshot of everything counted for dep. Counters are read one by one

@@ -7,9 +7,16 @@
  *     the end of a break (by its timer, or early because a recovery probe
  *     found the dependency healthy - see resil_dep_set_probe()), a close
  *     after successful half-open calls, an operator's override.
- * Later kinds of state change (adaptive concurrency limits, throttling) will
- * be added as new types; they fill old_value/new_value and leave from/to -1.
- * A hook should ignore types it does not know.
+ *   - a dependency's adaptive concurrency limit (dep.h, adaptive) moved by
+ *     20 % or more since its last RESIL_EVENT_LIMIT event (RESIL_EVENT_LIMIT:
+ *     old_value/new_value are the limits, reason "decreased"/"increased").
+ *   - client-side throttling (dep.h, throttle) started shedding calls (its
+ *     rejection probability reached 5 %) or stopped (it fell back to 0)
+ *     (RESIL_EVENT_THROTTLE: old_value/new_value are the probability in
+ *     percent, reason "started"/"stopped").
+ * Types other than RESIL_EVENT_BREAKER leave from/to -1. Later kinds of
+ * state change will be added as new types: a hook should ignore types it
+ * does not know.
  *
  * Rate limit: each dependency may emit RESIL_EVENT_BURST events at once and
  * RESIL_EVENT_RATE_PER_S per second after that (a token bucket), so a
@@ -33,6 +40,8 @@ RESIL_BEGIN_DECLS
 
 typedef enum resil_event_type {
   RESIL_EVENT_BREAKER = 0, /* a breaker state change */
+  RESIL_EVENT_LIMIT,       /* the adaptive concurrency limit moved (>= 20 %) */
+  RESIL_EVENT_THROTTLE,    /* client-side throttling started or stopped */
   RESIL_EVENT_TYPE_COUNT_
 } resil_event_type;
 
@@ -63,7 +72,9 @@ typedef struct resil_event {
   uint32_t trip_streak;   /* trips in a row feeding the break's growth */
   uint32_t suppressed;    /* this dependency's events dropped by the rate limit
                              since its previous delivered event */
-  int64_t old_value, new_value; /* for future numeric changes (limits); 0 here */
+  int64_t old_value, new_value; /* RESIL_EVENT_LIMIT: the limit before and after;
+                                   RESIL_EVENT_THROTTLE: the rejection
+                                   probability in percent; 0 for BREAKER */
   /* ABI: sizeof is frozen; new fields come out of this tail (docs/abi.md). */
   unsigned char reserved_[64];
 } resil_event;
@@ -80,11 +91,12 @@ typedef void (*resil_event_hook)(void *ctx, const resil_event *ev);
  * running, so its ctx may be freed. Thread-safe. */
 RESIL_API void resil_set_event_hook(resil_event_hook fn, void *ctx);
 
-/* "breaker". Never NULL. */
+/* "breaker", "limit", "throttle". Never NULL. */
 RESIL_API const char *resil_event_type_name(resil_event_type t);
 
 /* Format ev as one JSON object on one line, ending in '\n' (keys: ts, type,
- * dep, from, to, reason, message, detail, open_ms, trip_streak, suppressed),
+ * dep, from, to, reason, message, detail, open_ms, trip_streak, suppressed,
+ * and for types other than RESIL_EVENT_BREAKER also old_value, new_value),
  * or, with json false, as one human-readable line. Strings are escaped;
  * the line is cut (still valid JSON, message shortened) to fit size. Returns
  * the line's length (< size), 0 if size is below 256. Thread-safe. */

@@ -69,6 +69,13 @@ typedef enum resil_status {
                       fault */
   RESIL_E_CLOSED,  /* the object was closed/drained */
 
+  /* -- Added later; numbered after the groups above so that no existing
+   *    value ever changes. Check classes with resil_status_class_of() and
+   *    resil_status_is_rejection(), never with numeric ranges. ------------- */
+  RESIL_E_THROTTLED, /* a local rejection: client-side adaptive throttling
+                        shed the call because too few recent calls to this
+                        dependency succeeded (dep.h, throttle) */
+
   RESIL_STATUS_COUNT_
 } resil_status;
 
@@ -93,8 +100,8 @@ RESIL_API const char *resil_status_name(resil_status s);
 RESIL_API resil_status_class resil_status_class_of(resil_status s);
 
 /* True for the local rejections: BREAKER_OPEN, CONCURRENCY_FULL,
- * QUEUE_TIMEOUT, POOL_TIMEOUT, DEADLINE, DRAINING, RETRY_BUDGET, and any
- * rejection added later (wherever it sits in the enum). Thread-safe. */
+ * QUEUE_TIMEOUT, POOL_TIMEOUT, DEADLINE, DRAINING, RETRY_BUDGET, THROTTLED,
+ * and any rejection added later (wherever it sits in the enum). Thread-safe. */
 RESIL_API bool resil_status_is_rejection(resil_status s);
 
 /* Longest detail message kept in a resil_err, including the NUL. */

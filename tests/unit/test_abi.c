@@ -53,6 +53,7 @@ static const pin enum_pins[] = {
     PIN(RESIL_E_NOMEM, 13),
     PIN(RESIL_E_SYSTEM, 14),
     PIN(RESIL_E_CLOSED, 15),
+    PIN(RESIL_E_THROTTLED, 16),
     /* resil_status_class */
     PIN(RESIL_CLASS_SUCCESS, 0),
     PIN(RESIL_CLASS_FAILURE, 1),
@@ -98,6 +99,7 @@ static const pin enum_pins[] = {
     PIN(RESIL_REJECT_DEADLINE, 4),
     PIN(RESIL_REJECT_DRAINING, 5),
     PIN(RESIL_REJECT_RETRY_BUDGET, 6),
+    PIN(RESIL_REJECT_THROTTLED, 7),
     /* resil_outcome */
     PIN(RESIL_OUTCOME_SUCCESS, 0),
     PIN(RESIL_OUTCOME_FAILURE, 1),
@@ -106,6 +108,8 @@ static const pin enum_pins[] = {
     PIN(RESIL_OUTCOME_IGNORED, 4),
     /* resil_event_type */
     PIN(RESIL_EVENT_BREAKER, 0),
+    PIN(RESIL_EVENT_LIMIT, 1),
+    PIN(RESIL_EVENT_THROTTLE, 2),
     /* resil_key_type (adapter.h) */
     PIN(RESIL_KEY_UINT, 0),
     PIN(RESIL_KEY_MS, 1),
@@ -226,6 +230,8 @@ static const frozen sizes[] = {
     TAILED(resil_pool_stats, 512),
     TAILED(resil_limit_config, 96),
     TAILED(resil_retry_config, 64),
+    TAILED(resil_adaptive_limit_config, 96),
+    TAILED(resil_throttle_config, 48),
     TAILED(resil_dep_config, 512),
     TAILED(resil_permit, 64),
     TAILED(resil_dep_stats, 2048),
