@@ -45,6 +45,10 @@ static const resil_key_spec dep_keys[] = {
     DK("retry.budget_window_ms", MS, retry.budget_window_ms, "retry budget window"),
     DK("probe_interval_ms", MS, probe_interval_ms, "recovery probe period while the breaker is open (0 = off)"),
     DK("probe_timeout_ms", MS, probe_timeout_ms, "bound on one recovery probe (0 = min(timeout_ms, 1s))"),
+    DK("rate_limit.per_s", UINT, rate_limit.per_s, "outbound rate limit: calls per second (0 = off); a call waits for a token only within limit.max_wait_ms and its deadline, else rate_limited"),
+    DK("rate_limit.burst", UINT, rate_limit.burst, "calls that may go at once after a quiet spell (with rate_limit.per_s)"),
+    DK("pushback.max_pause_ms", MS, pushback.max_pause_ms, "longest pause of every call a server's Retry-After (429/503) can cause (0 = ignore pushback)"),
+    DK("pushback.pause_ms", MS, pushback.pause_ms, "pause on pushback naming no time: Redis BUSY/LOADING, PostgreSQL 53300, HTTP 429 without Retry-After (0 = off)"),
 };
 
 #define PK(k, t, f, h) {k, RESIL_KEY_##t, offsetof(resil_pool_config, f), 0, 0, false, h}
@@ -324,6 +328,13 @@ const resil_service_config *resil_config_service(const resil_config *c) {
   return c ? &c->svc : NULL;
 }
 const char *resil_config_hash(const resil_config *c) { return c ? c->hash : NULL; }
+
+uint64_t resil_config_memory_bound(const resil_config *c, size_t i) {
+  if (!c || i >= c->n) return 0;
+  const dep_entry *d = &c->deps[i];
+  if (d->kind->memory_bound) return d->kind->memory_bound(d->cfg);
+  return resil_dep_config_memory_bound(d->kind->dep_config(d->cfg));
+}
 
 /* ---- key tables of one dependency ------------------------------------------ */
 

@@ -178,7 +178,7 @@ static void render_doc(resil_sbuf *b, const char *ns, const char *service, const
 static const char *const reject_metric[RESIL_REJECT_COUNT_] = {
     "RejectedBreakerOpen", "RejectedConcurrencyFull", "RejectedQueueTimeout",
     "RejectedPoolTimeout", "RejectedDeadline",        "RejectedDraining",
-    "RejectedRetryBudget"};
+    "RejectedRetryBudget", "RejectedRateLimited", "RejectedPaused"};
 static const char *const call_metric[RESIL_OUTCOME_COUNT_] = {
     "CallsSuccess", "CallsFailure", "CallsTimeout", "CallsOverload", "CallsIgnored"};
 
@@ -216,6 +216,10 @@ static void render_dep(resil_sbuf *b, const char *ns, const char *service,
   GAUGE("InFlight", cur->in_flight);
   GAUGE("ConcurrencyLimit", cur->limit);
   GAUGE("QueueWaiters", cur->waiters);
+  m[n++] = (metric){.name = "PauseRemaining", .unit = "Milliseconds", .kind = M_GAUGE,
+                    .u = cur->pause_remaining_ms};
+  m[n++] = (metric){.name = "MemoryBytes", .unit = "Bytes", .kind = M_GAUGE,
+                    .u = cur->memory_bytes};
   m[n++] = (metric){.name = "Saturation", .unit = "Percent", .kind = M_DOUBLE,
                     .d = cur->saturation * 100.0};
   m[n++] = (metric){.name = "BreakerState", .unit = "None", .kind = M_GAUGE,

@@ -29,7 +29,11 @@ void resil__event_fork_parent(void) { pthread_rwlock_unlock(&hook_lock); }
 void resil__event_fork_child(void) { pthread_rwlock_init(&hook_lock, NULL); }
 
 const char *resil_event_type_name(resil_event_type t) {
-  return t == RESIL_EVENT_BREAKER ? "breaker" : "unknown";
+  switch (t) {
+    case RESIL_EVENT_BREAKER: return "breaker";
+    case RESIL_EVENT_PAUSE: return "pause";
+    default: return "unknown";
+  }
 }
 
 void resil__ev_bucket_init(resil__ev_bucket *b) {
@@ -117,6 +121,41 @@ void resil__event_breaker(const char *dep, resil__ev_bucket *bk, resil_breaker *
   if (to == RESIL_BREAKER_OPEN && st.state == RESIL_BREAKER_OPEN &&
       st.open_until_ns > st.opened_at_ns)
     ev.open_ms = (st.open_until_ns - st.opened_at_ns + 500000) / 1000000;
+  hook_fn(hook_ctx, &ev);
+  atomic_fetch_add_explicit(&bk->delivered, 1, memory_order_relaxed);
+  pthread_rwlock_unlock(&hook_lock);
+}
+
+void resil__event_pause(const char *dep, resil__ev_bucket *bk, bool start, uint64_t ms,
+                        const char *reason, const char *message, const char *detail) {
+  pthread_rwlock_rdlock(&hook_lock);
+  if (!hook_fn) {
+    pthread_rwlock_unlock(&hook_lock);
+    return;
+  }
+  uint64_t now = resil_now_ns();
+  uint32_t suppressed = 0;
+  if (!bucket_take(bk, now, &suppressed)) {
+    atomic_fetch_add_explicit(&bk->dropped, 1, memory_order_relaxed);
+    pthread_rwlock_unlock(&hook_lock);
+    return;
+  }
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  resil_event ev = {
+      .type = RESIL_EVENT_PAUSE,
+      .dep = dep,
+      .wall_ns = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec,
+      .mono_ns = now,
+      .from = -1,
+      .to = -1,
+      .reason = reason ? reason : "pushback",
+      .message = message ? message : "",
+      .detail = detail ? detail : "",
+      .suppressed = suppressed,
+      .old_value = start ? 0 : (int64_t)ms,
+      .new_value = start ? (int64_t)ms : 0,
+  };
   hook_fn(hook_ctx, &ev);
   atomic_fetch_add_explicit(&bk->delivered, 1, memory_order_relaxed);
   pthread_rwlock_unlock(&hook_lock);

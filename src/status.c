@@ -23,6 +23,9 @@ static const struct {
     [RESIL_E_NOMEM] = {"nomem", "out of memory"},
     [RESIL_E_SYSTEM] = {"system", "system call failed"},
     [RESIL_E_CLOSED] = {"closed", "the object is closed or draining"},
+    [RESIL_E_RATE_LIMITED] = {"rate_limited",
+                              "rejected: outbound rate limit reached (no token in time)"},
+    [RESIL_E_PAUSED] = {"paused", "rejected: the dependency asked us to pause (pushback)"},
 };
 
 const char *resil_strerror(resil_status s) {
@@ -36,7 +39,18 @@ const char *resil_status_name(resil_status s) {
 }
 
 bool resil_status_is_rejection(resil_status s) {
-  return s >= RESIL_E_BREAKER_OPEN && s <= RESIL_E_RETRY_BUDGET;
+  switch (s) {
+    case RESIL_E_BREAKER_OPEN:
+    case RESIL_E_CONCURRENCY_FULL:
+    case RESIL_E_QUEUE_TIMEOUT:
+    case RESIL_E_POOL_TIMEOUT:
+    case RESIL_E_DEADLINE:
+    case RESIL_E_DRAINING:
+    case RESIL_E_RETRY_BUDGET:
+    case RESIL_E_RATE_LIMITED:
+    case RESIL_E_PAUSED: return true;
+    default: return false;
+  }
 }
 
 resil_status_class resil_status_class_of(resil_status s) {

@@ -20,9 +20,9 @@ static const resil_key_spec keys[] = {
       "most bytes one call's replies may hold; larger is a caller error"),
 };
 
-RESIL_DEFINE_CONFIG_KIND(redis, resil_redis_config, resil_redis_config_init,
-                         resil_redis_config_validate, resil_redis_new, resil_redis_free,
-                         resil_redis_dep, keys);
+RESIL_DEFINE_CONFIG_KIND_MEM(redis, resil_redis_config, resil_redis_config_init,
+                             resil_redis_config_validate, resil_redis_new, resil_redis_free,
+                             resil_redis_dep, keys, resil_redis_config_memory_bound);
 
 const resil_config_kind *resil_redis_config_kind(void) { return &redis_kind; }
 

@@ -89,6 +89,11 @@ typedef struct resil_config_kind {
   void *(*create)(const void *cfg, resil_err *err);
   void (*destroy)(void *handle);
   resil_dep *(*dep_of)(void *handle);
+  /* Optional (appended): the most bytes a dependency of this kind can hold
+   * at once with this config - resil_dep_config_memory_bound() of its
+   * embedded core config plus its connections and call buffers (pool size
+   * x per-connection buffers and reply caps). NULL: the core's part only. */
+  uint64_t (*memory_bound)(const void *cfg);
 } resil_config_kind;
 
 /* Register a kind so that RESIL_DEPS can name it. A kind with the same name
@@ -104,6 +109,18 @@ RESIL_API resil_status resil_config_register_kind(const resil_config_kind *kind,
  * NAME_kind_get() returning it. */
 #define RESIL_DEFINE_CONFIG_KIND(NAME, CFG_T, INIT_FN, VALIDATE_FN, NEW_FN, FREE_FN, DEP_FN, \
                                  KEYS)                                                      \
+  RESIL__CONFIG_KIND_(NAME, CFG_T, INIT_FN, VALIDATE_FN, NEW_FN, FREE_FN, DEP_FN, KEYS, NULL)
+
+/* As RESIL_DEFINE_CONFIG_KIND, with MEM_FN (uint64_t MEM_FN(const CFG_T *))
+ * as the kind's memory_bound. */
+#define RESIL_DEFINE_CONFIG_KIND_MEM(NAME, CFG_T, INIT_FN, VALIDATE_FN, NEW_FN, FREE_FN,      \
+                                     DEP_FN, KEYS, MEM_FN)                                   \
+  static uint64_t NAME##_kind_mem(const void *c) { return MEM_FN((const CFG_T *)c); }       \
+  RESIL__CONFIG_KIND_(NAME, CFG_T, INIT_FN, VALIDATE_FN, NEW_FN, FREE_FN, DEP_FN, KEYS,      \
+                      NAME##_kind_mem)
+
+#define RESIL__CONFIG_KIND_(NAME, CFG_T, INIT_FN, VALIDATE_FN, NEW_FN, FREE_FN, DEP_FN, KEYS,   \
+                            MEM)                                                             \
   static void NAME##_kind_init(void *c, const char *n) { INIT_FN((CFG_T *)c, n); }          \
   static resil_status NAME##_kind_validate(const void *c, resil_err *e) {                    \
     return VALIDATE_FN((const CFG_T *)c, e);                                                 \
@@ -127,6 +144,7 @@ RESIL_API resil_status resil_config_register_kind(const resil_config_kind *kind,
       .create = NAME##_kind_create,                                                          \
       .destroy = NAME##_kind_destroy,                                                        \
       .dep_of = NAME##_kind_dep_of,                                                          \
+      .memory_bound = MEM,                                                                   \
   }
 
 /* The kind for plain dependencies: struct resil_dep_config, no pool. */
@@ -210,6 +228,16 @@ RESIL_API char *resil_config_dump_json(const resil_config *cfg);
  * resil_info so drift between tasks shows on a dashboard. Secrets do not
  * change it. */
 RESIL_API const char *resil_config_hash(const resil_config *cfg);
+
+/* The worst-case memory, in bytes, that resil can hold for the i-th
+ * dependency with its configuration: its kind's memory_bound (e.g.
+ * resil_redis_config_memory_bound(): the dependency object plus pool.max_size
+ * x (connection + 2 x max_reply_bytes)), or for a kind without one the
+ * dependency object alone (resil_dep_config_memory_bound()).
+ * Replies and results a caller keeps after the call returned are the
+ * caller's, not counted. resil-config prints it per dependency and in
+ * total, for sizing a task's memory. 0 if i is out of range. Thread-safe. */
+RESIL_API uint64_t resil_config_memory_bound(const resil_config *cfg, size_t i);
 
 /* Documentation of a kind's keys (core, pool and its own) with their
  * defaults, as Markdown table rows "| `RESIL_DEP_<NAME>_KEY` | default |

@@ -7,6 +7,11 @@
  *     the end of a break (by its timer, or early because a recovery probe
  *     found the dependency healthy - see resil_dep_set_probe()), a close
  *     after successful half-open calls, an operator's override.
+ *   - a dependency is paused after server pushback (RESIL_EVENT_PAUSE, see
+ *     resil_dep_pause()): at the start (reason as given: "retry_after",
+ *     "overload", ...; new_value = the pause in ms, message = what the
+ *     server said) and at the end (reason "pause_elapsed" or "operator";
+ *     old_value = how long it lasted in ms, new_value 0).
  * Later kinds of state change (adaptive concurrency limits, throttling) will
  * be added as new types; they fill old_value/new_value and leave from/to -1.
  * A hook should ignore types it does not know.
@@ -33,6 +38,7 @@ RESIL_BEGIN_DECLS
 
 typedef enum resil_event_type {
   RESIL_EVENT_BREAKER = 0, /* a breaker state change */
+  RESIL_EVENT_PAUSE,       /* a pause after pushback started or ended */
   RESIL_EVENT_TYPE_COUNT_
 } resil_event_type;
 
@@ -78,7 +84,7 @@ typedef void (*resil_event_hook)(void *ctx, const resil_event *ev);
  * running, so its ctx may be freed. Thread-safe. */
 RESIL_API void resil_set_event_hook(resil_event_hook fn, void *ctx);
 
-/* "breaker". Never NULL. */
+/* "breaker", "pause". Never NULL. */
 RESIL_API const char *resil_event_type_name(resil_event_type t);
 
 /* Format ev as one JSON object on one line, ending in '\n' (keys: ts, type,

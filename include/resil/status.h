@@ -67,6 +67,14 @@ typedef enum resil_status {
                       fault */
   RESIL_E_CLOSED,  /* the object was closed/drained */
 
+  /* -- Added later, at the end so that no earlier value changes ------------ */
+  RESIL_E_RATE_LIMITED, /* local rejection: the dependency's outbound rate limit
+                           (rate_limit.per_s) had no token within the call's
+                           allowed wait */
+  RESIL_E_PAUSED,       /* local rejection: the dependency is paused after it
+                           pushed back (429/503 with Retry-After, ...; see
+                           resil_dep_pause()) */
+
   RESIL_STATUS_COUNT_
 } resil_status;
 
@@ -90,7 +98,10 @@ RESIL_API const char *resil_status_name(resil_status s);
 /* Which class a status belongs to (see resil_status_class). Thread-safe. */
 RESIL_API resil_status_class resil_status_class_of(resil_status s);
 
-/* True for the local rejections (BREAKER_OPEN ... RETRY_BUDGET). */
+/* True for the local rejections: BREAKER_OPEN, CONCURRENCY_FULL,
+ * QUEUE_TIMEOUT, POOL_TIMEOUT, DEADLINE, DRAINING, RETRY_BUDGET,
+ * RATE_LIMITED, PAUSED (a list, not a numeric range: later rejections are
+ * appended at the end of the enum). */
 RESIL_API bool resil_status_is_rejection(resil_status s);
 
 /* Longest detail message kept in a resil_err, including the NUL. */
