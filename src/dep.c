@@ -204,7 +204,7 @@ resil_status resil_dep_config_validate(const resil_dep_config *c, resil_err *err
   if (c->probe_timeout_ms)
     resil__check_range(&p, "probe_timeout_ms", c->probe_timeout_ms, 1, 60000);
   if (c->rate_limit.per_s) {
-    resil__check_range(&p, "rate_limit.per_s", c->rate_limit.per_s, 1, 1000000);
+    resil__check_range(&p, "rate_limit.per_s", c->rate_limit.per_s, 1, 1000000000);
     resil__check_range(&p, "rate_limit.burst", c->rate_limit.burst, 1, 1000000);
   }
   resil__check_range(&p, "pushback.max_pause_ms", c->pushback.max_pause_ms, 0, 3600000);

@@ -57,7 +57,7 @@ typedef struct resil_retry_config {
  * deadline and limit.max_wait_ms - else it is rejected at once with
  * RESIL_E_RATE_LIMITED (reason "rate_limited", never a failure). */
 typedef struct resil_rate_limit_config {
-  uint32_t per_s; /* default 0: off; else 1..1000000 calls per second */
+  uint32_t per_s; /* default 0: off; else 1..1000000000 calls per second */
   uint32_t burst; /* default 1 (calls evenly spaced); 1..1000000 when per_s is set */
 } resil_rate_limit_config;
 
