@@ -392,6 +392,29 @@ int main(int argc, char **argv) {
   row bo2 = repeat(3, NULL, &nv_open, 2, NULL);
   row ro2 = repeat(2, tripped, NULL, 2, &a);
   print_row("core.reject_open.2threads", "rejection, breaker open, 2 threads", ro2, bo2, a);
+  /* the outbound rate limit on at a rate that never limits (1e9/s, burst
+   * 1e6): the cost of the GCRA compare-and-swap, as a ratio to the same
+   * admit+done with the limiter off (the rows above) */
+  resil_dep_config_init(&c, "bench-rate");
+  c.limit.max_concurrent = 1000;
+  c.rate_limit.per_s = 1000000000;
+  c.rate_limit.burst = 1000000;
+  resil_dep *rated = resil_dep_new(&c, &err);
+  a = 0;
+  row rr1 = repeat(0, rated, NULL, 1, &a);
+  print_row("core.admit_done_ratelimit.1thread", "admit+done, rate limit on (ratio: to off)", rr1,
+            r1, a);
+  a = 0;
+  row rr2 = repeat(0, rated, NULL, 2, &a);
+  print_row("core.admit_done_ratelimit.2threads", "  same, 2 threads (ratio: to off, 2 thr.)", rr2,
+            r2, a);
+  {
+    resil_dep_stats rs;
+    resil_dep_get_stats(rated, &rs);
+    if (rs.rejections[RESIL_REJECT_RATE_LIMITED])
+      printf("(rate limit rows: %llu calls were limited: the rate was not high enough)\n",
+             (unsigned long long)rs.rejections[RESIL_REJECT_RATE_LIMITED]);
+  }
   /* the concurrency limit under contention: 2 threads, 1 slot, FIFO queue */
   resil_dep_config_init(&c, "bench-limit");
   c.limit.max_concurrent = 1;

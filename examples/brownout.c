@@ -125,7 +125,8 @@ static const phase_spec PHASES[NPHASES] = {
 #define MAX_TRANSITIONS 4096
 
 enum { SIDE_RESIL, SIDE_NAIVE, NSIDES };
-_Static_assert(RESIL_STATUS_COUNT_ <= 32, "a status must fit in 5 bits (first_reject)");
+#define FR_BITS 6 /* bits of a status in first_reject */
+_Static_assert(RESIL_STATUS_COUNT_ <= (1 << FR_BITS), "a status must fit in FR_BITS bits (first_reject)");
 static const char *const SIDE_NAME[NSIDES] = {"resil", "naive"};
 
 /* ---- Small helpers ------------------------------------------------------- */
@@ -753,7 +754,7 @@ typedef struct side_state {
   resil_dep *dep; /* NULL for naive */
   worker *workers;
   _Atomic uint64_t live_done;
-  /* First local rejection per phase: (time << 5) | status, so that one
+  /* First local rejection per phase: (time << FR_BITS) | status, so that one
    * compare-and-swap keeps the pair consistent; UINT64_MAX: none yet. */
   _Atomic uint64_t first_reject[NPHASES];
   /* Taken by the main thread at each phase's end. */
@@ -849,7 +850,7 @@ static void *worker_main(void *arg) {
       c->ok++;
     } else if (resil_status_is_rejection(st)) {
       c->rejected++;
-      uint64_t mine = end << 5 | (uint64_t)st, cur = atomic_load(&s->first_reject[ph]);
+      uint64_t mine = end << FR_BITS | (uint64_t)st, cur = atomic_load(&s->first_reject[ph]);
       while (mine < cur && !atomic_compare_exchange_weak(&s->first_reject[ph], &cur, mine)) {
       }
     } else {
@@ -1026,7 +1027,7 @@ static void print_table(const demo *d, row rows[NPHASES][NSIDES]) {
       if (fr == UINT64_MAX)
         snprintf(ff, sizeof ff, s->dep ? "-" : "never");
       else
-        fmt_dur(ff, sizeof ff, (fr >> 5) > pstart ? (fr >> 5) - pstart : 0);
+        fmt_dur(ff, sizeof ff, (fr >> FR_BITS) > pstart ? (fr >> FR_BITS) - pstart : 0);
       char rej[160] = "";
       if (s->dep) {
         size_t o = 0;
@@ -1076,8 +1077,8 @@ static void write_summary(FILE *o, const demo *d, row rows[NPHASES][NSIDES]) {
     uint64_t t = atomic_load(&rs->first_reject[ph]);
     if (t < first) first = t;
   }
-  uint64_t ff = first == UINT64_MAX ? UINT64_MAX : first >> 5;
-  int ffst = (int)(first & 0x1f);
+  uint64_t ff = first == UINT64_MAX ? UINT64_MAX : first >> FR_BITS;
+  int ffst = (int)(first & ((1u << FR_BITS) - 1));
   const transition *open = find_transition(d, RESIL_BREAKER_OPEN, bstart);
   if (ff != UINT64_MAX) {
     fprintf(o,
@@ -1269,7 +1270,7 @@ static void print_machine_summary(const demo *d, row rows[NPHASES][NSIDES]) {
     if (fr == UINT64_MAX)
       snprintf(ff[k], sizeof ff[k], "never");
     else
-      snprintf(ff[k], sizeof ff[k], "%.1f", (double)((fr >> 5) > ps ? (fr >> 5) - ps : 0) / 1e6);
+      snprintf(ff[k], sizeof ff[k], "%.1f", (double)((fr >> FR_BITS) > ps ? (fr >> FR_BITS) - ps : 0) / 1e6);
   }
   printf("SUMMARY-BROWNOUT brownout.first_fast_rejection_ms %s %s\n", ff[0], ff[1]);
   printf("SUMMARY-BROWNOUT brownout.threads_stuck_at_end %u %u\n", d->side[0].stuck[PH_BROWNOUT],

@@ -134,6 +134,8 @@ static void respond_status(int fd, resil_status st, const resil_err *err, resil_
       resil_deadline end = {bs.open_until_ns};
       if (bs.open_until_ns) secs = ((uint64_t)resil_deadline_remaining_ms(end) + 999) / 1000;
     }
+    if (st == RESIL_E_PAUSED && dep) /* until the pause the upstream asked for is over */
+      secs = (resil_dep_pause_remaining_ms(dep) + 999) / 1000;
     snprintf(extra, sizeof extra, "Retry-After: %llu\r\n",
              (unsigned long long)(secs ? secs : 1));
   }

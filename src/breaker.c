@@ -522,3 +522,9 @@ void resil__breaker_fork_child(resil_breaker *b) {
   }
   pthread_mutex_unlock(&b->mu);
 }
+
+uint64_t resil__breaker_memory_bound(const resil_breaker_config *c) {
+  uint64_t buckets = c && c->window_buckets ? c->window_buckets : 10;
+  return sizeof(resil_breaker) + RESIL_CACHELINE +
+         buckets * (uint64_t)sizeof(resil_window_bucket) + RESIL_CACHELINE;
+}

@@ -59,6 +59,10 @@ static const resil_key_spec dep_keys[] = {
     DK("throttle.k", DOUBLE, throttle.k, "throttling: shed when fewer than 1/K of calls sent succeed"),
     DK("throttle.window_ms", MS, throttle.window_ms, "throttling: rolling window"),
     DK("throttle.min_requests", UINT, throttle.min_requests, "throttling: calls sent in the window before shedding"),
+    DK("rate_limit.per_s", UINT, rate_limit.per_s, "outbound rate limit: calls per second (0 = off); a call waits for a token only within limit.max_wait_ms and its deadline, else rate_limited"),
+    DK("rate_limit.burst", UINT, rate_limit.burst, "calls that may go at once after a quiet spell (with rate_limit.per_s)"),
+    DK("pushback.max_pause_ms", MS, pushback.max_pause_ms, "longest pause of every call a server's Retry-After (429/503) can cause (0 = ignore pushback)"),
+    DK("pushback.pause_ms", MS, pushback.pause_ms, "pause on pushback naming no time: Redis BUSY/LOADING, PostgreSQL 53300, HTTP 429 without Retry-After (0 = off)"),
 };
 
 #define PK(k, t, f, h) \
@@ -339,6 +343,13 @@ const resil_service_config *resil_config_service(const resil_config *c) {
   return c ? &c->svc : NULL;
 }
 const char *resil_config_hash(const resil_config *c) { return c ? c->hash : NULL; }
+
+uint64_t resil_config_memory_bound(const resil_config *c, size_t i) {
+  if (!c || i >= c->n) return 0;
+  const dep_entry *d = &c->deps[i];
+  if (d->kind->memory_bound) return d->kind->memory_bound(d->cfg);
+  return resil_dep_config_memory_bound(d->kind->dep_config(d->cfg));
+}
 
 /* ---- key tables of one dependency ------------------------------------------ */
 

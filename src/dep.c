@@ -90,6 +90,9 @@ struct resil_dep {
   void *user_hook_ctx;
   resil__ev_bucket ev;
   _Atomic uint64_t probe_results[RESIL_PROBE_RESULT_COUNT_];
+
+  /* outbound rate limit, pauses, memory gauge (flow.c) */
+  resil__flow flow;
 };
 
 #define B_REQ 0
@@ -99,7 +102,8 @@ struct resil_dep {
 
 static const char *const reject_names[] = {
     "breaker_open", "concurrency_full", "queue_timeout", "pool_timeout",
-    "deadline",     "draining",         "retry_budget",  "throttled"};
+    "deadline",     "draining",         "retry_budget",  "throttled",
+    "rate_limited", "paused"};
 _Static_assert(sizeof reject_names / sizeof reject_names[0] == RESIL_REJECT_COUNT_,
                "one name per rejection reason");
 static const char *const outcome_names[RESIL_OUTCOME_COUNT_] = {"success", "failure", "timeout",
@@ -122,6 +126,8 @@ static int reject_reason_of(resil_status s) {
     case RESIL_E_DRAINING: return RESIL_REJECT_DRAINING;
     case RESIL_E_RETRY_BUDGET: return RESIL_REJECT_RETRY_BUDGET;
     case RESIL_E_THROTTLED: return RESIL_REJECT_THROTTLED;
+    case RESIL_E_RATE_LIMITED: return RESIL_REJECT_RATE_LIMITED;
+    case RESIL_E_PAUSED: return RESIL_REJECT_PAUSED;
     default: return -1;
   }
 }
@@ -168,6 +174,10 @@ void resil_dep_config_init(resil_dep_config *c, const char *name) {
   c->throttle.k = 2.0;
   c->throttle.window_ms = 10000;
   c->throttle.min_requests = 20;
+  c->rate_limit.per_s = 0;
+  c->rate_limit.burst = 1;
+  c->pushback.max_pause_ms = 30000;
+  c->pushback.pause_ms = 0;
 }
 
 static bool name_ok(const char *n) {
@@ -259,6 +269,14 @@ resil_status resil_dep_config_validate(const resil_dep_config *c, resil_err *err
   if (c->probe_timeout_ms)
     resil__check_range(&p, "probe_timeout_ms", c->probe_timeout_ms, 1, 60000);
   validate_adaptive(&p, c);
+  if (c->rate_limit.per_s) {
+    resil__check_range(&p, "rate_limit.per_s", c->rate_limit.per_s, 1, 1000000000);
+    resil__check_range(&p, "rate_limit.burst", c->rate_limit.burst, 1, 1000000);
+  }
+  resil__check_range(&p, "pushback.max_pause_ms", c->pushback.max_pause_ms, 0, 3600000);
+  if (c->pushback.pause_ms && c->pushback.pause_ms > c->pushback.max_pause_ms)
+    resil__problem(&p, "pushback.pause_ms", "%u ms is above pushback.max_pause_ms %u ms",
+                   c->pushback.pause_ms, c->pushback.max_pause_ms);
   resil_err berr;
   if (resil_breaker_config_validate(&c->breaker, prefix, &berr) != RESIL_OK)
     resil__problems_merge(&p, berr.msg);
@@ -368,6 +386,7 @@ resil_dep *resil_dep_new(const resil_dep_config *cfg, resil_err *err) {
   atomic_init(&d->slots, (uint64_t)first_limit << 32);
   pthread_mutex_init(&d->qmu, NULL);
   resil__hist_init(&d->latency);
+  resil__flow_init(&d->flow, &d->cfg);
 
   pthread_mutex_lock(&reg_mu);
   if (find_locked(d->name)) {
@@ -481,6 +500,18 @@ static resil_status reject(resil_dep *d, resil_status s, resil_err *err) {
                            d->name);
     case RESIL_E_DRAINING:
       return resil_err_set(err, s, "%s: rejected, the process is draining", d->name);
+    case RESIL_E_RATE_LIMITED:
+      return resil_err_set(err, s,
+                           "%s: rejected, outbound rate limit %u/s (burst %u): no token within "
+                           "the call's allowed wait (limit.max_wait_ms %u or the deadline)",
+                           d->name, d->flow.per_s, d->flow.burst, d->cfg.limit.max_wait_ms);
+    case RESIL_E_PAUSED:
+      return resil_err_set(err, s,
+                           "%s: rejected, paused after the dependency pushed back (%llu ms "
+                           "more; waits only up to limit.max_wait_ms %u or the deadline)",
+                           d->name,
+                           (unsigned long long)resil_dep_pause_remaining_ms(d),
+                           d->cfg.limit.max_wait_ms);
     default: return resil_err_set(err, s, "%s: %s", d->name, resil_strerror(s));
   }
 }
@@ -597,6 +628,21 @@ static __attribute__((noinline)) void policies_done(resil_dep *d, const resil_pe
 
 /* ---- admit / done ------------------------------------------------------ */
 
+/* The opt-in gates of admit, in order: client-side throttling (not for a
+ * half-open probe: those are the breaker's to limit), then a pause and the
+ * outbound rate limit (flow.c), which may wait within the call's allowed
+ * wait and then move *now. */
+static resil_status admit_gates(resil_dep *d, const resil_breaker_ticket *t,
+                                resil_deadline deadline, uint64_t *now) {
+  if (d->thr && !t->probe) {
+    resil_status st = resil__throttle_admit(d->thr, d, *now);
+    if (st != RESIL_OK) return st;
+  }
+  if (resil__flow_gate(&d->flow))
+    return resil__flow_admit(&d->flow, d->name, &d->ev, deadline, now);
+  return RESIL_OK;
+}
+
 resil_status resil_dep_admit(resil_dep *d, resil_deadline deadline, resil_permit *p,
                              resil_err *err) {
   if (!d || !p)
@@ -613,8 +659,8 @@ resil_status resil_dep_admit(resil_dep *d, resil_deadline deadline, resil_permit
     resil_breaker_record(d->breaker, t, RESIL_E_DEADLINE, 0);
     return reject(d, RESIL_E_DEADLINE, err);
   }
-  if (d->thr && !t.probe) { /* half-open probes are the breaker's to limit */
-    resil_status st = resil__throttle_admit(d->thr, d, now);
+  if (d->thr || resil__flow_gate(&d->flow)) { /* throttling, a rate limit or a pause */
+    resil_status st = admit_gates(d, &t, deadline, &now);
     if (st != RESIL_OK) {
       resil_breaker_record(d->breaker, t, st, 0);
       return reject(d, st, err);
@@ -831,4 +877,51 @@ void resil_dep_get_stats(const resil_dep *cd, resil_dep_stats *o) {
     o->probes[k] = atomic_load_explicit(&d->probe_results[k], memory_order_relaxed);
   o->events = atomic_load_explicit(&d->ev.delivered, memory_order_relaxed);
   o->events_dropped = atomic_load_explicit(&d->ev.dropped, memory_order_relaxed);
+  o->rate_limit_per_s = d->flow.per_s;
+  o->rate_limit_burst = d->flow.per_s ? d->flow.burst : 0;
+  o->pause_remaining_ms = resil_dep_pause_remaining_ms(d);
+  o->pauses = atomic_load_explicit(&d->flow.pauses, memory_order_relaxed);
+  int64_t mem = atomic_load_explicit(&d->flow.mem_bytes, memory_order_relaxed);
+  o->memory_bytes = mem > 0 ? (uint64_t)mem : 0;
+  o->memory_bound_bytes = atomic_load_explicit(&d->flow.mem_bound, memory_order_relaxed);
+}
+
+/* ---- pauses and memory (the rest is in flow.c) ------------------------- */
+
+uint32_t resil_dep_pause(resil_dep *d, uint32_t ms, const char *reason, const char *message) {
+  return d ? resil__flow_pause(&d->flow, d->name, &d->ev, ms, reason, message) : 0;
+}
+
+uint32_t resil_dep_pushback(resil_dep *d, const char *reason, const char *message) {
+  if (!d || !d->flow.pause_ns) return 0;
+  return resil__flow_pause(&d->flow, d->name, &d->ev, d->flow.pause_ns / 1000000ull,
+                           reason ? reason : "overload", message);
+}
+
+void resil_dep_unpause(resil_dep *d) {
+  if (d) resil__flow_unpause(&d->flow, d->name, &d->ev, "operator");
+}
+
+uint64_t resil_dep_pause_remaining_ms(const resil_dep *cd) {
+  resil_dep *d = (resil_dep *)cd;
+  if (!d) return 0;
+  uint64_t left = resil__flow_pause_left(&d->flow, d->name, &d->ev, resil_now_ns());
+  return (left + 999999) / 1000000;
+}
+
+void resil_dep_memory_add(resil_dep *d, int64_t delta) {
+  if (d && delta) atomic_fetch_add_explicit(&d->flow.mem_bytes, delta, memory_order_relaxed);
+}
+
+void resil_dep_set_memory_bound(resil_dep *d, uint64_t bytes) {
+  if (d) atomic_store_explicit(&d->flow.mem_bound, bytes, memory_order_relaxed);
+}
+
+uint64_t resil_dep_config_memory_bound(const resil_dep_config *c) {
+  if (!c) return 0;
+  uint64_t b = sizeof(struct resil_dep) + RESIL_CACHELINE;          /* the object, aligned */
+  b += 10 * (uint64_t)sizeof(resil_window_bucket) + RESIL_CACHELINE; /* retry budget window */
+  b += resil__breaker_memory_bound(&c->breaker);
+  b += (uint64_t)c->limit.max_waiters * sizeof(waiter); /* queued callers (on their stacks) */
+  return b;
 }

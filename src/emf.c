@@ -85,7 +85,7 @@ typedef struct metric {
   const resil_hist_snapshot *h; /* M_DIST: the interval's counts */
 } metric;
 
-#define MAX_METRICS_PER_DEP 48
+#define MAX_METRICS_PER_DEP 64
 
 static uint64_t delta(uint64_t cur, uint64_t prev) { return cur >= prev ? cur - prev : cur; }
 
@@ -178,13 +178,49 @@ static void render_doc(resil_sbuf *b, const char *ns, const char *service, const
 static const char *const reject_metric[] = {
     "RejectedBreakerOpen", "RejectedConcurrencyFull", "RejectedQueueTimeout",
     "RejectedPoolTimeout", "RejectedDeadline",        "RejectedDraining",
-    "RejectedRetryBudget", "RejectedThrottled"};
+    "RejectedRetryBudget", "RejectedThrottled",       "RejectedRateLimited",
+    "RejectedPaused"};
 _Static_assert(sizeof reject_metric / sizeof reject_metric[0] == RESIL_REJECT_COUNT_,
                "one EMF name per rejection reason");
 static const char *const call_metric[RESIL_OUTCOME_COUNT_] = {
     "CallsSuccess", "CallsFailure", "CallsTimeout", "CallsOverload", "CallsIgnored"};
 
 /* Append the dependency's documents to b. */
+/* The pool's metrics of one dependency (cur->has_pool), appended at m[n];
+ * returns the new count. acq holds the acquire-latency delta they point to. */
+static size_t pool_metrics(metric *m, size_t n, const resil_dep_stats *cur,
+                           const resil_dep_stats *pv, resil_hist_snapshot *acq) {
+  static const resil_pool_stats zero_pool;
+#define GAUGE(nm, val) m[n++] = (metric){.name = (nm), .unit = "Count", .kind = M_GAUGE, .u = (val)}
+  const resil_pool_stats *pp = pv->has_pool ? &pv->pool : &zero_pool;
+  uint64_t closed = 0, pclosed = 0;
+  for (int k = 0; k < RESIL_POOL_CLOSE_REASON_COUNT_; k++) {
+    closed += cur->pool.closed[k];
+    pclosed += pp->closed[k];
+  }
+#define PCOUNT(nm, field) \
+  m[n++] = (metric){.name = (nm), .unit = "Count", .kind = M_COUNT, \
+                    .u = delta(cur->pool.field, pp->field)}
+  PCOUNT("PoolAcquireTimeouts", acquire_timeouts);
+  PCOUNT("PoolConnectsOk", connects_ok);
+  PCOUNT("PoolConnectsFailed", connects_failed);
+  PCOUNT("PoolConnectsTimedOut", connects_timed_out);
+  m[n++] = (metric){.name = "PoolClosed", .unit = "Count", .kind = M_COUNT,
+                    .u = delta(closed, pclosed)};
+  GAUGE("PoolMax", cur->pool.max);
+  GAUGE("PoolOpen", cur->pool.open);
+  GAUGE("PoolInUse", cur->pool.in_use);
+  GAUGE("PoolIdle", cur->pool.idle);
+  GAUGE("PoolWaiters", cur->pool.waiters);
+  hist_delta(&cur->pool.acquire_latency, pv->has_pool ? &pp->acquire_latency : NULL, acq);
+  if (acq->count)
+    m[n++] = (metric){.name = "PoolAcquireLatency", .unit = "Milliseconds", .kind = M_DIST,
+                      .h = acq};
+#undef PCOUNT
+#undef GAUGE
+  return n;
+}
+
 static void render_dep(resil_sbuf *b, const char *ns, const char *service,
                        const resil_dep_stats *cur, const resil_dep_stats *prev, int64_t ts,
                        unsigned max_metrics) {
@@ -222,6 +258,10 @@ static void render_dep(resil_sbuf *b, const char *ns, const char *service,
   m[n++] = (metric){.name = "ThrottleProbability", .unit = "Percent", .kind = M_DOUBLE,
                     .d = cur->throttle_probability * 100.0};
   GAUGE("QueueWaiters", cur->waiters);
+  m[n++] = (metric){.name = "PauseRemaining", .unit = "Milliseconds", .kind = M_GAUGE,
+                    .u = cur->pause_remaining_ms};
+  m[n++] = (metric){.name = "MemoryBytes", .unit = "Bytes", .kind = M_GAUGE,
+                    .u = cur->memory_bytes};
   m[n++] = (metric){.name = "Saturation", .unit = "Percent", .kind = M_DOUBLE,
                     .d = cur->saturation * 100.0};
   m[n++] = (metric){.name = "BreakerState", .unit = "None", .kind = M_GAUGE,
@@ -230,33 +270,7 @@ static void render_dep(resil_sbuf *b, const char *ns, const char *service,
   hist_delta(&cur->latency, prev ? &prev->latency : NULL, &lat);
   if (lat.count)
     m[n++] = (metric){.name = "Latency", .unit = "Milliseconds", .kind = M_DIST, .h = &lat};
-  if (cur->has_pool) {
-    const resil_pool_stats *pp = pv->has_pool ? &pv->pool : &zero.pool;
-    uint64_t closed = 0, pclosed = 0;
-    for (int k = 0; k < RESIL_POOL_CLOSE_REASON_COUNT_; k++) {
-      closed += cur->pool.closed[k];
-      pclosed += pp->closed[k];
-    }
-#define PCOUNT(nm, field) \
-  m[n++] = (metric){.name = (nm), .unit = "Count", .kind = M_COUNT, \
-                    .u = delta(cur->pool.field, pp->field)}
-    PCOUNT("PoolAcquireTimeouts", acquire_timeouts);
-    PCOUNT("PoolConnectsOk", connects_ok);
-    PCOUNT("PoolConnectsFailed", connects_failed);
-    PCOUNT("PoolConnectsTimedOut", connects_timed_out);
-    m[n++] = (metric){.name = "PoolClosed", .unit = "Count", .kind = M_COUNT,
-                      .u = delta(closed, pclosed)};
-    GAUGE("PoolMax", cur->pool.max);
-    GAUGE("PoolOpen", cur->pool.open);
-    GAUGE("PoolInUse", cur->pool.in_use);
-    GAUGE("PoolIdle", cur->pool.idle);
-    GAUGE("PoolWaiters", cur->pool.waiters);
-    hist_delta(&cur->pool.acquire_latency, pv->has_pool ? &pp->acquire_latency : NULL, &acq);
-    if (acq.count)
-      m[n++] = (metric){.name = "PoolAcquireLatency", .unit = "Milliseconds", .kind = M_DIST,
-                        .h = &acq};
-#undef PCOUNT
-  }
+  if (cur->has_pool) n = pool_metrics(m, n, cur, pv, &acq);
 #undef COUNT
 #undef GAUGE
   for (size_t i = 0; i < n; i += max_metrics)

@@ -67,6 +67,7 @@ const char *resil_event_type_name(resil_event_type t) {
     case RESIL_EVENT_BREAKER: return "breaker";
     case RESIL_EVENT_LIMIT: return "limit";
     case RESIL_EVENT_THROTTLE: return "throttle";
+    case RESIL_EVENT_PAUSE: return "pause";
     default: return "unknown";
   }
 }
@@ -171,9 +172,10 @@ void resil__event_breaker(const char *dep, resil__ev_bucket *bk, resil_breaker *
   hook_leave();
 }
 
-void resil__event_value(const char *dep, resil__ev_bucket *bk, resil_event_type type,
-                        const char *reason, const char *detail, int64_t old_value,
-                        int64_t new_value) {
+/* One event of a type other than BREAKER (from/to -1). */
+static void emit_value(const char *dep, resil__ev_bucket *bk, resil_event_type type,
+                       const char *reason, const char *message, const char *detail,
+                       int64_t old_value, int64_t new_value) {
   void *ctx;
   uint64_t now;
   uint32_t suppressed;
@@ -189,7 +191,7 @@ void resil__event_value(const char *dep, resil__ev_bucket *bk, resil_event_type 
       .from = -1,
       .to = -1,
       .reason = reason,
-      .message = "",
+      .message = message ? message : "",
       .detail = detail ? detail : "",
       .suppressed = suppressed,
       .old_value = old_value,
@@ -198,6 +200,18 @@ void resil__event_value(const char *dep, resil__ev_bucket *bk, resil_event_type 
   fn(ctx, &ev);
   atomic_fetch_add_explicit(&bk->delivered, 1, memory_order_relaxed);
   hook_leave();
+}
+
+void resil__event_value(const char *dep, resil__ev_bucket *bk, resil_event_type type,
+                        const char *reason, const char *detail, int64_t old_value,
+                        int64_t new_value) {
+  emit_value(dep, bk, type, reason, NULL, detail, old_value, new_value);
+}
+
+void resil__event_pause(const char *dep, resil__ev_bucket *bk, bool start, uint64_t ms,
+                        const char *reason, const char *message, const char *detail) {
+  emit_value(dep, bk, RESIL_EVENT_PAUSE, reason ? reason : "pushback", message, detail,
+             start ? 0 : (int64_t)ms, start ? (int64_t)ms : 0);
 }
 
 /* ---- formatting --------------------------------------------------------- */

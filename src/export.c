@@ -198,6 +198,32 @@ static void render_prometheus(resil_sbuf *b, const resil_stats_vec *s) {
          "Event log lines not written because stderr would have blocked.");
   resil__sb_printf(b, "resil_event_log_dropped_total %llu\n",
                    (unsigned long long)resil__event_log_dropped());
+  family(b, "resil_rate_limit", "gauge",
+         "Outbound rate limit in calls per second (rate_limit.per_s; 0 = off).");
+  EACH(s) resil__sb_printf(b, "resil_rate_limit{dependency=\"%s\"} %u\n", D->name,
+                           D->rate_limit_per_s);
+  family(b, "resil_pause_remaining_seconds", "gauge",
+         "Time left of the pause after server pushback (Retry-After); 0 = not paused.");
+  EACH(s) resil__sb_printf(b, "resil_pause_remaining_seconds{dependency=\"%s\"} %.3f\n",
+                           D->name, (double)D->pause_remaining_ms / 1e3);
+  family(b, "resil_pauses_total", "counter", "Pauses started or grown after server pushback.");
+  EACH(s) resil__sb_printf(b, "resil_pauses_total{dependency=\"%s\"} %llu\n", D->name,
+                           (unsigned long long)D->pauses);
+  family(b, "resil_memory_bytes", "gauge",
+         "Bytes held now for calls in flight (reply, response and result buffers).");
+  uint64_t mem_all = 0;
+  EACH(s) {
+    mem_all += D->memory_bytes;
+    resil__sb_printf(b, "resil_memory_bytes{dependency=\"%s\"} %llu\n", D->name,
+                     (unsigned long long)D->memory_bytes);
+  }
+  family(b, "resil_memory_process_bytes", "gauge",
+         "Bytes held now for calls in flight, all dependencies together.");
+  resil__sb_printf(b, "resil_memory_process_bytes %llu\n", (unsigned long long)mem_all);
+  family(b, "resil_memory_bound_bytes", "gauge",
+         "Worst-case bytes the dependency can hold, from its configuration (0 = not computed).");
+  EACH(s) resil__sb_printf(b, "resil_memory_bound_bytes{dependency=\"%s\"} %llu\n", D->name,
+                           (unsigned long long)D->memory_bound_bytes);
   family(b, "resil_call_duration_seconds", "histogram",
          "Latency of admitted calls, admit to done.");
   EACH(s) histogram(b, "resil_call_duration_seconds", D->name, &D->latency);
@@ -304,6 +330,13 @@ static void render_json(resil_sbuf *b, const resil_stats_vec *s) {
                        (unsigned long long)D->probes[k]);
     resil__sb_printf(b, "},\"events\":%llu,\"events_dropped\":%llu,",
                      (unsigned long long)D->events, (unsigned long long)D->events_dropped);
+    resil__sb_printf(b,
+                     "\"rate_limit\":{\"per_s\":%u,\"burst\":%u},\"pause_remaining_ms\":%llu,"
+                     "\"pauses\":%llu,\"memory_bytes\":%llu,\"memory_bound_bytes\":%llu,",
+                     D->rate_limit_per_s, D->rate_limit_burst,
+                     (unsigned long long)D->pause_remaining_ms, (unsigned long long)D->pauses,
+                     (unsigned long long)D->memory_bytes,
+                     (unsigned long long)D->memory_bound_bytes);
     resil__sb_printf(b, "\"latency\":");
     json_hist(b, &D->latency);
     if (D->has_pool) {

@@ -204,6 +204,9 @@ void resil__window_reset(resil_window *w);
 void resil__breaker_record_at(resil_breaker *b, resil_breaker_ticket t, resil_status outcome,
                               uint64_t latency_ns, uint64_t now);
 
+/* Worst-case bytes of a breaker with config c (object and window). */
+uint64_t resil__breaker_memory_bound(const resil_breaker_config *c);
+
 /* If the breaker is OPEN: its generation, when it opened and when the break
  * ends, and true; else false. Takes the breaker's state mutex. */
 bool resil__breaker_open_info(resil_breaker *b, uint32_t *gen, uint64_t *opened_at_ns,
@@ -233,6 +236,54 @@ extern _Thread_local const char *resil__call_msg;
 void resil__event_breaker(const char *dep, resil__ev_bucket *bk, resil_breaker *b,
                           resil_breaker_state from, resil_breaker_state to,
                           resil_trip_reason reason);
+
+/* Emit a pause start (start true, ms its length) or end (ms how long it
+ * lasted) of dependency dep (rate-limited by bk) to the event hook. */
+void resil__event_pause(const char *dep, resil__ev_bucket *bk, bool start, uint64_t ms,
+                        const char *reason, const char *message, const char *detail);
+
+/* ---- Outbound rate limit and pauses (flow.c) ----------------------------- */
+
+/* A dependency's rate limiter (GCRA: one "theoretical arrival time") and
+ * pause, plus the memory gauge. Embedded in struct resil_dep. */
+typedef struct resil__flow {
+  /* read on every admit: the gate (both 0 when off) */
+  _Alignas(RESIL_CACHELINE) uint64_t interval_ns; /* 1e9 / per_s; 0 = no rate limit */
+  _Atomic uint64_t pause_until;                   /* process clock ns; 0 = not paused */
+  uint64_t tolerance_ns;                          /* (burst - 1) * interval_ns */
+  uint64_t max_pause_ns, pause_ns;                /* pushback config */
+  uint64_t max_wait_ns;                           /* limit.max_wait_ms */
+  uint32_t per_s, burst;
+  _Atomic uint64_t pause_start; /* when the pause in force began */
+  _Atomic uint64_t pauses;      /* pauses started or grown */
+  /* written on every admit while the limiter is on */
+  _Alignas(RESIL_CACHELINE) _Atomic uint64_t tat;
+  /* written by adapters as their buffers grow and shrink */
+  _Alignas(RESIL_CACHELINE) _Atomic int64_t mem_bytes;
+  _Atomic uint64_t mem_bound;
+} resil__flow;
+
+void resil__flow_init(resil__flow *f, const resil_dep_config *c);
+
+/* True when admit must go through resil__flow_admit(): a rate limit is
+ * configured or a pause has been set. One load of a read-mostly line. */
+static inline bool resil__flow_gate(resil__flow *f) {
+  return __builtin_expect(
+      (f->interval_ns | atomic_load_explicit(&f->pause_until, memory_order_relaxed)) != 0, 0);
+}
+
+/* The pause, then the rate limit, at *now (updated after a wait).
+ * RESIL_OK, RESIL_E_PAUSED or RESIL_E_RATE_LIMITED. May sleep, never past
+ * the deadline or max_wait_ns. dep/ev name the dependency for events. */
+resil_status resil__flow_admit(resil__flow *f, const char *dep, resil__ev_bucket *ev,
+                               resil_deadline deadline, uint64_t *now);
+uint32_t resil__flow_pause(resil__flow *f, const char *dep, resil__ev_bucket *ev, uint64_t ms,
+                           const char *reason, const char *message);
+void resil__flow_unpause(resil__flow *f, const char *dep, resil__ev_bucket *ev,
+                         const char *reason);
+/* The pause left at now (ns), ending it (with its event) if it has passed. */
+uint64_t resil__flow_pause_left(resil__flow *f, const char *dep, resil__ev_bucket *ev,
+                                uint64_t now);
 
 /* Wake the probe threads (a breaker opened). */
 void resil__probe_kick(void);

@@ -26,6 +26,9 @@ static const struct {
     [RESIL_E_THROTTLED] = {"throttled",
                            "rejected: client-side throttling shed the call (too few recent "
                            "calls to the dependency succeeded)"},
+    [RESIL_E_RATE_LIMITED] = {"rate_limited",
+                              "rejected: outbound rate limit reached (no token in time)"},
+    [RESIL_E_PAUSED] = {"paused", "rejected: the dependency asked us to pause (pushback)"},
 };
 
 const char *resil_strerror(resil_status s) {
@@ -49,7 +52,9 @@ bool resil_status_is_rejection(resil_status s) {
     case RESIL_E_DEADLINE:
     case RESIL_E_DRAINING:
     case RESIL_E_RETRY_BUDGET:
-    case RESIL_E_THROTTLED: return true;
+    case RESIL_E_THROTTLED:
+    case RESIL_E_RATE_LIMITED:
+    case RESIL_E_PAUSED: return true;
     default: return false;
   }
 }

@@ -37,13 +37,13 @@ hash_of() { sed -n 's/^# config_hash=\([0-9a-f]\{16\}\)$/\1/p' "$tmp/out"; }
 
 R_SECRET=rEdIs-cOnFiG-5ec7 P_SECRET=pG-cOnFiG-9a41
 if ((have_secret_kinds)); then
-  echo "1..9"
+  echo "1..10"
   GOOD=(RESIL_DEPS=cache:redis,db:pg,jobs RESIL_SERVICE=checkout
         RESIL_DEP_CACHE_TIMEOUT_MS=250ms "RESIL_DEP_CACHE_PASSWORD=$R_SECRET"
         "RESIL_DEP_DB_CONNINFO=host=127.0.0.1 dbname=x user=u password=$P_SECRET"
         RESIL_DEP_JOBS_BREAKER_OPEN_MS=2s)
 else
-  echo "1..7"
+  echo "1..8"
   GOOD=(RESIL_DEPS=jobs,feed RESIL_SERVICE=checkout RESIL_DEP_FEED_TIMEOUT_MS=250ms
         RESIL_DEP_JOBS_BREAKER_OPEN_MS=2s)
 fi
@@ -165,6 +165,38 @@ if ((have_secret_kinds)); then
   else
     notok "errors name the variables of a bad configuration but never echo its secrets" \
       "exit $rc" "$(cat "$tmp/out" "$tmp/err")"
+  fi
+fi
+
+# Last. The worst-case memory per dependency and in total (README "Sizing an
+# ECS task's memory"): a dependency's figure grows with its reply cap times
+# its pool size (Redis: 2 x max_reply_bytes per connection), and the total
+# is the sum.
+mem_of() { sed -n "s/^# memory_bound $1=\([0-9]*\) .*/\1/p" "$tmp/out"; }
+total_of() { sed -n 's/^# memory_bound_total=\([0-9]*\) .*/\1/p' "$tmp/out"; }
+if ((have_secret_kinds)); then
+  ENVV=("${GOOD[@]}" RESIL_DEP_CACHE_POOL_MAX_SIZE=4 RESIL_DEP_CACHE_MAX_REPLY_BYTES=1M)
+  run
+  m1=$(mem_of cache) j1=$(mem_of jobs) d1=$(mem_of db) t1=$(total_of)
+  ENVV=("${GOOD[@]}" RESIL_DEP_CACHE_POOL_MAX_SIZE=4 RESIL_DEP_CACHE_MAX_REPLY_BYTES=2M)
+  run
+  m2=$(mem_of cache)
+  if [[ -n $m1 && -n $m2 && -n $j1 && -n $d1 && -n $t1 ]] &&
+     ((m2 - m1 == 4 * 2 * 1048576 && t1 == m1 + j1 + d1 && j1 > 0)); then
+    ok "resil-config prints each dependency's worst-case memory and the total"
+  else
+    notok "resil-config prints each dependency's worst-case memory and the total" \
+      "cache $m1 -> $m2, jobs $j1, db $d1, total $t1" "$(grep memory_bound "$tmp/out")"
+  fi
+else
+  ENVV=("${GOOD[@]}")
+  run
+  j1=$(mem_of jobs) f1=$(mem_of feed) t1=$(total_of)
+  if [[ -n $j1 && -n $f1 && -n $t1 ]] && ((t1 == j1 + f1 && j1 > 0)); then
+    ok "resil-config prints each dependency's worst-case memory and the total"
+  else
+    notok "resil-config prints each dependency's worst-case memory and the total" \
+      "$(grep memory_bound "$tmp/out")"
   fi
 fi
 exit "$bad"

@@ -8,6 +8,13 @@
  *   resil-config --json     the same as JSON (what /config serves)
  *   resil-config --keys     every key with its default, as Markdown tables
  *   resil-config FILE       also read FILE (KEY=VALUE lines) before the environment
+ *
+ * After the configuration, the text form prints the worst-case memory resil
+ * can hold for each dependency (resil_config_memory_bound()) and their total,
+ * to add to the task's memory limit:
+ *   # memory_bound orders-db=172228608 (164.3 MiB)
+ *   # memory_bound_total=... (...)
+ * and the hash last.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -83,7 +90,19 @@ int main(int argc, char **argv) {
   }
   char *out = json ? resil_config_dump_json(cfg) : resil_config_dump(cfg);
   if (out) fputs(out, stdout);
-  if (!json) printf("# config_hash=%s\n", resil_config_hash(cfg));
+  if (!json) {
+    uint64_t total = 0;
+    for (size_t i = 0; i < resil_config_count(cfg); i++) {
+      uint64_t b = resil_config_memory_bound(cfg, i);
+      total += b;
+      printf("# memory_bound %s=%llu (%.1f MiB)\n", resil_config_name(cfg, i),
+             (unsigned long long)b, (double)b / 1048576.0);
+    }
+    printf("# memory_bound_total=%llu (%.1f MiB): the most resil can hold for these "
+           "dependencies' calls; add it to the task's memory\n",
+           (unsigned long long)total, (double)total / 1048576.0);
+    printf("# config_hash=%s\n", resil_config_hash(cfg));
+  }
   free(out);
   resil_config_free(cfg);
   return 0;

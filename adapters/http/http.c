@@ -637,6 +637,7 @@ resil_http *resil_http_new(const resil_http_config *cfg, resil_err *err) {
       .connect = conn_open, .close = conn_close, .ctx = h, .abandon = conn_abandon};
   if (!(h->pool = resil_pool_new(&pc, &conn, err))) goto fail;
   resil_dep_attach_pool(h->dep, h->pool);
+  resil_dep_set_memory_bound(h->dep, resil_http_config_memory_bound(cfg));
   if (resil_dep_set_probe(h->dep, http_probe, h) != RESIL_OK) {
     resil_err_set(err, RESIL_E_SYSTEM, "http '%s': cannot start the recovery probe", h->name);
     goto fail;
@@ -648,6 +649,22 @@ nomem:
 fail:
   resil_http_free(h);
   return NULL;
+}
+
+/* What one pooled handle can hold besides the response: the easy handle,
+ * its connection's buffers (download 16 KiB, upload 64 KiB), TLS state and
+ * the header scratch space kept between calls (<= 64 KiB). */
+#define HTTP_CONN_BYTES (512u * 1024u)
+
+uint64_t resil_http_config_memory_bound(const resil_http_config *cfg) {
+  if (!cfg) return 0;
+  uint64_t conns = cfg->pool.max_size;
+  uint64_t calls = conns < cfg->dep.limit.max_concurrent ? conns : cfg->dep.limit.max_concurrent;
+  /* A call's response: the body (up to max_response_bytes; while its buffer
+   * grows, the old and the new one exist at once: 2x) and the header lines
+   * (also at most max_response_bytes, copied once into the response: 2x). */
+  uint64_t per_call = 4 * (uint64_t)cfg->max_response_bytes;
+  return resil_dep_config_memory_bound(&cfg->dep) + conns * HTTP_CONN_BYTES + calls * per_call;
 }
 
 resil_dep *resil_http_dep(resil_http *h) { return h ? h->dep : NULL; }
@@ -680,6 +697,7 @@ const char *resil_http_response_header(const resil_http_response *r, const char 
 typedef struct xfer {
   resil_http_response *resp;
   http_conn *hc;
+  resil_dep *dep; /* the body buffer's capacity is reported to its memory gauge */
   size_t max;
   size_t cap;
   size_t header_bytes;
@@ -712,6 +730,7 @@ static size_t on_body(char *data, size_t size, size_t nmemb, void *ud) {
       return 0;
     }
     r->body = nb;
+    resil_dep_memory_add(x->dep, (int64_t)want - (int64_t)x->cap);
     x->cap = want;
   }
   memcpy(r->body + r->body_len, data, n);
@@ -1035,7 +1054,7 @@ static resil_status attempt(void *vctx, resil_attempt *a) {
     }
   }
 
-  xfer x = {.resp = r, .hc = hc, .max = h->max_body};
+  xfer x = {.resp = r, .hc = hc, .dep = h->dep, .max = h->max_body};
   curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, &x.sock_errno);
   hc->hlen = hc->nspans = 0;
   hc->errbuf[0] = '\0';
@@ -1052,6 +1071,9 @@ static resil_status attempt(void *vctx, resil_attempt *a) {
   curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, tto);
 
   CURLcode rc = curl_easy_perform(e);
+  /* From here the body is the caller's (or freed below): no longer held
+   * for a call in flight. */
+  resil_dep_memory_add(h->dep, -(int64_t)x.cap);
 
   curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, (void *)NULL);
   curl_easy_setopt(e, CURLOPT_HTTPHEADER, (struct curl_slist *)NULL);
@@ -1087,10 +1109,17 @@ static resil_status attempt(void *vctx, resil_attempt *a) {
     if (code < 400) return RESIL_OK;
     if (code == 429 || (code == 503 && has_ra)) {
       a->retry_after_ms = r->retry_after_ms;
-      return resil_err_set(a->err, RESIL_E_OVERLOAD,
-                           "http '%s': %s %.*s: HTTP %ld (overloaded; Retry-After %u ms)",
-                           h->name, c->method, (int)c->url_show, c->url, code,
-                           r->retry_after_ms);
+      resil_err_set(a->err, RESIL_E_OVERLOAD,
+                    "http '%s': %s %.*s: HTTP %ld (overloaded; Retry-After %u ms)", h->name,
+                    c->method, (int)c->url_show, c->url, code, r->retry_after_ms);
+      /* Server pushback: pause every call to this dependency until the time
+       * it named (capped by pushback.max_pause_ms), or for pushback.pause_ms
+       * after a 429 that named none. */
+      if (has_ra)
+        resil_dep_pause(h->dep, r->retry_after_ms, "retry_after", a->err->msg);
+      else
+        resil_dep_pushback(h->dep, "overload", a->err->msg);
+      return RESIL_E_OVERLOAD;
     }
     if (in_set(h, code))
       return resil_err_set(a->err, RESIL_E_FAILURE, "http '%s': %s %.*s: HTTP %ld", h->name,

@@ -24,9 +24,9 @@ static const resil_key_spec keys[] = {
       "recovery probe: GET this path while the breaker is open (default: base_url)"),
 };
 
-RESIL_DEFINE_CONFIG_KIND(http, resil_http_config, resil_http_config_init,
-                         resil_http_config_validate, resil_http_new, resil_http_free,
-                         resil_http_dep, keys);
+RESIL_DEFINE_CONFIG_KIND_MEM(http, resil_http_config, resil_http_config_init,
+                             resil_http_config_validate, resil_http_new, resil_http_free,
+                             resil_http_dep, keys, resil_http_config_memory_bound);
 
 const resil_config_kind *resil_http_config_kind(void) { return &http_kind; }
 

@@ -748,6 +748,9 @@ static resil_status connect_error(resil_pg *pg, PGconn *c, resil_err *err) {
   if (strstr(msg, "could not create socket"))
     return resil_err_set(err, RESIL_E_SYSTEM,
                          "%s (a local resource limit; not counted against the dependency)", msg);
+  /* 53300 too_many_connections: the server's connection slots are full.
+   * Pause every call for pushback.pause_ms (a no-op while it is 0). */
+  if (strstr(msg, "53300")) resil_dep_pushback(pg->dep, "too_many_connections", msg);
   bump(&pg->connects_failed);
   return resil_err_set(err, RESIL_E_FAILURE, "%s",
                        msg[0] ? msg : "connection failed");
@@ -999,6 +1002,22 @@ static bool is_sqlstate(const char *s) {
   return true;
 }
 
+/* One connection besides its results: the PGconn with libpq's input and
+ * output buffers at their usual sizes, and TLS state. */
+#define PG_CONN_BYTES (256u * 1024u)
+
+uint64_t resil_pg_config_memory_bound(const resil_pg_config *cfg) {
+  if (!cfg) return 0;
+  uint64_t conns = cfg->pool.max_size;
+  uint64_t calls = conns < cfg->dep.limit.max_concurrent ? conns : cfg->dep.limit.max_concurrent;
+  /* A statement is stopped within one read of max_result_bytes received
+   * (see "Bounding what one statement receives"): libpq's input buffer holds
+   * up to that (1x, plus one read) and the PGresult it builds is up to ~3x
+   * the protocol bytes for many narrow rows: 4x. */
+  return resil_dep_config_memory_bound(&cfg->dep) + conns * PG_CONN_BYTES +
+         calls * 4 * (uint64_t)cfg->max_result_bytes;
+}
+
 resil_status resil_pg_classify_sqlstate(const char *s, bool *retryable) {
   if (retryable) *retryable = false;
   if (!is_sqlstate(s)) return RESIL_E_FAILURE;
@@ -1076,7 +1095,16 @@ typedef struct rx_meter {
   bool on;       /* the socket counts received bytes (TCP) */
   uint64_t base; /* received when the statement was sent */
   uint64_t used; /* taken by libpq since, as last measured */
+  resil_dep *dep;    /* whose memory gauge the received bytes are reported to */
+  uint64_t reported; /* bytes reported to it so far */
 } rx_meter;
+
+/* When the statement is over (every return of run_stmt_kind: a cleanup
+ * attribute), its result is the caller's or freed: no longer in flight. */
+static void meter_release(rx_meter *m) {
+  if (m->reported) resil_dep_memory_add(m->dep, -(int64_t)m->reported);
+  m->reported = 0;
+}
 
 static bool tcp_received(int fd, uint64_t *out) {
   struct tcp_info ti;
@@ -1103,6 +1131,12 @@ static bool meter_ok(rx_meter *m, size_t max) {
   uint64_t now;
   if (!m->on || !tcp_received(m->fd, &now)) return true;
   uint64_t got = now - m->base; /* received, read or not */
+  /* What libpq holds for the statement (its input buffer, the result it
+   * builds) is about what it received: the memory gauge's figure. */
+  if (m->dep && got != m->reported) {
+    resil_dep_memory_add(m->dep, (int64_t)got - (int64_t)m->reported);
+    m->reported = got;
+  }
   if (got <= max) return true;
   int inq = 0;
   if (ioctl(m->fd, FIONREAD, &inq) != 0 || inq < 0) inq = 0;
@@ -1176,7 +1210,7 @@ static resil_status run_stmt_raw(resil_pg *pg, PGconn *c, resil_deadline qd,
     *d = DISP_BROKEN;
     return conn_error(pg, phase, c, err);
   }
-  rx_meter m;
+  __attribute__((cleanup(meter_release))) rx_meter m = {.dep = pg->dep};
   meter_start(&m, c);
   int ok;
   if (!q)
@@ -1998,6 +2032,7 @@ resil_pg *resil_pg_new(const resil_pg_config *cfg, resil_err *err) {
   pg->pool = resil_pool_new(&pc, &cn, err);
   if (!pg->pool) goto fail;
   resil_dep_attach_pool(pg->dep, pg->pool);
+  resil_dep_set_memory_bound(pg->dep, resil_pg_config_memory_bound(cfg));
   if (resil_dep_set_probe(pg->dep, pg_probe, pg) != RESIL_OK) {
     resil_err_set(err, RESIL_E_SYSTEM, "%s: cannot start the recovery probe", pg->name);
     goto fail;

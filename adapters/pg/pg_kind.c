@@ -44,8 +44,9 @@ static const resil_key_spec keys[] = {
       "how often, at most, password_file is checked before new connections"),
 };
 
-RESIL_DEFINE_CONFIG_KIND(pg, resil_pg_config, resil_pg_config_init, resil_pg_config_validate,
-                         resil_pg_new, resil_pg_free, resil_pg_dep, keys);
+RESIL_DEFINE_CONFIG_KIND_MEM(pg, resil_pg_config, resil_pg_config_init,
+                             resil_pg_config_validate, resil_pg_new, resil_pg_free, resil_pg_dep,
+                             keys, resil_pg_config_memory_bound);
 
 const resil_config_kind *resil_pg_config_kind(void) { return &pg_kind; }
 

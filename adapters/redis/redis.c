@@ -173,6 +173,20 @@ static int read_some(redisContext *c, resil_redis_bound *b, bool block) {
   return -1;
 }
 
+/* The dependency whose memory gauge (resil_dep_memory_add) the command
+ * driver reports to on this thread: set by attempt() around drive(); NULL
+ * (handshakes, probes) reports nothing. */
+static _Thread_local resil_dep *mem_dep;
+
+/* Report what the bound holds now to mem_dep's gauge; *reported is what
+ * was reported before. */
+static void mem_report(const resil_redis_bound *b, size_t *reported) {
+  if (!mem_dep) return;
+  size_t held = resil_redis_bound_held(b);
+  resil_dep_memory_add(mem_dep, (int64_t)held - (int64_t)*reported);
+  *reported = held;
+}
+
 /* Send buf (already formatted) on c and read n replies into out[], all before
  * dl, the n replies together holding at most max_bytes (see reply.h). On any
  * failure every reply read so far is freed, out[] is NULLed, err gets
@@ -189,6 +203,7 @@ static resil_status drive(redisContext *c, const char *name, const char *buf, si
   size_t got = 0;
   resil_status st = RESIL_OK;
   resil_redis_bound b;
+  size_t reported = 0; /* bytes held, as last told to mem_dep's gauge */
   resil_redis_bound_begin(&b, c->reader, max_bytes);
   for (size_t i = 0; i < n; i++) out[i] = NULL;
   if (c->err) {
@@ -259,7 +274,9 @@ static resil_status drive(redisContext *c, const char *name, const char *buf, si
     /* Parse what came and re-check the deadline before reading more, even
      * when more is waiting: a server that never pauses cannot keep us. */
     if (rd < 0) goto io_error;
+    if (rd > 0) mem_report(&b, &reported);
   }
+  if (mem_dep) resil_dep_memory_add(mem_dep, -(int64_t)reported); /* now the caller's */
   resil_redis_bound_end(&b);
   return RESIL_OK;
 
@@ -276,12 +293,31 @@ timeout:
   st = resil_err_set(err, RESIL_E_TIMEOUT, "%s: %s: timed out after %llu ms (%s)", name, phase,
                      (unsigned long long)ms_since(start), timeout_why);
 fail:
+  if (mem_dep) resil_dep_memory_add(mem_dep, -(int64_t)reported);
   resil_redis_bound_end(&b);
   for (size_t i = 0; i < got; i++) {
     freeReplyObject(out[i]);
     out[i] = NULL;
   }
   return st;
+}
+
+/* ---- Memory bound -------------------------------------------------------- */
+
+/* One connection besides its replies: the hiredis context and reader (its
+ * buffer is released after a large reply, see reply.h) and the socket
+ * buffers the process owns. */
+#define REDIS_CONN_BYTES (64u * 1024u)
+
+uint64_t resil_redis_config_memory_bound(const resil_redis_config *cfg) {
+  if (!cfg) return 0;
+  uint64_t conns = cfg->pool.max_size;
+  uint64_t calls = conns < cfg->dep.limit.max_concurrent ? conns : cfg->dep.limit.max_concurrent;
+  /* A call holds at most max_reply_bytes (reply objects + unparsed bytes,
+   * see reply.h), plus, for an instant, the copy hiredis makes of a bulk
+   * string out of its buffer: 2x. */
+  return resil_dep_config_memory_bound(&cfg->dep) + conns * REDIS_CONN_BYTES +
+         calls * 2 * (uint64_t)cfg->max_reply_bytes;
 }
 
 /* ---- Reply classification ---------------------------------------------- */
@@ -673,6 +709,7 @@ resil_redis *resil_redis_new(const resil_redis_config *cfg, resil_err *err) {
   r->pool = resil_pool_new(&pc, &cn, err);
   if (!r->pool) goto fail;
   resil_dep_attach_pool(r->dep, r->pool);
+  resil_dep_set_memory_bound(r->dep, resil_redis_config_memory_bound(cfg));
   if (resil_dep_set_probe(r->dep, rprobe, r) != RESIL_OK) {
     resil_err_set(err, RESIL_E_SYSTEM, "%s: cannot start the recovery probe", r->name);
     resil_dep_attach_pool(r->dep, NULL);
@@ -803,8 +840,10 @@ static resil_status attempt_once(call_ctx *cc, resil_attempt *a, bool *readonly)
       why = "command_timeout_ms";
     }
   }
+  mem_dep = r->dep;
   st = drive(c, r->name, cc->buf, cc->len, cc->n, cc->replies, r->max_reply_bytes, dl, why,
              "send", "receive", a->err);
+  mem_dep = NULL;
   if (st != RESIL_OK) {
     /* Reset, or closed by the server mid-call (not a timeout, nor a reply
      * too large): the endpoint may have moved. */
@@ -840,6 +879,12 @@ static resil_status attempt_once(call_ctx *cc, resil_attempt *a, bool *readonly)
   if (worst != RESIL_OK) {
     resil_err_set(a->err, worst, "%s: reply: %.*s", r->name, (int)first_err->len,
                   first_err->str);
+    /* LOADING (a replica loading its data set) and BUSY (a script running)
+     * say "not now" without saying how long: pause every call for
+     * pushback.pause_ms (a no-op while it is 0, the default). */
+    if (worst == RESIL_E_OVERLOAD && (word_is(first_err->str, first_err->len, "LOADING") ||
+                                      word_is(first_err->str, first_err->len, "BUSY")))
+      resil_dep_pushback(r->dep, "overload", a->err->msg);
   }
   return worst;
 }

@@ -25,9 +25,9 @@ static const resil_key_spec keys[] = {
       "how often, at most, password_file is checked before new connections"),
 };
 
-RESIL_DEFINE_CONFIG_KIND(redis, resil_redis_config, resil_redis_config_init,
-                         resil_redis_config_validate, resil_redis_new, resil_redis_free,
-                         resil_redis_dep, keys);
+RESIL_DEFINE_CONFIG_KIND_MEM(redis, resil_redis_config, resil_redis_config_init,
+                             resil_redis_config_validate, resil_redis_new, resil_redis_free,
+                             resil_redis_dep, keys, resil_redis_config_memory_bound);
 
 const resil_config_kind *resil_redis_config_kind(void) { return &redis_kind; }
 

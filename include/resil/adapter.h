@@ -143,8 +143,13 @@ struct resil_config_kind {
   void *(*create)(const void *cfg, resil_err *err);
   void (*destroy)(void *handle);
   resil_dep *(*dep_of)(void *handle);
+  /* Optional: the most bytes a dependency of this kind can hold at once
+   * with this config - resil_dep_config_memory_bound() of its embedded
+   * core config plus its connections and call buffers (pool size x
+   * per-connection buffers and reply caps). NULL: the core's part only. */
+  uint64_t (*memory_bound)(const void *cfg);
   /* ABI: sizeof is frozen; new fields come out of this tail (docs/abi.md). */
-  unsigned char reserved_[72];
+  unsigned char reserved_[64];
 };
 
 /* Register a kind so that RESIL_DEPS can name it. A kind with the same name
@@ -160,6 +165,18 @@ RESIL_API resil_status resil_config_register_kind(const resil_config_kind *kind,
  * NAME_kind_get() returning it. */
 #define RESIL_DEFINE_CONFIG_KIND(NAME, CFG_T, INIT_FN, VALIDATE_FN, NEW_FN, FREE_FN, DEP_FN, \
                                  KEYS)                                                      \
+  RESIL__CONFIG_KIND_(NAME, CFG_T, INIT_FN, VALIDATE_FN, NEW_FN, FREE_FN, DEP_FN, KEYS, NULL)
+
+/* As RESIL_DEFINE_CONFIG_KIND, with MEM_FN (uint64_t MEM_FN(const CFG_T *))
+ * as the kind's memory_bound. */
+#define RESIL_DEFINE_CONFIG_KIND_MEM(NAME, CFG_T, INIT_FN, VALIDATE_FN, NEW_FN, FREE_FN,      \
+                                     DEP_FN, KEYS, MEM_FN)                                   \
+  static uint64_t NAME##_kind_mem(const void *c) { return MEM_FN((const CFG_T *)c); }       \
+  RESIL__CONFIG_KIND_(NAME, CFG_T, INIT_FN, VALIDATE_FN, NEW_FN, FREE_FN, DEP_FN, KEYS,      \
+                      NAME##_kind_mem)
+
+#define RESIL__CONFIG_KIND_(NAME, CFG_T, INIT_FN, VALIDATE_FN, NEW_FN, FREE_FN, DEP_FN, KEYS,   \
+                            MEM)                                                             \
   static void NAME##_kind_init(void *c, const char *n) { INIT_FN((CFG_T *)c, n); }          \
   static resil_status NAME##_kind_validate(const void *c, resil_err *e) {                    \
     return VALIDATE_FN((const CFG_T *)c, e);                                                 \
@@ -184,6 +201,7 @@ RESIL_API resil_status resil_config_register_kind(const resil_config_kind *kind,
       NAME##_kind_create,                                                                    \
       NAME##_kind_destroy,                                                                   \
       NAME##_kind_dep_of,                                                                    \
+      MEM,                                                                                   \
       {0},                                                                                   \
   }
 

@@ -123,6 +123,16 @@ RESIL_API char *resil_config_dump_json(const resil_config *cfg);
  * change it. */
 RESIL_API const char *resil_config_hash(const resil_config *cfg);
 
+/* The worst-case memory, in bytes, that resil can hold for the i-th
+ * dependency with its configuration: its kind's memory_bound (e.g.
+ * resil_redis_config_memory_bound(): the dependency object plus pool.max_size
+ * x (connection + 2 x max_reply_bytes)), or for a kind without one the
+ * dependency object alone (resil_dep_config_memory_bound()).
+ * Replies and results a caller keeps after the call returned are the
+ * caller's, not counted. resil-config prints it per dependency and in
+ * total, for sizing a task's memory. 0 if i is out of range. Thread-safe. */
+RESIL_API uint64_t resil_config_memory_bound(const resil_config *cfg, size_t i);
+
 /* Documentation of a kind's keys (core, pool and its own) with their
  * defaults, as Markdown table rows "| `RESIL_DEP_<NAME>_KEY` | default |
  * help |", or of the process keys when kind_name is NULL. malloc'd (free

@@ -14,9 +14,10 @@
  *        st = resil_dep_call(dep, deadline, RESIL_CALL_IDEMPOTENT, fn, ctx, &err);
  *
  * admit checks, in order: draining, the breaker, the deadline, client-side
- * throttling (when on), then a concurrency slot (waiting FIFO in a bounded
- * queue for no longer than the earlier of max_wait_ms and the deadline)
- * below the limit in force (max_concurrent, or the adaptive limit). Each refusal is a distinct
+ * throttling (when on), a pause (resil_dep_pause()), the outbound rate limit
+ * (rate_limit), then a concurrency slot (waiting FIFO in a bounded queue for
+ * no longer than the earlier of max_wait_ms and the deadline) below the
+ * limit in force (max_concurrent, or the adaptive limit). Each refusal is a distinct
  * status and a distinct rejection counter, and never a dependency failure.
  *
  * Every dependency is listed in a process-wide registry from _new to _free,
@@ -98,6 +99,34 @@ typedef struct resil_throttle_config {
   unsigned char reserved_[24];
 } resil_throttle_config;
 
+/* Outbound rate limit (opt-in): a token bucket, as the "generic cell rate
+ * algorithm" (one atomic "theoretical arrival time", no lock). per_s tokens
+ * a second, at most burst at once. A call that finds no token waits for
+ * one only if it comes within the call's allowed wait - the earlier of its
+ * deadline and limit.max_wait_ms - else it is rejected at once with
+ * RESIL_E_RATE_LIMITED (reason "rate_limited", never a failure). */
+typedef struct resil_rate_limit_config {
+  uint32_t per_s; /* default 0: off; else 1..1000000000 calls per second */
+  uint32_t burst; /* default 1 (calls evenly spaced); 1..1000000 when per_s is set */
+  /* ABI: sizeof is frozen; new fields come out of this tail (docs/abi.md). */
+  unsigned char reserved_[8];
+} resil_rate_limit_config;
+
+/* Server pushback: pause every new call to the dependency (see
+ * resil_dep_pause() and resil_dep_pushback()). */
+typedef struct resil_pushback_config {
+  /* Longest pause a server can ask for (a Retry-After is capped to it).
+   * Default 30000; 0 = ignore pushback (never pause); else 1..3600000. */
+  uint32_t max_pause_ms;
+  /* Pause on pushback that names no time (Redis BUSY/LOADING, PostgreSQL
+   * 53300 too many connections, HTTP 429 without Retry-After). Default 0:
+   * off (those are only counted as overload by the breaker); else
+   * 1..max_pause_ms. */
+  uint32_t pause_ms;
+  /* ABI: sizeof is frozen; new fields come out of this tail (docs/abi.md). */
+  unsigned char reserved_[8];
+} resil_pushback_config;
+
 typedef struct resil_dep_config {
   const char *name;        /* required; copied; [A-Za-z0-9_.-], 1..63 chars */
   uint32_t timeout_ms;     /* default 1000: cap on each attempt's deadline, and
@@ -118,8 +147,10 @@ typedef struct resil_dep_config {
   resil_adaptive_limit_config adaptive;
   /* Client-side throttling (keys THROTTLE, THROTTLE_*); off by default. */
   resil_throttle_config throttle;
+  resil_rate_limit_config rate_limit; /* default off */
+  resil_pushback_config pushback;     /* default: honour Retry-After up to 30 s */
   /* ABI: sizeof is frozen; new fields come out of this tail (docs/abi.md). */
-  unsigned char reserved_[56];
+  unsigned char reserved_[536];
 } resil_dep_config;
 
 /* Fill cfg with safe defaults and set its name (may be NULL; set it later).
@@ -166,11 +197,13 @@ typedef struct resil_permit {
  * dependency's timeout_ms then applies). On RESIL_OK *permit is filled and
  * must be ended by exactly one resil_dep_done(). Otherwise the status is a
  * rejection - RESIL_E_DRAINING, RESIL_E_DEADLINE, RESIL_E_BREAKER_OPEN,
- * RESIL_E_THROTTLED (throttling on), RESIL_E_CONCURRENCY_FULL,
- * RESIL_E_QUEUE_TIMEOUT - counted under its
- * reason, or RESIL_E_INVALID for NULL arguments. err (optional) gets a
- * sentence naming the dependency and why. May block only when the limit is
- * full and max_waiters > 0, never past the deadline or max_wait_ms.
+ * RESIL_E_THROTTLED (throttling on), RESIL_E_PAUSED, RESIL_E_RATE_LIMITED,
+ * RESIL_E_CONCURRENCY_FULL, RESIL_E_QUEUE_TIMEOUT - counted under its reason,
+ * or RESIL_E_INVALID for NULL arguments. err (optional) gets a sentence
+ * naming the dependency and why. May block when the limit is full and
+ * max_waiters > 0, and to wait for a rate-limit token or the end of a pause
+ * that comes within the allowed wait; never past the deadline or
+ * limit.max_wait_ms (each wait).
  * Thread-safe; lock-free and allocation-free unless it has to queue. */
 RESIL_API resil_status resil_dep_admit(resil_dep *dep, resil_deadline deadline,
                                        resil_permit *permit, resil_err *err);
@@ -306,6 +339,60 @@ RESIL_API void resil_dep_set_warm(resil_dep *dep, bool warm);
 /* The flag set by resil_dep_set_warm(); false for NULL. Thread-safe. */
 RESIL_API bool resil_dep_is_warm(const resil_dep *dep);
 
+/* ---- Server pushback: pausing a dependency ------------------------------ */
+
+/* Pause every new call to dep for ms milliseconds from now, capped at
+ * pushback.max_pause_ms: what a server asked for with "429 Too Many
+ * Requests" or "503" and "Retry-After: N" (the HTTP adapter calls this
+ * itself). During the pause admit rejects at once with RESIL_E_PAUSED
+ * (reason "paused", never a failure) unless the pause ends within the
+ * call's allowed wait (the earlier of its deadline and limit.max_wait_ms),
+ * in which case the call waits for the end. A pause only ever grows: a
+ * shorter one than the pause in force changes nothing. reason is a short
+ * token for the event ("retry_after", "overload", "operator"; NULL:
+ * "pushback"), message (may be NULL) what the server said; both are
+ * copied into the pause event (event.h RESIL_EVENT_PAUSE), emitted when a
+ * pause starts and (by the first call or stats read after it) when it
+ * ends. Calls already admitted go on. ms 0, or pushback.max_pause_ms 0, is
+ * a no-op. Returns the pause's length in ms (0: none started or grown).
+ * Thread-safe, lock-free. */
+RESIL_API uint32_t resil_dep_pause(resil_dep *dep, uint32_t ms, const char *reason,
+                                   const char *message);
+
+/* Pushback that names no duration (Redis BUSY/LOADING, PostgreSQL 53300
+ * "too many connections", HTTP 429 without Retry-After): pause for
+ * pushback.pause_ms (a no-op while it is 0, the default). As
+ * resil_dep_pause() otherwise. Thread-safe. */
+RESIL_API uint32_t resil_dep_pushback(resil_dep *dep, const char *reason, const char *message);
+
+/* End a pause now (an operator's override). Thread-safe. */
+RESIL_API void resil_dep_unpause(resil_dep *dep);
+
+/* Milliseconds left of the pause in force (rounded up), 0 if none.
+ * Thread-safe. */
+RESIL_API uint64_t resil_dep_pause_remaining_ms(const resil_dep *dep);
+
+/* ---- Memory held for calls ---------------------------------------------- */
+
+/* Adapters (and users with their own buffers) report the bytes they hold
+ * for this dependency's calls - reply and response buffers being filled,
+ * results being read - as they grow (delta > 0) and release them (delta <
+ * 0), so resil_dep_stats.memory_bytes (metric resil_memory_bytes) shows
+ * what is held now. One relaxed atomic add. Thread-safe; NULL dep is a
+ * no-op. */
+RESIL_API void resil_dep_memory_add(resil_dep *dep, int64_t delta);
+
+/* The most this dependency's calls can hold at once, as computed from its
+ * configuration (resil_config_memory_bound()); adapters set it in _new, the
+ * exporters show it as resil_memory_bound_bytes. Thread-safe. */
+RESIL_API void resil_dep_set_memory_bound(resil_dep *dep, uint64_t bytes);
+
+/* Worst-case bytes of the dependency object itself (counters, histogram,
+ * breaker and retry windows, queue waiters), from its configuration.
+ * Adapters add their connections and reply caps (resil_config_kind
+ * .memory_bound). Thread-safe, pure. */
+RESIL_API uint64_t resil_dep_config_memory_bound(const resil_dep_config *cfg);
+
 /* Rejection reasons, in the order of the rejections[] array. */
 typedef enum resil_reject_reason {
   RESIL_REJECT_BREAKER_OPEN = 0,
@@ -316,6 +403,8 @@ typedef enum resil_reject_reason {
   RESIL_REJECT_DRAINING,
   RESIL_REJECT_RETRY_BUDGET,
   RESIL_REJECT_THROTTLED, /* client-side throttling (RESIL_E_THROTTLED) */
+  RESIL_REJECT_RATE_LIMITED, /* appended: no earlier value changes */
+  RESIL_REJECT_PAUSED,
   RESIL_REJECT_COUNT_
 } resil_reject_reason;
 
@@ -376,8 +465,14 @@ typedef struct resil_dep_stats {
   /* Client-side throttling: the probability (0..1) that an admission is
    * refused now; 0 when throttling is off or not shedding. */
   double throttle_probability;
+  uint32_t rate_limit_per_s;                /* rate_limit.per_s (0: off) */
+  uint32_t rate_limit_burst;
+  uint64_t pause_remaining_ms;              /* of the pause in force, 0 if none */
+  uint64_t pauses;                          /* pauses started or grown */
+  uint64_t memory_bytes;                    /* held for calls now (resil_dep_memory_add) */
+  uint64_t memory_bound_bytes;              /* resil_dep_set_memory_bound(), 0 if unset */
   /* ABI: sizeof is frozen; new fields come out of this tail (docs/abi.md). */
-  unsigned char reserved_[768];
+  unsigned char reserved_[728];
 } resil_dep_stats;
 
 /* A snapshot of everything counted for dep. Counters are read one by one

@@ -14,6 +14,11 @@
  *     rejection probability reached 5 %) or stopped (it fell back to 0)
  *     (RESIL_EVENT_THROTTLE: old_value/new_value are the probability in
  *     percent, reason "started"/"stopped").
+ *   - a dependency is paused after server pushback (RESIL_EVENT_PAUSE, see
+ *     resil_dep_pause()): at the start (reason as given: "retry_after",
+ *     "overload", ...; new_value = the pause in ms, message = what the
+ *     server said) and at the end (reason "pause_elapsed" or "operator";
+ *     old_value = how long it lasted in ms, new_value 0).
  * Types other than RESIL_EVENT_BREAKER leave from/to -1. Later kinds of
  * state change will be added as new types: a hook should ignore types it
  * does not know.
@@ -42,6 +47,7 @@ typedef enum resil_event_type {
   RESIL_EVENT_BREAKER = 0, /* a breaker state change */
   RESIL_EVENT_LIMIT,       /* the adaptive concurrency limit moved (>= 20 %) */
   RESIL_EVENT_THROTTLE,    /* client-side throttling started or stopped */
+  RESIL_EVENT_PAUSE,       /* a pause after pushback started or ended */
   RESIL_EVENT_TYPE_COUNT_
 } resil_event_type;
 
@@ -91,7 +97,7 @@ typedef void (*resil_event_hook)(void *ctx, const resil_event *ev);
  * running, so its ctx may be freed. Thread-safe. */
 RESIL_API void resil_set_event_hook(resil_event_hook fn, void *ctx);
 
-/* "breaker", "limit", "throttle". Never NULL. */
+/* "breaker", "limit", "throttle", "pause". Never NULL. */
 RESIL_API const char *resil_event_type_name(resil_event_type t);
 
 /* Format ev as one JSON object on one line, ending in '\n' (keys: ts, type,

@@ -159,6 +159,15 @@ RESIL_API void resil_http_config_init(resil_http_config *cfg, const char *name);
  * Thread-safe. */
 RESIL_API resil_status resil_http_config_validate(const resil_http_config *cfg, resil_err *err);
 
+/* The most memory a client with this config can hold at once, in bytes,
+ * for sizing a task: the dependency object (resil_dep_config_memory_bound())
+ * + pool.max_size x 512 KiB (easy handle, connection and TLS buffers, header
+ * scratch space) + min(pool.max_size, limit.max_concurrent) x 4 x
+ * max_response_bytes (a body and its buffer's growth, header lines and
+ * their copy). Responses the caller keeps after a call are the caller's.
+ * resil-config prints it. Thread-safe, pure. */
+RESIL_API uint64_t resil_http_config_memory_bound(const resil_http_config *cfg);
+
 typedef struct resil_http resil_http;
 
 /* Create a client: validates cfg, creates its dependency (registered under

@@ -267,6 +267,15 @@ RESIL_API void resil_pg_config_init(resil_pg_config *cfg, const char *name);
  * reaches a log. RESIL_OK, RESIL_E_INVALID or RESIL_E_NOMEM. Thread-safe. */
 RESIL_API resil_status resil_pg_config_validate(const resil_pg_config *cfg, resil_err *err);
 
+/* The most memory a client with this config can hold at once, in bytes,
+ * for sizing a task: the dependency object (resil_dep_config_memory_bound())
+ * + pool.max_size x 256 KiB (PGconn, libpq buffers, TLS) +
+ * min(pool.max_size, limit.max_concurrent) x 4 x max_result_bytes (libpq's
+ * input buffer and the PGresult built from it). Results the caller keeps
+ * after a call are the caller's. resil-config prints it. Thread-safe,
+ * pure. */
+RESIL_API uint64_t resil_pg_config_memory_bound(const resil_pg_config *cfg);
+
 typedef struct resil_pg resil_pg;
 
 /* Validate cfg, create the dependency (registered under dep.name), the pool

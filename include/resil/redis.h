@@ -176,6 +176,15 @@ RESIL_API void resil_redis_config_init(resil_redis_config *cfg, const char *name
 RESIL_API resil_status resil_redis_config_validate(const resil_redis_config *cfg,
                                                    resil_err *err);
 
+/* The most memory a client with this config can hold at once, in bytes,
+ * for sizing a task: the dependency object (resil_dep_config_memory_bound())
+ * + pool.max_size x 64 KiB (hiredis context and reader) +
+ * min(pool.max_size, limit.max_concurrent) x 2 x max_reply_bytes (a call's
+ * replies and unparsed bytes, and the instant copy of a bulk string).
+ * Replies the caller keeps after a call are the caller's. resil-config
+ * prints it. Thread-safe, pure. */
+RESIL_API uint64_t resil_redis_config_memory_bound(const resil_redis_config *cfg);
+
 typedef struct resil_redis resil_redis;
 
 /* Validate cfg, create the dependency (registered under cfg->dep.name) and

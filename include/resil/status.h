@@ -75,6 +75,12 @@ typedef enum resil_status {
   RESIL_E_THROTTLED, /* a local rejection: client-side adaptive throttling
                         shed the call because too few recent calls to this
                         dependency succeeded (dep.h, throttle) */
+  RESIL_E_RATE_LIMITED, /* local rejection: the dependency's outbound rate limit
+                           (rate_limit.per_s) had no token within the call's
+                           allowed wait */
+  RESIL_E_PAUSED,       /* local rejection: the dependency is paused after it
+                           pushed back (429/503 with Retry-After, ...; see
+                           resil_dep_pause()) */
 
   RESIL_STATUS_COUNT_
 } resil_status;
@@ -101,7 +107,8 @@ RESIL_API resil_status_class resil_status_class_of(resil_status s);
 
 /* True for the local rejections: BREAKER_OPEN, CONCURRENCY_FULL,
  * QUEUE_TIMEOUT, POOL_TIMEOUT, DEADLINE, DRAINING, RETRY_BUDGET, THROTTLED,
- * and any rejection added later (wherever it sits in the enum). Thread-safe. */
+ * RATE_LIMITED, PAUSED, and any rejection added later (wherever it sits in
+ * the enum). Thread-safe. */
 RESIL_API bool resil_status_is_rejection(resil_status s);
 
 /* Longest detail message kept in a resil_err, including the NUL. */

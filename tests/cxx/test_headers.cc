@@ -74,6 +74,9 @@ static const resil_key_spec cxx_keys[] = {
 };
 RESIL_DEFINE_CONFIG_KIND(cxxkind, cxx_cfg, cxx_init, cxx_validate, cxx_new, resil_dep_free,
                          cxx_dep_of, cxx_keys);
+static uint64_t cxx_mem(const cxx_cfg *c) { return 1000u + c->answer; }
+RESIL_DEFINE_CONFIG_KIND_MEM(cxxmem, cxx_cfg, cxx_init, cxx_validate, cxx_new, resil_dep_free,
+                             cxx_dep_of, cxx_keys, cxx_mem);
 
 #ifdef RESIL_TEST_HAVE_REDIS
 static const resil_key_spec cxx_redis_keys[] = {
@@ -156,6 +159,12 @@ int main() {
 
   // The kinds defined here load through RESIL_DEPS.
   CHECK(resil_config_register_kind(&cxxkind_kind, &err) == RESIL_OK);
+  CHECK(cxxkind_kind.memory_bound == nullptr);
+  {
+    cxx_cfg mc;
+    cxx_init(&mc, "mem");
+    CHECK(cxxmem_kind.memory_bound && cxxmem_kind.memory_bound(&mc) == 1007u);
+  }
   const char *deps = "RESIL_DEPS=cxx-dep:cxxkind"
 #ifdef RESIL_TEST_HAVE_REDIS
                      ",cxx-cache:cxxredis"

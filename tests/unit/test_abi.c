@@ -54,6 +54,8 @@ static const pin enum_pins[] = {
     PIN(RESIL_E_SYSTEM, 14),
     PIN(RESIL_E_CLOSED, 15),
     PIN(RESIL_E_THROTTLED, 16),
+    PIN(RESIL_E_RATE_LIMITED, 17),
+    PIN(RESIL_E_PAUSED, 18),
     /* resil_status_class */
     PIN(RESIL_CLASS_SUCCESS, 0),
     PIN(RESIL_CLASS_FAILURE, 1),
@@ -100,6 +102,8 @@ static const pin enum_pins[] = {
     PIN(RESIL_REJECT_DRAINING, 5),
     PIN(RESIL_REJECT_RETRY_BUDGET, 6),
     PIN(RESIL_REJECT_THROTTLED, 7),
+    PIN(RESIL_REJECT_RATE_LIMITED, 8),
+    PIN(RESIL_REJECT_PAUSED, 9),
     /* resil_outcome */
     PIN(RESIL_OUTCOME_SUCCESS, 0),
     PIN(RESIL_OUTCOME_FAILURE, 1),
@@ -110,6 +114,7 @@ static const pin enum_pins[] = {
     PIN(RESIL_EVENT_BREAKER, 0),
     PIN(RESIL_EVENT_LIMIT, 1),
     PIN(RESIL_EVENT_THROTTLE, 2),
+    PIN(RESIL_EVENT_PAUSE, 3),
     /* resil_key_type (adapter.h) */
     PIN(RESIL_KEY_UINT, 0),
     PIN(RESIL_KEY_MS, 1),
@@ -232,7 +237,9 @@ static const frozen sizes[] = {
     TAILED(resil_retry_config, 64),
     TAILED(resil_adaptive_limit_config, 96),
     TAILED(resil_throttle_config, 48),
-    TAILED(resil_dep_config, 512),
+    TAILED(resil_rate_limit_config, 16),
+    TAILED(resil_pushback_config, 16),
+    TAILED(resil_dep_config, 1024),
     TAILED(resil_permit, 64),
     TAILED(resil_dep_stats, 2048),
     TAILED(resil_event, 160),
@@ -242,17 +249,17 @@ static const frozen sizes[] = {
     TAILED(resil_admin_config, 96),
     TAILED(resil_password_file_stats, 768),
 #ifdef RESIL_TEST_HAVE_REDIS
-    TAILED(resil_redis_config, 1024),
+    TAILED(resil_redis_config, 1536),
     TAILED(resil_redis_stats, 256),
     FROZEN(resil_redis_cmd, 24),
 #endif
 #ifdef RESIL_TEST_HAVE_PG
-    TAILED(resil_pg_config, 1024),
+    TAILED(resil_pg_config, 1536),
     TAILED(resil_pg_query_args, 96),
     TAILED(resil_pg_stats, 256),
 #endif
 #ifdef RESIL_TEST_HAVE_HTTP
-    TAILED(resil_http_config, 1024),
+    TAILED(resil_http_config, 1536),
     TAILED(resil_http_request, 128),
     TAILED(resil_http_response, 128),
     FROZEN(resil_http_header, 16),

@@ -438,12 +438,24 @@ static void upstream_statuses_map_to_http(void **state) {
   r = get(port, "/upstream/status/404"); /* the upstream's 404 is the caller's */
   assert_status(r, 404);
   assert_contains(r->body, "\"error\":\"caller\"");
+  uint64_t t_ra = test_now_ms();
   r = get(port, "/upstream/retry-after?s=2&code=503"); /* overload: shed, with its hint */
   assert_status(r, 503);
   assert_contains(r->body, "\"error\":\"overload\"");
   assert_non_null(header(r, "Retry-After"));
   assert_string_equal(header(r, "Retry-After"), "2");
-  assert_status(get(port, "/upstream/fast"), 200); /* resets the consecutive failures */
+  /* The upstream's Retry-After paused every call to it for 2 s: refused at
+   * once as "paused", passing the time left on. */
+  r = get(port, "/upstream/fast");
+  assert_status(r, 503);
+  assert_contains(r->body, "\"error\":\"paused\"");
+  assert_non_null(header(r, "Retry-After"));
+  if (atoi(header(r, "Retry-After")) < 1 || atoi(header(r, "Retry-After")) > 2)
+    fail_msg("Retry-After %s, expected the pause's 2 s", header(r, "Retry-After"));
+  /* then served again once the pause is over (this resets the consecutive failures) */
+  assert_true(TEST_WAIT_UNTIL(get(port, "/upstream/fast")->status == 200, 2000 + SLACK_MS));
+  if (test_now_ms() - t_ra < 2000) fail_msg("served %llu ms after a 2 s Retry-After",
+                                            (unsigned long long)(test_now_ms() - t_ra));
   for (int i = 0; i < 3; i++) { /* an upstream 503 is a dependency failure: 502 */
     r = get(port, "/upstream/status/503");
     assert_status(r, 502);
