@@ -2550,7 +2550,11 @@ static void make_resil_config(demo *d, resil_dep_config *cp) {
   /* The ceiling: room for scheduling hiccups when healthy (~1 ms calls
    * rarely overlap), yet a brownout fills it within one deadline. */
   c.limit.max_concurrent = d->opt.workers * 3 / 4 ? d->opt.workers * 3 / 4 : 1;
-  c.limit.max_waiters = 0;
+  /* A short queue for a slot (LIMIT_MAX_WAITERS=8, LIMIT_MAX_WAIT_MS=20):
+   * when the adaptive limit sits low, a burst of ~1 ms calls waits a moment
+   * for a slot instead of being refused. */
+  c.limit.max_waiters = 8;
+  c.limit.max_wait_ms = 20;
   /* LIMIT_ADAPTIVE=gradient, LIMIT_TOLERANCE=1.2 (a latency goal). */
   c.adaptive.algorithm = "gradient";
   c.adaptive.tolerance = 1.2;
@@ -2565,7 +2569,7 @@ static void make_resil_config(demo *d, resil_dep_config *cp) {
   c.retry.max_backoff_ms = 50;
   /* A small retry budget: retries of a dependency failing 60% would send
    * back what the throttle sheds (the partial phase). */
-  c.retry.budget_percent = 5;
+  c.retry.budget_percent = 2;
   d->bcfg = c.breaker;
   d->limit = c.limit.max_concurrent;
   *cp = c;
@@ -2670,8 +2674,9 @@ int main(int argc, char **argv) {
          (unsigned)((total_ns + 999999999ull) / 1000000000ull) + 1);
   printf("  resil: %s\n", d->ops->resil_desc);
   printf("         %u ms deadline per request; adaptive limit (gradient, tolerance 1.2) of\n"
-         "         4..%u calls in flight; client-side throttling (K 2); up to 3 attempts\n"
-         "         within a 5%% retry budget; breaker opens on %u%% failures of %u+ calls,\n"
+         "         4..%u calls in flight (8 more may wait 20 ms for a slot); client-side\n"
+         "         throttling (K 2, 2 s window); up to 3 attempts\n"
+         "         within a 2%% retry budget; breaker opens on %u%% failures of %u+ calls,\n"
          "         for %u ms doubling up to %u ms, ended early by a recovery probe every\n"
          "         500 ms that succeeds\n",
          DEADLINE_MS, d->limit, d->bcfg.failure_rate_percent, d->bcfg.minimum_calls,
