@@ -2089,6 +2089,7 @@ static void *srv_worker_main(void *arg) {
 static void srv_take_phase_end(srv_run *run, int ph, uint64_t *prev_trips) {
   uint64_t now = resil_now_ns();
   for (int k = 0; k < NSIDES; k++) {
+    if (k == SIDE_STATIC) continue; /* resil and naive only here */
     unsigned n = 0;
     for (int i = 0; i < SRV_WORKERS; i++) {
       uint64_t cs = atomic_load(&run->w[k][i].call_start_ns);
@@ -2108,6 +2109,7 @@ static void srv_print_table(const srv_run *run) {
          "p99", "max", "stuck", "breaker", "fail-fast");
   for (int ph = 0; ph < SRV_NPHASES; ph++) {
     for (int k = 0; k < NSIDES; k++) {
+      if (k == SIDE_STATIC) continue;
       cell sum;
       memset(&sum, 0, sizeof sum);
       for (int i = 0; i < SRV_WORKERS; i++) {
@@ -2270,6 +2272,7 @@ static int run_server_section(int kind, unsigned phase_s, const char *exe) {
   run->phase_start[0] = t0;
   bool started_all = true;
   for (int k = 0; k < NSIDES && started_all; k++) {
+    if (k == SIDE_STATIC) continue;
     for (int i = 0; i < SRV_WORKERS; i++) {
       srv_worker *w = &run->w[k][i];
       w->run = run;
