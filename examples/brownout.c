@@ -909,13 +909,20 @@ typedef struct demo {
   uint16_t *tl_limit;          /* [tl_n][NSIDES] */
 } demo;
 
+/* The transition log is written by whichever thread moves the breaker (a
+ * caller, or the recovery probe's background thread) and read by the main
+ * thread while probes may still run: under this lock. */
+static pthread_mutex_t g_log_mu = PTHREAD_MUTEX_INITIALIZER;
+
 static void on_transition(void *ctx, const char *name, resil_breaker_state from,
                           resil_breaker_state to, resil_trip_reason reason) {
   (void)name;
   (void)from;
   demo *d = ctx;
+  pthread_mutex_lock(&g_log_mu);
   unsigned i = atomic_fetch_add(&d->nlog, 1);
   if (i < MAX_TRANSITIONS) d->log[i] = (transition){resil_now_ns(), to, reason};
+  pthread_mutex_unlock(&g_log_mu);
 }
 
 static void cell_add_latency(cell *c, uint64_t ns) {
@@ -1108,7 +1115,9 @@ static const char *short_reason(int r) {
 }
 
 /* First transition to `to` at or after `from_ns`, or NULL. */
+/* An entry, once written, is never changed: the pointer stays valid. */
 static const transition *find_transition(const demo *d, resil_breaker_state to, uint64_t from_ns) {
+  pthread_mutex_lock(&g_log_mu);
   unsigned n = atomic_load(&d->nlog);
   if (n > MAX_TRANSITIONS) n = MAX_TRANSITIONS;
   const transition *best = NULL;
@@ -1116,15 +1125,18 @@ static const transition *find_transition(const demo *d, resil_breaker_state to, 
     if (d->log[i].to == to && d->log[i].at_ns >= from_ns &&
         (!best || d->log[i].at_ns < best->at_ns))
       best = &d->log[i];
+  pthread_mutex_unlock(&g_log_mu);
   return best;
 }
 
 static unsigned count_trips(const demo *d, uint64_t from_ns, uint64_t to_ns) {
+  pthread_mutex_lock(&g_log_mu);
   unsigned n = atomic_load(&d->nlog), c = 0;
   if (n > MAX_TRANSITIONS) n = MAX_TRANSITIONS;
   for (unsigned i = 0; i < n; i++)
     if (d->log[i].to == RESIL_BREAKER_OPEN && d->log[i].at_ns >= from_ns && d->log[i].at_ns < to_ns)
       c++;
+  pthread_mutex_unlock(&g_log_mu);
   return c;
 }
 
