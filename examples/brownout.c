@@ -1,15 +1,18 @@
 /* brownout: the same workload, side by side, with resil and without.
  *
- * A dependency goes through four phases - healthy (~1 ms), brownout (its
- * latency jumps to seconds), errors (it answers fast, but only with errors)
- * and recovery - while two sets of worker threads call two independent
- * copies of it at the same offered rate:
+ * A dependency goes through six phases - healthy (~1 ms), brownout (its
+ * latency jumps to seconds), saturated (it serves 2 at once and queues the
+ * rest), partial (60% of answers are errors), a 22 s outage (it answers
+ * fast, but only with errors) and recovery - while three sets of worker
+ * threads call three independent copies of it at the same offered rate:
  *
- *   resil  every request has a 200 ms deadline and goes through resil:
- *          circuit breaker, concurrency limit, bounded connection pool,
- *          retries of idempotent work within a retry budget;
- *   naive  the request is sent with a driver's default-ish timeout (30 s)
- *          and nothing else.
+ *   resil   every request has a 200 ms deadline and goes through resil:
+ *           circuit breaker with recovery probes, adaptive concurrency limit
+ *           (gradient), client-side throttling, bounded connection pool,
+ *           retries of idempotent work within a retry budget;
+ *   static  the same with a static concurrency limit;
+ *   naive   the request is sent with a driver's default-ish timeout (30 s)
+ *           and nothing else.
  *
  * The dependency (--backend):
  *   http  (the default when built with resil-http) a real HTTP/1.1 server
@@ -34,7 +37,9 @@
  * At the end it prints one row per phase and side, a short summary computed
  * from those numbers, and writes what resil exported: the Prometheus text
  * and JSON snapshot (brownout-metrics.prom / .json) and the CloudWatch EMF
- * lines of each phase (brownout-metrics.emf) in --out-dir.
+ * lines of each phase (brownout-metrics.emf) in --out-dir, and the run's
+ * timeline per 100 ms (brownout-timeline.tsv, brownout-phases.tsv) that
+ * scripts/demo-plot.gp draws as brownout.png.
  *
  * Every wait is bounded. Naive calls may be "stuck" for seconds - that is
  * the point - but the dependency never holds a request for more than 0.4 s
@@ -96,24 +101,33 @@
 
 /* ---- The scenario -------------------------------------------------------- */
 
-#define NPHASES 4
-enum { PH_HEALTHY, PH_BROWNOUT, PH_ERRORS, PH_RECOVERY };
+#define NPHASES 6
+enum { PH_HEALTHY, PH_BROWNOUT, PH_SATURATED, PH_PARTIAL, PH_OUTAGE, PH_RECOVERY };
 
 /* How the dependency behaves in one phase. */
 typedef struct phase_spec {
   const char *name;
   uint64_t lat_min_us, lat_max_us; /* latency, uniform in [min, max] */
   double error_rate;               /* 0..1: share answered with an error */
+  unsigned serve_max;              /* > 0: serves at most this many at once, queues the rest */
+  unsigned tenths;                 /* length: tenths of --phase-seconds */
   const char *story;               /* one line for people */
   const char *brief;               /* a few words */
 } phase_spec;
 
+/* Default run (--phase-seconds 10): 6 + 8 + 12 + 12 + 22 + 20 = 80 s. The
+ * outage lasts over 20 s so that the breaker's break has grown (5 -> 10 ->
+ * 20 s) when the dependency heals: the recovery probes end it. */
 static const phase_spec PHASES[NPHASES] = {
-    {"healthy", 500, 1500, 0.01, "latency ~1 ms, 1% errors", "~1 ms, 1% errors"},
-    {"brownout", 2000000, 4000000, 0.0, "latency 2-4 s, no errors", "2-4 s"},
-    {"errors", 1000, 2000, 1.0, "answers in ~1 ms, every answer an error", "fast 503s"},
-    {"recovery", 500, 1500, 0.01, "latency ~1 ms, 1% errors", "~1 ms"},
+    {"healthy", 500, 1500, 0.01, 0, 6, "latency ~1 ms, 1% errors", "~1 ms, 1% errors"},
+    {"brownout", 2000000, 4000000, 0.0, 0, 8, "latency 2-4 s, no errors", "2-4 s"},
+    {"saturated", 36000, 44000, 0.0, 2, 12,
+     "serves 2 at once (~40 ms each, ~50/s), queues the rest", "2 at once, queue"},
+    {"partial", 500, 1500, 0.60, 0, 12, "latency ~1 ms, 60% errors", "60% errors"},
+    {"outage", 1000, 2000, 1.0, 0, 22, "answers in ~1 ms, every answer an error", "fast 503s"},
+    {"recovery", 500, 1500, 0.01, 0, 20, "latency ~1 ms, 1% errors (healed)", "~1 ms"},
 };
+#define TOTAL_TENTHS 80u
 
 #define DEADLINE_MS 200u              /* resil side: per request */
 #define NAIVE_DRIVER_TIMEOUT_MS 30000 /* naive side: a typical driver default */
@@ -124,10 +138,12 @@ static const phase_spec PHASES[NPHASES] = {
 #define DEFAULT_RATE 800 /* requests/s offered to each side */
 #define MAX_TRANSITIONS 4096
 
-enum { SIDE_RESIL, SIDE_NAIVE, NSIDES };
+/* resil with every feature on (adaptive limit, throttling, probes); the same
+ * with a static limit; the naive client. */
+enum { SIDE_RESIL, SIDE_STATIC, SIDE_NAIVE, NSIDES };
 #define FR_BITS 6 /* bits of a status in first_reject */
 _Static_assert(RESIL_STATUS_COUNT_ <= (1 << FR_BITS), "a status must fit in FR_BITS bits (first_reject)");
-static const char *const SIDE_NAME[NSIDES] = {"resil", "naive"};
+static const char *const SIDE_NAME[NSIDES] = {"resil", "static", "naive"};
 
 /* ---- Small helpers ------------------------------------------------------- */
 
@@ -179,6 +195,60 @@ static const char *fmt_count(char *buf, size_t n, uint64_t v) {
   return buf;
 }
 
+/* ---- A saturated dependency: at most N served at once ----------------------- */
+
+/* The "saturated" phase: the dependency serves at most serve_max requests at
+ * once and the rest wait their turn. A request served keeps its slot for its
+ * whole service time even if the caller gave up meanwhile (the work is done
+ * anyway), so a queue longer than the callers' deadline wastes the capacity
+ * on answers nobody reads. */
+typedef struct gate {
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  unsigned busy;
+} gate;
+
+static void gate_init(gate *g) {
+  pthread_mutex_init(&g->mu, NULL);
+  pthread_cond_init(&g->cv, NULL);
+  g->busy = 0;
+}
+
+static void gate_destroy(gate *g) {
+  pthread_cond_destroy(&g->cv);
+  pthread_mutex_destroy(&g->mu);
+}
+
+/* Take a slot, waiting until until_ns at most. false: none by then. */
+static bool gate_enter(gate *g, unsigned max, uint64_t until_ns) {
+  pthread_mutex_lock(&g->mu);
+  for (;;) {
+    if (g->busy < max) {
+      g->busy++;
+      pthread_mutex_unlock(&g->mu);
+      return true;
+    }
+    if (resil_now_ns() >= until_ns) break;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_nsec += 5000000; /* look at the clock every 5 ms */
+    if (ts.tv_nsec >= 1000000000) {
+      ts.tv_sec++;
+      ts.tv_nsec -= 1000000000;
+    }
+    pthread_cond_timedwait(&g->cv, &g->mu, &ts);
+  }
+  pthread_mutex_unlock(&g->mu);
+  return false;
+}
+
+static void gate_leave(gate *g) {
+  pthread_mutex_lock(&g->mu);
+  g->busy--;
+  pthread_cond_signal(&g->cv);
+  pthread_mutex_unlock(&g->mu);
+}
+
 /* ---- The dependency, behind an interface ---------------------------------- */
 
 /* What the demo needs from a dependency: one copy of it per side (open),
@@ -215,6 +285,7 @@ typedef struct backend_ops {
 typedef struct sim_backend {
   _Atomic(const phase_spec *) phase;
   uint64_t shutdown_ns;
+  gate g;
 } sim_backend;
 
 static void *sim_open(uint64_t shutdown_ns, resil_err *err) {
@@ -225,10 +296,15 @@ static void *sim_open(uint64_t shutdown_ns, resil_err *err) {
   }
   atomic_init(&s->phase, &PHASES[PH_HEALTHY]);
   s->shutdown_ns = shutdown_ns;
+  gate_init(&s->g);
   return s;
 }
 
-static void sim_close(void *b) { free(b); }
+static void sim_close(void *b) {
+  sim_backend *s = b;
+  gate_destroy(&s->g);
+  free(s);
+}
 
 static void sim_set_phase(void *b, const phase_spec *ph) {
   atomic_store(&((sim_backend *)b)->phase, ph);
@@ -246,6 +322,16 @@ static resil_status sim_request(void *b, resil_deadline deadline, uint64_t *rng,
   double span = (double)(ph->lat_max_us - ph->lat_min_us);
   uint64_t lat_ns = (ph->lat_min_us + (uint64_t)(rand01(rng) * span)) * 1000ull;
   bool fail = rand01(rng) < ph->error_rate;
+  /* Saturated: wait for a slot (a caller gives up at its deadline). */
+  bool slot = false;
+  if (ph->serve_max) {
+    uint64_t until = min_u64(deadline.at_ns, s->shutdown_ns);
+    if (!gate_enter(&s->g, ph->serve_max, until))
+      return resil_err_set(err, resil_now_ns() >= s->shutdown_ns ? RESIL_E_FAILURE : RESIL_E_TIMEOUT,
+                           "simulated dependency: still queued at the deadline");
+    slot = true;
+    start = resil_now_ns();
+  }
   uint64_t end = start + lat_ns;
   /* A driver with a timeout gives up at the deadline. An unset deadline
    * would be "no timeout": the caller always passes one. */
@@ -254,6 +340,7 @@ static resil_status sim_request(void *b, resil_deadline deadline, uint64_t *rng,
   bool shut = end > s->shutdown_ns;
   if (shut) end = s->shutdown_ns;
   if (end > start) sleep_until_ns(end);
+  if (slot) gate_leave(&s->g);
   if (shut)
     return resil_err_set(err, RESIL_E_FAILURE,
                          "simulated dependency: connection closed at shutdown");
@@ -384,6 +471,7 @@ typedef struct http_server {
   unsigned nthreads, started;
   pthread_t *threads;
   char base_url[64];
+  gate g;
 } http_server;
 
 /* Server threads per copy: enough for every client connection at once
@@ -479,7 +567,16 @@ static void srv_conn(http_server *s, int fd, uint64_t *rng) {
     double span = (double)(ph->lat_max_us - ph->lat_min_us);
     uint64_t lat_ns = (ph->lat_min_us + (uint64_t)(rand01(rng) * span)) * 1000ull;
     bool fail = rand01(rng) < ph->error_rate;
-    if (!srv_hold(s, fd, resil_now_ns() + lat_ns)) return;
+    if (ph->serve_max) {
+      /* Queue for a slot, then do the work even if the client left. */
+      if (!gate_enter(&s->g, ph->serve_max, s->shutdown_ns)) return;
+      uint64_t until = min_u64(resil_now_ns() + lat_ns, s->shutdown_ns);
+      sleep_until_ns(until);
+      gate_leave(&s->g);
+      if (until >= s->shutdown_ns) return;
+    } else if (!srv_hold(s, fd, resil_now_ns() + lat_ns)) {
+      return;
+    }
     static const char ok[] = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
                              "Content-Length: 3\r\n\r\nok\n";
     static const char unavail[] = "HTTP/1.1 503 Service Unavailable\r\n"
@@ -520,6 +617,7 @@ static void http_close(void *b) {
   if (s->stop_pipe[0] >= 0) close(s->stop_pipe[0]);
   if (s->stop_pipe[1] >= 0) close(s->stop_pipe[1]);
   free(s->threads);
+  gate_destroy(&s->g);
   free(s);
 }
 
@@ -531,6 +629,7 @@ static void *http_open(uint64_t shutdown_ns, resil_err *err) {
   }
   s->lfd = s->stop_pipe[0] = s->stop_pipe[1] = -1;
   s->shutdown_ns = shutdown_ns;
+  gate_init(&s->g);
   atomic_init(&s->phase, &PHASES[PH_HEALTHY]);
   atomic_init(&s->seq, 0);
   if (pipe2(s->stop_pipe, O_CLOEXEC | O_NONBLOCK) != 0) {
@@ -757,6 +856,9 @@ typedef struct side_state {
   /* First local rejection per phase: (time << FR_BITS) | status, so that one
    * compare-and-swap keeps the pair consistent; UINT64_MAX: none yet. */
   _Atomic uint64_t first_reject[NPHASES];
+  /* The end of the last local rejection by the breaker or the throttle (the
+   * outage's rejections; a concurrency_full is a scheduling hiccup), 0: none. */
+  _Atomic uint64_t last_reject[NPHASES];
   /* Taken by the main thread at each phase's end. */
   unsigned stuck[NPHASES];
   resil_breaker_state breaker[NPHASES];
@@ -769,6 +871,17 @@ typedef struct side_state {
   resil_dep_stats snap[NPHASES + 1];
   int64_t snap_ms[NPHASES + 1];
 } side_state;
+
+/* The timeline (brownout-timeline.tsv, drawn by scripts/demo-plot.gp): per
+ * 100 ms of start time and per side, the outcomes and a coarse latency
+ * histogram (10 buckets per decade from 10 us to 100 s), and per resil side
+ * the breaker state and the limit in force, sampled by the main thread. */
+#define TL_NS 100000000ull
+#define TL_HB 71
+typedef struct tl_cell {
+  _Atomic uint32_t ok, failed, rejected;
+  _Atomic uint32_t hist[TL_HB];
+} tl_cell;
 
 typedef struct transition {
   uint64_t at_ns;
@@ -790,15 +903,27 @@ typedef struct demo {
   _Atomic unsigned nlog;
   resil_breaker_config bcfg; /* as used, for the header */
   uint32_t limit;
+  uint64_t phase_len[NPHASES]; /* each phase's planned length */
+  unsigned tl_n;               /* timeline buckets */
+  tl_cell *tl;                 /* [tl_n][NSIDES] */
+  int8_t *tl_breaker;          /* [tl_n][NSIDES]: state, -1 not sampled */
+  uint16_t *tl_limit;          /* [tl_n][NSIDES] */
 } demo;
+
+/* The transition log is written by whichever thread moves the breaker (a
+ * caller, or the recovery probe's background thread) and read by the main
+ * thread while probes may still run: under this lock. */
+static pthread_mutex_t g_log_mu = PTHREAD_MUTEX_INITIALIZER;
 
 static void on_transition(void *ctx, const char *name, resil_breaker_state from,
                           resil_breaker_state to, resil_trip_reason reason) {
   (void)name;
   (void)from;
   demo *d = ctx;
+  pthread_mutex_lock(&g_log_mu);
   unsigned i = atomic_fetch_add(&d->nlog, 1);
   if (i < MAX_TRANSITIONS) d->log[i] = (transition){resil_now_ns(), to, reason};
+  pthread_mutex_unlock(&g_log_mu);
 }
 
 static void cell_add_latency(cell *c, uint64_t ns) {
@@ -832,7 +957,7 @@ static void *worker_main(void *arg) {
     resil_err err;
     resil_status st;
     atomic_store(&w->call_start_ns, now);
-    if (w->side == SIDE_RESIL) {
+    if (w->side != SIDE_NAIVE) {
       unsigned sent = 0;
       st = d->ops->resil_request(s->client, resil_deadline_in_ms(DEADLINE_MS), &w->rng, &sent,
                                  &err);
@@ -846,15 +971,27 @@ static void *worker_main(void *arg) {
 
     c->done++;
     cell_add_latency(c, end - now);
+    uint64_t tb = (now > d->t0 ? now - d->t0 : 0) / TL_NS;
+    tl_cell *tc = &d->tl[(tb < d->tl_n ? tb : d->tl_n - 1) * NSIDES + (unsigned)w->side];
+    double lus = (double)(end - now) / 1e3;
+    int hb = lus <= 10.0 ? 0 : (int)((log10(lus) - 1.0) * 10.0);
+    atomic_fetch_add_explicit(&tc->hist[hb < TL_HB ? hb : TL_HB - 1], 1, memory_order_relaxed);
     if (st == RESIL_OK) {
       c->ok++;
+      atomic_fetch_add_explicit(&tc->ok, 1, memory_order_relaxed);
     } else if (resil_status_is_rejection(st)) {
       c->rejected++;
+      atomic_fetch_add_explicit(&tc->rejected, 1, memory_order_relaxed);
       uint64_t mine = end << FR_BITS | (uint64_t)st, cur = atomic_load(&s->first_reject[ph]);
       while (mine < cur && !atomic_compare_exchange_weak(&s->first_reject[ph], &cur, mine)) {
       }
+      uint64_t last = atomic_load(&s->last_reject[ph]);
+      while ((st == RESIL_E_BREAKER_OPEN || st == RESIL_E_THROTTLED) && end > last &&
+             !atomic_compare_exchange_weak(&s->last_reject[ph], &last, end)) {
+      }
     } else {
       c->failed++;
+      atomic_fetch_add_explicit(&tc->failed, 1, memory_order_relaxed);
     }
     atomic_fetch_add_explicit(&s->live_done, 1, memory_order_relaxed);
   }
@@ -979,7 +1116,9 @@ static const char *short_reason(int r) {
 }
 
 /* First transition to `to` at or after `from_ns`, or NULL. */
+/* An entry, once written, is never changed: the pointer stays valid. */
 static const transition *find_transition(const demo *d, resil_breaker_state to, uint64_t from_ns) {
+  pthread_mutex_lock(&g_log_mu);
   unsigned n = atomic_load(&d->nlog);
   if (n > MAX_TRANSITIONS) n = MAX_TRANSITIONS;
   const transition *best = NULL;
@@ -987,21 +1126,24 @@ static const transition *find_transition(const demo *d, resil_breaker_state to, 
     if (d->log[i].to == to && d->log[i].at_ns >= from_ns &&
         (!best || d->log[i].at_ns < best->at_ns))
       best = &d->log[i];
+  pthread_mutex_unlock(&g_log_mu);
   return best;
 }
 
 static unsigned count_trips(const demo *d, uint64_t from_ns, uint64_t to_ns) {
+  pthread_mutex_lock(&g_log_mu);
   unsigned n = atomic_load(&d->nlog), c = 0;
   if (n > MAX_TRANSITIONS) n = MAX_TRANSITIONS;
   for (unsigned i = 0; i < n; i++)
     if (d->log[i].to == RESIL_BREAKER_OPEN && d->log[i].at_ns >= from_ns && d->log[i].at_ns < to_ns)
       c++;
+  pthread_mutex_unlock(&g_log_mu);
   return c;
 }
 
 static void print_table(const demo *d, row rows[NPHASES][NSIDES]) {
   char b1[32], b2[32], b3[32], b4[32], b5[32], b6[64], b7[32];
-  printf("%-8s %-5s %7s %6s %6s %7s %7s %7s %5s %-13s %6s %9s  %s\n", "phase", "side", "done", "ok",
+  printf("%-9s %-6s %7s %6s %6s %7s %7s %7s %5s %-13s %6s %9s  %s\n", "phase", "side", "done", "ok",
          "req/s", "p50", "p99", "max", "stuck", "breaker", "sent", "fail-fast",
          "rejected, by reason");
   for (int ph = 0; ph < NPHASES; ph++) {
@@ -1017,9 +1159,11 @@ static void print_table(const demo *d, row rows[NPHASES][NSIDES]) {
       char stuck[16];
       snprintf(stuck, sizeof stuck, "%u/%u", s->stuck[ph], d->opt.workers);
       char br[40];
-      if (s->dep)
+      if (k == SIDE_RESIL)
         snprintf(br, sizeof br, "%s (%u)", resil_breaker_state_name(s->breaker[ph]),
                  count_trips(d, pstart, d->phase_start[ph + 1]));
+      else if (s->dep)
+        snprintf(br, sizeof br, "%s", resil_breaker_state_name(s->breaker[ph]));
       else
         snprintf(br, sizeof br, "none");
       char ff[32];
@@ -1042,7 +1186,7 @@ static void print_table(const demo *d, row rows[NPHASES][NSIDES]) {
       } else {
         snprintf(rej, sizeof rej, "-");
       }
-      printf("%-8s %-5s %7s %6s %6s %7s %7s %7s %5s %-13s %6s %9s  %s\n",
+      printf("%-9s %-6s %7s %6s %6s %7s %7s %7s %5s %-13s %6s %9s  %s\n",
              k == 0 ? PHASES[ph].name : "", SIDE_NAME[k], fmt_count(b1, sizeof b1, r->done), okp,
              fmt_count(b7, sizeof b7, (uint64_t)(r->rate + 0.5)),
              r->done ? fmt_dur(b2, sizeof b2, r->p50) : "-",
@@ -1057,8 +1201,9 @@ static void print_table(const demo *d, row rows[NPHASES][NSIDES]) {
          "  call for over 1 s at the phase's end; breaker: state at the phase's end (times it\n"
          "  opened in the phase); sent: requests that reached the dependency, retries included;\n"
          "  fail-fast: from the phase's start to the first local rejection; rejected: open =\n"
-         "  breaker_open, full = concurrency_full, budget = retry_budget (the reason labels of\n"
-         "  resil_rejections_total).\n");
+         "  breaker_open, full = concurrency_full, budget = retry_budget, throttled (the\n"
+         "  reason labels of resil_rejections_total). resil: adaptive limit and throttling;\n"
+         "  static: the same with a static limit; naive: plain client.\n");
 }
 
 /* The paragraph at the end, from the numbers only. */
@@ -1066,7 +1211,7 @@ static void write_summary(FILE *o, const demo *d, row rows[NPHASES][NSIDES]) {
   char b1[32], b2[32], b3[32], b4[32], b5[32], b6[32];
   const side_state *rs = &d->side[SIDE_RESIL];
   const row *rb = &rows[PH_BROWNOUT][SIDE_RESIL], *nb = &rows[PH_BROWNOUT][SIDE_NAIVE];
-  const row *re = &rows[PH_ERRORS][SIDE_RESIL], *ne = &rows[PH_ERRORS][SIDE_NAIVE];
+  const row *re = &rows[PH_OUTAGE][SIDE_RESIL], *ne = &rows[PH_OUTAGE][SIDE_NAIVE];
   const row *rr = &rows[PH_RECOVERY][SIDE_RESIL], *nr = &rows[PH_RECOVERY][SIDE_NAIVE];
   uint64_t bstart = d->phase_start[PH_BROWNOUT];
   uint64_t rstart = d->phase_start[PH_RECOVERY];
@@ -1086,7 +1231,7 @@ static void write_summary(FILE *o, const demo *d, row rows[NPHASES][NSIDES]) {
             "%s into the brownout (first reason: %s)",
             fmt_dur(b1, sizeof b1, ff > bstart ? ff - bstart : 0),
             resil_status_name((resil_status)ffst));
-    if (open)
+    if (open && open->at_ns < d->phase_start[PH_BROWNOUT + 1])
       fprintf(o, " and its breaker opened after %s (%s)",
               fmt_dur(b2, sizeof b2, open->at_ns - bstart), resil_trip_reason_name(open->reason));
     fprintf(o, ". ");
@@ -1118,46 +1263,59 @@ static void write_summary(FILE *o, const demo *d, row rows[NPHASES][NSIDES]) {
     fprintf(o, " (%s slow success%s that resil gave up on at the deadline)",
             fmt_count(b3, sizeof b3, nb->ok - rb->ok), nb->ok - rb->ok == 1 ? "" : "es");
   fprintf(o, ". ");
+  /* Saturation: goodput and p99. */
+  {
+    const row *sr = &rows[PH_SATURATED][SIDE_RESIL], *ss = &rows[PH_SATURATED][SIDE_STATIC],
+              *sn = &rows[PH_SATURATED][SIDE_NAIVE];
+    double len = (double)(d->phase_start[PH_SATURATED + 1] - d->phase_start[PH_SATURATED]) / 1e9;
+    fprintf(o,
+            "When the dependency could serve only %u requests at once and queued the rest, resil "
+            "with its adaptive limit got %.0f successes/s with p99 %s; with a static limit of %u, "
+            "%.0f/s with p99 %s; the naive client %.0f/s with p99 %s. ",
+            PHASES[PH_SATURATED].serve_max, len > 0 ? (double)sr->ok / len : 0.0,
+            fmt_dur(b1, sizeof b1, sr->p99), d->limit, len > 0 ? (double)ss->ok / len : 0.0,
+            fmt_dur(b2, sizeof b2, ss->p99), len > 0 ? (double)sn->ok / len : 0.0,
+            fmt_dur(b3, sizeof b3, sn->p99));
+  }
+  /* Partial failure: throttling. */
+  {
+    const row *pr = &rows[PH_PARTIAL][SIDE_RESIL], *pn = &rows[PH_PARTIAL][SIDE_NAIVE];
+    fprintf(o,
+            "When 60%% of requests failed, resil (throttling) got %s successes for %s requests "
+            "sent, the naive client %s for %s (%.2fx the successes for %.2fx the requests). ",
+            fmt_count(b1, sizeof b1, pr->ok), fmt_count(b2, sizeof b2, pr->sent),
+            fmt_count(b3, sizeof b3, pn->ok), fmt_count(b4, sizeof b4, pn->sent),
+            pn->ok ? (double)pr->ok / (double)pn->ok : 0.0,
+            pn->sent ? (double)pr->sent / (double)pn->sent : 0.0);
+  }
   /* Load on the failing dependency. */
   if (ne->sent > 0 && re->sent < ne->sent)
-    fprintf(
-        o,
-        "While the dependency returned only errors, resil sent it %s requests against the naive "
-        "client's %s (%.1f%% as many) and answered %s locally, half of them within %s. ",
-        fmt_count(b1, sizeof b1, re->sent), fmt_count(b2, sizeof b2, ne->sent),
-        100.0 * (double)re->sent / (double)ne->sent, fmt_count(b3, sizeof b3, re->rejected),
-        fmt_dur(b4, sizeof b4, re->p50));
-  else
     fprintf(o,
-            "While the dependency returned only errors, resil sent it %s requests and the naive "
-            "client %s. ",
+            "During the %s outage resil sent the dependency %s requests against the naive "
+            "client's %s (%.1f%% as many) and answered %s locally, half of them within %s. ",
+            fmt_dur(b5, sizeof b5, d->phase_start[PH_OUTAGE + 1] - d->phase_start[PH_OUTAGE]),
+            fmt_count(b1, sizeof b1, re->sent), fmt_count(b2, sizeof b2, ne->sent),
+            100.0 * (double)re->sent / (double)ne->sent, fmt_count(b3, sizeof b3, re->rejected),
+            fmt_dur(b4, sizeof b4, re->p50));
+  else
+    fprintf(o, "During the outage resil sent the dependency %s requests and the naive client %s. ",
             fmt_count(b1, sizeof b1, re->sent), fmt_count(b2, sizeof b2, ne->sent));
   /* Recovery. */
-  const transition *closed = find_transition(d, RESIL_BREAKER_CLOSED, rstart);
-  if (rs->breaker[PH_ERRORS] == RESIL_BREAKER_CLOSED && !count_trips(d, rstart, UINT64_MAX))
-    fprintf(o, "In recovery resil's breaker was already closed");
-  else if (closed)
-    fprintf(o, "In recovery resil's breaker closed again after %s",
-            fmt_dur(b1, sizeof b1, closed->at_ns - rstart));
+  uint64_t last = atomic_load(&rs->last_reject[PH_RECOVERY]);
+  if (last)
+    fprintf(o, "From the heal to resil's last local rejection by its breaker or throttle: %s "
+               "(the break after a failed half-open call doubles up to %u ms; the recovery "
+               "probes ended it)",
+            fmt_dur(b1, sizeof b1, last > rstart ? last - rstart : 0), d->bcfg.open_max_ms);
   else
-    fprintf(o, "In recovery resil's breaker did not close before the end (%s)",
-            resil_breaker_state_name(rs->breaker[PH_RECOVERY]));
-  fprintf(o, ", and %.1f%% of its requests in that phase succeeded (naive: %.1f%%)",
+    fprintf(o, "After the heal resil rejected nothing locally");
+  const transition *closed = find_transition(d, RESIL_BREAKER_CLOSED, rstart);
+  if (closed)
+    fprintf(o, "; its breaker closed %s after the heal",
+            fmt_dur(b2, sizeof b2, closed->at_ns - rstart));
+  fprintf(o, ". In recovery %.1f%% of resil's requests succeeded (naive: %.1f%%)",
           rr->done ? 100.0 * (double)rr->ok / (double)rr->done : 0.0,
           nr->done ? 100.0 * (double)nr->ok / (double)nr->done : 0.0);
-  if (rr->rejected) {
-    uint64_t by_breaker = rs->rejections[PH_RECOVERY][RESIL_REJECT_BREAKER_OPEN];
-    if (by_breaker >= rr->rejected)
-      fprintf(o,
-              "; the %s it rejected locally were all turned away by the breaker while it was still "
-              "open or probing",
-              fmt_count(b2, sizeof b2, rr->rejected));
-    else
-      fprintf(o,
-              "; %s were rejected locally, %s of them by the breaker while it was still open or "
-              "probing",
-              fmt_count(b2, sizeof b2, rr->rejected), fmt_count(b3, sizeof b3, by_breaker));
-  }
   fprintf(o, ".");
   /* Retries while healthy, when they helped. */
   const row *rh = &rows[PH_HEALTHY][SIDE_RESIL], *nh = &rows[PH_HEALTHY][SIDE_NAIVE];
@@ -1255,17 +1413,18 @@ static void print_summary(const demo *d, row rows[NPHASES][NSIDES], bool tty) {
 /* The headline figures, one line each: SUMMARY-BROWNOUT <metric> <resil>
  * <naive>, numbers in the unit the metric's name ends with, or "never". */
 static void print_machine_summary(const demo *d, row rows[NPHASES][NSIDES]) {
-  const row *b[NSIDES] = {&rows[PH_BROWNOUT][SIDE_RESIL], &rows[PH_BROWNOUT][SIDE_NAIVE]};
-  const row *e[NSIDES] = {&rows[PH_ERRORS][SIDE_RESIL], &rows[PH_ERRORS][SIDE_NAIVE]};
-  const row *r[NSIDES] = {&rows[PH_RECOVERY][SIDE_RESIL], &rows[PH_RECOVERY][SIDE_NAIVE]};
+  const row *b[2] = {&rows[PH_BROWNOUT][SIDE_RESIL], &rows[PH_BROWNOUT][SIDE_NAIVE]};
+  const row *e[2] = {&rows[PH_OUTAGE][SIDE_RESIL], &rows[PH_OUTAGE][SIDE_NAIVE]};
+  const row *r[2] = {&rows[PH_RECOVERY][SIDE_RESIL], &rows[PH_RECOVERY][SIDE_NAIVE]};
+  const int sides[2] = {SIDE_RESIL, SIDE_NAIVE};
   printf("SUMMARY-BROWNOUT brownout.completed_req_s %.0f %.0f\n", b[0]->rate, b[1]->rate);
   printf("SUMMARY-BROWNOUT brownout.p99_ms %.1f %.1f\n", (double)b[0]->p99 / 1e6,
          (double)b[1]->p99 / 1e6);
   printf("SUMMARY-BROWNOUT brownout.max_ms %.1f %.1f\n", (double)b[0]->max / 1e6,
          (double)b[1]->max / 1e6);
-  char ff[NSIDES][32];
-  for (int k = 0; k < NSIDES; k++) {
-    uint64_t fr = atomic_load(&d->side[k].first_reject[PH_BROWNOUT]);
+  char ff[2][32];
+  for (int k = 0; k < 2; k++) {
+    uint64_t fr = atomic_load(&d->side[sides[k]].first_reject[PH_BROWNOUT]);
     uint64_t ps = d->phase_start[PH_BROWNOUT];
     if (fr == UINT64_MAX)
       snprintf(ff[k], sizeof ff[k], "never");
@@ -1273,9 +1432,27 @@ static void print_machine_summary(const demo *d, row rows[NPHASES][NSIDES]) {
       snprintf(ff[k], sizeof ff[k], "%.1f", (double)((fr >> FR_BITS) > ps ? (fr >> FR_BITS) - ps : 0) / 1e6);
   }
   printf("SUMMARY-BROWNOUT brownout.first_fast_rejection_ms %s %s\n", ff[0], ff[1]);
-  printf("SUMMARY-BROWNOUT brownout.threads_stuck_at_end %u %u\n", d->side[0].stuck[PH_BROWNOUT],
-         d->side[1].stuck[PH_BROWNOUT]);
+  printf("SUMMARY-BROWNOUT brownout.threads_stuck_at_end %u %u\n",
+         d->side[SIDE_RESIL].stuck[PH_BROWNOUT], d->side[SIDE_NAIVE].stuck[PH_BROWNOUT]);
+  double slen = (double)(d->phase_start[PH_SATURATED + 1] - d->phase_start[PH_SATURATED]) / 1e9;
+  printf("SUMMARY-BROWNOUT saturated.goodput_req_s %.0f %.0f\n",
+         (double)rows[PH_SATURATED][SIDE_RESIL].ok / slen,
+         (double)rows[PH_SATURATED][SIDE_NAIVE].ok / slen);
+  printf("SUMMARY-BROWNOUT saturated.p99_ms %.1f %.1f\n",
+         (double)rows[PH_SATURATED][SIDE_RESIL].p99 / 1e6,
+         (double)rows[PH_SATURATED][SIDE_NAIVE].p99 / 1e6);
+  printf("SUMMARY-BROWNOUT partial.successes %" PRIu64 " %" PRIu64 "\n",
+         rows[PH_PARTIAL][SIDE_RESIL].ok, rows[PH_PARTIAL][SIDE_NAIVE].ok);
+  printf("SUMMARY-BROWNOUT partial.requests_sent %" PRIu64 " %" PRIu64 "\n",
+         rows[PH_PARTIAL][SIDE_RESIL].sent, rows[PH_PARTIAL][SIDE_NAIVE].sent);
   printf("SUMMARY-BROWNOUT errors.requests_sent %" PRIu64 " %" PRIu64 "\n", e[0]->sent, e[1]->sent);
+  uint64_t last = atomic_load(&d->side[SIDE_RESIL].last_reject[PH_RECOVERY]);
+  uint64_t rs = d->phase_start[PH_RECOVERY];
+  if (last)
+    printf("SUMMARY-BROWNOUT recovery.heal_to_last_rejection_ms %.1f never\n",
+           last > rs ? (double)(last - rs) / 1e6 : 0.0);
+  else
+    printf("SUMMARY-BROWNOUT recovery.heal_to_last_rejection_ms never never\n");
   printf("SUMMARY-BROWNOUT recovery.ok_pct %.1f %.1f\n",
          r[0]->done ? 100.0 * (double)r[0]->ok / (double)r[0]->done : 0.0,
          r[1]->done ? 100.0 * (double)r[1]->ok / (double)r[1]->done : 0.0);
@@ -1359,6 +1536,100 @@ static bool write_emf(const demo *d) {
   }
   if (fclose(o) != 0) ok = false;
   if (ok) ok = write_file(d->opt.out_dir, "brownout-metrics.emf", all, all_len);
+  free(all);
+  return ok;
+}
+
+/* The breaker state and the limit in force of each resil side, into the
+ * timeline bucket of now (main thread, every 100 ms). */
+static void sample_timeline(demo *d, uint64_t now) {
+  uint64_t b = (now > d->t0 ? now - d->t0 : 0) / TL_NS;
+  if (b >= d->tl_n) return;
+  for (int k = 0; k < NSIDES; k++) {
+    resil_dep *dep = d->side[k].dep;
+    if (!dep) continue;
+    resil_dep_stats st;
+    resil_dep_get_stats(dep, &st);
+    d->tl_breaker[b * NSIDES + (unsigned)k] = (int8_t)st.breaker.state;
+    d->tl_limit[b * NSIDES + (unsigned)k] = (uint16_t)(st.limit > 65535 ? 65535 : st.limit);
+  }
+}
+
+static double tl_quantile(const tl_cell *c, uint32_t n, double q) {
+  uint32_t rank = (uint32_t)(q * (double)n + 0.999999), seen = 0;
+  if (rank < 1) rank = 1;
+  for (int i = 0; i < TL_HB; i++) {
+    seen += atomic_load_explicit(&c->hist[i], memory_order_relaxed);
+    if (seen >= rank) return pow(10.0, 1.0 + ((double)i + 0.5) / 10.0) / 1e3; /* ms */
+  }
+  return 0.0;
+}
+
+/* brownout-timeline.tsv: one line per 100 ms of the run (by the requests'
+ * start), and brownout-phases.tsv: each phase's start, end and name, both in
+ * seconds from the start. scripts/demo-plot.gp draws them. */
+static bool write_timeline(const demo *d) {
+  char *all = NULL;
+  size_t all_len = 0;
+  FILE *o = open_memstream(&all, &all_len);
+  if (!o) {
+    fprintf(stderr, "brownout: timeline: out of memory\n");
+    return false;
+  }
+  fprintf(o, "# t_s\tphase");
+  for (int k = 0; k < NSIDES; k++)
+    fprintf(o, "\t%s_p50_ms\t%s_p99_ms\t%s_ok_s\t%s_failed_s\t%s_rejected_s\t%s_breaker\t%s_limit",
+            SIDE_NAME[k], SIDE_NAME[k], SIDE_NAME[k], SIDE_NAME[k], SIDE_NAME[k], SIDE_NAME[k],
+            SIDE_NAME[k]);
+  fputc('\n', o);
+  uint64_t end = d->phase_start[NPHASES] > d->t0 ? d->phase_start[NPHASES] - d->t0 : 0;
+  unsigned n = (unsigned)(end / TL_NS);
+  if (n > d->tl_n) n = d->tl_n;
+  int8_t last_br[NSIDES];
+  uint16_t last_lim[NSIDES];
+  for (int k = 0; k < NSIDES; k++) {
+    last_br[k] = 0;
+    last_lim[k] = (uint16_t)d->limit;
+  }
+  int ph = 0;
+  for (unsigned b = 0; b < n; b++) {
+    uint64_t at = d->t0 + b * TL_NS;
+    while (ph + 1 < NPHASES && at >= d->phase_start[ph + 1]) ph++;
+    fprintf(o, "%.1f\t%d", (double)b * TL_NS / 1e9, ph);
+    for (int k = 0; k < NSIDES; k++) {
+      const tl_cell *c = &d->tl[b * NSIDES + (unsigned)k];
+      uint32_t ok = atomic_load(&c->ok), fail = atomic_load(&c->failed);
+      uint32_t rej = atomic_load(&c->rejected), all_n = ok + fail + rej;
+      if (all_n)
+        fprintf(o, "\t%.3f\t%.3f", tl_quantile(c, all_n, 0.50), tl_quantile(c, all_n, 0.99));
+      else
+        fprintf(o, "\t-\t-");
+      fprintf(o, "\t%u\t%u\t%u", ok * 10, fail * 10, rej * 10);
+      if (d->side[k].dep) {
+        int8_t br = d->tl_breaker[b * NSIDES + (unsigned)k];
+        if (br >= 0) {
+          last_br[k] = br;
+          last_lim[k] = d->tl_limit[b * NSIDES + (unsigned)k];
+        }
+        fprintf(o, "\t%d\t%u", last_br[k], last_lim[k]);
+      } else {
+        fprintf(o, "\t-\t-");
+      }
+    }
+    fputc('\n', o);
+  }
+  bool ok = fclose(o) == 0;
+  if (ok) ok = write_file(d->opt.out_dir, "brownout-timeline.tsv", all, all_len);
+  free(all);
+  all = NULL;
+  if (!ok) return false;
+  if (!(o = open_memstream(&all, &all_len))) return false;
+  fprintf(o, "# start_s\tend_s\tname\n");
+  for (int p = 0; p < NPHASES; p++)
+    fprintf(o, "%.2f\t%.2f\t%s\n", (double)(d->phase_start[p] - d->t0) / 1e9,
+            (double)(d->phase_start[p + 1] - d->t0) / 1e9, PHASES[p].name);
+  ok = fclose(o) == 0;
+  if (ok) ok = write_file(d->opt.out_dir, "brownout-phases.tsv", all, all_len);
   free(all);
   return ok;
 }
@@ -1831,6 +2102,7 @@ static void *srv_worker_main(void *arg) {
 static void srv_take_phase_end(srv_run *run, int ph, uint64_t *prev_trips) {
   uint64_t now = resil_now_ns();
   for (int k = 0; k < NSIDES; k++) {
+    if (k == SIDE_STATIC) continue; /* resil and naive only here */
     unsigned n = 0;
     for (int i = 0; i < SRV_WORKERS; i++) {
       uint64_t cs = atomic_load(&run->w[k][i].call_start_ns);
@@ -1850,6 +2122,7 @@ static void srv_print_table(const srv_run *run) {
          "p99", "max", "stuck", "breaker", "fail-fast");
   for (int ph = 0; ph < SRV_NPHASES; ph++) {
     for (int k = 0; k < NSIDES; k++) {
+      if (k == SIDE_STATIC) continue;
       cell sum;
       memset(&sum, 0, sizeof sum);
       for (int i = 0; i < SRV_WORKERS; i++) {
@@ -2012,6 +2285,7 @@ static int run_server_section(int kind, unsigned phase_s, const char *exe) {
   run->phase_start[0] = t0;
   bool started_all = true;
   for (int k = 0; k < NSIDES && started_all; k++) {
+    if (k == SIDE_STATIC) continue;
     for (int i = 0; i < SRV_WORKERS; i++) {
       srv_worker *w = &run->w[k][i];
       w->run = run;
@@ -2125,22 +2399,25 @@ static void usage(FILE *f) {
   fprintf(f,
           "Usage: brownout [options]\n"
           "\n"
-          "Runs one workload twice at the same time against a dependency that goes\n"
-          "healthy -> brownout (latency 2-4 s) -> errors -> recovery: once through resil\n"
-          "(200 ms deadline, circuit breaker, concurrency limit, retry budget) and once\n"
-          "naively (30 s driver timeout, nothing else). Prints a table per phase and a\n"
-          "summary, and writes the metrics resil exported.\n"
+          "Runs one workload three times at once against a dependency that goes healthy\n"
+          "-> brownout (latency 2-4 s) -> saturated (serves 2 at once) -> partial (60%%\n"
+          "errors) -> outage -> recovery: through resil (200 ms deadline, breaker with\n"
+          "recovery probes, adaptive limit, throttling, retry budget), through resil with\n"
+          "a static limit, and naively (30 s driver timeout, nothing else). Prints a table\n"
+          "per phase and a summary, and writes the metrics resil exported and a timeline.\n"
           "\n"
           "Options:\n"
-          "  --phase-seconds N  length of each of the 4 phases, 1..600 (default %d)\n"
-          "  --quick            phases of %d s (for tests); not with --phase-seconds\n"
+          "  --phase-seconds N  the time unit of the schedule, 1..600 (default %d): the\n"
+          "                     phases last 0.6, 0.8, 1.2, 1.2, 2.2 and 2.0 times it\n"
+          "  --quick            --phase-seconds %d (for tests); not with --phase-seconds\n"
           "  --workers N        worker threads per side, 1..512 (default %d)\n"
           "  --rate N           requests/s offered to each side, 1..100000 (default %d)\n"
           "  --backend KIND     the dependency: http = an HTTP/1.1 server in this process\n"
           "                     on 127.0.0.1, called through resil-http and plain libcurl;\n"
           "                     sim = simulated in-process\n"
           "                     (default: %s%s)\n"
-          "  --out-dir DIR      where to write brownout-metrics.prom, .json and .emf\n"
+          "  --out-dir DIR      where to write brownout-metrics.prom, .json and .emf and\n"
+          "                     brownout-timeline.tsv / brownout-phases.tsv\n"
           "                     (default: the current directory; created if missing)\n"
           "  --summary          also print machine-readable lines after the summary:\n"
           "                     SUMMARY-BROWNOUT <metric> <resil> <naive> (for scripts/bench.sh)\n"
@@ -2274,28 +2551,41 @@ static void make_resil_config(demo *d, resil_dep_config *cp) {
   resil_dep_config c;
   resil_dep_config_init(&c, "brownout-dependency");
   c.timeout_ms = DEADLINE_MS; /* cap per attempt */
-  /* Break durations scaled to the phase length so a short demo still shows
-   * the breaker probing and closing again in the recovery phase. */
+  /* The library's break durations (5 s, doubling up to 60 s on a failed
+   * half-open call): a long outage grows the break past the dependency's
+   * healing, and the recovery probes (every 500 ms, on by default) end it. */
   uint32_t pms = d->opt.phase_s * 1000u;
-  uint32_t open_ms = pms / 20;
-  if (open_ms < 100) open_ms = 100;
-  if (open_ms > 500) open_ms = 500;
-  c.breaker.consecutive_failures = 5;
-  c.breaker.failure_rate_percent = 50;
+  /* Throttling handles the partial failure, so the breaker is for the total
+   * outage only (what config validation requires with THROTTLE=on). */
+  c.breaker.consecutive_failures = 0;
+  c.breaker.failure_rate_percent = 95;
   c.breaker.minimum_calls = 20;
   c.breaker.window_ms = pms < 10000 ? pms : 10000;
-  c.breaker.open_ms = open_ms;
-  c.breaker.open_max_ms = 2 * open_ms;
   c.breaker.on_transition = on_transition;
   c.breaker.hook_ctx = d;
-  /* Room for scheduling hiccups when healthy (~1 ms calls rarely overlap),
-   * yet a brownout fills it within one deadline. */
+  /* The ceiling: room for scheduling hiccups when healthy (~1 ms calls
+   * rarely overlap), yet a brownout fills it within one deadline. */
   c.limit.max_concurrent = d->opt.workers * 3 / 4 ? d->opt.workers * 3 / 4 : 1;
-  c.limit.max_waiters = 0;
+  /* A short queue for a slot (LIMIT_MAX_WAITERS=8, LIMIT_MAX_WAIT_MS=20):
+   * when the adaptive limit sits low, a burst of ~1 ms calls waits a moment
+   * for a slot instead of being refused. */
+  c.limit.max_waiters = 8;
+  c.limit.max_wait_ms = 20;
+  /* LIMIT_ADAPTIVE=gradient, LIMIT_TOLERANCE=1.2 (a latency goal). */
+  c.adaptive.algorithm = "gradient";
+  c.adaptive.tolerance = 1.2;
+  if (c.adaptive.min > c.limit.max_concurrent) c.adaptive.min = c.limit.max_concurrent;
+  /* THROTTLE=on, over a 2 s window (THROTTLE_WINDOW_MS=2000, default 10 s):
+   * the failures of the outage leave the window within 2 s of the heal, so
+   * the throttle does not go on shedding after the breaker closed. */
+  c.throttle.enabled = true;
+  c.throttle.window_ms = 2000;
   c.retry.max_attempts = 3;
   c.retry.base_backoff_ms = 5;
   c.retry.max_backoff_ms = 50;
-  c.retry.budget_percent = 20;
+  /* A small retry budget: retries of a dependency failing 60% would send
+   * back what the throttle sheds (the partial phase). */
+  c.retry.budget_percent = 2;
   d->bcfg = c.breaker;
   d->limit = c.limit.max_concurrent;
   *cp = c;
@@ -2319,10 +2609,24 @@ int main(int argc, char **argv) {
   }
 #endif
   d->phase_ns = (uint64_t)d->opt.phase_s * 1000000000ull;
+  uint64_t total_ns = 0;
+  for (int ph = 0; ph < NPHASES; ph++) {
+    d->phase_len[ph] = d->phase_ns * PHASES[ph].tenths / 10u;
+    total_ns += d->phase_len[ph];
+  }
   d->interval_ns = (uint64_t)d->opt.workers * 1000000000ull / d->opt.rate;
+  d->tl_n = (unsigned)(total_ns / TL_NS) + 2;
+  d->tl = calloc((size_t)d->tl_n * NSIDES, sizeof *d->tl);
+  d->tl_breaker = malloc((size_t)d->tl_n * NSIDES);
+  d->tl_limit = calloc((size_t)d->tl_n * NSIDES, sizeof *d->tl_limit);
+  if (!d->tl || !d->tl_breaker || !d->tl_limit) {
+    fprintf(stderr, "brownout: out of memory\n");
+    return 1;
+  }
+  memset(d->tl_breaker, -1, (size_t)d->tl_n * NSIDES);
   /* Start a little ahead so every thread is up when the clock starts. */
   d->t0 = resil_now_ns() + 100000000ull;
-  atomic_init(&d->end_ns, d->t0 + NPHASES * d->phase_ns);
+  atomic_init(&d->end_ns, d->t0 + total_ns);
 
   resil_err err;
   rc = 1;
@@ -2344,8 +2648,14 @@ int main(int argc, char **argv) {
       fprintf(stderr, "brownout: out of memory\n");
       goto out;
     }
-    if (k == SIDE_RESIL) {
-      s->client = d->ops->resil_open(s->backend, &dcfg, &s->dep, &err);
+    if (k != SIDE_NAIVE) {
+      resil_dep_config c = dcfg;
+      if (k == SIDE_STATIC) {
+        c.name = "brownout-static-limit";
+        c.adaptive.algorithm = "off";
+        c.breaker.on_transition = NULL; /* the log is the resil side's */
+      }
+      s->client = d->ops->resil_open(s->backend, &c, &s->dep, &err);
       if (!s->client) {
         fprintf(stderr, "brownout: %s\n", err.msg);
         goto out;
@@ -2364,26 +2674,31 @@ int main(int argc, char **argv) {
 
   printf("resil %s brownout demo: one workload, with and without resil, side by side\n",
          resil_version());
-  char where[2][128];
+  char where[NSIDES][128];
   for (int k = 0; k < NSIDES; k++)
     d->ops->describe(d->side[k].backend, where[k], sizeof where[k]);
   printf("  dependency: one copy per side, %s (--backend %s)\n", d->ops->name[0] == 'h' ?
          "a real HTTP/1.1 server thread pool in this process" : "simulated in this process",
          d->ops->name);
   if (strcmp(where[0], where[1]))
-    printf("              resil side: %s\n              naive side: %s\n", where[0], where[1]);
+    for (int k = 0; k < NSIDES; k++) printf("              %s side: %s\n", SIDE_NAME[k], where[k]);
   printf("  phases:");
   for (int ph = 0; ph < NPHASES; ph++)
     printf("%s %s (%s)", ph ? " ->" : "", PHASES[ph].name, PHASES[ph].brief);
-  printf(
-      "\n  load:  %u worker threads and %u requests/s per side; %d phases of %u s (about %u s)\n",
-      d->opt.workers, d->opt.rate, NPHASES, d->opt.phase_s, NPHASES * d->opt.phase_s + 1);
+  printf("\n  load:  %u worker threads and %u requests/s per side; %d phases, about %u s\n",
+         d->opt.workers, d->opt.rate, NPHASES,
+         (unsigned)((total_ns + 999999999ull) / 1000000000ull) + 1);
   printf("  resil: %s\n", d->ops->resil_desc);
-  printf("         %u ms deadline per request; at most %u calls in flight; up to 3 attempts\n"
-         "         within a 20%% retry budget; breaker opens on %u failures in a row or %u%% of\n"
-         "         %u+ calls, for %u-%u ms, then lets %u probe calls through\n",
-         DEADLINE_MS, d->limit, d->bcfg.consecutive_failures, d->bcfg.failure_rate_percent,
-         d->bcfg.minimum_calls, d->bcfg.open_ms, d->bcfg.open_max_ms, d->bcfg.half_open_probes);
+  printf("         %u ms deadline per request; adaptive limit (gradient, tolerance 1.2) of\n"
+         "         4..%u calls in flight (8 more may wait 20 ms for a slot); client-side\n"
+         "         throttling (K 2, 2 s window); up to 3 attempts\n"
+         "         within a 2%% retry budget; breaker opens on %u%% failures of %u+ calls,\n"
+         "         for %u ms doubling up to %u ms, ended early by a recovery probe every\n"
+         "         500 ms that succeeds\n",
+         DEADLINE_MS, d->limit, d->bcfg.failure_rate_percent, d->bcfg.minimum_calls,
+         d->bcfg.open_ms, d->bcfg.open_max_ms);
+  printf("  static: the same resil configuration with a static limit of %u calls in flight\n",
+         d->limit);
   printf("  naive: %s;\n         no breaker, no limit, no retries\n\n", d->ops->naive_desc);
 
   for (int k = 0; k < NSIDES; k++) {
@@ -2405,22 +2720,26 @@ int main(int argc, char **argv) {
     }
   }
 
+  uint64_t pstart = d->t0;
   for (int ph = 0; ph < NPHASES; ph++) {
-    uint64_t pstart = d->t0 + (uint64_t)ph * d->phase_ns, pend = pstart + d->phase_ns;
+    uint64_t pend = pstart + d->phase_len[ph];
     sleep_until_ns(pstart);
     for (int k = 0; k < NSIDES; k++) d->ops->set_phase(d->side[k].backend, &PHASES[ph]);
     d->phase_start[ph] = resil_now_ns();
     atomic_store(&d->cur_phase, ph);
     if (!tty)
-      printf("  phase %d/%d: %s - %s (%u s)\n", ph + 1, NPHASES, PHASES[ph].name, PHASES[ph].story,
-             d->opt.phase_s);
+      printf("  phase %d/%d: %s - %s (%.1f s)\n", ph + 1, NPHASES, PHASES[ph].name,
+             PHASES[ph].story, (double)d->phase_len[ph] / 1e9);
+    unsigned tick = 0;
     for (;;) {
-      progress(d, ph, tty);
+      if (tick++ % 3 == 0) progress(d, ph, tty);
       uint64_t now = resil_now_ns();
+      sample_timeline(d, now);
       if (now >= pend) break;
-      sleep_until_ns(min_u64(now + 250000000ull, pend));
+      sleep_until_ns(min_u64(now + TL_NS, pend));
     }
     snapshot_phase(d, ph);
+    pstart = pend;
   }
   d->phase_start[NPHASES] = resil_now_ns();
   printf(tty ? "\r\033[K" : "\n");
@@ -2446,6 +2765,7 @@ join:
     }
     if (!write_exports(d->opt.out_dir)) rc = 1;
     if (!write_emf(d)) rc = 1;
+    if (!write_timeline(d)) rc = 1;
     if (d->opt.with_servers && run_servers_section(&d->opt) != 0) rc = 1;
   }
 
@@ -2463,5 +2783,8 @@ out:
 #ifdef BROWNOUT_HAVE_HTTP
   curl_global_cleanup();
 #endif
+  free(d->tl);
+  free(d->tl_breaker);
+  free(d->tl_limit);
   return rc;
 }

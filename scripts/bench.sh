@@ -188,7 +188,7 @@ print_table() {
   local files=("$LOGS"/brownout-*.log)
   [[ -e ${files[0]} ]] || return 0
   echo
-  echo "| brownout scenario (--quick: 4 phases of 2 s, 16 workers, 800 req/s per side), ${#files[@]} runs | with resil | without (naive) |"
+  echo "| brownout scenario (--quick: 6 phases, about 16 s, 16 workers, 800 req/s per side), ${#files[@]} runs | with resil | without (naive) |"
   echo "|---|---|---|"
   cat "${files[@]}" | grep '^SUMMARY-BROWNOUT ' | "$PY" -c '
 import sys, statistics
@@ -216,7 +216,12 @@ labels = {
     "brownout.max_ms": "brownout: slowest call, ms",
     "brownout.first_fast_rejection_ms": "brownout: time to first fast (local) rejection, ms",
     "brownout.threads_stuck_at_end": "brownout: worker threads stuck (>1 s in a call) at its end, of 16",
-    "errors.requests_sent": "errors phase: requests sent to the failing dependency",
+    "saturated.goodput_req_s": "saturated: successes per s (adaptive limit vs naive)",
+    "saturated.p99_ms": "saturated: p99 latency of calls, ms",
+    "partial.successes": "partial (60% errors): successes",
+    "partial.requests_sent": "partial (60% errors): requests sent",
+    "errors.requests_sent": "outage: requests sent to the failing dependency",
+    "recovery.heal_to_last_rejection_ms": "recovery: heal to the last local rejection, ms",
     "recovery.ok_pct": "recovery: calls that succeeded, %",
 }
 for name in order:

@@ -2,16 +2,19 @@
 # The README's first command: install what is missing, build the brownout
 # demo and run it. Arguments go to the demo (try --help or --quick):
 #
-#   bash scripts/demo.sh              # about 45 s
-#   bash scripts/demo.sh --quick      # about 10 s
+#   bash scripts/demo.sh              # about 80 s
+#   bash scripts/demo.sh --quick      # about 16 s
+#   bash scripts/demo.sh --no-plot    # no picture (gnuplot not needed)
 #   bash scripts/demo.sh --with-servers   # then also real Redis / PostgreSQL 15
 #                                     # servers stalled with SIGSTOP, if installed
 #                                     # (off unless you pass it; see --help)
 #
 # Made for a fresh Debian 12 machine as root (or a user with sudo); safe to
 # run again: nothing is reinstalled and the build is incremental. The build
-# goes to build-demo/ (release); the metrics files go to the current
-# directory (the repository root) unless you pass --out-dir DIR.
+# goes to build-demo/ (release); the metrics files, the timeline
+# (brownout-timeline.tsv, brownout-phases.tsv) and its picture (brownout.png,
+# drawn by gnuplot with scripts/demo-plot.gp) go to the current directory
+# (the repository root) unless you pass --out-dir DIR.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -22,6 +25,25 @@ BUILD=build-demo
 PACKAGES=(build-essential meson ninja-build pkg-config libcurl4-openssl-dev)
 
 say() { printf '==> %s\n' "$*"; }
+
+# --no-plot is ours (no picture, no gnuplot); everything else goes to the
+# demo. The picture goes where the demo writes its files (--out-dir).
+PLOT=1
+OUT_DIR=.
+args=()
+want_out=0
+for a in "$@"; do
+  if ((want_out)); then OUT_DIR=$a; want_out=0; fi
+  case $a in
+    --no-plot) PLOT=0; continue ;;
+    --help | -h) PLOT=0 ;;
+    --out-dir) want_out=1 ;;
+    --out-dir=*) OUT_DIR=${a#--out-dir=} ;;
+  esac
+  args+=("$a")
+done
+# gnuplot-nox: the picture of the run (not needed with --no-plot).
+((PLOT)) && PACKAGES+=(gnuplot-nox)
 
 # ---- 1. packages -------------------------------------------------------------
 missing=()
@@ -86,6 +108,17 @@ if ! ninja -C "$BUILD" examples/brownout >"$BUILD/demo-build.log" 2>&1; then
 fi
 
 # ---- 4. run ----------------------------------------------------------------------
-say "running examples/brownout $*"
+say "running examples/brownout ${args[*]}"
 echo
-exec "$BUILD/examples/brownout" "$@"
+rc=0
+"$BUILD/examples/brownout" "${args[@]}" || rc=$?
+((rc == 0 && PLOT)) || exit "$rc"
+
+# ---- 5. the picture ------------------------------------------------------------
+png="$OUT_DIR/brownout.png"
+if gnuplot -e "dir='${OUT_DIR//\'/}'; out='${png//\'/}'" scripts/demo-plot.gp; then
+  echo "  wrote $png (the timeline: latency, successes, rejections, breaker state)"
+else
+  echo "demo.sh: gnuplot failed to draw $png (the table above stands)" >&2
+  exit 1
+fi

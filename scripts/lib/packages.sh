@@ -13,6 +13,8 @@ RESIL_DEBIAN_PACKAGES=(
   prometheus
   # tools the harness itself uses (python3-yaml: the operator kit's tests, suite ops)
   curl openssl procps iproute2 util-linux python3-minimal python3-yaml iptables
+  # the demo's picture (scripts/demo-plot.gp; meson test brownout-plot)
+  gnuplot-nox
 )
 
 # ensure_packages [PKG...]: install whichever of the packages (default: the
