@@ -40,6 +40,7 @@
  * the forking thread before the fork) is abandoned too and touches no count.
  */
 #include <errno.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -53,13 +54,61 @@
 
 typedef enum { W_WAITING, W_CONN, W_SLOT, W_CLOSED } waiter_state;
 
-/* One queued acquirer. Lives on the acquirer's stack; signalled under mu. */
+/* One queued acquirer. Lives on the acquirer's stack; granted under mu and
+ * signalled under mu, or by a releasing thread just after it unlocks mu (see
+ * wake_defer), in which case `waking` stays set until that thread no longer
+ * touches the node. */
 typedef struct waiter {
   pthread_cond_t cv;
   struct waiter *prev, *next;
   waiter_state state;
   resil_pool_conn *conn; /* with W_CONN */
+  _Atomic bool waking;   /* a releasing thread is about to signal cv */
 } waiter;
+
+/* Waking a waiter after unlocking mu rather than under it: the woken thread
+ * then finds mu free instead of blocking on it again at once (one context
+ * switch less per hand-off when threads queue for connections).
+ * resil_pool_release() opens this thread's list around its locked section;
+ * dispatch_locked() then grants under mu as always but only marks the
+ * waiter `waking` and lists it; wake_flush() signals after the unlock and
+ * clears `waking`, and the waiter does not leave (its node and condvar live
+ * on its stack) while `waking` is set. Everywhere else, and once the list is
+ * full, waiters are signalled under mu. */
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  __asm__ __volatile__("yield");
+#endif
+}
+
+#define WAKE_DEFER_MAX 8
+static _Thread_local struct wake_defer {
+  bool open;
+  unsigned n;
+  waiter *w[WAKE_DEFER_MAX];
+} wake_defer;
+
+static void wake_flush(void) {
+  for (unsigned i = 0; i < wake_defer.n; i++) {
+    waiter *w = wake_defer.w[i];
+    pthread_cond_signal(&w->cv);
+    atomic_store_explicit(&w->waking, false, memory_order_release); /* last touch */
+  }
+  wake_defer.n = 0;
+  wake_defer.open = false;
+}
+
+/* A waiter granted under mu: signal it now, or after the unlock. */
+static void wake_locked(waiter *w) {
+  if (wake_defer.open && wake_defer.n < WAKE_DEFER_MAX) {
+    atomic_store_explicit(&w->waking, true, memory_order_relaxed);
+    wake_defer.w[wake_defer.n++] = w;
+  } else {
+    pthread_cond_signal(&w->cv);
+  }
+}
 
 struct resil_pool_conn {
   void *handle;
@@ -266,7 +315,7 @@ static void dispatch_locked(resil_pool *p) {
       return;
     }
     waiter_unlink_locked(p, w);
-    pthread_cond_signal(&w->cv);
+    wake_locked(w);
   }
 }
 
@@ -715,6 +764,14 @@ static resil_status wait_locked(resil_pool *p, resil_deadline deadline, grant *g
       waiter_unlink_locked(p, &w);
       break;
     }
+  if (atomic_load_explicit(&w.waking, memory_order_acquire)) {
+    /* granted by a thread that signals after unlocking: let it finish with
+     * our node (a few instructions away unless it was preempted) */
+    pthread_mutex_unlock(&p->mu);
+    for (unsigned i = 0; atomic_load_explicit(&w.waking, memory_order_acquire); i++)
+      if (i < 64) cpu_relax(); else sched_yield();
+    pthread_mutex_lock(&p->mu);
+  }
   pthread_cond_destroy(&w.cv);
 
   switch (w.state) {
@@ -880,14 +937,6 @@ static resil_status acquire(resil_pool *p, resil_deadline deadline, resil_pool_c
   return st;
 }
 
-static inline void cpu_relax(void) {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_ia32_pause();
-#elif defined(__aarch64__)
-  __asm__ __volatile__("yield");
-#endif
-}
-
 /* Take mu without sleeping: a few tries, spinning a few microseconds at most
  * (the lock is only ever held for bookkeeping, never over I/O). */
 static bool lock_quick(pthread_mutex_t *mu) {
@@ -972,6 +1021,7 @@ void resil_pool_release(resil_pool *p, resil_pool_conn *c, resil_pool_return how
   }
   close_list dead = {NULL};
   uint64_t now = pool_now();
+  wake_defer.open = true;
   pthread_mutex_lock(&p->mu);
   p->in_use--;
   if (how != RESIL_POOL_OK || p->draining || lifetime_over(c, now)) {
@@ -989,6 +1039,7 @@ void resil_pool_release(resil_pool *p, resil_pool_conn *c, resil_pool_return how
       sweep_tail_locked(p, now, &dead))
     slot_freed_locked(p);
   pthread_mutex_unlock(&p->mu);
+  wake_flush();
   if (dead.head) close_all(p, &dead);
 }
 
