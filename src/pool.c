@@ -84,7 +84,7 @@ static inline void cpu_relax(void) {
 }
 
 #define WAKE_DEFER_MAX 8
-static _Thread_local struct wake_defer {
+static _Thread_local __attribute__((tls_model("initial-exec"))) struct wake_defer {
   bool open;
   unsigned n;
   waiter *w[WAKE_DEFER_MAX];
