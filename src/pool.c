@@ -937,10 +937,11 @@ static resil_status acquire(resil_pool *p, resil_deadline deadline, resil_pool_c
   return st;
 }
 
-/* Take mu without sleeping: a few tries, spinning a few microseconds at most
- * (the lock is only ever held for bookkeeping, never over I/O). */
+/* Take mu without sleeping: up to 100 tries (glibc's adaptive mutexes spin
+ * as long), a few microseconds at most; the lock is only ever held for
+ * bookkeeping, never over I/O. */
 static bool lock_quick(pthread_mutex_t *mu) {
-  for (int i = 0; i < 32; i++) {
+  for (int i = 0; i < 100; i++) {
     if (pthread_mutex_trylock(mu) == 0) return true;
     cpu_relax();
   }
