@@ -20,6 +20,12 @@
  * connection and immediately takes the next idle one or connects itself,
  * without queueing again.
  *
+ * Clocks. Connection ages use the coarse clock (pool_now()); an acquire that
+ * takes an idle connection at once (acquire_quick()) reads no other clock and
+ * is counted in the latency histogram's first bucket; every other acquire is
+ * timed on the fast clock. A release wakes the waiter it grants after
+ * unlocking (wake_defer).
+ *
  * Idle order is LIFO: released connections go to the head and acquires take
  * from the head, so the tail holds the longest idle, which eviction trims.
  * idle_timeout_ms never closes connections that would leave fewer than
@@ -66,6 +72,14 @@ typedef struct waiter {
   _Atomic bool waking;   /* a releasing thread is about to signal cv */
 } waiter;
 
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  __asm__ __volatile__("yield");
+#endif
+}
+
 /* Waking a waiter after unlocking mu rather than under it: the woken thread
  * then finds mu free instead of blocking on it again at once (one context
  * switch less per hand-off when threads queue for connections).
@@ -75,14 +89,6 @@ typedef struct waiter {
  * clears `waking`, and the waiter does not leave (its node and condvar live
  * on its stack) while `waking` is set. Everywhere else, and once the list is
  * full, waiters are signalled under mu. */
-static inline void cpu_relax(void) {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_ia32_pause();
-#elif defined(__aarch64__)
-  __asm__ __volatile__("yield");
-#endif
-}
-
 #define WAKE_DEFER_MAX 8
 static _Thread_local __attribute__((tls_model("initial-exec"))) struct wake_defer {
   bool open;
