@@ -6,8 +6,9 @@
  * CONNINFO defaults to $RESIL_TEST_PG_CONNINFO; with neither, it says so and
  * exits 0. Two scenarios:
  *   sequential  one thread, one connection (resil: pool of 1);
- *   threaded    8 threads sharing 4 connections (resil: pool of 4; raw: 4
- *               connections, each behind a mutex, picked round-robin).
+ *   threaded    8 threads sharing 4 connections (resil: pool of 4; raw: the
+ *               4 connections in a pool as a user writes one, bench/rawpool.h:
+ *               a mutex, a free stack and a condvar).
  * Raw rows: PQexec (simple protocol) and PQexecParams with no parameters
  * (the extended protocol resil_pg_query uses, so the fair baseline). Each
  * run is bounded by --ops and by 10 s of wall time. Output: median [min max]
@@ -23,6 +24,7 @@
 #include <time.h>
 
 #include "resil/pg.h"
+#include "rawpool.h"
 
 #define THREADS 8
 #define POOL 4
@@ -69,9 +71,7 @@ static int resil_op(resil_pg *pg) {
 typedef struct shared {
   mode m;
   resil_pg *pg;
-  PGconn *conns[POOL];
-  pthread_mutex_t mu[POOL];
-  int nconns;
+  rawpool raw; /* the connections */
   long ops_each;
   uint64_t stop_at;
   long failures;
@@ -92,10 +92,9 @@ static void *worker_main(void *arg) {
     if (s->m == RESIL) {
       ok = resil_op(s->pg);
     } else {
-      int k = (int)((w->id + i) % s->nconns);
-      pthread_mutex_lock(&s->mu[k]);
-      ok = raw_op(s->conns[k], s->m);
-      pthread_mutex_unlock(&s->mu[k]);
+      PGconn *c = rawpool_get(&s->raw);
+      ok = raw_op(c, s->m);
+      rawpool_put(&s->raw, c);
     }
     if (!ok) fails++;
     if ((i & 63) == 0 && now_ns() > s->stop_at) break;
@@ -134,12 +133,8 @@ static double run_once(mode m, int threads, PGconn **conns, resil_pg *pg, long *
   memset(&s, 0, sizeof s);
   s.m = m;
   s.pg = pg;
-  for (int i = 0; i < POOL; i++) {
-    s.conns[i] = conns[i];
-    pthread_mutex_init(&s.mu[i], NULL);
-  }
+  rawpool_init(&s.raw, (void *const *)conns, threads == 1 ? 1 : POOL);
   pthread_mutex_init(&s.fail_mu, NULL);
-  s.nconns = threads == 1 ? 1 : POOL;
   s.ops_each = ops_per_run / threads;
   uint64_t t0 = now_ns();
   s.stop_at = t0 + RUN_CAP_NS;
@@ -160,7 +155,7 @@ static double run_once(mode m, int threads, PGconn **conns, resil_pg *pg, long *
     total = s.ops_each * threads;
   }
   uint64_t t = now_ns() - t0;
-  for (int i = 0; i < POOL; i++) pthread_mutex_destroy(&s.mu[i]);
+  rawpool_destroy(&s.raw);
   pthread_mutex_destroy(&s.fail_mu);
   *failures += s.failures;
   return total > 0 ? (double)t / (double)total : -1;

@@ -12,18 +12,17 @@
  *                pool.max_size 1 and a 1 s deadline per call. Within a run,
  *                raw and resil alternate in chunks of 250 GETs so both see
  *                the same background load.
- *   8 thr/4 conn 8 threads share 4 connections: raw = 4 redisContexts, each
- *                guarded by a mutex, thread i using context i % 4 (the
- *                simplest correct sharing); resil = one resil_redis with
+ *   8 thr/4 conn 8 threads share 4 connections: raw = 4 redisContexts in a
+ *                pool as a user writes one (bench/rawpool.h: a mutex, a free
+ *                stack and a condvar; unfair: the releasing thread may take
+ *                its connection straight back); resil = one resil_redis with
  *                pool.max_size 4 (threads queue FIFO in the pool, which hands
- *                a returned connection to the longest waiter: fair, but each
- *                hand-off wakes another thread, where an unfair mutex lets
- *                the releasing thread take its connection straight back).
- *                Runs alternate raw and resil. ns/op is wall time / total
- *                GETs (inverse throughput).
- *   8 thr/8 conn the same with 8 connections (raw: one per thread; resil:
- *                pool.max_size 8), so nobody queues: the adapter's own cost
- *                under concurrency, without the queueing policy.
+ *                a returned connection to the longest waiter). Runs alternate
+ *                raw and resil. ns/op is wall time / total GETs (inverse
+ *                throughput).
+ *   8 thr/8 conn the same with 8 connections (raw: the same pool of 8;
+ *                resil: pool.max_size 8), so nobody queues: the adapter's own
+ *                cost under concurrency, without the queueing policy.
  * Reported: ns/op median [min max] over the runs, and resil/raw of medians.
  * --summary adds a machine-readable line per scenario (for scripts/bench.sh):
  *   SUMMARY <name> <resil_ns> <raw_ns> <ratio> <resil_min> <resil_max> <raw_min> <raw_max>
@@ -38,6 +37,7 @@
 #include <hiredis/hiredis.h>
 
 #include "resil/redis.h"
+#include "rawpool.h"
 
 #define THREADS 8
 #define CONNS 4
@@ -133,15 +133,8 @@ static void seq_run(redisContext *c, resil_redis *r, double *raw_ns, double *res
 
 /* ---- 8 threads, 4 connections ------------------------------------------- */
 
-typedef struct shared_conn {
-  pthread_mutex_t mu;
-  redisContext *c;
-} shared_conn;
-
 typedef struct worker {
-  int id;
-  int nconns;
-  shared_conn *raw; /* nconns of them, or NULL */
+  rawpool *raw; /* or NULL: resil */
   resil_redis *r;
   long n;
 } worker;
@@ -150,10 +143,9 @@ static void *work(void *arg) {
   worker *w = arg;
   for (long i = 0; i < w->n; i++) {
     if (w->raw) {
-      shared_conn *sc = &w->raw[w->id % w->nconns];
-      pthread_mutex_lock(&sc->mu);
-      raw_get(sc->c);
-      pthread_mutex_unlock(&sc->mu);
+      redisContext *c = rawpool_get(w->raw);
+      raw_get(c);
+      rawpool_put(w->raw, c);
     } else {
       resil_get(w->r);
     }
@@ -161,13 +153,13 @@ static void *work(void *arg) {
   return NULL;
 }
 
-static double threaded(int nconns, shared_conn *raw, resil_redis *r) {
+static double threaded(rawpool *raw, resil_redis *r) {
   pthread_t th[THREADS];
   worker w[THREADS];
   long per = iters / THREADS;
   uint64_t t0 = now_ns();
   for (int i = 0; i < THREADS; i++) {
-    w[i] = (worker){.id = i, .nconns = nconns, .raw = raw, .r = r, .n = per};
+    w[i] = (worker){.raw = raw, .r = r, .n = per};
     pthread_create(&th[i], NULL, work, &w[i]);
   }
   for (int i = 0; i < THREADS; i++) pthread_join(th[i], NULL);
@@ -233,11 +225,10 @@ int main(int argc, char **argv) {
   static const char *keys[2] = {"redis.get.8threads_4conns", "redis.get.8threads_8conns"};
   for (int k = 0; k < 2; k++) {
     int nc = nconns[k];
-    shared_conn sc[THREADS];
-    for (int i = 0; i < nc; i++) {
-      pthread_mutex_init(&sc[i].mu, NULL);
-      sc[i].c = raw_connect();
-    }
+    redisContext *rc[THREADS];
+    for (int i = 0; i < nc; i++) rc[i] = raw_connect();
+    rawpool rawp;
+    rawpool_init(&rawp, (void *const *)rc, nc);
     resil_redis *rp = resil_open(k ? "bench-par8" : "bench-par4", (uint32_t)nc);
     resil_pool *pool = resil_redis_pool(rp);
     /* open nc connections outside the timing */
@@ -247,18 +238,16 @@ int main(int argc, char **argv) {
         pc[j] = NULL;
     for (int j = 0; j < nc; j++)
       if (pc[j]) resil_pool_release(pool, pc[j], RESIL_POOL_OK);
-    threaded(nc, sc, NULL); /* warm-up */
-    threaded(nc, NULL, rp);
+    threaded(&rawp, NULL); /* warm-up */
+    threaded(NULL, rp);
     for (int i = 0; i < runs; i++) {
-      raw[i] = threaded(nc, sc, NULL);
-      res[i] = threaded(nc, NULL, rp);
+      raw[i] = threaded(&rawp, NULL);
+      res[i] = threaded(NULL, rp);
     }
     report(keys[k], names[k], raw, res);
     resil_redis_free(rp);
-    for (int i = 0; i < nc; i++) {
-      redisFree(sc[i].c);
-      pthread_mutex_destroy(&sc[i].mu);
-    }
+    for (int i = 0; i < nc; i++) redisFree(rc[i]);
+    rawpool_destroy(&rawp);
   }
   redisFree(c);
   if (errors) printf("(%ld GETs failed during the runs: numbers are suspect)\n", errors);

@@ -15,8 +15,11 @@
 #                 (RESIL_CLOCK=portable if the default read the TSC, else tsc),
 #                 so both clock paths are in the table, each row named
 #                 name@clock (tsc or clock_gettime)
-#   bench_redis   GET through resil-redis vs raw hiredis (same server, same run)
-#   bench_pg      SELECT 1 through resil-pg vs raw libpq PQexecParams
+#   bench_redis   GET through resil-redis vs raw hiredis (same server, same run;
+#                 8 threads: the raw connections in a mutex+condvar pool,
+#                 bench/rawpool.h)
+#   bench_pg      SELECT 1 through resil-pg vs raw libpq PQexecParams (8 threads:
+#                 the same raw pool)
 #   bench_http    GET through resil-http vs a raw libcurl easy handle (testhttpd)
 #   brownout      the brownout scenario with vs without resil (--quick, 5 runs)
 # printing each program's own output, then one combined table built from the
@@ -153,7 +156,9 @@ print_table() {
       if (name ~ /^core\.pool/) return "mutex free list";
       if (name ~ /^core\.render/) return "?";
       if (name ~ /^core\./) return "one-mutex breaker";
+      if (name ~ /^redis\..*8threads/) return "hiredis, mutex+condvar pool";
       if (name ~ /^redis\./) return "hiredis redisCommand";
+      if (name ~ /^pg\..*8threads/) return "PQexecParams, mutex+condvar pool";
       if (name ~ /^pg\./) return "libpq PQexecParams";
       if (name ~ /client_cpu/) return "libcurl easy handle (CPU)";
       if (name ~ /^http\./) return "libcurl easy handle";
@@ -165,12 +170,12 @@ print_table() {
     }
     function range(a, b) { return (a == "-") ? "" : "[" num(a) " " num(b) "]"; }
     BEGIN {
-      printf "| %-51s | %11s | %-17s | %11s | %-17s | %6s | %-25s |\n", "benchmark", "resil ns/op", "[min max]", "raw ns/op", "[min max]", "ratio", "raw =";
-      printf "|%s|%s|%s|%s|%s|%s|%s|\n", "-----------------------------------------------------", "------------:", "-------------------", "------------:", "-------------------", "-------:", "---------------------------";
+      printf "| %-51s | %11s | %-17s | %11s | %-17s | %6s | %-32s |\n", "benchmark", "resil ns/op", "[min max]", "raw ns/op", "[min max]", "ratio", "raw =";
+      printf "|%s|%s|%s|%s|%s|%s|%s|\n", "-----------------------------------------------------", "------------:", "-------------------", "------------:", "-------------------", "-------:", "----------------------------------";
     }
     {
       if (raw_is($2) == "?" || $4 == "-") rawname = "(no baseline)"; else rawname = raw_is($2);
-      printf "| %-51s | %11s | %-17s | %11s | %-17s | %6s | %-25s |\n", $2, num($3), range($6, $7), num($4), range($8, $9), ($5 == "-" ? "-" : sprintf("%.3f", $5)), rawname;
+      printf "| %-51s | %11s | %-17s | %11s | %-17s | %6s | %-32s |\n", $2, num($3), range($6, $7), num($4), range($8, $9), ($5 == "-" ? "-" : sprintf("%.3f", $5)), rawname;
     }'
   local ck1 ck2 ksrc
   ck1=$(awk '/^SUMMARY-CLOCK / {print $2}' "$LOGS/core.log" 2>/dev/null || true)

@@ -248,7 +248,7 @@ resil_status resil_breaker_acquire(resil_breaker *b, resil_breaker_ticket *t) {
         return RESIL_E_BREAKER_OPEN;
       case RESIL_BREAKER_OPEN: {
         uint64_t until = atomic_load_explicit(&b->open_until_ns, memory_order_relaxed);
-        if (resil__now_coarse_ns() < until) return RESIL_E_BREAKER_OPEN;
+        if (resil__now_coarse_inline_ns() < until) return RESIL_E_BREAKER_OPEN;
         uint64_t now = resil_now_ns();
         if (now < until) return RESIL_E_BREAKER_OPEN;
         move(b, w, RESIL_BREAKER_HALF_OPEN, RESIL_TRIP_NONE, now);

@@ -5,7 +5,8 @@
 
 #include "internal.h"
 
-static _Atomic(resil_clock_fn) clock_fn;
+_Atomic(resil_clock_fn) resil__clock_fn; /* internal.h */
+#define clock_fn resil__clock_fn
 static void *_Atomic clock_ctx;
 
 static inline uint64_t mono_ns(void) {

@@ -449,9 +449,12 @@ static __attribute__((noinline)) uint64_t now_slow(uint64_t seen) {
 }
 
 uint64_t resil__now_fast_ns(void) {
+  int mode = atomic_load_explicit(&fc_mode, memory_order_relaxed);
+  bool fake = atomic_load_explicit(&resil__clock_fn, memory_order_relaxed) != NULL;
+  /* clock_gettime by choice or for good: no detour through now_slow() */
+  if (mode == FC_OFF && !fake) return mono_ns();
 #if HAVE_TSC
-  if (__builtin_expect(atomic_load_explicit(&fc_mode, memory_order_relaxed) == FC_TSC, 1) &&
-      !resil_clock_is_fake()) {
+  if (__builtin_expect(mode == FC_TSC, 1) && !fake) {
     uint64_t idx = atomic_load_explicit(&fc_idx, memory_order_acquire);
     const anchor *a = &fc_ring[idx % ANCHORS];
     uint64_t t = __rdtsc();

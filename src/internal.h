@@ -5,6 +5,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdarg.h>
+#include <time.h>
 
 #include "resil/adapter.h"
 #include "resil/testing.h"
@@ -110,6 +111,18 @@ resil_status resil__sb_finish(resil_sbuf *b, char **out, size_t *len, resil_err 
  * checks that tolerate it, like "has the break duration passed". Never ahead
  * of resil_now_ns(). With a fake clock installed, returns the fake time. */
 uint64_t resil__now_coarse_ns(void);
+
+/* The fake clock installed by resil_clock_set(), NULL if none (deadline.c). */
+extern _Atomic(resil_clock_fn) resil__clock_fn;
+
+/* resil__now_coarse_ns() inlined, for the pool's hot paths. */
+static inline uint64_t resil__now_coarse_inline_ns(void) {
+  if (__builtin_expect(atomic_load_explicit(&resil__clock_fn, memory_order_relaxed) != NULL, 0))
+    return resil_now_ns();
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
 
 /* ---- Fast clock ---------------------------------------------------------- */
 

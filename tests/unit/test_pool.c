@@ -467,6 +467,30 @@ static void acquire_release_reuses_the_connection(void **state) {
   assert_int_equal(atomic_load(&F.validations), 0); /* idle < validate_after_idle_ms */
 }
 
+/* Acquires served at once from an idle connection (pool.c's quick path,
+ * which reads no precise clock) are in the latency histogram too, in its
+ * first bucket (<= 100 us); acquires that connected are timed as before. */
+static void every_acquire_is_in_the_latency_histogram(void **state) {
+  (void)state;
+  resil_pool_config c = base_config();
+  make_pool(&c);
+  resil_pool_conn *a = must_acquire(); /* connects */
+  resil_pool_release(P, a, RESIL_POOL_OK);
+  for (int i = 0; i < 200; i++) {
+    resil_pool_conn *x = NULL;
+    assert_int_equal(resil_pool_acquire(P, RESIL_DEADLINE_UNSET, &x, NULL), RESIL_OK);
+    resil_pool_release(P, x, RESIL_POOL_OK);
+  }
+  resil_pool_stats s = stats();
+  assert_int_equal(s.acquired, 201);
+  assert_int_equal(s.acquire_latency.count, 201);
+  uint64_t sum = 0;
+  for (unsigned b = 0; b <= RESIL_HIST_BOUNDS; b++) sum += s.acquire_latency.counts[b];
+  assert_int_equal(sum, 201);
+  assert_true(s.acquire_latency.counts[0] >= 200);
+  assert_int_equal(atomic_load(&F.connects), 1);
+}
+
 static void expired_deadline_on_entry_is_deadline(void **state) {
   (void)state;
   resil_pool_config c = base_config();
@@ -482,6 +506,16 @@ static void expired_deadline_on_entry_is_deadline(void **state) {
   assert_int_equal(s.acquire_latency.count, 0);
   assert_int_equal(resil_pool_acquire(NULL, RESIL_DEADLINE_UNSET, &out, &err), RESIL_E_INVALID);
   assert_int_equal(resil_pool_acquire(P, RESIL_DEADLINE_UNSET, NULL, &err), RESIL_E_INVALID);
+  /* also with an idle connection there, and a deadline passed a moment ago
+   * (within a tick of the coarse clock the quick path reads) */
+  resil_pool_conn *a = must_acquire();
+  resil_pool_release(P, a, RESIL_POOL_OK);
+  resil_deadline just_passed = {.at_ns = resil_now_ns() - 1000000};
+  assert_int_equal(resil_pool_acquire(P, just_passed, &out, NULL), RESIL_E_DEADLINE);
+  assert_int_equal(resil_pool_acquire(P, resil_deadline_in_ms(0), &out, NULL), RESIL_E_DEADLINE);
+  assert_null(out);
+  assert_int_equal(stats().acquired, 1);
+  assert_int_equal(stats().acquire_latency.count, 1);
 }
 
 static void stats_fields_are_exact(void **state) {
@@ -1647,6 +1681,7 @@ int main(void) {
       REAL(new_opens_nothing_and_copies_name),
       REAL(acquire_release_reuses_the_connection),
       REAL(expired_deadline_on_entry_is_deadline),
+      REAL(every_acquire_is_in_the_latency_histogram),
       FAKE(stats_fields_are_exact),
       REAL(max_size_is_never_exceeded_under_threads),
       REAL(waiters_are_served_in_arrival_order),
