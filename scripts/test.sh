@@ -15,9 +15,10 @@
 # (scripts/lib/servers.sh, which documents the RESIL_TEST_* variables the
 # tests get); for each build: configure, compile, `meson test`, then the
 # soak (suite 'soak', left out of a plain `meson test`: 20 s plain, 10 s
-# under the sanitizers); the pseudo-build `fuzz` runs `scripts/fuzz.sh 15`
-# (each libFuzzer target 20 s; one test case per target; only without
-# --suite, or with --suite fuzz); stop the servers; print a per-build table
+# under the sanitizers; the ASan and TSan builds run every suite but the
+# demo's, `examples`, which runs in the plain build); the pseudo-build `fuzz`
+# runs `scripts/fuzz.sh 20` (each libFuzzer target 20 s, one per CPU at a
+# time; one test case per target; only without --suite, or with --suite fuzz); stop the servers; print a per-build table
 # and, as the very last line,
 # "N passed, M failed[, K skipped]" counted over individual test cases
 # (scripts/lib/count_tests.py). The build `core` has no adapter
@@ -45,11 +46,11 @@ FUZZ_SECONDS=20         # per fuzz target
 
 # build_config NAME: set B_DIR, B_CC, B_OPTS (meson setup), B_ENV (meson test
 # environment), B_TMULT (timeout multiplier), B_SUITES (the only suites this
-# build runs; empty: all), B_ADAPTERS (1: the adapters whose drivers are
-# installed must be built).
+# build runs; empty: all), B_SOAK (0: no soak step),
+# B_ADAPTERS (1: the adapters whose drivers are installed must be built).
 build_config() {
   B_OPTS=(--buildtype=debugoptimized -Dtests=enabled)
-  B_ENV=() B_SUITES=() B_ADAPTERS=1
+  B_ENV=() B_SUITES=() B_SOAK=1 B_ADAPTERS=1
   case $1 in
     plain)
       # What users ship: gcc at -O3 (buildtype=release), where gcc finds
@@ -59,17 +60,22 @@ build_config() {
     core)
       # The README's promise that the core builds and works alone: no
       # adapter at all; the unit and tools suites (cheap: -O1, no servers).
-      B_DIR=build-core B_CC=gcc B_TMULT=1 B_SUITES=(unit tools) B_ADAPTERS=0
+      B_DIR=build-core B_CC=gcc B_TMULT=1 B_SUITES=(unit tools) B_SOAK=0 B_ADAPTERS=0
       B_OPTS=(--buildtype=debugoptimized -Doptimization=1 -Dtests=enabled -Dwerror=true
               -Dredis=disabled -Dpg=disabled -Dhttp=disabled) ;;
     asan)
-      B_DIR=build-asan B_CC=clang B_TMULT=3
+      # The library's suites and the soak; the demo (suite examples) runs
+      # in the plain build only: it is example code, its library paths are
+      # the ones the unit and integration suites run here, and it is the
+      # slowest suite (~50 s a build).
+      B_DIR=build-asan B_CC=clang B_TMULT=3 B_SUITES=(unit integration tools ops)
       # shellcheck disable=SC2054 # commas are meson's list syntax
       B_OPTS+=(-Db_sanitize=address,undefined -Db_lundef=false -Dc_args=-fno-omit-frame-pointer)
       B_ENV=(ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
              UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1) ;;
     tsan)
-      B_DIR=build-tsan B_CC=clang B_TMULT=3
+      # As asan: no examples suite.
+      B_DIR=build-tsan B_CC=clang B_TMULT=3 B_SUITES=(unit integration tools ops)
       B_OPTS+=(-Db_sanitize=thread -Db_lundef=false -Dc_args=-fno-omit-frame-pointer)
       B_ENV=(TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1) ;;
     fuzz)
@@ -355,7 +361,8 @@ run_build() {
     ran_suites=$(printf '%s\n' "${SUITES[@]}" | grep -vx 'soak\|fuzz' | paste -sd, - || true)
   fi
   if ((${#B_SUITES[@]})); then
-    want_soak=0 suite_args=()
+    ((B_SOAK)) || want_soak=0
+    suite_args=()
     for s in "${B_SUITES[@]}"; do
       if ((${#MAIN_SUITE_ARGS[@]} == 0)) || [[ ,$ran_suites, == *",$s,"* ]]; then
         suite_args+=(--suite "$s") local_suites+=("$s")
