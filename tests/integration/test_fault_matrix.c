@@ -522,8 +522,13 @@ static void run_cell(void **state) {
      * broken (exactly that one); one that failed connecting may first have
      * dropped a dead idle connection (at most one). */
     resil_pool_stats pa = pool_stats(c);
+    /* A timeout whose deadline went to a connect that did complete (the
+     * throttled link) sent nothing: that fresh, clean connection may go back
+     * to the pool (the timeout rule: resil/status.h), so it counts as a
+     * failure while connecting. */
     bool connect_failed = in_connect || pa.connects_failed > pb.connects_failed ||
-                          pa.connects_timed_out > pb.connects_timed_out;
+                          pa.connects_timed_out > pb.connects_timed_out ||
+                          (st == RESIL_E_TIMEOUT && pa.connects_ok > pb.connects_ok);
     uint64_t broken =
         pa.closed[RESIL_POOL_CLOSE_BROKEN] - pb.closed[RESIL_POOL_CLOSE_BROKEN];
     if (connect_failed ? broken > 1 : broken != 1)
