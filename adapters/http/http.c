@@ -1139,6 +1139,14 @@ static resil_status attempt(void *vctx, resil_attempt *a) {
     snprintf(detail, sizeof detail, "connection closed inside the response headers");
   else
     snprintf(detail, sizeof detail, "%s", hc->errbuf[0] ? hc->errbuf : curl_easy_strerror(rc));
+  /* Every timeout says "timed out", whatever words curl chose for the step
+   * it was in (its TLS code says "SSL connection timeout"): one phrase for
+   * the on-call engineer's grep. */
+  if (rc == CURLE_OPERATION_TIMEDOUT && !strstr(detail, "timed out")) {
+    char curl_words[CURL_ERROR_SIZE];
+    snprintf(curl_words, sizeof curl_words, "%s", detail);
+    snprintf(detail, sizeof detail, "timed out (%.200s)", curl_words);
+  }
   hc->hlen = hc->nspans = 0;
   bool clean = rc == CURLE_COULDNT_CONNECT || rc == CURLE_COULDNT_RESOLVE_HOST;
   bool header_refused = rc == CURLE_OUT_OF_MEMORY && !x.nomem && curl_refused_header(e, &x);
