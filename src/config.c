@@ -17,8 +17,11 @@
 
 /* ---- value parsing ---------------------------------------------------------- */
 
+/* what NULL (the loader, which names the variable itself): the message
+ * starts at the quoted value. */
 static resil_status bad(resil_err *err, const char *what, const char *v, const char *want) {
-  return resil_err_set(err, RESIL_E_INVALID, "%s: '%.80s' is not %s", what, v, want);
+  return resil_err_set(err, RESIL_E_INVALID, "%s%s'%.80s' is not %s", what ? what : "",
+                       what ? ": " : "", v, want);
 }
 
 static bool digits(const char *s, size_t n, uint64_t *out) {
@@ -176,31 +179,115 @@ uint64_t resil_config_memory_bound(const resil_config *c, size_t i) {
 
 /* ---- problems ----------------------------------------------------------- */
 
+/* Every problem as a (name, message) pair, in the order found: name is the
+ * variable ("RESIL_DEP_DB_TIMEOUT_MS"), the variable and where a file set
+ * it ("RESIL_DEP_DB_PORT (app.env:3)"), a place ("app.env:3") or
+ * "dependency db". Nothing is cut: the report lists them all. */
+typedef struct problem_item {
+  char *name, *msg;
+} problem_item;
+
 typedef struct report {
-  resil_sbuf b;
-  unsigned n;
+  problem_item *v;
+  size_t n, cap;
+  unsigned lost; /* problems not stored for want of memory */
 } report;
 
-static void problem(report *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void problem(report *r, const char *fmt, ...) {
-  char line[600];
+static void problem(report *r, const char *name, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void problem(report *r, const char *name, const char *fmt, ...) {
+  if (r->n == r->cap) {
+    size_t cap = r->cap ? r->cap * 2 : 16;
+    problem_item *nv = realloc(r->v, cap * sizeof *nv);
+    if (!nv) {
+      r->lost++;
+      return;
+    }
+    r->v = nv;
+    r->cap = cap;
+  }
+  char *msg = NULL, *nm = strdup(name);
   va_list ap;
   va_start(ap, fmt);
-  vsnprintf(line, sizeof line, fmt, ap);
+  if (vasprintf(&msg, fmt, ap) < 0) msg = NULL;
   va_end(ap);
-  resil__sb_printf(&r->b, "%s%s", r->n ? "\n" : "", line);
-  r->n++;
+  if (!msg || !nm) {
+    free(msg);
+    free(nm);
+    r->lost++;
+    return;
+  }
+  r->v[r->n++] = (problem_item){nm, msg};
 }
 
-/* True if a problem about variable v was already reported. */
+static unsigned problem_count(const report *r) { return (unsigned)r->n + r->lost; }
+
+/* True if a problem named by variable v (alone or with its file:line) was
+ * already reported. */
 static bool reported(const report *r, const char *v) {
   size_t n = strlen(v);
-  for (const char *p = r->b.p; p && *p;) {
-    if (strncmp(p, v, n) == 0 && (p[n] == ':' || p[n] == ' ')) return true;
-    p = strchr(p, '\n');
-    if (p) p++;
+  for (size_t i = 0; i < r->n; i++) {
+    const char *name = r->v[i].name;
+    if (strncmp(name, v, n) == 0 && (name[n] == 0 || name[n] == ' ')) return true;
   }
   return false;
+}
+
+/* Drop the problems after the first n. */
+static void report_truncate(report *r, size_t n) {
+  for (size_t i = n; i < r->n; i++) {
+    free(r->v[i].name);
+    free(r->v[i].msg);
+  }
+  if (n < r->n) r->n = n;
+}
+
+static void report_free(report *r) {
+  report_truncate(r, 0);
+  free(r->v);
+}
+
+/* "name: msg" lines, every problem; NULL on out of memory. */
+static char *report_text(const report *r) {
+  resil_sbuf b = {0};
+  for (size_t i = 0; i < r->n; i++)
+    resil__sb_printf(&b, "%s%s: %s", i ? "\n" : "", r->v[i].name, r->v[i].msg);
+  if (r->lost)
+    resil__sb_printf(&b, "%sconfig: out of memory: %u more problem%s not shown", r->n ? "\n" : "",
+                     r->lost, r->lost == 1 ? "" : "s");
+  char *text = NULL;
+  if (resil__sb_finish(&b, &text, NULL, NULL) != RESIL_OK) return NULL;
+  return text;
+}
+
+/* err->msg: "N configuration problems: a: x;b: y" with as many whole
+ * problems as fit, then ";...and K more" for the rest (the report has them
+ * all). One line: a newline inside a message becomes ';'. */
+static void report_err(const report *r, resil_err *err) {
+  enum { MARK = 32 }; /* room kept for ";...and 4294967295 more" */
+  char *m = err->msg;
+  const size_t cap = sizeof err->msg;
+  unsigned total = problem_count(r), shown = 0;
+  size_t len = (size_t)snprintf(m, cap, "%u configuration problem%s: ", total,
+                                total == 1 ? "" : "s");
+  for (size_t i = 0; i < r->n; i++) {
+    size_t need = (i ? 1 : 0) + strlen(r->v[i].name) + 2 + strlen(r->v[i].msg);
+    bool last = i + 1 == r->n && !r->lost;
+    if (len + need >= (last ? cap : cap - MARK)) break;
+    len += (size_t)snprintf(m + len, cap - len, "%s%s: %s", i ? ";" : "", r->v[i].name,
+                            r->v[i].msg);
+    shown++;
+  }
+  if (shown == 0 && r->n) { /* the first alone is too long: as much of it as fits */
+    snprintf(m + len, cap - MARK - len, "%s: %s", r->v[0].name, r->v[0].msg);
+    len = strlen(m);
+    len += (size_t)snprintf(m + len, cap - len, "...");
+    shown = 1;
+  }
+  if (shown < total) snprintf(m + len, cap - len, ";...and %u more", total - shown);
+  for (char *q = m; *q; q++)
+    if (*q == '\n') *q = ';';
+  err->status = RESIL_E_INVALID;
 }
 
 /* Store value v (from `source`) into field spec at base. */
@@ -210,16 +297,16 @@ static void set_value(resil_config *c, report *r, const char *source, const resi
   char *field = (char *)base + ks->offset;
   resil_status st = RESIL_OK;
   switch (ks->type) {
-    case RESIL_KEY_UINT: st = resil_parse_uint(source, v, (uint32_t *)(void *)field, &e); break;
-    case RESIL_KEY_MS: st = resil_parse_ms(source, v, (uint32_t *)(void *)field, &e); break;
-    case RESIL_KEY_BOOL: st = resil_parse_bool(source, v, (bool *)(void *)field, &e); break;
-    case RESIL_KEY_DOUBLE: st = parse_double(source, v, (double *)(void *)field, &e); break;
-    case RESIL_KEY_SIZE: st = resil_parse_size(source, v, (size_t *)(void *)field, &e); break;
+    case RESIL_KEY_UINT: st = resil_parse_uint(NULL, v, (uint32_t *)(void *)field, &e); break;
+    case RESIL_KEY_MS: st = resil_parse_ms(NULL, v, (uint32_t *)(void *)field, &e); break;
+    case RESIL_KEY_BOOL: st = resil_parse_bool(NULL, v, (bool *)(void *)field, &e); break;
+    case RESIL_KEY_DOUBLE: st = parse_double(NULL, v, (double *)(void *)field, &e); break;
+    case RESIL_KEY_SIZE: st = resil_parse_size(NULL, v, (size_t *)(void *)field, &e); break;
     case RESIL_KEY_STRING:
     case RESIL_KEY_SECRET: {
       const char *s = own(c, v, strlen(v));
       if (!s) {
-        problem(r, "%s: out of memory", source);
+        problem(r, source, "out of memory");
         return;
       }
       *(const char **)(void *)field = s;
@@ -229,42 +316,99 @@ static void set_value(resil_config *c, report *r, const char *source, const resi
   if (st == RESIL_OK && (ks->type == RESIL_KEY_UINT || ks->type == RESIL_KEY_MS) &&
       (ks->min || ks->max)) {
     uint32_t x = *(uint32_t *)(void *)field;
-    if (x < ks->min || x > ks->max)
-      problem(r, "%s: %u is outside %u..%u", source, x, ks->min, ks->max);
+    if (x < ks->min || x > ks->max) problem(r, source, "%u is outside %u..%u", x, ks->min, ks->max);
     return;
   }
   if (st != RESIL_OK) {
     if (ks->type == RESIL_KEY_SECRET) /* never echo a secret */
-      problem(r, "%s: invalid value", source);
+      problem(r, source, "invalid value");
     else
-      problem(r, "%s", e.msg);
+      problem(r, source, "%s", e.msg);
   }
 }
 
-/* Rewrite "dep: field: message; dep: field2: ..." from a kind's validator
- * into one problem per item, named by the environment variable. */
-static void translate(report *r, const dep_entry *d, const char *msg) {
-  char prefix[80];
-  snprintf(prefix, sizeof prefix, "%s: ", d->name);
-  const char *p = msg;
-  while (*p) {
-    const char *end = strstr(p, "; ");
-    size_t len = end ? (size_t)(end - p) : strlen(p);
-    char item[600];
-    snprintf(item, sizeof item, "%.*s", (int)len, p);
-    const char *body = item;
-    if (strncmp(body, prefix, strlen(prefix)) == 0) body += strlen(prefix);
-    const char *colon = strstr(body, ": ");
-    const resil_key_spec *ks = colon ? resil__cfg_find_field(d, body, (size_t)(colon - body)) : NULL;
-    if (ks) {
-      char v[200];
-      resil__cfg_var_name(v, sizeof v, d, ks->key);
-      if (!reported(r, v)) problem(r, "%s: %s", v, colon + 2);
-    } else {
-      problem(r, "dependency %s: %s", d->name, body);
+/* ---- validators' problems, by variable ------------------------------------- */
+
+/* A validator reports (prefix, field, message) through the problem sink
+ * (internal.h): the field is a key's path ("breaker.window_ms") or, for the
+ * process settings, the admin or EMF field ("admin.port"); the loader names
+ * each by the variable that sets it. */
+typedef struct sink_ctx {
+  report *r;
+  const dep_entry *d; /* NULL: the process settings */
+  unsigned delivered;
+} sink_ctx;
+
+/* s past "<name>: " when it starts with the dependency's name. */
+static const char *after_name(const char *s, const dep_entry *d) {
+  size_t n = strlen(d->name);
+  return strncmp(s, d->name, n) == 0 && s[n] == ':' && s[n + 1] == ' ' ? s + n + 2 : s;
+}
+
+static void dep_problem(sink_ctx *s, const char *prefix, const char *field, const char *msg) {
+  const dep_entry *d = s->d;
+  const resil_key_spec *ks = field ? resil__cfg_find_field(d, field, strlen(field)) : NULL;
+  if (ks) {
+    char v[200];
+    resil__cfg_var_name(v, sizeof v, d, ks->key);
+    if (!reported(s->r, v)) problem(s->r, v, "%s", msg);
+    return;
+  }
+  char who[96];
+  snprintf(who, sizeof who, "dependency %s", d->name);
+  if (field)
+    problem(s->r, who, "%s%s: %s", after_name(prefix, d), field, msg);
+  else
+    problem(s->r, who, "%s", after_name(msg, d));
+}
+
+static void service_problem(sink_ctx *s, const char *prefix, const char *field,
+                            const char *msg) {
+  static const struct {
+    const char *field, *var;
+  } fields[] = {
+      {"admin.bind_address", "RESIL_ADMIN_ADDR"}, {"admin.port", "RESIL_ADMIN_PORT"},
+      {"emf.metric_namespace", "RESIL_EMF_NAMESPACE"}, {"emf.service", "RESIL_SERVICE"},
+      {"emf.interval_ms", "RESIL_EMF_INTERVAL_MS"},
+  };
+  for (size_t i = 0; field && i < RESIL__COUNT(fields); i++)
+    if (strcmp(field, fields[i].field) == 0) {
+      if (!reported(s->r, fields[i].var)) problem(s->r, fields[i].var, "%s", msg);
+      return;
     }
-    p += len;
-    if (end) p += 2;
+  if (field)
+    problem(s->r, "RESIL_* process settings", "%s%s: %s", prefix, field, msg);
+  else
+    problem(s->r, "RESIL_* process settings", "%s", msg);
+}
+
+static void to_variable(void *ctx, const char *prefix, const char *field, const char *msg) {
+  sink_ctx *s = ctx;
+  s->delivered++;
+  if (s->d)
+    dep_problem(s, prefix ? prefix : "", field, msg);
+  else
+    service_problem(s, prefix ? prefix : "", field, msg);
+}
+
+/* Run validate(arg) with the sink installed. Its problems stay only if it
+ * failed (a validator may try something and drop what it found); if it
+ * failed without reporting through resil_problems, its message is the
+ * problem. */
+static void validate_into(report *r, const dep_entry *d,
+                          resil_status (*validate)(const void *, resil_err *), const void *arg) {
+  sink_ctx s = {.r = r, .d = d};
+  resil__problem_sink sink;
+  size_t before = r->n;
+  resil_err e = {.status = RESIL_OK, .msg = ""};
+  resil__problem_sink_push(&sink, to_variable, &s);
+  resil_status st = validate(arg, &e);
+  resil__problem_sink_pop(&sink);
+  if (st == RESIL_OK) {
+    report_truncate(r, before);
+  } else if (!s.delivered) {
+    s.delivered = 1;
+    to_variable(&s, "", NULL, e.msg[0] ? e.msg : resil_strerror(st));
   }
 }
 
@@ -308,7 +452,7 @@ static const kv *kv_get(const kvs *l, const char *key) {
 static void read_file(resil_config *c, kvs *l, report *r, const char *path) {
   FILE *f = fopen(path, "r");
   if (!f) {
-    problem(r, "RESIL_CONFIG_FILE: cannot open '%s': %s", path, strerror(errno));
+    problem(r, "RESIL_CONFIG_FILE", "cannot open '%s': %s", path, strerror(errno));
     return;
   }
   char line[4096];
@@ -317,7 +461,9 @@ static void read_file(resil_config *c, kvs *l, report *r, const char *path) {
     lineno++;
     size_t n = strlen(line);
     if (n == sizeof line - 1 && line[n - 1] != '\n') {
-      problem(r, "%s:%u: line longer than %zu bytes", path, lineno, sizeof line - 2);
+      char at[4200];
+      snprintf(at, sizeof at, "%s:%u", path, lineno);
+      problem(r, at, "line longer than %zu bytes", sizeof line - 2);
       int ch;
       while ((ch = fgetc(f)) != EOF && ch != '\n') {
       }
@@ -333,7 +479,7 @@ static void read_file(resil_config *c, kvs *l, report *r, const char *path) {
     char where[96];
     snprintf(where, sizeof where, "%.70s:%u", path, lineno);
     if (!eq) {
-      problem(r, "%s: expected KEY=VALUE", where);
+      problem(r, where, "expected KEY=VALUE");
       continue;
     }
     char *ke = eq;
@@ -348,10 +494,10 @@ static void read_file(resil_config *c, kvs *l, report *r, const char *path) {
     char src[200];
     snprintf(src, sizeof src, "%.*s (%s)", (int)(ke - s > 60 ? 60 : ke - s), s, where);
     if (strncmp(s, "RESIL_", 6) != 0) {
-      problem(r, "%s: keys in the config file must start with RESIL_", where);
+      problem(r, where, "keys in the config file must start with RESIL_");
       continue;
     }
-    if (!kv_add(c, l, s, (size_t)(ke - s), v, vl, src)) problem(r, "%s: out of memory", where);
+    if (!kv_add(c, l, s, (size_t)(ke - s), v, vl, src)) problem(r, where, "out of memory");
   }
   fclose(f);
 }
@@ -386,10 +532,10 @@ static void check_ambiguous(report *r, const char *source, const dep_entry *a,
       resil__cfg_env_form(e, sizeof e, tb[i].keys[k].key);
       void *base;
       if (strncmp(e, t, lt) != 0 || e[lt] != '_' || !resil__cfg_find_key(b, e + lt + 1, &base)) continue;
-      problem(r,
-              "%s: dependency names %s and %s are ambiguous: " RESIL__ENV_PREFIX
+      problem(r, source,
+              "dependency names %s and %s are ambiguous: " RESIL__ENV_PREFIX
               "%s_%s would be both %s's %s and %s's %s (rename one of them)",
-              source, a->name, b->name, a->env, e, a->name, e, b->name, e + lt + 1);
+              a->name, b->name, a->env, e, a->name, e, b->name, e + lt + 1);
       return;
     }
 }
@@ -400,7 +546,7 @@ static void parse_deps(resil_config *c, report *r, const kv *deps) {
   for (const char *q = p; *q; q++) cap += *q == ',';
   c->deps = calloc(cap, sizeof *c->deps);
   if (!c->deps) {
-    problem(r, "RESIL_DEPS: out of memory");
+    problem(r, "RESIL_DEPS", "out of memory");
     return;
   }
   while (*p) {
@@ -415,8 +561,8 @@ static void parse_deps(resil_config *c, report *r, const kv *deps) {
     bool ok = nl > 0 && nl < 64;
     for (const char *q = s; ok && q < ne; q++) ok = name_char(*q);
     if (!ok) {
-      problem(r, "%s: '%.*s' is not a dependency name (1..63 of A-Z a-z 0-9 _ . -)",
-              deps->source, (int)(e - s > 80 ? 80 : e - s), s);
+      problem(r, deps->source, "'%.*s' is not a dependency name (1..63 of A-Z a-z 0-9 _ . -)",
+              (int)(e - s > 80 ? 80 : e - s), s);
     } else {
       const resil_config_kind *k = resil_config_core_kind();
       if (colon) {
@@ -424,7 +570,7 @@ static void parse_deps(resil_config *c, report *r, const kv *deps) {
         if (!k) {
           resil_sbuf kn = {0};
           resil__cfg_kind_names(&kn);
-          problem(r, "%s: dependency %.*s has unknown kind '%.*s' (known: %s)", deps->source,
+          problem(r, deps->source, "dependency %.*s has unknown kind '%.*s' (known: %s)",
                   (int)nl, s, (int)(e - colon - 1), colon + 1, kn.p ? kn.p : "core");
           free(kn.p);
         }
@@ -436,10 +582,10 @@ static void parse_deps(resil_config *c, report *r, const kv *deps) {
       bool dup = false;
       for (size_t i = 0; i < c->n; i++) {
         if (strcmp(c->deps[i].name, d->name) == 0) {
-          problem(r, "%s: dependency %s is listed twice", deps->source, d->name);
+          problem(r, deps->source, "dependency %s is listed twice", d->name);
           dup = true;
         } else if (strcmp(c->deps[i].env, d->env) == 0) {
-          problem(r, "%s: dependencies %s and %s both map to " RESIL__ENV_PREFIX "%s_*", deps->source,
+          problem(r, deps->source, "dependencies %s and %s both map to " RESIL__ENV_PREFIX "%s_*",
                   c->deps[i].name, d->name, d->env);
           dup = true;
         }
@@ -448,7 +594,7 @@ static void parse_deps(resil_config *c, report *r, const kv *deps) {
         d->kind = k;
         d->cfg = calloc(1, k->size);
         if (!d->cfg) {
-          problem(r, "RESIL_DEPS: out of memory");
+          problem(r, "RESIL_DEPS", "out of memory");
         } else {
           k->init(d->cfg, d->name);
           resil_dep_config *dc = k->dep_config(d->cfg);
@@ -460,7 +606,7 @@ static void parse_deps(resil_config *c, report *r, const kv *deps) {
     p += len;
     if (end) p++;
   }
-  if (c->n == 0 && r->n == 0) problem(r, "%s: lists no dependency", deps->source);
+  if (c->n == 0 && problem_count(r) == 0) problem(r, deps->source, "lists no dependency");
   for (size_t i = 0; i < c->n; i++)
     for (size_t j = 0; j < c->n; j++)
       if (i != j) check_ambiguous(r, deps->source, &c->deps[i], &c->deps[j]);
@@ -472,19 +618,19 @@ static void assign(resil_config *c, report *r, const kv *e) {
   if (!strcmp(e->key, "RESIL_DEPS") || !strcmp(e->key, "RESIL_CONFIG_FILE")) return;
   if (!strcmp(e->key, "RESIL_CLOCK")) { /* read by the fast clock itself (fastclock.c) */
     if (strcmp(e->source, e->key) != 0)
-      problem(r, "%s: RESIL_CLOCK works only in the environment (the call path's clock is "
-                 "chosen at its first use, before any file is read)", e->source);
+      problem(r, e->source, "RESIL_CLOCK works only in the environment (the call path's clock "
+                 "is chosen at its first use, before any file is read)");
     else if (resil__clock_mode_parse(e->value) < 0)
-      problem(r, "RESIL_CLOCK: '%.40s' is not auto, tsc or portable", e->value);
+      problem(r, "RESIL_CLOCK", "'%.40s' is not auto, tsc or portable", e->value);
     return;
   }
   if (!strcmp(e->key, RESIL_HOSTS_FILE_ENV)) { /* read by the resolver itself (resolve.c) */
     FILE *hf = NULL;
     if (strcmp(e->source, e->key) != 0)
-      problem(r, "%s: " RESIL_HOSTS_FILE_ENV " works only in the environment (the resolver "
-                 "reads it itself)", e->source);
+      problem(r, e->source, RESIL_HOSTS_FILE_ENV " works only in the environment (the resolver "
+                 "reads it itself)");
     else if (e->value[0] && !(hf = fopen(e->value, "re")))
-      problem(r, RESIL_HOSTS_FILE_ENV ": cannot read '%.200s': %s", e->value, strerror(errno));
+      problem(r, RESIL_HOSTS_FILE_ENV, "cannot read '%.200s': %s", e->value, strerror(errno));
     if (hf) fclose(hf);
     return;
   }
@@ -496,13 +642,12 @@ static void assign(resil_config *c, report *r, const kv *e) {
       return;
     }
   if (strncmp(e->key, RESIL__ENV_PREFIX, strlen(RESIL__ENV_PREFIX)) != 0) {
-    problem(r, "%s: unknown variable (known: RESIL_DEPS, RESIL_CONFIG_FILE, RESIL_CLOCK, "
+    problem(r, e->source, "unknown variable (known: RESIL_DEPS, RESIL_CONFIG_FILE, RESIL_CLOCK, "
                "RESIL_HOSTS_FILE, RESIL_SERVICE, "
                "RESIL_ADMIN_ADDR, RESIL_ADMIN_PORT, RESIL_EMF_NAMESPACE, RESIL_EMF_INTERVAL_MS, "
                "RESIL_DRAIN_GRACE_MS, RESIL_DRAIN_TIMEOUT_MS, RESIL_PREWARM_TIMEOUT_MS, "
                "RESIL_EVENT_LOG, "
-               RESIL__ENV_PREFIX "<NAME>_<KEY>)",
-            e->source);
+               RESIL__ENV_PREFIX "<NAME>_<KEY>)");
     return;
   }
   const char *rest = e->key + strlen(RESIL__ENV_PREFIX);
@@ -528,9 +673,8 @@ static void assign(resil_config *c, report *r, const kv *e) {
     bestlen = anylen;
   }
   if (!best) {
-    problem(r, "%s: no dependency in RESIL_DEPS matches (names map to upper case with - and . "
-               "as _)",
-            e->source);
+    problem(r, e->source, "no dependency in RESIL_DEPS matches (names map to upper case with - "
+               "and . as _)");
     return;
   }
   void *base;
@@ -538,7 +682,7 @@ static void assign(resil_config *c, report *r, const kv *e) {
   if (!ks) {
     resil_sbuf hint = {0};
     resil__cfg_suggest_key(&hint, best, rest + bestlen + 1);
-    problem(r, "%s: unknown key %s for %s dependency %s%s", e->source, rest + bestlen + 1,
+    problem(r, e->source, "unknown key %s for %s dependency %s%s", rest + bestlen + 1,
             best->kind->name, best->name, hint.p ? hint.p : "");
     free(hint.p);
     return;
@@ -569,7 +713,7 @@ static void check_required(report *r, const dep_entry *d) {
       if (missing) {
         char v[200];
         resil__cfg_var_name(v, sizeof v, d, ks->key);
-        problem(r, "%s: is required for %s dependency %s", v, d->kind->name, d->name);
+        problem(r, v, "is required for %s dependency %s", d->kind->name, d->name);
       }
     }
 }
@@ -587,68 +731,42 @@ void resil__service_emf_config(const resil_service_config *s, resil_emf_config *
   ec->interval_ms = s->emf_interval_ms;
 }
 
-/* Rewrite "admin.bind_address: msg; emf.service: msg" from the admin and EMF
- * validators into problems named by the RESIL_* variable that set the
- * field. */
-static void translate_service(report *r, const char *msg) {
-  static const struct {
-    const char *field, *var;
-  } fields[] = {
-      {"admin.bind_address", "RESIL_ADMIN_ADDR"}, {"admin.port", "RESIL_ADMIN_PORT"},
-      {"emf.metric_namespace", "RESIL_EMF_NAMESPACE"}, {"emf.service", "RESIL_SERVICE"},
-      {"emf.interval_ms", "RESIL_EMF_INTERVAL_MS"},
-  };
-  for (const char *p = msg; *p;) {
-    const char *end = strstr(p, "; ");
-    size_t len = end ? (size_t)(end - p) : strlen(p);
-    const char *var = NULL, *rest = p;
-    for (size_t i = 0; i < RESIL__COUNT(fields) && !var; i++) {
-      size_t fl = strlen(fields[i].field);
-      if (fl + 2 <= len && strncmp(p, fields[i].field, fl) == 0 && p[fl] == ':' &&
-          p[fl + 1] == ' ') {
-        var = fields[i].var;
-        rest = p + fl + 2;
-      }
-    }
-    if (!var)
-      problem(r, "RESIL_* process settings: %.*s", (int)len, p);
-    else if (!reported(r, var))
-      problem(r, "%s: %.*s", var, (int)(len - (size_t)(rest - p)), rest);
-    p += len;
-    if (end) p += 2;
-  }
+static resil_status admin_valid(const void *ac, resil_err *e) {
+  return resil_admin_config_validate(ac, e);
+}
+static resil_status emf_valid(const void *ec, resil_err *e) {
+  return resil_emf_config_validate(ec, e);
 }
 
 static void check_service(report *r, const resil_service_config *s) {
-  if (s->admin_port > 65535) problem(r, "RESIL_ADMIN_PORT: %u is above 65535", s->admin_port);
-  if (!s->admin_addr || !*s->admin_addr) problem(r, "RESIL_ADMIN_ADDR: must not be empty");
-  if (!s->service || !*s->service) problem(r, "RESIL_SERVICE: must not be empty");
+  if (s->admin_port > 65535) problem(r, "RESIL_ADMIN_PORT", "%u is above 65535", s->admin_port);
+  if (!s->admin_addr || !*s->admin_addr) problem(r, "RESIL_ADMIN_ADDR", "must not be empty");
+  if (!s->service || !*s->service) problem(r, "RESIL_SERVICE", "must not be empty");
   if (!s->emf_namespace || !*s->emf_namespace)
-    problem(r, "RESIL_EMF_NAMESPACE: must not be empty");
+    problem(r, "RESIL_EMF_NAMESPACE", "must not be empty");
   if (s->emf_interval_ms && s->emf_interval_ms < 1000)
-    problem(r, "RESIL_EMF_INTERVAL_MS: %u ms is below 1s (0 turns EMF off)", s->emf_interval_ms);
+    problem(r, "RESIL_EMF_INTERVAL_MS", "%u ms is below 1s (0 turns EMF off)", s->emf_interval_ms);
   if (s->drain_timeout_ms == 0)
-    problem(r, "RESIL_DRAIN_TIMEOUT_MS: must be > 0 (no wait is unbounded, none is instant)");
-  if (s->prewarm_timeout_ms == 0) problem(r, "RESIL_PREWARM_TIMEOUT_MS: must be > 0");
+    problem(r, "RESIL_DRAIN_TIMEOUT_MS", "must be > 0 (no wait is unbounded, none is instant)");
+  if (s->prewarm_timeout_ms == 0) problem(r, "RESIL_PREWARM_TIMEOUT_MS", "must be > 0");
   if (!s->event_log || (strcmp(s->event_log, "json") != 0 && strcmp(s->event_log, "text") != 0 &&
                         strcmp(s->event_log, "off") != 0))
-    problem(r, "RESIL_EVENT_LOG: '%.40s' is not json, text or off",
+    problem(r, "RESIL_EVENT_LOG", "'%.40s' is not json, text or off",
             s->event_log ? s->event_log : "");
   if (s->drain_grace_ms >= s->drain_timeout_ms && s->drain_timeout_ms)
-    problem(r, "RESIL_DRAIN_GRACE_MS: %u ms is not below RESIL_DRAIN_TIMEOUT_MS %u ms",
+    problem(r, "RESIL_DRAIN_GRACE_MS", "%u ms is not below RESIL_DRAIN_TIMEOUT_MS %u ms",
             s->drain_grace_ms, s->drain_timeout_ms);
   /* What resil_service_start() will hand the admin endpoint and the EMF
    * emitter, checked by their own validators. Both are checked even when
    * off (a bad value is bad whether or not it is used yet), and
    * RESIL_SERVICE is also the service label of resil_info. */
-  resil_err e;
   resil_admin_config ac;
   resil__service_admin_config(s, &ac);
-  if (resil_admin_config_validate(&ac, &e) != RESIL_OK) translate_service(r, e.msg);
+  validate_into(r, NULL, admin_valid, &ac);
   resil_emf_config ec;
   resil__service_emf_config(s, &ec);
   if (!ec.interval_ms) ec.interval_ms = 60000; /* EMF off: check the rest */
-  if (resil_emf_config_validate(&ec, &e) != RESIL_OK) translate_service(r, e.msg);
+  validate_into(r, NULL, emf_valid, &ec);
 }
 
 /* Cross-field checks the core can make for any kind: a connect timeout set
@@ -662,7 +780,7 @@ static void check_consistency(report *r, const dep_entry *d) {
       was_set(d, "pool.connect_timeout_ms")) {
     resil__cfg_var_name(a, sizeof a, d, "pool.connect_timeout_ms");
     resil__cfg_var_name(b, sizeof b, d, "timeout_ms");
-    problem(r, "%s: %u ms is longer than %s %u ms (a connect could never finish in time)", a,
+    problem(r, a, "%u ms is longer than %s %u ms (a connect could never finish in time)",
             pc->connect_timeout_ms, b, dc->timeout_ms);
   }
 }
@@ -677,7 +795,7 @@ resil_status resil_config_load(char *const *envp, const char *path, resil_config
   resil_config *c = calloc(1, sizeof *c);
   if (!c) return resil_err_set(err, RESIL_E_NOMEM, "config: out of memory");
   resil__cfg_service_defaults(&c->svc);
-  report r = {{0}, 0};
+  report r = {0};
   kvs env = {0}, all = {0};
   for (size_t i = 0; envp && envp[i]; i++) {
     const char *s = envp[i], *eq = strchr(s, '=');
@@ -685,7 +803,7 @@ resil_status resil_config_load(char *const *envp, const char *path, resil_config
     char src[200];
     snprintf(src, sizeof src, "%.*s", (int)(eq - s > 150 ? 150 : eq - s), s);
     if (!kv_add(c, &env, s, (size_t)(eq - s), eq + 1, strlen(eq + 1), src))
-      problem(&r, "config: out of memory");
+      problem(&r, "config", "out of memory");
   }
   const kv *file_kv = kv_get(&env, "RESIL_CONFIG_FILE");
   const char *file = path ? path : (file_kv && *file_kv->value ? file_kv->value : NULL);
@@ -693,13 +811,13 @@ resil_status resil_config_load(char *const *envp, const char *path, resil_config
   for (size_t i = 0; i < env.n; i++) /* environment after file: it wins */
     if (!kv_add(c, &all, env.v[i].key, strlen(env.v[i].key), env.v[i].value,
                 strlen(env.v[i].value), env.v[i].source))
-      problem(&r, "config: out of memory");
+      problem(&r, "config", "out of memory");
   free(env.v);
 
   const kv *deps = kv_get(&all, "RESIL_DEPS");
   if (!deps)
-    problem(&r, "RESIL_DEPS: is required: a comma-separated list of name[:kind] "
-                "(e.g. orders-db:pg,session-cache:redis)");
+    problem(&r, "RESIL_DEPS", "is required: a comma-separated list of name[:kind] "
+                              "(e.g. orders-db:pg,session-cache:redis)");
   else
     parse_deps(c, &r, deps);
   for (size_t i = 0; i < all.n; i++) assign(c, &r, &all.v[i]);
@@ -709,28 +827,16 @@ resil_status resil_config_load(char *const *envp, const char *path, resil_config
     dep_entry *d = &c->deps[i];
     check_required(&r, d);
     check_consistency(&r, d);
-    resil_err verr;
-    if (d->kind->validate(d->cfg, &verr) != RESIL_OK) translate(&r, d, verr.msg);
+    validate_into(&r, d, d->kind->validate, d->cfg);
   }
-  if (r.n) {
-    char *text = NULL;
-    if (resil__sb_finish(&r.b, &text, NULL, NULL) != RESIL_OK) text = NULL;
-    if (err) {
-      err->status = RESIL_E_INVALID;
-      int n = snprintf(err->msg, sizeof err->msg, "%u configuration problem%s: %s", r.n,
-                       r.n == 1 ? "" : "s", text ? text : "(out of memory)");
-      if (n >= (int)sizeof err->msg) memcpy(err->msg + sizeof err->msg - 4, "...", 4);
-      for (char *q = err->msg; *q; q++)
-        if (*q == '\n') *q = ';';
-    }
-    if (report_out)
-      *report_out = text;
-    else
-      free(text);
+  if (problem_count(&r)) {
+    if (err) report_err(&r, err);
+    if (report_out) *report_out = report_text(&r);
+    report_free(&r);
     resil_config_free(c);
     return RESIL_E_INVALID;
   }
-  free(r.b.p);
+  report_free(&r);
   resil__cfg_compute_hash(c);
   *out = c;
   return RESIL_OK;

@@ -77,6 +77,31 @@ uint64_t resil__rand(void);
 #define resil__check_range resil_problems_check_range
 void resil__check_range_d(resil_problems *p, const char *field, double v, double lo, double hi);
 
+/* A problem sink: while one is installed on a thread, every resil_problem()
+ * of that thread also hands it (prefix, field, message) - the field as the
+ * validator named it ("breaker.window_ms", "admin.port") - so the config
+ * loader names each problem of a kind's validator by its variable without
+ * re-parsing text. resil_problems_merge() hands on (prefix, NULL, text)
+ * only for text that no collector of this thread finished while the sink
+ * was installed (those problems went to the sink one by one already): a
+ * validator that reported with resil_err_set() alone is not lost. Sinks
+ * nest (pop restores the previous one); fn must not install a sink. */
+typedef void (*resil__problem_fn)(void *ctx, const char *prefix, const char *field,
+                                  const char *msg);
+#define RESIL__SINK_FINISHED 8
+typedef struct resil__problem_sink {
+  resil__problem_fn fn;
+  void *ctx;
+  /* err->msg of the last collectors finished while installed, and hashes
+   * of their text (a buffer reused for other text does not match) */
+  const char *finished[RESIL__SINK_FINISHED];
+  uint64_t finished_hash[RESIL__SINK_FINISHED];
+  unsigned nfinished;
+  struct resil__problem_sink *prev;
+} resil__problem_sink;
+void resil__problem_sink_push(resil__problem_sink *s, resil__problem_fn fn, void *ctx);
+void resil__problem_sink_pop(resil__problem_sink *s);
+
 /* ---- The process settings' admin and EMF configs ----------------------- */
 /* What resil_service_start() passes to resil_admin_start() and
  * resil_emf_start() for the RESIL_* process settings s. The config loader

@@ -148,6 +148,27 @@ static void problems_append(resil_problems *p, const char *fmt, ...) {
   }
 }
 
+/* The sink installed on this thread (resil__problem_sink_push), if any. */
+static _Thread_local resil__problem_sink *cur_sink;
+
+void resil__problem_sink_push(resil__problem_sink *s, resil__problem_fn fn, void *ctx) {
+  memset(s, 0, sizeof *s);
+  s->fn = fn;
+  s->ctx = ctx;
+  s->prev = cur_sink;
+  cur_sink = s;
+}
+
+void resil__problem_sink_pop(resil__problem_sink *s) {
+  if (cur_sink == s) cur_sink = s->prev;
+}
+
+static uint64_t text_hash(const char *s) {
+  uint64_t h = 1469598103934665603ull;
+  for (; *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ull;
+  return h;
+}
+
 void resil_problem(resil_problems *p, const char *field, const char *fmt, ...) {
   char what[256];
   va_list ap;
@@ -156,12 +177,21 @@ void resil_problem(resil_problems *p, const char *field, const char *fmt, ...) {
   va_end(ap);
   problems_append(p, "%s%s%s: %s", p->count ? "; " : "", p->prefix, field, what);
   p->count++;
+  if (cur_sink) cur_sink->fn(cur_sink->ctx, p->prefix, field, what);
 }
 
 void resil_problems_merge(resil_problems *p, const char *formatted) {
   if (!formatted || !*formatted) return;
   problems_append(p, "%s%s", p->count ? "; " : "", formatted);
   p->count++;
+  resil__problem_sink *s = cur_sink;
+  if (!s) return;
+  /* Text a collector of this thread finished while the sink was installed:
+   * each of its problems already went to the sink one by one. */
+  uint64_t h = text_hash(formatted);
+  for (unsigned i = 0; i < RESIL__SINK_FINISHED && i < s->nfinished; i++)
+    if (s->finished[i] == formatted && s->finished_hash[i] == h) return;
+  s->fn(s->ctx, p->prefix, NULL, formatted);
 }
 
 resil_status resil_problems_finish(const resil_problems *p, resil_err *err) {
@@ -169,6 +199,12 @@ resil_status resil_problems_finish(const resil_problems *p, resil_err *err) {
   if (err) {
     memcpy(err->msg, p->buf, p->len + 1);
     err->status = RESIL_E_INVALID;
+    resil__problem_sink *s = cur_sink;
+    if (s) {
+      unsigned i = s->nfinished++ % RESIL__SINK_FINISHED;
+      s->finished[i] = err->msg;
+      s->finished_hash[i] = text_hash(err->msg);
+    }
   }
   return RESIL_E_INVALID;
 }

@@ -130,7 +130,11 @@ struct resil_config_kind {
   size_t size; /* sizeof the kind's config struct */
   /* Fill defaults; name is the dependency's name (owned by the config). */
   void (*init)(void *cfg, const char *name);
-  /* Report every problem at once (RESIL_OK or RESIL_E_INVALID). */
+  /* Report every problem at once (RESIL_OK or RESIL_E_INVALID), through a
+   * resil_problems collector with each field named by its key's path
+   * ("port", "breaker.window_ms"): resil_config_load() then names each
+   * problem by its variable. A message set otherwise (resil_err_set) is
+   * reported whole, under the dependency's name. */
   resil_status (*validate)(const void *cfg, resil_err *err);
   /* The embedded core config (required) and pool config (NULL if none). */
   resil_dep_config *(*dep_config)(void *cfg);

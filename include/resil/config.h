@@ -80,10 +80,12 @@ typedef struct resil_config resil_config;
  * double quotes are accepted). Variables not starting with RESIL_ are
  * ignored. Each dependency's struct is initialised by its kind, overridden
  * key by key, then validated by the kind. On RESIL_OK *out is yours
- * (resil_config_free). On RESIL_E_INVALID err->msg lists every problem
- * (truncated with "..." past RESIL_ERR_MSG_MAX; resil_config_problems()
- * is not needed: the full list is also returned through `report` if not
- * NULL, a malloc'd string to free()). Errors: RESIL_E_INVALID,
+ * (resil_config_free). On RESIL_E_INVALID err->msg is "N configuration
+ * problems: " and as many whole problems as fit RESIL_ERR_MSG_MAX,
+ * ';'-separated, then ";...and K more" if some did not fit; the full list,
+ * one "VARIABLE: message" line per problem, is returned through `report`
+ * if not NULL (a malloc'd string to free(); NULL on out of memory).
+ * Errors: RESIL_E_INVALID,
  * RESIL_E_NOMEM, RESIL_E_SYSTEM (file unreadable). Thread-safe. */
 RESIL_API resil_status resil_config_load(char *const *envp, const char *path, resil_config **out,
                                          char **report, resil_err *err);

@@ -31,12 +31,18 @@ static void fake_init(void *c, const char *name) {
   resil_pool_config_init(&f->pool);
   f->port = 6379;
 }
+/* Reports as the adapters do: through a resil_problems collector, which
+ * hands each (field, message) to the loader. */
 static resil_status fake_validate(const void *c, resil_err *err) {
   const fake_cfg *f = c;
-  if (f->port == 0 || f->port > 65535)
-    return resil_err_set(err, RESIL_E_INVALID, "%s: port: %u is outside 1..65535", f->dep.name,
-                         f->port);
-  return resil_dep_config_validate(&f->dep, err);
+  char prefix[80];
+  snprintf(prefix, sizeof prefix, "%s: ", f->dep.name);
+  resil_problems p;
+  resil_problems_init(&p, prefix);
+  resil_err sub;
+  if (resil_dep_config_validate(&f->dep, &sub) != RESIL_OK) resil_problems_merge(&p, sub.msg);
+  resil_problems_check_range(&p, "port", f->port, 1, 65535);
+  return resil_problems_finish(&p, err);
 }
 static resil_dep_config *fake_dep(void *c) { return &((fake_cfg *)c)->dep; }
 static resil_pool_config *fake_pool(void *c) { return &((fake_cfg *)c)->pool; }
@@ -77,10 +83,45 @@ static const resil_config_kind shadow_kind = {
     .validate = shadow_validate, .dep_config = shadow_dep, .pool_config = shadow_pool,
     .keys = shadow_keys, .nkeys = 1};
 
+/* A kind whose validator does not use resil_problems: mode 1 fails with
+ * resil_err_set() alone, mode 2 collects a problem it then drops (and
+ * succeeds). */
+typedef struct legacy_cfg {
+  resil_dep_config dep;
+  uint32_t mode;
+} legacy_cfg;
+static void legacy_init(void *c, const char *name) {
+  legacy_cfg *f = c;
+  resil_dep_config_init(&f->dep, name);
+  f->mode = 0;
+}
+static resil_status legacy_validate(const void *c, resil_err *err) {
+  const legacy_cfg *f = c;
+  if (f->mode == 1)
+    return resil_err_set(err, RESIL_E_INVALID, "%s: the legacy check failed: %s", f->dep.name,
+                         "mode 1 is refused; mode 0 is fine");
+  if (f->mode == 2) {
+    resil_problems tried;
+    resil_problems_init(&tried, "");
+    resil_problem(&tried, "mode", "tried and dropped");
+    resil_err dropped;
+    (void)resil_problems_finish(&tried, &dropped);
+  }
+  return resil_dep_config_validate(&f->dep, err);
+}
+static resil_dep_config *legacy_dep(void *c) { return &((legacy_cfg *)c)->dep; }
+static const resil_key_spec legacy_keys[] = {
+    {.key = "mode", .type = RESIL_KEY_UINT, .offset = offsetof(legacy_cfg, mode), .help = "mode"},
+};
+static const resil_config_kind legacy_kind = {
+    .name = "legacy", .size = sizeof(legacy_cfg), .init = legacy_init,
+    .validate = legacy_validate, .dep_config = legacy_dep, .keys = legacy_keys, .nkeys = 1};
+
 static int setup(void **state) {
   (void)state;
   assert_int_equal(resil_config_register_kind(&shadow_kind, NULL), RESIL_OK);
   assert_int_equal(resil_config_register_kind(&fake_kind, NULL), RESIL_OK);
+  assert_int_equal(resil_config_register_kind(&legacy_kind, NULL), RESIL_OK);
   return 0;
 }
 
@@ -205,6 +246,75 @@ static void every_problem_is_reported_at_once_by_variable(void **state) {
   free(report);
 }
 
+static size_t count_of(const char *hay, const char *needle) {
+  size_t n = 0;
+  for (const char *p = hay; (p = strstr(p, needle)) != NULL; p += strlen(needle)) n++;
+  return n;
+}
+
+/* A validator's problems reach the report one by one, each named by its
+ * variable, however many there are: none is lost to the 512-byte err.msg
+ * they once travelled in, none comes twice (the dependency's validator
+ * merges the breaker's), and err.msg, which cannot hold them all, ends
+ * saying how many it left out. */
+static void every_validator_problem_survives_by_variable(void **state) {
+  (void)state;
+  static const char *const vars[][2] = {
+      {"BREAKER_CONSECUTIVE_FAILURES", "2000000"}, {"BREAKER_FAILURE_RATE_PERCENT", "140"},
+      {"BREAKER_SLOW_CALL_RATE_PERCENT", "150"},   {"BREAKER_WINDOW_BUCKETS", "500"},
+      {"BREAKER_OPEN_JITTER_PERCENT", "90"},       {"BREAKER_HALF_OPEN_PROBES", "5000"},
+      {"BREAKER_OPEN_MULTIPLIER", "1000"},         {"LIMIT_MAX_CONCURRENT", "0"},
+      {"RETRY_MAX_ATTEMPTS", "50"},                {"RETRY_BUDGET_PERCENT", "500"},
+      {"RETRY_BUDGET_WINDOW_MS", "1"},             {"PROBE_INTERVAL_MS", "1"},
+      {"PROBE_TIMEOUT_MS", "2h"},                  {"PUSHBACK_MAX_PAUSE_MS", "2h"},
+      {"TIMEOUT_MS", "2h"},
+  };
+  enum { N = sizeof vars / sizeof vars[0] };
+  char buf[N][96], *env[N + 2];
+  env[0] = (char *)"RESIL_DEPS=long-dependency-name";
+  for (size_t i = 0; i < N; i++) {
+    snprintf(buf[i], sizeof buf[i], "RESIL_DEP_LONG_DEPENDENCY_NAME_%s=%s", vars[i][0],
+             vars[i][1]);
+    env[i + 1] = buf[i];
+  }
+  env[N + 1] = NULL;
+  resil_config *c = (resil_config *)1;
+  resil_err err;
+  char *report = NULL;
+  assert_int_equal(resil_config_load(env, NULL, &c, &report, &err), RESIL_E_INVALID);
+  assert_non_null(report);
+  for (size_t i = 0; i < N; i++) {
+    char want[128];
+    snprintf(want, sizeof want, "RESIL_DEP_LONG_DEPENDENCY_NAME_%s: ", vars[i][0]);
+    if (count_of(report, want) != 1) fail_msg("'%s' not once in:\n%s", want, report);
+  }
+  assert_null(strstr(report, "dependency long-dependency-name:"));
+  size_t lines = count_of(report, "\n") + 1;
+  char head[64];
+  snprintf(head, sizeof head, "%zu configuration problems: ", lines);
+  if (strncmp(err.msg, head, strlen(head)) != 0) fail_msg("%s vs\n%s", err.msg, report);
+  assert_true(strlen(report) > sizeof err.msg);
+  const char *more = strstr(err.msg, ";...and ");
+  if (!more || strcmp(more + strlen(more) - 5, " more") != 0) fail_msg("%s", err.msg);
+  unsigned left = (unsigned)strtoul(more + 8, NULL, 10);
+  assert_int_equal(left, lines - (count_of(err.msg, ";") - 1 + 1)); /* shown = separators + 1 */
+  free(report);
+}
+
+/* A kind's validator that fails with resil_err_set() alone still has its
+ * whole message reported (under its dependency); problems a validator
+ * collected and dropped, succeeding, are not reported. */
+static void a_validator_without_the_collector_is_heard_in_full(void **state) {
+  (void)state;
+  char *bad[] = {(char *)"RESIL_DEPS=old:legacy", (char *)"RESIL_DEP_OLD_MODE=1", NULL};
+  char *r = load_bad(bad, NULL);
+  assert_non_null(
+      strstr(r, "dependency old: the legacy check failed: mode 1 is refused; mode 0 is fine"));
+  free(r);
+  char *ok[] = {(char *)"RESIL_DEPS=old:legacy", (char *)"RESIL_DEP_OLD_MODE=2", NULL};
+  resil_config_free(load_ok(ok));
+}
+
 static void missing_or_bad_dependency_list_is_an_error(void **state) {
   (void)state;
   char *none[] = {(char *)"RESIL_SERVICE=x", NULL};
@@ -214,7 +324,8 @@ static void missing_or_bad_dependency_list_is_an_error(void **state) {
   char *bad[] = {(char *)"RESIL_DEPS=a b,ok:nosuchkind,dup,dup,x-y,x_y,", NULL};
   r = load_bad(bad, NULL);
   const char *want[] = {"'a b' is not a dependency name",
-                        "dependency ok has unknown kind 'nosuchkind' (known: core, shadow, fake",
+                        "dependency ok has unknown kind 'nosuchkind' (known: core, shadow, fake, "
+                        "legacy",
                         "dependency dup is listed twice",
                         "dependencies x-y and x_y both map to RESIL_DEP_X_Y_*"};
   expect_all(r, want, sizeof want / sizeof want[0]);
@@ -470,6 +581,8 @@ int main(void) {
       cmocka_unit_test(plain_dependencies_get_defaults),
       cmocka_unit_test(keys_set_fields_with_units),
       cmocka_unit_test(every_problem_is_reported_at_once_by_variable),
+      cmocka_unit_test(every_validator_problem_survives_by_variable),
+      cmocka_unit_test(a_validator_without_the_collector_is_heard_in_full),
       cmocka_unit_test(missing_or_bad_dependency_list_is_an_error),
       cmocka_unit_test(longest_dependency_name_wins),
       cmocka_unit_test(dependency_names_that_share_a_variable_are_an_error),
