@@ -37,6 +37,32 @@ struct resil_config {
   char hash[17];
 };
 
+/* ---- key types and fields ------------------------------------------------ */
+
+/* The C type of the field each key type reads and writes. */
+#define RESIL__KEY_CTYPE_UINT uint32_t
+#define RESIL__KEY_CTYPE_MS uint32_t
+#define RESIL__KEY_CTYPE_BOOL bool
+#define RESIL__KEY_CTYPE_DOUBLE double
+#define RESIL__KEY_CTYPE_STRING const char *
+#define RESIL__KEY_CTYPE_SECRET const char *
+#define RESIL__KEY_CTYPE_SIZE size_t
+
+/* offsetof(T, f) for a key of type RESIL_KEY_<t>, which fails to compile
+ * ("negative width in bit-field 'key_type_does_not_match_field'") unless
+ * field f has the C type that key type writes: the core's key tables use
+ * it, so a wrong row cannot build. */
+#define RESIL__KEY_OFFSET(T, f, t)                                                          \
+  (offsetof(T, f) +                                                                         \
+   0 * sizeof(struct {                                                                      \
+     int key_type_does_not_match_field : _Generic(((T *)0)->f, RESIL__KEY_CTYPE_##t: 1,     \
+                                                  default: -1);                             \
+   }))
+
+/* Size and alignment (*align) of the field of a key type; 0 for a value
+ * outside the enum. */
+size_t resil__cfg_key_size(resil_key_type t, size_t *align);
+
 /* ---- config_keys.c ------------------------------------------------------- */
 
 /* The process keys (RESIL_SERVICE...), offsets into resil_service_config. */

@@ -11,8 +11,10 @@
 
 /* ---- key specs of the core ------------------------------------------------ */
 
+/* Rows of resil_dep_config keys: DK(key, type, field, help); the field's
+ * C type must be the key type's (RESIL__KEY_OFFSET). */
 #define DK(k, t, f, h) \
-  {.key = k, .type = RESIL_KEY_##t, .offset = offsetof(resil_dep_config, f), .help = h}
+  {.key = k, .type = RESIL_KEY_##t, .offset = RESIL__KEY_OFFSET(resil_dep_config, f, t), .help = h}
 static const resil_key_spec dep_keys[] = {
     DK("timeout_ms", MS, timeout_ms, "cap on each attempt; the call's deadline if the caller has none"),
     DK("critical", BOOL, critical, "readiness depends on this dependency"),
@@ -59,7 +61,7 @@ static const resil_key_spec dep_keys[] = {
 };
 
 #define PK(k, t, f, h) \
-  {.key = k, .type = RESIL_KEY_##t, .offset = offsetof(resil_pool_config, f), .help = h}
+  {.key = k, .type = RESIL_KEY_##t, .offset = RESIL__KEY_OFFSET(resil_pool_config, f, t), .help = h}
 static const resil_key_spec pool_keys[] = {
     PK("pool.max_size", UINT, max_size, "connections at most"),
     PK("pool.min_idle", UINT, min_idle, "connections kept open and pre-warmed"),
@@ -75,7 +77,7 @@ static const resil_key_spec pool_keys[] = {
 };
 
 #define SK(k, t, f, h) \
-  {.key = k, .type = RESIL_KEY_##t, .offset = offsetof(resil_service_config, f), .help = h}
+  {.key = k, .type = RESIL_KEY_##t, .offset = RESIL__KEY_OFFSET(resil_service_config, f, t), .help = h}
 static const resil_key_spec svc_keys[] = {
     SK("RESIL_SERVICE", STRING, service,
        "service name: the Service dimension of EMF and a resil_info label; 1..255 bytes, no "
@@ -138,12 +140,58 @@ static pthread_mutex_t kinds_mu = PTHREAD_MUTEX_INITIALIZER;
 static const resil_config_kind *kinds[MAX_KINDS];
 static size_t nkinds;
 
+size_t resil__cfg_key_size(resil_key_type t, size_t *align) {
+#define KT(T) (*align = _Alignof(RESIL__KEY_CTYPE_##T), sizeof(RESIL__KEY_CTYPE_##T))
+  switch (t) {
+    case RESIL_KEY_UINT: return KT(UINT);
+    case RESIL_KEY_MS: return KT(MS);
+    case RESIL_KEY_BOOL: return KT(BOOL);
+    case RESIL_KEY_DOUBLE: return KT(DOUBLE);
+    case RESIL_KEY_STRING: return KT(STRING);
+    case RESIL_KEY_SECRET: return KT(SECRET);
+    case RESIL_KEY_SIZE: return KT(SIZE);
+  }
+#undef KT
+  *align = 1;
+  return 0;
+}
+
+/* A kind's own keys must each name a field of its struct that can hold
+ * the key's type: inside the struct, aligned for it, and not sharing a byte
+ * with another key's field. A row with the wrong type or offset (a SIZE key
+ * on a uint32_t field next to another key) is refused here rather than
+ * written over its neighbour at load. */
+static resil_status check_kind_keys(const resil_config_kind *k, resil_err *err) {
+  for (size_t i = 0; i < k->nkeys; i++) {
+    const resil_key_spec *a = &k->keys[i];
+    size_t align, size = resil__cfg_key_size(a->type, &align);
+    const char *why = !a->key || !*a->key ? "has no name"
+                      : !size              ? "has an unknown type"
+                      : a->offset % align  ? "is not aligned for its type"
+                      : a->offset > k->size || size > k->size - a->offset
+                          ? "lies past the end of the kind's struct"
+                          : NULL;
+    for (size_t j = 0; !why && j < i; j++) {
+      const resil_key_spec *b = &k->keys[j];
+      size_t bal, bsize = resil__cfg_key_size(b->type, &bal);
+      if (a->offset < b->offset + bsize && b->offset < a->offset + size)
+        why = "overlaps another key's field (is its type right?)";
+    }
+    if (why)
+      return resil_err_set(err, RESIL_E_INVALID,
+                           "config: kind '%s': key %zu ('%s' at offset %zu) %s", k->name, i,
+                           a->key ? a->key : "", a->offset, why);
+  }
+  return RESIL_OK;
+}
+
 resil_status resil_config_register_kind(const resil_config_kind *k, resil_err *err) {
   if (!k || !k->name || !*k->name || !k->init || !k->validate || !k->dep_config || !k->size ||
       (k->nkeys && !k->keys))
     return resil_err_set(err, RESIL_E_INVALID,
                          "config: kind '%s' lacks a name, size, init, validate or dep_config",
                          k && k->name ? k->name : "(null)");
+  if (check_kind_keys(k, err) != RESIL_OK) return RESIL_E_INVALID;
   pthread_mutex_lock(&kinds_mu);
   for (size_t i = 0; i < nkinds; i++)
     if (strcmp(kinds[i]->name, k->name) == 0) {

@@ -576,6 +576,69 @@ static void bad_kind_registration_is_refused(void **state) {
   (void)c;
 }
 
+/* Key rows are checked against the kind's struct when it registers: a key
+ * whose type does not fit its field (a SIZE key on a uint32_t field next to
+ * another key, a double at a 4-byte offset, a field past the struct) is
+ * refused, naming the kind and the key, instead of being written over its
+ * neighbour at load. The core's own rows fit their structs. */
+typedef struct two_u32 {
+  resil_dep_config dep;
+  uint32_t a, b;
+} two_u32;
+static void two_init(void *c, const char *name) { resil_dep_config_init(c, name); }
+static resil_status two_validate(const void *c, resil_err *err) {
+  return resil_dep_config_validate(c, err);
+}
+static resil_dep_config *two_dep(void *c) { return c; }
+
+static void key_rows_that_do_not_fit_their_struct_are_refused(void **state) {
+  (void)state;
+  static const struct {
+    resil_key_type ta, tb;
+    size_t oa;
+    const char *why;
+  } cases[] = {
+      {RESIL_KEY_SIZE, RESIL_KEY_UINT, offsetof(two_u32, a), "overlaps another key's field"},
+      {RESIL_KEY_DOUBLE, RESIL_KEY_UINT, offsetof(two_u32, a) + 4, "is not aligned"},
+      {RESIL_KEY_UINT, RESIL_KEY_UINT, sizeof(two_u32), "lies past the end"},
+      {(resil_key_type)99, RESIL_KEY_UINT, offsetof(two_u32, a), "has an unknown type"},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    resil_key_spec keys[2] = {
+        {.key = "b", .type = cases[i].tb, .offset = offsetof(two_u32, b)},
+        {.key = "a", .type = cases[i].ta, .offset = cases[i].oa},
+    };
+    resil_config_kind k = {.name = "two", .size = sizeof(two_u32), .init = two_init,
+                           .validate = two_validate, .dep_config = two_dep, .keys = keys,
+                           .nkeys = 2};
+    resil_err err = {.status = RESIL_OK, .msg = ""};
+    assert_int_equal(resil_config_register_kind(&k, &err), RESIL_E_INVALID);
+    if (!strstr(err.msg, "kind 'two': key 1 ('a'") || !strstr(err.msg, cases[i].why))
+      fail_msg("case %zu: %s", i, err.msg);
+  }
+  /* the rows with the right types register */
+  static const resil_key_spec good[] = {
+      {.key = "a", .type = RESIL_KEY_UINT, .offset = offsetof(two_u32, a)},
+      {.key = "b", .type = RESIL_KEY_MS, .offset = offsetof(two_u32, b)},
+  };
+  static const resil_config_kind two = {.name = "two", .size = sizeof(two_u32), .init = two_init,
+                                        .validate = two_validate, .dep_config = two_dep,
+                                        .keys = good, .nkeys = 2};
+  assert_int_equal(resil_config_register_kind(&two, NULL), RESIL_OK);
+  /* the core's tables, as kinds of their own structs, pass the same check */
+  static resil_config_kind dep_rows = {.name = "dep-rows", .size = sizeof(resil_dep_config),
+                                       .init = two_init, .validate = two_validate,
+                                       .dep_config = two_dep};
+  static resil_config_kind pool_rows = {.name = "pool-rows", .size = sizeof(resil_pool_config),
+                                        .init = two_init, .validate = two_validate,
+                                        .dep_config = two_dep};
+  dep_rows.keys = resil_config_dep_keys(&dep_rows.nkeys);
+  pool_rows.keys = resil_config_pool_keys(&pool_rows.nkeys);
+  resil_err err;
+  if (resil_config_register_kind(&dep_rows, &err) != RESIL_OK) fail_msg("%s", err.msg);
+  if (resil_config_register_kind(&pool_rows, &err) != RESIL_OK) fail_msg("%s", err.msg);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(plain_dependencies_get_defaults),
@@ -594,6 +657,7 @@ int main(void) {
       cmocka_unit_test(value_parsers_are_strict),
       cmocka_unit_test(double_values_are_strict),
       cmocka_unit_test(bad_kind_registration_is_refused),
+      cmocka_unit_test(key_rows_that_do_not_fit_their_struct_are_refused),
       cmocka_unit_test(resil_clock_is_checked_but_left_to_the_clock),
   };
   return cmocka_run_group_tests_name("config", tests, setup, NULL);
