@@ -88,6 +88,76 @@ static void no_secret_in(const char *what, const char *text) {
     fail_msg("a secret leaked into %s: %s", what, text);
 }
 
+/* Every output of a running service whose "cache" (redis) and "db" (pg)
+ * cannot be reached: three calls to each fail, naming the dependency,
+ * without a secret (before_third(ctx), if not NULL, runs before the third
+ * round); then /config (holding each of config_want), /metrics (holding
+ * both dependencies), /ready if check_ready, the JSON snapshot, the config
+ * dump and EMF of db's stats show no secret. */
+static void outputs_hold_no_secret(resil_service *svc, const char *const *config_want,
+                                   bool check_ready, void (*before_third)(void *), void *ctx) {
+  resil_redis *cache = resil_service_get(svc, "cache", "redis");
+  resil_pg *db = resil_service_get(svc, "db", "pg");
+  assert_non_null(cache);
+  assert_non_null(db);
+  resil_err err;
+  for (int i = 0; i < 3; i++) {
+    if (i == 2 && before_third) before_third(ctx);
+    redisReply *rep = NULL;
+    resil_status st =
+        resil_redis_command(cache, resil_deadline_in_ms(500), 0, &rep, &err, "GET k");
+    assert_int_not_equal(st, RESIL_OK);
+    assert_non_null(strstr(err.msg, "cache")); /* a real error message, naming the dependency */
+    no_secret_in("a Redis error", err.msg);
+    PGresult *res = NULL;
+    st = resil_pg_query(db, resil_deadline_in_ms(500), 0, "SELECT 1", 0, NULL, &res, &err);
+    PQclear(res);
+    assert_int_not_equal(st, RESIL_OK);
+    assert_non_null(strstr(err.msg, "db"));
+    no_secret_in("a PostgreSQL error", err.msg);
+  }
+  uint16_t port = resil_service_admin_port(svc);
+  assert_true(port > 0);
+  no_secret_in("/config", must_get(port, "/config", 200, 0, config_want));
+  const char *metrics_want[] = {"dependency=\"cache\"", "dependency=\"db\"", NULL};
+  no_secret_in("/metrics", must_get(port, "/metrics", 200, 0, metrics_want));
+  const char *ready_want[] = {"\"ready\":", NULL};
+  if (check_ready) no_secret_in("/ready", must_get(port, "/ready", 200, 503, ready_want));
+  char *text = NULL;
+  assert_int_equal(resil_export_json(&text, NULL, NULL), RESIL_OK);
+  no_secret_in("the JSON snapshot", text);
+  free(text);
+  text = resil_config_dump(resil_service_get_config(svc));
+  no_secret_in("the config dump", text);
+  free(text);
+  resil_emf_config ec;
+  resil_emf_config_init(&ec);
+  ec.service = "secrets-test";
+  resil_dep_stats ds;
+  resil_dep_get_stats(resil_service_dep(svc, "db"), &ds);
+  assert_int_equal(resil_emf_render(&ec, &ds, NULL, 1, 100, &text, NULL, &err), RESIL_OK);
+  no_secret_in("EMF", text);
+  free(text);
+}
+
+/* The loader refuses env with a report naming var (followed by ": "), and
+ * neither the report nor err.msg shows a secret (no_leak); what names the
+ * case in a failure. */
+static void refused_naming(char **env, const char *var, const char *what,
+                           void (*no_leak)(const char *, const char *)) {
+  resil_config *c = NULL;
+  char *report = NULL;
+  resil_err err;
+  assert_int_equal(resil_config_load(env, NULL, &c, &report, &err), RESIL_E_INVALID);
+  assert_non_null(report);
+  char want[128];
+  snprintf(want, sizeof want, "%s: ", var);
+  if (!strstr(report, want)) fail_msg("%s: the report does not name %s: %s", what, var, report);
+  no_leak("a config error report", report);
+  no_leak("a config error", err.msg);
+  free(report);
+}
+
 static void secrets_never_appear_in_any_output(void **state) {
   (void)state;
   resil_redis_register_kind(NULL); /* explicit: --as-needed may drop constructors */
@@ -114,49 +184,10 @@ static void secrets_never_appear_in_any_output(void **state) {
   resil_err err;
   if (resil_service_start(env, &svc, &report, &err) != RESIL_OK)
     fail_msg("start: %s", report ? report : err.msg);
-  resil_redis *cache = resil_service_get(svc, "cache", "redis");
-  resil_pg *db = resil_service_get(svc, "db", "pg");
-  assert_non_null(cache);
-  assert_non_null(db);
-  for (int i = 0; i < 3; i++) {
-    redisReply *rep = NULL;
-    resil_status st =
-        resil_redis_command(cache, resil_deadline_in_ms(500), 0, &rep, &err, "GET k");
-    assert_int_not_equal(st, RESIL_OK);
-    assert_non_null(strstr(err.msg, "cache")); /* a real error message, naming the dependency */
-    no_secret_in("a Redis error", err.msg);
-    PGresult *res = NULL;
-    st = resil_pg_query(db, resil_deadline_in_ms(500), 0, "SELECT 1", 0, NULL, &res, &err);
-    PQclear(res);
-    assert_int_not_equal(st, RESIL_OK);
-    assert_non_null(strstr(err.msg, "db"));
-    no_secret_in("a PostgreSQL error", err.msg);
-  }
-  uint16_t port = resil_service_admin_port(svc);
-  assert_true(port > 0);
   /* Each output really holds the two dependencies (whose secrets must not
    * be there). */
   const char *config_want[] = {"<redacted>", "cache", "db", NULL};
-  no_secret_in("/config", must_get(port, "/config", 200, 0, config_want));
-  const char *metrics_want[] = {"dependency=\"cache\"", "dependency=\"db\"", NULL};
-  no_secret_in("/metrics", must_get(port, "/metrics", 200, 0, metrics_want));
-  const char *ready_want[] = {"\"ready\":", NULL};
-  no_secret_in("/ready", must_get(port, "/ready", 200, 503, ready_want));
-  char *text = NULL;
-  assert_int_equal(resil_export_json(&text, NULL, NULL), RESIL_OK);
-  no_secret_in("the JSON snapshot", text);
-  free(text);
-  text = resil_config_dump(resil_service_get_config(svc));
-  no_secret_in("the config dump", text);
-  free(text);
-  resil_emf_config ec;
-  resil_emf_config_init(&ec);
-  ec.service = "secrets-test";
-  resil_dep_stats st;
-  resil_dep_get_stats(resil_service_dep(svc, "db"), &st);
-  assert_int_equal(resil_emf_render(&ec, &st, NULL, 1, 100, &text, NULL, &err), RESIL_OK);
-  no_secret_in("EMF", text);
-  free(text);
+  outputs_hold_no_secret(svc, config_want, true, NULL, NULL);
   assert_int_equal(resil_service_stop(svc, &err), RESIL_OK);
   unanswered_close(fds);
 }
@@ -167,15 +198,7 @@ static void a_bad_secret_value_is_not_echoed_in_config_errors(void **state) {
   char *env[] = {(char *)"RESIL_DEPS=db:pg",
                  (char *)"RESIL_DEP_DB_CONNINFO=host=127.0.0.1 password='" PG_SECRET,
                  NULL}; /* unterminated quote: libpq refuses it */
-  resil_config *c = NULL;
-  char *report = NULL;
-  resil_err err;
-  assert_int_equal(resil_config_load(env, NULL, &c, &report, &err), RESIL_E_INVALID);
-  assert_non_null(report);
-  assert_non_null(strstr(report, "RESIL_DEP_DB_CONNINFO"));
-  no_secret_in("a config error report", report);
-  no_secret_in("a config error", err.msg);
-  free(report);
+  refused_naming(env, "RESIL_DEP_DB_CONNINFO", "an unterminated quote", no_secret_in);
 }
 
 /* The same with the password inside a postgresql:// URI (user info, or the
@@ -252,9 +275,7 @@ static void postgresql_uri_passwords_never_appear(void **state) {
   for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
     char *env[] = {(char *)"RESIL_DEPS=db:pg", (char *)bad[i], NULL};
     resil_config *c = NULL;
-    char *report = NULL;
-    resil_err err;
-    resil_status st = resil_config_load(env, NULL, &c, &report, &err);
+    resil_status st = resil_config_load(env, NULL, &c, NULL, NULL);
     if (st == RESIL_OK) {
       char *text = resil_config_dump(c);
       no_uri_secret_in("the config dump", text);
@@ -262,53 +283,14 @@ static void postgresql_uri_passwords_never_appear(void **state) {
       resil_config_free(c);
       continue;
     }
-    assert_non_null(report);
-    if (!strstr(report, "RESIL_DEP_DB_CONNINFO"))
-      fail_msg("the error does not name RESIL_DEP_DB_CONNINFO: %s", report);
-    no_uri_secret_in("a config error report", report);
-    no_uri_secret_in("a config error", err.msg);
-    free(report);
+    refused_naming(env, "RESIL_DEP_DB_CONNINFO", bad[i], no_uri_secret_in);
   }
 }
 
 /* Run the resil-config binary (RESIL_CONFIG_TOOL, set by meson) with env;
  * its exit status and everything it printed (stdout and stderr). */
 static int run_tool(char **env, const char **out) {
-  static char text[32768];
-  const char *tool = need_env("RESIL_CONFIG_TOOL");
-  int pfd[2];
-  assert_int_equal(pipe(pfd), 0);
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_addopen(&fa, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
-  posix_spawn_file_actions_adddup2(&fa, pfd[1], STDOUT_FILENO);
-  posix_spawn_file_actions_adddup2(&fa, pfd[1], STDERR_FILENO);
-  posix_spawn_file_actions_addclose(&fa, pfd[0]);
-  char *argv[] = {(char *)tool, NULL};
-  pid_t pid;
-  int rc = posix_spawn(&pid, tool, &fa, NULL, argv, env);
-  posix_spawn_file_actions_destroy(&fa);
-  close(pfd[1]);
-  if (rc != 0) fail_msg("posix_spawn %s: %s", tool, strerror(rc));
-  size_t got = 0;
-  uint64_t end = test_now_ms() + 10000;
-  for (;;) {
-    struct pollfd p = {.fd = pfd[0], .events = POLLIN};
-    int left = (int)(end > test_now_ms() ? end - test_now_ms() : 0);
-    if (poll(&p, 1, left) <= 0) {
-      kill(pid, SIGKILL);
-      waitpid(pid, NULL, 0);
-      fail_msg("resil-config did not finish within 10 s");
-    }
-    ssize_t r = read(pfd[0], text + got, sizeof text - 1 - got);
-    if (r <= 0 || (got += (size_t)r) == sizeof text - 1) break;
-  }
-  text[got] = 0;
-  close(pfd[0]);
-  int status;
-  assert_int_equal(waitpid(pid, &status, 0), pid);
-  *out = text;
-  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  return test_run_capture(need_env("RESIL_CONFIG_TOOL"), env, 1, out);
 }
 
 /* Malformed conninfo strings and URIs holding the password: every one is
@@ -351,18 +333,10 @@ static void a_malformed_conninfo_never_shows_the_password(void **state) {
     if (resil_pg_config_validate(&pc, &err) != RESIL_E_INVALID)
       fail_msg("case %zu accepted: %s", i, cases[i]);
     no_secret_in("resil_pg_config_validate", err.msg);
-    /* the loader */
-    resil_config *c = NULL;
-    char *report = NULL;
-    assert_int_equal(resil_config_load(env, NULL, &c, &report, &err), RESIL_E_INVALID);
-    if (!strstr(report, "RESIL_DEP_DB_CONNINFO: "))
-      fail_msg("case %zu: the report does not name the variable: %s", i, report);
-    no_secret_in("a config error report", report);
-    no_secret_in("a config error", err.msg);
-    free(report);
+    refused_naming(env, "RESIL_DEP_DB_CONNINFO", cases[i], no_secret_in); /* the loader */
     /* the service */
     resil_service *svc = (resil_service *)1;
-    report = NULL;
+    char *report = NULL;
     assert_int_equal(resil_service_start(env, &svc, &report, &err), RESIL_E_INVALID);
     assert_null(svc);
     assert_non_null(report);
@@ -383,6 +357,10 @@ static void a_malformed_conninfo_never_shows_the_password(void **state) {
   resil_err err;
   assert_int_equal(resil_pg_config_validate(&pc, &err), RESIL_E_INVALID);
   if (!strstr(err.msg, "invalid connection option \"hots\"")) fail_msg("%s", err.msg);
+}
+
+static void unlink_files(void *paths) {
+  for (const char *const *p = paths; *p; p++) unlink(*p);
 }
 
 /* Passwords from files (PASSWORD_FILE): their content never shows in an
@@ -429,47 +407,10 @@ static void password_files_never_show_their_content(void **state) {
   resil_err err;
   if (resil_service_start(env, &svc, &report, &err) != RESIL_OK)
     fail_msg("start: %s", report ? report : err.msg);
-  resil_redis *cache = resil_service_get(svc, "cache", "redis");
-  resil_pg *db = resil_service_get(svc, "db", "pg");
-  assert_non_null(cache);
-  assert_non_null(db);
-  for (int i = 0; i < 3; i++) {
-    if (i == 2) { /* the files vanish: the last password stays, the error names the file */
-      unlink(rfile);
-      unlink(pfile);
-    }
-    redisReply *rep = NULL;
-    resil_status st =
-        resil_redis_command(cache, resil_deadline_in_ms(500), 0, &rep, &err, "GET k");
-    assert_int_not_equal(st, RESIL_OK);
-    assert_non_null(strstr(err.msg, "cache"));
-    no_secret_in("a Redis error", err.msg);
-    PGresult *res = NULL;
-    st = resil_pg_query(db, resil_deadline_in_ms(500), 0, "SELECT 1", 0, NULL, &res, &err);
-    PQclear(res);
-    assert_int_not_equal(st, RESIL_OK);
-    no_secret_in("a PostgreSQL error", err.msg);
-  }
-  uint16_t port = resil_service_admin_port(svc);
-  const char *config_want[] = {rfile, pfile, NULL}; /* paths are not secrets: shown */
-  no_secret_in("/config", must_get(port, "/config", 200, 0, config_want));
-  const char *metrics_want[] = {"dependency=\"cache\"", "dependency=\"db\"", NULL};
-  no_secret_in("/metrics", must_get(port, "/metrics", 200, 0, metrics_want));
-  char *text = NULL;
-  assert_int_equal(resil_export_json(&text, NULL, NULL), RESIL_OK);
-  no_secret_in("the JSON snapshot", text);
-  free(text);
-  text = resil_config_dump(resil_service_get_config(svc));
-  no_secret_in("the config dump", text);
-  free(text);
-  resil_emf_config ec;
-  resil_emf_config_init(&ec);
-  ec.service = "secrets-test";
-  resil_dep_stats ds;
-  resil_dep_get_stats(resil_service_dep(svc, "db"), &ds);
-  assert_int_equal(resil_emf_render(&ec, &ds, NULL, 1, 100, &text, NULL, &err), RESIL_OK);
-  no_secret_in("EMF", text);
-  free(text);
+  /* the files vanish before the third calls: the last password stays, the
+   * error names the file; paths are not secrets: /config shows them */
+  const char *files[] = {rfile, pfile, NULL};
+  outputs_hold_no_secret(svc, files, false, unlink_files, files);
   assert_int_equal(resil_service_stop(svc, &err), RESIL_OK);
   unanswered_close(fds);
 

@@ -5,8 +5,13 @@
 #include <arpa/inet.h>
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <malloc.h>
 #include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <sys/socket.h>
@@ -196,6 +201,53 @@ static inline int test_malloc_perturb_off(void) {
 }
 
 static inline void test_malloc_perturb_restore(int v) { mallopt(M_PERTURB, v); }
+
+/* Run the program at path (argv {path, NULL}) with the environment env and
+ * stdin from /dev/null; *out is what it wrote on stderr, and on stdout too
+ * if with_stdout (else stdout goes to /dev/null): up to 32 KiB, in a static
+ * buffer valid until the next call. Fails the test if it cannot start or
+ * has not finished within 10 s (it is killed). Returns its exit status, or
+ * 128 + the signal that ended it. Needs cmocka.h. */
+static inline int test_run_capture(const char *path, char **env, int with_stdout,
+                                   const char **out) {
+  static char text[32768];
+  int pfd[2];
+  assert_int_equal(pipe(pfd), 0);
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_addopen(&fa, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
+  if (with_stdout)
+    posix_spawn_file_actions_adddup2(&fa, pfd[1], STDOUT_FILENO);
+  else
+    posix_spawn_file_actions_addopen(&fa, STDOUT_FILENO, "/dev/null", O_WRONLY, 0);
+  posix_spawn_file_actions_adddup2(&fa, pfd[1], STDERR_FILENO);
+  posix_spawn_file_actions_addclose(&fa, pfd[0]);
+  char *argv[] = {(char *)path, NULL};
+  pid_t pid;
+  int rc = posix_spawn(&pid, path, &fa, NULL, argv, env);
+  posix_spawn_file_actions_destroy(&fa);
+  close(pfd[1]);
+  if (rc != 0) fail_msg("posix_spawn %s: %s", path, strerror(rc));
+  size_t got = 0;
+  uint64_t end = test_now_ms() + 10000;
+  for (;;) {
+    struct pollfd p = {.fd = pfd[0], .events = POLLIN};
+    int left = (int)(end > test_now_ms() ? end - test_now_ms() : 0);
+    if (poll(&p, 1, left) <= 0) {
+      kill(pid, SIGKILL);
+      waitpid(pid, NULL, 0);
+      fail_msg("%s did not finish within 10 s", path);
+    }
+    ssize_t r = read(pfd[0], text + got, sizeof text - 1 - got);
+    if (r <= 0 || (got += (size_t)r) == sizeof text - 1) break;
+  }
+  text[got] = 0;
+  close(pfd[0]);
+  int status;
+  assert_int_equal(waitpid(pid, &status, 0), pid);
+  *out = text;
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
 
 /* Whether this is a sanitizer build (RESIL_TEST_BUILD=asan|tsan). */
 static inline int test_sanitized(void) {

@@ -268,43 +268,8 @@ static const char *tool_path;
 /* Run resil-config with exactly env; its exit status, stderr in *err_out
  * (static). Bounded: a tool that does not finish in 10 s fails the test. */
 static int run_tool(char **env, const char **err_out) {
-  static char text[16384];
   if (!tool_path) fail_msg("usage: test_service PATH-TO-resil-config");
-  int pfd[2];
-  assert_int_equal(pipe(pfd), 0);
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_addopen(&fa, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
-  posix_spawn_file_actions_addopen(&fa, STDOUT_FILENO, "/dev/null", O_WRONLY, 0);
-  posix_spawn_file_actions_adddup2(&fa, pfd[1], STDERR_FILENO);
-  posix_spawn_file_actions_addclose(&fa, pfd[0]);
-  char *argv[] = {(char *)tool_path, NULL};
-  pid_t pid;
-  int rc = posix_spawn(&pid, tool_path, &fa, NULL, argv, env);
-  posix_spawn_file_actions_destroy(&fa);
-  close(pfd[1]);
-  if (rc != 0) fail_msg("posix_spawn %s: %s", tool_path, strerror(rc));
-  size_t got = 0;
-  uint64_t end = test_now_ms() + 10000;
-  for (;;) {
-    struct pollfd p = {.fd = pfd[0], .events = POLLIN};
-    int left = (int)(end > test_now_ms() ? end - test_now_ms() : 0);
-    if (poll(&p, 1, left) <= 0) {
-      kill(pid, SIGKILL);
-      waitpid(pid, NULL, 0);
-      fail_msg("resil-config did not finish within 10 s");
-    }
-    ssize_t r = read(pfd[0], text + got, sizeof text - 1 - got);
-    if (r <= 0) break;
-    got += (size_t)r;
-    if (got == sizeof text - 1) break;
-  }
-  text[got] = 0;
-  close(pfd[0]);
-  int status;
-  assert_int_equal(waitpid(pid, &status, 0), pid);
-  *err_out = text;
-  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  return test_run_capture(tool_path, env, 0, err_out);
 }
 
 /* Each value that the service refuses at start is refused by resil-config,

@@ -264,32 +264,120 @@ static char *filled(size_t n, char ch) {
   return b;
 }
 
-/* "$1000000000000" then bytes as fast as the socket takes them (up to
- * 256 MiB): cut at max_reply_bytes long before the deadline, the peak RSS
- * near the bound. */
-static void huge_bulk_streamed_fast_is_cut_at_max_reply_bytes(void **state) {
-  (void)state;
-  char *unit = filled(64 * 1024, 'x');
-  peer p;
-  peer_start_stream(&p, "$1000000000000\r\n", unit, 64 * 1024, 256 * MiB, 0);
-  bounded_call c = call_bounded(&p, 8 * MiB, 2000, 0);
-  peer_stop(&p);
-  free(unit);
-  expect_refused(&c, RESIL_E_CALLER, "max_reply_bytes 8388608", 2000, 8 * MiB);
+/* ---- replies refused at a bound: one table ------------------------------- */
+
+/* Builders of what the peer sends: a whole reply (NUL-terminated), or the
+ * unit of a stream; *len is its length. */
+static char *unit_64k_x(size_t *len) { return filled(*len = 64 * 1024, 'x'); }
+
+static char *unit_endless_nesting(size_t *len) {
+  size_t n = *len = 64 * 1024;
+  char *unit = malloc(n);
+  assert_non_null(unit);
+  for (size_t i = 0; i < n; i += 4) memcpy(unit + i, "*1\r\n", 4);
+  return unit;
 }
 
-/* The same, paced (64 KiB per ms at most): still cut at the bound, not at
- * the deadline with everything received so far buffered. */
-static void huge_bulk_streamed_slowly_is_cut_at_max_reply_bytes(void **state) {
-  (void)state;
-  char *unit = filled(64 * 1024, 'x');
-  peer p;
-  peer_start_stream(&p, "$1000000000000\r\n", unit, 64 * 1024, 256 * MiB, 1000);
-  bounded_call c = call_bounded(&p, 4 * MiB, 1500, 0);
-  peer_stop(&p);
-  free(unit);
-  expect_refused(&c, RESIL_E_CALLER, "max_reply_bytes 4194304", 1500, 4 * MiB);
+/* 100 000 integers: 400 KB on the wire, ~7 MB of redisReply objects. */
+static char *reply_many_integers(size_t *len) {
+  size_t n = 100000;
+  char *reply = malloc(16 + n * 4);
+  assert_non_null(reply);
+  int off = sprintf(reply, "*%zu\r\n", n);
+  for (size_t i = 0; i < n; i++) memcpy(reply + off + i * 4, ":1\r\n", 4);
+  reply[off + n * 4] = '\0';
+  *len = (size_t)off + n * 4;
+  return reply;
 }
+
+/* n bulk strings of each bytes of ch, inside an array if array. */
+static char *bulk_strings(size_t n, size_t each, char ch, bool array, size_t *len) {
+  char *reply = malloc(16 + n * (each + 16));
+  assert_non_null(reply);
+  size_t off = array ? (size_t)sprintf(reply, "*%zu\r\n", n) : 0;
+  for (size_t i = 0; i < n; i++) {
+    off += (size_t)sprintf(reply + off, "$%zu\r\n", each);
+    memset(reply + off, ch, each);
+    off += each;
+    memcpy(reply + off, "\r\n", 3);
+    off += 2;
+  }
+  *len = off;
+  return reply;
+}
+
+/* 64 strings of 64 KiB: each well under the bound, 4 MiB together. */
+static char *reply_array_of_strings(size_t *len) {
+  return bulk_strings(64, 64 * 1024, 'y', true, len);
+}
+
+/* 4 replies of 400 KB, each under 1 MiB: a pipeline's, counted together. */
+static char *replies_for_a_pipeline(size_t *len) {
+  return bulk_strings(4, 400000, 'z', false, len);
+}
+
+typedef struct refused_case {
+  char *(*build)(size_t *len);
+  /* stream: build gives the unit, sent after header until stream_total
+   * bytes, pause_us between sends; else build gives the whole reply */
+  bool stream;
+  const char *header;
+  size_t stream_total;
+  unsigned pause_us;
+  size_t max_bytes; /* the client's max_reply_bytes */
+  int deadline_ms;
+  size_t npipe;     /* 0: one GET; else a pipeline of npipe GETs */
+  resil_status st;  /* how it is refused */
+  const char *needle;
+  size_t peak_bytes; /* the bound the peak RSS growth is held to */
+  unsigned within_ms; /* 0, or refused this fast (+ slack) */
+} refused_case;
+
+static void refused_at_a_bound(void **state) {
+  const refused_case *rc = *state;
+  size_t len;
+  char *what = rc->build(&len);
+  peer p;
+  if (rc->stream)
+    peer_start_stream(&p, rc->header, what, len, rc->stream_total, rc->pause_us);
+  else
+    peer_start(&p, what);
+  bounded_call c = call_bounded(&p, rc->max_bytes, rc->deadline_ms, rc->npipe);
+  peer_stop(&p);
+  free(what);
+  expect_refused(&c, rc->st, rc->needle, rc->deadline_ms, rc->peak_bytes);
+  if (rc->within_ms && c.took_ms > rc->within_ms + slack_ms())
+    fail_msg("took %llu ms", (unsigned long long)c.took_ms);
+}
+
+/* Each refused: its status naming the bound, by the deadline, the peak RSS
+ * near the bound, the connection destroyed, and counted as a caller error
+ * (a bound the caller chose) or a failure (a hostile reply). */
+static const refused_case refused_cases[] = {
+    /* "$1000000000000" then bytes as fast as the socket takes them (up to
+     * 256 MiB): cut at max_reply_bytes long before the deadline */
+    {.build = unit_64k_x, .stream = true, .header = "$1000000000000\r\n",
+     .stream_total = 256 * MiB, .max_bytes = 8 * MiB, .deadline_ms = 2000, .st = RESIL_E_CALLER,
+     .needle = "max_reply_bytes 8388608", .peak_bytes = 8 * MiB},
+    /* the same, paced (64 KiB per ms at most): still cut at the bound, not
+     * at the deadline with everything received so far buffered */
+    {.build = unit_64k_x, .stream = true, .header = "$1000000000000\r\n",
+     .stream_total = 256 * MiB, .pause_us = 1000, .max_bytes = 4 * MiB, .deadline_ms = 1500,
+     .st = RESIL_E_CALLER, .needle = "max_reply_bytes 4194304", .peak_bytes = 4 * MiB},
+    /* "*1\r\n" without end: refused at depth 8 as soon as it arrives (a
+     * hostile reply: a failure), never buffered */
+    {.build = unit_endless_nesting, .stream = true, .stream_total = 64 * MiB,
+     .max_bytes = 64 * MiB, .deadline_ms = 2000, .st = RESIL_E_FAILURE,
+     .needle = "deeper than 7", .peak_bytes = 8 * MiB, .within_ms = 50},
+    {.build = reply_many_integers, .max_bytes = 1 * MiB, .deadline_ms = 2000,
+     .st = RESIL_E_CALLER, .needle = "max_reply_bytes 1048576", .peak_bytes = 1 * MiB},
+    {.build = reply_array_of_strings, .max_bytes = 1 * MiB, .deadline_ms = 2000,
+     .st = RESIL_E_CALLER, .needle = "max_reply_bytes 1048576", .peak_bytes = 1 * MiB},
+    {.build = replies_for_a_pipeline, .max_bytes = 1 * MiB, .deadline_ms = 2000, .npipe = 4,
+     .st = RESIL_E_CALLER, .needle = "max_reply_bytes 1048576", .peak_bytes = 1 * MiB},
+};
+
+#define REFUSED_CASE(name, i) {#name, refused_at_a_bound, NULL, NULL, (void *)&refused_cases[i]}
 
 /* A stream that never pauses, under a bound it does not reach before the
  * deadline: the call ends at the deadline (every read loop re-checks it),
@@ -309,84 +397,6 @@ static void endless_stream_ends_at_the_deadline(void **state) {
   print_message("  %s in %llu ms, peak RSS +%ld KiB: %s\n", resil_status_name(c.st),
                 (unsigned long long)c.took_ms, c.peak_growth_kb, c.msg);
   assert_int_equal(c.closed_broken, 1);
-}
-
-/* "*1\r\n" without end: refused at depth 8 as soon as it arrives (a hostile
- * reply: a failure), never buffered. */
-static void endless_nesting_is_refused_at_depth(void **state) {
-  (void)state;
-  size_t n = 64 * 1024;
-  char *unit = malloc(n);
-  assert_non_null(unit);
-  for (size_t i = 0; i < n; i += 4) memcpy(unit + i, "*1\r\n", 4);
-  peer p;
-  peer_start_stream(&p, NULL, unit, n, 64 * MiB, 0);
-  bounded_call c = call_bounded(&p, 64 * MiB, 2000, 0);
-  peer_stop(&p);
-  free(unit);
-  expect_refused(&c, RESIL_E_FAILURE, "deeper than 7", 2000, 8 * MiB);
-  if (c.took_ms > 50 + slack_ms()) fail_msg("took %llu ms", (unsigned long long)c.took_ms);
-}
-
-/* 100 000 integers: 400 KB on the wire, ~7 MB of redisReply objects. */
-static void many_small_elements_count_against_max_reply_bytes(void **state) {
-  (void)state;
-  size_t n = 100000;
-  char *reply = malloc(16 + n * 4);
-  assert_non_null(reply);
-  int off = sprintf(reply, "*%zu\r\n", n);
-  for (size_t i = 0; i < n; i++) memcpy(reply + off + i * 4, ":1\r\n", 4);
-  reply[off + n * 4] = '\0';
-  peer p;
-  peer_start(&p, reply);
-  bounded_call c = call_bounded(&p, 1 * MiB, 2000, 0);
-  peer_stop(&p);
-  free(reply);
-  expect_refused(&c, RESIL_E_CALLER, "max_reply_bytes 1048576", 2000, 1 * MiB);
-}
-
-/* 64 strings of 64 KiB: each well under the bound, 4 MiB together. */
-static void array_of_strings_over_max_reply_bytes_in_total(void **state) {
-  (void)state;
-  size_t each = 64 * 1024, n = 64;
-  char *reply = malloc(16 + n * (each + 16));
-  assert_non_null(reply);
-  size_t off = (size_t)sprintf(reply, "*%zu\r\n", n);
-  for (size_t i = 0; i < n; i++) {
-    off += (size_t)sprintf(reply + off, "$%zu\r\n", each);
-    memset(reply + off, 'y', each);
-    off += each;
-    memcpy(reply + off, "\r\n", 3);
-    off += 2;
-  }
-  peer p;
-  peer_start(&p, reply);
-  bounded_call c = call_bounded(&p, 1 * MiB, 2000, 0);
-  peer_stop(&p);
-  free(reply);
-  expect_refused(&c, RESIL_E_CALLER, "max_reply_bytes 1048576", 2000, 1 * MiB);
-}
-
-/* A pipeline's replies count together: 4 x 400 KB, each under 1 MiB. */
-static void pipeline_replies_count_together(void **state) {
-  (void)state;
-  size_t each = 400000, n = 4;
-  char *reply = malloc(n * (each + 16) + 1);
-  assert_non_null(reply);
-  size_t off = 0;
-  for (size_t i = 0; i < n; i++) {
-    off += (size_t)sprintf(reply + off, "$%zu\r\n", each);
-    memset(reply + off, 'z', each);
-    off += each;
-    memcpy(reply + off, "\r\n", 3);
-    off += 2;
-  }
-  peer p;
-  peer_start(&p, reply);
-  bounded_call c = call_bounded(&p, 1 * MiB, 2000, n);
-  peer_stop(&p);
-  free(reply);
-  expect_refused(&c, RESIL_E_CALLER, "max_reply_bytes 1048576", 2000, 1 * MiB);
 }
 
 /* The bound does not refuse what fits: a 700 KB string and a 3-deep array
@@ -470,13 +480,13 @@ int main(void) {
       cmocka_unit_test(absurd_multibulk_count_fails_fast),
       cmocka_unit_test(nested_absurd_counts_fail_fast),
       cmocka_unit_test(large_but_sane_array_is_accepted),
-      cmocka_unit_test(huge_bulk_streamed_fast_is_cut_at_max_reply_bytes),
-      cmocka_unit_test(huge_bulk_streamed_slowly_is_cut_at_max_reply_bytes),
+      REFUSED_CASE(huge_bulk_streamed_fast_is_cut_at_max_reply_bytes, 0),
+      REFUSED_CASE(huge_bulk_streamed_slowly_is_cut_at_max_reply_bytes, 1),
       cmocka_unit_test(endless_stream_ends_at_the_deadline),
-      cmocka_unit_test(endless_nesting_is_refused_at_depth),
-      cmocka_unit_test(many_small_elements_count_against_max_reply_bytes),
-      cmocka_unit_test(array_of_strings_over_max_reply_bytes_in_total),
-      cmocka_unit_test(pipeline_replies_count_together),
+      REFUSED_CASE(endless_nesting_is_refused_at_depth, 2),
+      REFUSED_CASE(many_small_elements_count_against_max_reply_bytes, 3),
+      REFUSED_CASE(array_of_strings_over_max_reply_bytes_in_total, 4),
+      REFUSED_CASE(pipeline_replies_count_together, 5),
       cmocka_unit_test(replies_within_max_reply_bytes_are_accepted),
       cmocka_unit_test(unanswered_connect_times_out_at_connect_timeout),
   };
