@@ -134,42 +134,62 @@ static resil_event_hook take_turn(resil__ev_bucket *bk, void **ctx, uint64_t *no
   return fn;
 }
 
+/* Take bk's turn: NULL if there is no hook or the event is over the rate
+ * limit; else the hook (its context in *ctx), with ev set to an event of
+ * type for dep, stamped now (wall and monotonic) with the count suppressed
+ * before it, no states (from/to -1) and empty texts. */
+static resil_event_hook event_begin(resil__ev_bucket *bk, resil_event_type type, const char *dep,
+                                    resil_event *ev, void **ctx) {
+  uint64_t now;
+  uint32_t suppressed;
+  resil_event_hook fn = take_turn(bk, ctx, &now, &suppressed);
+  if (!fn) return NULL;
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  *ev = (resil_event){
+      .type = type,
+      .dep = dep,
+      .wall_ns = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec,
+      .mono_ns = now,
+      .from = -1,
+      .to = -1,
+      .message = "",
+      .detail = "",
+      .suppressed = suppressed,
+  };
+  return fn;
+}
+
+/* Hand ev to the hook event_begin() took, and leave it. */
+static void event_end(resil__ev_bucket *bk, resil_event_hook fn, void *ctx, resil_event *ev) {
+  fn(ctx, ev);
+  atomic_fetch_add_explicit(&bk->delivered, 1, memory_order_relaxed);
+  hook_leave();
+}
+
 void resil__event_breaker(const char *dep, resil__ev_bucket *bk, resil_breaker *b,
                           resil_breaker_state from, resil_breaker_state to,
                           resil_trip_reason reason) {
   void *ctx;
-  uint64_t now;
-  uint32_t suppressed;
-  resil_event_hook fn = take_turn(bk, &ctx, &now, &suppressed);
+  resil_event ev;
+  resil_event_hook fn = event_begin(bk, RESIL_EVENT_BREAKER, dep, &ev, &ctx);
   if (!fn) return;
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
   resil_breaker_stats st;
   resil_breaker_get_stats(b, &st);
   char detail[200];
   resil_breaker_describe(b, detail, sizeof detail);
-  resil_event ev = {
-      .type = RESIL_EVENT_BREAKER,
-      .dep = dep,
-      .wall_ns = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec,
-      .mono_ns = now,
-      .from = (int)from,
-      .to = (int)to,
-      .reason = transition_reason(from, to, reason),
-      .message = resil__call_msg ? resil__call_msg : "",
-      .detail = detail,
-      .open_ms = 0,
-      .trip_streak = st.trip_streak,
-      .suppressed = suppressed,
-  };
+  ev.from = (int)from;
+  ev.to = (int)to;
+  ev.reason = transition_reason(from, to, reason);
+  if (resil__call_msg) ev.message = resil__call_msg;
+  ev.detail = detail;
+  ev.trip_streak = st.trip_streak;
   /* The stats may already show a later state (another thread moved on):
    * the break's length only when they still show this one. */
   if (to == RESIL_BREAKER_OPEN && st.state == RESIL_BREAKER_OPEN &&
       st.open_until_ns > st.opened_at_ns)
     ev.open_ms = (st.open_until_ns - st.opened_at_ns + 500000) / 1000000;
-  fn(ctx, &ev);
-  atomic_fetch_add_explicit(&bk->delivered, 1, memory_order_relaxed);
-  hook_leave();
+  event_end(bk, fn, ctx, &ev);
 }
 
 /* One event of a type other than BREAKER (from/to -1). */
@@ -177,29 +197,15 @@ static void emit_value(const char *dep, resil__ev_bucket *bk, resil_event_type t
                        const char *reason, const char *message, const char *detail,
                        int64_t old_value, int64_t new_value) {
   void *ctx;
-  uint64_t now;
-  uint32_t suppressed;
-  resil_event_hook fn = take_turn(bk, &ctx, &now, &suppressed);
+  resil_event ev;
+  resil_event_hook fn = event_begin(bk, type, dep, &ev, &ctx);
   if (!fn) return;
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  resil_event ev = {
-      .type = type,
-      .dep = dep,
-      .wall_ns = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec,
-      .mono_ns = now,
-      .from = -1,
-      .to = -1,
-      .reason = reason,
-      .message = message ? message : "",
-      .detail = detail ? detail : "",
-      .suppressed = suppressed,
-      .old_value = old_value,
-      .new_value = new_value,
-  };
-  fn(ctx, &ev);
-  atomic_fetch_add_explicit(&bk->delivered, 1, memory_order_relaxed);
-  hook_leave();
+  ev.reason = reason;
+  if (message) ev.message = message;
+  if (detail) ev.detail = detail;
+  ev.old_value = old_value;
+  ev.new_value = new_value;
+  event_end(bk, fn, ctx, &ev);
 }
 
 void resil__event_value(const char *dep, resil__ev_bucket *bk, resil_event_type type,
