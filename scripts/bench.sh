@@ -155,6 +155,7 @@ print_table() {
     function raw_is(name) {
       if (name ~ /^core\.pool/) return "mutex free list";
       if (name ~ /^core\.render/) return "?";
+      if (name ~ /^core\.admit_done_ratelimit/) return "resil, rate limit off";
       if (name ~ /^core\./) return "one-mutex breaker";
       if (name ~ /^redis\..*8threads/) return "hiredis, mutex+condvar pool";
       if (name ~ /^redis\./) return "hiredis redisCommand";
