@@ -334,6 +334,16 @@ void resil_dep_done_err(resil_permit *p, resil_status outcome, const char *messa
 
 /* ---- lifecycle --------------------------------------------------------- */
 
+/* Free what resil_dep_new() built (d is in no registry). */
+static void dep_destroy(resil_dep *d) {
+  resil__window_destroy(&d->budget);
+  resil_breaker_free(d->breaker);
+  pthread_mutex_destroy(&d->qmu);
+  resil__ev_bucket_destroy(&d->ev);
+  resil__adaptive_free(d->alim, d->thr);
+  free(d);
+}
+
 resil_dep *resil_dep_new(const resil_dep_config *cfg, resil_err *err) {
   if (resil_dep_config_validate(cfg, err) != RESIL_OK) return NULL;
   resil__fork_init();
@@ -393,12 +403,7 @@ resil_dep *resil_dep_new(const resil_dep_config *cfg, resil_err *err) {
     pthread_mutex_unlock(&reg_mu);
     resil_err_set(err, RESIL_E_INVALID, "%s: a dependency with this name already exists",
                   d->name);
-    resil__window_destroy(&d->budget);
-    resil_breaker_free(d->breaker);
-    pthread_mutex_destroy(&d->qmu);
-    resil__ev_bucket_destroy(&d->ev);
-    resil__adaptive_free(d->alim, d->thr);
-    free(d);
+    dep_destroy(d);
     return NULL;
   }
   d->reg_prev = reg_tail;
@@ -424,12 +429,7 @@ void resil_dep_free(resil_dep *d) {
   else
     reg_tail = d->reg_prev;
   pthread_mutex_unlock(&reg_mu);
-  resil__window_destroy(&d->budget);
-  resil_breaker_free(d->breaker);
-  pthread_mutex_destroy(&d->qmu);
-  resil__ev_bucket_destroy(&d->ev);
-  resil__adaptive_free(d->alim, d->thr);
-  free(d);
+  dep_destroy(d);
 }
 
 const char *resil_dep_name(const resil_dep *d) { return d ? d->name : NULL; }

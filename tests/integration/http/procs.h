@@ -213,4 +213,33 @@ static inline bool stats_call(int fd, bool reset, hstats *out) {
   return true;
 }
 
+/* For a test program that runs against one testhttpd for the whole group:
+ * defines httpd, port, base ("http://127.0.0.1:<port>") and group_setup /
+ * group_teardown, which start it from RESIL_TESTHTTPD (set by meson) and
+ * stop it. */
+#define TESTHTTPD_GROUP                                                      \
+  static child httpd;                                                        \
+  static uint16_t port;                                                      \
+  static char base[64];                                                      \
+  static int group_setup(void **state) {                                     \
+    (void)state;                                                             \
+    const char *path = test_env("RESIL_TESTHTTPD");                          \
+    if (!path) {                                                             \
+      fprintf(stderr, "RESIL_TESTHTTPD is not set (meson sets it)\n");       \
+      return -1;                                                             \
+    }                                                                        \
+    port = testhttpd_start(&httpd, path);                                    \
+    if (!port) {                                                             \
+      fprintf(stderr, "could not start %s\n", path);                         \
+      return -1;                                                             \
+    }                                                                        \
+    snprintf(base, sizeof base, "http://127.0.0.1:%u", port);                \
+    return 0;                                                                \
+  }                                                                          \
+  static int group_teardown(void **state) {                                  \
+    (void)state;                                                             \
+    child_stop(&httpd);                                                      \
+    return 0;                                                                \
+  }
+
 #endif

@@ -19,31 +19,8 @@
 #include "testutil.h"
 #include "probe_heal.h"
 
-static child httpd;
-static uint16_t port;
-static char base[64];
-
-static int group_setup(void **state) {
-  (void)state;
-  const char *path = test_env("RESIL_TESTHTTPD");
-  if (!path) {
-    fprintf(stderr, "RESIL_TESTHTTPD is not set (meson sets it)\n");
-    return -1;
-  }
-  port = testhttpd_start(&httpd, path);
-  if (!port) {
-    fprintf(stderr, "could not start %s\n", path);
-    return -1;
-  }
-  snprintf(base, sizeof base, "http://127.0.0.1:%u", port);
-  return 0;
-}
-
-static int group_teardown(void **state) {
-  (void)state;
-  child_stop(&httpd);
-  return 0;
-}
+/* httpd, port, base and the group set-up that starts testhttpd: procs.h */
+TESTHTTPD_GROUP
 
 /* A client for this test: name unique per test, tweak adjusts the config. */
 static resil_http *client(const char *name, void (*tweak)(resil_http_config *)) {
