@@ -139,6 +139,10 @@ struct resil_pool {
   char name[NAME_MAX_LEN + 1];
   resil_pool_connector cn;
 
+  /* Set for a pool made by resil_pool_new_endpoints() (a "front" holding no
+   * connection): its public functions go to endpoint.c. Next to mu, which
+   * acquire and release touch anyway. */
+  struct resil__group *group;
   pthread_mutex_t mu;
   pthread_cond_t drain_cv; /* broadcast when a slot frees while draining */
   pthread_cond_t hk_cv;    /* wakes the housekeeper to stop */
@@ -163,9 +167,6 @@ struct resil_pool {
   bool hk_restart;            /* the housekeeper ran in the parent */
   resil_pool_conn *orphans;   /* the parent's idle connections, to abandon */
   resil_pool *reg_next, *reg_prev; /* every pool, for the atfork handler */
-  /* Set for a pool made by resil_pool_new_endpoints() (a "front" holding no
-   * connection): its public functions go to endpoint.c. */
-  struct resil__group *group;
 };
 
 /* ---- Configuration ------------------------------------------------------ */
