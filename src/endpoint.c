@@ -79,7 +79,10 @@ struct resil__group {
 
 /* ---- Host lists ------------------------------------------------------------ */
 
-static bool host_char_ok(unsigned char c) { return c > ' ' && c < 0x7f && c != ',' && c != '/'; }
+/* Letters, digits and . - _ : % (a zone id): also safe in a metric label. */
+static bool host_char_ok(unsigned char c) {
+  return isalnum(c) || c == '.' || c == '-' || c == '_' || c == ':' || c == '%';
+}
 
 /* Parse one entry [b, e) into *out. */
 static resil_status parse_entry(const char *b, const char *e, uint32_t default_port,

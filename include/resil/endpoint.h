@@ -94,8 +94,8 @@ typedef struct resil_endpoint {
  * max <= RESIL_ENDPOINTS_MAX). An entry is host:port, [ipv6]:port, or host
  * alone (port default_port); spaces around entries are ignored. Errors
  * (RESIL_E_INVALID, err says what, without a prefix): an empty list, an
- * empty entry, a bad or missing port (no default), a host with spaces or
- * control characters or longer than 253 bytes, an IPv6 address without
+ * empty entry, a bad or missing port (no default), a host with characters
+ * other than letters, digits and . - _ : % or longer than 253 bytes, an IPv6 address without
  * brackets, the same host:port twice (host compared case-insensitively),
  * more than max entries. out and n may be NULL to only check. */
 RESIL_API resil_status resil_endpoints_parse(const char *list, uint32_t default_port,

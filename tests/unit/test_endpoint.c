@@ -490,6 +490,28 @@ static void test_breaker_one_bad_stays_closed(void **state) {
   resil_dep_stats ds;
   resil_dep_get_stats(d, &ds);
   assert_int_equal(ds.calls[RESIL_OUTCOME_TIMEOUT], 5); /* still counted as what they were */
+  /* per-address metrics, labelled by address */
+  char *text = NULL;
+  resil_err err;
+  assert_int_equal(resil_export_prometheus(&text, NULL, &err), RESIL_OK);
+  const char *want[] = {
+      "resil_endpoint_ejected{dependency=\"multi-dep\",endpoint=\"127.0.0.1:7002\"} 1\n",
+      "resil_endpoint_ejected{dependency=\"multi-dep\",endpoint=\"127.0.0.1:7001\"} 0\n",
+      "resil_endpoint_ejections_total{dependency=\"multi-dep\",endpoint=\"127.0.0.1:7002\"} 1\n",
+      "resil_endpoint_calls_total{dependency=\"multi-dep\",endpoint=\"127.0.0.1:7002\",result="
+      "\"failure\"} 5\n",
+      "resil_endpoint_outstanding{dependency=\"multi-dep\",endpoint=\"127.0.0.1:7003\"} 0\n",
+      "# TYPE resil_endpoint_ejections_skipped_total counter\n",
+      "resil_endpoint_connections{dependency=\"multi-dep\",endpoint=\"127.0.0.1:7001\",state=\"idle\"} 1\n",
+  };
+  for (size_t k = 0; k < sizeof want / sizeof want[0]; k++)
+    if (!strstr(text, want[k])) fail_msg("no '%s' in:\n%s", want[k], text);
+  free(text);
+  assert_int_equal(resil_export_json(&text, NULL, &err), RESIL_OK);
+  if (!strstr(text, "\"endpoints\":[{\"endpoint\":\"127.0.0.1:7001\",\"ejected\":false") ||
+      !strstr(text, "{\"endpoint\":\"127.0.0.1:7002\",\"ejected\":true"))
+    fail_msg("json: %s", text);
+  free(text);
   resil_dep_free(d);
   resil_pool_free(p);
 }
