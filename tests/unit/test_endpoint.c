@@ -342,6 +342,19 @@ static void test_p2c_spreads(void **state) {
   for (int k = 0; k < nh; k++) resil_pool_release(p, held[k], RESIL_POOL_OK);
   stats(p, es, 3);
   assert_int_equal(es[0].outstanding + es[1].outstanding + es[2].outstanding, 0);
+  /* address 0 holds a call (a slow one), the others none: every draw has
+   * an address with fewer outstanding than it, so it gets no new call */
+  nh = 0;
+  for (int k = 0; nh < 1; k++) {
+    assert_true(k < 1000);
+    resil_pool_conn *c;
+    resil_err err;
+    assert_int_equal(resil_pool_acquire(p, resil_deadline_in_ms(20), &c, &err), RESIL_OK);
+    if (((fconn *)resil_pool_conn_handle(c))->addr == 0) held[nh++] = c;
+    else resil_pool_release(p, c, RESIL_POOL_OK);
+  }
+  for (int k = 0; k < 300; k++) assert_int_not_equal(call(p), 0);
+  for (int k = 0; k < nh; k++) resil_pool_release(p, held[k], RESIL_POOL_OK);
   resil_pool_free(p);
 }
 
@@ -390,10 +403,16 @@ static void test_eject_frees_budget(void **state) {
   (void)state;
   resil_outlier_config oc = ocfg(1, 1000, 10000, 50);
   resil_pool *p = make("127.0.0.1:7001,127.0.0.1:7002", 4, &oc);
-  for (int k = 0; k < 100; k++) call(p);
+  /* four at once: two per address (least outstanding), then all idle */
+  resil_pool_conn *held[4];
+  resil_err err;
+  for (int k = 0; k < 4; k++)
+    assert_int_equal(resil_pool_acquire(p, resil_deadline_in_ms(20), &held[k], &err), RESIL_OK);
+  for (int k = 0; k < 4; k++) resil_pool_release(p, held[k], RESIL_POOL_OK);
   resil_endpoint_stats es[RESIL_ENDPOINTS_MAX];
   stats(p, es, 2);
-  assert_true(es[0].idle >= 1 && es[1].idle >= 1);
+  assert_int_equal(es[0].idle, 2);
+  assert_int_equal(es[1].idle, 2);
   bad[0] = true;
   hit(p, 0, 1);
   stats(p, es, 2);
