@@ -517,8 +517,7 @@ static void test_breaker_one_bad_stays_closed(void **state) {
       "resil_endpoint_ejected{dependency=\"multi-dep\",endpoint=\"127.0.0.1:7002\"} 1\n",
       "resil_endpoint_ejected{dependency=\"multi-dep\",endpoint=\"127.0.0.1:7001\"} 0\n",
       "resil_endpoint_ejections_total{dependency=\"multi-dep\",endpoint=\"127.0.0.1:7002\"} 1\n",
-      "resil_endpoint_calls_total{dependency=\"multi-dep\",endpoint=\"127.0.0.1:7002\",result="
-      "\"failure\"} 5\n",
+      "resil_endpoint_calls_total{dependency=\"multi-dep\",endpoint=\"127.0.0.1:7002\",result=\"failure\"} 5\n",
       "resil_endpoint_outstanding{dependency=\"multi-dep\",endpoint=\"127.0.0.1:7003\"} 0\n",
       "# TYPE resil_endpoint_ejections_skipped_total counter\n",
       "resil_endpoint_connections{dependency=\"multi-dep\",endpoint=\"127.0.0.1:7001\",state=\"idle\"} 1\n",
