@@ -410,6 +410,46 @@ static void pg_two_addresses(void **state) {
   resil_pg_free(pg);
 }
 
+/* A host list that is malformed, has a duplicate or is empty is a
+ * configuration error naming the variable (no server needed). */
+static void bad_host_lists_are_config_errors_naming_the_variable(void **state) {
+  (void)state;
+  resil_redis_register_kind(NULL);
+  resil_pg_register_kind(NULL);
+  struct {
+    const char *redis, *pg, *want_redis, *want_pg;
+  } cases[] = {
+      {"RESIL_DEP_CACHE_HOSTS=a:1,b:x", "RESIL_DEP_DB_HOSTS=a:1,,b:2",
+       "RESIL_DEP_CACHE_HOSTS: entry 2 'b:x': port is not a number 1..65535",
+       "RESIL_DEP_DB_HOSTS: entry 2 is empty"},
+      {"RESIL_DEP_CACHE_HOSTS=10.0.0.5:6379,10.0.0.5:6379", "RESIL_DEP_DB_HOSTS=Db:5432,db",
+       "RESIL_DEP_CACHE_HOSTS: '10.0.0.5:6379' is listed twice",
+       "RESIL_DEP_DB_HOSTS: 'db:5432' is listed twice"},
+      {"RESIL_DEP_CACHE_HOSTS=", "RESIL_DEP_DB_HOSTS= ", "RESIL_DEP_CACHE_HOSTS: is empty",
+       "RESIL_DEP_DB_HOSTS: is empty"},
+      {"RESIL_DEP_CACHE_OUTLIER_MAX_EJECTION_PERCENT=101", "RESIL_DEP_DB_OUTLIER_BASE_EJECTION_MS=0",
+       NULL, NULL},
+  };
+  for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+    char *env[] = {(char *)"RESIL_DEPS=cache:redis,db:pg",
+                   (char *)"RESIL_DEP_DB_CONNINFO=dbname=x user=x", (char *)cases[k].redis,
+                   (char *)cases[k].pg, k == 3 ? (char *)"RESIL_DEP_CACHE_HOSTS=a:1,b:2" : NULL,
+                   k == 3 ? (char *)"RESIL_DEP_DB_HOSTS=a:1,b:2" : NULL, NULL};
+    resil_config *c = NULL;
+    char *report = NULL;
+    resil_err err;
+    assert_int_equal(resil_config_load(env, NULL, &c, &report, &err), RESIL_E_INVALID);
+    assert_non_null(report);
+    const char *w1 = cases[k].want_redis ? cases[k].want_redis
+                                         : "RESIL_DEP_CACHE_OUTLIER_MAX_EJECTION_PERCENT: 101";
+    const char *w2 = cases[k].want_pg ? cases[k].want_pg
+                                      : "RESIL_DEP_DB_OUTLIER_BASE_EJECTION_MS: 0";
+    if (!strstr(report, w1) || !strstr(report, w2))
+      fail_msg("case %zu: report lacks '%s' or '%s':\n%s", k, w1, w2, report);
+    free(report);
+  }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(one_stopped_of_three_is_ejected_and_readmitted,
@@ -419,6 +459,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(all_stopped_opens_the_breaker, redis_setup,
                                       redis_teardown),
       cmocka_unit_test(pg_two_addresses),
+      cmocka_unit_test(bad_host_lists_are_config_errors_naming_the_variable),
   };
   return cmocka_run_group_tests_name("multi_endpoint", tests, NULL, NULL);
 }
