@@ -702,7 +702,12 @@ void resil_dep_done(resil_permit *p, resil_status outcome) {
   uint64_t now = resil__now_fast_ns();
   if (cut_by_drain(p, outcome, now)) outcome = RESIL_E_DRAINING;
   uint64_t lat = now > p->start_ns ? now - p->start_ns : 0;
-  resil__breaker_record_at(d->breaker, p->ticket, outcome, lat, now);
+  resil_status seen = outcome; /* what the breaker sees */
+  if (__builtin_expect(outcome != RESIL_OK, 0) &&
+      resil_status_class_of(outcome) == RESIL_CLASS_FAILURE) /* several addresses: endpoint.h */
+    seen = resil__endpoints_breaker_outcome(atomic_load_explicit(&d->pool, memory_order_relaxed),
+                                            outcome);
+  resil__breaker_record_at(d->breaker, p->ticket, seen, lat, now);
   dep_stripe *s = my_stripe(d);
   if (resil_status_is_rejection(outcome)) {
     atomic_fetch_add_explicit(&s->rejections[reject_reason_of(outcome)], 1, memory_order_relaxed);

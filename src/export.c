@@ -271,6 +271,100 @@ static void render_prometheus(resil_sbuf *b, const resil_stats_vec *s) {
       histogram(b, "resil_pool_acquire_duration_seconds", D->name, &D->pool.acquire_latency);
 }
 
+/* ---- per address (several addresses behind one dependency) --------------- */
+
+/* The addresses of dependency `name`'s pool, into es (RESIL_ENDPOINTS_MAX);
+ * 0 for a dependency with one address. */
+static size_t endpoints_of(const char *name, resil_endpoint_stats *es) {
+  resil_dep *d = resil_registry_find(name);
+  resil_pool *p = d ? resil_dep_pool(d) : NULL;
+  return p ? resil_pool_endpoint_stats(p, es, RESIL_ENDPOINTS_MAX) : 0;
+}
+
+typedef struct ep_snap {
+  const char *dep;
+  size_t n;
+  resil_endpoint_stats es[RESIL_ENDPOINTS_MAX];
+} ep_snap;
+
+/* Label endpoint="host:port": hosts are [A-Za-z0-9._:%-] (resil_endpoints_parse),
+ * so the value needs no escaping; at most RESIL_ENDPOINTS_MAX per dependency. */
+#define EP_EACH(v, nv) \
+  for (size_t j_ = 0; j_ < (nv); j_++) for (size_t e_ = 0; e_ < (v)[j_].n; e_++)
+#define EP (&v[j_].es[e_])
+#define EP_LABELS "dependency=\"%s\",endpoint=\"%s\""
+#define EP_ARGS v[j_].dep, EP->endpoint
+
+static void render_endpoints(resil_sbuf *b, const resil_stats_vec *s) {
+  size_t nv = 0;
+  ep_snap *v = NULL;
+  EACH(s) if (D->has_pool) {
+    if (!v && !(v = calloc(s->n, sizeof *v))) {
+      b->oom = true;
+      return;
+    }
+    v[nv].dep = D->name;
+    v[nv].n = endpoints_of(D->name, v[nv].es);
+    if (v[nv].n > RESIL_ENDPOINTS_MAX) v[nv].n = RESIL_ENDPOINTS_MAX;
+    if (v[nv].n) nv++;
+  }
+  if (!nv) {
+    free(v);
+    return;
+  }
+  family(b, "resil_endpoint_ejected", "gauge",
+         "1 while outlier detection has ejected this address of the dependency.");
+  EP_EACH(v, nv) resil__sb_printf(b, "resil_endpoint_ejected{" EP_LABELS "} %d\n", EP_ARGS, EP->ejected);
+  family(b, "resil_endpoint_ejections_total", "counter", "Ejections of this address.");
+  EP_EACH(v, nv) resil__sb_printf(b, "resil_endpoint_ejections_total{" EP_LABELS "} %llu\n", EP_ARGS,
+                                 (unsigned long long)EP->ejections);
+  family(b, "resil_endpoint_ejections_skipped_total", "counter",
+         "Ejections of this address refused by OUTLIER_MAX_EJECTION_PERCENT.");
+  EP_EACH(v, nv) resil__sb_printf(b, "resil_endpoint_ejections_skipped_total{" EP_LABELS "} %llu\n",
+                                 EP_ARGS, (unsigned long long)EP->ejections_skipped);
+  family(b, "resil_endpoint_calls_total", "counter",
+         "Outcomes seen on this address: connections handed back clean (success) or broken, "
+         "and failed connects (failure).");
+  EP_EACH(v, nv) {
+    resil__sb_printf(b, "resil_endpoint_calls_total{" EP_LABELS ",result=\"success\"} %llu\n",
+                     EP_ARGS, (unsigned long long)(EP->calls - EP->failures));
+    resil__sb_printf(b, "resil_endpoint_calls_total{" EP_LABELS ",result=\"failure\"} %llu\n",
+                     EP_ARGS, (unsigned long long)EP->failures);
+  }
+  family(b, "resil_endpoint_outstanding", "gauge", "Connections of this address lent out now.");
+  EP_EACH(v, nv) resil__sb_printf(b, "resil_endpoint_outstanding{" EP_LABELS "} %u\n", EP_ARGS,
+                                 EP->outstanding);
+  family(b, "resil_endpoint_connections", "gauge", "This address's pooled connections by state.");
+  EP_EACH(v, nv) {
+    resil__sb_printf(b, "resil_endpoint_connections{" EP_LABELS ",state=\"idle\"} %u\n", EP_ARGS,
+                     EP->idle);
+    resil__sb_printf(b, "resil_endpoint_connections{" EP_LABELS ",state=\"in_use\"} %u\n",
+                     EP_ARGS, EP->in_use);
+  }
+  free(v);
+}
+
+static void json_endpoints(resil_sbuf *b, const char *dep) {
+  resil_endpoint_stats es[RESIL_ENDPOINTS_MAX];
+  size_t n = endpoints_of(dep, es);
+  if (!n) return;
+  resil__sb_printf(b, ",\"endpoints\":[");
+  for (size_t i = 0; i < n && i < RESIL_ENDPOINTS_MAX; i++)
+    resil__sb_printf(b,
+                     "%s{\"endpoint\":\"%s\",\"ejected\":%s,\"probation\":%s,"
+                     "\"ejected_remaining_ms\":%llu,\"times_ejected\":%u,\"ejections\":%llu,"
+                     "\"ejections_skipped\":%llu,\"calls\":%llu,\"failures\":%llu,"
+                     "\"outstanding\":%u,\"open\":%u,\"idle\":%u,\"in_use\":%u}",
+                     i ? "," : "", es[i].endpoint, es[i].ejected ? "true" : "false",
+                     es[i].probation ? "true" : "false",
+                     (unsigned long long)es[i].ejected_remaining_ms, es[i].times_ejected,
+                     (unsigned long long)es[i].ejections,
+                     (unsigned long long)es[i].ejections_skipped, (unsigned long long)es[i].calls,
+                     (unsigned long long)es[i].failures, es[i].outstanding, es[i].open,
+                     es[i].idle, es[i].in_use);
+  resil__sb_printf(b, "]");
+}
+
 resil_status resil_export_prometheus(char **out, size_t *len, resil_err *err) {
   if (!out) return resil_err_set(err, RESIL_E_INVALID, "export: out is NULL");
   resil_stats_vec s;
@@ -278,6 +372,7 @@ resil_status resil_export_prometheus(char **out, size_t *len, resil_err *err) {
   if (st != RESIL_OK) return st;
   resil_sbuf b = {0};
   render_prometheus(&b, &s);
+  render_endpoints(&b, &s);
   free(s.v);
   return resil__sb_finish(&b, out, len, err);
 }
@@ -351,6 +446,7 @@ static void render_json(resil_sbuf *b, const resil_stats_vec *s) {
                 (unsigned long long)p->connects_timed_out);
       json_hist(b, &p->acquire_latency);
       resil__sb_printf(b, "}");
+      json_endpoints(b, D->name);
     }
     resil__sb_printf(b, "}");
   }

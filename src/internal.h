@@ -418,4 +418,36 @@ void resil__breaker_fork_lock(resil_breaker *b);
 void resil__breaker_fork_unlock(resil_breaker *b);
 void resil__breaker_fork_child(resil_breaker *b);
 
+/* ---- Several addresses behind one pool (endpoint.c) -------------------- */
+/* A pool made by resil_pool_new_endpoints() is a "front" pool whose public
+ * functions pool.c hands to the resil__group_* below; its members are
+ * ordinary pools. */
+struct resil__group;
+/* The front: a resil_pool that holds no connection, with generation gen. */
+resil_pool *resil__pool_new_front(const resil_pool_config *cfg, struct resil__group *g,
+                                  uint64_t gen, resil_err *err);
+/* The group of a front pool, NULL for an ordinary one. */
+struct resil__group *resil__pool_group(const resil_pool *p);
+/* Set a new pool's generation (before any use). */
+void resil__pool_set_generation(resil_pool *p, uint64_t gen);
+/* Close p's longest-idle connection (reason idle); false if none is idle. */
+bool resil__pool_close_one_idle(resil_pool *p);
+resil_status resil__group_acquire(struct resil__group *g, resil_deadline deadline,
+                                  resil_pool_conn **out, resil_err *err);
+void resil__group_release(struct resil__group *g, resil_pool_conn *c, resil_pool_return how);
+resil_status resil__group_prewarm(struct resil__group *g, resil_deadline deadline, resil_err *err);
+resil_status resil__group_drain(struct resil__group *g, resil_deadline deadline);
+void resil__group_free(struct resil__group *g);
+void resil__group_stats(const struct resil__group *g, resil_pool_stats *out);
+bool resil__group_evict(struct resil__group *g, uint64_t generation);
+void resil__group_fork_prepare(struct resil__group *g);
+void resil__group_fork_parent(struct resil__group *g);
+void resil__group_fork_child(struct resil__group *g);
+/* resil_dep_done(): the outcome its breaker sees for a failed call on the
+ * dependency whose attached pool is `attached` (the endpoint rule in
+ * resil/endpoint.h): RESIL_E_CALLER (ignored) when the call's address failed
+ * and another address is healthy, else outcome. Reads and clears what the
+ * last release or failed acquire on this thread recorded. */
+resil_status resil__endpoints_breaker_outcome(const resil_pool *attached, resil_status outcome);
+
 #endif

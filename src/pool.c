@@ -139,6 +139,10 @@ struct resil_pool {
   char name[NAME_MAX_LEN + 1];
   resil_pool_connector cn;
 
+  /* Set for a pool made by resil_pool_new_endpoints() (a "front" holding no
+   * connection): its public functions go to endpoint.c. Next to mu, which
+   * acquire and release touch anyway. */
+  struct resil__group *group;
   pthread_mutex_t mu;
   pthread_cond_t drain_cv; /* broadcast when a slot frees while draining */
   pthread_cond_t hk_cv;    /* wakes the housekeeper to stop */
@@ -448,7 +452,8 @@ static resil_status connect_slot(resil_pool *p, resil_deadline deadline, resil_p
                        &h, &cerr);
     /* Local failures (no fd, no memory) stay local: never a dependency
      * failure, and not counted as a failed connect. */
-    if (st != RESIL_OK && st != RESIL_E_TIMEOUT && st != RESIL_E_SYSTEM && st != RESIL_E_NOMEM)
+    if (st != RESIL_OK && st != RESIL_E_TIMEOUT && st != RESIL_E_SYSTEM && st != RESIL_E_NOMEM &&
+        st != RESIL_E_POOL_TIMEOUT) /* endpoint.c: no budget left among the addresses */
       st = RESIL_E_FAILURE;
   }
   uint64_t now = resil_now_ns();
@@ -521,11 +526,17 @@ static void pools_remove(resil_pool *p) {
 
 void resil__pool_fork_prepare(void) {
   pthread_mutex_lock(&pools_mu);
-  for (resil_pool *p = pools_head; p; p = p->reg_next) pthread_mutex_lock(&p->mu);
+  for (resil_pool *p = pools_head; p; p = p->reg_next) {
+    pthread_mutex_lock(&p->mu);
+    if (p->group) resil__group_fork_prepare(p->group);
+  }
 }
 
 void resil__pool_fork_parent(void) {
-  for (resil_pool *p = pools_head; p; p = p->reg_next) pthread_mutex_unlock(&p->mu);
+  for (resil_pool *p = pools_head; p; p = p->reg_next) {
+    if (p->group) resil__group_fork_parent(p->group);
+    pthread_mutex_unlock(&p->mu);
+  }
   pthread_mutex_unlock(&pools_mu);
 }
 
@@ -552,6 +563,7 @@ void resil__pool_fork_child(void) {
      * is in hk_cv): signalling or destroying them could block forever. */
     resil__cond_init(&p->drain_cv);
     resil__cond_init(&p->hk_cv);
+    if (p->group) resil__group_fork_child(p->group);
     pthread_mutex_unlock(&p->mu);
   }
   pthread_mutex_unlock(&pools_mu);
@@ -647,6 +659,7 @@ resil_pool *resil_pool_new(const resil_pool_config *cfg, const resil_pool_connec
 
 resil_status resil_pool_prewarm(resil_pool *p, resil_deadline deadline, resil_err *err) {
   if (!p) return resil_err_set(err, RESIL_E_INVALID, "pool prewarm: pool is NULL");
+  if (p->group) return resil__group_prewarm(p->group, deadline, err);
   /* Each round either fills a slot or fails; max_size rounds bound the loop
    * even if waiters keep taking the new connections. */
   for (uint32_t round = 0; round <= p->cfg.max_size; round++) {
@@ -717,6 +730,7 @@ static void *housekeeper(void *arg) {
 resil_status resil_pool_drain(resil_pool *p, resil_deadline deadline) {
   if (!p) return RESIL_E_INVALID;
   if (!resil_deadline_is_set(deadline)) deadline = resil_deadline_in_ms(DRAIN_UNSET_MS);
+  if (p->group) return resil__group_drain(p->group, deadline);
   close_list dead = {NULL};
   resil_pool_conn *orphans = NULL;
   pthread_mutex_lock(&p->mu);
@@ -748,6 +762,11 @@ resil_status resil_pool_drain(resil_pool *p, resil_deadline deadline) {
 void resil_pool_free(resil_pool *p) {
   if (!p) return;
   pools_remove(p);
+  if (p->group) {
+    resil__group_free(p->group);
+    pool_destroy(p);
+    return;
+  }
   resil_pool_drain(p, resil_deadline_in_ms(0));
   pthread_mutex_lock(&p->mu);
   bool join = p->hk_running; /* false in a child until restarted */
@@ -1006,6 +1025,7 @@ resil_status resil_pool_acquire(resil_pool *p, resil_deadline deadline, resil_po
   if (out) *out = NULL;
   if (!p || !out)
     return resil_err_set(err, RESIL_E_INVALID, "pool acquire: %s is NULL", p ? "out" : "pool");
+  if (__builtin_expect(p->group != NULL, 0)) return resil__group_acquire(p->group, deadline, out, err);
   uint64_t now = pool_now();
   /* The coarse clock is behind: a deadline near it is checked precisely. */
   bool near = deadline.at_ns && deadline.at_ns <= now + COARSE_SLACK_NS;
@@ -1043,6 +1063,7 @@ uint64_t resil_pool_conn_generation(const resil_pool_conn *c) { return c ? c->ge
 
 bool resil_pool_evict(resil_pool *p, uint64_t generation) {
   if (!p) return false;
+  if (p->group) return resil__group_evict(p->group, generation);
   close_list dead = {NULL};
   pthread_mutex_lock(&p->mu);
   uint64_t g = gen_locked(p);
@@ -1067,6 +1088,10 @@ bool resil_pool_evict(resil_pool *p, uint64_t generation) {
 
 void resil_pool_release(resil_pool *p, resil_pool_conn *c, resil_pool_return how) {
   if (!p || !c) return;
+  if (__builtin_expect(p->group != NULL, 0)) {
+    resil__group_release(p->group, c, how);
+    return;
+  }
   if (__builtin_expect(c->fork_gen != p->fork_gen, 0)) {
     /* Borrowed before a fork, released in the child: the parent still uses
      * this session, and this child never counted it. */
@@ -1105,6 +1130,10 @@ void resil_pool_get_stats(const resil_pool *p, resil_pool_stats *out) {
   if (!out) return;
   memset(out, 0, sizeof *out);
   if (!p) return;
+  if (p->group) {
+    resil__group_stats(p->group, out);
+    return;
+  }
   resil_pool *m = (resil_pool *)p; /* the lock is not part of the value */
   pthread_mutex_lock(&m->mu);
   out->max = p->cfg.max_size;
@@ -1129,3 +1158,48 @@ void resil_pool_get_stats(const resil_pool *p, resil_pool_stats *out) {
 }
 
 const char *resil_pool_name(const resil_pool *p) { return p ? p->name : NULL; }
+
+/* ---- Several addresses (endpoint.c) ------------------------------------ */
+
+resil_pool *resil__pool_new_front(const resil_pool_config *cfg, struct resil__group *g,
+                                  uint64_t gen, resil_err *err) {
+  size_t size = (sizeof(resil_pool) + RESIL_CACHELINE - 1) / RESIL_CACHELINE * RESIL_CACHELINE;
+  resil_pool *p = aligned_alloc(RESIL_CACHELINE, size);
+  if (!p) {
+    resil_err_set(err, RESIL_E_NOMEM, "pool '%s': out of memory", cfg->name);
+    return NULL;
+  }
+  memset(p, 0, sizeof *p);
+  resil__hist_init(&p->latency);
+  p->cfg = *cfg;
+  resil__strlcpy(p->name, cfg->name, sizeof p->name);
+  p->cfg.name = p->name;
+  if (pthread_mutex_init(&p->mu, NULL) || resil__cond_init(&p->drain_cv) ||
+      resil__cond_init(&p->hk_cv)) {
+    free(p);
+    resil_err_set(err, RESIL_E_SYSTEM, "pool '%s': cannot initialise locks", cfg->name);
+    return NULL;
+  }
+  p->group = g;
+  atomic_store(&p->gen, gen);
+  pools_add(p);
+  return p;
+}
+
+struct resil__group *resil__pool_group(const resil_pool *p) { return p->group; }
+
+void resil__pool_set_generation(resil_pool *p, uint64_t gen) { atomic_store(&p->gen, gen); }
+
+bool resil__pool_close_one_idle(resil_pool *p) {
+  close_list dead = {NULL};
+  pthread_mutex_lock(&p->mu);
+  resil_pool_conn *c = p->idle_tail;
+  if (c) {
+    idle_unlink_locked(p, c);
+    retire_locked(p, c, RESIL_POOL_CLOSE_IDLE, &dead);
+    slot_freed_locked(p);
+  }
+  pthread_mutex_unlock(&p->mu);
+  close_all(p, &dead);
+  return c != NULL;
+}

@@ -99,6 +99,8 @@ void resil_pg_config_init(resil_pg_config *cfg, const char *name) {
   cfg->probe_sql = "SELECT 1";
   cfg->password_file = NULL;
   cfg->password_file_check_ms = RESIL_PASSWORD_FILE_CHECK_MS;
+  cfg->hosts = NULL;
+  resil_outlier_config_init(&cfg->outlier);
   cfg->password_cb = NULL;
   cfg->password_ctx = NULL;
 }
@@ -353,6 +355,13 @@ resil_status resil_pg_config_validate(const resil_pg_config *cfg, resil_err *err
   }
   resil_problems_check_range(&p, "password_file_check_ms", cfg->password_file_check_ms, 100,
                              3600000);
+  if (cfg->hosts) { /* several addresses: resil/endpoint.h */
+    resil_err he;
+    if (resil_endpoints_parse(cfg->hosts, 5432, NULL, 0, NULL, &he) != RESIL_OK)
+      resil_problem(&p, "hosts", "%s", he.msg);
+    if (resil_outlier_config_validate(&cfg->outlier, p.prefix, &he) != RESIL_OK)
+      resil_problems_merge(&p, he.msg);
+  }
   return resil_problems_finish(&p, err);
 }
 
@@ -844,6 +853,48 @@ static resil_status pg_connect(void *ctx, resil_deadline deadline, void **out, r
   return st;
 }
 
+/* The address a connect of a several-address pool goes to (pg_connect_to),
+ * NULL for the conninfo's hosts. */
+static _Thread_local const resil_endpoint *cur_ep;
+
+/* The conninfo's host, hostaddr and port replaced by cur_ep's: keys and
+ * vals from n on; addr and port are the caller's buffers. */
+static resil_status ep_keys(resil_pg *pg, resil_deadline deadline, const char **keys,
+                            const char **vals, size_t *n, char *addr, char *port,
+                            resil_err *err) {
+  resil_addr a;
+  size_t na = 0;
+  resil_err e;
+  e.msg[0] = '\0';
+  resil_status st = resil_resolve(cur_ep->host, (uint16_t)cur_ep->port, deadline, &a, 1, &na, &e);
+  if (st == RESIL_OK && na == 0) st = RESIL_E_FAILURE;
+  if (st != RESIL_OK) {
+    if (st == RESIL_E_TIMEOUT) bump(&pg->connects_timed_out);
+    else if (st != RESIL_E_SYSTEM && st != RESIL_E_NOMEM) bump(&pg->connects_failed);
+    if (st != RESIL_E_TIMEOUT && st != RESIL_E_SYSTEM && st != RESIL_E_NOMEM) st = RESIL_E_FAILURE;
+    return resil_err_set(err, st, "resolving %s: %s", cur_ep->host,
+                         e.msg[0] ? e.msg : "no address");
+  }
+  memcpy(addr, a.text, sizeof a.text);
+  snprintf(port, 8, "%u", (unsigned)cur_ep->port);
+  keys[*n] = "host";
+  vals[(*n)++] = cur_ep->host;
+  keys[*n] = "hostaddr";
+  vals[(*n)++] = addr;
+  keys[*n] = "port";
+  vals[(*n)++] = port;
+  return RESIL_OK;
+}
+
+/* The connector of a several-address pool (resil_pool_new_endpoints). */
+static resil_status pg_connect_to(void *ctx, const resil_endpoint *ep, resil_deadline deadline,
+                                  void **out, resil_err *err) {
+  cur_ep = ep;
+  resil_status st = pg_connect(ctx, deadline, out, err);
+  cur_ep = NULL;
+  return st;
+}
+
 static resil_status pg_connect_once(resil_pg *pg, resil_deadline deadline, const char *password,
                                     void **out, resil_err *err) {
   const char *keys[PG_MAX_KEYS + 5], *vals[PG_MAX_KEYS + 5];
@@ -857,7 +908,10 @@ static resil_status pg_connect_once(resil_pg *pg, resil_deadline deadline, const
     vals[n++] = password;
   }
   char hosts[PG_LIST_MAX], addrs[PG_LIST_MAX], ports[PG_LIST_MAX];
-  if (pg->host && !pg->hostaddr) {
+  if (cur_ep) {
+    resil_status st = ep_keys(pg, deadline, keys, vals, &n, addrs, ports, err);
+    if (st != RESIL_OK) return st;
+  } else if (pg->host && !pg->hostaddr) {
     bool per_port = false;
     resil_status st = build_hosts(pg, deadline, hosts, addrs, ports, &per_port, err);
     if (st != RESIL_OK) {
@@ -1447,8 +1501,10 @@ static resil_status pg_probe(void *ctx, resil_deadline deadline, resil_err *err)
   void *conn = NULL;
   resil_err ce;
   memset(&ce, 0, sizeof ce);
+  cur_ep = resil_pool_endpoint_next(pg->pool); /* several addresses: the next one in */
   resil_status st =
       pg_connect(pg, resil_deadline_bound(deadline, pg->cfg.connect_timeout_ms), &conn, &ce);
+  cur_ep = NULL;
   if (st != RESIL_OK)
     return resil_err_set(err, st, "%s: probe: connect: %s", pg->name,
                          ce.msg[0] ? ce.msg : resil_strerror(st));
@@ -2029,7 +2085,10 @@ resil_pg *resil_pg_new(const resil_pg_config *cfg, resil_err *err) {
   resil_pool_connector cn = {
       .connect = pg_connect, .validate = pg_validate, .close = pg_close, .ctx = pg,
       .abandon = pg_abandon};
-  pg->pool = resil_pool_new(&pc, &cn, err);
+  pg->pool = cfg->hosts ? resil_pool_new_endpoints(&pc, &cn, pg_connect_to, cfg->hosts, 5432,
+                                                   &cfg->outlier, err)
+                        : resil_pool_new(&pc, &cn, err);
+  pg->cfg.hosts = NULL; /* not owned; the pool has its copy */
   if (!pg->pool) goto fail;
   resil_dep_attach_pool(pg->dep, pg->pool);
   resil_dep_set_memory_bound(pg->dep, resil_pg_config_memory_bound(cfg));

@@ -42,6 +42,10 @@ static const resil_key_spec keys[] = {
       "file holding the password (first line), re-read when it changes (rotation)"),
     K("password_file_check_ms", MS, password_file_check_ms, 100, 3600000, false,
       "how often, at most, password_file is checked before new connections"),
+    K("hosts", STRING, hosts, 0, 0, false,
+      "several addresses host:port,host:port (at most 16; 5432 for entries without one): calls "
+      "spread over them, each with outlier ejection; replace the conninfo's host and port"),
+    RESIL_OUTLIER_KEY_SPECS(resil_pg_config, outlier),
 };
 
 RESIL_DEFINE_CONFIG_KIND_MEM(pg, resil_pg_config, resil_pg_config_init,

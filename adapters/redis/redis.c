@@ -80,6 +80,8 @@ void resil_redis_config_init(resil_redis_config *cfg, const char *name) {
   cfg->password_file_check_ms = RESIL_PASSWORD_FILE_CHECK_MS;
   cfg->password_cb = NULL;
   cfg->password_ctx = NULL;
+  cfg->hosts = NULL;
+  resil_outlier_config_init(&cfg->outlier);
 }
 
 resil_status resil_redis_config_validate(const resil_redis_config *cfg, resil_err *err) {
@@ -124,6 +126,14 @@ resil_status resil_redis_config_validate(const resil_redis_config *cfg, resil_er
   }
   resil_problems_check_range(&p, "password_file_check_ms", cfg->password_file_check_ms, 100,
                              3600000);
+  if (cfg->hosts) { /* several addresses: resil/endpoint.h */
+    resil_err he;
+    if (cfg->unix_path) resil_problem(&p, "hosts", "set together with unix_path: use one");
+    else if (resil_endpoints_parse(cfg->hosts, cfg->port, NULL, 0, NULL, &he) != RESIL_OK)
+      resil_problem(&p, "hosts", "%s", he.msg);
+    if (resil_outlier_config_validate(&cfg->outlier, prefix, &he) != RESIL_OK)
+      resil_problems_merge(&p, he.msg);
+  }
   resil_problems_check_range(&p, "database", cfg->database, 0, 100000);
   resil_problems_check_range(&p, "connect_timeout_ms", cfg->connect_timeout_ms, 1, 600000);
   if (cfg->command_timeout_ms)
@@ -463,8 +473,14 @@ static resil_status finish_connect(resil_redis *r, redisContext *c, const char *
   return RESIL_OK;
 }
 
+/* The address a connect of a several-address pool goes to (rconnect_to),
+ * NULL for the configured host. */
+static _Thread_local const resil_endpoint *cur_ep;
+
 static resil_status rconnect(void *ctx, resil_deadline deadline, void **conn, resil_err *err) {
   resil_redis *r = ctx;
+  const char *host = cur_ep ? cur_ep->host : r->host;
+  uint32_t port = cur_ep ? cur_ep->port : r->port;
   uint64_t start = resil_now_ns();
   resil_deadline dl = resil_deadline_bound(deadline, r->connect_timeout_ms);
   /* Which bound is binding, for the message. The pool already bounds
@@ -491,26 +507,26 @@ static resil_status rconnect(void *ctx, resil_deadline deadline, void **conn, re
     size_t count = 0;
     resil_err rerr;
     rerr.msg[0] = '\0';
-    st = resil_resolve(r->host, (uint16_t)r->port, dl, addrs, MAX_ADDRS, &count, &rerr);
+    st = resil_resolve(host, (uint16_t)port, dl, addrs, MAX_ADDRS, &count, &rerr);
     if (st != RESIL_OK) {
       if (st != RESIL_E_TIMEOUT && st != RESIL_E_NOMEM && st != RESIL_E_SYSTEM)
         st = RESIL_E_FAILURE;
-      return connect_fail(resil_err_set(err, st, "%s: resolve %s: %s", r->name, r->host,
+      return connect_fail(resil_err_set(err, st, "%s: resolve %s: %s", r->name, host,
                                         rerr.msg[0] ? rerr.msg : resil_strerror(st)),
                           false, err);
     }
     if (count == 0)
       return connect_fail(resil_err_set(err, RESIL_E_FAILURE, "%s: resolve %s: no address",
-                                        r->name, r->host),
+                                        r->name, host),
                           false, err);
     for (size_t i = 0; i < count; i++) {
       char where[RESIL_ADDR_TEXT_MAX + 16];
       if (addrs[i].family == AF_INET6)
-        snprintf(where, sizeof where, "[%s]:%u", addrs[i].text, (unsigned)r->port);
+        snprintf(where, sizeof where, "[%s]:%u", addrs[i].text, (unsigned)port);
       else
-        snprintf(where, sizeof where, "%s:%u", addrs[i].text, (unsigned)r->port);
+        snprintf(where, sizeof where, "%s:%u", addrs[i].text, (unsigned)port);
       errno = 0;
-      c = redisConnectNonBlock(addrs[i].text, (int)r->port);
+      c = redisConnectNonBlock(addrs[i].text, (int)port);
       int sock_errno = errno;
       if (!c) {
         st = resil_err_set(err, RESIL_E_NOMEM, "%s: out of memory", r->name);
@@ -593,6 +609,15 @@ static resil_status rconnect(void *ctx, resil_deadline deadline, void **conn, re
   return RESIL_OK;
 }
 
+/* The connector of a several-address pool (resil_pool_new_endpoints). */
+static resil_status rconnect_to(void *ctx, const resil_endpoint *ep, resil_deadline deadline,
+                                void **conn, resil_err *err) {
+  cur_ep = ep;
+  resil_status st = rconnect(ctx, deadline, conn, err);
+  cur_ep = NULL;
+  return st;
+}
+
 static bool rvalidate(void *ctx, void *conn, resil_deadline deadline) {
   resil_redis *r = ctx;
   static const char ping[] = "*1\r\n$4\r\nPING\r\n";
@@ -627,7 +652,8 @@ static void rabandon(void *ctx, void *conn) {
 static resil_status rprobe(void *ctx, resil_deadline deadline, resil_err *err) {
   resil_redis *r = ctx;
   void *conn = NULL;
-  resil_status st = rconnect(r, deadline, &conn, err);
+  /* several addresses: a fresh connection to the next one not ejected */
+  resil_status st = rconnect_to(r, resil_pool_endpoint_next(r->pool), deadline, &conn, err);
   if (st != RESIL_OK) return st;
   static const char ping[] = "*1\r\n$4\r\nPING\r\n";
   redisReply *reply = NULL;
@@ -706,7 +732,9 @@ resil_redis *resil_redis_new(const resil_redis_config *cfg, resil_err *err) {
   resil_pool_connector cn = {
       .connect = rconnect, .validate = rvalidate, .close = rclose, .ctx = r,
       .abandon = rabandon};
-  r->pool = resil_pool_new(&pc, &cn, err);
+  r->pool = cfg->hosts ? resil_pool_new_endpoints(&pc, &cn, rconnect_to, cfg->hosts, cfg->port,
+                                                  &cfg->outlier, err)
+                       : resil_pool_new(&pc, &cn, err);
   if (!r->pool) goto fail;
   resil_dep_attach_pool(r->dep, r->pool);
   resil_dep_set_memory_bound(r->dep, resil_redis_config_memory_bound(cfg));

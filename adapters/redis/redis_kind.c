@@ -23,6 +23,10 @@ static const resil_key_spec keys[] = {
       "file holding the AUTH password (first line), re-read when it changes (rotation)"),
     K("password_file_check_ms", MS, password_file_check_ms,
       "how often, at most, password_file is checked before new connections"),
+    K("hosts", STRING, hosts,
+      "several addresses host:port,host:port (at most 16; PORT for entries without one): calls "
+      "spread over them, each with outlier ejection; replaces HOST"),
+    RESIL_OUTLIER_KEY_SPECS(resil_redis_config, outlier),
 };
 
 RESIL_DEFINE_CONFIG_KIND_MEM(redis, resil_redis_config, resil_redis_config_init,

@@ -19,6 +19,8 @@
 #ifndef RESIL_ADAPTER_H
 #define RESIL_ADAPTER_H
 
+#include <stddef.h>
+
 #include "resil/config.h"
 #include "resil/pool.h"
 #include "resil/status.h"
@@ -122,6 +124,31 @@ typedef struct resil_key_spec {
   /* ABI: sizeof is frozen; new fields come out of this tail (docs/abi.md). */
   unsigned char reserved_[16];
 } resil_key_spec;
+
+/* The key specs of outlier detection (resil/endpoint.h: OUTLIER_* variables)
+ * for a kind whose config struct T has a resil_outlier_config field f, to
+ * put in the kind's key table (the Redis and PostgreSQL kinds do). */
+#define RESIL_OUTLIER_KEY_SPEC_(T, f, k, t, h) \
+  {"outlier." #k, RESIL_KEY_##t, offsetof(T, f.k), 0, 0, false, h, {0}}
+#define RESIL_OUTLIER_KEY_SPECS(T, f)                                                          \
+  RESIL_OUTLIER_KEY_SPEC_(T, f, consecutive_failures, UINT,                                    \
+                          "with HOSTS: eject an address after this many failures in a row "    \
+                          "(0 = off)"),                                                        \
+  RESIL_OUTLIER_KEY_SPEC_(T, f, base_ejection_ms, MS,                                          \
+                          "an ejection lasts this x the times the address was ejected"),        \
+  RESIL_OUTLIER_KEY_SPEC_(T, f, max_ejection_ms, MS, "longest ejection"),                      \
+  RESIL_OUTLIER_KEY_SPEC_(T, f, max_ejection_percent, UINT,                                    \
+                          "never more than this % of the addresses ejected at once (rounded "  \
+                          "down)"),                                                            \
+  RESIL_OUTLIER_KEY_SPEC_(T, f, interval_ms, MS,                                               \
+                          "success-rate interval; times ejected decays by one per interval"),  \
+  RESIL_OUTLIER_KEY_SPEC_(T, f, success_rate_minimum_hosts, UINT,                              \
+                          "success-rate rule: needs this many addresses with enough calls "    \
+                          "(0 = rule off)"),                                                   \
+  RESIL_OUTLIER_KEY_SPEC_(T, f, success_rate_request_volume, UINT,                             \
+                          "success-rate rule: calls an address needs in the interval"),         \
+  RESIL_OUTLIER_KEY_SPEC_(T, f, success_rate_stdev_factor, DOUBLE,                             \
+                          "success-rate rule: eject below mean - this x stdev")
 
 /* A kind of dependency ("core", "redis", "pg", "http"). Adapters describe
  * theirs and register it; the core registers "core" itself. */

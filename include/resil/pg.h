@@ -246,8 +246,20 @@ typedef struct resil_pg_config {
   uint32_t password_file_check_ms;
   resil_password_fn password_cb;
   void *password_ctx;
+  /* Several addresses behind this dependency (resil/endpoint.h), e.g. the
+   * instances behind an Aurora reader endpoint: "h1:p1,h2:p2" (at most
+   * RESIL_ENDPOINTS_MAX; an entry without a port uses 5432). When set, each
+   * connect goes to one of them, with host, hostaddr and port of the
+   * conninfo replaced by that address (the conninfo's other settings,
+   * dbname, user, sslmode..., apply to all); each address gets its own pool
+   * (pool.max_size bounds them all together), calls are spread over them
+   * (power of two choices, least outstanding) and an address that keeps
+   * failing is ejected by outlier detection (below). Default NULL: the
+   * conninfo's hosts, tried in turn by libpq. Copied. */
+  const char *hosts;
+  resil_outlier_config outlier; /* with hosts; resil_outlier_config_init()'s defaults */
   /* ABI: sizeof is frozen; new fields come out of this tail (docs/abi.md). */
-  unsigned char reserved_[272];
+  unsigned char reserved_[192];
 } resil_pg_config;
 
 #define RESIL_PG_DEFAULT_MAX_RESULT_BYTES ((size_t)64 << 20)

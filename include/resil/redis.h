@@ -106,6 +106,7 @@
 #include "resil/credentials.h"
 #include "resil/deadline.h"
 #include "resil/dep.h"
+#include "resil/endpoint.h"
 #include "resil/pool.h"
 #include "resil/status.h"
 
@@ -156,8 +157,18 @@ typedef struct resil_redis_config {
   uint32_t password_file_check_ms;
   resil_password_fn password_cb;
   void *password_ctx;
+  /* Several addresses behind this dependency (resil/endpoint.h), e.g. the
+   * nodes of an ElastiCache reader endpoint: "h1:p1,h2:p2" (at most
+   * RESIL_ENDPOINTS_MAX; an entry without a port uses `port`). When set,
+   * host is not used, and unix_path must not be set; each address gets its
+   * own pool (pool.max_size bounds them all together), calls are spread
+   * over them (power of two choices, least outstanding) and an address that
+   * keeps failing is ejected by outlier detection (below). Default NULL:
+   * one address, `host`. Copied. */
+  const char *hosts;
+  resil_outlier_config outlier; /* with hosts; resil_outlier_config_init()'s defaults */
   /* ABI: sizeof is frozen; new fields come out of this tail (docs/abi.md). */
-  unsigned char reserved_[288];
+  unsigned char reserved_[208];
 } resil_redis_config;
 
 #define RESIL_REDIS_DEFAULT_MAX_REPLY_BYTES ((size_t)64 << 20)
@@ -212,7 +223,7 @@ RESIL_API resil_pool *resil_redis_pool(resil_redis *r);
 /* The "redis" configuration kind (config.h), so that RESIL_DEPS=name:redis
  * with RESIL_DEP_<NAME>_HOST, _PORT, _UNIX_PATH, _USERNAME, _PASSWORD,
  * _PASSWORD_FILE, _PASSWORD_FILE_CHECK_MS, _DATABASE, _CONNECT_TIMEOUT_MS,
- * _COMMAND_TIMEOUT_MS, _MAX_REPLY_BYTES
+ * _COMMAND_TIMEOUT_MS, _MAX_REPLY_BYTES, _HOSTS, _OUTLIER_*
  * (plus the core's and
  * the pool's keys) configure a resil_redis and resil_service builds it. It is
  * registered automatically when libresil-redis is loaded, also in a static

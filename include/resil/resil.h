@@ -15,6 +15,7 @@
 #include "resil/metrics.h"
 #include "resil/breaker.h"
 #include "resil/pool.h"
+#include "resil/endpoint.h"
 #include "resil/resolve.h"
 #include "resil/credentials.h"
 #include "resil/dep.h"

@@ -27,6 +27,10 @@
 #   RESIL_TEST_PG2_ADMIN_CONNINFO  superuser postgres on pg2 (role resil and
 #                                  database resil exist, same password)
 #   RESIL_TEST_REDIS2_START, RESIL_TEST_REDIS2_ADDR (127.0.0.2; port RESIL_TEST_REDIS_PORT, no auth)
+# and a third Redis for the several-addresses test (test_multi_endpoint: the
+# test Redis, redis2 and redis3 behind one dependency):
+#   RESIL_TEST_REDIS3_START, RESIL_TEST_REDIS3_ADDR (127.0.0.3; port RESIL_TEST_REDIS_PORT, no auth)
+# Their pids are in $RESIL_TEST_TMPDIR/{redis2,redis3,pg2}.pid once started.
 # (scripts/test.sh adds RESIL_TEST_BUILD=plain|asan|tsan to each test run.)
 #
 # Restart scripts ($RESIL_TEST_TMPDIR/restart-*.sh) bring a server back on the
@@ -201,11 +205,18 @@ _srv_clean_env() {
 
 # ------------------------------------------------------------------ redis ---
 # Two instances: "redis" (no auth) and "redis-auth" (requirepass); and on
-# demand "redis2" (no auth) on 127.0.0.2 with redis's port (failover twin).
+# demand "redis2" (no auth) on 127.0.0.2 with redis's port (failover twin)
+# and "redis3" (no auth) on 127.0.0.3, same port (several addresses).
 
 _redis_port() { if [[ $1 == redis-auth ]]; then echo "$RESIL_TEST_REDIS_AUTH_PORT"; else echo "$RESIL_TEST_REDIS_PORT"; fi; }
 _redis_pass() { if [[ $1 == redis-auth ]]; then echo "$RESIL_TEST_REDIS_PASSWORD"; fi; }
-_redis_host() { if [[ $1 == redis2 ]]; then echo "$RESIL_TEST_REDIS2_ADDR"; else echo 127.0.0.1; fi; }
+_redis_host() {
+  case $1 in
+    redis2) echo "$RESIL_TEST_REDIS2_ADDR" ;;
+    redis3) echo "$RESIL_TEST_REDIS3_ADDR" ;;
+    *) echo 127.0.0.1 ;;
+  esac
+}
 
 _redis_cli() {
   local name=$1; shift
@@ -287,6 +298,13 @@ redis2_ensure() {
   redis_healthy redis2 && return 0
   [[ -f $RESIL_TEST_TMPDIR/redis2/redis.conf ]] || redis_write_conf redis2 || return 1
   redis_restart redis2
+}
+
+# redis3 (on demand), as redis2.
+redis3_ensure() {
+  redis_healthy redis3 && return 0
+  [[ -f $RESIL_TEST_TMPDIR/redis3/redis.conf ]] || redis_write_conf redis3 || return 1
+  redis_restart redis3
 }
 
 # ------------------------------------------------------------- postgresql ---
@@ -565,7 +583,7 @@ _servers_save_env() {
         RESIL_TEST_REDIS_PORT RESIL_TEST_REDIS_AUTH_PORT RESIL_TEST_REDIS_PASSWORD \
         RESIL_TEST_PG_PORT RESIL_TEST_PG_DATA RESIL_TEST_PG_BIN RESIL_TEST_PG_SOCKDIR \
         RESIL_TEST_PG_PASSWORD RESIL_TEST_PGBOUNCER_PORT RESIL_TEST_PG2_ADDR \
-        RESIL_TEST_REDIS2_ADDR; do
+        RESIL_TEST_REDIS2_ADDR RESIL_TEST_REDIS3_ADDR; do
       printf '%s=%q\n' "$v" "${!v}"
     done
   } >"$f"
@@ -607,7 +625,7 @@ start_all_servers() {
   export RESIL_TEST_PG_BIN=/usr/lib/postgresql/$RESIL_PG_VERSION/bin
   export RESIL_TEST_PG_DATA=$RESIL_TEST_TMPDIR/pg/data
   export RESIL_TEST_PG_SOCKDIR=$RESIL_TEST_TMPDIR/pg/sock
-  export RESIL_TEST_PG2_ADDR=127.0.0.2 RESIL_TEST_REDIS2_ADDR=127.0.0.2
+  export RESIL_TEST_PG2_ADDR=127.0.0.2 RESIL_TEST_REDIS2_ADDR=127.0.0.2 RESIL_TEST_REDIS3_ADDR=127.0.0.3
   _servers_save_env
 
   _servers_write_restart redis redis_restart redis
@@ -616,6 +634,7 @@ start_all_servers() {
   _servers_write_restart pgbouncer pgbouncer_restart
   _servers_write_restart pg2 pg2_ensure
   _servers_write_restart redis2 redis2_ensure
+  _servers_write_restart redis3 redis3_ensure
 
   redis_write_conf redis && redis_start redis || return 1
   redis_write_conf redis-auth && redis_start redis-auth || return 1
@@ -633,6 +652,7 @@ start_all_servers() {
   export RESIL_TEST_PGBOUNCER_RESTART=$RESIL_TEST_TMPDIR/restart-pgbouncer.sh
   export RESIL_TEST_PG2_START=$RESIL_TEST_TMPDIR/restart-pg2.sh
   export RESIL_TEST_REDIS2_START=$RESIL_TEST_TMPDIR/restart-redis2.sh
+  export RESIL_TEST_REDIS3_START=$RESIL_TEST_TMPDIR/restart-redis3.sh
   export RESIL_TEST_PG2_ADMIN_CONNINFO="host=$RESIL_TEST_PG2_ADDR port=$RESIL_TEST_PG_PORT dbname=resil user=postgres"
   export RESIL_TEST_PG_CONNINFO="host=127.0.0.1 port=$RESIL_TEST_PG_PORT dbname=resil user=resil password=$RESIL_TEST_PG_PASSWORD"
   export RESIL_TEST_PG_ADMIN_CONNINFO="host=127.0.0.1 port=$RESIL_TEST_PG_PORT dbname=resil user=postgres"
@@ -659,6 +679,7 @@ stop_all_servers() {
   redis_stop redis-auth || true
   redis_stop redis || true
   redis_stop redis2 || true
+  redis_stop redis3 || true
   pg2_stop || true
   [[ -z ${RESIL_TEST_PG_DATA:-} ]] || pg_stop || true
   # Anything else still working in our root (a server a test started itself).

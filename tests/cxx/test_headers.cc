@@ -17,6 +17,7 @@
 #include <resil/deadline.h>
 #include <resil/dep.h>
 #include <resil/emf.h>
+#include <resil/endpoint.h>
 #include <resil/event.h>
 #include <resil/export.h>
 #include <resil/lifecycle.h>
@@ -81,6 +82,7 @@ RESIL_DEFINE_CONFIG_KIND_MEM(cxxmem, cxx_cfg, cxx_init, cxx_validate, cxx_new, r
 #ifdef RESIL_TEST_HAVE_REDIS
 static const resil_key_spec cxx_redis_keys[] = {
     {"host", RESIL_KEY_STRING, offsetof(resil_redis_config, host), 0, 0, false, "host", {0}},
+    RESIL_OUTLIER_KEY_SPECS(resil_redis_config, outlier),
 };
 RESIL_DEFINE_CONFIG_KIND(cxxredis, resil_redis_config, resil_redis_config_init,
                          resil_redis_config_validate, resil_redis_new, resil_redis_free,
@@ -129,6 +131,7 @@ int main() {
                 "credentials");
   static_assert(sizeof(RESIL_HOSTS_FILE_ENV) > 1, "hosts file variable");
   (void)(RESIL_POOL_GEN_CURRENT + 0);
+  static_assert(RESIL_ENDPOINTS_MAX == 16 && RESIL_ENDPOINT_TEXT_MAX >= 262, "endpoints");
 #ifdef RESIL_TEST_HAVE_REDIS
   static_assert(RESIL_REDIS_MIN_MAX_REPLY_BYTES <= RESIL_REDIS_DEFAULT_MAX_REPLY_BYTES &&
                     RESIL_REDIS_DEFAULT_MAX_REPLY_BYTES <= RESIL_REDIS_MAX_MAX_REPLY_BYTES,

@@ -226,6 +226,7 @@ static const frozen sizes[] = {
     FROZEN(resil_breaker_ticket, 8),
     FROZEN(resil_addr, 200),
     FROZEN(resil_problems, 536),
+    FROZEN(resil_endpoint, 524),
     /* With a reserved_ tail. */
     TAILED(resil_hist_snapshot, 192),
     TAILED(resil_breaker_config, 128),
@@ -248,6 +249,8 @@ static const frozen sizes[] = {
     TAILED(resil_emf_config, 64),
     TAILED(resil_admin_config, 96),
     TAILED(resil_password_file_stats, 768),
+    TAILED(resil_outlier_config, 72),
+    TAILED(resil_endpoint_stats, 400),
 #ifdef RESIL_TEST_HAVE_REDIS
     TAILED(resil_redis_config, 1536),
     TAILED(resil_redis_stats, 256),
@@ -339,6 +342,8 @@ static void init_and_stats_zero_the_tails(void **state) {
   DIRTY(rc);
   resil_redis_config_init(&rc, "abi-redis");
   assert_true(TAIL_ZERO(rc));
+  assert_true(TAIL_ZERO(rc.outlier));
+  assert_null(rc.hosts);
   assert_true(TAIL_ZERO(rc.dep));
   assert_true(TAIL_ZERO(rc.pool));
 #endif
@@ -347,6 +352,8 @@ static void init_and_stats_zero_the_tails(void **state) {
   DIRTY(gc);
   resil_pg_config_init(&gc, "abi-pg");
   assert_true(TAIL_ZERO(gc));
+  assert_true(TAIL_ZERO(gc.outlier));
+  assert_null(gc.hosts);
   assert_true(TAIL_ZERO(gc.dep));
   assert_true(TAIL_ZERO(gc.pool));
 #endif
@@ -358,6 +365,11 @@ static void init_and_stats_zero_the_tails(void **state) {
   assert_true(TAIL_ZERO(hc.dep));
   assert_true(TAIL_ZERO(hc.pool));
 #endif
+
+  resil_outlier_config oc;
+  DIRTY(oc);
+  resil_outlier_config_init(&oc);
+  assert_true(TAIL_ZERO(oc));
 
   resil_err err;
   resil_dep *d = resil_dep_new(&dc, &err);
@@ -379,8 +391,32 @@ static void init_and_stats_zero_the_tails(void **state) {
   resil_dep_free(d);
 }
 
+/* Fields taken from reserved_ tails stay where they were put (LP64). */
+static void new_field_offsets(void **state) {
+  (void)state;
+#if defined(__LP64__) && (defined(__x86_64__) || defined(__aarch64__))
+  assert_int_equal(offsetof(resil_outlier_config, success_rate_stdev_factor), 32);
+  assert_int_equal(offsetof(resil_outlier_config, reserved_), 40);
+  assert_int_equal(offsetof(resil_endpoint_stats, ejections_skipped), 312);
+  assert_int_equal(offsetof(resil_endpoint_stats, reserved_), 336);
+#ifdef RESIL_TEST_HAVE_REDIS
+  assert_int_equal(offsetof(resil_redis_config, hosts), 1248);
+  assert_int_equal(offsetof(resil_redis_config, outlier), 1256);
+  assert_int_equal(offsetof(resil_redis_config, reserved_), 1328);
+#endif
+#ifdef RESIL_TEST_HAVE_PG
+  assert_int_equal(offsetof(resil_pg_config, hosts), 1264);
+  assert_int_equal(offsetof(resil_pg_config, outlier), 1272);
+  assert_int_equal(offsetof(resil_pg_config, reserved_), 1344);
+#endif
+#else
+  skip();
+#endif
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
+      cmocka_unit_test(new_field_offsets),
       cmocka_unit_test(enum_values_never_change),
       cmocka_unit_test(enum_counts_only_grow_within_their_slots),
       cmocka_unit_test(rejections_are_listed_by_name),

@@ -1,0 +1,595 @@
+/* Several addresses behind one pool (resil/endpoint.h): host-list parsing,
+ * outlier ejection (consecutive failures, the percentage cap, ejection time
+ * growing and capped, re-admission on probation, decay, the success-rate
+ * rule), power-of-two-choices spreading, the shared connection budget and
+ * the dependency breaker's rule. A fake connector per address and the fake
+ * clock; no network. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "testutil.h"
+
+#include <stdatomic.h>
+#include <stdlib.h>
+
+#include "fake_clock.h"
+#include "resil/adapter.h"
+#include "resil/resil.h"
+
+/* ---- Fake addresses ------------------------------------------------------ */
+
+#define NADDR 4
+typedef struct fconn {
+  int addr; /* index in the host list */
+} fconn;
+
+static struct {
+  _Atomic bool down[NADDR]; /* connects to it fail */
+  _Atomic int connects[NADDR], closes[NADDR], open;
+} S;
+
+static int addr_index(const resil_endpoint *ep) { return (int)ep->port - 7001; }
+
+static resil_status f_connect_to(void *ctx, const resil_endpoint *ep, resil_deadline d,
+                                 void **conn, resil_err *err) {
+  (void)ctx;
+  (void)d;
+  int i = addr_index(ep);
+  assert_true(i >= 0 && i < NADDR);
+  atomic_fetch_add(&S.connects[i], 1);
+  if (atomic_load(&S.down[i]))
+    return resil_err_set(err, RESIL_E_FAILURE, "connect to %s: refused", ep->text);
+  fconn *c = malloc(sizeof *c);
+  c->addr = i;
+  atomic_fetch_add(&S.open, 1);
+  *conn = c;
+  return RESIL_OK;
+}
+
+static void f_close(void *ctx, void *conn) {
+  (void)ctx;
+  fconn *c = conn;
+  atomic_fetch_add(&S.closes[c->addr], 1);
+  atomic_fetch_sub(&S.open, 1);
+  free(c);
+}
+
+static const char *const HOSTS3 = "127.0.0.1:7001, 127.0.0.1:7002,127.0.0.1:7003";
+
+static resil_pool *make(const char *hosts, uint32_t max_size, const resil_outlier_config *oc) {
+  memset(&S, 0, sizeof S);
+  resil_pool_config pc;
+  resil_pool_config_init(&pc);
+  pc.name = "multi";
+  pc.max_size = max_size;
+  pc.housekeeping_ms = 0;
+  pc.validate_after_idle_ms = 3600000;
+  pc.acquire_timeout_ms = 50;
+  resil_pool_connector cn = {.close = f_close};
+  resil_err err;
+  resil_pool *p = resil_pool_new_endpoints(&pc, &cn, f_connect_to, hosts, 6379, oc, &err);
+  if (!p) fail_msg("resil_pool_new_endpoints: %s", err.msg);
+  return p;
+}
+
+static resil_outlier_config ocfg(uint32_t consecutive, uint32_t base_ms, uint32_t max_ms,
+                                 uint32_t percent) {
+  resil_outlier_config oc;
+  resil_outlier_config_init(&oc);
+  oc.consecutive_failures = consecutive;
+  oc.base_ejection_ms = base_ms;
+  oc.max_ejection_ms = max_ms;
+  oc.max_ejection_percent = percent;
+  oc.interval_ms = 1000;
+  return oc;
+}
+
+/* One call: acquire, see which address it went to, release it OK unless
+ * that address is bad (then BROKEN, as a timeout would). Returns the
+ * address index, or -1 - status if the acquire failed. */
+static bool bad[NADDR];
+static int call(resil_pool *p) {
+  resil_pool_conn *c;
+  resil_err err;
+  resil_status st = resil_pool_acquire(p, resil_deadline_in_ms(20), &c, &err);
+  if (st != RESIL_OK) return -1 - (int)st;
+  int i = ((fconn *)resil_pool_conn_handle(c))->addr;
+  resil_pool_release(p, c, bad[i] ? RESIL_POOL_BROKEN : RESIL_POOL_OK);
+  return i;
+}
+
+static void stats(resil_pool *p, resil_endpoint_stats *es, size_t n) {
+  assert_int_equal(resil_pool_endpoint_stats(p, es, RESIL_ENDPOINTS_MAX), n);
+}
+
+static int setup(void **s) {
+  (void)s;
+  fake_clock_install();
+  memset(bad, 0, sizeof bad);
+  return 0;
+}
+static int teardown(void **s) {
+  (void)s;
+  fake_clock_uninstall();
+  return 0;
+}
+
+/* ---- Parsing ------------------------------------------------------------- */
+
+static void test_parse_good(void **state) {
+  (void)state;
+  resil_endpoint e[RESIL_ENDPOINTS_MAX];
+  size_t n = 0;
+  resil_err err;
+  assert_int_equal(resil_endpoints_parse(" a.example:1 ,[::1]:6380,b", 6379, e,
+                                         RESIL_ENDPOINTS_MAX, &n, &err),
+                   RESIL_OK);
+  assert_int_equal(n, 3);
+  assert_string_equal(e[0].host, "a.example");
+  assert_int_equal(e[0].port, 1);
+  assert_string_equal(e[0].text, "a.example:1");
+  assert_string_equal(e[1].host, "::1");
+  assert_string_equal(e[1].text, "[::1]:6380");
+  assert_string_equal(e[2].text, "b:6379");
+  /* 16 is the most */
+  char list[512] = "";
+  for (int i = 0; i < RESIL_ENDPOINTS_MAX; i++)
+    snprintf(list + strlen(list), sizeof list - strlen(list), "%sh:%d", i ? "," : "", 1000 + i);
+  assert_int_equal(resil_endpoints_parse(list, 0, e, RESIL_ENDPOINTS_MAX, &n, &err), RESIL_OK);
+  assert_int_equal(n, RESIL_ENDPOINTS_MAX);
+  strcat(list, ",h:2000");
+  assert_int_equal(resil_endpoints_parse(list, 0, e, RESIL_ENDPOINTS_MAX, &n, &err),
+                   RESIL_E_INVALID);
+  assert_non_null(strstr(err.msg, "at most 16"));
+}
+
+static void bad_list(const char *list, uint32_t dflt, const char *want) {
+  resil_err err;
+  size_t n = 99;
+  assert_int_equal(resil_endpoints_parse(list, dflt, NULL, 0, &n, &err), RESIL_E_INVALID);
+  if (!strstr(err.msg, want)) fail_msg("'%s': '%s' lacks '%s'", list ? list : "(null)", err.msg, want);
+  assert_int_equal(n, 0);
+}
+
+static void test_parse_bad(void **state) {
+  (void)state;
+  bad_list(NULL, 1, "empty");
+  bad_list("", 1, "empty");
+  bad_list("  ", 1, "empty");
+  bad_list("a:1,,b:2", 1, "entry 2 is empty");
+  bad_list("a:1,", 1, "entry 2 is empty");
+  bad_list("a:1,a:1", 1, "listed twice");
+  bad_list("A:1, a:1", 1, "listed twice");
+  bad_list("a", 0, "no port");
+  bad_list("a:0", 1, "port");
+  bad_list("a:65536", 1, "port");
+  bad_list("a:x", 1, "port");
+  bad_list("a:", 1, "empty port");
+  bad_list(":80", 1, "no host");
+  bad_list("::1:6379", 1, "brackets");
+  bad_list("[::1", 1, "unclosed");
+  bad_list("a b:1", 1, "bad character");
+}
+
+/* ---- Ejection ---------------------------------------------------------------- */
+
+/* Calls until address i was picked `times` times (bounded). */
+static void hit(resil_pool *p, int i, int times) {
+  for (int k = 0, got = 0; got < times; k++) {
+    assert_true(k < 10000);
+    if (call(p) == i) got++;
+  }
+}
+
+static void test_consecutive_ejects(void **state) {
+  (void)state;
+  resil_outlier_config oc = ocfg(3, 1000, 10000, 50);
+  resil_pool *p = make(HOSTS3, 10, &oc);
+  resil_endpoint_stats es[RESIL_ENDPOINTS_MAX];
+  bad[1] = true;
+  hit(p, 1, 2);
+  stats(p, es, 3);
+  assert_false(es[1].ejected); /* 2 < 3 */
+  assert_int_equal(es[1].failures, 2);
+  hit(p, 1, 1);
+  stats(p, es, 3);
+  assert_true(es[1].ejected); /* the third in a row */
+  assert_int_equal(es[1].ejections, 1);
+  assert_int_equal(es[1].ejected_remaining_ms, 1000);
+  assert_string_equal(es[1].endpoint, "127.0.0.1:7002");
+  assert_int_equal(es[1].idle + es[1].open, 0); /* its connections closed */
+  /* never picked while ejected */
+  for (int k = 0; k < 200; k++) assert_int_not_equal(call(p), 1);
+  /* a success in between resets the count */
+  bad[0] = true;
+  hit(p, 0, 2);
+  bad[0] = false;
+  hit(p, 0, 1);
+  bad[0] = true;
+  hit(p, 0, 2);
+  stats(p, es, 3);
+  assert_false(es[0].ejected);
+  resil_pool_free(p);
+  assert_int_equal(atomic_load(&S.open), 0);
+}
+
+static void test_max_percent(void **state) {
+  (void)state;
+  resil_outlier_config oc = ocfg(2, 1000, 10000, 50);
+  resil_pool *p = make(HOSTS3, 10, &oc);
+  resil_endpoint_stats es[RESIL_ENDPOINTS_MAX];
+  bad[0] = bad[1] = true;
+  /* 200 calls: both bad ones fail over and over; only one may be out */
+  for (int k = 0; k < 200; k++) call(p);
+  stats(p, es, 3);
+  assert_int_equal(es[0].ejected + es[1].ejected + es[2].ejected, 1);
+  assert_false(es[2].ejected);
+  assert_true(es[0].ejections_skipped + es[1].ejections_skipped > 0);
+  resil_pool_free(p);
+  /* 0 % never ejects; 100 % may eject all (then all are used: panic) */
+  oc.max_ejection_percent = 0;
+  p = make(HOSTS3, 10, &oc);
+  bad[2] = true;
+  for (int k = 0; k < 100; k++) call(p);
+  stats(p, es, 3);
+  assert_int_equal(es[0].ejected + es[1].ejected + es[2].ejected, 0);
+  resil_pool_free(p);
+  oc.max_ejection_percent = 100;
+  p = make(HOSTS3, 10, &oc);
+  for (int k = 0; k < 100; k++) call(p);
+  stats(p, es, 3);
+  assert_int_equal(es[0].ejected + es[1].ejected + es[2].ejected, 3);
+  assert_true(call(p) >= 0); /* panic: still served */
+  resil_pool_free(p);
+}
+
+static void test_readmit_probation_backoff(void **state) {
+  (void)state;
+  resil_outlier_config oc = ocfg(3, 1000, 2500, 50);
+  resil_pool *p = make(HOSTS3, 10, &oc);
+  resil_endpoint_stats es[RESIL_ENDPOINTS_MAX];
+  bad[2] = true;
+  hit(p, 2, 3);
+  stats(p, es, 3);
+  assert_true(es[2].ejected);
+  assert_int_equal(es[2].ejected_remaining_ms, 1000); /* base x 1 */
+  fake_clock_advance_ms(999);
+  for (int k = 0; k < 100; k++) assert_int_not_equal(call(p), 2);
+  fake_clock_advance_ms(1);
+  /* back on probation: picked again, and ONE failure ejects it for 2 x base */
+  hit(p, 2, 1);
+  stats(p, es, 3);
+  assert_true(es[2].ejected);
+  assert_int_equal(es[2].ejections, 2);
+  assert_int_equal(es[2].ejected_remaining_ms, 2000);
+  fake_clock_advance_ms(2000);
+  hit(p, 2, 1);
+  stats(p, es, 3);
+  assert_int_equal(es[2].ejected_remaining_ms, 2500); /* 3 x base, capped */
+  /* healed: back, a success ends the probation and keeps it in */
+  fake_clock_advance_ms(2500);
+  bad[2] = false;
+  hit(p, 2, 1);
+  stats(p, es, 3);
+  assert_false(es[2].ejected);
+  assert_false(es[2].probation);
+  assert_int_equal(es[2].times_ejected, 3);
+  hit(p, 2, 20);
+  /* decay: one less per interval (1 s) spent in */
+  fake_clock_advance_ms(2000);
+  stats(p, es, 3);
+  assert_int_equal(es[2].times_ejected, 1);
+  fake_clock_advance_ms(5000);
+  stats(p, es, 3);
+  assert_int_equal(es[2].times_ejected, 0);
+  bad[2] = true;
+  hit(p, 2, 3);
+  stats(p, es, 3);
+  assert_int_equal(es[2].ejected_remaining_ms, 1000); /* from base again */
+  resil_pool_free(p);
+}
+
+static void test_connect_failures_eject(void **state) {
+  (void)state;
+  resil_outlier_config oc = ocfg(2, 1000, 10000, 50);
+  resil_pool *p = make(HOSTS3, 10, &oc);
+  resil_endpoint_stats es[RESIL_ENDPOINTS_MAX];
+  atomic_store(&S.down[0], true);
+  int failed = 0;
+  for (int k = 0; k < 300; k++)
+    if (call(p) == -1 - (int)RESIL_E_FAILURE) failed++;
+  assert_int_equal(failed, 2); /* then ejected: no more tries */
+  stats(p, es, 3);
+  assert_true(es[0].ejected);
+  assert_int_equal(atomic_load(&S.connects[0]), 2);
+  resil_pool_free(p);
+}
+
+/* ---- Spreading --------------------------------------------------------------- */
+
+static void test_p2c_spreads(void **state) {
+  (void)state;
+  resil_outlier_config oc = ocfg(5, 1000, 10000, 50);
+  resil_pool *p = make(HOSTS3, 30, &oc);
+  int n[3] = {0};
+  for (int k = 0; k < 3000; k++) {
+    int i = call(p);
+    assert_true(i >= 0 && i < 3);
+    n[i]++;
+  }
+  for (int i = 0; i < 3; i++) assert_true(n[i] > 600); /* ~1000 each */
+  /* least outstanding: hold two connections of address 0 and 1; the
+   * third address then wins every draw that includes it */
+  resil_pool_conn *held[8];
+  int nh = 0, holding[3] = {0};
+  while (nh < 8) {
+    resil_pool_conn *c;
+    resil_err err;
+    assert_int_equal(resil_pool_acquire(p, resil_deadline_in_ms(20), &c, &err), RESIL_OK);
+    int i = ((fconn *)resil_pool_conn_handle(c))->addr;
+    holding[i]++;
+    held[nh++] = c;
+  }
+  /* with 8 held, outstanding counts differ by at most a couple */
+  for (int i = 0; i < 3; i++) assert_true(holding[i] >= 1 && holding[i] <= 4);
+  resil_endpoint_stats es[RESIL_ENDPOINTS_MAX];
+  stats(p, es, 3);
+  assert_int_equal(es[0].outstanding + es[1].outstanding + es[2].outstanding, 8);
+  for (int k = 0; k < nh; k++) resil_pool_release(p, held[k], RESIL_POOL_OK);
+  stats(p, es, 3);
+  assert_int_equal(es[0].outstanding + es[1].outstanding + es[2].outstanding, 0);
+  /* address 0 holds a call (a slow one), the others none: every draw has
+   * an address with fewer outstanding than it, so it gets no new call */
+  nh = 0;
+  for (int k = 0; nh < 1; k++) {
+    assert_true(k < 1000);
+    resil_pool_conn *c;
+    resil_err err;
+    assert_int_equal(resil_pool_acquire(p, resil_deadline_in_ms(20), &c, &err), RESIL_OK);
+    if (((fconn *)resil_pool_conn_handle(c))->addr == 0) held[nh++] = c;
+    else resil_pool_release(p, c, RESIL_POOL_OK);
+  }
+  for (int k = 0; k < 300; k++) assert_int_not_equal(call(p), 0);
+  for (int k = 0; k < nh; k++) resil_pool_release(p, held[k], RESIL_POOL_OK);
+  resil_pool_free(p);
+}
+
+/* ---- The total bound ----------------------------------------------------------- */
+
+static void test_budget(void **state) {
+  (void)state;
+  fake_clock_uninstall(); /* the budget wait below runs on the real clock */
+  resil_outlier_config oc = ocfg(5, 1000, 10000, 50);
+  resil_pool *p = make(HOSTS3, 2, &oc);
+  resil_pool_conn *a, *b, *c;
+  resil_err err;
+  /* two in use: a third acquire, whatever address it picks, gets no
+   * connection (pool_timeout), never a third connection */
+  assert_int_equal(resil_pool_acquire(p, resil_deadline_in_ms(20), &a, &err), RESIL_OK);
+  assert_int_equal(resil_pool_acquire(p, resil_deadline_in_ms(20), &b, &err), RESIL_OK);
+  assert_int_equal(atomic_load(&S.open), 2);
+  for (int k = 0; k < 10; k++) {
+    resil_status st = resil_pool_acquire(p, resil_deadline_in_ms(5), &c, &err);
+    if (st == RESIL_OK) { /* the idle list of a's or b's address: impossible, both in use */
+      fail_msg("third connection lent");
+    }
+    assert_int_equal(st, RESIL_E_POOL_TIMEOUT);
+    assert_true(atomic_load(&S.open) <= 2);
+  }
+  resil_pool_stats ps;
+  resil_pool_get_stats(p, &ps);
+  assert_int_equal(ps.max, 2);
+  assert_int_equal(ps.in_use, 2);
+  assert_int_equal(ps.connects_failed, 0); /* a budget wait is not a failed connect */
+  /* released to idle: another address steals the idle connection's budget */
+  resil_pool_release(p, a, RESIL_POOL_OK);
+  resil_pool_release(p, b, RESIL_POOL_OK);
+  for (int k = 0; k < 50; k++) {
+    assert_true(call(p) >= 0);
+    assert_true(atomic_load(&S.open) <= 2);
+  }
+  resil_pool_get_stats(p, &ps);
+  assert_true(ps.open <= 2);
+  resil_pool_free(p);
+  assert_int_equal(atomic_load(&S.open), 0);
+}
+
+/* An ejected address's idle connections are closed, which frees budget. */
+static void test_eject_frees_budget(void **state) {
+  (void)state;
+  resil_outlier_config oc = ocfg(1, 1000, 10000, 50);
+  resil_pool *p = make("127.0.0.1:7001,127.0.0.1:7002", 4, &oc);
+  /* four at once: two per address (least outstanding), then all idle */
+  resil_pool_conn *held[4];
+  resil_err err;
+  for (int k = 0; k < 4; k++)
+    assert_int_equal(resil_pool_acquire(p, resil_deadline_in_ms(20), &held[k], &err), RESIL_OK);
+  for (int k = 0; k < 4; k++) resil_pool_release(p, held[k], RESIL_POOL_OK);
+  resil_endpoint_stats es[RESIL_ENDPOINTS_MAX];
+  stats(p, es, 2);
+  assert_int_equal(es[0].idle, 2);
+  assert_int_equal(es[1].idle, 2);
+  bad[0] = true;
+  hit(p, 0, 1);
+  stats(p, es, 2);
+  assert_true(es[0].ejected);
+  assert_int_equal(es[0].open, 0);
+  assert_int_equal(atomic_load(&S.open), (int)es[1].open);
+  resil_pool_free(p);
+}
+
+/* ---- Success rate -------------------------------------------------------------- */
+
+static void test_success_rate(void **state) {
+  (void)state;
+  resil_outlier_config oc = ocfg(0, 1000, 10000, 50); /* consecutive rule off */
+  oc.success_rate_minimum_hosts = 3;
+  oc.success_rate_request_volume = 20;
+  oc.success_rate_stdev_factor = 1.0;
+  resil_pool *p = make("127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003,127.0.0.1:7004", 10, &oc);
+  resil_endpoint_stats es[RESIL_ENDPOINTS_MAX];
+  /* address 3 fails every other call: never 2 in a row would matter here */
+  int n3 = 0;
+  for (int k = 0; k < 800; k++) {
+    resil_pool_conn *c;
+    resil_err err;
+    assert_int_equal(resil_pool_acquire(p, resil_deadline_in_ms(20), &c, &err), RESIL_OK);
+    int i = ((fconn *)resil_pool_conn_handle(c))->addr;
+    bool fail = i == 3 && (n3++ % 2);
+    resil_pool_release(p, c, fail ? RESIL_POOL_BROKEN : RESIL_POOL_OK);
+  }
+  stats(p, es, 4);
+  assert_false(es[3].ejected); /* the interval has not ended */
+  fake_clock_advance_ms(1000);
+  call(p); /* the first outcome after the interval evaluates it */
+  stats(p, es, 4);
+  assert_true(es[3].ejected);
+  assert_false(es[0].ejected || es[1].ejected || es[2].ejected);
+  resil_pool_free(p);
+  /* below the request volume: nothing */
+  p = make("127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003,127.0.0.1:7004", 10, &oc);
+  bad[3] = true;
+  for (int k = 0; k < 30; k++) call(p); /* < 20 calls each */
+  fake_clock_advance_ms(1000);
+  call(p);
+  stats(p, es, 4);
+  assert_false(es[3].ejected);
+  resil_pool_free(p);
+}
+
+/* ---- The dependency's breaker -------------------------------------------------- */
+
+static resil_dep *make_dep(resil_pool *p) {
+  resil_dep_config dc;
+  resil_dep_config_init(&dc, "multi-dep");
+  dc.breaker.consecutive_failures = 3;
+  dc.breaker.failure_rate_percent = 10; /* 5 failures in ~45 calls would trip it */
+  dc.breaker.minimum_calls = 5;
+  dc.probe_interval_ms = 0;
+  resil_err err;
+  resil_dep *d = resil_dep_new(&dc, &err);
+  assert_non_null(d);
+  resil_dep_attach_pool(d, p);
+  return d;
+}
+
+/* One call through the dependency: admit, acquire, release, done. */
+static resil_status dep_call(resil_dep *d, resil_pool *p) {
+  resil_permit pm;
+  resil_err err;
+  resil_status st = resil_dep_admit(d, resil_deadline_in_ms(20), &pm, &err);
+  if (st != RESIL_OK) return st;
+  resil_pool_conn *c;
+  st = resil_pool_acquire(p, pm.deadline, &c, &err);
+  if (st == RESIL_OK) {
+    int i = ((fconn *)resil_pool_conn_handle(c))->addr;
+    st = bad[i] ? RESIL_E_TIMEOUT : RESIL_OK;
+    resil_pool_release(p, c, bad[i] ? RESIL_POOL_BROKEN : RESIL_POOL_OK);
+  }
+  resil_dep_done(&pm, st);
+  return st;
+}
+
+static void test_breaker_one_bad_stays_closed(void **state) {
+  (void)state;
+  resil_outlier_config oc = ocfg(5, 60000, 60000, 50);
+  resil_pool *p = make(HOSTS3, 10, &oc);
+  resil_dep *d = make_dep(p);
+  for (int k = 0; k < 30; k++) assert_int_equal(dep_call(d, p), RESIL_OK);
+  bad[1] = true;
+  int failures = 0;
+  for (int k = 0; k < 300; k++)
+    if (dep_call(d, p) == RESIL_E_TIMEOUT) failures++;
+  assert_int_equal(failures, 5); /* then ejected */
+  assert_int_equal(resil_breaker_get_state(resil_dep_breaker(d)), RESIL_BREAKER_CLOSED);
+  resil_dep_stats ds;
+  resil_dep_get_stats(d, &ds);
+  assert_int_equal(ds.calls[RESIL_OUTCOME_TIMEOUT], 5); /* still counted as what they were */
+  /* per-address metrics, labelled by address */
+  char *text = NULL;
+  resil_err err;
+  assert_int_equal(resil_export_prometheus(&text, NULL, &err), RESIL_OK);
+  const char *want[] = {
+      "resil_endpoint_ejected{dependency=\"multi-dep\",endpoint=\"127.0.0.1:7002\"} 1\n",
+      "resil_endpoint_ejected{dependency=\"multi-dep\",endpoint=\"127.0.0.1:7001\"} 0\n",
+      "resil_endpoint_ejections_total{dependency=\"multi-dep\",endpoint=\"127.0.0.1:7002\"} 1\n",
+      "resil_endpoint_calls_total{dependency=\"multi-dep\",endpoint=\"127.0.0.1:7002\",result=\"failure\"} 5\n",
+      "resil_endpoint_outstanding{dependency=\"multi-dep\",endpoint=\"127.0.0.1:7003\"} 0\n",
+      "# TYPE resil_endpoint_ejections_skipped_total counter\n",
+      "resil_endpoint_connections{dependency=\"multi-dep\",endpoint=\"127.0.0.1:7001\",state=\"idle\"} 1\n",
+  };
+  for (size_t k = 0; k < sizeof want / sizeof want[0]; k++)
+    if (!strstr(text, want[k])) fail_msg("no '%s' in:\n%s", want[k], text);
+  free(text);
+  assert_int_equal(resil_export_json(&text, NULL, &err), RESIL_OK);
+  if (!strstr(text, "\"endpoints\":[{\"endpoint\":\"127.0.0.1:7001\",\"ejected\":false") ||
+      !strstr(text, "{\"endpoint\":\"127.0.0.1:7002\",\"ejected\":true"))
+    fail_msg("json: %s", text);
+  free(text);
+  resil_dep_free(d);
+  resil_pool_free(p);
+}
+
+static void test_breaker_all_bad_opens(void **state) {
+  (void)state;
+  resil_outlier_config oc = ocfg(5, 60000, 60000, 50);
+  resil_pool *p = make(HOSTS3, 10, &oc);
+  resil_dep *d = make_dep(p);
+  for (int k = 0; k < 30; k++) assert_int_equal(dep_call(d, p), RESIL_OK);
+  bad[0] = bad[1] = bad[2] = true;
+  int k = 0;
+  while (resil_breaker_get_state(resil_dep_breaker(d)) == RESIL_BREAKER_CLOSED) {
+    assert_true(++k < 50);
+    resil_status st = dep_call(d, p);
+    assert_true(st == RESIL_E_TIMEOUT || st == RESIL_E_BREAKER_OPEN);
+  }
+  assert_int_equal(dep_call(d, p), RESIL_E_BREAKER_OPEN);
+  resil_dep_free(d);
+  resil_pool_free(p);
+}
+
+/* A single-address pool made the ordinary way is not a multi-address one. */
+static void test_plain_pool_has_no_endpoints(void **state) {
+  (void)state;
+  resil_pool_config pc;
+  resil_pool_config_init(&pc);
+  pc.name = "plain";
+  pc.housekeeping_ms = 0;
+  resil_pool_connector cn = {.connect = NULL, .close = f_close};
+  resil_err err;
+  resil_outlier_config oc;
+  resil_outlier_config_init(&oc);
+  assert_null(resil_pool_new_endpoints(&pc, &cn, f_connect_to, "a:1,a:1", 1, &oc, &err));
+  assert_non_null(strstr(err.msg, "hosts: "));
+  assert_non_null(strstr(err.msg, "listed twice"));
+  oc.max_ejection_percent = 101;
+  oc.base_ejection_ms = 0;
+  assert_null(resil_pool_new_endpoints(&pc, &cn, f_connect_to, "a:1", 1, &oc, &err));
+  assert_non_null(strstr(err.msg, "outlier.max_ejection_percent"));
+  assert_non_null(strstr(err.msg, "outlier.base_ejection_ms"));
+  assert_int_equal(resil_pool_endpoint_stats(NULL, NULL, 0), 0);
+  assert_null(resil_pool_endpoint_next(NULL));
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test_setup_teardown(test_parse_good, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_parse_bad, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_consecutive_ejects, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_max_percent, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_readmit_probation_backoff, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_connect_failures_eject, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_p2c_spreads, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_budget, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_eject_frees_budget, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_success_rate, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_breaker_one_bad_stays_closed, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_breaker_all_bad_opens, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_plain_pool_has_no_endpoints, setup, teardown),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
