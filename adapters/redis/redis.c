@@ -463,6 +463,16 @@ static resil_status finish_connect(resil_redis *r, redisContext *c, const char *
   return RESIL_OK;
 }
 
+/* Give c a reader whose reply functions check the bound of each call
+ * (reply.h); false when out of memory. */
+static bool use_bounded_reader(redisContext *c) {
+  redisReader *rd = resil_redis_reader_new();
+  if (!rd) return false;
+  redisReaderFree(c->reader);
+  c->reader = rd;
+  return true;
+}
+
 static resil_status rconnect(void *ctx, resil_deadline deadline, void **conn, resil_err *err) {
   resil_redis *r = ctx;
   uint64_t start = resil_now_ns();
@@ -530,6 +540,11 @@ static resil_status rconnect(void *ctx, resil_deadline deadline, void **conn, re
     return connect_fail(st, false, err);
   }
   c->flags &= ~REDIS_BLOCK;
+  if (!use_bounded_reader(c)) {
+    redisFree(c);
+    return connect_fail(resil_err_set(err, RESIL_E_NOMEM, "%s: out of memory", r->name), false,
+                        err);
+  }
   /* Blocking socket with a receive slice (see RECV_SLICE_MS). */
   struct timeval slice = {.tv_sec = 0, .tv_usec = RECV_SLICE_MS * 1000};
   int fl = fcntl(c->fd, F_GETFL);
