@@ -32,6 +32,10 @@
 #define DEFAULT_MAX_BODY (8u * MIB)
 #define MAX_MAX_BODY ((size_t)1024u * MIB)
 #define MAX_HEADER_LINES 1000
+/* What one pooled handle can hold besides the response: the easy handle,
+ * its connection's buffers (download 16 KiB, upload 64 KiB), TLS state and
+ * the header scratch space kept between calls (<= 64 KiB). */
+#define HTTP_CONN_BYTES (512u * 1024u)
 
 struct resil_http {
   resil_dep *dep;
@@ -161,18 +165,11 @@ static void curl_global_once(void) {
 
 /* ---- configuration ----------------------------------------------------- */
 
-/* Pull the "http" configuration kind (http_kind.c) into every program that
- * uses this adapter, also from a static archive, where the linker takes only
- * the members a program references: its constructor registers the kind, so
- * RESIL_DEPS=name:http works without calling resil_http_register_kind(). */
-__attribute__((used)) static resil_status (*const pull_kind_)(resil_err *) =
-    resil_http_register_kind;
+RESIL_X_PULL_KIND(http); /* see xutil.h */
 
 void resil_http_config_init(resil_http_config *cfg, const char *name) {
   if (!cfg) return;
-  memset(cfg, 0, sizeof *cfg);
-  resil_dep_config_init(&cfg->dep, name);
-  resil_pool_config_init(&cfg->pool);
+  resil_x_config_init(cfg, sizeof *cfg, &cfg->dep, &cfg->pool, name);
   cfg->connect_timeout_ms = 500;
   cfg->request_timeout_ms = 1000;
   cfg->tls_verify = true;
@@ -629,12 +626,14 @@ static bool copy_headers_and_probe(resil_http *h, const resil_http_config *cfg) 
 static bool copy_config(resil_http *h, const resil_http_config *cfg) {
   h->connect_timeout_ms = cfg->connect_timeout_ms;
   h->request_timeout_ms = cfg->request_timeout_ms;
-  h->tls_verify = cfg->tls_verify;
-  h->max_body = cfg->max_response_bytes;
-  h->low_speed_bps = cfg->low_speed_bytes_per_s;
-  h->low_speed_s = cfg->low_speed_time_s;
   memcpy(h->failure_statuses, cfg->failure_statuses, sizeof h->failure_statuses);
   h->nfailure = cfg->nfailure_statuses;
+  h->tls_verify = cfg->tls_verify;
+  if (cfg->low_speed_bytes_per_s) {
+    h->low_speed_bps = cfg->low_speed_bytes_per_s;
+    h->low_speed_s = cfg->low_speed_time_s;
+  }
+  h->max_body = cfg->max_response_bytes;
   if (!(h->name = resil_x_strdup(cfg->dep.name)) || !(h->base = resil_x_strdup(cfg->base_url)))
     return false;
   for (size_t n = strlen(h->base); n > 0 && h->base[n - 1] == '/'; n--) h->base[n - 1] = '\0';
@@ -651,17 +650,16 @@ static bool copy_config(resil_http *h, const resil_http_config *cfg) {
 /* The dependency, the pool of handles and the recovery probe. */
 static resil_status start_client(resil_http *h, const resil_http_config *cfg, resil_err *err) {
   if (!(h->dep = resil_dep_new(&cfg->dep, err))) return err ? err->status : RESIL_E_NOMEM;
-  resil_pool_config pc = cfg->pool;
-  pc.name = h->name;
-  resil_pool_connector conn = {
-      .connect = conn_open, .close = conn_close, .ctx = h, .abandon = conn_abandon};
-  if (!(h->pool = resil_pool_new(&pc, &conn, err))) return err ? err->status : RESIL_E_NOMEM;
-  resil_dep_attach_pool(h->dep, h->pool);
-  resil_dep_set_memory_bound(h->dep, resil_http_config_memory_bound(cfg));
-  if (resil_dep_set_probe(h->dep, http_probe, h) != RESIL_OK)
-    return resil_err_set(err, RESIL_E_SYSTEM, "http '%s': cannot start the recovery probe",
-                         h->name);
-  return RESIL_OK;
+  char label[RESIL_ERR_MSG_MAX / 4];
+  snprintf(label, sizeof label, "http '%s'", h->name);
+  resil_x_client c = {
+      .label = label,
+      .pool = cfg->pool,
+      .connector = {.connect = conn_open, .close = conn_close, .ctx = h, .abandon = conn_abandon},
+      .memory_bound = resil_http_config_memory_bound(cfg),
+      .probe = http_probe};
+  c.pool.name = h->name; /* the dependency's, always */
+  return resil_x_start_pool(&c, h->dep, &h->pool, err);
 }
 
 resil_http *resil_http_new(const resil_http_config *cfg, resil_err *err) {
@@ -700,20 +698,13 @@ resil_http *resil_http_new(const resil_http_config *cfg, resil_err *err) {
   return NULL;
 }
 
-/* What one pooled handle can hold besides the response: the easy handle,
- * its connection's buffers (download 16 KiB, upload 64 KiB), TLS state and
- * the header scratch space kept between calls (<= 64 KiB). */
-#define HTTP_CONN_BYTES (512u * 1024u)
-
 uint64_t resil_http_config_memory_bound(const resil_http_config *cfg) {
   if (!cfg) return 0;
-  uint64_t conns = cfg->pool.max_size;
-  uint64_t calls = conns < cfg->dep.limit.max_concurrent ? conns : cfg->dep.limit.max_concurrent;
   /* A call's response: the body (up to max_response_bytes; while its buffer
    * grows, the old and the new one exist at once: 2x) and the header lines
    * (also at most max_response_bytes, copied once into the response: 2x). */
-  uint64_t per_call = 4 * (uint64_t)cfg->max_response_bytes;
-  return resil_dep_config_memory_bound(&cfg->dep) + conns * HTTP_CONN_BYTES + calls * per_call;
+  return resil_x_memory_bound(&cfg->dep, cfg->pool.max_size, HTTP_CONN_BYTES,
+                              4 * (uint64_t)cfg->max_response_bytes);
 }
 
 resil_dep *resil_http_dep(resil_http *h) { return h ? h->dep : NULL; }
@@ -1292,8 +1283,6 @@ static resil_status failure_status(http_try *t) {
   }
 }
 
-static bool local_errno(int e) { return e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM; }
-
 /* The status of a failed transfer. No half response: whatever arrived
  * before the failure is dropped. */
 static resil_status classify_failure(http_try *t) {
@@ -1319,7 +1308,7 @@ static resil_status classify_failure(http_try *t) {
                    CURL_MAX_HTTP_HEADER, (int)rc);
   }
   if (t->x.nomem || rc == CURLE_OUT_OF_MEMORY) return try_nomem(t);
-  if (rc == CURLE_COULDNT_CONNECT && local_errno(t->x.sock_errno))
+  if (rc == CURLE_COULDNT_CONNECT && resil_x_local_errno(t->x.sock_errno))
     return try_err(t, RESIL_E_SYSTEM,
                    "connect: cannot create a socket: %s (a local resource limit; not counted "
                    "against the dependency)",

@@ -46,18 +46,11 @@
 
 /* ---- Configuration ------------------------------------------------------ */
 
-/* Pull the "pg" configuration kind (pg_kind.c) into every program that
- * uses this adapter, also from a static archive, where the linker takes only
- * the members a program references: its constructor registers the kind, so
- * RESIL_DEPS=name:pg works without calling resil_pg_register_kind(). */
-__attribute__((used)) static resil_status (*const pull_kind_)(resil_err *) =
-    resil_pg_register_kind;
+RESIL_X_PULL_KIND(pg); /* see xutil.h */
 
 void resil_pg_config_init(resil_pg_config *cfg, const char *name) {
   if (!cfg) return;
-  memset(cfg, 0, sizeof *cfg);
-  resil_dep_config_init(&cfg->dep, name);
-  resil_pool_config_init(&cfg->pool);
+  resil_x_config_init(cfg, sizeof *cfg, &cfg->dep, &cfg->pool, name);
   cfg->conninfo = NULL;
   cfg->connect_timeout_ms = 1000;
   cfg->query_timeout_ms = 5000;
@@ -339,14 +332,12 @@ resil_status resil_pg_config_validate(const resil_pg_config *cfg, resil_err *err
 
 uint64_t resil_pg_config_memory_bound(const resil_pg_config *cfg) {
   if (!cfg) return 0;
-  uint64_t conns = cfg->pool.max_size;
-  uint64_t calls = conns < cfg->dep.limit.max_concurrent ? conns : cfg->dep.limit.max_concurrent;
   /* A statement is stopped within one read of max_result_bytes received
-   * (see "Bounding what one statement receives"): libpq's input buffer holds
-   * up to that (1x, plus one read) and the PGresult it builds is up to ~3x
-   * the protocol bytes for many narrow rows: 4x. */
-  return resil_dep_config_memory_bound(&cfg->dep) + conns * PG_CONN_BYTES +
-         calls * 4 * (uint64_t)cfg->max_result_bytes;
+   * (see "Bounding what one statement receives", stmt.c): libpq's input
+   * buffer holds up to that (1x, plus one read) and the PGresult it builds
+   * is up to ~3x the protocol bytes for many narrow rows: 4x. */
+  return resil_x_memory_bound(&cfg->dep, cfg->pool.max_size, PG_CONN_BYTES,
+                              4 * (uint64_t)cfg->max_result_bytes);
 }
 
 /* ---- The adapter object ------------------------------------------------- */
@@ -411,15 +402,11 @@ static void conn_drop_prepared(pg_conn *w, const char *name) {
     }
 }
 
-static void bump(_Atomic uint64_t *c) { atomic_fetch_add_explicit(c, 1, memory_order_relaxed); }
-
 resil_dep *resil_pg_dep(resil_pg *pg) { return pg ? pg->dep : NULL; }
 resil_pool *resil_pg_pool(resil_pg *pg) { return pg ? pg->pool : NULL; }
 
 void resil_pg_get_stats(const resil_pg *pg, resil_pg_stats *out) {
-  if (!out) return;
-  memset(out, 0, sizeof *out);
-  if (!pg) return;
+  if (!resil_x_stats_begin(out, sizeof *out, pg)) return;
   resil_pg *m = (resil_pg *)(uintptr_t)pg;
 #define RD(f) out->f = atomic_load_explicit(&m->f, memory_order_relaxed)
   RD(connects_ok);
@@ -451,7 +438,7 @@ void resil_pg_get_stats(const resil_pg *pg, resil_pg_stats *out) {
 /* Hand a connection whose statement is still running to the reaper
  * (reaper.h): cancelled and closed off this thread. */
 static void reap(resil_pg *pg, PGconn *conn) {
-  bump(&pg->timeouts);
+  resil_x_bump(&pg->timeouts);
   pg_reaper_hand(&pg->rp, conn);
 }
 
@@ -590,7 +577,7 @@ static void failover(resil_pg *pg, uint64_t gen) {
       if (h[0] && h[0] != '/' && h[0] != '@') resil_resolve_invalidate(h);
     }
   }
-  if (pg->pool && resil_pool_evict(pg->pool, gen)) bump(&pg->failovers);
+  if (pg->pool && resil_pool_evict(pg->pool, gen)) resil_x_bump(&pg->failovers);
 }
 
 /* A connect error that, after good connects, means the server at that
@@ -627,14 +614,14 @@ static resil_status pg_connect_once(resil_pg *pg, resil_deadline deadline, const
  * within the same deadline. */
 static resil_status connect_rotated(resil_pg *pg, resil_deadline deadline, const char *pw,
                                     void **out, resil_err *err) {
-  bump(&pg->auth_failures);
+  resil_x_bump(&pg->auth_failures);
   char pw2[RESIL_PASSWORD_MAX];
   resil_err e2;
   resil_status st = RESIL_E_FAILURE;
   if (get_password(pg, RESIL_PASSWORD_AUTH_FAILED, pw2, &e2) && strcmp(pw, pw2) != 0 &&
       !resil_deadline_expired(deadline)) {
     st = pg_connect_once(pg, deadline, pw2, out, err);
-    if (st == RESIL_E_FAILURE && err && strstr(err->msg, "28P01")) bump(&pg->auth_failures);
+    if (st == RESIL_E_FAILURE && err && strstr(err->msg, "28P01")) resil_x_bump(&pg->auth_failures);
   }
   explicit_bzero(pw2, sizeof pw2);
   return st;
@@ -652,7 +639,7 @@ static resil_status pg_connect(void *ctx, resil_deadline deadline, void **out, r
   bool rotating = pg->cfg.password_cb || pg->pwfile;
   char pw[RESIL_PASSWORD_MAX];
   if (rotating && !get_password(pg, 0, pw, err)) { /* leaves no secret in pw */
-    bump(&pg->connects_failed);
+    resil_x_bump(&pg->connects_failed);
     return RESIL_E_FAILURE;
   }
   resil_status st = pg_connect_once(pg, deadline, rotating ? pw : NULL, out, err);
@@ -668,9 +655,9 @@ static resil_status pg_connect(void *ctx, resil_deadline deadline, void **out, r
  * (this process's limit: RESIL_E_SYSTEM). */
 static void count_connect_failure(resil_pg *pg, resil_status st) {
   if (st == RESIL_E_TIMEOUT)
-    bump(&pg->connects_timed_out);
+    resil_x_bump(&pg->connects_timed_out);
   else if (st != RESIL_E_SYSTEM)
-    bump(&pg->connects_failed);
+    resil_x_bump(&pg->connects_failed);
 }
 
 /* The connect attempt did not finish by the deadline: name the address
@@ -726,9 +713,9 @@ static resil_status pg_connect_once(resil_pg *pg, resil_deadline deadline, const
     resil_status st = build_hosts(pg, deadline, hosts, addrs, ports, &per_port, err);
     if (st != RESIL_OK) {
       if (st == RESIL_E_TIMEOUT)
-        bump(&pg->connects_timed_out);
+        resil_x_bump(&pg->connects_timed_out);
       else if (st != RESIL_E_SYSTEM && st != RESIL_E_NOMEM)
-        bump(&pg->connects_failed);
+        resil_x_bump(&pg->connects_failed);
       return st;
     }
     keys[n] = "host";
@@ -773,7 +760,7 @@ static resil_status pg_connect_once(resil_pg *pg, resil_deadline deadline, const
     return st;
   }
   w->pq = c;
-  bump(&pg->connects_ok);
+  resil_x_bump(&pg->connects_ok);
   *out = w;
   return RESIL_OK;
 }
@@ -832,7 +819,7 @@ static void give_back(resil_pg *pg, resil_pool_conn *pc, disp d, resil_deadline 
       resil_status st = RESIL_E_DEADLINE;
       if (!resil_deadline_expired(rd)) st = pg_stmt_simple(&pg->env, &rs, NULL, 0, NULL);
       if (st == RESIL_OK && rs.d == DISP_KEEP && PQtransactionStatus(w->pq) == PQTRANS_IDLE) {
-        bump(&pg->rollbacks);
+        resil_x_bump(&pg->rollbacks);
       } else if (rs.d == DISP_REAP) {
         PGconn *c = w->pq;
         w->pq = NULL;
@@ -846,7 +833,7 @@ static void give_back(resil_pg *pg, resil_pool_conn *pc, disp d, resil_deadline 
       d = DISP_BROKEN;
     }
   }
-  if (d == DISP_BROKEN) bump(&pg->broken);
+  if (d == DISP_BROKEN) resil_x_bump(&pg->broken);
   if (d == DISP_KEEP) w->returned_ns = resil_now_ns();
   resil_pool_release(pg->pool, pc, d == DISP_KEEP ? RESIL_POOL_OK : RESIL_POOL_BROKEN);
 }
@@ -885,7 +872,7 @@ static resil_status acquire_live(resil_pg *pg, resil_deadline d, resil_pool_conn
         conn_quick_ok(resil_pool_conn_handle(*pc),
                       (uint64_t)pg->cfg.alive_bypass_ms * 1000000u))
       return RESIL_OK;
-    bump(&pg->broken);
+    resil_x_bump(&pg->broken);
     /* The server closed an idle connection: restarted, shut down or failed
      * over. Close the others now, not one by one as they are borrowed. */
     failover(pg, resil_pool_conn_generation(*pc));
@@ -1009,7 +996,7 @@ static resil_status query_attempt(void *vctx, resil_attempt *a) {
     if (replay || d != DISP_MOVED || !state || strcmp(state, "25006") != 0 ||
         resil_deadline_expired(a->deadline))
       return st;
-    bump(&pg->replays);
+    resil_x_bump(&pg->replays);
   }
 }
 
@@ -1459,27 +1446,22 @@ static resil_status start_client(resil_pg *pg, const resil_pg_config *cfg, resil
                           .dep = pg->dep,
                           .max_result_bytes = cfg->max_result_bytes,
                           .read_only = &pg->read_only};
-  resil_pool_config pc = cfg->pool;
-  if (!pc.name) pc.name = pg->name;
-  pc.connect_timeout_ms = cfg->connect_timeout_ms;
-  resil_pool_connector cn = {
-      .connect = pg_connect, .validate = pg_validate, .close = pg_close, .ctx = pg,
-      .abandon = pg_abandon};
-  if (!(pg->pool = resil_pool_new(&pc, &cn, err))) return RESIL_E_INVALID;
-  resil_dep_attach_pool(pg->dep, pg->pool);
-  resil_dep_set_memory_bound(pg->dep, resil_pg_config_memory_bound(cfg));
-  if (resil_dep_set_probe(pg->dep, pg_probe, pg) != RESIL_OK)
-    return resil_err_set(err, RESIL_E_SYSTEM, "%s: cannot start the recovery probe", pg->name);
-  return RESIL_OK;
+  resil_x_client c = {
+      .label = pg->name,
+      .name = pg->name,
+      .pool = cfg->pool,
+      .connect_timeout_ms = cfg->connect_timeout_ms,
+      .connector = {.connect = pg_connect, .validate = pg_validate, .close = pg_close,
+                    .ctx = pg, .abandon = pg_abandon},
+      .memory_bound = resil_pg_config_memory_bound(cfg),
+      .probe = pg_probe};
+  return resil_x_start_pool(&c, pg->dep, &pg->pool, err);
 }
 
 resil_pg *resil_pg_new(const resil_pg_config *cfg, resil_err *err) {
   if (resil_pg_config_validate(cfg, err) != RESIL_OK) return NULL;
-  resil_pg *pg = calloc(1, sizeof *pg);
-  if (!pg) {
-    resil_err_set(err, RESIL_E_NOMEM, "%s: out of memory", cfg->dep.name);
-    return NULL;
-  }
+  resil_pg *pg = resil_x_client_alloc(sizeof *pg, cfg->dep.name, err);
+  if (!pg) return NULL;
   if (copy_config(pg, cfg, err) != RESIL_OK ||
       pg_reaper_start(&pg->rp, pg->name, cfg->reaper_queue_max, cfg->cancel_timeout_ms, err) !=
           RESIL_OK ||

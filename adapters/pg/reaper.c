@@ -12,8 +12,7 @@
 
 #include "resil/deadline.h"
 #include "resil/pg.h"
-
-static void bump(_Atomic uint64_t *c) { atomic_fetch_add_explicit(c, 1, memory_order_relaxed); }
+#include "xutil.h"
 
 /* One cancel request run on its own detached thread so that the reaper can
  * stop waiting for it. Freed by whichever of the two lets go last. */
@@ -117,14 +116,14 @@ static bool cancel_job_run(cancel_job *j) {
  * timeout_ms for it. */
 static void cancel_bounded(pg_reaper *rp, PGconn *conn, uint64_t timeout_ms) {
   if (timeout_ms == 0 || PQstatus(conn) != CONNECTION_OK) {
-    bump(&rp->n.cancels_skipped);
+    resil_x_bump(&rp->n.cancels_skipped);
     return;
   }
   cancel_job *j = NULL;
   if (atomic_fetch_add(&g_cancel_threads, 1) >= RESIL_PG_MAX_STUCK_CANCELS ||
       !(j = cancel_job_new(conn)) || !cancel_job_run(j)) {
     atomic_fetch_sub(&g_cancel_threads, 1);
-    bump(&rp->n.cancels_skipped);
+    resil_x_bump(&rp->n.cancels_skipped);
     return;
   }
   struct timespec until = mono_in_ms(timeout_ms);
@@ -136,11 +135,11 @@ static void cancel_bounded(pg_reaper *rp, PGconn *conn, uint64_t timeout_ms) {
   pthread_mutex_unlock(&j->mu);
   cancel_job_unref(j);
   if (!done)
-    bump(&rp->n.cancels_abandoned);
+    resil_x_bump(&rp->n.cancels_abandoned);
   else if (ok)
-    bump(&rp->n.cancels_sent);
+    resil_x_bump(&rp->n.cancels_sent);
   else
-    bump(&rp->n.cancels_failed);
+    resil_x_bump(&rp->n.cancels_failed);
 }
 
 static void *reaper_main(void *arg) {
@@ -164,7 +163,7 @@ static void *reaper_main(void *arg) {
     }
     cancel_bounded(rp, conn, timeout);
     PQfinish(conn);
-    bump(&rp->n.reaped);
+    resil_x_bump(&rp->n.reaped);
     pthread_mutex_lock(&rp->mu);
   }
   pthread_mutex_unlock(&rp->mu);
@@ -227,7 +226,7 @@ void pg_reaper_hand(pg_reaper *rp, PGconn *conn) {
     return;
   }
   if (here) pthread_mutex_unlock(&rp->mu);
-  bump(&rp->n.cancels_skipped);
+  resil_x_bump(&rp->n.cancels_skipped);
   PQfinish(conn);
-  bump(&rp->n.reaped);
+  resil_x_bump(&rp->n.reaped);
 }
