@@ -32,6 +32,10 @@
 #define DEFAULT_MAX_BODY (8u * MIB)
 #define MAX_MAX_BODY ((size_t)1024u * MIB)
 #define MAX_HEADER_LINES 1000
+/* What one pooled handle can hold besides the response: the easy handle,
+ * its connection's buffers (download 16 KiB, upload 64 KiB), TLS state and
+ * the header scratch space kept between calls (<= 64 KiB). */
+#define HTTP_CONN_BYTES (512u * 1024u)
 
 struct resil_http {
   resil_dep *dep;
@@ -161,18 +165,11 @@ static void curl_global_once(void) {
 
 /* ---- configuration ----------------------------------------------------- */
 
-/* Pull the "http" configuration kind (http_kind.c) into every program that
- * uses this adapter, also from a static archive, where the linker takes only
- * the members a program references: its constructor registers the kind, so
- * RESIL_DEPS=name:http works without calling resil_http_register_kind(). */
-__attribute__((used)) static resil_status (*const pull_kind_)(resil_err *) =
-    resil_http_register_kind;
+RESIL_X_PULL_KIND(http); /* see xutil.h */
 
 void resil_http_config_init(resil_http_config *cfg, const char *name) {
   if (!cfg) return;
-  memset(cfg, 0, sizeof *cfg);
-  resil_dep_config_init(&cfg->dep, name);
-  resil_pool_config_init(&cfg->pool);
+  resil_x_config_init(cfg, sizeof *cfg, &cfg->dep, &cfg->pool, name);
   cfg->connect_timeout_ms = 500;
   cfg->request_timeout_ms = 1000;
   cfg->tls_verify = true;
@@ -451,6 +448,41 @@ static void conn_abandon(void *ctx, void *conn) {
   free(c);
 }
 
+/* ---- resolving with resil_resolve -------------------------------------- */
+
+#define PIN_LINE_MAX 600
+
+/* Resolve the base host with resil_resolve() (bounded by d, cached for a
+ * few seconds process-wide) and write the CURLOPT_RESOLVE entry
+ * "host:port:addr,addr" that pins curl to the answer into line. RESIL_OK,
+ * or resil_resolve's status (RESIL_E_FAILURE when it found no address)
+ * with its message in *e. */
+static resil_status resolve_pin_line(const resil_http *h, resil_deadline d,
+                                     char line[PIN_LINE_MAX], resil_err *e) {
+  resil_addr addrs[8];
+  size_t n = 0;
+  resil_status st = resil_resolve(h->host, h->port, d, addrs, 8, &n, e);
+  if (st == RESIL_OK && n == 0) st = RESIL_E_FAILURE;
+  if (st != RESIL_OK) return st;
+  int len = snprintf(line, PIN_LINE_MAX, "%s:%u:", h->host, h->port);
+  for (size_t i = 0; i < n && len > 0 && (size_t)len < PIN_LINE_MAX - RESIL_ADDR_TEXT_MAX - 4;
+       i++)
+    len += snprintf(line + len, PIN_LINE_MAX - (size_t)len,
+                    addrs[i].family == AF_INET6 ? "%s[%s]" : "%s%s", i ? "," : "", addrs[i].text);
+  return RESIL_OK;
+}
+
+/* Append the client's default header lines to *list; false when out of
+ * memory (*list keeps what was appended). */
+static bool append_defaults(const resil_http *h, struct curl_slist **list) {
+  for (size_t i = 0; i < h->nheaders; i++) {
+    struct curl_slist *nl = curl_slist_append(*list, h->headers[i]);
+    if (!nl) return false;
+    *list = nl;
+  }
+  return true;
+}
+
 /* ---- the recovery probe ------------------------------------------------ */
 
 /* Any body byte ends the transfer: the status line and headers are the
@@ -463,6 +495,61 @@ static size_t probe_body(char *data, size_t size, size_t nmemb, void *ud) {
   return 0;
 }
 
+/* The probe's lookup: *pin pins curl to the answer; *cto and *left are cut
+ * to the time the lookup left. */
+static resil_status probe_pin(resil_http *h, resil_deadline deadline, long *cto, int64_t *left,
+                              struct curl_slist **pin, resil_err *err) {
+  char line[PIN_LINE_MAX];
+  resil_err re = {0};
+  resil_status st =
+      resolve_pin_line(h, resil_deadline_min(deadline, resil_deadline_in_ms(*cto)), line, &re);
+  if (st != RESIL_OK)
+    st = resil_err_set(err, st == RESIL_E_TIMEOUT ? RESIL_E_TIMEOUT : RESIL_E_FAILURE,
+                       "http '%s': probe: dns: %s", h->name, re.msg);
+  else if (!(*pin = curl_slist_append(NULL, line)))
+    st = resil_err_set(err, RESIL_E_NOMEM, "http '%s': probe: out of memory", h->name);
+  *left = resil_deadline_remaining_ms(deadline);
+  if (st == RESIL_OK && *left <= 0)
+    st = resil_err_set(err, RESIL_E_TIMEOUT, "http '%s': probe: no time after dns", h->name);
+  if (*cto > *left) *cto = (long)*left;
+  return st;
+}
+
+/* GET probe_url on e: a status below 500 (but 429) is a healthy answer. */
+static resil_status probe_run(resil_http *h, CURL *e, struct curl_slist *hdrs,
+                              struct curl_slist *pin, long cto, int64_t left, resil_err *err) {
+  char errbuf[CURL_ERROR_SIZE] = "";
+  curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(e, CURLOPT_FORBID_REUSE, 1L);
+  curl_easy_setopt(e, CURLOPT_ERRORBUFFER, errbuf);
+  curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, probe_body);
+  curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+  curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
+  curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, h->tls_verify ? 1L : 0L);
+  curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, h->tls_verify ? 2L : 0L);
+  if (h->ca_file) curl_easy_setopt(e, CURLOPT_CAINFO, h->ca_file);
+  if (pin) curl_easy_setopt(e, CURLOPT_RESOLVE, pin);
+  curl_easy_setopt(e, CURLOPT_URL, h->probe_url);
+  curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
+  curl_easy_setopt(e, CURLOPT_HTTPHEADER, hdrs);
+  curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, cto);
+  curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)left);
+  CURLcode rc = curl_easy_perform(e);
+  curl_easy_setopt(e, CURLOPT_ERRORBUFFER, (char *)NULL); /* errbuf is this frame's */
+  long code = 0;
+  curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &code);
+  if ((rc == CURLE_OK || rc == CURLE_WRITE_ERROR) && code >= 100) {
+    if (code >= 500 || code == 429)
+      return resil_err_set(err, RESIL_E_FAILURE, "http '%s': probe: GET %s: HTTP %ld", h->name,
+                           h->probe_url, code);
+    resil_err_set(err, RESIL_OK, "GET %s: HTTP %ld", h->probe_url, code);
+    return RESIL_OK;
+  }
+  return resil_err_set(err, rc == CURLE_OPERATION_TIMEDOUT ? RESIL_E_TIMEOUT : RESIL_E_FAILURE,
+                       "http '%s': probe: GET %s: %s (curl %d)", h->name, h->probe_url,
+                       errbuf[0] ? errbuf : curl_easy_strerror(rc), (int)rc);
+}
+
 /* Recovery probe (resil_dep_set_probe): GET probe_url on a fresh handle
  * (a fresh connection) with the default headers, within the deadline. */
 static resil_status http_probe(void *ctx, resil_deadline deadline, resil_err *err) {
@@ -471,74 +558,13 @@ static resil_status http_probe(void *ctx, resil_deadline deadline, resil_err *er
   if (left <= 0) return resil_err_set(err, RESIL_E_TIMEOUT, "http '%s': probe: no time", h->name);
   CURL *e = curl_easy_init();
   if (!e) return resil_err_set(err, RESIL_E_NOMEM, "http '%s': probe: no curl handle", h->name);
-  char errbuf[CURL_ERROR_SIZE] = "";
   struct curl_slist *hdrs = NULL, *pin = NULL;
   resil_status st = RESIL_OK;
-  for (size_t i = 0; i < h->nheaders && st == RESIL_OK; i++) {
-    struct curl_slist *nl = curl_slist_append(hdrs, h->headers[i]);
-    if (nl)
-      hdrs = nl;
-    else
-      st = resil_err_set(err, RESIL_E_NOMEM, "http '%s': probe: out of memory", h->name);
-  }
+  if (!append_defaults(h, &hdrs))
+    st = resil_err_set(err, RESIL_E_NOMEM, "http '%s': probe: out of memory", h->name);
   long cto = (long)(left < h->connect_timeout_ms ? left : h->connect_timeout_ms);
-  if (st == RESIL_OK && h->use_resil_resolve) {
-    resil_addr addrs[8];
-    size_t n = 0;
-    resil_err re = {0};
-    st = resil_resolve(h->host, h->port, resil_deadline_min(deadline, resil_deadline_in_ms(cto)),
-                       addrs, 8, &n, &re);
-    if (st == RESIL_OK && n == 0) st = RESIL_E_FAILURE;
-    if (st != RESIL_OK) {
-      st = resil_err_set(err, st == RESIL_E_TIMEOUT ? RESIL_E_TIMEOUT : RESIL_E_FAILURE,
-                         "http '%s': probe: dns: %s", h->name, re.msg);
-    } else {
-      char line[600];
-      int len = snprintf(line, sizeof line, "%s:%u:", h->host, h->port);
-      for (size_t i = 0; i < n && len > 0 && (size_t)len < sizeof line - RESIL_ADDR_TEXT_MAX - 4;
-           i++)
-        len += snprintf(line + len, sizeof line - (size_t)len,
-                        addrs[i].family == AF_INET6 ? "%s[%s]" : "%s%s", i ? "," : "",
-                        addrs[i].text);
-      if (!(pin = curl_slist_append(NULL, line)))
-        st = resil_err_set(err, RESIL_E_NOMEM, "http '%s': probe: out of memory", h->name);
-    }
-    left = resil_deadline_remaining_ms(deadline);
-    if (st == RESIL_OK && left <= 0)
-      st = resil_err_set(err, RESIL_E_TIMEOUT, "http '%s': probe: no time after dns", h->name);
-    if (cto > left) cto = (long)left;
-  }
-  if (st == RESIL_OK) {
-    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(e, CURLOPT_FORBID_REUSE, 1L);
-    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, errbuf);
-    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, probe_body);
-    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
-    curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
-    curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, h->tls_verify ? 1L : 0L);
-    curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, h->tls_verify ? 2L : 0L);
-    if (h->ca_file) curl_easy_setopt(e, CURLOPT_CAINFO, h->ca_file);
-    if (pin) curl_easy_setopt(e, CURLOPT_RESOLVE, pin);
-    curl_easy_setopt(e, CURLOPT_URL, h->probe_url);
-    curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
-    curl_easy_setopt(e, CURLOPT_HTTPHEADER, hdrs);
-    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, cto);
-    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)left);
-    CURLcode rc = curl_easy_perform(e);
-    long code = 0;
-    curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &code);
-    if ((rc == CURLE_OK || rc == CURLE_WRITE_ERROR) && code >= 100) {
-      if (code >= 500 || code == 429)
-        st = resil_err_set(err, RESIL_E_FAILURE, "http '%s': probe: GET %s: HTTP %ld", h->name,
-                           h->probe_url, code);
-      else
-        resil_err_set(err, RESIL_OK, "GET %s: HTTP %ld", h->probe_url, code);
-    } else {
-      st = resil_err_set(err, rc == CURLE_OPERATION_TIMEDOUT ? RESIL_E_TIMEOUT : RESIL_E_FAILURE,
-                         "http '%s': probe: GET %s: %s (curl %d)", h->name, h->probe_url,
-                         errbuf[0] ? errbuf : curl_easy_strerror(rc), (int)rc);
-    }
-  }
+  if (st == RESIL_OK && h->use_resil_resolve) st = probe_pin(h, deadline, &cto, &left, &pin, err);
+  if (st == RESIL_OK) st = probe_run(h, e, hdrs, pin, cto, left, err);
   curl_easy_cleanup(e);
   curl_slist_free_all(hdrs);
   curl_slist_free_all(pin);
@@ -564,6 +590,78 @@ void resil_http_free(resil_http *h) {
   free(h);
 }
 
+/* "Name: value", or "Name;" (curl's way to send a header with an empty
+ * value), into buf of n >= strlen(name) + strlen(value) + 3 bytes. */
+static void header_line(char *buf, size_t n, const char *name, const char *value) {
+  if (*value)
+    snprintf(buf, n, "%s: %s", name, value);
+  else
+    snprintf(buf, n, "%s;", name);
+}
+
+/* The default header lines and the probe's URL, built from cfg. False when
+ * out of memory (what was built is h's, freed by resil_http_free). */
+static bool copy_headers_and_probe(resil_http *h, const resil_http_config *cfg) {
+  if (cfg->nheaders) {
+    if (!(h->headers = calloc(cfg->nheaders, sizeof *h->headers))) return false;
+    for (size_t i = 0; i < cfg->nheaders; i++) {
+      const resil_http_header *hd = &cfg->headers[i];
+      size_t n = strlen(hd->name) + strlen(hd->value) + 3;
+      if (!(h->headers[i] = malloc(n))) return false;
+      h->nheaders++;
+      header_line(h->headers[i], n, hd->name, hd->value);
+    }
+  }
+  const char *pp = cfg->probe_path ? cfg->probe_path : "";
+  while (*pp == '/') pp++;
+  size_t bl = strlen(h->base), pl = strlen(pp);
+  if (!(h->probe_url = malloc(bl + pl + 2))) return false;
+  memcpy(h->probe_url, h->base, bl);
+  if (pl) h->probe_url[bl++] = '/';
+  memcpy(h->probe_url + bl, pp, pl + 1);
+  return true;
+}
+
+/* What the client keeps of cfg (validated). False when out of memory. */
+static bool copy_config(resil_http *h, const resil_http_config *cfg) {
+  h->connect_timeout_ms = cfg->connect_timeout_ms;
+  h->request_timeout_ms = cfg->request_timeout_ms;
+  memcpy(h->failure_statuses, cfg->failure_statuses, sizeof h->failure_statuses);
+  h->nfailure = cfg->nfailure_statuses;
+  h->tls_verify = cfg->tls_verify;
+  if (cfg->low_speed_bytes_per_s) {
+    h->low_speed_bps = cfg->low_speed_bytes_per_s;
+    h->low_speed_s = cfg->low_speed_time_s;
+  }
+  h->max_body = cfg->max_response_bytes;
+  if (!(h->name = resil_x_strdup(cfg->dep.name)) || !(h->base = resil_x_strdup(cfg->base_url)))
+    return false;
+  for (size_t n = strlen(h->base); n > 0 && h->base[n - 1] == '/'; n--) h->base[n - 1] = '\0';
+  if (cfg->deadline_header && *cfg->deadline_header) {
+    size_t n = strlen(cfg->deadline_header);
+    if (!(h->deadline_header = malloc(n + 3))) return false;
+    memcpy(h->deadline_header, cfg->deadline_header, n);
+    memcpy(h->deadline_header + n, ": ", 3);
+  }
+  if (cfg->ca_file && !(h->ca_file = resil_x_strdup(cfg->ca_file))) return false;
+  return copy_headers_and_probe(h, cfg);
+}
+
+/* The dependency, the pool of handles and the recovery probe. */
+static resil_status start_client(resil_http *h, const resil_http_config *cfg, resil_err *err) {
+  if (!(h->dep = resil_dep_new(&cfg->dep, err))) return err ? err->status : RESIL_E_NOMEM;
+  char label[RESIL_ERR_MSG_MAX / 4];
+  snprintf(label, sizeof label, "http '%s'", h->name);
+  resil_x_client c = {
+      .label = label,
+      .pool = cfg->pool,
+      .connector = {.connect = conn_open, .close = conn_close, .ctx = h, .abandon = conn_abandon},
+      .memory_bound = resil_http_config_memory_bound(cfg),
+      .probe = http_probe};
+  c.pool.name = h->name; /* the dependency's, always */
+  return resil_x_start_pool(&c, h->dep, &h->pool, err);
+}
+
 resil_http *resil_http_new(const resil_http_config *cfg, resil_err *err) {
   bool https = false, numeric = false;
   char *host = NULL;
@@ -574,97 +672,39 @@ resil_http *resil_http_new(const resil_http_config *cfg, resil_err *err) {
   }
   pthread_once(&curl_once, curl_global_once);
   if (curl_init_rc != CURLE_OK) {
+    free(host);
     resil_err_set(err, RESIL_E_SYSTEM, "http '%s': curl_global_init failed: %s", cfg->dep.name,
                   curl_easy_strerror(curl_init_rc));
     return NULL;
   }
   resil_http *h = calloc(1, sizeof *h);
-  if (!h) {
-    free(host);
-    goto nomem;
+  if (!h) free(host);
+  if (h) {
+    h->host = host;
+    h->port = port;
+    /* Without curl's threaded resolver a lookup could block past the
+     * deadline: resolve with resil_resolve() instead. */
+    h->use_resil_resolve = !numeric && (cfg->resolve_with_resil || !curl_async_dns);
+    h->https = https;
+    h->numeric_host = numeric;
   }
-  h->host = host;
-  h->port = port;
-  /* Without curl's threaded resolver a lookup could block past the
-   * deadline: resolve with resil_resolve() instead. */
-  h->use_resil_resolve = !numeric && (cfg->resolve_with_resil || !curl_async_dns);
-  h->https = https;
-  h->numeric_host = numeric;
-  h->connect_timeout_ms = cfg->connect_timeout_ms;
-  h->request_timeout_ms = cfg->request_timeout_ms;
-  h->tls_verify = cfg->tls_verify;
-  h->max_body = cfg->max_response_bytes;
-  h->low_speed_bps = cfg->low_speed_bytes_per_s;
-  h->low_speed_s = cfg->low_speed_time_s;
-  memcpy(h->failure_statuses, cfg->failure_statuses, sizeof h->failure_statuses);
-  h->nfailure = cfg->nfailure_statuses;
-  if (!(h->name = resil_x_strdup(cfg->dep.name)) || !(h->base = resil_x_strdup(cfg->base_url))) goto nomem;
-  for (size_t n = strlen(h->base); n > 0 && h->base[n - 1] == '/'; n--) h->base[n - 1] = '\0';
-  if (cfg->deadline_header && *cfg->deadline_header) {
-    size_t n = strlen(cfg->deadline_header);
-    if (!(h->deadline_header = malloc(n + 3))) goto nomem;
-    memcpy(h->deadline_header, cfg->deadline_header, n);
-    memcpy(h->deadline_header + n, ": ", 3);
+  if (!h || !copy_config(h, cfg)) {
+    resil_err_set(err, RESIL_E_NOMEM, "http '%s': out of memory",
+                  cfg->dep.name ? cfg->dep.name : "?");
+  } else if (start_client(h, cfg, err) == RESIL_OK) {
+    return h;
   }
-  if (cfg->ca_file && !(h->ca_file = resil_x_strdup(cfg->ca_file))) goto nomem;
-  if (cfg->nheaders) {
-    if (!(h->headers = calloc(cfg->nheaders, sizeof *h->headers))) goto nomem;
-    for (size_t i = 0; i < cfg->nheaders; i++) {
-      const resil_http_header *hd = &cfg->headers[i];
-      size_t n = strlen(hd->name) + strlen(hd->value) + 3;
-      if (!(h->headers[i] = malloc(n))) goto nomem;
-      h->nheaders++;
-      /* "Name;" is curl's way to send a header with an empty value. */
-      if (*hd->value)
-        snprintf(h->headers[i], n, "%s: %s", hd->name, hd->value);
-      else
-        snprintf(h->headers[i], n, "%s;", hd->name);
-    }
-  }
-  {
-    const char *pp = cfg->probe_path ? cfg->probe_path : "";
-    while (*pp == '/') pp++;
-    size_t bl = strlen(h->base), pl = strlen(pp);
-    if (!(h->probe_url = malloc(bl + pl + 2))) goto nomem;
-    memcpy(h->probe_url, h->base, bl);
-    if (pl) h->probe_url[bl++] = '/';
-    memcpy(h->probe_url + bl, pp, pl + 1);
-  }
-  if (!(h->dep = resil_dep_new(&cfg->dep, err))) goto fail;
-  resil_pool_config pc = cfg->pool;
-  pc.name = h->name;
-  resil_pool_connector conn = {
-      .connect = conn_open, .close = conn_close, .ctx = h, .abandon = conn_abandon};
-  if (!(h->pool = resil_pool_new(&pc, &conn, err))) goto fail;
-  resil_dep_attach_pool(h->dep, h->pool);
-  resil_dep_set_memory_bound(h->dep, resil_http_config_memory_bound(cfg));
-  if (resil_dep_set_probe(h->dep, http_probe, h) != RESIL_OK) {
-    resil_err_set(err, RESIL_E_SYSTEM, "http '%s': cannot start the recovery probe", h->name);
-    goto fail;
-  }
-  return h;
-nomem:
-  resil_err_set(err, RESIL_E_NOMEM, "http '%s': out of memory",
-                cfg->dep.name ? cfg->dep.name : "?");
-fail:
   resil_http_free(h);
   return NULL;
 }
 
-/* What one pooled handle can hold besides the response: the easy handle,
- * its connection's buffers (download 16 KiB, upload 64 KiB), TLS state and
- * the header scratch space kept between calls (<= 64 KiB). */
-#define HTTP_CONN_BYTES (512u * 1024u)
-
 uint64_t resil_http_config_memory_bound(const resil_http_config *cfg) {
   if (!cfg) return 0;
-  uint64_t conns = cfg->pool.max_size;
-  uint64_t calls = conns < cfg->dep.limit.max_concurrent ? conns : cfg->dep.limit.max_concurrent;
   /* A call's response: the body (up to max_response_bytes; while its buffer
    * grows, the old and the new one exist at once: 2x) and the header lines
    * (also at most max_response_bytes, copied once into the response: 2x). */
-  uint64_t per_call = 4 * (uint64_t)cfg->max_response_bytes;
-  return resil_dep_config_memory_bound(&cfg->dep) + conns * HTTP_CONN_BYTES + calls * per_call;
+  return resil_x_memory_bound(&cfg->dep, cfg->pool.max_size, HTTP_CONN_BYTES,
+                              4 * (uint64_t)cfg->max_response_bytes);
 }
 
 resil_dep *resil_http_dep(resil_http *h) { return h ? h->dep : NULL; }
@@ -945,37 +985,64 @@ static void set_method(CURL *e, const char *m, const resil_http_request *req) {
   }
 }
 
-/* Resolve the base host with resil_resolve() (bounded by the connect
- * timeout and the deadline, cached for a few seconds process-wide) and make
- * a CURLOPT_RESOLVE entry "host:port:addr,addr" that pins curl to it. */
-static resil_status resolve_pin(resil_http *h, call_ctx *c, resil_attempt *a, long cto,
-                                struct curl_slist **out) {
-  resil_addr addrs[8];
-  size_t n = 0;
-  resil_err e = {0};
-  resil_deadline d = resil_deadline_min(a->deadline, resil_deadline_in_ms(cto));
-  resil_status st = resil_resolve(h->host, h->port, d, addrs, 8, &n, &e);
-  if (st == RESIL_OK && n == 0) st = RESIL_E_FAILURE;
-  if (st != RESIL_OK) {
-    if (st != RESIL_E_TIMEOUT && st != RESIL_E_NOMEM && st != RESIL_E_SYSTEM)
-      st = RESIL_E_FAILURE;
-    return resil_err_set(a->err, st, "http '%s': %s %.*s: dns: %s", h->name, c->method,
-                         (int)c->url_show, c->url, e.msg);
-  }
-  char line[600];
-  int len = snprintf(line, sizeof line, "%s:%u:", h->host, h->port);
-  for (size_t i = 0; i < n && len > 0 && (size_t)len < sizeof line - RESIL_ADDR_TEXT_MAX - 4; i++)
-    len += snprintf(line + len, sizeof line - (size_t)len,
-                    addrs[i].family == AF_INET6 ? "%s[%s]" : "%s%s", i ? "," : "", addrs[i].text);
-  *out = curl_slist_append(NULL, line);
-  if (!*out) return resil_err_set(a->err, RESIL_E_NOMEM, "http '%s': out of memory", h->name);
-  return RESIL_OK;
+/* ---- one attempt, phase by phase ---------------------------------------
+ * As in curl's multi.c, where each state of a transfer has its function:
+ * attempt() borrows a handle (try_acquire), sets the transfer up
+ * (try_prepare), runs it (try_perform), reads what the handle says about
+ * the answer (read_response) or the failure (read_failure), gives the
+ * handle back on its one release path (try_release), and only then maps the
+ * outcome to a status (classify_response, classify_failure): nothing of the
+ * handle is touched after the release, another call may have it. Every
+ * message goes through try_err(), which starts it with
+ * "http '<dep>': METHOD url: ". */
+
+typedef struct http_try {
+  call_ctx *c;
+  resil_attempt *a;
+  resil_http *h;
+  resil_http_response *r;
+  resil_pool_conn *pc; /* the borrowed handle, NULL once released */
+  http_conn *hc;
+  long cto, tto;                    /* curl's connect and transfer timeouts, ms */
+  struct curl_slist *pin;           /* the CURLOPT_RESOLVE entry, or NULL */
+  struct curl_slist *hdrs;          /* c->hdrs with the deadline header after it */
+  struct curl_slist dl_node, *tail; /* the deadline header, linked after tail */
+  char dl_line[128];                /* "name: value": name <= 64, value < 16 */
+  xfer x;
+  CURLcode rc;
+  long code;           /* the response's status, 0 if none */
+  bool cut_headers;    /* CURLE_OK, but the connection closed inside the headers */
+  bool has_ra;         /* the response has a Retry-After */
+  bool clean;          /* failed before any connection: the handle stays good */
+  bool header_refused; /* curl refused a header line too long (curl_refused_header) */
+  resil_http_phase phase;
+  char detail[CURL_ERROR_SIZE];
+} http_try;
+
+/* Fill the attempt's error with "http '<dep>': METHOD url: " and the
+ * message; returns st. */
+#if defined(__GNUC__)
+__attribute__((format(printf, 3, 4)))
+#endif
+static resil_status try_err(const http_try *t, resil_status st, const char *fmt, ...) {
+  resil_err *err = t->a->err;
+  const call_ctx *c = t->c;
+  int n = snprintf(err->msg, sizeof err->msg, "http '%s': %s %.*s: ", t->h->name, c->method,
+                   (int)c->url_show, c->url);
+  size_t at = n < 0 ? 0 : (size_t)n < sizeof err->msg ? (size_t)n : sizeof err->msg - 1;
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(err->msg + at, sizeof err->msg - at, fmt, ap);
+  va_end(ap);
+  err->status = st;
+  return st;
 }
 
-static resil_status attempt(void *vctx, resil_attempt *a) {
-  call_ctx *c = vctx;
-  resil_http *h = c->h;
-  resil_http_response *r = c->resp;
+static resil_status try_nomem(const http_try *t) {
+  return resil_err_set(t->a->err, RESIL_E_NOMEM, "http '%s': out of memory", t->h->name);
+}
+
+static void reset_response(resil_http_response *r, uint32_t attempt_number) {
   free_headers(r);
   free(r->body);
   r->body = NULL;
@@ -985,226 +1052,293 @@ static resil_status attempt(void *vctx, resil_attempt *a) {
   r->phase = RESIL_HTTP_PHASE_NONE;
   r->curl_code = 0;
   r->reused = false;
-  r->attempts = a->number;
+  r->attempts = attempt_number;
+}
 
-  if (resil_deadline_expired(a->deadline))
-    return resil_err_set(a->err, RESIL_E_DEADLINE,
-                         "http '%s': %s %.*s: deadline passed before the transfer", h->name,
-                         c->method, (int)c->url_show, c->url);
-  resil_pool_conn *pc = NULL;
-  resil_status st = resil_pool_acquire(h->pool, a->deadline, &pc, a->err);
+/* The deadline, then a handle from the pool. Nothing is borrowed on
+ * failure. */
+static resil_status try_acquire(http_try *t) {
+  if (resil_deadline_expired(t->a->deadline))
+    return try_err(t, RESIL_E_DEADLINE, "deadline passed before the transfer");
+  resil_status st = resil_pool_acquire(t->h->pool, t->a->deadline, &t->pc, t->a->err);
   if (st != RESIL_OK) return st;
-  http_conn *hc = resil_pool_conn_handle(pc);
-  CURL *e = hc->easy;
+  t->hc = resil_pool_conn_handle(t->pc);
+  return RESIL_OK;
+}
+
+/* curl's timeouts: the configured ones, capped by the time left. */
+static resil_status try_budget(http_try *t) {
   /* rounded up: 0 only if expired; a drain's cutoff bounds it too */
-  int64_t left = resil_deadline_remaining_ms(resil_drain_bound(a->deadline));
+  int64_t left = resil_deadline_remaining_ms(resil_drain_bound(t->a->deadline));
   if (left <= 0) {
     /* The pool's handles do no I/O to be lent (curl connects inside the
      * transfer), so this is time spent waiting for one; asked anyway, so
      * that the rule (resil/status.h) holds whatever the pool does. */
-    bool io = resil_pool_conn_did_io(pc);
-    resil_pool_release(h->pool, pc, RESIL_POOL_OK);
-    return resil_err_set(a->err, io ? RESIL_E_TIMEOUT : RESIL_E_DEADLINE,
-                         "http '%s': %s %.*s: deadline passed before the transfer", h->name,
-                         c->method, (int)c->url_show, c->url);
+    bool io = resil_pool_conn_did_io(t->pc);
+    return try_err(t, io ? RESIL_E_TIMEOUT : RESIL_E_DEADLINE,
+                   "deadline passed before the transfer");
   }
-  long cto = (long)(left < h->connect_timeout_ms ? left : h->connect_timeout_ms);
-  long tto = (long)(left < h->request_timeout_ms ? left : h->request_timeout_ms);
+  const resil_http *h = t->h;
+  t->cto = (long)(left < h->connect_timeout_ms ? left : h->connect_timeout_ms);
+  t->tto = (long)(left < h->request_timeout_ms ? left : h->request_timeout_ms);
+  return RESIL_OK;
+}
 
-  struct curl_slist *pin = NULL;
-  if (h->use_resil_resolve) {
-    st = resolve_pin(h, c, a, cto, &pin);
-    if (st != RESIL_OK) {
-      resil_pool_release(h->pool, pc, RESIL_POOL_OK); /* no I/O was done on it */
-      r->phase = RESIL_HTTP_PHASE_DNS;
-      return st;
-    }
-    /* The lookup used some of the time. */
-    left = resil_deadline_remaining_ms(resil_drain_bound(a->deadline));
-    if (left <= 0) {
-      curl_slist_free_all(pin);
-      resil_pool_release(h->pool, pc, RESIL_POOL_OK);
-      r->phase = RESIL_HTTP_PHASE_DNS;
-      return resil_err_set(a->err, RESIL_E_TIMEOUT,
-                           "http '%s': %s %.*s: dns: no time left after the lookup", h->name,
-                           c->method, (int)c->url_show, c->url);
-    }
-    if (cto > left) cto = (long)left;
-    if (tto > left) tto = (long)left;
-    curl_easy_setopt(e, CURLOPT_RESOLVE, pin);
+/* With use_resil_resolve: resolve the base host (bounded by the connect
+ * timeout and the deadline) and pin curl to the answer. */
+static resil_status try_pin(http_try *t) {
+  if (!t->h->use_resil_resolve) return RESIL_OK;
+  char line[PIN_LINE_MAX];
+  resil_err e = {0};
+  resil_deadline d = resil_deadline_min(t->a->deadline, resil_deadline_in_ms(t->cto));
+  resil_status st = resolve_pin_line(t->h, d, line, &e);
+  int64_t left = 0;
+  if (st != RESIL_OK && st != RESIL_E_TIMEOUT && st != RESIL_E_NOMEM && st != RESIL_E_SYSTEM)
+    st = RESIL_E_FAILURE;
+  if (st != RESIL_OK)
+    try_err(t, st, "dns: %s", e.msg);
+  else if (!(t->pin = curl_slist_append(NULL, line)))
+    st = try_nomem(t);
+  else if ((left = resil_deadline_remaining_ms(resil_drain_bound(t->a->deadline))) <= 0)
+    st = try_err(t, RESIL_E_TIMEOUT, "dns: no time left after the lookup"); /* it used it all */
+  if (st != RESIL_OK) {
+    t->r->phase = RESIL_HTTP_PHASE_DNS;
+    return st;
   }
+  if (t->cto > left) t->cto = (long)left;
+  if (t->tto > left) t->tto = (long)left;
+  curl_easy_setopt(t->hc->easy, CURLOPT_RESOLVE, t->pin);
+  return RESIL_OK;
+}
 
-  /* The deadline header is the only per-attempt one: append it to the
-   * shared list for this transfer and unlink it afterwards. */
-  struct curl_slist dl_node = {0}, *list = c->hdrs, *tail = NULL;
-  char dl_line[128]; /* "name: value": name <= 64, value < 16 */
-  if (h->deadline_header) {
-    size_t pl = strlen(h->deadline_header);
-    if (resil_grpc_timeout_format(a->deadline, dl_line + pl, sizeof dl_line - pl, NULL) ==
-        RESIL_OK) {
-      memcpy(dl_line, h->deadline_header, pl); /* the stored name ends with ": " */
-      dl_node.data = dl_line;
-      if (list) {
-        for (tail = list; tail->next; tail = tail->next) {
-        }
-        tail->next = &dl_node;
-      } else {
-        list = &dl_node;
-      }
-    }
+/* The deadline header is the only per-attempt one: link it after the
+ * shared list for this transfer (try_release unlinks it). */
+static void link_deadline_header(http_try *t) {
+  t->hdrs = t->c->hdrs;
+  const char *name = t->h->deadline_header; /* the stored name ends with ": " */
+  if (!name) return;
+  size_t pl = strlen(name);
+  if (resil_grpc_timeout_format(t->a->deadline, t->dl_line + pl, sizeof t->dl_line - pl, NULL) !=
+      RESIL_OK)
+    return;
+  memcpy(t->dl_line, name, pl);
+  t->dl_node.data = t->dl_line;
+  if (!t->hdrs) {
+    t->hdrs = &t->dl_node;
+    return;
   }
+  for (t->tail = t->hdrs; t->tail->next; t->tail = t->tail->next) {
+  }
+  t->tail->next = &t->dl_node;
+}
 
-  xfer x = {.resp = r, .hc = hc, .dep = h->dep, .max = h->max_body};
-  curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, &x.sock_errno);
-  hc->hlen = hc->nspans = 0;
-  hc->errbuf[0] = '\0';
+/* Time budget, pin and headers, then the transfer's options. */
+static resil_status try_prepare(http_try *t) {
+  resil_status st = try_budget(t);
+  if (st == RESIL_OK) st = try_pin(t);
+  if (st != RESIL_OK) return st;
+  link_deadline_header(t);
+  const resil_http *h = t->h;
+  const call_ctx *c = t->c;
+  CURL *e = t->hc->easy;
+  t->x = (xfer){.resp = t->r, .hc = t->hc, .dep = h->dep, .max = h->max_body};
+  curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, &t->x.sock_errno);
+  t->hc->hlen = t->hc->nspans = 0;
+  t->hc->errbuf[0] = '\0';
   curl_easy_setopt(e, CURLOPT_URL, c->url);
   set_method(e, c->method, c->req);
   /* curl refuses a declared Content-Length above the limit before reading
    * the body, but would refuse it for a HEAD too, which reads no body. */
   curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE,
                    (curl_off_t)(strcmp(c->method, "HEAD") == 0 ? 0 : h->max_body));
-  curl_easy_setopt(e, CURLOPT_HTTPHEADER, list);
-  curl_easy_setopt(e, CURLOPT_WRITEDATA, &x);
-  curl_easy_setopt(e, CURLOPT_HEADERDATA, &x);
-  curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, cto);
-  curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, tto);
+  curl_easy_setopt(e, CURLOPT_HTTPHEADER, t->hdrs);
+  curl_easy_setopt(e, CURLOPT_WRITEDATA, &t->x);
+  curl_easy_setopt(e, CURLOPT_HEADERDATA, &t->x);
+  curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, t->cto);
+  curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, t->tto);
+  return RESIL_OK;
+}
 
-  CURLcode rc = curl_easy_perform(e);
-  /* From here the body is the caller's (or freed below): no longer held
-   * for a call in flight. */
-  resil_dep_memory_add(h->dep, -(int64_t)x.cap);
-
-  curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, (void *)NULL);
-  curl_easy_setopt(e, CURLOPT_HTTPHEADER, (struct curl_slist *)NULL);
-  if (tail) tail->next = NULL;
-  if (pin) {
-    curl_easy_setopt(e, CURLOPT_RESOLVE, (struct curl_slist *)NULL);
-    curl_slist_free_all(pin);
-  }
-  long code = 0, nconn = 0;
-  curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &code);
+static void try_perform(http_try *t) {
+  CURL *e = t->hc->easy;
+  t->rc = curl_easy_perform(e);
+  /* From here the body is the caller's (or freed): no longer held for a
+   * call in flight. */
+  resil_dep_memory_add(t->h->dep, -(int64_t)t->x.cap);
+  long nconn = 0;
+  curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &t->code);
   curl_easy_getinfo(e, CURLINFO_NUM_CONNECTS, &nconn);
-  r->curl_code = (int)rc;
-  r->reused = nconn == 0 && code != 0;
+  t->r->curl_code = (int)t->rc;
+  t->r->reused = nconn == 0 && t->code != 0;
   /* curl 7.88 ends a transfer whose connection closed inside the header
    * section (after the status line) with CURLE_OK, the status parsed and
    * no body: that is a cut response, not an answer. */
-  bool cut_headers = rc == CURLE_OK && !x.headers_done;
+  t->cut_headers = t->rc == CURLE_OK && !t->x.headers_done;
+}
 
-  if (rc == CURLE_OK && !cut_headers) {
-    if (!take_headers(hc, r)) x.nomem = true;
-    bool has_ra = resil_http_response_header(r, "Retry-After") != NULL;
-    if (has_ra) {
-      curl_off_t ra = 0; /* delta-seconds or an HTTP-date, parsed by curl */
-      curl_easy_getinfo(e, CURLINFO_RETRY_AFTER, &ra);
-      if (ra < 0) ra = 0;
-      if (ra > (curl_off_t)(UINT32_MAX / 1000u)) ra = (curl_off_t)(UINT32_MAX / 1000u);
-      r->retry_after_ms = (uint32_t)ra * 1000u;
-    }
-    /* Nothing of the handle is touched after this: another call may have it. */
-    resil_pool_release(h->pool, pc, RESIL_POOL_OK);
-    r->status = code;
-    if (x.nomem) return resil_err_set(a->err, RESIL_E_NOMEM, "http '%s': out of memory", h->name);
-    if (code < 400) return RESIL_OK;
-    if (code == 429 || (code == 503 && has_ra)) {
-      a->retry_after_ms = r->retry_after_ms;
-      resil_err_set(a->err, RESIL_E_OVERLOAD,
-                    "http '%s': %s %.*s: HTTP %ld (overloaded; Retry-After %u ms)", h->name,
-                    c->method, (int)c->url_show, c->url, code, r->retry_after_ms);
-      /* Server pushback: pause every call to this dependency until the time
-       * it named (capped by pushback.max_pause_ms), or for pushback.pause_ms
-       * after a 429 that named none. */
-      if (has_ra)
-        resil_dep_pause(h->dep, r->retry_after_ms, "retry_after", a->err->msg);
-      else
-        resil_dep_pushback(h->dep, "overload", a->err->msg);
-      return RESIL_E_OVERLOAD;
-    }
-    if (in_set(h, code))
-      return resil_err_set(a->err, RESIL_E_FAILURE, "http '%s': %s %.*s: HTTP %ld", h->name,
-                           c->method, (int)c->url_show, c->url, code);
-    return resil_err_set(a->err, RESIL_E_CALLER, "http '%s': %s %.*s: HTTP %ld (caller error)",
-                         h->name, c->method, (int)c->url_show, c->url, code);
+/* An answer: its headers and Retry-After, from the handle. */
+static void read_response(http_try *t) {
+  resil_http_response *r = t->r;
+  if (!take_headers(t->hc, r)) t->x.nomem = true;
+  t->has_ra = resil_http_response_header(r, "Retry-After") != NULL;
+  if (t->has_ra) {
+    curl_off_t ra = 0; /* delta-seconds or an HTTP-date, parsed by curl */
+    curl_easy_getinfo(t->hc->easy, CURLINFO_RETRY_AFTER, &ra);
+    if (ra < 0) ra = 0;
+    if (ra > (curl_off_t)(UINT32_MAX / 1000u)) ra = (curl_off_t)(UINT32_MAX / 1000u);
+    r->retry_after_ms = (uint32_t)ra * 1000u;
   }
+  r->status = t->code;
+}
 
-  /* The transfer failed. Keep the handle only when no connection was ever
-   * made (a refused connect or a failed lookup leave nothing half-read). */
-  r->status = 0;
-  resil_http_phase ph = cut_headers ? RESIL_HTTP_PHASE_RECEIVE
-                                    : phase_of(h, e, rc, c->req->body ? c->req->body_len : 0);
-  r->phase = ph;
-  char detail[CURL_ERROR_SIZE];
-  if (cut_headers)
-    snprintf(detail, sizeof detail, "connection closed inside the response headers");
+/* A failed transfer: where it stopped, curl's words, and whether the
+ * handle can be kept (only when no connection was ever made: a refused
+ * connect or a failed lookup leave nothing half-read). */
+static void read_failure(http_try *t) {
+  CURL *e = t->hc->easy;
+  CURLcode rc = t->rc;
+  const resil_http_request *req = t->c->req;
+  t->r->status = 0;
+  t->phase = t->cut_headers ? RESIL_HTTP_PHASE_RECEIVE
+                            : phase_of(t->h, e, rc, req->body ? req->body_len : 0);
+  t->r->phase = t->phase;
+  if (t->cut_headers)
+    snprintf(t->detail, sizeof t->detail, "connection closed inside the response headers");
   else
-    snprintf(detail, sizeof detail, "%s", hc->errbuf[0] ? hc->errbuf : curl_easy_strerror(rc));
+    snprintf(t->detail, sizeof t->detail, "%s",
+             t->hc->errbuf[0] ? t->hc->errbuf : curl_easy_strerror(rc));
   /* Every timeout says "timed out", whatever words curl chose for the step
    * it was in (its TLS code says "SSL connection timeout"): one phrase for
    * the on-call engineer's grep. */
-  if (rc == CURLE_OPERATION_TIMEDOUT && !strstr(detail, "timed out")) {
+  if (rc == CURLE_OPERATION_TIMEDOUT && !strstr(t->detail, "timed out")) {
     char curl_words[CURL_ERROR_SIZE];
-    snprintf(curl_words, sizeof curl_words, "%s", detail);
-    snprintf(detail, sizeof detail, "timed out (%.200s)", curl_words);
+    snprintf(curl_words, sizeof curl_words, "%s", t->detail);
+    snprintf(t->detail, sizeof t->detail, "timed out (%.200s)", curl_words);
   }
-  hc->hlen = hc->nspans = 0;
-  bool clean = rc == CURLE_COULDNT_CONNECT || rc == CURLE_COULDNT_RESOLVE_HOST;
-  bool header_refused = rc == CURLE_OUT_OF_MEMORY && !x.nomem && curl_refused_header(e, &x);
-  resil_pool_release(h->pool, pc, clean ? RESIL_POOL_OK : RESIL_POOL_BROKEN); /* frees hc */
-  hc = NULL;
-  e = NULL;
-  /* No half response: whatever arrived before the failure is dropped. */
-  free_headers(r);
-  free(r->body);
-  r->body = NULL;
-  r->body_len = 0;
-  if (x.too_big || rc == CURLE_FILESIZE_EXCEEDED) {
-    a->retry = 0;
-    return resil_err_set(a->err, RESIL_E_FAILURE,
-                         "http '%s': %s %.*s: response body exceeds max_response_bytes "
-                         "(%zu bytes)",
-                         h->name, c->method, (int)c->url_show, c->url, h->max_body);
+  t->hc->hlen = t->hc->nspans = 0;
+  t->clean = rc == CURLE_COULDNT_CONNECT || rc == CURLE_COULDNT_RESOLVE_HOST;
+  t->header_refused = rc == CURLE_OUT_OF_MEMORY && !t->x.nomem && curl_refused_header(e, &t->x);
+}
+
+/* The one way the borrowed handle goes back: the per-transfer options off,
+ * the deadline header unlinked from the shared list, the pin freed, then
+ * the handle to the pool (RESIL_POOL_BROKEN frees it). */
+static void try_release(http_try *t, resil_pool_return how) {
+  CURL *e = t->hc->easy;
+  curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, (void *)NULL);
+  curl_easy_setopt(e, CURLOPT_HTTPHEADER, (struct curl_slist *)NULL);
+  if (t->tail) t->tail->next = NULL;
+  if (t->pin) {
+    curl_easy_setopt(e, CURLOPT_RESOLVE, (struct curl_slist *)NULL);
+    curl_slist_free_all(t->pin);
+    t->pin = NULL;
   }
-  if (header_refused) {
-    /* The peer sent what curl will not hold: its failure, and it would send
-     * the same again. */
-    r->phase = RESIL_HTTP_PHASE_RECEIVE;
-    a->retry = 0;
-    return resil_err_set(a->err, RESIL_E_FAILURE,
-                         "http '%s': %s %.*s: receive: response header too large (a header "
-                         "line over curl's %d-byte limit; curl %d)",
-                         h->name, c->method, (int)c->url_show, c->url, CURL_MAX_HTTP_HEADER,
-                         (int)rc);
+  resil_pool_release(t->h->pool, t->pc, how);
+  t->pc = NULL;
+  t->hc = NULL;
+}
+
+/* The status of an answer: below 400 a success; 429 (or 503 with a
+ * Retry-After) server pushback; a configured failure status; else the
+ * caller's error. */
+static resil_status classify_response(http_try *t) {
+  long code = t->code;
+  resil_http_response *r = t->r;
+  if (t->x.nomem) return try_nomem(t);
+  if (code < 400) return RESIL_OK;
+  if (code == 429 || (code == 503 && t->has_ra)) {
+    t->a->retry_after_ms = r->retry_after_ms;
+    try_err(t, RESIL_E_OVERLOAD, "HTTP %ld (overloaded; Retry-After %u ms)", code,
+            r->retry_after_ms);
+    /* Server pushback: pause every call to this dependency until the time
+     * it named (capped by pushback.max_pause_ms), or for pushback.pause_ms
+     * after a 429 that named none. */
+    if (t->has_ra)
+      resil_dep_pause(t->h->dep, r->retry_after_ms, "retry_after", t->a->err->msg);
+    else
+      resil_dep_pushback(t->h->dep, "overload", t->a->err->msg);
+    return RESIL_E_OVERLOAD;
   }
-  if (x.nomem || rc == CURLE_OUT_OF_MEMORY)
-    return resil_err_set(a->err, RESIL_E_NOMEM, "http '%s': out of memory", h->name);
-  if (rc == CURLE_COULDNT_CONNECT && x.sock_errno &&
-      (x.sock_errno == EMFILE || x.sock_errno == ENFILE || x.sock_errno == ENOBUFS ||
-       x.sock_errno == ENOMEM))
-    return resil_err_set(a->err, RESIL_E_SYSTEM,
-                         "http '%s': %s %.*s: connect: cannot create a socket: %s (a local "
-                         "resource limit; not counted against the dependency)",
-                         h->name, c->method, (int)c->url_show, c->url, strerror(x.sock_errno));
-  resil_status out = RESIL_E_FAILURE;
-  switch (rc) {
+  if (in_set(t->h, code)) return try_err(t, RESIL_E_FAILURE, "HTTP %ld", code);
+  return try_err(t, RESIL_E_CALLER, "HTTP %ld (caller error)", code);
+}
+
+/* curl's code of a failed transfer as a status (the few that are not the
+ * dependency's plain failure). */
+static resil_status failure_status(http_try *t) {
+  switch (t->rc) {
   case CURLE_OPERATION_TIMEDOUT:
   case CURLE_ABORTED_BY_CALLBACK: /* on_progress: the drain's cutoff passed */
-    out = RESIL_E_TIMEOUT;
-    break;
+    return RESIL_E_TIMEOUT;
   case CURLE_URL_MALFORMAT:
   case CURLE_UNSUPPORTED_PROTOCOL:
   case CURLE_SSL_CACERT_BADFILE:
   case CURLE_SSL_CERTPROBLEM:
-    out = RESIL_E_INVALID; /* our configuration, not the dependency */
-    break;
+    return RESIL_E_INVALID; /* our configuration, not the dependency */
   case CURLE_PEER_FAILED_VERIFICATION:
-    a->retry = 0; /* the same certificate will fail again */
-    break;
+    t->a->retry = 0; /* the same certificate will fail again */
+    return RESIL_E_FAILURE;
   default:
-    break;
+    return RESIL_E_FAILURE;
   }
-  return resil_err_set(a->err, out, "http '%s': %s %.*s: %s: %s (curl %d)", h->name, c->method,
-                       (int)c->url_show, c->url, resil_http_phase_name(ph), detail, (int)rc);
+}
+
+/* The status of a failed transfer. No half response: whatever arrived
+ * before the failure is dropped. */
+static resil_status classify_failure(http_try *t) {
+  resil_http_response *r = t->r;
+  CURLcode rc = t->rc;
+  free_headers(r);
+  free(r->body);
+  r->body = NULL;
+  r->body_len = 0;
+  if (t->x.too_big || rc == CURLE_FILESIZE_EXCEEDED) {
+    t->a->retry = 0;
+    return try_err(t, RESIL_E_FAILURE, "response body exceeds max_response_bytes (%zu bytes)",
+                   t->h->max_body);
+  }
+  if (t->header_refused) {
+    /* The peer sent what curl will not hold: its failure, and it would send
+     * the same again. */
+    r->phase = RESIL_HTTP_PHASE_RECEIVE;
+    t->a->retry = 0;
+    return try_err(t, RESIL_E_FAILURE,
+                   "receive: response header too large (a header line over curl's %d-byte "
+                   "limit; curl %d)",
+                   CURL_MAX_HTTP_HEADER, (int)rc);
+  }
+  if (t->x.nomem || rc == CURLE_OUT_OF_MEMORY) return try_nomem(t);
+  if (rc == CURLE_COULDNT_CONNECT && resil_x_local_errno(t->x.sock_errno))
+    return try_err(t, RESIL_E_SYSTEM,
+                   "connect: cannot create a socket: %s (a local resource limit; not counted "
+                   "against the dependency)",
+                   strerror(t->x.sock_errno));
+  resil_status out = failure_status(t);
+  return try_err(t, out, "%s: %s (curl %d)", resil_http_phase_name(t->phase), t->detail,
+                 (int)rc);
+}
+
+static resil_status attempt(void *vctx, resil_attempt *a) {
+  call_ctx *c = vctx;
+  http_try t = {.c = c, .a = a, .h = c->h, .r = c->resp};
+  reset_response(c->resp, a->number);
+  resil_status st = try_acquire(&t);
+  if (st != RESIL_OK) return st; /* nothing borrowed */
+  st = try_prepare(&t);
+  bool answered = false;
+  resil_pool_return how = RESIL_POOL_OK; /* unused, or a clean answer */
+  if (st == RESIL_OK) {
+    try_perform(&t);
+    answered = t.rc == CURLE_OK && !t.cut_headers;
+    if (answered)
+      read_response(&t);
+    else
+      read_failure(&t);
+    if (!answered && !t.clean) how = RESIL_POOL_BROKEN;
+  }
+  try_release(&t, how);
+  if (st != RESIL_OK) return st;
+  return answered ? classify_response(&t) : classify_failure(&t);
 }
 
 static bool method_idempotent(const char *m) {
@@ -1219,10 +1353,7 @@ static resil_status add_line(struct curl_slist **list, const char *name, const c
   char stackbuf[512];
   char *buf = n <= sizeof stackbuf ? stackbuf : malloc(n);
   if (!buf) return RESIL_E_NOMEM;
-  if (*value)
-    snprintf(buf, n, "%s: %s", name, value);
-  else
-    snprintf(buf, n, "%s;", name);
+  header_line(buf, n, name, value);
   struct curl_slist *nl = curl_slist_append(*list, buf);
   if (buf != stackbuf) free(buf);
   if (!nl) return RESIL_E_NOMEM;
@@ -1230,14 +1361,10 @@ static resil_status add_line(struct curl_slist **list, const char *name, const c
   return RESIL_OK;
 }
 
-resil_status resil_http_request_do(resil_http *h, resil_deadline deadline,
-                                   const resil_http_request *req, resil_http_response *resp,
-                                   resil_err *err) {
-  if (resp) memset(resp, 0, sizeof *resp);
-  if (!h || !req || !resp)
-    return resil_err_set(err, RESIL_E_INVALID, "resil_http_request_do: %s is NULL",
-                         !h ? "client" : !req ? "request" : "response");
-  const char *m = req->method ? req->method : "GET";
+/* The request's method, path, query, headers and body, checked; RESIL_OK
+ * or RESIL_E_INVALID naming what is wrong. */
+static resil_status check_request(const resil_http *h, const resil_http_request *req,
+                                  const char *m, resil_err *err) {
   if (!is_token(m))
     return resil_err_set(err, RESIL_E_INVALID, "http '%s': method \"%.40s\" is not a token",
                          h->name, m);
@@ -1263,57 +1390,71 @@ resil_status resil_http_request_do(resil_http *h, resil_deadline deadline,
                            "http '%s': request header %zu (\"%.40s\") has a bad name or a value "
                            "with CR/LF",
                            h->name, i, req->headers[i].name ? req->headers[i].name : "(null)");
+  return RESIL_OK;
+}
 
-  /* URL: base + '/' + path (+ '?' or '&' + query). */
+/* c->url = base + '/' + path (+ '?' or '&' + query), and c->url_show the
+ * length shown in messages (up to the query). False when out of memory. */
+static bool build_url(call_ctx *c) {
+  const resil_http *h = c->h;
+  const resil_http_request *req = c->req;
   const char *path = req->path ? req->path : "";
   while (*path == '/') path++;
   size_t bl = strlen(h->base), pl = strlen(path), ql = req->query ? strlen(req->query) : 0;
-  call_ctx c = {.h = h, .req = req, .method = m, .resp = resp};
-  c.url = malloc(bl + pl + ql + 3);
-  if (!c.url) return resil_err_set(err, RESIL_E_NOMEM, "http '%s': out of memory", h->name);
-  memcpy(c.url, h->base, bl);
+  c->url = malloc(bl + pl + ql + 3);
+  if (!c->url) return false;
+  memcpy(c->url, h->base, bl);
   size_t at = bl;
   if (pl) {
-    c.url[at++] = '/';
-    memcpy(c.url + at, path, pl);
+    c->url[at++] = '/';
+    memcpy(c->url + at, path, pl);
     at += pl;
   }
-  const char *q = memchr(c.url + bl, '?', at - bl);
-  c.url_show = q ? (size_t)(q - c.url) : at;
+  const char *q = memchr(c->url + bl, '?', at - bl);
+  c->url_show = q ? (size_t)(q - c->url) : at;
   if (ql) {
-    c.url[at++] = q ? '&' : '?';
-    memcpy(c.url + at, req->query, ql);
+    c->url[at++] = q ? '&' : '?';
+    memcpy(c->url + at, req->query, ql);
     at += ql;
   }
-  c.url[at] = '\0';
+  c->url[at] = '\0';
+  return true;
+}
 
-  resil_status st = RESIL_OK;
-  for (size_t i = 0; i < h->nheaders && st == RESIL_OK; i++) {
-    struct curl_slist *nl = curl_slist_append(c.hdrs, h->headers[i]);
-    if (nl)
-      c.hdrs = nl;
-    else
-      st = RESIL_E_NOMEM;
+/* c->hdrs = the default headers, the request's, and "Expect:" with a body
+ * (never wait for "100 Continue": it costs a round trip or a second).
+ * False when out of memory (c->hdrs keeps what was appended). */
+static bool build_headers(call_ctx *c) {
+  const resil_http_request *req = c->req;
+  if (!append_defaults(c->h, &c->hdrs)) return false;
+  for (size_t i = 0; i < req->nheaders; i++)
+    if (add_line(&c->hdrs, req->headers[i].name, req->headers[i].value) != RESIL_OK) return false;
+  if (req->body_len) {
+    struct curl_slist *nl = curl_slist_append(c->hdrs, "Expect:"); /* removes curl's own */
+    if (!nl) return false;
+    c->hdrs = nl;
   }
-  for (size_t i = 0; i < req->nheaders && st == RESIL_OK; i++)
-    st = add_line(&c.hdrs, req->headers[i].name, req->headers[i].value);
-  /* Never wait for "100 Continue": it costs a round trip or a second. */
-  if (st == RESIL_OK && req->body_len) {
-    struct curl_slist *nl = curl_slist_append(c.hdrs, "Expect:"); /* removes curl's own */
-    if (nl)
-      c.hdrs = nl;
-    else
-      st = RESIL_E_NOMEM;
-  }
-  if (st != RESIL_OK) {
-    curl_slist_free_all(c.hdrs);
-    free(c.url);
-    return resil_err_set(err, st, "http '%s': out of memory", h->name);
-  }
+  return true;
+}
 
-  bool idem = !(req->flags & RESIL_HTTP_NO_RETRY) &&
-              ((req->flags & RESIL_HTTP_IDEMPOTENT) || method_idempotent(m));
-  st = resil_dep_call(h->dep, deadline, idem ? RESIL_CALL_IDEMPOTENT : 0, attempt, &c, err);
+resil_status resil_http_request_do(resil_http *h, resil_deadline deadline,
+                                   const resil_http_request *req, resil_http_response *resp,
+                                   resil_err *err) {
+  if (resp) memset(resp, 0, sizeof *resp);
+  if (!h || !req || !resp)
+    return resil_err_set(err, RESIL_E_INVALID, "resil_http_request_do: %s is NULL",
+                         !h ? "client" : !req ? "request" : "response");
+  const char *m = req->method ? req->method : "GET";
+  resil_status st = check_request(h, req, m, err);
+  if (st != RESIL_OK) return st;
+  call_ctx c = {.h = h, .req = req, .method = m, .resp = resp};
+  if (!build_url(&c) || !build_headers(&c)) {
+    st = resil_err_set(err, RESIL_E_NOMEM, "http '%s': out of memory", h->name);
+  } else {
+    bool idem = !(req->flags & RESIL_HTTP_NO_RETRY) &&
+                ((req->flags & RESIL_HTTP_IDEMPOTENT) || method_idempotent(m));
+    st = resil_dep_call(h->dep, deadline, idem ? RESIL_CALL_IDEMPOTENT : 0, attempt, &c, err);
+  }
   curl_slist_free_all(c.hdrs);
   free(c.url);
   return st;

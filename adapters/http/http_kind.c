@@ -5,7 +5,7 @@
 
 #include "resil/adapter.h"
 #include "resil/http.h"
-
+#include "xutil.h"
 
 #define K(k, t, f, req, h) \
   {.key = k, .type = RESIL_KEY_##t, .offset = offsetof(resil_http_config, f), .required = req, .help = h}
@@ -24,16 +24,4 @@ static const resil_key_spec keys[] = {
       "recovery probe: GET this path while the breaker is open (default: base_url)"),
 };
 
-RESIL_DEFINE_CONFIG_KIND_MEM(http, resil_http_config, resil_http_config_init,
-                             resil_http_config_validate, resil_http_new, resil_http_free,
-                             resil_http_dep, keys, resil_http_config_memory_bound);
-
-const resil_config_kind *resil_http_config_kind(void) { return &http_kind; }
-
-resil_status resil_http_register_kind(resil_err *err) {
-  return resil_config_register_kind(&http_kind, err);
-}
-
-__attribute__((constructor)) static void register_at_load(void) {
-  resil_http_register_kind(NULL);
-}
+RESIL_X_ADAPTER_KIND(http)

@@ -14,6 +14,8 @@
 #include "resil/credentials.h"
 #include "resil/resolve.h"
 #include "xutil.h"
+#include "reaper.h"
+#include "stmt.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -42,45 +44,13 @@
 #define PG_LIST_MAX 2048     /* host/hostaddr/port lists */
 #define PG_MAX_KEYS 96
 
-/* ---- Small utilities ---------------------------------------------------- */
-
-/* Copy src into dst (size > 0), collapsing runs of whitespace into one
- * space, dropping libpq's verbose "LOCATION:" lines, trimming the ends. */
-static void flatten(char *dst, size_t size, const char *src) {
-  size_t n = 0;
-  bool space = false;
-  if (!src) src = "";
-  while (*src && n + 1 < size) {
-    if (strncmp(src, "LOCATION:", 9) == 0 && (n == 0 || space)) {
-      while (*src && *src != '\n') src++;
-      continue;
-    }
-    unsigned char ch = (unsigned char)*src++;
-    if (ch == ' ' || ch == '\t' || ch == '\n' || ch == '\r') {
-      space = true;
-      continue;
-    }
-    if (space && n > 0 && n + 2 < size) dst[n++] = ' ';
-    space = false;
-    dst[n++] = (char)ch;
-  }
-  dst[n] = '\0';
-}
-
 /* ---- Configuration ------------------------------------------------------ */
 
-/* Pull the "pg" configuration kind (pg_kind.c) into every program that
- * uses this adapter, also from a static archive, where the linker takes only
- * the members a program references: its constructor registers the kind, so
- * RESIL_DEPS=name:pg works without calling resil_pg_register_kind(). */
-__attribute__((used)) static resil_status (*const pull_kind_)(resil_err *) =
-    resil_pg_register_kind;
+RESIL_X_PULL_KIND(pg); /* see xutil.h */
 
 void resil_pg_config_init(resil_pg_config *cfg, const char *name) {
   if (!cfg) return;
-  memset(cfg, 0, sizeof *cfg);
-  resil_dep_config_init(&cfg->dep, name);
-  resil_pool_config_init(&cfg->pool);
+  resil_x_config_init(cfg, sizeof *cfg, &cfg->dep, &cfg->pool, name);
   cfg->conninfo = NULL;
   cfg->connect_timeout_ms = 1000;
   cfg->query_timeout_ms = 5000;
@@ -365,22 +335,21 @@ resil_status resil_pg_config_validate(const resil_pg_config *cfg, resil_err *err
   return resil_problems_finish(&p, err);
 }
 
+/* One connection besides its results: the PGconn with libpq's input and
+ * output buffers at their usual sizes, and TLS state. */
+#define PG_CONN_BYTES (256u * 1024u)
+
+uint64_t resil_pg_config_memory_bound(const resil_pg_config *cfg) {
+  if (!cfg) return 0;
+  /* A statement is stopped within one read of max_result_bytes received
+   * (see "Bounding what one statement receives", stmt.c): libpq's input
+   * buffer holds up to that (1x, plus one read) and the PGresult it builds
+   * is up to ~3x the protocol bytes for many narrow rows: 4x. */
+  return resil_x_memory_bound(&cfg->dep, cfg->pool.max_size, PG_CONN_BYTES,
+                              4 * (uint64_t)cfg->max_result_bytes);
+}
+
 /* ---- The adapter object ------------------------------------------------- */
-
-typedef struct reap_item {
-  PGconn *conn;
-} reap_item;
-
-typedef struct reaper {
-  pthread_t thread;
-  bool started;
-  pthread_mutex_t mu;
-  pthread_cond_t cv;
-  reap_item *q; /* ring of cap entries */
-  size_t cap, head, len;
-  bool stop;
-  pid_t pid; /* the process the thread runs in: a child of fork has none */
-} reaper;
 
 struct resil_pg {
   char name[PG_NAME_MAX];
@@ -399,11 +368,11 @@ struct resil_pg {
   char *probe_sql; /* owned copy of cfg.probe_sql */
   resil_dep *dep;
   resil_pool *pool;
-  reaper rp;
+  pg_reaper rp;
+  pg_stmt_env env; /* what its statements need (stmt.h) */
   resil_password_file *pwfile; /* cfg.password_file, or NULL */
-  _Atomic uint64_t connects_ok, connects_failed, connects_timed_out, timeouts, reaped,
-      cancels_sent, cancels_failed, cancels_abandoned, cancels_skipped, rollbacks, broken,
-      failovers, read_only, replays, auth_failures;
+  _Atomic uint64_t connects_ok, connects_failed, connects_timed_out, timeouts, rollbacks,
+      broken, failovers, read_only, replays, auth_failures;
 };
 
 /* A pooled connection. pq is NULL once handed to the reaper. */
@@ -442,26 +411,24 @@ static void conn_drop_prepared(pg_conn *w, const char *name) {
     }
 }
 
-static void bump(_Atomic uint64_t *c) { atomic_fetch_add_explicit(c, 1, memory_order_relaxed); }
-
 resil_dep *resil_pg_dep(resil_pg *pg) { return pg ? pg->dep : NULL; }
 resil_pool *resil_pg_pool(resil_pg *pg) { return pg ? pg->pool : NULL; }
 
 void resil_pg_get_stats(const resil_pg *pg, resil_pg_stats *out) {
-  if (!out) return;
-  memset(out, 0, sizeof *out);
-  if (!pg) return;
+  if (!resil_x_stats_begin(out, sizeof *out, pg)) return;
   resil_pg *m = (resil_pg *)(uintptr_t)pg;
 #define RD(f) out->f = atomic_load_explicit(&m->f, memory_order_relaxed)
   RD(connects_ok);
   RD(connects_failed);
   RD(connects_timed_out);
   RD(timeouts);
-  RD(reaped);
-  RD(cancels_sent);
-  RD(cancels_failed);
-  RD(cancels_abandoned);
-  RD(cancels_skipped);
+#define RDR(f) out->f = atomic_load_explicit(&m->rp.n.f, memory_order_relaxed)
+  RDR(reaped);
+  RDR(cancels_sent);
+  RDR(cancels_failed);
+  RDR(cancels_abandoned);
+  RDR(cancels_skipped);
+#undef RDR
   RD(rollbacks);
   RD(broken);
   RD(failovers);
@@ -477,180 +444,11 @@ void resil_pg_get_stats(const resil_pg *pg, resil_pg_stats *out) {
   }
 }
 
-/* ---- Waiting on the socket --------------------------------------------- */
-
-/* ---- The reaper --------------------------------------------------------- */
-
-/* One cancel request run on its own detached thread so that the reaper can
- * stop waiting for it. Freed by whichever of the two lets go last. */
-typedef struct cancel_job {
-  PGcancel *cancel;
-  pthread_mutex_t mu;
-  pthread_cond_t cv;
-  bool done;
-  int ok;
-  _Atomic int refs;
-} cancel_job;
-
-static _Atomic int g_cancel_threads; /* cancel helper threads alive, process-wide */
-
-static void cancel_job_unref(cancel_job *j) {
-  if (atomic_fetch_sub(&j->refs, 1) == 1) {
-    PQfreeCancel(j->cancel);
-    pthread_cond_destroy(&j->cv);
-    pthread_mutex_destroy(&j->mu);
-    free(j);
-  }
-}
-
-static void *cancel_main(void *arg) {
-  cancel_job *j = arg;
-  char buf[256];
-  int ok = PQcancel(j->cancel, buf, (int)sizeof buf);
-  pthread_mutex_lock(&j->mu);
-  j->ok = ok;
-  j->done = true;
-  pthread_cond_signal(&j->cv);
-  pthread_mutex_unlock(&j->mu);
-  cancel_job_unref(j);
-  atomic_fetch_sub(&g_cancel_threads, 1);
-  return NULL;
-}
-
-static int cond_init_mono(pthread_cond_t *cv) {
-  pthread_condattr_t a;
-  int r = pthread_condattr_init(&a);
-  if (r) return r;
-  pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
-  r = pthread_cond_init(cv, &a);
-  pthread_condattr_destroy(&a);
-  return r;
-}
-
-static struct timespec mono_in_ms(uint64_t ms) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  ts.tv_sec += (time_t)(ms / 1000);
-  ts.tv_nsec += (long)(ms % 1000) * 1000000L;
-  if (ts.tv_nsec >= 1000000000L) {
-    ts.tv_sec++;
-    ts.tv_nsec -= 1000000000L;
-  }
-  return ts;
-}
-
-/* Send a cancel request for conn's running statement, waiting at most
- * timeout_ms for it. */
-static void cancel_bounded(resil_pg *pg, PGconn *conn, uint64_t timeout_ms) {
-  if (timeout_ms == 0 || PQstatus(conn) != CONNECTION_OK) {
-    bump(&pg->cancels_skipped);
-    return;
-  }
-  if (atomic_fetch_add(&g_cancel_threads, 1) >= RESIL_PG_MAX_STUCK_CANCELS) {
-    atomic_fetch_sub(&g_cancel_threads, 1);
-    bump(&pg->cancels_skipped);
-    return;
-  }
-  cancel_job *j = calloc(1, sizeof *j);
-  PGcancel *c = j ? PQgetCancel(conn) : NULL;
-  if (!c || pthread_mutex_init(&j->mu, NULL) != 0) {
-    free(j);
-    PQfreeCancel(c);
-    atomic_fetch_sub(&g_cancel_threads, 1);
-    bump(&pg->cancels_skipped);
-    return;
-  }
-  if (cond_init_mono(&j->cv) != 0) {
-    pthread_mutex_destroy(&j->mu);
-    free(j);
-    PQfreeCancel(c);
-    atomic_fetch_sub(&g_cancel_threads, 1);
-    bump(&pg->cancels_skipped);
-    return;
-  }
-  j->cancel = c;
-  atomic_init(&j->refs, 2);
-  pthread_attr_t attr;
-  pthread_t th;
-  pthread_attr_init(&attr);
-  pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-  pthread_attr_setstacksize(&attr, 256 * 1024);
-  int r = pthread_create(&th, &attr, cancel_main, j);
-  pthread_attr_destroy(&attr);
-  if (r != 0) {
-    atomic_store(&j->refs, 1);
-    cancel_job_unref(j);
-    atomic_fetch_sub(&g_cancel_threads, 1);
-    bump(&pg->cancels_skipped);
-    return;
-  }
-  struct timespec until = mono_in_ms(timeout_ms);
-  pthread_mutex_lock(&j->mu);
-  while (!j->done)
-    if (pthread_cond_timedwait(&j->cv, &j->mu, &until) == ETIMEDOUT) break;
-  bool done = j->done;
-  int ok = j->ok;
-  pthread_mutex_unlock(&j->mu);
-  cancel_job_unref(j);
-  if (!done)
-    bump(&pg->cancels_abandoned);
-  else if (ok)
-    bump(&pg->cancels_sent);
-  else
-    bump(&pg->cancels_failed);
-}
-
-static void *reaper_main(void *arg) {
-  resil_pg *pg = arg;
-  reaper *rp = &pg->rp;
-  uint64_t stop_until = 0; /* shared cancel budget once stopping */
-  pthread_mutex_lock(&rp->mu);
-  for (;;) {
-    while (rp->len == 0 && !rp->stop) pthread_cond_wait(&rp->cv, &rp->mu);
-    if (rp->len == 0) break; /* stopping and empty */
-    reap_item it = rp->q[rp->head];
-    rp->head = (rp->head + 1) % rp->cap;
-    rp->len--;
-    bool stopping = rp->stop;
-    pthread_mutex_unlock(&rp->mu);
-
-    uint64_t timeout = pg->cfg.cancel_timeout_ms;
-    if (stopping) {
-      uint64_t now = resil_now_ns();
-      if (!stop_until) stop_until = now + timeout * 1000000ull;
-      timeout = stop_until > now ? (stop_until - now + 999999ull) / 1000000ull : 0;
-    }
-    cancel_bounded(pg, it.conn, timeout);
-    PQfinish(it.conn);
-    bump(&pg->reaped);
-    pthread_mutex_lock(&rp->mu);
-  }
-  pthread_mutex_unlock(&rp->mu);
-  return NULL;
-}
-
-/* Hand a connection whose statement is still running to the reaper. Never
- * blocks: with the queue full (or no reaper) the connection is closed here
- * without a cancel request (PQfinish on a non-blocking connection does not
- * wait). */
+/* Hand a connection whose statement is still running to the reaper
+ * (reaper.h): cancelled and closed off this thread. */
 static void reap(resil_pg *pg, PGconn *conn) {
-  reaper *rp = &pg->rp;
-  bump(&pg->timeouts);
-  /* In a child of fork the thread does not exist (and its mutex may have
-   * been held by it): close here, without a cancel request. */
-  bool here = rp->started && rp->pid == getpid();
-  if (here) pthread_mutex_lock(&rp->mu);
-  if (here && !rp->stop && rp->len < rp->cap) {
-    rp->q[(rp->head + rp->len) % rp->cap].conn = conn;
-    rp->len++;
-    pthread_cond_signal(&rp->cv);
-    pthread_mutex_unlock(&rp->mu);
-    return;
-  }
-  if (here) pthread_mutex_unlock(&rp->mu);
-  bump(&pg->cancels_skipped);
-  PQfinish(conn);
-  bump(&pg->reaped);
+  resil_x_bump(&pg->timeouts);
+  pg_reaper_hand(&pg->rp, conn);
 }
 
 /* ---- Connecting --------------------------------------------------------- */
@@ -750,7 +548,7 @@ static resil_status build_hosts(resil_pg *pg, resil_deadline deadline, char *hos
  * the server (53300, 57P03, 28P01...) carries its SQLSTATE. */
 static resil_status connect_error(resil_pg *pg, PGconn *c, resil_err *err) {
   char msg[RESIL_ERR_MSG_MAX - 80];
-  flatten(msg, sizeof msg, PQerrorMessage(c));
+  pg_flatten(msg, sizeof msg, PQerrorMessage(c));
   /* libpq could not even make a socket (EMFILE, ENFILE...): this process's
    * limit, not the server's failure. libpq's own words, not the server's
    * (server errors come as "FATAL:  <SQLSTATE>: ..."). */
@@ -760,7 +558,6 @@ static resil_status connect_error(resil_pg *pg, PGconn *c, resil_err *err) {
   /* 53300 too_many_connections: the server's connection slots are full.
    * Pause every call for pushback.pause_ms (a no-op while it is 0). */
   if (strstr(msg, "53300")) resil_dep_pushback(pg->dep, "too_many_connections", msg);
-  bump(&pg->connects_failed);
   return resil_err_set(err, RESIL_E_FAILURE, "%s",
                        msg[0] ? msg : "connection failed");
 }
@@ -789,7 +586,7 @@ static void failover(resil_pg *pg, uint64_t gen) {
       if (h[0] && h[0] != '/' && h[0] != '@') resil_resolve_invalidate(h);
     }
   }
-  if (pg->pool && resil_pool_evict(pg->pool, gen)) bump(&pg->failovers);
+  if (pg->pool && resil_pool_evict(pg->pool, gen)) resil_x_bump(&pg->failovers);
 }
 
 /* A connect error that, after good connects, means the server at that
@@ -821,6 +618,24 @@ static bool get_password(resil_pg *pg, unsigned flags, char *buf, resil_err *err
 static resil_status pg_connect_once(resil_pg *pg, resil_deadline deadline, const char *password,
                                     void **out, resil_err *err);
 
+/* The server refused password pw (28P01): ask the callback or the file
+ * again at once and, if the answer changed (rotated), connect once more
+ * within the same deadline. */
+static resil_status connect_rotated(resil_pg *pg, resil_deadline deadline, const char *pw,
+                                    void **out, resil_err *err) {
+  resil_x_bump(&pg->auth_failures);
+  char pw2[RESIL_PASSWORD_MAX];
+  resil_err e2;
+  resil_status st = RESIL_E_FAILURE;
+  if (get_password(pg, RESIL_PASSWORD_AUTH_FAILED, pw2, &e2) && strcmp(pw, pw2) != 0 &&
+      !resil_deadline_expired(deadline)) {
+    st = pg_connect_once(pg, deadline, pw2, out, err);
+    if (st == RESIL_E_FAILURE && err && strstr(err->msg, "28P01")) resil_x_bump(&pg->auth_failures);
+  }
+  explicit_bzero(pw2, sizeof pw2);
+  return st;
+}
+
 /* The pool's connector (and the probe's): one connect, and when the server
  * refused the password (28P01) and the password comes from a file or a
  * callback, ask again at once and, if the answer changed (rotated), connect
@@ -831,26 +646,62 @@ static resil_status pg_connect(void *ctx, resil_deadline deadline, void **out, r
   uint64_t gen = pg->pool ? resil_pool_generation(pg->pool) : 0;
   bool had_good = atomic_load_explicit(&pg->connects_ok, memory_order_relaxed) > 0;
   bool rotating = pg->cfg.password_cb || pg->pwfile;
-  char pw[RESIL_PASSWORD_MAX], pw2[RESIL_PASSWORD_MAX];
-  if (rotating && !get_password(pg, 0, pw, err)) {
-    bump(&pg->connects_failed);
+  char pw[RESIL_PASSWORD_MAX];
+  if (rotating && !get_password(pg, 0, pw, err)) { /* leaves no secret in pw */
+    resil_x_bump(&pg->connects_failed);
     return RESIL_E_FAILURE;
   }
   resil_status st = pg_connect_once(pg, deadline, rotating ? pw : NULL, out, err);
-  if (st == RESIL_E_FAILURE && rotating && err && strstr(err->msg, "28P01")) {
-    bump(&pg->auth_failures);
-    resil_err e2;
-    if (get_password(pg, RESIL_PASSWORD_AUTH_FAILED, pw2, &e2) && strcmp(pw, pw2) != 0 &&
-        !resil_deadline_expired(deadline)) {
-      st = pg_connect_once(pg, deadline, pw2, out, err);
-      if (st == RESIL_E_FAILURE && err && strstr(err->msg, "28P01")) bump(&pg->auth_failures);
-    }
-    explicit_bzero(pw2, sizeof pw2);
-  }
+  if (st == RESIL_E_FAILURE && rotating && err && strstr(err->msg, "28P01"))
+    st = connect_rotated(pg, deadline, pw, out, err);
   if (rotating) explicit_bzero(pw, sizeof pw);
   if (st == RESIL_E_FAILURE && had_good && err && connect_error_moved(err->msg))
     failover(pg, gen);
   return st;
+}
+
+/* A connect that failed with st, counted: timed out, failed, or neither
+ * (this process's limit: RESIL_E_SYSTEM). */
+static void count_connect_failure(resil_pg *pg, resil_status st) {
+  if (st == RESIL_E_TIMEOUT)
+    resil_x_bump(&pg->connects_timed_out);
+  else if (st != RESIL_E_SYSTEM)
+    resil_x_bump(&pg->connects_failed);
+}
+
+/* The connect attempt did not finish by the deadline: name the address
+ * that did not answer (libpq may try several). */
+static resil_status connect_timed_out(PGconn *c, resil_err *err) {
+  const char *addr = PQhostaddr(c), *port = PQport(c);
+  if (!addr || !*addr) addr = PQhost(c);
+  if (!addr) addr = "";
+  if (!port) port = "";
+  bool v6 = strchr(addr, ':') != NULL;
+  return resil_err_set(err, RESIL_E_TIMEOUT, "%s%s%s%s%s: timed out", v6 ? "[" : "", addr,
+                       v6 ? "]" : "", *port ? ":" : "", port);
+}
+
+/* Drive libpq's connect state machine on c (started) under deadline, then
+ * make the connection non-blocking. The caller closes c on failure. */
+static resil_status connect_poll(resil_pg *pg, PGconn *c, resil_deadline deadline,
+                                 resil_err *err) {
+  PQsetErrorVerbosity(c, PQERRORS_VERBOSE);
+  PQsetNoticeProcessor(c, quiet_notices, NULL);
+  if (PQstatus(c) == CONNECTION_BAD) return connect_error(pg, c, err);
+  PostgresPollingStatusType ps = PGRES_POLLING_WRITING;
+  while (ps != PGRES_POLLING_OK) {
+    if (ps == PGRES_POLLING_FAILED) return connect_error(pg, c, err);
+    /* The socket can change between polls (libpq tries each address and
+     * retries without SSL on its own): ask every time. */
+    short ev = ps == PGRES_POLLING_READING ? POLLIN : POLLOUT;
+    int w = resil_x_wait_fd(PQsocket(c), ev, deadline);
+    if (w == 0) return connect_timed_out(c, err);
+    if (w < 0) return resil_err_set(err, RESIL_E_FAILURE, "poll: %s", strerror(errno));
+    ps = PQconnectPoll(c);
+  }
+  PQsetErrorVerbosity(c, PQERRORS_DEFAULT);
+  if (PQsetnonblocking(c, 1) != 0) return connect_error(pg, c, err);
+  return RESIL_OK;
 }
 
 /* The address a connect of a several-address pool goes to (pg_connect_to),
@@ -869,8 +720,7 @@ static resil_status ep_keys(resil_pg *pg, resil_deadline deadline, const char **
   resil_status st = resil_resolve(cur_ep->host, (uint16_t)cur_ep->port, deadline, &a, 1, &na, &e);
   if (st == RESIL_OK && na == 0) st = RESIL_E_FAILURE;
   if (st != RESIL_OK) {
-    if (st == RESIL_E_TIMEOUT) bump(&pg->connects_timed_out);
-    else if (st != RESIL_E_SYSTEM && st != RESIL_E_NOMEM) bump(&pg->connects_failed);
+    if (st != RESIL_E_NOMEM) count_connect_failure(pg, st);
     if (st != RESIL_E_TIMEOUT && st != RESIL_E_SYSTEM && st != RESIL_E_NOMEM) st = RESIL_E_FAILURE;
     return resil_err_set(err, st, "resolving %s: %s", cur_ep->host,
                          e.msg[0] ? e.msg : "no address");
@@ -916,9 +766,9 @@ static resil_status pg_connect_once(resil_pg *pg, resil_deadline deadline, const
     resil_status st = build_hosts(pg, deadline, hosts, addrs, ports, &per_port, err);
     if (st != RESIL_OK) {
       if (st == RESIL_E_TIMEOUT)
-        bump(&pg->connects_timed_out);
+        resil_x_bump(&pg->connects_timed_out);
       else if (st != RESIL_E_SYSTEM && st != RESIL_E_NOMEM)
-        bump(&pg->connects_failed);
+        resil_x_bump(&pg->connects_failed);
       return st;
     }
     keys[n] = "host";
@@ -946,72 +796,24 @@ static resil_status pg_connect_once(resil_pg *pg, resil_deadline deadline, const
   keys[n] = NULL;
   vals[n] = NULL;
 
-  if (resil_deadline_expired(deadline)) {
-    bump(&pg->connects_timed_out);
-    return resil_err_set(err, RESIL_E_TIMEOUT, "deadline passed while resolving");
-  }
-  PGconn *c = PQconnectStartParams(keys, vals, 0);
-  if (!c) {
-    bump(&pg->connects_failed);
-    return resil_err_set(err, RESIL_E_NOMEM, "out of memory");
-  }
-  PQsetErrorVerbosity(c, PQERRORS_VERBOSE);
-  PQsetNoticeProcessor(c, quiet_notices, NULL);
-  if (PQstatus(c) == CONNECTION_BAD) {
-    resil_status st = connect_error(pg, c, err);
-    PQfinish(c);
+  PGconn *c = NULL;
+  pg_conn *w = NULL;
+  resil_status st;
+  if (resil_deadline_expired(deadline))
+    st = resil_err_set(err, RESIL_E_TIMEOUT, "deadline passed while resolving");
+  else if (!(c = PQconnectStartParams(keys, vals, 0)))
+    st = resil_err_set(err, RESIL_E_NOMEM, "out of memory");
+  else
+    st = connect_poll(pg, c, deadline, err);
+  if (st == RESIL_OK && !(w = calloc(1, sizeof *w)))
+    st = resil_err_set(err, RESIL_E_NOMEM, "out of memory");
+  if (st != RESIL_OK) { /* the one cleanup path */
+    if (c) PQfinish(c);
+    count_connect_failure(pg, st);
     return st;
-  }
-  PostgresPollingStatusType ps = PGRES_POLLING_WRITING;
-  for (;;) {
-    if (ps == PGRES_POLLING_OK) break;
-    if (ps == PGRES_POLLING_FAILED) {
-      resil_status st = connect_error(pg, c, err);
-      PQfinish(c);
-      return st;
-    }
-    /* The socket can change between polls (libpq tries each address and
-     * retries without SSL on its own): ask every time. */
-    short ev = ps == PGRES_POLLING_READING ? POLLIN : POLLOUT;
-    int w = resil_x_wait_fd(PQsocket(c), ev, deadline);
-    if (w == 0) {
-      /* Name the address that did not answer (libpq may try several). */
-      const char *addr = PQhostaddr(c), *port = PQport(c);
-      if (!addr || !*addr) addr = PQhost(c);
-      if (!addr) addr = "";
-      if (!port) port = "";
-      bool v6 = strchr(addr, ':') != NULL;
-      resil_status st = resil_err_set(err, RESIL_E_TIMEOUT, "%s%s%s%s%s: timed out",
-                                      v6 ? "[" : "", addr, v6 ? "]" : "", *port ? ":" : "",
-                                      port);
-      PQfinish(c);
-      bump(&pg->connects_timed_out);
-      return st;
-    }
-    if (w < 0) {
-      int e = errno;
-      PQfinish(c);
-      bump(&pg->connects_failed);
-      return resil_err_set(err, RESIL_E_FAILURE, "poll: %s", strerror(e));
-    }
-    ps = PQconnectPoll(c);
-  }
-  PQsetErrorVerbosity(c, PQERRORS_DEFAULT);
-  if (PQsetnonblocking(c, 1) != 0) {
-    resil_status st = connect_error(pg, c, err);
-    PQfinish(c);
-    return st;
-  }
-  pg_conn *w = malloc(sizeof *w);
-  if (!w) {
-    PQfinish(c);
-    bump(&pg->connects_failed);
-    return resil_err_set(err, RESIL_E_NOMEM, "out of memory");
   }
   w->pq = c;
-  w->prepared = NULL;
-  w->nprepared = 0;
-  bump(&pg->connects_ok);
+  resil_x_bump(&pg->connects_ok);
   *out = w;
   return RESIL_OK;
 }
@@ -1042,342 +844,7 @@ static void pg_abandon(void *ctx, void *conn) {
   pg_close(ctx, w);
 }
 
-/* ---- Running one statement ---------------------------------------------- */
-
-/* What to do with the connection after a statement. */
-/* DISP_MOVED: close it, and the endpoint moved (read-only after a failover,
- * shut down, reset): see failover(). */
-typedef enum disp { DISP_KEEP = 0, DISP_BROKEN, DISP_REAP, DISP_MOVED } disp;
-
-static bool is_sqlstate(const char *s) {
-  if (!s || strlen(s) != 5) return false;
-  for (int i = 0; i < 5; i++)
-    if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'A' && s[i] <= 'Z'))) return false;
-  return true;
-}
-
-/* One connection besides its results: the PGconn with libpq's input and
- * output buffers at their usual sizes, and TLS state. */
-#define PG_CONN_BYTES (256u * 1024u)
-
-uint64_t resil_pg_config_memory_bound(const resil_pg_config *cfg) {
-  if (!cfg) return 0;
-  uint64_t conns = cfg->pool.max_size;
-  uint64_t calls = conns < cfg->dep.limit.max_concurrent ? conns : cfg->dep.limit.max_concurrent;
-  /* A statement is stopped within one read of max_result_bytes received
-   * (see "Bounding what one statement receives"): libpq's input buffer holds
-   * up to that (1x, plus one read) and the PGresult it builds is up to ~3x
-   * the protocol bytes for many narrow rows: 4x. */
-  return resil_dep_config_memory_bound(&cfg->dep) + conns * PG_CONN_BYTES +
-         calls * 4 * (uint64_t)cfg->max_result_bytes;
-}
-
-resil_status resil_pg_classify_sqlstate(const char *s, bool *retryable) {
-  if (retryable) *retryable = false;
-  if (!is_sqlstate(s)) return RESIL_E_FAILURE;
-  if (strcmp(s, "40001") == 0 || strcmp(s, "40P01") == 0) {
-    if (retryable) *retryable = true;
-    return RESIL_E_CALLER;
-  }
-  if (strcmp(s, "57014") == 0) return RESIL_E_TIMEOUT;
-  if (strcmp(s, "25006") == 0) return RESIL_E_FAILURE; /* read-only: a demoted writer */
-  if (strncmp(s, "08", 2) == 0 || strncmp(s, "58", 2) == 0 || strncmp(s, "XX", 2) == 0 ||
-      strcmp(s, "57P01") == 0 || strcmp(s, "57P02") == 0 || strcmp(s, "57P03") == 0 ||
-      strcmp(s, "53300") == 0)
-    return RESIL_E_FAILURE;
-  if (strncmp(s, "53", 2) == 0) return RESIL_E_OVERLOAD;
-  return RESIL_E_CALLER;
-}
-
-const char *resil_pg_sqlstate(const PGresult *res) {
-  return res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
-}
-
-/* Status and message for an error result. */
-static resil_status result_error(resil_pg *pg, const char *phase, const PGresult *r,
-                                 bool *retryable, resil_err *err) {
-  const char *state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
-  const char *sev = PQresultErrorField(r, PG_DIAG_SEVERITY_NONLOCALIZED);
-  if (!sev) sev = PQresultErrorField(r, PG_DIAG_SEVERITY);
-  const char *prim = PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY);
-  char msg[RESIL_ERR_MSG_MAX - 100];
-  flatten(msg, sizeof msg, prim ? prim : PQresultErrorMessage(r));
-  resil_status st = resil_pg_classify_sqlstate(state, retryable);
-  if (!is_sqlstate(state))
-    return resil_err_set(err, st, "%s: %s: %s", pg->name, phase, msg);
-  return resil_err_set(err, st, "%s: %s: %s %s %s", pg->name, phase, sev ? sev : "ERROR", state,
-                       msg);
-}
-
-static resil_status conn_error(resil_pg *pg, const char *phase, PGconn *c, resil_err *err) {
-  char msg[RESIL_ERR_MSG_MAX - 100];
-  flatten(msg, sizeof msg, PQerrorMessage(c));
-  return resil_err_set(err, RESIL_E_FAILURE, "%s: %s: %s", pg->name, phase,
-                       msg[0] ? msg : "connection error");
-}
-
-static resil_status timed_out(resil_pg *pg, const char *phase, resil_err *err) {
-  return resil_err_set(err, RESIL_E_TIMEOUT, "%s: %s: deadline passed; statement cancelled",
-                       pg->name, phase);
-}
-
-/* ---- Bounding what one statement receives -------------------------------
- * libpq 15 buffers a whole result (and each whole DataRow message) before
- * handing it over, and has no limit. Single-row mode would let us count rows
- * as they come, but the caller is promised one ordinary PGresult (with its
- * command tag), so every row would have to be copied into an assembled
- * result, and one huge value is still buffered whole by libpq before its row
- * appears. Instead the adapter counts the bytes libpq has taken from the
- * socket since the statement was sent: the kernel's count of bytes received
- * on the TCP connection (TCP_INFO tcpi_bytes_received, Linux >= 4.1) minus
- * what is still queued unread (FIONREAD). It is checked after every
- * PQconsumeInput(), so a result is stopped within one read of
- * max_result_bytes, and the statement is then cancelled and the connection
- * closed (the reaper, as for a timeout). One read fills at most libpq's
- * input buffer: 16-32 KiB for ordinary rows, but libpq sizes it for a whole
- * DataRow, and keeps reading while the socket is not empty, so a single row
- * larger than the bound can come in whole in one read when the server
- * sends faster than we take (then it is refused right after, before libpq
- * copies it into a PGresult). One getsockopt() per read, and one ioctl() only once the
- * bound may have been passed. The count is of protocol bytes (with TLS:
- * encrypted bytes); the PGresult libpq builds from them is about as large for
- * wide values and up to ~2-3x for many narrow rows. Connections without byte
- * counters (Unix-domain sockets) are not bounded this way, only by the
- * deadline. */
-typedef struct rx_meter {
-  int fd;
-  bool on;       /* the socket counts received bytes (TCP) */
-  uint64_t base; /* received when the statement was sent */
-  uint64_t used; /* taken by libpq since, as last measured */
-  resil_dep *dep;    /* whose memory gauge the received bytes are reported to */
-  uint64_t reported; /* bytes reported to it so far */
-} rx_meter;
-
-/* When the statement is over (every return of run_stmt_kind: a cleanup
- * attribute), its result is the caller's or freed: no longer in flight. */
-static void meter_release(rx_meter *m) {
-  if (m->reported) resil_dep_memory_add(m->dep, -(int64_t)m->reported);
-  m->reported = 0;
-}
-
-static bool tcp_received(int fd, uint64_t *out) {
-  struct tcp_info ti;
-  socklen_t len = sizeof ti;
-  memset(&ti, 0, sizeof ti);
-  if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) != 0) return false;
-  if (len < offsetof(struct tcp_info, tcpi_bytes_received) + sizeof ti.tcpi_bytes_received)
-    return false; /* a kernel older than 4.1 */
-  *out = ti.tcpi_bytes_received;
-  return true;
-}
-
-static void meter_start(rx_meter *m, PGconn *c) {
-  m->fd = PQsocket(c);
-  m->used = 0;
-  m->base = 0;
-  m->on = m->fd >= 0 && tcp_received(m->fd, &m->base);
-}
-
-/* After libpq read from the socket: has the statement taken at most max
- * bytes? (Anything queued but unread when it was sent counts as its own:
- * a few bytes of notices at most.) */
-static bool meter_ok(rx_meter *m, size_t max) {
-  uint64_t now;
-  if (!m->on || !tcp_received(m->fd, &now)) return true;
-  uint64_t got = now - m->base; /* received, read or not */
-  /* What libpq holds for the statement (its input buffer, the result it
-   * builds) is about what it received: the memory gauge's figure. */
-  if (m->dep && got != m->reported) {
-    resil_dep_memory_add(m->dep, (int64_t)got - (int64_t)m->reported);
-    m->reported = got;
-  }
-  if (got <= max) return true;
-  int inq = 0;
-  if (ioctl(m->fd, FIONREAD, &inq) != 0 || inq < 0) inq = 0;
-  m->used = got > (uint64_t)inq ? got - (uint64_t)inq : 0;
-  return m->used <= max;
-}
-
-static resil_status too_large(resil_pg *pg, const char *phase, const rx_meter *m,
-                              resil_err *err) {
-  return resil_err_set(err, RESIL_E_CALLER,
-                       "%s: %s: result larger than max_result_bytes %zu (%" PRIu64
-                       " bytes received; statement cancelled, connection closed)",
-                       pg->name, phase, pg->cfg.max_result_bytes, m->used);
-}
-
-/* Send one statement (q, or simple_sql through the simple protocol) and
- * read every result until PQgetResult() returns NULL or qd passes, at most
- * max_result_bytes of them (see above). *out receives the first error
- * result or else the last result. */
-typedef enum send_kind { SEND_PARAMS = 0, SEND_PREPARE, SEND_PREPARED } send_kind;
-
-static resil_status run_stmt_kind(resil_pg *pg, PGconn *c, resil_deadline qd,
-                                  const resil_pg_query_args *q, const char *simple_sql,
-                                  send_kind kind, const char *name, const char *phase,
-                                  PGresult **out, disp *d, bool *retryable, resil_err *err);
-
-static resil_status run_stmt(resil_pg *pg, PGconn *c, resil_deadline qd,
-                             const resil_pg_query_args *q, const char *simple_sql,
-                             const char *phase, PGresult **out, disp *d, bool *retryable,
-                             resil_err *err) {
-  return run_stmt_kind(pg, c, qd, q, simple_sql, SEND_PARAMS, NULL, phase, out, d, retryable,
-                       err);
-}
-
-static resil_status run_stmt_raw(resil_pg *pg, PGconn *c, resil_deadline qd,
-                                 const resil_pg_query_args *q, const char *simple_sql,
-                                 send_kind kind, const char *name, const char *phase,
-                                 PGresult **out, disp *d, bool *retryable, resil_err *err);
-
-/* run_stmt_raw, then: does the outcome show the endpoint moved? 25006
- * (read_only_sql_transaction: the old writer after a failover answers
- * writes so) - the connection would still work but must not be reused for
- * writes; 57P01/57P02 or a connection lost mid-call (no error result). */
-static resil_status run_stmt_kind(resil_pg *pg, PGconn *c, resil_deadline qd,
-                                  const resil_pg_query_args *q, const char *simple_sql,
-                                  send_kind kind, const char *name, const char *phase,
-                                  PGresult **out, disp *d, bool *retryable, resil_err *err) {
-  resil_status st =
-      run_stmt_raw(pg, c, qd, q, simple_sql, kind, name, phase, out, d, retryable, err);
-  if (st == RESIL_OK || *d == DISP_REAP) return st;
-  const char *state = resil_pg_sqlstate(*out);
-  if (state && strcmp(state, "25006") == 0) {
-    bump(&pg->read_only);
-    *d = DISP_MOVED;
-  } else if (*d == DISP_BROKEN && st == RESIL_E_FAILURE &&
-             (!state || strcmp(state, "57P01") == 0 || strcmp(state, "57P02") == 0 ||
-              strncmp(state, "08", 2) == 0)) {
-    *d = DISP_MOVED;
-  }
-  return st;
-}
-
-static resil_status run_stmt_raw(resil_pg *pg, PGconn *c, resil_deadline qd,
-                                 const resil_pg_query_args *q, const char *simple_sql,
-                                 send_kind kind, const char *name, const char *phase,
-                                 PGresult **out, disp *d, bool *retryable, resil_err *err) {
-  *out = NULL;
-  *d = DISP_KEEP;
-  if (retryable) *retryable = false;
-  if (PQstatus(c) != CONNECTION_OK) {
-    *d = DISP_BROKEN;
-    return conn_error(pg, phase, c, err);
-  }
-  __attribute__((cleanup(meter_release))) rx_meter m = {.dep = pg->dep};
-  meter_start(&m, c);
-  int ok;
-  if (!q)
-    ok = PQsendQuery(c, simple_sql);
-  else if (kind == SEND_PREPARE)
-    ok = PQsendPrepare(c, name, q->sql, q->nparams, q->types);
-  else if (kind == SEND_PREPARED)
-    ok = PQsendQueryPrepared(c, name, q->nparams, q->values, q->lengths, q->formats,
-                             q->result_format);
-  else
-    ok = PQsendQueryParams(c, q->sql, q->nparams, q->types, q->values, q->lengths, q->formats,
-                           q->result_format);
-  if (!ok) {
-    *d = DISP_BROKEN;
-    return conn_error(pg, phase, c, err);
-  }
-  int r;
-  while ((r = PQflush(c)) == 1) {
-    int w = resil_x_wait_fd(PQsocket(c), POLLIN | POLLOUT, qd);
-    if (w == 0) {
-      *d = DISP_REAP;
-      return timed_out(pg, phase, err);
-    }
-    if (w < 0 || ((w & POLLIN) && !PQconsumeInput(c))) {
-      *d = DISP_BROKEN;
-      return conn_error(pg, phase, c, err);
-    }
-    if (!meter_ok(&m, pg->cfg.max_result_bytes)) {
-      *d = DISP_REAP;
-      return too_large(pg, phase, &m, err);
-    }
-  }
-  if (r < 0) {
-    *d = DISP_BROKEN;
-    return conn_error(pg, phase, c, err);
-  }
-  PGresult *keep = NULL;
-  bool keep_err = false;
-  for (;;) {
-    while (PQisBusy(c)) {
-      int w = resil_x_wait_fd(PQsocket(c), POLLIN, qd);
-      if (w == 0) {
-        PQclear(keep);
-        *d = DISP_REAP;
-        return timed_out(pg, phase, err);
-      }
-      if (w < 0 || !PQconsumeInput(c)) {
-        PQclear(keep);
-        *d = DISP_BROKEN;
-        return conn_error(pg, phase, c, err);
-      }
-      if (!meter_ok(&m, pg->cfg.max_result_bytes)) {
-        PQclear(keep);
-        *d = DISP_REAP;
-        return too_large(pg, phase, &m, err);
-      }
-    }
-    PGresult *res = PQgetResult(c);
-    if (!res) break;
-    ExecStatusType s = PQresultStatus(res);
-    if (s == PGRES_COPY_IN || s == PGRES_COPY_OUT || s == PGRES_COPY_BOTH) {
-      PQclear(res);
-      PQclear(keep);
-      *d = DISP_BROKEN;
-      return resil_err_set(err, RESIL_E_CALLER, "%s: %s: COPY is not supported", pg->name,
-                           phase);
-    }
-    bool is_err = s == PGRES_FATAL_ERROR || s == PGRES_BAD_RESPONSE;
-    if (is_err && !keep_err) {
-      PQclear(keep);
-      keep = res;
-      keep_err = true;
-    } else if (!is_err && !keep_err) {
-      PQclear(keep);
-      keep = res;
-    } else {
-      PQclear(res);
-    }
-  }
-  if (PQstatus(c) != CONNECTION_OK) *d = DISP_BROKEN;
-  if (keep_err) {
-    resil_status st = result_error(pg, phase, keep, retryable, err);
-    if (*d == DISP_BROKEN && st != RESIL_E_TIMEOUT) {
-      /* The server ended the session (FATAL) or libpq lost it. */
-      st = RESIL_E_FAILURE;
-      if (err) err->status = st;
-      if (retryable) *retryable = false;
-    }
-    *out = keep;
-    return st;
-  }
-  if (!keep) {
-    *d = DISP_BROKEN;
-    return resil_err_set(err, RESIL_E_FAILURE, "%s: %s: no result", pg->name, phase);
-  }
-  *out = keep; /* with DISP_BROKEN: the answer is in, only the connection is lost */
-  return RESIL_OK;
-}
-
-/* Run an internal statement (BEGIN, COMMIT, ROLLBACK) and discard the
- * result. *tag receives the command tag's first letters when non-NULL. */
-static resil_status run_simple(resil_pg *pg, PGconn *c, resil_deadline qd, const char *sql,
-                               const char *phase, disp *d, char *tag, size_t tagsz,
-                               bool *retryable, resil_err *err) {
-  PGresult *r = NULL;
-  resil_status st = run_stmt(pg, c, qd, NULL, sql, phase, &r, d, retryable, err);
-  if (tag && tagsz) {
-    tag[0] = '\0';
-    if (r && st == RESIL_OK) snprintf(tag, tagsz, "%s", PQcmdStatus(r));
-  }
-  PQclear(r);
-  return st;
-}
+/* ---- Giving connections back ------------------------------------------ */
 
 /* Give a borrowed connection back according to d. A connection left
  * inside a transaction is rolled back first (bounded by deadline and
@@ -1400,14 +867,13 @@ static void give_back(resil_pg *pg, resil_pool_conn *pc, disp d, resil_deadline 
     PGTransactionStatusType ts = PQtransactionStatus(w->pq);
     if (ts == PQTRANS_INTRANS || ts == PQTRANS_INERROR) {
       resil_deadline rd = resil_deadline_bound(deadline, pg->cfg.rollback_timeout_ms);
-      disp rdisp = DISP_BROKEN;
+      pg_stmt rs = {.conn = w->pq, .deadline = rd, .sql = "ROLLBACK", .phase = "rollback",
+                    .d = DISP_BROKEN};
       resil_status st = RESIL_E_DEADLINE;
-      if (!resil_deadline_expired(rd))
-        st = run_simple(pg, w->pq, rd, "ROLLBACK", "rollback", &rdisp, NULL, 0, NULL, NULL);
-      if (st == RESIL_OK && rdisp == DISP_KEEP &&
-          PQtransactionStatus(w->pq) == PQTRANS_IDLE) {
-        bump(&pg->rollbacks);
-      } else if (rdisp == DISP_REAP) {
+      if (!resil_deadline_expired(rd)) st = pg_stmt_simple(&pg->env, &rs, NULL, 0, NULL);
+      if (st == RESIL_OK && rs.d == DISP_KEEP && PQtransactionStatus(w->pq) == PQTRANS_IDLE) {
+        resil_x_bump(&pg->rollbacks);
+      } else if (rs.d == DISP_REAP) {
         PGconn *c = w->pq;
         w->pq = NULL;
         reap(pg, c);
@@ -1420,7 +886,7 @@ static void give_back(resil_pg *pg, resil_pool_conn *pc, disp d, resil_deadline 
       d = DISP_BROKEN;
     }
   }
-  if (d == DISP_BROKEN) bump(&pg->broken);
+  if (d == DISP_BROKEN) resil_x_bump(&pg->broken);
   if (d == DISP_KEEP) w->returned_ns = resil_now_ns();
   resil_pool_release(pg->pool, pc, d == DISP_KEEP ? RESIL_POOL_OK : RESIL_POOL_BROKEN);
 }
@@ -1459,7 +925,7 @@ static resil_status acquire_live(resil_pg *pg, resil_deadline d, resil_pool_conn
         conn_quick_ok(resil_pool_conn_handle(*pc),
                       (uint64_t)pg->cfg.alive_bypass_ms * 1000000u))
       return RESIL_OK;
-    bump(&pg->broken);
+    resil_x_bump(&pg->broken);
     /* The server closed an idle connection: restarted, shut down or failed
      * over. Close the others now, not one by one as they are borrowed. */
     failover(pg, resil_pool_conn_generation(*pc));
@@ -1477,10 +943,9 @@ static bool pg_validate(void *ctx, void *conn, resil_deadline deadline) {
     failover(pg, resil_pool_generation(pg->pool)); /* closed by the server: see acquire_live */
     return false;
   }
-  disp d;
-  PGresult *res = NULL;
-  resil_status st = run_stmt(pg, w->pq, deadline, NULL, "", "validate", &res, &d, NULL, NULL);
-  PQclear(res);
+  pg_stmt s = {.conn = w->pq, .deadline = deadline, .sql = "", .phase = "validate"};
+  resil_status st = pg_stmt_simple(&pg->env, &s, NULL, 0, NULL);
+  disp d = s.d;
   if (d == DISP_MOVED) /* only current-generation connections are validated */
     failover(pg, resil_pool_generation(pg->pool));
   if (d == DISP_REAP) {
@@ -1509,11 +974,9 @@ static resil_status pg_probe(void *ctx, resil_deadline deadline, resil_err *err)
     return resil_err_set(err, st, "%s: probe: connect: %s", pg->name,
                          ce.msg[0] ? ce.msg : resil_strerror(st));
   pg_conn *w = conn;
-  disp d = DISP_KEEP;
-  PGresult *res = NULL;
-  st = run_stmt(pg, w->pq, deadline, NULL, pg->probe_sql, "probe", &res, &d, NULL, err);
-  PQclear(res);
-  if (d == DISP_REAP) { /* still running at the deadline: cancel and close it aside */
+  pg_stmt s = {.conn = w->pq, .deadline = deadline, .sql = pg->probe_sql, .phase = "probe"};
+  st = pg_stmt_simple(&pg->env, &s, NULL, 0, err);
+  if (s.d == DISP_REAP) { /* still running at the deadline: cancel and close it aside */
     PGconn *c = w->pq;
     w->pq = NULL;
     reap(pg, c);
@@ -1552,20 +1015,22 @@ typedef struct query_ctx {
 
 static resil_status query_attempt_once(query_ctx *x, resil_attempt *a, disp *dout);
 
-/* Prepare x->name on w unless it already is. */
-static resil_status ensure_prepared(query_ctx *x, pg_conn *w, resil_deadline qd, disp *d,
-                                    bool *retryable, resil_err *err) {
+/* Prepare x->name on w unless it already is, running s (its inputs set for
+ * the query) as the PREPARE; a failure's result goes to x->res. */
+static resil_status ensure_prepared(query_ctx *x, pg_conn *w, pg_stmt *s, resil_err *err) {
   if (conn_has_prepared(w, x->name)) return RESIL_OK;
-  PGresult *r = NULL;
-  resil_status st = run_stmt_kind(x->pg, w->pq, qd, x->q, NULL, SEND_PREPARE, x->name, "prepare",
-                                  &r, d, retryable, err);
-  const char *state = resil_pg_sqlstate(r);
+  s->kind = SEND_PREPARE;
+  s->phase = "prepare";
+  resil_status st = pg_stmt_run(&x->pg->env, s, err);
+  const char *state = resil_pg_sqlstate(s->res);
   if (st == RESIL_OK || (state && strcmp(state, "42P05") == 0)) { /* already there */
     conn_add_prepared(w, x->name);
-    PQclear(r);
+    PQclear(s->res);
+    s->res = NULL;
     return RESIL_OK;
   }
-  x->res = r;
+  x->res = s->res;
+  s->res = NULL;
   return st;
 }
 
@@ -1586,7 +1051,7 @@ static resil_status query_attempt(void *vctx, resil_attempt *a) {
     if (replay || d != DISP_MOVED || !state || strcmp(state, "25006") != 0 ||
         resil_deadline_expired(a->deadline))
       return st;
-    bump(&pg->replays);
+    resil_x_bump(&pg->replays);
   }
 }
 
@@ -1604,22 +1069,24 @@ static resil_status query_attempt_once(query_ctx *x, resil_attempt *a, disp *dou
     resil_pool_release(pg->pool, pc, RESIL_POOL_OK);
     return late;
   }
-  disp d = DISP_KEEP;
-  bool retryable = false;
+  pg_stmt s = {.conn = w->pq, .deadline = qd, .q = x->q, .name = x->name, .phase = "query"};
   if (!x->name) {
-    st = run_stmt(pg, w->pq, qd, x->q, NULL, "query", &x->res, &d, &retryable, a->err);
+    st = pg_stmt_run(&pg->env, &s, a->err);
+    x->res = s.res;
   } else {
-    st = ensure_prepared(x, w, qd, &d, &retryable, a->err);
-    if (st == RESIL_OK && d == DISP_KEEP) {
-      st = run_stmt_kind(pg, w->pq, qd, x->q, NULL, SEND_PREPARED, x->name, "query", &x->res,
-                         &d, &retryable, a->err);
+    st = ensure_prepared(x, w, &s, a->err);
+    if (st == RESIL_OK && s.d == DISP_KEEP) {
+      s.kind = SEND_PREPARED;
+      s.phase = "query";
+      st = pg_stmt_run(&pg->env, &s, a->err);
+      x->res = s.res;
       const char *state = resil_pg_sqlstate(x->res);
       if (state && strcmp(state, "26000") == 0) conn_drop_prepared(w, x->name);
     }
   }
-  *dout = d;
-  give_back(pg, pc, d, a->deadline);
-  if (retryable) a->retry = 1;
+  *dout = s.d;
+  give_back(pg, pc, s.d, a->deadline);
+  if (s.retryable) a->retry = 1;
   return st;
 }
 
@@ -1696,20 +1163,21 @@ static resil_status tx_open(resil_pg *pg, resil_deadline deadline, const char *b
   if (st != RESIL_OK) return st;
   pg_conn *w = resil_pool_conn_handle(tx->pc);
   resil_deadline qd = resil_deadline_bound(deadline, pg->cfg.query_timeout_ms);
-  disp d = DISP_KEEP;
+  pg_stmt s = {.conn = w->pq, .deadline = qd, .sql = begin_sql ? begin_sql : "BEGIN",
+               .phase = "begin"};
   if (resil_deadline_expired(qd)) {
     st = spent_before_sending(pg, tx->pc, "begin", err);
   } else {
-    st = run_simple(pg, w->pq, qd, begin_sql ? begin_sql : "BEGIN", "begin", &d, NULL, 0,
-                    retryable, err);
-    if (st == RESIL_OK && d == DISP_KEEP && PQtransactionStatus(w->pq) != PQTRANS_INTRANS) {
+    st = pg_stmt_simple(&pg->env, &s, NULL, 0, err);
+    if (retryable) *retryable = s.retryable;
+    if (st == RESIL_OK && s.d == DISP_KEEP && PQtransactionStatus(w->pq) != PQTRANS_INTRANS) {
       /* begin_sql did not open a transaction: refuse to go on. */
       st = resil_err_set(err, RESIL_E_INVALID, "%s: begin: statement did not open a transaction",
                          pg->name);
     }
   }
   if (st != RESIL_OK) {
-    give_back(pg, tx->pc, d, deadline);
+    give_back(pg, tx->pc, s.d, deadline);
     tx->pc = NULL;
   }
   return st;
@@ -1752,20 +1220,17 @@ resil_status resil_pg_tx_query_ex(resil_pg_tx *tx, const resil_pg_query_args *q,
   resil_deadline qd = resil_deadline_bound(tx->deadline, pg->cfg.query_timeout_ms);
   resil_err e;
   resil_status st;
-  disp d = DISP_KEEP;
-  bool retryable = false;
-  PGresult *r = NULL;
-  if (resil_deadline_expired(qd)) {
+  pg_stmt s = {.conn = w->pq, .deadline = qd, .q = q, .phase = "query"};
+  if (resil_deadline_expired(qd))
     st = resil_err_set(&e, RESIL_E_TIMEOUT, "%s: query: transaction deadline passed", pg->name);
-  } else {
-    st = run_stmt(pg, w->pq, qd, q, NULL, "query", &r, &d, &retryable, &e);
-  }
-  tx_note(tx, st, d, retryable, &e);
+  else
+    st = pg_stmt_run(&pg->env, &s, &e);
+  tx_note(tx, st, s.d, s.retryable, &e);
   if (st != RESIL_OK && err) *err = e;
   if (res)
-    *res = r;
+    *res = s.res;
   else
-    PQclear(r);
+    PQclear(s.res);
   return st;
 }
 
@@ -1798,27 +1263,26 @@ static resil_status tx_finish(resil_pg_tx *tx, bool commit, bool *retryable, res
       bool do_commit = commit && !tx->failed;
       resil_deadline qd = resil_deadline_bound(tx->deadline, pg->cfg.query_timeout_ms);
       resil_err e;
-      disp d = DISP_KEEP;
-      bool rt = false;
+      pg_stmt s = {.conn = w->pq, .deadline = qd, .sql = do_commit ? "COMMIT" : "ROLLBACK",
+                   .phase = do_commit ? "commit" : "rollback"};
       char tag[32];
       resil_status st;
       if (resil_deadline_expired(qd)) {
         st = resil_err_set(&e, RESIL_E_TIMEOUT, "%s: %s: transaction deadline passed", pg->name,
-                           do_commit ? "commit" : "rollback");
-        d = DISP_BROKEN; /* closing it rolls the transaction back */
+                           s.phase);
+        s.d = DISP_BROKEN; /* closing it rolls the transaction back */
       } else {
-        st = run_simple(pg, w->pq, qd, do_commit ? "COMMIT" : "ROLLBACK",
-                        do_commit ? "commit" : "rollback", &d, tag, sizeof tag, &rt, &e);
+        st = pg_stmt_simple(&pg->env, &s, tag, sizeof tag, &e);
         if (st == RESIL_OK && do_commit && strncmp(tag, "COMMIT", 6) != 0) {
           st = resil_err_set(&e, RESIL_E_CALLER, "%s: commit: transaction was rolled back",
                              pg->name);
         }
       }
       if (do_commit || st != RESIL_E_CALLER)
-        tx_note(tx, st, d, rt, &e);
+        tx_note(tx, st, s.d, s.retryable, &e);
       else
-        tx_note(tx, RESIL_OK, d, false, NULL);
-      if (st != RESIL_OK && !do_commit && d == DISP_KEEP) tx->d = DISP_BROKEN;
+        tx_note(tx, RESIL_OK, s.d, false, NULL);
+      if (st != RESIL_OK && !do_commit && s.d == DISP_KEEP) tx->d = DISP_BROKEN;
     }
     /* give_back rolls back (or closes) whatever is still open. */
     give_back(pg, tx->pc, tx->d, tx->deadline);
@@ -1991,20 +1455,8 @@ void resil_pg_free(resil_pg *pg) {
   if (pg->dep) resil_dep_set_probe(pg->dep, NULL, NULL); /* waits for a running probe */
   if (pg->dep && pg->pool) resil_dep_attach_pool(pg->dep, NULL);
   resil_pool_free(pg->pool);
-  /* In a child of fork the reaper thread does not exist: joining it would
-   * wait forever; the connections it was cancelling are the parent's and
-   * stay allocated here. */
-  if (pg->rp.started && pg->rp.pid == getpid()) {
-    pthread_mutex_lock(&pg->rp.mu);
-    pg->rp.stop = true;
-    pthread_cond_signal(&pg->rp.cv);
-    pthread_mutex_unlock(&pg->rp.mu);
-    pthread_join(pg->rp.thread, NULL);
-    pthread_cond_destroy(&pg->rp.cv);
-    pthread_mutex_destroy(&pg->rp.mu);
-  }
+  pg_reaper_stop(&pg->rp);
   resil_dep_free(pg->dep);
-  free(pg->rp.q);
   free(pg->options);
   free(pg->probe_sql);
   resil_password_file_free(pg->pwfile);
@@ -2013,13 +1465,9 @@ void resil_pg_free(resil_pg *pg) {
   free(pg);
 }
 
-resil_pg *resil_pg_new(const resil_pg_config *cfg, resil_err *err) {
-  if (resil_pg_config_validate(cfg, err) != RESIL_OK) return NULL;
-  resil_pg *pg = calloc(1, sizeof *pg);
-  if (!pg) {
-    resil_err_set(err, RESIL_E_NOMEM, "%s: out of memory", cfg->dep.name);
-    return NULL;
-  }
+/* The owned copies of cfg's strings, the password file, the parsed
+ * conninfo and the keywords every connect passes. */
+static resil_status copy_config(resil_pg *pg, const resil_pg_config *cfg, resil_err *err) {
   snprintf(pg->name, sizeof pg->name, "%s", cfg->dep.name);
   pg->cfg = *cfg;
   pg->cfg.application_name = NULL; /* copied into app_name if used */
@@ -2029,75 +1477,58 @@ resil_pg *resil_pg_new(const resil_pg_config *cfg, resil_err *err) {
   if (cfg->password_file) {
     resil_err fe;
     pg->pwfile = resil_password_file_open(cfg->password_file, cfg->password_file_check_ms, &fe);
-    if (!pg->pwfile) {
-      resil_err_set(err, fe.status, "%s: password_file: %s", cfg->dep.name, fe.msg);
-      goto fail;
-    }
+    if (!pg->pwfile)
+      return resil_err_set(err, fe.status, "%s: password_file: %s", cfg->dep.name, fe.msg);
   }
-  if (!pg->conninfo || !pg->probe_sql) {
-    resil_err_set(err, RESIL_E_NOMEM, "%s: out of memory", pg->name);
-    goto fail;
-  }
+  if (!pg->conninfo || !pg->probe_sql)
+    return resil_err_set(err, RESIL_E_NOMEM, "%s: out of memory", pg->name);
   if (cfg->application_name)
     snprintf(pg->app_name, sizeof pg->app_name, "%s", cfg->application_name);
   char *emsg = NULL;
   pg->opts = PQconninfoParse(pg->conninfo, &emsg);
   if (!pg->opts) { /* validated above: only out of memory is left */
     PQfreemem(emsg);
-    resil_err_set(err, RESIL_E_NOMEM, "%s: conninfo: out of memory", pg->name);
-    goto fail;
+    return resil_err_set(err, RESIL_E_NOMEM, "%s: conninfo: out of memory", pg->name);
   }
   pg->cfg.application_name = cfg->application_name ? pg->app_name : NULL;
-  if (build_keys(pg, err) != RESIL_OK) goto fail;
+  return build_keys(pg, err);
+}
 
-  /* The reaper. */
-  pg->rp.cap = cfg->reaper_queue_max;
-  pg->rp.q = calloc(pg->rp.cap, sizeof *pg->rp.q);
-  if (!pg->rp.q) {
-    resil_err_set(err, RESIL_E_NOMEM, "%s: out of memory", pg->name);
-    goto fail;
-  }
-  if (pthread_mutex_init(&pg->rp.mu, NULL) != 0) {
-    resil_err_set(err, RESIL_E_SYSTEM, "%s: pthread_mutex_init failed", pg->name);
-    goto fail;
-  }
-  if (pthread_cond_init(&pg->rp.cv, NULL) != 0) {
-    pthread_mutex_destroy(&pg->rp.mu);
-    resil_err_set(err, RESIL_E_SYSTEM, "%s: pthread_cond_init failed", pg->name);
-    goto fail;
-  }
-  int r = pthread_create(&pg->rp.thread, NULL, reaper_main, pg);
-  if (r != 0) {
-    pthread_cond_destroy(&pg->rp.cv);
-    pthread_mutex_destroy(&pg->rp.mu);
-    resil_err_set(err, RESIL_E_SYSTEM, "%s: creating the reaper thread: %s", pg->name,
-                  strerror(r));
-    goto fail;
-  }
-  pg->rp.started = true;
-  pg->rp.pid = getpid();
-
-  pg->dep = resil_dep_new(&cfg->dep, err);
-  if (!pg->dep) goto fail;
-  resil_pool_config pc = cfg->pool;
-  if (!pc.name) pc.name = pg->name;
-  pc.connect_timeout_ms = cfg->connect_timeout_ms;
-  resil_pool_connector cn = {
-      .connect = pg_connect, .validate = pg_validate, .close = pg_close, .ctx = pg,
-      .abandon = pg_abandon};
-  pg->pool = cfg->hosts ? resil_pool_new_endpoints(&pc, &cn, pg_connect_to, cfg->hosts, 5432,
-                                                   &cfg->outlier, err)
-                        : resil_pool_new(&pc, &cn, err);
+/* The dependency, the pool and the recovery probe. */
+static resil_status start_client(resil_pg *pg, const resil_pg_config *cfg, resil_err *err) {
+  if (!(pg->dep = resil_dep_new(&cfg->dep, err))) return RESIL_E_INVALID;
+  pg->env = (pg_stmt_env){.name = pg->name,
+                          .dep = pg->dep,
+                          .max_result_bytes = cfg->max_result_bytes,
+                          .read_only = &pg->read_only};
+  resil_x_client c = {
+      .label = pg->name,
+      .name = pg->name,
+      .pool = cfg->pool,
+      .connect_timeout_ms = cfg->connect_timeout_ms,
+      .connector = {.connect = pg_connect, .validate = pg_validate, .close = pg_close,
+                    .ctx = pg, .abandon = pg_abandon},
+      .memory_bound = resil_pg_config_memory_bound(cfg),
+      .probe = pg_probe,
+      .hosts = cfg->hosts,
+      .default_port = 5432,
+      .outlier = &cfg->outlier,
+      .connect_to = pg_connect_to};
+  resil_status st = resil_x_start_pool(&c, pg->dep, &pg->pool, err);
   pg->cfg.hosts = NULL; /* not owned; the pool has its copy */
-  if (!pg->pool) goto fail;
-  resil_dep_attach_pool(pg->dep, pg->pool);
-  resil_dep_set_memory_bound(pg->dep, resil_pg_config_memory_bound(cfg));
-  if (resil_dep_set_probe(pg->dep, pg_probe, pg) != RESIL_OK) {
-    resil_err_set(err, RESIL_E_SYSTEM, "%s: cannot start the recovery probe", pg->name);
-    goto fail;
+  return st;
+}
+
+resil_pg *resil_pg_new(const resil_pg_config *cfg, resil_err *err) {
+  if (resil_pg_config_validate(cfg, err) != RESIL_OK) return NULL;
+  resil_pg *pg = resil_x_client_alloc(sizeof *pg, cfg->dep.name, err);
+  if (!pg) return NULL;
+  if (copy_config(pg, cfg, err) != RESIL_OK ||
+      pg_reaper_start(&pg->rp, pg->name, cfg->reaper_queue_max, cfg->cancel_timeout_ms, err) !=
+          RESIL_OK ||
+      start_client(pg, cfg, err) != RESIL_OK) {
+    resil_pg_free(pg);
+    return NULL;
   }
   return pg;
-fail:
-  resil_pg_free(pg);
-  return NULL;
 }

@@ -5,6 +5,7 @@
 
 #include "resil/adapter.h"
 #include "resil/pg.h"
+#include "xutil.h"
 
 #define K(k, t, f, lo, hi, req, h)                                                   \
   {.key = k, .type = RESIL_KEY_##t, .offset = offsetof(resil_pg_config, f), .min = lo, .max = hi, \
@@ -48,14 +49,4 @@ static const resil_key_spec keys[] = {
     RESIL_OUTLIER_KEY_SPECS(resil_pg_config, outlier),
 };
 
-RESIL_DEFINE_CONFIG_KIND_MEM(pg, resil_pg_config, resil_pg_config_init,
-                             resil_pg_config_validate, resil_pg_new, resil_pg_free, resil_pg_dep,
-                             keys, resil_pg_config_memory_bound);
-
-const resil_config_kind *resil_pg_config_kind(void) { return &pg_kind; }
-
-resil_status resil_pg_register_kind(resil_err *err) {
-  return resil_config_register_kind(&pg_kind, err);
-}
-
-__attribute__((constructor)) static void register_at_load(void) { resil_pg_register_kind(NULL); }
+RESIL_X_ADAPTER_KIND(pg)

@@ -42,6 +42,10 @@
  * latest and the deadline is re-checked. In the last slice the read waits in
  * poll() for exactly the time left. Sends never block (MSG_DONTWAIT). */
 #define RECV_SLICE_MS 10
+/* One connection besides its replies: the hiredis context and reader (its
+ * buffer is released after a large reply, see reply.h) and the socket
+ * buffers the process owns. */
+#define REDIS_CONN_BYTES (64u * 1024u)
 
 struct resil_redis {
   resil_dep *dep;
@@ -58,18 +62,11 @@ struct resil_redis {
 
 /* ---- Config ------------------------------------------------------------ */
 
-/* Pull the "redis" configuration kind (redis_kind.c) into every program that
- * uses this adapter, also from a static archive, where the linker takes only
- * the members a program references: its constructor registers the kind, so
- * RESIL_DEPS=name:redis works without calling resil_redis_register_kind(). */
-__attribute__((used)) static resil_status (*const pull_kind_)(resil_err *) =
-    resil_redis_register_kind;
+RESIL_X_PULL_KIND(redis); /* see xutil.h */
 
 void resil_redis_config_init(resil_redis_config *cfg, const char *name) {
   if (!cfg) return;
-  memset(cfg, 0, sizeof *cfg);
-  resil_dep_config_init(&cfg->dep, name);
-  resil_pool_config_init(&cfg->pool);
+  resil_x_config_init(cfg, sizeof *cfg, &cfg->dep, &cfg->pool, name);
   cfg->host = "127.0.0.1";
   cfg->port = 6379;
   cfg->connect_timeout_ms = 500;
@@ -314,20 +311,13 @@ fail:
 
 /* ---- Memory bound -------------------------------------------------------- */
 
-/* One connection besides its replies: the hiredis context and reader (its
- * buffer is released after a large reply, see reply.h) and the socket
- * buffers the process owns. */
-#define REDIS_CONN_BYTES (64u * 1024u)
-
 uint64_t resil_redis_config_memory_bound(const resil_redis_config *cfg) {
   if (!cfg) return 0;
-  uint64_t conns = cfg->pool.max_size;
-  uint64_t calls = conns < cfg->dep.limit.max_concurrent ? conns : cfg->dep.limit.max_concurrent;
   /* A call holds at most max_reply_bytes (reply objects + unparsed bytes,
    * see reply.h), plus, for an instant, the copy hiredis makes of a bulk
    * string out of its buffer: 2x. */
-  return resil_dep_config_memory_bound(&cfg->dep) + conns * REDIS_CONN_BYTES +
-         calls * 2 * (uint64_t)cfg->max_reply_bytes;
+  return resil_x_memory_bound(&cfg->dep, cfg->pool.max_size, REDIS_CONN_BYTES,
+                              2 * (uint64_t)cfg->max_reply_bytes);
 }
 
 /* ---- Reply classification ---------------------------------------------- */
@@ -359,13 +349,11 @@ static bool reply_moves_endpoint(const redisReply *r) {
 
 /* ---- Failover ------------------------------------------------------------ */
 
-static void bump(_Atomic uint64_t *c) { atomic_fetch_add_explicit(c, 1, memory_order_relaxed); }
-
 /* The endpoint moved: resolve the name afresh at the next connect (first:
  * see adapters/pg/pg.c) and end the pool's generation gen. */
 static void failover(resil_redis *r, uint64_t gen) {
   if (r->host) resil_resolve_invalidate(r->host);
-  if (r->pool && resil_pool_evict(r->pool, gen)) bump(&r->failovers);
+  if (r->pool && resil_pool_evict(r->pool, gen)) resil_x_bump(&r->failovers);
 }
 
 /* An AUTH error reply that means the password is wrong (rotated). */
@@ -436,9 +424,6 @@ static resil_status handshake(resil_redis *r, redisContext *c, int argc, const c
   return RESIL_OK;
 }
 
-/* errno values that mean this process ran out of something. */
-static bool local_errno(int e) { return e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM; }
-
 /* Wait for a non-blocking connect to finish. sock_errno is errno right
  * after hiredis tried to create and connect the socket. */
 static resil_status finish_connect(resil_redis *r, redisContext *c, const char *where,
@@ -448,7 +433,7 @@ static resil_status finish_connect(resil_redis *r, redisContext *c, const char *
     /* hiredis 0.14 reports a failed socket() as "Can't create socket: <strerror>"
      * (TCP) or "<strerror>" (Unix): no fd left is this process's limit, not a
      * dependency failure. */
-    if (local_errno(sock_errno) && strstr(c->errstr, strerror(sock_errno)))
+    if (resil_x_local_errno(sock_errno) && strstr(c->errstr, strerror(sock_errno)))
       return resil_err_set(err, RESIL_E_SYSTEM,
                            "%s: connect to %s: cannot create a socket: %s (a local resource "
                            "limit; not counted against the dependency)",
@@ -476,6 +461,16 @@ static resil_status finish_connect(resil_redis *r, redisContext *c, const char *
 /* The address a connect of a several-address pool goes to (rconnect_to),
  * NULL for the configured host. */
 static _Thread_local const resil_endpoint *cur_ep;
+
+/* Give c a reader whose reply functions check the bound of each call
+ * (reply.h); false when out of memory. */
+static bool use_bounded_reader(redisContext *c) {
+  redisReader *rd = resil_redis_reader_new();
+  if (!rd) return false;
+  redisReaderFree(c->reader);
+  c->reader = rd;
+  return true;
+}
 
 static resil_status rconnect(void *ctx, resil_deadline deadline, void **conn, resil_err *err) {
   resil_redis *r = ctx;
@@ -546,6 +541,11 @@ static resil_status rconnect(void *ctx, resil_deadline deadline, void **conn, re
     return connect_fail(st, false, err);
   }
   c->flags &= ~REDIS_BLOCK;
+  if (!use_bounded_reader(c)) {
+    redisFree(c);
+    return connect_fail(resil_err_set(err, RESIL_E_NOMEM, "%s: out of memory", r->name), false,
+                        err);
+  }
   /* Blocking socket with a receive slice (see RECV_SLICE_MS). */
   struct timeval slice = {.tv_sec = 0, .tv_usec = RECV_SLICE_MS * 1000};
   int fl = fcntl(c->fd, F_GETFL);
@@ -574,7 +574,7 @@ static resil_status rconnect(void *ctx, resil_deadline deadline, void **conn, re
         auth_refused(err ? err->msg : "")) {
       /* Rotated? Ask again at once; if the answer changed, AUTH again on
        * this connection. */
-      bump(&r->auth_failures);
+      resil_x_bump(&r->auth_failures);
       resil_err e2;
       const char *pw2 = get_password(r, RESIL_PASSWORD_AUTH_FAILED, buf2, &e2);
       if (pw2 && strcmp(pw, pw2) != 0 && !resil_deadline_expired(dl)) {
@@ -582,11 +582,11 @@ static resil_status rconnect(void *ctx, resil_deadline deadline, void **conn, re
         last_connect.set = false;
         st = handshake(r, c, r->username ? 3 : 2, argv2, "auth", dl, why, err);
         if (st == RESIL_E_FAILURE && last_connect.set && auth_refused(err ? err->msg : ""))
-          bump(&r->auth_failures);
+          resil_x_bump(&r->auth_failures);
       }
       explicit_bzero(buf2, sizeof buf2);
     } else if (st == RESIL_E_FAILURE && last_connect.set && auth_refused(err ? err->msg : "")) {
-      bump(&r->auth_failures);
+      resil_x_bump(&r->auth_failures);
     }
     explicit_bzero(buf, sizeof buf);
     if (st != RESIL_OK) {
@@ -604,7 +604,7 @@ static resil_status rconnect(void *ctx, resil_deadline deadline, void **conn, re
       return last_connect.set ? st : connect_fail(st, false, err);
     }
   }
-  bump(&r->connects_ok);
+  resil_x_bump(&r->connects_ok);
   *conn = c;
   return RESIL_OK;
 }
@@ -674,7 +674,7 @@ static resil_status rprobe(void *ctx, resil_deadline deadline, resil_err *err) {
 
 static char *dup_opt(const char *s, bool *oom) {
   if (!s) return NULL;
-  char *d = strdup(s);
+  char *d = resil_x_strdup(s);
   if (!d) *oom = true;
   return d;
 }
@@ -694,11 +694,8 @@ static void free_strings(resil_redis *r) {
 
 resil_redis *resil_redis_new(const resil_redis_config *cfg, resil_err *err) {
   if (resil_redis_config_validate(cfg, err) != RESIL_OK) return NULL;
-  resil_redis *r = calloc(1, sizeof *r);
-  if (!r) {
-    resil_err_set(err, RESIL_E_NOMEM, "%s: out of memory", cfg->dep.name);
-    return NULL;
-  }
+  resil_redis *r = resil_x_client_alloc(sizeof *r, cfg->dep.name, err);
+  if (!r) return NULL;
   bool oom = false;
   r->unix_path = dup_opt(cfg->unix_path, &oom);
   r->host = cfg->unix_path ? NULL : dup_opt(cfg->host, &oom);
@@ -726,20 +723,20 @@ resil_redis *resil_redis_new(const resil_redis_config *cfg, resil_err *err) {
   r->dep = resil_dep_new(&cfg->dep, err);
   if (!r->dep) goto fail;
   r->name = resil_dep_name(r->dep);
-  resil_pool_config pc = cfg->pool;
-  if (!pc.name) pc.name = r->name;
-  pc.connect_timeout_ms = cfg->connect_timeout_ms;
-  resil_pool_connector cn = {
-      .connect = rconnect, .validate = rvalidate, .close = rclose, .ctx = r,
-      .abandon = rabandon};
-  r->pool = cfg->hosts ? resil_pool_new_endpoints(&pc, &cn, rconnect_to, cfg->hosts, cfg->port,
-                                                  &cfg->outlier, err)
-                       : resil_pool_new(&pc, &cn, err);
-  if (!r->pool) goto fail;
-  resil_dep_attach_pool(r->dep, r->pool);
-  resil_dep_set_memory_bound(r->dep, resil_redis_config_memory_bound(cfg));
-  if (resil_dep_set_probe(r->dep, rprobe, r) != RESIL_OK) {
-    resil_err_set(err, RESIL_E_SYSTEM, "%s: cannot start the recovery probe", r->name);
+  resil_x_client c = {
+      .label = r->name,
+      .name = r->name,
+      .pool = cfg->pool,
+      .connect_timeout_ms = cfg->connect_timeout_ms,
+      .connector = {.connect = rconnect, .validate = rvalidate, .close = rclose, .ctx = r,
+                    .abandon = rabandon},
+      .memory_bound = resil_redis_config_memory_bound(cfg),
+      .probe = rprobe,
+      .hosts = cfg->hosts,
+      .default_port = cfg->port,
+      .outlier = &cfg->outlier,
+      .connect_to = rconnect_to};
+  if (resil_x_start_pool(&c, r->dep, &r->pool, err) != RESIL_OK) {
     resil_dep_attach_pool(r->dep, NULL);
     resil_pool_free(r->pool);
     goto fail;
@@ -765,9 +762,7 @@ void resil_redis_free(resil_redis *r) {
 resil_dep *resil_redis_dep(resil_redis *r) { return r ? r->dep : NULL; }
 
 void resil_redis_get_stats(const resil_redis *r, resil_redis_stats *out) {
-  if (!out) return;
-  memset(out, 0, sizeof *out);
-  if (!r) return;
+  if (!resil_x_stats_begin(out, sizeof *out, r)) return;
   resil_redis *m = (resil_redis *)(uintptr_t)r;
   out->failovers = atomic_load_explicit(&m->failovers, memory_order_relaxed);
   out->read_only = atomic_load_explicit(&m->read_only, memory_order_relaxed);
@@ -824,7 +819,7 @@ static resil_status attempt(void *vctx, resil_attempt *a) {
   resil_status st = attempt_once(cc, a, &readonly);
   if (readonly && cc->n == 1 && !resil_deadline_expired(a->deadline) &&
       !is_script(cc->buf, cc->len)) {
-    bump(&r->replays);
+    resil_x_bump(&r->replays);
     readonly = false;
     st = attempt_once(cc, a, &readonly);
   }
@@ -888,7 +883,7 @@ static resil_status attempt_once(call_ctx *cc, resil_attempt *a, bool *readonly)
     resil_status k = resil_redis_classify_reply(rep);
     if (reply_moves_endpoint(rep)) broken = true;
     if (rep->type == REDIS_REPLY_ERROR && rep->str && word_is(rep->str, rep->len, "READONLY")) {
-      bump(&r->read_only);
+      resil_x_bump(&r->read_only);
       *readonly = true;
     }
     if (k == RESIL_OK) continue;

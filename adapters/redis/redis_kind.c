@@ -5,6 +5,7 @@
 
 #include "resil/adapter.h"
 #include "resil/redis.h"
+#include "xutil.h"
 
 #define K(k, t, f, h) \
   {.key = k, .type = RESIL_KEY_##t, .offset = offsetof(resil_redis_config, f), .help = h}
@@ -29,16 +30,4 @@ static const resil_key_spec keys[] = {
     RESIL_OUTLIER_KEY_SPECS(resil_redis_config, outlier),
 };
 
-RESIL_DEFINE_CONFIG_KIND_MEM(redis, resil_redis_config, resil_redis_config_init,
-                             resil_redis_config_validate, resil_redis_new, resil_redis_free,
-                             resil_redis_dep, keys, resil_redis_config_memory_bound);
-
-const resil_config_kind *resil_redis_config_kind(void) { return &redis_kind; }
-
-resil_status resil_redis_register_kind(resil_err *err) {
-  return resil_config_register_kind(&redis_kind, err);
-}
-
-__attribute__((constructor)) static void register_at_load(void) {
-  resil_redis_register_kind(NULL);
-}
+RESIL_X_ADAPTER_KIND(redis)

@@ -1,22 +1,55 @@
 /* Bounded reading of Redis replies (see reply.h). */
 #include "reply.h"
 
-#include <pthread.h>
-#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include <hiredis/sds.h>
 
-/* Every bounded reader gets these functions: hiredis's defaults (taken from
- * the first reader seen: hiredis 0.14 keeps them static) behind checks.
- * Each check finds its bound through the task's privdata, which hiredis
- * copies from the reader's when it creates the task; a reader without a
- * bound (privdata NULL) is not checked. */
-static redisReplyObjectFunctions bounded_fns;
-static redisReplyObjectFunctions default_fns;
-static _Atomic(const redisReplyObjectFunctions *) first_fns;
-static pthread_once_t bounded_once = PTHREAD_ONCE_INIT;
+/* The reply objects: redisReply built as hiredis 0.14's own functions build
+ * them (those are static in hiredis), so that freeReplyObject() frees them
+ * and callers see no difference; the bounded variants below check the
+ * bound first. */
+static redisReply *new_reply(const redisReadTask *t, int type) {
+  redisReply *r = calloc(1, sizeof *r);
+  if (!r) return NULL;
+  r->type = type;
+  if (t->parent) {
+    redisReply *parent = t->parent->obj; /* an array: only arrays have children */
+    parent->element[t->idx] = r;
+  }
+  return r;
+}
+
+static void *make_string(const redisReadTask *t, char *str, size_t len) {
+  char *buf = malloc(len + 1);
+  if (!buf) return NULL;
+  memcpy(buf, str, len);
+  buf[len] = '\0';
+  redisReply *r = new_reply(t, t->type); /* string, status or error */
+  if (!r) {
+    free(buf);
+    return NULL;
+  }
+  r->str = buf;
+  r->len = len;
+  return r;
+}
+
+static void *make_array(const redisReadTask *t, int elements) {
+  redisReply **el = NULL;
+  if (elements > 0 && !(el = calloc((size_t)elements, sizeof *el))) return NULL;
+  redisReply *r = new_reply(t, REDIS_REPLY_ARRAY);
+  if (!r) {
+    free(el);
+    return NULL;
+  }
+  r->element = el;
+  r->elements = elements > 0 ? (size_t)elements : 0;
+  return r;
+}
 
 static size_t unparsed(const redisReader *rd) { return rd->len > rd->pos ? rd->len - rd->pos : 0; }
 
@@ -45,7 +78,7 @@ static void *bounded_create_string(const redisReadTask *t, char *str, size_t len
                       : RESIL_REDIS_REPLY_OBJ_COST + len + 1 + 16;
     if (!room(b, cost, buffered)) return NULL;
   }
-  return default_fns.createString(t, str, len);
+  return make_string(t, str, len);
 }
 
 static void *bounded_create_array(const redisReadTask *t, int elements) {
@@ -67,28 +100,36 @@ static void *bounded_create_array(const redisReadTask *t, int elements) {
     if (elements > 0) cost += (size_t)elements * sizeof(redisReply *) + 16;
     if (!room(b, cost, unparsed(b->rd))) return NULL;
   }
-  return default_fns.createArray(t, elements);
+  return make_array(t, elements);
 }
 
 static void *bounded_create_integer(const redisReadTask *t, long long value) {
   resil_redis_bound *b = t->privdata;
   if (b && !room(b, RESIL_REDIS_REPLY_OBJ_COST, unparsed(b->rd))) return NULL;
-  return default_fns.createInteger(t, value);
+  redisReply *r = new_reply(t, REDIS_REPLY_INTEGER);
+  if (r) r->integer = value;
+  return r;
 }
 
 static void *bounded_create_nil(const redisReadTask *t) {
   resil_redis_bound *b = t->privdata;
   if (b && !room(b, RESIL_REDIS_REPLY_OBJ_COST, unparsed(b->rd))) return NULL;
-  return default_fns.createNil(t);
+  return new_reply(t, REDIS_REPLY_NIL);
 }
 
-static void init_bounded(void) {
-  default_fns = *atomic_load(&first_fns);
-  bounded_fns = default_fns;
-  bounded_fns.createString = bounded_create_string;
-  bounded_fns.createArray = bounded_create_array;
-  bounded_fns.createInteger = bounded_create_integer;
-  bounded_fns.createNil = bounded_create_nil;
+/* Each check finds its bound through the task's privdata, which hiredis
+ * copies from the reader's when it creates the task; a reader without a
+ * bound (privdata NULL) is not checked. */
+static redisReplyObjectFunctions bounded_fns = {
+    .createString = bounded_create_string,
+    .createArray = bounded_create_array,
+    .createInteger = bounded_create_integer,
+    .createNil = bounded_create_nil,
+    .freeObject = freeReplyObject,
+};
+
+redisReader *resil_redis_reader_new(void) {
+  return redisReaderCreateWithFunctions(&bounded_fns);
 }
 
 void resil_redis_bound_begin(resil_redis_bound *b, redisReader *rd, size_t max_bytes) {
@@ -97,16 +138,7 @@ void resil_redis_bound_begin(resil_redis_bound *b, redisReader *rd, size_t max_b
   b->objects = 0;
   b->refused = RESIL_REDIS_REFUSED_NONE;
   b->detail = 0;
-  if (!rd) return;
-  if (rd->fn != &bounded_fns) {
-    /* Every reader starts with hiredis's default functions (static in
-     * hiredis): remember the first seen, wrap them once. */
-    const redisReplyObjectFunctions *expected = NULL;
-    if (rd->fn) atomic_compare_exchange_strong(&first_fns, &expected, rd->fn);
-    pthread_once(&bounded_once, init_bounded);
-    if (rd->fn && default_fns.createString) rd->fn = &bounded_fns;
-  }
-  rd->privdata = b;
+  if (rd) rd->privdata = b;
 }
 
 void resil_redis_bound_end(resil_redis_bound *b) {

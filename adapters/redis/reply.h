@@ -54,8 +54,16 @@ typedef struct resil_redis_bound {
   long long detail;
 } resil_redis_bound;
 
-/* Start bounding rd's reads (replacing its reply functions by bounded ones
- * the first time) for one call: counters reset, max_bytes >= 1. */
+/* A reader (redisReaderCreateWithFunctions, hiredis's public reader API)
+ * whose reply functions build ordinary redisReply objects (freeReplyObject
+ * frees them) and check the bound of the call in progress first. NULL when
+ * out of memory. A context's reader is replaced by one of these after
+ * connecting (redisReaderFree the old one, set c->reader). */
+redisReader *resil_redis_reader_new(void);
+
+/* Start bounding rd's reads for one call: counters reset, max_bytes >= 1.
+ * rd must come from resil_redis_reader_new() (another reader is read
+ * without any check). */
 void resil_redis_bound_begin(resil_redis_bound *b, redisReader *rd, size_t max_bytes);
 
 /* Stop: rd forgets b. If rd's buffer is empty but large (a big reply was

@@ -100,7 +100,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if (step == 0) step = size ? size : 1;
   if (resil_redis_classify_reply(NULL) != RESIL_E_INVALID) abort();
 
-  redisReader *rd = redisReaderCreate();
+  redisReader *rd = resil_redis_reader_new(); /* as every connection's */
   if (!rd) return 0;
   resil_redis_bound b;
   resil_redis_bound_begin(&b, rd, max_bytes);
