@@ -23,6 +23,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/time.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -1270,6 +1271,18 @@ static void unix_path(resil_redis_config *cfg) {
   cfg->host = NULL;
 }
 
+/* Whether a stream connect to the unix socket at path is accepted now. */
+static bool unix_connectable(const char *path) {
+  struct sockaddr_un sa = {.sun_family = AF_UNIX};
+  if (strlen(path) >= sizeof sa.sun_path) return false;
+  strcpy(sa.sun_path, path);
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return false;
+  bool ok = connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0;
+  close(fd);
+  return ok;
+}
+
 static void unix_socket_round_trip(void **state) {
   (void)state;
   const char *tmp = need_env("RESIL_TEST_TMPDIR");
@@ -1297,8 +1310,14 @@ static void unix_socket_round_trip(void **state) {
     _exit(127);
   }
   unix_server = pid;
-  for (int i = 0; i < 300 && access(sock, F_OK) != 0; i++) test_sleep_ms(10);
-  if (access(sock, F_OK) != 0) fail_msg("redis-server did not create %s", sock);
+  /* The file appears at bind(), before listen(): wait until a connect is
+   * accepted, not only for the file (a connect in between is refused). */
+  bool listening = false;
+  for (int i = 0; i < 500 && !listening; i++) {
+    listening = unix_connectable(sock);
+    if (!listening) test_sleep_ms(10);
+  }
+  if (!listening) fail_msg("redis-server did not listen on %s within 5 s", sock);
 
   resil_redis *r = make_redis_at("unix-cache", 6379, unix_path);
   must_ok(r, "SET %s %s", "resil:unix", "over a socket");
