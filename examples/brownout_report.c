@@ -609,7 +609,7 @@ static void usage(FILE *f) {
           "                     failover: the writer's name moves to another server while\n"
           "                     the old one turns read-only (PostgreSQL 25006, Redis\n"
           "                     READONLY). What is missing is skipped with a note.\n"
-          "                     About 30 s more. Default: off\n"
+          "                     About a minute more (30 s with --quick). Default: off\n"
           "  --help             this text\n"
           "\n"
           "Every wait is bounded: naive calls still stuck when the schedule ends fail 0.4 s\n"

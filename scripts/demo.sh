@@ -7,7 +7,7 @@
 #   bash scripts/demo.sh --no-plot    # no picture (gnuplot not needed)
 #   bash scripts/demo.sh --with-servers   # then also real Redis / PostgreSQL 15
 #                                     # servers: stalled with SIGSTOP, and a writer
-#                                     # failed over (about 30 s more; see below)
+#                                     # failed over (about 1 min more; see below)
 #
 # Made for a fresh Debian 12 machine as root (or a user with sudo); safe to
 # run again: nothing is reinstalled and the build is incremental. The build
