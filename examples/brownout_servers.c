@@ -96,7 +96,7 @@ typedef struct srv_run {
   /* Failover: the switch, and per side the first refusal (25006 / READONLY)
    * and the end of the first write on B started after the switch (ns,
    * UINT64_MAX: none); how many refusals. */
-  uint64_t t_switch;
+  _Atomic uint64_t t_switch; /* 0: not yet */
   _Atomic uint64_t refused_at[NSIDES], ok_on_b_at[NSIDES], refused[NSIDES];
   srv_worker w[NSIDES][SRV_WORKERS];
 } srv_run;
@@ -258,7 +258,8 @@ static void *srv_worker_main(void *arg) {
       atomic_fetch_add(&run->refused[w->side], 1);
       atomic_min(&run->refused_at[w->side], end);
     }
-    if (o.on_b && run->t_switch && now >= run->t_switch) atomic_min(&run->ok_on_b_at[w->side], end);
+    uint64_t t_switch = atomic_load(&run->t_switch);
+    if (o.on_b && t_switch && now >= t_switch) atomic_min(&run->ok_on_b_at[w->side], end);
   }
   return NULL;
 }
@@ -704,7 +705,7 @@ static int srv_phases(srv_run *run, const uint64_t *len, pid_t pid, char *emsg, 
     if (run->mode == M_FAILOVER && ph == 0) {
       base = resil_refusals(run, &replays);
       if (!srv_switch(run, emsg, n)) rc = 1;
-      run->t_switch = resil_now_ns();
+      atomic_store(&run->t_switch, resil_now_ns());
     }
     run->phase_start[ph + 1] = resil_now_ns();
     if (ph + 1 < run->nphases) atomic_store(&run->cur_phase, ph + 1);
