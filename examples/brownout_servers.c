@@ -655,16 +655,18 @@ static void srv_describe(const srv_run *run, unsigned phase_s, unsigned fo_s) {
   }
   printf("  %s failover: the writer A on %s, B on 127.0.0.1 (port %s). After 1 s the name\n"
          "  %s.brownout.test moves from A to B (hosts file, resolver TTL 60 s) and A is\n"
-         "  demoted at once: %s (writes get %s);\n"
-         "  then %u s more. %d writer threads per side, %s every 10 ms each\n"
+         "  demoted at once, so that writes get %s:\n"
+         "  %s; then %u s more.\n"
+         "  %d writer threads per side, %s every 10 ms each\n"
          "  resil: %s through the name, %u ms deadline, the library's defaults\n"
          "  naive: one connection per thread to A, opened when the name pointed there\n"
          "  (as libpq and hiredis resolve once, at connect); reconnects when it breaks\n\n",
          KIND_NAME[run->kind], pg ? need("RESIL_TEST_PG2_ADDR") : need("RESIL_TEST_REDIS2_ADDR"),
          pg ? need("RESIL_TEST_PG_PORT") : need("RESIL_TEST_REDIS_PORT"), pg ? "writer" : "primary",
+         pg ? "25006" : "READONLY",
          pg ? "ALTER SYSTEM SET default_transaction_read_only = on + pg_reload_conf()"
             : "REPLICAOF B",
-         pg ? "25006" : "READONLY", fo_s, FO_WRITERS, pg ? "INSERT ... RETURNING the server" : "INCR",
+         fo_s, FO_WRITERS, pg ? "INSERT ... RETURNING the server" : "INCR",
          pg ? "resil_pg_query()" : "resil_redis_command()", FO_DEADLINE_MS);
 }
 
@@ -702,13 +704,13 @@ static int srv_phases(srv_run *run, const uint64_t *len, pid_t pid, char *emsg, 
     srv_take_phase_end(run, ph, &prev_trips);
     if (run->mode == M_STALL && ph == 0) srv_stall(pid);
     if (run->mode == M_STALL && ph == 1) srv_resume();
-    if (run->mode == M_FAILOVER && ph == 0) {
+    run->phase_start[ph + 1] = resil_now_ns();
+    if (ph + 1 < run->nphases) atomic_store(&run->cur_phase, ph + 1);
+    if (run->mode == M_FAILOVER && ph == 0) { /* the failover phase begins with the switch */
       base = resil_refusals(run, &replays);
       if (!srv_switch(run, emsg, n)) rc = 1;
       atomic_store(&run->t_switch, resil_now_ns());
     }
-    run->phase_start[ph + 1] = resil_now_ns();
-    if (ph + 1 < run->nphases) atomic_store(&run->cur_phase, ph + 1);
   }
   if (rc) atomic_store(&run->end_ns, resil_now_ns());
   srv_resume(); /* never join with the server stopped: naive calls would wait forever */
