@@ -106,7 +106,7 @@ configure() {
 build() {
   local log="$BUILD/meson-logs/bench-compile.log" t
   local targets=(bench/bench_core examples/brownout)
-  for t in bench/bench_redis bench/bench_pg bench/bench_http bench/testhttpd; do
+  for t in bench/bench_redis bench/bench_pg bench/bench_http tools/testhttpd; do
     # adapters whose driver library is missing are not configured
     if ninja -C "$BUILD" -t query "$t" >/dev/null 2>&1; then targets+=("$t"); fi
   done
@@ -307,7 +307,7 @@ main() {
 
   if [[ -x $BUILD/bench/bench_http ]]; then
     say "bench_http --runs $http_runs --iters $http_iters"
-    run_logged "$LOGS/http.log" "$BUILD/bench/bench_http" --testhttpd "$BUILD/bench/testhttpd" \
+    run_logged "$LOGS/http.log" "$BUILD/bench/bench_http" --testhttpd "$BUILD/tools/testhttpd" \
       --runs "$http_runs" --iters "$http_iters" --summary
   else
     say "bench_http: skipped (no libcurl)"

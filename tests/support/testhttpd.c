@@ -24,6 +24,19 @@
  *   /cut?bytes=N                200, Content-Length N, N/2 bytes, then the connection closes
  *   /echo                       200 with the request body; each request header H: v is
  *                               reflected as "X-Echo-H: v", plus "X-Echo-Method: <method>"
+ *   /work                       the scripted dependency (the brownout demo's): answers as the
+ *                               last POST /scenario says (default: 200 "ok" at once). After a
+ *                               latency uniform in [min_us, max_us] (drawn per request), 503
+ *                               "unavailable" for error_pct % of requests (drawn per request),
+ *                               else 200 "ok". With serve_max > 0 at most serve_max requests
+ *                               are served at once and the rest queue for a slot; a request
+ *                               that has a slot is worked to its end even if the client hung
+ *                               up (the capacity is spent anyway). Without serve_max the wait
+ *                               ends early, closing the connection, when the client hangs up.
+ *   POST /scenario?min_us=A&max_us=B&error_pct=P&serve_max=N
+ *                               sets what /work does (omitted: 0; A <= B <= 600 s, P 0..100,
+ *                               N 0..10000, else 400); answers 200 with the scenario as JSON;
+ *                               requests already in /work keep what they drew
  *   /stats                      {"accepted":A,"requests":R,"open":O,"max_open":M}
  *                               A connections accepted, R requests received (not counting
  *                               /stats and /stats/reset), O connections open now (including
@@ -69,6 +82,10 @@ static struct {
   pthread_cond_t cv;
   unsigned long accepted, requests;
   unsigned open, max_open;
+  /* /work's scenario (POST /scenario) and its slots in use; under mu */
+  long min_us, max_us;
+  int error_pct, serve_max, serving;
+  unsigned long seq; /* seeds each connection thread's random numbers */
 } g = {.lfd = -1, .stop_pipe = {-1, -1}, .max_conns = 256, .idle_ms = 120000,
        .mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
 
@@ -100,21 +117,24 @@ static int wait_fd(int fd, short events, int timeout_ms) {
   }
 }
 
-/* Sleep ms; false if the server started stopping meanwhile or, when fd >= 0, the client
- * hung up (FIN or RST), so a request the client gave up on ends at once. */
-static bool nap(long ms, int fd) {
+/* Sleep us microseconds; false if the server started stopping meanwhile or, when fd >= 0,
+ * the client hung up (FIN or RST), so a request the client gave up on ends at once. */
+static bool nap_us(long us, int fd) {
   struct pollfd pf[2] = {{.fd = g.stop_pipe[0], .events = POLLIN}, {.fd = fd, .events = POLLRDHUP}};
   struct timespec t0, t1;
   clock_gettime(CLOCK_MONOTONIC, &t0);
   for (;;) {
     clock_gettime(CLOCK_MONOTONIC, &t1);
-    long spent = (t1.tv_sec - t0.tv_sec) * 1000L + (t1.tv_nsec - t0.tv_nsec) / 1000000L;
-    if (spent >= ms) return true;
-    int r = poll(pf, fd >= 0 ? 2 : 1, (int)(ms - spent));
+    long spent = (t1.tv_sec - t0.tv_sec) * 1000000L + (t1.tv_nsec - t0.tv_nsec) / 1000L;
+    if (spent >= us) return true;
+    struct timespec left = {(us - spent) / 1000000L, (us - spent) % 1000000L * 1000L};
+    int r = ppoll(pf, fd >= 0 ? 2 : 1, &left, NULL);
     if (r < 0 && errno != EINTR) return false;
     if (r > 0) return false;
   }
 }
+
+static bool nap(long ms, int fd) { return nap_us(ms * 1000L, fd); }
 
 static bool send_all(int fd, const void *buf, size_t n) {
   const char *p = buf;
@@ -314,6 +334,88 @@ static bool stats_json(char *out, size_t cap, bool reset) {
   return n > 0 && (size_t)n < cap;
 }
 
+/* ------------------------------------------------------------------ /work, the scripted dependency */
+
+/* Uniform in [0, 1), per connection thread (xorshift, seeded from a counter). */
+static double rand01(void) {
+  static _Thread_local uint64_t x;
+  if (!x) {
+    pthread_mutex_lock(&g.mu);
+    x = 0x2545F4914F6CDD1Dull ^ (++g.seq * 0x9E3779B97F4A7C15ull);
+    pthread_mutex_unlock(&g.mu);
+  }
+  x ^= x << 13;
+  x ^= x >> 7;
+  x ^= x << 17;
+  return (double)(x >> 11) / 9007199254740992.0;
+}
+
+/* Wait for one of max slots; false if the server is stopping. */
+static bool slot_take(int max) {
+  pthread_mutex_lock(&g.mu);
+  while (g.serving >= max) {
+    if (stopping()) {
+      pthread_mutex_unlock(&g.mu);
+      return false;
+    }
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_nsec += 5 * 1000000L; /* look at the stop pipe every 5 ms */
+    if (ts.tv_nsec >= 1000000000L) {
+      ts.tv_sec++;
+      ts.tv_nsec -= 1000000000L;
+    }
+    pthread_cond_timedwait(&g.cv, &g.mu, &ts);
+  }
+  g.serving++;
+  pthread_mutex_unlock(&g.mu);
+  return true;
+}
+
+static void slot_give(void) {
+  pthread_mutex_lock(&g.mu);
+  g.serving--;
+  pthread_cond_broadcast(&g.cv);
+  pthread_mutex_unlock(&g.mu);
+}
+
+static bool serve_work(int fd, const request *r) {
+  pthread_mutex_lock(&g.mu);
+  long lo = g.min_us, hi = g.max_us;
+  int pct = g.error_pct, max = g.serve_max;
+  pthread_mutex_unlock(&g.mu);
+  long us = lo + (long)(rand01() * (double)(hi - lo));
+  bool fail = rand01() * 100.0 < (double)pct;
+  if (max > 0) {
+    if (!slot_take(max)) return false;
+    bool done = nap_us(us, -1); /* worked to its end, whether the client waits or not */
+    slot_give();
+    if (!done) return false;
+  } else if (!nap_us(us, fd)) {
+    return false;
+  }
+  if (fail) return respond(fd, r, 503, NULL, "unavailable\n", 12, NULL);
+  return respond(fd, r, 200, NULL, "ok", 2, NULL);
+}
+
+static bool set_scenario(int fd, const request *r, const char *query) {
+  long lo = qparam(query, "min_us", 0), hi = qparam(query, "max_us", 0);
+  long pct = qparam(query, "error_pct", 0), max = qparam(query, "serve_max", 0);
+  if (strcmp(r->method, "POST") != 0) return respond(fd, r, 405, "Allow: POST\r\n", "use POST\n", 9, NULL);
+  if (lo < 0 || hi < lo || hi > MAX_SLEEP_MS * 1000L || pct < 0 || pct > 100 || max < 0 || max > 10000)
+    return respond(fd, r, 400, NULL, "bad scenario\n", 13, NULL);
+  pthread_mutex_lock(&g.mu);
+  g.min_us = lo;
+  g.max_us = hi;
+  g.error_pct = (int)pct;
+  g.serve_max = (int)max;
+  pthread_mutex_unlock(&g.mu);
+  char body[160];
+  int n = snprintf(body, sizeof body, "{\"min_us\":%ld,\"max_us\":%ld,\"error_pct\":%ld,\"serve_max\":%ld}",
+                   lo, hi, pct, max);
+  return respond(fd, r, 200, NULL, body, (size_t)n, "application/json");
+}
+
 /* Serve one parsed request. Returns false when the connection must close. */
 static bool serve(int fd, request *r) {
   char path[2048];
@@ -332,6 +434,8 @@ static bool serve(int fd, request *r) {
   }
 
   if (strcmp(path, "/fast") == 0) return respond(fd, r, 200, NULL, "ok", 2, NULL);
+  if (strcmp(path, "/work") == 0) return serve_work(fd, r);
+  if (strcmp(path, "/scenario") == 0) return set_scenario(fd, r, query);
 
   if (strcmp(path, "/slow") == 0) {
     long ms = qparam(query, "ms", 1000);

@@ -658,6 +658,75 @@ static void sigterm_closes_idle_connections_and_exits_zero(void **state) {
   conn_close(busy);
 }
 
+/* /work follows POST /scenario: its latency, its error share, and serve_max
+ * (the rest queue; a slot taken is kept to the end even if the client left). */
+static void scenario_scripts_work(void **state) {
+  (void)state;
+  server s2;
+  server_start(&s2, NULL);
+  response r;
+  fetch(s2.port, "GET /scenario HTTP/1.1\r\nHost: t\r\n\r\n", &r);
+  assert_int_equal(r.status, 405);
+  response_free(&r);
+  fetch(s2.port, "POST /scenario?min_us=5&max_us=4 HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n", &r);
+  assert_int_equal(r.status, 400);
+  response_free(&r);
+  fetch(s2.port, "POST /scenario?error_pct=101 HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n", &r);
+  assert_int_equal(r.status, 400);
+  response_free(&r);
+  /* Latency and failures: every answer a 503 after 100-120 ms. */
+  fetch(s2.port, "POST /scenario?min_us=100000&max_us=120000&error_pct=100 HTTP/1.1\r\nHost: t\r\n"
+                 "Content-Length: 0\r\n\r\n", &r);
+  assert_int_equal(r.status, 200);
+  assert_non_null(strstr(r.body, "\"error_pct\":100"));
+  response_free(&r);
+  for (int i = 0; i < 3; i++) {
+    double t0 = now_ms();
+    fetch(s2.port, "GET /work HTTP/1.1\r\nHost: t\r\n\r\n", &r);
+    assert_int_equal(r.status, 503);
+    assert_true(now_ms() - t0 >= 100.0);
+    response_free(&r);
+  }
+  /* No failures: 200 "ok", and about half 503s at 50 %. */
+  fetch(s2.port, "POST /scenario HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n", &r);
+  response_free(&r);
+  fetch(s2.port, "GET /work HTTP/1.1\r\nHost: t\r\n\r\n", &r);
+  assert_int_equal(r.status, 200);
+  assert_string_equal(r.body, "ok");
+  response_free(&r);
+  fetch(s2.port, "POST /scenario?error_pct=50 HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n", &r);
+  response_free(&r);
+  int fails = 0;
+  conn *c = conn_open(s2.port);
+  for (int i = 0; i < 200; i++) {
+    send_str(c, "GET /work HTTP/1.1\r\nHost: t\r\n\r\n");
+    read_response(c, &r, false);
+    assert_true(r.status == 200 || r.status == 503);
+    fails += r.status == 503;
+    response_free(&r);
+  }
+  conn_close(c);
+  assert_in_range(fails, 60, 140);
+  /* serve_max 1, 200 ms each: a client that hangs up keeps its slot, so the
+   * next request waits for the rest of it, then for its own 200 ms. */
+  fetch(s2.port, "POST /scenario?min_us=200000&max_us=200000&serve_max=1 HTTP/1.1\r\nHost: t\r\n"
+                 "Content-Length: 0\r\n\r\n", &r);
+  response_free(&r);
+  conn *gone = conn_open(s2.port);
+  double t0 = now_ms();
+  send_str(gone, "GET /work HTTP/1.1\r\nHost: t\r\n\r\n");
+  struct timespec ts = {0, 20000000};
+  nanosleep(&ts, NULL);
+  conn_close(gone);
+  fetch(s2.port, "GET /work HTTP/1.1\r\nHost: t\r\n\r\n", &r);
+  assert_int_equal(r.status, 200);
+  assert_true(now_ms() - t0 >= 400.0);
+  response_free(&r);
+  int st = server_stop(&s2);
+  assert_true(st != -1 && WIFEXITED(st));
+  assert_int_equal(WEXITSTATUS(st), 0);
+}
+
 int main(int argc, char **argv) {
   server_path = argc > 1 ? argv[1] : getenv("TESTHTTPD");
   if (!server_path || access(server_path, X_OK) != 0) {
@@ -685,6 +754,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(stats_count_connections_and_reset),
       cmocka_unit_test(max_conns_holds_extra_clients_in_the_backlog),
       cmocka_unit_test(sigterm_closes_idle_connections_and_exits_zero),
+      cmocka_unit_test(scenario_scripts_work),
   };
   return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
