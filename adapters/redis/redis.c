@@ -131,6 +131,15 @@ resil_status resil_redis_config_validate(const resil_redis_config *cfg, resil_er
     if (cfg->unix_path) resil_problem(&p, "hosts", "set together with unix_path: use one");
     else if (resil_endpoints_parse(cfg->hosts, cfg->port, NULL, 0, NULL, &he) != RESIL_OK)
       resil_problem(&p, "hosts", "%s", he.msg);
+    if (cfg->endpoints_from_dns) { /* named both ways: the loader names each variable */
+      resil_problem(&p, "hosts", "set together with endpoints_from_dns: use one");
+      resil_problem(&p, "endpoints_from_dns", "set together with hosts: use one");
+    }
+  }
+  if (cfg->endpoints_from_dns && cfg->unix_path)
+    resil_problem(&p, "endpoints_from_dns", "set together with unix_path: use one");
+  if (cfg->hosts || cfg->endpoints_from_dns) {
+    resil_err he;
     if (resil_outlier_config_validate(&cfg->outlier, prefix, &he) != RESIL_OK)
       resil_problems_merge(&p, he.msg);
   }
@@ -734,7 +743,10 @@ resil_redis *resil_redis_new(const resil_redis_config *cfg, resil_err *err) {
       .abandon = rabandon};
   r->pool = cfg->hosts ? resil_pool_new_endpoints(&pc, &cn, rconnect_to, cfg->hosts, cfg->port,
                                                   &cfg->outlier, err)
-                       : resil_pool_new(&pc, &cn, err);
+            : cfg->endpoints_from_dns
+                ? resil_pool_new_endpoints_dns(&pc, &cn, rconnect_to, cfg->host, cfg->port,
+                                               &cfg->outlier, err)
+                : resil_pool_new(&pc, &cn, err);
   if (!r->pool) goto fail;
   resil_dep_attach_pool(r->dep, r->pool);
   resil_dep_set_memory_bound(r->dep, resil_redis_config_memory_bound(cfg));

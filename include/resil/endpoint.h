@@ -213,7 +213,7 @@ typedef struct resil_endpoints_dns_stats {
   bool stale;              /* the last refresh failed: the set is the last good answer */
   char last_error[RESIL_ERR_MSG_MAX]; /* the last failure's message, "" if none */
   /* ABI: sizeof is frozen; new fields come out of this tail (docs/abi.md). */
-  unsigned char reserved_[64];
+  unsigned char reserved_[207];
 } resil_endpoints_dns_stats;
 
 /* Fill *out for a pool made by resil_pool_new_endpoints_dns(); false (out
