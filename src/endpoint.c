@@ -928,26 +928,29 @@ static void dns_apply(struct resil__group *g, const resil_addr *a, size_t count)
     endpoint_of(&a[k], d->port, &want[nw]);
     if (!listed(want, nw, want[nw].text)) nw++;
   }
+  uint32_t leaving = 0;
   FOR_BITS(i, atomic_load(&g->live))
-  if (!listed(want, nw, g->eps[i].addr.text)) {
-    slot_retire(g, i);
-    d->removed++;
-  }
+  if (!listed(want, nw, g->eps[i].addr.text)) leaving |= BIT(i);
   spread_min_idle(g, nw < RESIL_ENDPOINTS_MAX ? nw : RESIL_ENDPOINTS_MAX);
+  /* the new ones first, so the set is never empty in between */
   uint32_t dropped = 0;
   for (size_t k = 0; k < nw; k++) {
     uint32_t live = atomic_load(&g->live);
     bool have = false;
-    FOR_BITS(i, live) have |= strcmp(g->eps[i].addr.text, want[k].text) == 0;
+    FOR_BITS(i, live & ~leaving) have |= strcmp(g->eps[i].addr.text, want[k].text) == 0;
     if (have) continue;
     uint32_t free_slots = ~(live | atomic_load(&g->gone)) & (uint32_t)((1ull << g->n) - 1);
     resil_err e;
-    if (__builtin_popcount(live) >= RESIL_ENDPOINTS_MAX || !free_slots ||
+    if (__builtin_popcount(live & ~leaving) >= RESIL_ENDPOINTS_MAX || !free_slots ||
         !slot_install(g, (unsigned)__builtin_ctz(free_slots), &want[k], &e)) {
       dropped++;
       continue;
     }
     d->added++;
+  }
+  FOR_BITS(i, leaving) {
+    slot_retire(g, i);
+    d->removed++;
   }
   d->dropped = dropped;
 }
@@ -993,6 +996,10 @@ static void dns_maintain(struct resil__group *g) {
   resil_status st = RESIL_OK;
   resil_err e;
   e.msg[0] = '\0';
+  if (kicked && d->lk) { /* a lookup from before the invalidation: start afresh */
+    resil__resolve_abandon(d->lk);
+    d->lk = NULL;
+  }
   if (d->lk) {
     if (resil__resolve_poll(d->lk, d->port, a, DNS_ANSWER_MAX, &count, &expires, &st, &e)) {
       d->lk = NULL;
@@ -1024,6 +1031,8 @@ static resil_status dns_first(struct resil__group *g, resil_deadline deadline, r
   if (st == RESIL_OK && !atomic_load(&d->stop) && !atomic_load(&g->live)) {
     uint64_t now = ep_now();
     dns_result(g, st, a, count, now + (uint64_t)resil__resolve_ttl_ms() * MS, &e, now);
+    resil__resolve_abandon(d->lk); /* a maintainer's lookup: this answer is as fresh */
+    d->lk = NULL;
     atomic_store(&d->due_ns, d->refresh_ns);
   } else if (st != RESIL_OK) {
     d->failures++;
