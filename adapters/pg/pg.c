@@ -275,6 +275,22 @@ static void redact_parse_error(char *dst, size_t size, const char *msg, const ch
  * '@' leaves the rest in the host; both would show pieces of the password in
  * connect errors. libpq takes the first '@' before the first '/' after the
  * scheme as the end of user:password. */
+/* HOSTS, ENDPOINTS_FROM_DNS and OUTLIER_* (resil/endpoint.h). */
+static void check_endpoints(const resil_pg_config *cfg, resil_problems *p) {
+  resil_err he;
+  if (cfg->hosts) {
+    if (resil_endpoints_parse(cfg->hosts, 5432, NULL, 0, NULL, &he) != RESIL_OK)
+      resil_problem(p, "hosts", "%s", he.msg);
+    if (cfg->endpoints_from_dns) { /* named both ways: the loader names each variable */
+      resil_problem(p, "hosts", "set together with endpoints_from_dns: use one");
+      resil_problem(p, "endpoints_from_dns", "set together with hosts: use one");
+    }
+  }
+  if ((cfg->hosts || cfg->endpoints_from_dns) &&
+      resil_outlier_config_validate(&cfg->outlier, p->prefix, &he) != RESIL_OK)
+    resil_problems_merge(p, he.msg);
+}
+
 /* What keeps the conninfo from following DNS (endpoints_from_dns), or NULL. */
 static const char *dns_conninfo_problem(PQconninfoOption *o) {
   const char *h = opt_val(o, "host"), *port = opt_val(o, "port");
@@ -368,20 +384,7 @@ resil_status resil_pg_config_validate(const resil_pg_config *cfg, resil_err *err
   }
   resil_problems_check_range(&p, "password_file_check_ms", cfg->password_file_check_ms, 100,
                              3600000);
-  if (cfg->hosts) { /* several addresses: resil/endpoint.h */
-    resil_err he;
-    if (resil_endpoints_parse(cfg->hosts, 5432, NULL, 0, NULL, &he) != RESIL_OK)
-      resil_problem(&p, "hosts", "%s", he.msg);
-    if (cfg->endpoints_from_dns) { /* named both ways: the loader names each variable */
-      resil_problem(&p, "hosts", "set together with endpoints_from_dns: use one");
-      resil_problem(&p, "endpoints_from_dns", "set together with hosts: use one");
-    }
-  }
-  if (cfg->hosts || cfg->endpoints_from_dns) {
-    resil_err he;
-    if (resil_outlier_config_validate(&cfg->outlier, p.prefix, &he) != RESIL_OK)
-      resil_problems_merge(&p, he.msg);
-  }
+  check_endpoints(cfg, &p);
   return resil_problems_finish(&p, err);
 }
 
