@@ -64,6 +64,7 @@ static _Atomic(resil__gai_fn) gai_hook;
 static char hosts_path[PATH_MAX];
 static pthread_once_t hosts_env_once = PTHREAD_ONCE_INIT;
 static uint64_t n_invalidated;
+_Atomic uint64_t resil__resolve_epoch;
 
 static void hosts_env_read(void);
 
@@ -135,9 +136,10 @@ static void cache_remove_locked(cache_entry **pp) {
   n_cached--;
 }
 
-/* Copy a live cached answer for host into out; false on a miss. */
+/* Copy a live cached answer for host into out (and its expiry into
+ * *expires if not NULL); false on a miss. */
 static bool cache_get_locked(const char *host, uint16_t port, resil_addr *out, size_t max,
-                             size_t *count) {
+                             size_t *count, uint64_t *expires) {
   if (atomic_load(&ttl_ms) == 0) return false;
   uint64_t now = resil_now_ns();
   for (cache_entry **pp = &cache; *pp; pp = &(*pp)->next) {
@@ -147,6 +149,7 @@ static bool cache_get_locked(const char *host, uint16_t port, resil_addr *out, s
       return false;
     }
     *count = copy_out((*pp)->addrs, (*pp)->n, port, out, max);
+    if (expires) *expires = (*pp)->expires_ns;
     return true;
   }
   return false;
@@ -192,12 +195,16 @@ static void cache_put_locked(const lookup *lk) {
 
 void resil_resolve_set_ttl_ms(uint32_t ms) {
   atomic_store(&ttl_ms, ms);
+  atomic_fetch_add(&resil__resolve_epoch, 1);
   if (ms == 0) resil_resolve_flush();
 }
+
+uint32_t resil__resolve_ttl_ms(void) { return atomic_load(&ttl_ms); }
 
 void resil_resolve_flush(void) {
   pthread_mutex_lock(&mu);
   while (cache) cache_remove_locked(&cache);
+  atomic_fetch_add(&resil__resolve_epoch, 1);
   pthread_mutex_unlock(&mu);
 }
 
@@ -212,6 +219,7 @@ bool resil_resolve_invalidate(const char *host) {
       break;
     }
   n_invalidated++;
+  atomic_fetch_add(&resil__resolve_epoch, 1);
   pthread_mutex_unlock(&mu);
   return found;
 }
@@ -230,6 +238,7 @@ resil_status resil_resolve_set_hosts_file(const char *path, resil_err *err) {
   if (path && *path) resil__strlcpy(hosts_path, path, sizeof hosts_path);
   else hosts_path[0] = '\0';
   while (cache) cache_remove_locked(&cache); /* answers from the old source */
+  atomic_fetch_add(&resil__resolve_epoch, 1);
   pthread_mutex_unlock(&mu);
   return RESIL_OK;
 }
@@ -466,7 +475,7 @@ resil_status resil_resolve(const char *host, uint16_t port, resil_deadline deadl
   pthread_once(&hosts_env_once, hosts_env_read);
 
   pthread_mutex_lock(&mu);
-  if (cache_get_locked(host, port, out, max, count)) {
+  if (cache_get_locked(host, port, out, max, count, NULL)) {
     n_hits++;
     pthread_mutex_unlock(&mu);
     return RESIL_OK;
@@ -505,6 +514,63 @@ resil_status resil_resolve(const char *host, uint16_t port, resil_deadline deadl
   unref_locked(lk);
   pthread_mutex_unlock(&mu);
   return st;
+}
+
+/* ---- Without waiting (resolve_internal.h) ---------------------------------- */
+
+resil_status resil__resolve_begin(const char *host, uint16_t port, resil_addr *out, size_t max,
+                                  size_t *count, uint64_t *expires_ns, resil__lookup **pending,
+                                  resil_err *err) {
+  *pending = NULL;
+  *count = 0;
+  if (!host || !*host || strlen(host) > HOST_MAX || max == 0)
+    return resil_err_set(err, RESIL_E_INVALID, "resolve: bad host or no room");
+  if (parse_numeric(host, port, out)) {
+    *count = 1;
+    *expires_ns = UINT64_MAX;
+    return RESIL_OK;
+  }
+  pthread_once(&hosts_env_once, hosts_env_read);
+  pthread_mutex_lock(&mu);
+  resil_status st = RESIL_OK;
+  if (cache_get_locked(host, port, out, max, count, expires_ns)) {
+    n_hits++;
+  } else {
+    lookup *lk = find_in_flight_locked(host);
+    if (!lk) st = lookup_start_locked(host, &lk, err);
+    if (st == RESIL_OK) {
+      lk->refs++;
+      *pending = lk;
+    }
+  }
+  pthread_mutex_unlock(&mu);
+  return st;
+}
+
+bool resil__resolve_poll(resil__lookup *lk, uint16_t port, resil_addr *out, size_t max,
+                         size_t *count, uint64_t *expires_ns, resil_status *st, resil_err *err) {
+  pthread_mutex_lock(&mu);
+  bool done = lk->done;
+  if (done) {
+    *st = lk->st;
+    if (lk->st == RESIL_OK) {
+      *count = copy_out(lk->addrs, lk->n, port, out, max);
+      *expires_ns = resil_now_ns() + (uint64_t)atomic_load(&ttl_ms) * MS;
+    } else {
+      *count = 0;
+      resil_err_set(err, lk->st, "%s", lk->msg);
+    }
+    unref_locked(lk);
+  }
+  pthread_mutex_unlock(&mu);
+  return done;
+}
+
+void resil__resolve_abandon(resil__lookup *lk) {
+  if (!lk) return;
+  pthread_mutex_lock(&mu);
+  unref_locked(lk);
+  pthread_mutex_unlock(&mu);
 }
 
 /* ---- Test hooks ---------------------------------------------------------- */

@@ -40,7 +40,9 @@ resil_status resil_x_start_pool(const resil_x_client *c, resil_dep *dep, resil_p
   if (c->connect_timeout_ms) pc.connect_timeout_ms = c->connect_timeout_ms;
   *pool = c->hosts ? resil_pool_new_endpoints(&pc, &c->connector, c->connect_to, c->hosts,
                                               c->default_port, c->outlier, err)
-                    : resil_pool_new(&pc, &c->connector, err);
+          : c->dns_host ? resil_pool_new_endpoints_dns(&pc, &c->connector, c->connect_to,
+                                                       c->dns_host, c->dns_port, c->outlier, err)
+                        : resil_pool_new(&pc, &c->connector, err);
   if (!*pool) return err ? err->status : RESIL_E_NOMEM;
   resil_dep_attach_pool(dep, *pool);
   resil_dep_set_memory_bound(dep, c->memory_bound);

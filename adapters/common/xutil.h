@@ -52,9 +52,13 @@ typedef struct resil_x_client {
   uint64_t memory_bound;        /* resil_dep_set_memory_bound() */
   resil_probe_fn probe;         /* the recovery probe, with connector.ctx */
   /* Several addresses (resil/endpoint.h): with hosts set, the pool is
-   * resil_pool_new_endpoints() over them, connecting with connect_to. */
+   * resil_pool_new_endpoints() over them; else with dns_host set,
+   * resil_pool_new_endpoints_dns() over the addresses dns_host resolves to
+   * (port dns_port); both connect with connect_to. */
   const char *hosts;
   uint32_t default_port;
+  const char *dns_host;
+  uint32_t dns_port;
   const resil_outlier_config *outlier;
   resil_endpoint_connect_fn connect_to;
 } resil_x_client;

@@ -245,6 +245,33 @@ static void redact_parse_error(char *dst, size_t size, const char *msg, const ch
  * '@' leaves the rest in the host; both would show pieces of the password in
  * connect errors. libpq takes the first '@' before the first '/' after the
  * scheme as the end of user:password. */
+/* HOSTS, ENDPOINTS_FROM_DNS and OUTLIER_* (resil/endpoint.h). */
+static void check_endpoints(const resil_pg_config *cfg, resil_problems *p) {
+  resil_err he;
+  if (cfg->hosts) {
+    if (resil_endpoints_parse(cfg->hosts, 5432, NULL, 0, NULL, &he) != RESIL_OK)
+      resil_problem(p, "hosts", "%s", he.msg);
+    if (cfg->endpoints_from_dns) { /* named both ways: the loader names each variable */
+      resil_problem(p, "hosts", "set together with endpoints_from_dns: use one");
+      resil_problem(p, "endpoints_from_dns", "set together with hosts: use one");
+    }
+  }
+  if ((cfg->hosts || cfg->endpoints_from_dns) &&
+      resil_outlier_config_validate(&cfg->outlier, p->prefix, &he) != RESIL_OK)
+    resil_problems_merge(p, he.msg);
+}
+
+/* What keeps the conninfo from following DNS (endpoints_from_dns), or NULL. */
+static const char *dns_conninfo_problem(PQconninfoOption *o) {
+  const char *h = opt_val(o, "host"), *port = opt_val(o, "port");
+  if (!h || !*h) return "endpoints_from_dns needs the conninfo to name a host";
+  if (strchr(h, ',')) return "endpoints_from_dns needs one host in the conninfo, not a list";
+  if (h[0] == '/' || h[0] == '@') return "endpoints_from_dns needs a TCP host, not a socket";
+  if (opt_val(o, "hostaddr")) return "endpoints_from_dns is not for a conninfo with hostaddr";
+  if (port && strchr(port, ',')) return "endpoints_from_dns needs one port in the conninfo";
+  return NULL;
+}
+
 static const char *uri_problem(const char *ci, PQconninfoOption *o) {
   const char *port = opt_val(o, "port");
   if (port && port[strspn(port, "0123456789,")])
@@ -295,6 +322,8 @@ resil_status resil_pg_config_validate(const resil_pg_config *cfg, resil_err *err
         resil_problem(&p, "conninfo", "application_name is longer than 63 bytes");
       const char *up = uri_problem(cfg->conninfo, o);
       if (up) resil_problem(&p, "conninfo", "%s", up);
+      const char *dp = cfg->endpoints_from_dns && !cfg->hosts ? dns_conninfo_problem(o) : NULL;
+      if (dp) resil_problem(&p, "conninfo", "%s", dp);
       PQconninfoFree(o);
     }
   }
@@ -325,13 +354,7 @@ resil_status resil_pg_config_validate(const resil_pg_config *cfg, resil_err *err
   }
   resil_problems_check_range(&p, "password_file_check_ms", cfg->password_file_check_ms, 100,
                              3600000);
-  if (cfg->hosts) { /* several addresses: resil/endpoint.h */
-    resil_err he;
-    if (resil_endpoints_parse(cfg->hosts, 5432, NULL, 0, NULL, &he) != RESIL_OK)
-      resil_problem(&p, "hosts", "%s", he.msg);
-    if (resil_outlier_config_validate(&cfg->outlier, p.prefix, &he) != RESIL_OK)
-      resil_problems_merge(&p, he.msg);
-  }
+  check_endpoints(cfg, &p);
   return resil_problems_finish(&p, err);
 }
 
@@ -727,8 +750,8 @@ static resil_status ep_keys(resil_pg *pg, resil_deadline deadline, const char **
   }
   memcpy(addr, a.text, sizeof a.text);
   snprintf(port, 8, "%u", (unsigned)cur_ep->port);
-  keys[*n] = "host";
-  vals[(*n)++] = cur_ep->host;
+  keys[*n] = "host"; /* from DNS: the name (TLS verification), hostaddr the address */
+  vals[(*n)++] = pg->cfg.endpoints_from_dns && pg->host ? pg->host : cur_ep->host;
   keys[*n] = "hostaddr";
   vals[(*n)++] = addr;
   keys[*n] = "port";
@@ -1513,7 +1536,9 @@ static resil_status start_client(resil_pg *pg, const resil_pg_config *cfg, resil
       .hosts = cfg->hosts,
       .default_port = 5432,
       .outlier = &cfg->outlier,
-      .connect_to = pg_connect_to};
+      .connect_to = pg_connect_to,
+      .dns_host = cfg->endpoints_from_dns ? pg->host : NULL,
+      .dns_port = pg->port ? (uint32_t)atoi(pg->port) : 5432};
   resil_status st = resil_x_start_pool(&c, pg->dep, &pg->pool, err);
   pg->cfg.hosts = NULL; /* not owned; the pool has its copy */
   return st;

@@ -46,6 +46,9 @@ static const resil_key_spec keys[] = {
     K("hosts", STRING, hosts, 0, 0, false,
       "several addresses host:port,host:port (at most 16; 5432 for entries without one): calls "
       "spread over them, each with outlier ejection; replace the conninfo's host and port"),
+    K("endpoints_from_dns", BOOL, endpoints_from_dns, 0, 0, false,
+      "every address the conninfo's host resolves to is an address of its own (as with HOSTS), "
+      "the set following DNS (cache TTL, failover); not with HOSTS"),
     RESIL_OUTLIER_KEY_SPECS(resil_pg_config, outlier),
 };
 

@@ -128,6 +128,15 @@ resil_status resil_redis_config_validate(const resil_redis_config *cfg, resil_er
     if (cfg->unix_path) resil_problem(&p, "hosts", "set together with unix_path: use one");
     else if (resil_endpoints_parse(cfg->hosts, cfg->port, NULL, 0, NULL, &he) != RESIL_OK)
       resil_problem(&p, "hosts", "%s", he.msg);
+    if (cfg->endpoints_from_dns) { /* named both ways: the loader names each variable */
+      resil_problem(&p, "hosts", "set together with endpoints_from_dns: use one");
+      resil_problem(&p, "endpoints_from_dns", "set together with hosts: use one");
+    }
+  }
+  if (cfg->endpoints_from_dns && cfg->unix_path)
+    resil_problem(&p, "endpoints_from_dns", "set together with unix_path: use one");
+  if (cfg->hosts || cfg->endpoints_from_dns) {
+    resil_err he;
     if (resil_outlier_config_validate(&cfg->outlier, prefix, &he) != RESIL_OK)
       resil_problems_merge(&p, he.msg);
   }
@@ -735,7 +744,9 @@ resil_redis *resil_redis_new(const resil_redis_config *cfg, resil_err *err) {
       .hosts = cfg->hosts,
       .default_port = cfg->port,
       .outlier = &cfg->outlier,
-      .connect_to = rconnect_to};
+      .connect_to = rconnect_to,
+      .dns_host = cfg->endpoints_from_dns ? cfg->host : NULL,
+      .dns_port = cfg->port};
   if (resil_x_start_pool(&c, r->dep, &r->pool, err) != RESIL_OK) {
     resil_dep_attach_pool(r->dep, NULL);
     resil_pool_free(r->pool);

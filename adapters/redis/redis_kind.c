@@ -27,6 +27,9 @@ static const resil_key_spec keys[] = {
     K("hosts", STRING, hosts,
       "several addresses host:port,host:port (at most 16; PORT for entries without one): calls "
       "spread over them, each with outlier ejection; replaces HOST"),
+    K("endpoints_from_dns", BOOL, endpoints_from_dns,
+      "every address HOST resolves to is an address of its own (as with HOSTS), the set "
+      "following DNS (cache TTL, failover); not with HOSTS"),
     RESIL_OUTLIER_KEY_SPECS(resil_redis_config, outlier),
 };
 

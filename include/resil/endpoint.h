@@ -68,6 +68,39 @@
  * Cardinality: at most RESIL_ENDPOINTS_MAX (16) addresses per dependency,
  * so the per-address metrics (label endpoint="host:port") stay bounded.
  *
+ * Endpoints from DNS (resil_pool_new_endpoints_dns(); the adapters' key
+ * ENDPOINTS_FROM_DNS=true), like Envoy's STRICT_DNS cluster: every address
+ * one name resolves to (resil_resolve(): DNS, or the RESIL_HOSTS_FILE
+ * override) is an endpoint of its own, "10.0.0.5:6379" or "[fd00::5]:6379",
+ * with its pool and health as above. The set follows the name:
+ *   - Refresh: when the resolver's cached answer expires (its TTL,
+ *     resil_resolve_set_ttl_ms(), default 5 s; at most every 100 ms; every
+ *     1 s with the cache off) and at once after resil_resolve_invalidate()
+ *     (which the adapters call on a failover sign) or resil_resolve_flush().
+ *     It is driven by calls and never makes one wait: the first acquire
+ *     that finds the refresh due starts the lookup in the background, and
+ *     an acquire that finds it done applies the answer. (A dependency with
+ *     no calls keeps its set until its next call.)
+ *   - An address that appears gets a pool (and a clean health record). An
+ *     address that disappears gets no new call; its idle connections close
+ *     at once, borrowed ones when released, and its pool is freed when it
+ *     has none left. It leaves resil_pool_endpoint_stats() (and so the
+ *     per-address metrics) at once; its connections still count in the
+ *     pool's stats and against pool.max_size until they close. The
+ *     addresses that stay keep their health and ejection state.
+ *   - Beyond RESIL_ENDPOINTS_MAX addresses (the first 32 of an answer are
+ *     looked at): the addresses already in the set keep their place, new
+ *     ones join in the resolver's order while there is room, the others
+ *     are left out and counted (resil_endpoints_dns_stats.dropped, metric
+ *     resil_endpoint_dns_dropped).
+ *   - A refresh that fails (no answer, name not found, an unreadable hosts
+ *     file) keeps the last good set (stats: stale, failures, last_error;
+ *     metric resil_endpoint_dns_stale) and is tried again 1 s later.
+ *   - Until a first answer, an acquire resolves the name itself under its
+ *     deadline, as a single-address pool's connect does; when that fails
+ *     the acquire fails (RESIL_E_FAILURE, RESIL_E_TIMEOUT...) with
+ *     "<pool>: resolve <host>: <why>", counted by the breaker as before.
+ *
  * Thread safety: all functions are thread-safe unless stated.
  */
 #ifndef RESIL_ENDPOINT_H
@@ -153,6 +186,41 @@ RESIL_API resil_pool *resil_pool_new_endpoints(const resil_pool_config *cfg,
                                                const resil_outlier_config *outlier,
                                                resil_err *err);
 
+/* Create a pool whose addresses are every address `host` resolves to, all
+ * on `port` (see "Endpoints from DNS" above), with the same connector
+ * rules, budget and outlier detection as resil_pool_new_endpoints():
+ * connect_to() gets an endpoint whose host is the numeric address. Nothing
+ * is resolved here (the first acquire does). Errors: RESIL_E_INVALID (host
+ * not a host name - letters, digits, . - _ :, at most 253 bytes -, port
+ * not 1..65535, bad config or connector), RESIL_E_NOMEM, RESIL_E_SYSTEM. */
+RESIL_API resil_pool *resil_pool_new_endpoints_dns(const resil_pool_config *cfg,
+                                                   const resil_pool_connector *connector,
+                                                   resil_endpoint_connect_fn connect_to,
+                                                   const char *host, uint32_t port,
+                                                   const resil_outlier_config *outlier,
+                                                   resil_err *err);
+
+/* The state of a pool's name (resil_pool_new_endpoints_dns). */
+typedef struct resil_endpoints_dns_stats {
+  char host[256];          /* the name followed */
+  uint32_t port;
+  uint32_t addresses;      /* in the set now */
+  uint32_t draining;       /* removed, with connections not all closed yet */
+  uint32_t dropped;        /* of the last answer, left out: beyond RESIL_ENDPOINTS_MAX */
+  uint64_t refreshes;      /* answers applied (the first included) */
+  uint64_t failures;       /* resolutions that failed (the set was kept) */
+  uint64_t added, removed; /* addresses that joined / left the set */
+  bool stale;              /* the last refresh failed: the set is the last good answer */
+  char last_error[RESIL_ERR_MSG_MAX]; /* the last failure's message, "" if none */
+  /* ABI: sizeof is frozen; new fields come out of this tail (docs/abi.md). */
+  unsigned char reserved_[207];
+} resil_endpoints_dns_stats;
+
+/* Fill *out for a pool made by resil_pool_new_endpoints_dns(); false (out
+ * untouched) for any other pool, NULL or out NULL. Thread-safe. */
+RESIL_API bool resil_pool_endpoints_dns_stats(const resil_pool *p,
+                                              resil_endpoints_dns_stats *out);
+
 /* Per-address state and counters. */
 typedef struct resil_endpoint_stats {
   char endpoint[RESIL_ENDPOINT_TEXT_MAX]; /* "host:port": the metric label */
@@ -171,15 +239,18 @@ typedef struct resil_endpoint_stats {
 } resil_endpoint_stats;
 
 /* Fill out[0..] with the state of p's addresses (at most max) and return
- * how many p has: 0 for a pool not made by resil_pool_new_endpoints() (or
- * NULL). Thread-safe. */
+ * how many p has: 0 for a pool not made by resil_pool_new_endpoints() or
+ * resil_pool_new_endpoints_dns() (or NULL). From DNS, the addresses in the
+ * set now (not those removed and still draining), in no set order. out may
+ * be NULL to count. Thread-safe. */
 RESIL_API size_t resil_pool_endpoint_stats(const resil_pool *p, resil_endpoint_stats *out,
                                            size_t max);
 
 /* An address to try a fresh connection to (the adapters' recovery probes):
- * the next not-ejected address in turn (any, if all are ejected). NULL for
- * a pool not made by resil_pool_new_endpoints(). Valid until
- * resil_pool_free(). */
+ * the next not-ejected address in turn (any, if all are ejected). A copy,
+ * valid until the next call on the same thread. NULL for a pool not made
+ * by resil_pool_new_endpoints*(), or from DNS before the first answer (the
+ * adapters then connect to the configured host). */
 RESIL_API const resil_endpoint *resil_pool_endpoint_next(resil_pool *p);
 
 RESIL_END_DECLS

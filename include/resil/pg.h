@@ -257,9 +257,20 @@ typedef struct resil_pg_config {
    * failing is ejected by outlier detection (below). Default NULL: the
    * conninfo's hosts, tried in turn by libpq. Copied. */
   const char *hosts;
-  resil_outlier_config outlier; /* with hosts; resil_outlier_config_init()'s defaults */
+  resil_outlier_config outlier; /* with hosts or endpoints_from_dns; init()'s defaults */
+  /* Every address the conninfo's host resolves to is an address of its
+   * own, as with hosts (its pool, outlier ejection, calls spread), and the
+   * set follows DNS: re-resolved when the resolver's cached answer expires
+   * and at once on a failover sign; see "Endpoints from DNS" in
+   * resil/endpoint.h. For an Aurora reader endpoint. The conninfo must name
+   * one TCP host (no list, no hostaddr, no socket directory) and at most
+   * one port (default 5432); each connect sets hostaddr to the address and
+   * keeps host as the name (TLS verification). Default false: the host's
+   * addresses are tried in order, as one endpoint. Not with hosts (a
+   * config error). */
+  bool endpoints_from_dns;
   /* ABI: sizeof is frozen; new fields come out of this tail (docs/abi.md). */
-  unsigned char reserved_[192];
+  unsigned char reserved_[191];
 } resil_pg_config;
 
 #define RESIL_PG_DEFAULT_MAX_RESULT_BYTES ((size_t)64 << 20)

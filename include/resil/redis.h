@@ -166,9 +166,17 @@ typedef struct resil_redis_config {
    * keeps failing is ejected by outlier detection (below). Default NULL:
    * one address, `host`. Copied. */
   const char *hosts;
-  resil_outlier_config outlier; /* with hosts; resil_outlier_config_init()'s defaults */
+  resil_outlier_config outlier; /* with hosts or endpoints_from_dns; init()'s defaults */
+  /* Every address `host` resolves to is an address of its own, as with
+   * hosts (its pool, outlier ejection, calls spread), and the set follows
+   * DNS: re-resolved when the resolver's cached answer expires and at once
+   * on a failover sign; see "Endpoints from DNS" in resil/endpoint.h. For
+   * an ElastiCache reader endpoint or an NLB with one address per AZ.
+   * Default false: the addresses of host are tried in order, as one
+   * endpoint. Not with hosts or unix_path (a config error). */
+  bool endpoints_from_dns;
   /* ABI: sizeof is frozen; new fields come out of this tail (docs/abi.md). */
-  unsigned char reserved_[208];
+  unsigned char reserved_[207];
 } resil_redis_config;
 
 #define RESIL_REDIS_DEFAULT_MAX_REPLY_BYTES ((size_t)64 << 20)

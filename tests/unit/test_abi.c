@@ -251,6 +251,7 @@ static const frozen sizes[] = {
     TAILED(resil_password_file_stats, 768),
     TAILED(resil_outlier_config, 72),
     TAILED(resil_endpoint_stats, 400),
+    TAILED(resil_endpoints_dns_stats, 1024),
 #ifdef RESIL_TEST_HAVE_REDIS
     TAILED(resil_redis_config, 1536),
     TAILED(resil_redis_stats, 256),
@@ -344,6 +345,7 @@ static void init_and_stats_zero_the_tails(void **state) {
   assert_true(TAIL_ZERO(rc));
   assert_true(TAIL_ZERO(rc.outlier));
   assert_null(rc.hosts);
+  assert_false(rc.endpoints_from_dns);
   assert_true(TAIL_ZERO(rc.dep));
   assert_true(TAIL_ZERO(rc.pool));
 #endif
@@ -354,6 +356,7 @@ static void init_and_stats_zero_the_tails(void **state) {
   assert_true(TAIL_ZERO(gc));
   assert_true(TAIL_ZERO(gc.outlier));
   assert_null(gc.hosts);
+  assert_false(gc.endpoints_from_dns);
   assert_true(TAIL_ZERO(gc.dep));
   assert_true(TAIL_ZERO(gc.pool));
 #endif
@@ -399,15 +402,19 @@ static void new_field_offsets(void **state) {
   assert_int_equal(offsetof(resil_outlier_config, reserved_), 40);
   assert_int_equal(offsetof(resil_endpoint_stats, ejections_skipped), 312);
   assert_int_equal(offsetof(resil_endpoint_stats, reserved_), 336);
+  assert_int_equal(offsetof(resil_endpoints_dns_stats, last_error), 305);
+  assert_int_equal(offsetof(resil_endpoints_dns_stats, reserved_), 817);
 #ifdef RESIL_TEST_HAVE_REDIS
   assert_int_equal(offsetof(resil_redis_config, hosts), 1248);
   assert_int_equal(offsetof(resil_redis_config, outlier), 1256);
-  assert_int_equal(offsetof(resil_redis_config, reserved_), 1328);
+  assert_int_equal(offsetof(resil_redis_config, endpoints_from_dns), 1328);
+  assert_int_equal(offsetof(resil_redis_config, reserved_), 1329);
 #endif
 #ifdef RESIL_TEST_HAVE_PG
   assert_int_equal(offsetof(resil_pg_config, hosts), 1264);
   assert_int_equal(offsetof(resil_pg_config, outlier), 1272);
-  assert_int_equal(offsetof(resil_pg_config, reserved_), 1344);
+  assert_int_equal(offsetof(resil_pg_config, endpoints_from_dns), 1344);
+  assert_int_equal(offsetof(resil_pg_config, reserved_), 1345);
 #endif
 #else
   skip();

@@ -16,13 +16,17 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 
+#include <pthread.h>
+#include <stdio.h>
+#include <unistd.h>
+
 #include "fake_clock.h"
 #include "resil/adapter.h"
 #include "resil/resil.h"
 
 /* ---- Fake addresses ------------------------------------------------------ */
 
-#define NADDR 4
+#define NADDR 20
 typedef struct fconn {
   int addr; /* index in the host list */
 } fconn;
@@ -32,7 +36,11 @@ static struct {
   _Atomic int connects[NADDR], closes[NADDR], open;
 } S;
 
-static int addr_index(const resil_endpoint *ep) { return (int)ep->port - 7001; }
+/* 127.0.0.1:7001.. from a host list; 10.9.0.1.. (port 7000) from DNS. */
+static int addr_index(const resil_endpoint *ep) {
+  if (strncmp(ep->host, "10.9.0.", 7) == 0) return atoi(ep->host + 7) - 1;
+  return (int)ep->port - 7001;
+}
 
 static resil_status f_connect_to(void *ctx, const resil_endpoint *ep, resil_deadline d,
                                  void **conn, resil_err *err) {
@@ -575,6 +583,288 @@ static void test_plain_pool_has_no_endpoints(void **state) {
   assert_null(resil_pool_endpoint_next(NULL));
 }
 
+
+/* ---- Endpoints from DNS (resil_pool_new_endpoints_dns) ---------------------- */
+
+#define DNS_NAME "svc.resil-test"
+#define DNS_TTL_MS 1000
+static char hosts_path[256];
+
+/* Point the name at 10.9.0.<i+1> for each i listed (-1 ends), atomically
+ * (a new file renamed over the old one). */
+static void dns_set(const int *idx) {
+  char tmp[300];
+  snprintf(tmp, sizeof tmp, "%s.new", hosts_path);
+  FILE *f = fopen(tmp, "w");
+  assert_non_null(f);
+  for (; *idx >= 0; idx++) fprintf(f, "10.9.0.%d %s\n", *idx + 1, DNS_NAME);
+  fclose(f);
+  assert_int_equal(rename(tmp, hosts_path), 0);
+}
+
+static int dns_setup(void **s) {
+  setup(s);
+  snprintf(hosts_path, sizeof hosts_path, "/tmp/resil-test-endpoint-dns-%d", (int)getpid());
+  dns_set((const int[]){0, 1, 2, -1});
+  resil_err err;
+  assert_int_equal(resil_resolve_set_hosts_file(hosts_path, &err), RESIL_OK);
+  resil_resolve_set_ttl_ms(DNS_TTL_MS);
+  return 0;
+}
+
+static int dns_teardown(void **s) {
+  resil_resolve_set_hosts_file(NULL, NULL);
+  resil_resolve_set_ttl_ms(5000);
+  unlink(hosts_path);
+  return teardown(s);
+}
+
+static resil_pool *make_dns(uint32_t max_size, const resil_outlier_config *oc) {
+  memset(&S, 0, sizeof S);
+  resil_pool_config pc;
+  resil_pool_config_init(&pc);
+  pc.name = "dns";
+  pc.max_size = max_size;
+  pc.housekeeping_ms = 0;
+  pc.validate_after_idle_ms = 3600000;
+  pc.acquire_timeout_ms = 50;
+  resil_pool_connector cn = {.close = f_close};
+  resil_err err;
+  resil_pool *p = resil_pool_new_endpoints_dns(&pc, &cn, f_connect_to, DNS_NAME, 7000, oc, &err);
+  if (!p) fail_msg("resil_pool_new_endpoints_dns: %s", err.msg);
+  return p;
+}
+
+/* Is 10.9.0.<i+1> in p's set? */
+static bool in_set(resil_pool *p, int i) {
+  resil_endpoint_stats es[RESIL_ENDPOINTS_MAX];
+  size_t n = resil_pool_endpoint_stats(p, es, RESIL_ENDPOINTS_MAX);
+  char want[32];
+  snprintf(want, sizeof want, "10.9.0.%d:7000", i + 1);
+  for (size_t k = 0; k < n && k < RESIL_ENDPOINTS_MAX; k++)
+    if (strcmp(es[k].endpoint, want) == 0) return true;
+  return false;
+}
+
+static const resil_endpoint_stats *find(const resil_endpoint_stats *es, size_t n, int i) {
+  char want[32];
+  snprintf(want, sizeof want, "10.9.0.%d:7000", i + 1);
+  for (size_t k = 0; k < n; k++)
+    if (strcmp(es[k].endpoint, want) == 0) return &es[k];
+  fail_msg("%s not in the set", want);
+  return NULL;
+}
+
+/* One call, the fake clock moved on a little (the set is maintained by
+ * calls; the removed pools' reaping is due every few ms). */
+static int dns_call(resil_pool *p) {
+  fake_clock_advance_ms(5);
+  return call(p);
+}
+
+/* The set grows and shrinks with the name; the addresses that stay keep
+ * their ejection; a removed address gets no new call, its idle
+ * connections close at once and a borrowed one on release. */
+static void test_dns_set_follows_the_name(void **state) {
+  (void)state;
+  resil_outlier_config oc = ocfg(2, 60000, 60000, 50);
+  resil_pool *p = make_dns(12, &oc);
+  for (int k = 0; k < 60; k++) assert_true(dns_call(p) >= 0);
+  resil_endpoint_stats es[RESIL_ENDPOINTS_MAX];
+  stats(p, es, 3);
+  for (int i = 0; i < 3; i++) assert_true(find(es, 3, i)->calls > 0); /* all three serve */
+  /* 10.9.0.2 ejected */
+  bad[1] = true;
+  hit(p, 1, 2);
+  stats(p, es, 3);
+  assert_true(find(es, 3, 1)->ejected);
+  /* connections to 10.9.0.3: one borrowed across the change, the others
+   * idle (with .2 ejected, least outstanding alternates .1 and .3) */
+  resil_pool_conn *cs[6], *held = NULL;
+  resil_err err;
+  for (int k = 0; k < 6; k++)
+    assert_int_equal(resil_pool_acquire(p, resil_deadline_in_ms(20), &cs[k], &err), RESIL_OK);
+  for (int k = 0; k < 6; k++) {
+    if (!held && ((fconn *)resil_pool_conn_handle(cs[k]))->addr == 2) held = cs[k];
+    else resil_pool_release(p, cs[k], RESIL_POOL_OK);
+  }
+  assert_non_null(held);
+  int opened2 = atomic_load(&S.connects[2]);
+  assert_true(opened2 >= 2);
+  assert_int_equal(atomic_load(&S.closes[2]), 0);
+  /* the name now: 10.9.0.1, .2, .4 (.3 gone, .4 new) */
+  dns_set((const int[]){0, 1, 3, -1});
+  fake_clock_advance_ms(DNS_TTL_MS + 1);
+  assert_true(TEST_WAIT_UNTIL((dns_call(p), in_set(p, 3) && !in_set(p, 2)), 5000));
+  /* idle ones closed at once; the borrowed one is still open */
+  assert_int_equal(atomic_load(&S.closes[2]), opened2 - 1);
+  int calls2 = atomic_load(&S.connects[2]);
+  for (int k = 0; k < 100; k++) assert_true(dns_call(p) != 2);
+  assert_int_equal(atomic_load(&S.connects[2]), calls2); /* no new connection to it */
+  stats(p, es, 3);
+  assert_true(find(es, 3, 1)->ejected); /* kept */
+  assert_int_equal(find(es, 3, 1)->ejections, 1);
+  assert_true(find(es, 3, 3)->calls > 0);
+  resil_endpoints_dns_stats ds;
+  assert_true(resil_pool_endpoints_dns_stats(p, &ds));
+  assert_int_equal(ds.addresses, 3);
+  assert_int_equal(ds.draining, 1);
+  assert_int_equal(ds.added, 4);
+  assert_int_equal(ds.removed, 1);
+  resil_pool_stats ps;
+  resil_pool_get_stats(p, &ps);
+  assert_true(ps.open >= 1); /* the borrowed one still counts */
+  /* released: closed, and the pool goes */
+  resil_pool_release(p, held, RESIL_POOL_OK);
+  assert_int_equal(atomic_load(&S.closes[2]), opened2);
+  assert_true(TEST_WAIT_UNTIL((dns_call(p), resil_pool_endpoints_dns_stats(p, &ds),
+                               ds.draining == 0),
+                              2000));
+  /* grows again: .3 back, with a clean record */
+  dns_set((const int[]){0, 1, 2, 3, -1});
+  fake_clock_advance_ms(DNS_TTL_MS + 1);
+  assert_true(TEST_WAIT_UNTIL((dns_call(p), in_set(p, 2)), 5000));
+  hit(p, 2, 3);
+  stats(p, es, 4);
+  assert_int_equal(find(es, 4, 2)->failures, 0);
+  assert_true(find(es, 4, 1)->ejected);
+  resil_pool_free(p);
+  assert_int_equal(atomic_load(&S.open), 0);
+}
+
+/* resil_resolve_invalidate() (a failover) refreshes at once, without
+ * waiting for the TTL. */
+static void test_dns_invalidate_refreshes_at_once(void **state) {
+  (void)state;
+  resil_outlier_config oc = ocfg(5, 1000, 10000, 50);
+  resil_pool *p = make_dns(8, &oc);
+  for (int k = 0; k < 20; k++) assert_true(call(p) >= 0);
+  dns_set((const int[]){4, -1});
+  for (int k = 0; k < 20; k++) assert_true(dns_call(p) != 4); /* cached: the TTL runs */
+  uint64_t t0 = fake_clock_now_ns();
+  resil_resolve_invalidate(DNS_NAME);
+  assert_true(TEST_WAIT_UNTIL((dns_call(p), in_set(p, 4) && !in_set(p, 0)), 5000));
+  assert_true(fake_clock_now_ns() - t0 < (uint64_t)DNS_TTL_MS * 1000000 / 2); /* not the TTL */
+  assert_int_equal(call(p), 4);
+  resil_pool_free(p);
+}
+
+/* A refresh that fails keeps the last good set (and says so); a name
+ * never resolved fails the call, naming the host. */
+static void test_dns_failure_keeps_the_set(void **state) {
+  (void)state;
+  resil_outlier_config oc = ocfg(5, 1000, 10000, 50);
+  resil_pool *p = make_dns(8, &oc);
+  for (int k = 0; k < 20; k++) assert_true(call(p) >= 0);
+  assert_int_equal(unlink(hosts_path), 0); /* lookups fail, naming the file */
+  fake_clock_advance_ms(DNS_TTL_MS + 1);
+  resil_endpoints_dns_stats ds;
+  assert_true(TEST_WAIT_UNTIL((assert_true(dns_call(p) >= 0), resil_pool_endpoints_dns_stats(p, &ds),
+                               ds.failures > 0),
+                              5000));
+  assert_true(ds.stale);
+  assert_int_equal(ds.addresses, 3);
+  assert_non_null(strstr(ds.last_error, hosts_path));
+  for (int k = 0; k < 50; k++) assert_true(dns_call(p) >= 0); /* still served */
+  /* a second pool, never resolved: the call fails naming the host */
+  resil_pool *q = make_dns(8, &oc);
+  resil_pool_conn *c;
+  resil_err err;
+  assert_int_equal(resil_pool_acquire(q, resil_deadline_in_ms(50), &c, &err), RESIL_E_FAILURE);
+  if (!strstr(err.msg, "resolve " DNS_NAME)) fail_msg("'%s' lacks the host", err.msg);
+  assert_false(resil_pool_endpoints_dns_stats(q, &ds) && ds.stale); /* nothing to keep */
+  /* and when the name is back, both follow it */
+  dns_set((const int[]){5, -1});
+  assert_true(TEST_WAIT_UNTIL((fake_clock_advance_ms(100), call(q) == 5 && dns_call(p) == 5),
+                              5000));
+  assert_true(resil_pool_endpoints_dns_stats(p, &ds));
+  assert_false(ds.stale);
+  resil_pool_free(q);
+  resil_pool_free(p);
+}
+
+/* More addresses than RESIL_ENDPOINTS_MAX: the first ones, the rest
+ * counted; the connection bound holds over the set's changes. */
+static void test_dns_bound(void **state) {
+  (void)state;
+  int all[NADDR + 1];
+  for (int i = 0; i < NADDR; i++) all[i] = i;
+  all[NADDR] = -1;
+  dns_set(all);
+  resil_outlier_config oc = ocfg(5, 1000, 10000, 50);
+  resil_pool *p = make_dns(4, &oc);
+  for (int k = 0; k < 100; k++) {
+    assert_true(dns_call(p) >= 0);
+    assert_true(atomic_load(&S.open) <= 4);
+  }
+  resil_endpoints_dns_stats ds;
+  assert_true(resil_pool_endpoints_dns_stats(p, &ds));
+  assert_int_equal(ds.addresses, RESIL_ENDPOINTS_MAX);
+  assert_int_equal(ds.dropped, NADDR - RESIL_ENDPOINTS_MAX);
+  for (int i = RESIL_ENDPOINTS_MAX; i < NADDR; i++) assert_int_equal(atomic_load(&S.connects[i]), 0);
+  /* the answer rotated and shrunk: those in the set keep their place */
+  dns_set((const int[]){19, 18, 17, 16, 3, 2, 1, 0, -1});
+  fake_clock_advance_ms(DNS_TTL_MS + 1);
+  assert_true(TEST_WAIT_UNTIL((dns_call(p), resil_pool_endpoints_dns_stats(p, &ds),
+                               ds.addresses == 8),
+                              5000));
+  assert_int_equal(ds.dropped, 0);
+  assert_true(in_set(p, 19) && in_set(p, 0) && !in_set(p, 4));
+  for (int k = 0; k < 100; k++) {
+    assert_true(dns_call(p) >= 0);
+    assert_true(atomic_load(&S.open) <= 4);
+  }
+  resil_pool_free(p);
+  assert_int_equal(atomic_load(&S.open), 0);
+}
+
+/* Threads acquire and release while the set changes under them (TSan). */
+typedef struct churn {
+  resil_pool *p;
+  atomic_bool stop;
+  _Atomic uint64_t ok, failed;
+} churn;
+
+static void *churn_worker(void *arg) {
+  churn *ch = arg;
+  while (!atomic_load(&ch->stop)) {
+    resil_pool_conn *c;
+    resil_err err;
+    if (resil_pool_acquire(ch->p, resil_deadline_in_ms(1000), &c, &err) != RESIL_OK) {
+      print_message("# acquire failed: %s\n", err.msg);
+      atomic_fetch_add(&ch->failed, 1);
+      continue;
+    }
+    resil_pool_release(ch->p, c, RESIL_POOL_OK);
+    atomic_fetch_add(&ch->ok, 1);
+  }
+  return NULL;
+}
+
+static void test_dns_churn_under_load(void **state) {
+  (void)state;
+  fake_clock_uninstall();
+  resil_resolve_flush();
+  resil_outlier_config oc = ocfg(5, 1000, 10000, 50);
+  resil_pool *p = make_dns(6, &oc);
+  churn ch = {.p = p};
+  pthread_t t[4];
+  for (int i = 0; i < 4; i++) assert_int_equal(pthread_create(&t[i], NULL, churn_worker, &ch), 0);
+  static const int sets[4][6] = {{0, 1, 2, -1}, {3, 4, -1}, {0, 5, 6, 7, 8, -1}, {2, -1}};
+  for (int round = 0; round < 40; round++) {
+    dns_set(sets[round % 4]);
+    resil_resolve_invalidate(DNS_NAME);
+    uint64_t before = atomic_load(&ch.ok);
+    assert_true(TEST_WAIT_UNTIL(atomic_load(&ch.ok) > before + 20, 5000));
+    assert_true(atomic_load(&S.open) <= 6); /* the fake's own count of open connections */
+  }
+  atomic_store(&ch.stop, true);
+  for (int i = 0; i < 4; i++) pthread_join(t[i], NULL);
+  assert_int_equal(atomic_load(&ch.failed), 0);
+  resil_pool_free(p);
+  assert_int_equal(atomic_load(&S.open), 0);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_parse_good, setup, teardown),
@@ -590,6 +880,12 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_breaker_one_bad_stays_closed, setup, teardown),
       cmocka_unit_test_setup_teardown(test_breaker_all_bad_opens, setup, teardown),
       cmocka_unit_test_setup_teardown(test_plain_pool_has_no_endpoints, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_dns_set_follows_the_name, dns_setup, dns_teardown),
+      cmocka_unit_test_setup_teardown(test_dns_invalidate_refreshes_at_once, dns_setup,
+                                      dns_teardown),
+      cmocka_unit_test_setup_teardown(test_dns_failure_keeps_the_set, dns_setup, dns_teardown),
+      cmocka_unit_test_setup_teardown(test_dns_bound, dns_setup, dns_teardown),
+      cmocka_unit_test_setup_teardown(test_dns_churn_under_load, dns_setup, dns_teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
