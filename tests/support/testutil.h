@@ -9,7 +9,10 @@
 #include <malloc.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
+#include <stdbool.h>
 #include <spawn.h>
 #include <sys/wait.h>
 #include <stdint.h>
@@ -142,6 +145,50 @@ static inline unsigned test_build_mult(void) {
 static inline unsigned test_slack_ms(unsigned promise_ms) {
   unsigned s = promise_ms / 4 > 100u ? promise_ms / 4 : 100u;
   return s * test_build_mult();
+}
+
+/* The machine's own lateness over a window: a thread that sleeps 2 ms at a
+ * time and records by how much it woke late. A call that is late by as much
+ * as the scheduler (or the hypervisor) made every thread late is the
+ * machine's delay, not the library's: a deadline check may allow it on top
+ * of its slack, and still fails when the library alone is late. Usage:
+ *   test_sched_watch w; test_sched_watch_start(&w);
+ *   ... the timed call ...
+ *   unsigned late_ms = test_sched_watch_stop(&w);  // worst oversleep, ms */
+typedef struct test_sched_watch {
+  pthread_t thread;
+  bool running;
+  _Atomic bool stop;
+  _Atomic int64_t max_late_ns;
+} test_sched_watch;
+
+static inline void *test__sched_watch_main(void *arg) {
+  test_sched_watch *w = arg;
+  while (!atomic_load(&w->stop)) {
+    uint64_t t0 = test_now_us();
+    test_sleep_ms(2);
+    int64_t late = (int64_t)(test_now_us() - t0) * 1000 - 2000000;
+    int64_t cur = atomic_load(&w->max_late_ns);
+    while (late > cur && !atomic_compare_exchange_weak(&w->max_late_ns, &cur, late)) {
+    }
+  }
+  return NULL;
+}
+
+static inline void test_sched_watch_start(test_sched_watch *w) {
+  atomic_init(&w->stop, false);
+  atomic_init(&w->max_late_ns, 0);
+  w->running = pthread_create(&w->thread, NULL, test__sched_watch_main, w) == 0;
+}
+
+/* Stop the watch; the worst lateness it saw, in ms (0 if it never ran). */
+static inline unsigned test_sched_watch_stop(test_sched_watch *w) {
+  if (!w->running) return 0;
+  atomic_store(&w->stop, true);
+  pthread_join(w->thread, NULL);
+  w->running = false;
+  int64_t ns = atomic_load(&w->max_late_ns);
+  return ns > 0 ? (unsigned)(ns / 1000000) : 0;
 }
 
 /* promise_ms + test_slack_ms(promise_ms). */
