@@ -708,6 +708,17 @@ static bool slot_install(struct resil__group *g, unsigned i, const resil_endpoin
   return true;
 }
 
+/* The front pool over g, which it then owns; on failure g is freed. */
+static resil_pool *group_front(struct resil__group *g, const resil_pool_config *cfg,
+                               resil_err *err) {
+  g->front = resil__pool_new_front(cfg, g, GEN_NONE, err);
+  if (!g->front) {
+    group_destroy(g);
+    return NULL;
+  }
+  return g->front;
+}
+
 resil_pool *resil_pool_new_endpoints(const resil_pool_config *cfg,
                                      const resil_pool_connector *connector,
                                      resil_endpoint_connect_fn connect_to, const char *hosts,
@@ -730,12 +741,7 @@ resil_pool *resil_pool_new_endpoints(const resil_pool_config *cfg,
       group_destroy(g);
       return NULL;
     }
-  g->front = resil__pool_new_front(cfg, g, GEN_NONE, err);
-  if (!g->front) {
-    group_destroy(g);
-    return NULL;
-  }
-  return g->front;
+  return group_front(g, cfg, err);
 }
 
 void resil__group_free(struct resil__group *g) {
@@ -1057,12 +1063,12 @@ static resil_status dns_before_acquire(struct resil__group *g, resil_deadline de
   return dns_first(g, deadline, err);
 }
 
-/* Letters, digits, . - _ : a name for DNS (or a numeric address). */
+/* Letters, digits, . - _ : a name for DNS (or a numeric address): a host
+ * of a host list without a zone id. */
 static bool dns_host_ok(const char *h) {
   if (!h || !*h || strlen(h) > 253) return false;
   for (const char *c = h; *c; c++)
-    if (!isalnum((unsigned char)*c) && *c != '.' && *c != '-' && *c != '_' && *c != ':')
-      return false;
+    if (!host_char_ok((unsigned char)*c) || *c == '%') return false;
   return true;
 }
 
@@ -1091,12 +1097,7 @@ resil_pool *resil_pool_new_endpoints_dns(const resil_pool_config *cfg,
   g->dns->port = (uint16_t)port;
   pthread_mutex_init(&g->dns->mu, NULL);
   atomic_store(&g->dns->seen_epoch, atomic_load(&resil__resolve_epoch));
-  g->front = resil__pool_new_front(cfg, g, GEN_NONE, err);
-  if (!g->front) {
-    group_destroy(g);
-    return NULL;
-  }
-  return g->front;
+  return group_front(g, cfg, err);
 }
 
 /* ---- Introspection ------------------------------------------------------------ */

@@ -245,6 +245,15 @@ static bool ep_of(resil_redis *r, int i, resil_endpoint_stats *out) {
   return false;
 }
 
+/* Each of the three has served more than `more` calls since `since`. */
+static bool all_served(resil_redis *r, const uint64_t since[3], uint64_t more) {
+  resil_endpoint_stats e;
+  for (int i = 0; i < 3; i++)
+    if (!ep_of(r, i, &e) || e.calls - e.failures <= since[i] + more) return false;
+  return true;
+}
+static const uint64_t NONE[3] = {0, 0, 0};
+
 /* Under l's load on r over the three servers: SIGSTOP server i (phase 1);
  * it is ejected within N consecutive failures (at most N + the calls in
  * flight on it); then (phase 2), for a few ejection periods (it comes
@@ -296,12 +305,7 @@ static void one_stopped_of_three_is_ejected_and_readmitted(void **state) {
   resil_redis *r = make_redis("multi-redis", 50, NULL);
   load l;
   load_start(&l, r);
-  resil_endpoint_stats es[3];
-  /* warm: every address has served */
-  assert_true(TEST_WAIT_UNTIL((endpoint_stats(r, es), es[0].calls > 20 && es[1].calls > 20 &&
-                                                          es[2].calls > 20),
-                              5000));
-  assert_int_equal(es[2].failures, 0);
+  assert_true(TEST_WAIT_UNTIL(all_served(r, NONE, 20), 5000)); /* warm: all have served */
   stop_eject_resume(r, &l, 2);
   load_stop(&l);
   assert_int_equal(breaker_state(r), RESIL_BREAKER_CLOSED);
@@ -321,9 +325,7 @@ static void two_stopped_of_three_only_one_is_ejected(void **state) {
   load l;
   load_start(&l, r);
   resil_endpoint_stats es[3];
-  assert_true(TEST_WAIT_UNTIL((endpoint_stats(r, es), es[0].calls > 20 && es[1].calls > 20 &&
-                                                          es[2].calls > 20),
-                              5000));
+  assert_true(TEST_WAIT_UNTIL(all_served(r, NONE, 20), 5000)); /* warm: all have served */
   stop(1);
   stop(2);
   /* both keep failing: one is ejected, the other's ejection is skipped */
@@ -353,10 +355,7 @@ static void all_stopped_opens_the_breaker(void **state) {
   resil_redis *r = make_redis("multi-redis-all", 50, NULL);
   load l;
   load_start(&l, r);
-  resil_endpoint_stats es[3];
-  assert_true(TEST_WAIT_UNTIL((endpoint_stats(r, es), es[0].calls > 20 && es[1].calls > 20 &&
-                                                          es[2].calls > 20),
-                              5000));
+  assert_true(TEST_WAIT_UNTIL(all_served(r, NONE, 20), 5000)); /* warm: all have served */
   for (int i = 0; i < 3; i++) stop(i);
   /* every call times out: once every address's last call failed the
    * failures count, and the breaker opens */
@@ -374,21 +373,18 @@ static void pg2_stop(void) {
   assert_true(TEST_WAIT_UNTIL(kill(pm, 0) != 0, 10000));
 }
 
-static void pg_two_addresses(void **state) {
-  (void)state;
-  run_script("RESIL_TEST_PG2_START");
-  /* pg2 may have been left read-only by the failover test: reads only here */
-  char hosts[128];
-  int port = need_port("RESIL_TEST_PG_PORT");
-  snprintf(hosts, sizeof hosts, "127.0.0.1:%d,%s:%d", port, need_env("RESIL_TEST_PG2_ADDR"), port);
-  /* the conninfo's host and port are replaced by each address */
+/* Over the test server and pg2: listed in HOSTS, or (hosts NULL) the
+ * addresses of the conninfo's host (ENDPOINTS_FROM_DNS). conninfo_head
+ * goes before the database, user and password. */
+static resil_pg *make_pg(const char *name, const char *conninfo_head, const char *hosts) {
   char conninfo[512];
-  snprintf(conninfo, sizeof conninfo, "dbname=resil user=resil password=%s connect_timeout=5",
-           need_env("RESIL_TEST_PG_PASSWORD"));
+  snprintf(conninfo, sizeof conninfo, "%s dbname=resil user=resil password=%s connect_timeout=5",
+           conninfo_head, need_env("RESIL_TEST_PG_PASSWORD"));
   resil_pg_config pc;
-  resil_pg_config_init(&pc, "multi-pg");
+  resil_pg_config_init(&pc, name);
   pc.conninfo = conninfo;
   pc.hosts = hosts;
+  pc.endpoints_from_dns = !hosts;
   pc.connect_timeout_ms = 1000;
   pc.dep.timeout_ms = 2000;
   pc.pool.max_size = 4;
@@ -399,6 +395,19 @@ static void pg_two_addresses(void **state) {
   resil_err err;
   resil_pg *pg = resil_pg_new(&pc, &err);
   if (!pg) fail_msg("resil_pg_new: %s", err.msg);
+  return pg;
+}
+
+static void pg_two_addresses(void **state) {
+  (void)state;
+  run_script("RESIL_TEST_PG2_START");
+  /* pg2 may have been left read-only by the failover test: reads only here */
+  char hosts[128];
+  int port = need_port("RESIL_TEST_PG_PORT");
+  snprintf(hosts, sizeof hosts, "127.0.0.1:%d,%s:%d", port, need_env("RESIL_TEST_PG2_ADDR"), port);
+  /* the conninfo's host and port are replaced by each address */
+  resil_pg *pg = make_pg("multi-pg", "", hosts);
+  resil_err err;
   int on[2] = {0, 0};
   for (int k = 0; k < 60; k++) {
     PGresult *res = NULL;
@@ -518,13 +527,6 @@ static bool metrics_name(const char *addr, int port) {
   return has;
 }
 
-/* Each of the three has served more than `more` calls since `since`. */
-static bool all_served(resil_redis *r, const uint64_t since[3], uint64_t more) {
-  resil_endpoint_stats e;
-  for (int i = 0; i < 3; i++)
-    if (!ep_of(r, i, &e) || e.calls - e.failures <= since[i] + more) return false;
-  return true;
-}
 
 /* The name resolves to the three servers (a hosts file, TTL 1 s): calls are
  * spread over all three; the file rewritten without one: within the TTL
@@ -539,8 +541,7 @@ static void dns_redis_follows_the_name(void **state) {
   resil_redis *r = make_redis("multi-dns-redis", 50, REDIS_NAME);
   load l;
   load_start(&l, r);
-  uint64_t zero[3] = {0, 0, 0};
-  assert_true(TEST_WAIT_UNTIL(all_served(r, zero, 20), 5000));
+  assert_true(TEST_WAIT_UNTIL(all_served(r, NONE, 20), 5000));
   resil_endpoints_dns_stats ds;
   assert_true(resil_pool_endpoints_dns_stats(resil_redis_pool(r), &ds));
   assert_int_equal(ds.addresses, 3);
@@ -577,7 +578,7 @@ static void dns_redis_follows_the_name(void **state) {
   print_message("# 127.0.0.3 back in the set %llu ms after the file changed\n",
                 (unsigned long long)took);
   assert_true(took <= test_upper_ms(DNS_FOLLOW_MS));
-  assert_true(TEST_WAIT_UNTIL(all_served(r, zero, 20), 5000));
+  assert_true(TEST_WAIT_UNTIL(all_served(r, NONE, 20), 5000));
   assert_true(redis_info(2, "commandstats", "cmdstat_get:calls=") > gets3);
   /* one stopped: ejected as with HOSTS */
   stop_eject_resume(r, &l, 1);
@@ -611,20 +612,9 @@ static void dns_pg_follows_the_name(void **state) {
   int port = need_port("RESIL_TEST_PG_PORT");
   const char *both[2] = {"127.0.0.1", need_env("RESIL_TEST_PG2_ADDR")};
   hosts_point(PG_NAME, both, 2);
-  char conninfo[512];
-  snprintf(conninfo, sizeof conninfo,
-           "host=" PG_NAME " port=%d dbname=resil user=resil password=%s connect_timeout=5", port,
-           need_env("RESIL_TEST_PG_PASSWORD"));
-  resil_pg_config pc;
-  resil_pg_config_init(&pc, "multi-dns-pg");
-  pc.conninfo = conninfo;
-  pc.endpoints_from_dns = true;
-  pc.connect_timeout_ms = 1000;
-  pc.dep.timeout_ms = 2000;
-  pc.pool.max_size = 4;
-  resil_err err;
-  resil_pg *pg = resil_pg_new(&pc, &err);
-  if (!pg) fail_msg("resil_pg_new: %s", err.msg);
+  char head[128];
+  snprintf(head, sizeof head, "host=" PG_NAME " port=%d", port);
+  resil_pg *pg = make_pg("multi-dns-pg", head, NULL);
   int on[2] = {0, 0};
   char where[64];
   for (int k = 0; k < 60; k++) {

@@ -68,15 +68,21 @@ static void f_close(void *ctx, void *conn) {
 
 static const char *const HOSTS3 = "127.0.0.1:7001, 127.0.0.1:7002,127.0.0.1:7003";
 
-static resil_pool *make(const char *hosts, uint32_t max_size, const resil_outlier_config *oc) {
+/* A test pool's config (the fake addresses reset). */
+static resil_pool_config test_cfg(const char *name, uint32_t max_size) {
   memset(&S, 0, sizeof S);
   resil_pool_config pc;
   resil_pool_config_init(&pc);
-  pc.name = "multi";
+  pc.name = name;
   pc.max_size = max_size;
   pc.housekeeping_ms = 0;
   pc.validate_after_idle_ms = 3600000;
   pc.acquire_timeout_ms = 50;
+  return pc;
+}
+
+static resil_pool *make(const char *hosts, uint32_t max_size, const resil_outlier_config *oc) {
+  resil_pool_config pc = test_cfg("multi", max_size);
   resil_pool_connector cn = {.close = f_close};
   resil_err err;
   resil_pool *p = resil_pool_new_endpoints(&pc, &cn, f_connect_to, hosts, 6379, oc, &err);
@@ -620,14 +626,7 @@ static int dns_teardown(void **s) {
 }
 
 static resil_pool *make_dns(uint32_t max_size, const resil_outlier_config *oc) {
-  memset(&S, 0, sizeof S);
-  resil_pool_config pc;
-  resil_pool_config_init(&pc);
-  pc.name = "dns";
-  pc.max_size = max_size;
-  pc.housekeeping_ms = 0;
-  pc.validate_after_idle_ms = 3600000;
-  pc.acquire_timeout_ms = 50;
+  resil_pool_config pc = test_cfg("dns", max_size);
   resil_pool_connector cn = {.close = f_close};
   resil_err err;
   resil_pool *p = resil_pool_new_endpoints_dns(&pc, &cn, f_connect_to, DNS_NAME, 7000, oc, &err);
@@ -662,6 +661,21 @@ static int dns_call(resil_pool *p) {
   return call(p);
 }
 
+/* Borrow 6 connections, keep one to 10.9.0.<i+1> (returned) and give the
+ * others back (idle). */
+static resil_pool_conn *hold_one_on(resil_pool *p, int i) {
+  resil_pool_conn *cs[6], *held = NULL;
+  resil_err err;
+  for (int k = 0; k < 6; k++)
+    assert_int_equal(resil_pool_acquire(p, resil_deadline_in_ms(20), &cs[k], &err), RESIL_OK);
+  for (int k = 0; k < 6; k++) {
+    if (!held && ((fconn *)resil_pool_conn_handle(cs[k]))->addr == i) held = cs[k];
+    else resil_pool_release(p, cs[k], RESIL_POOL_OK);
+  }
+  assert_non_null(held);
+  return held;
+}
+
 /* The set grows and shrinks with the name; the addresses that stay keep
  * their ejection; a removed address gets no new call, its idle
  * connections close at once and a borrowed one on release. */
@@ -680,15 +694,7 @@ static void test_dns_set_follows_the_name(void **state) {
   assert_true(find(es, 3, 1)->ejected);
   /* connections to 10.9.0.3: one borrowed across the change, the others
    * idle (with .2 ejected, least outstanding alternates .1 and .3) */
-  resil_pool_conn *cs[6], *held = NULL;
-  resil_err err;
-  for (int k = 0; k < 6; k++)
-    assert_int_equal(resil_pool_acquire(p, resil_deadline_in_ms(20), &cs[k], &err), RESIL_OK);
-  for (int k = 0; k < 6; k++) {
-    if (!held && ((fconn *)resil_pool_conn_handle(cs[k]))->addr == 2) held = cs[k];
-    else resil_pool_release(p, cs[k], RESIL_POOL_OK);
-  }
-  assert_non_null(held);
+  resil_pool_conn *held = hold_one_on(p, 2);
   int opened2 = atomic_load(&S.connects[2]);
   assert_true(opened2 >= 2);
   assert_int_equal(atomic_load(&S.closes[2]), 0);
@@ -852,15 +858,7 @@ static void test_dns_metrics(void **state) {
                              "\"last_error\":\"\"}"));
   /* 10.9.0.3 removed, a connection to it still borrowed (so it drains):
    * its series go at once all the same */
-  resil_pool_conn *cs[6], *held = NULL;
-  resil_err err;
-  for (int k = 0; k < 6; k++)
-    assert_int_equal(resil_pool_acquire(p, resil_deadline_in_ms(20), &cs[k], &err), RESIL_OK);
-  for (int k = 0; k < 6; k++) {
-    if (!held && ((fconn *)resil_pool_conn_handle(cs[k]))->addr == 2) held = cs[k];
-    else resil_pool_release(p, cs[k], RESIL_POOL_OK);
-  }
-  assert_non_null(held);
+  resil_pool_conn *held = hold_one_on(p, 2);
   dns_set((const int[]){0, 1, -1});
   fake_clock_advance_ms(DNS_TTL_MS + 1);
   assert_true(TEST_WAIT_UNTIL((dns_call(p), resil_pool_endpoints_dns_stats(p, &ds),
