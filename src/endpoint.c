@@ -106,6 +106,7 @@ typedef struct dns_state {
   pthread_mutex_t mu;          /* one maintainer at a time; what follows is under it */
   resil__lookup *lk;           /* a lookup in flight */
   uint64_t refresh_ns;         /* when the answer stops being fresh */
+  uint64_t lookup_ns;          /* when the last lookup (not a cache hit) started */
   uint64_t refreshes, failures, added, removed;
   uint32_t dropped;
   bool stale, ever;
@@ -971,8 +972,12 @@ static void dns_result(struct resil__group *g, resil_status st, const resil_addr
     d->refreshes++;
     d->stale = false;
     d->ever = true;
+    /* No lookup more often than DNS_MIN_MS; a cached answer (its expiry
+     * read on another clock than ours: maybe not quite over yet) is looked
+     * at again 1 ms later, not DNS_MIN_MS. */
     uint32_t ttl = resil__resolve_ttl_ms();
-    uint64_t floor = now + (uint64_t)(ttl ? DNS_MIN_MS : DNS_NO_CACHE_MS) * MS;
+    uint64_t floor = d->lookup_ns + (uint64_t)(ttl ? DNS_MIN_MS : DNS_NO_CACHE_MS) * MS;
+    if (floor < now + MS) floor = now + MS;
     d->refresh_ns = expires > floor ? expires : floor;
     return;
   }
@@ -1013,6 +1018,7 @@ static void dns_maintain(struct resil__group *g) {
     }
   } else if (kicked || now >= d->refresh_ns) {
     st = resil__resolve_begin(d->host, d->port, a, DNS_ANSWER_MAX, &count, &expires, &d->lk, &e);
+    if (d->lk) d->lookup_ns = now;
     if (st != RESIL_OK || !d->lk) dns_result(g, st, a, count, expires, &e, now);
   }
   if (atomic_load(&g->gone)) dns_reap(g);
@@ -1036,6 +1042,7 @@ static resil_status dns_first(struct resil__group *g, resil_deadline deadline, r
   pthread_mutex_lock(&d->mu);
   if (st == RESIL_OK && !atomic_load(&d->stop) && !atomic_load(&g->live)) {
     uint64_t now = ep_now();
+    d->lookup_ns = now;
     dns_result(g, st, a, count, now + (uint64_t)resil__resolve_ttl_ms() * MS, &e, now);
     resil__resolve_abandon(d->lk); /* a maintainer's lookup: this answer is as fresh */
     d->lk = NULL;
