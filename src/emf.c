@@ -114,25 +114,12 @@ static double bucket_value_ms(unsigned i) {
   return ((double)lo + (double)b[i]) / 2.0 / 1e6;
 }
 
-static void json_string(resil_sbuf *b, const char *s) {
-  resil__sb_printf(b, "\"");
-  for (const unsigned char *c = (const unsigned char *)s; *c; c++) {
-    if (*c == '"' || *c == '\\')
-      resil__sb_printf(b, "\\%c", *c);
-    else if (*c < 0x20 || *c == 0x7f)
-      resil__sb_printf(b, "\\u%04x", *c);
-    else
-      resil__sb_printf(b, "%c", *c);
-  }
-  resil__sb_printf(b, "\"");
-}
-
 static void render_doc(resil_sbuf *b, const char *ns, const char *service, const char *dep,
                        int64_t ts, const metric *m, size_t n) {
   bool svc = service && *service;
   resil__sb_printf(b, "{\"_aws\":{\"Timestamp\":%lld,\"CloudWatchMetrics\":[{\"Namespace\":",
                    (long long)ts);
-  json_string(b, ns);
+  resil__sb_json_string(b, ns);
   resil__sb_printf(b, ",\"Dimensions\":[[%s\"Dependency\"]],\"Metrics\":[",
                    svc ? "\"Service\"," : "");
   for (size_t i = 0; i < n; i++)
@@ -141,10 +128,10 @@ static void render_doc(resil_sbuf *b, const char *ns, const char *service, const
   resil__sb_printf(b, "]}]}");
   if (svc) {
     resil__sb_printf(b, ",\"Service\":");
-    json_string(b, service);
+    resil__sb_json_string(b, service);
   }
   resil__sb_printf(b, ",\"Dependency\":");
-  json_string(b, dep);
+  resil__sb_json_string(b, dep);
   for (size_t i = 0; i < n; i++) {
     resil__sb_printf(b, ",\"%s\":", m[i].name);
     switch (m[i].kind) {

@@ -106,6 +106,7 @@ typedef struct dns_state {
   pthread_mutex_t mu;          /* one maintainer at a time; what follows is under it */
   resil__lookup *lk;           /* a lookup in flight */
   uint64_t refresh_ns;         /* when the answer stops being fresh */
+  uint64_t lookup_ns;          /* when the last lookup (not a cache hit) started */
   uint64_t refreshes, failures, added, removed;
   uint32_t dropped;
   bool stale, ever;
@@ -708,6 +709,17 @@ static bool slot_install(struct resil__group *g, unsigned i, const resil_endpoin
   return true;
 }
 
+/* The front pool over g, which it then owns; on failure g is freed. */
+static resil_pool *group_front(struct resil__group *g, const resil_pool_config *cfg,
+                               resil_err *err) {
+  g->front = resil__pool_new_front(cfg, g, GEN_NONE, err);
+  if (!g->front) {
+    group_destroy(g);
+    return NULL;
+  }
+  return g->front;
+}
+
 resil_pool *resil_pool_new_endpoints(const resil_pool_config *cfg,
                                      const resil_pool_connector *connector,
                                      resil_endpoint_connect_fn connect_to, const char *hosts,
@@ -730,12 +742,7 @@ resil_pool *resil_pool_new_endpoints(const resil_pool_config *cfg,
       group_destroy(g);
       return NULL;
     }
-  g->front = resil__pool_new_front(cfg, g, GEN_NONE, err);
-  if (!g->front) {
-    group_destroy(g);
-    return NULL;
-  }
-  return g->front;
+  return group_front(g, cfg, err);
 }
 
 void resil__group_free(struct resil__group *g) {
@@ -965,8 +972,12 @@ static void dns_result(struct resil__group *g, resil_status st, const resil_addr
     d->refreshes++;
     d->stale = false;
     d->ever = true;
+    /* No lookup more often than DNS_MIN_MS; a cached answer (its expiry
+     * read on another clock than ours: maybe not quite over yet) is looked
+     * at again 1 ms later, not DNS_MIN_MS. */
     uint32_t ttl = resil__resolve_ttl_ms();
-    uint64_t floor = now + (uint64_t)(ttl ? DNS_MIN_MS : DNS_NO_CACHE_MS) * MS;
+    uint64_t floor = d->lookup_ns + (uint64_t)(ttl ? DNS_MIN_MS : DNS_NO_CACHE_MS) * MS;
+    if (floor < now + MS) floor = now + MS;
     d->refresh_ns = expires > floor ? expires : floor;
     return;
   }
@@ -1007,6 +1018,7 @@ static void dns_maintain(struct resil__group *g) {
     }
   } else if (kicked || now >= d->refresh_ns) {
     st = resil__resolve_begin(d->host, d->port, a, DNS_ANSWER_MAX, &count, &expires, &d->lk, &e);
+    if (d->lk) d->lookup_ns = now;
     if (st != RESIL_OK || !d->lk) dns_result(g, st, a, count, expires, &e, now);
   }
   if (atomic_load(&g->gone)) dns_reap(g);
@@ -1030,6 +1042,7 @@ static resil_status dns_first(struct resil__group *g, resil_deadline deadline, r
   pthread_mutex_lock(&d->mu);
   if (st == RESIL_OK && !atomic_load(&d->stop) && !atomic_load(&g->live)) {
     uint64_t now = ep_now();
+    d->lookup_ns = now;
     dns_result(g, st, a, count, now + (uint64_t)resil__resolve_ttl_ms() * MS, &e, now);
     resil__resolve_abandon(d->lk); /* a maintainer's lookup: this answer is as fresh */
     d->lk = NULL;
@@ -1057,12 +1070,12 @@ static resil_status dns_before_acquire(struct resil__group *g, resil_deadline de
   return dns_first(g, deadline, err);
 }
 
-/* Letters, digits, . - _ : a name for DNS (or a numeric address). */
+/* Letters, digits, . - _ : a name for DNS (or a numeric address): a host
+ * of a host list without a zone id. */
 static bool dns_host_ok(const char *h) {
   if (!h || !*h || strlen(h) > 253) return false;
   for (const char *c = h; *c; c++)
-    if (!isalnum((unsigned char)*c) && *c != '.' && *c != '-' && *c != '_' && *c != ':')
-      return false;
+    if (!host_char_ok((unsigned char)*c) || *c == '%') return false;
   return true;
 }
 
@@ -1091,12 +1104,7 @@ resil_pool *resil_pool_new_endpoints_dns(const resil_pool_config *cfg,
   g->dns->port = (uint16_t)port;
   pthread_mutex_init(&g->dns->mu, NULL);
   atomic_store(&g->dns->seen_epoch, atomic_load(&resil__resolve_epoch));
-  g->front = resil__pool_new_front(cfg, g, GEN_NONE, err);
-  if (!g->front) {
-    group_destroy(g);
-    return NULL;
-  }
-  return g->front;
+  return group_front(g, cfg, err);
 }
 
 /* ---- Introspection ------------------------------------------------------------ */

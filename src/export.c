@@ -274,10 +274,14 @@ static void render_prometheus(resil_sbuf *b, const resil_stats_vec *s) {
 /* ---- per address (several addresses behind one dependency) --------------- */
 
 /* The addresses of dependency `name`'s pool, into es (RESIL_ENDPOINTS_MAX);
- * 0 for a dependency with one address. */
-static size_t endpoints_of(const char *name, resil_endpoint_stats *es) {
+ * 0 for a dependency with one address. With endpoints from DNS, *dns is
+ * set and *ds filled (else *dns false). A removed address is not among
+ * them: its series leave the output at once. */
+static size_t endpoints_of(const char *name, resil_endpoint_stats *es, bool *dns,
+                           resil_endpoints_dns_stats *ds) {
   resil_dep *d = resil_registry_find(name);
   resil_pool *p = d ? resil_dep_pool(d) : NULL;
+  *dns = p && resil_pool_endpoints_dns_stats(p, ds);
   return p ? resil_pool_endpoint_stats(p, es, RESIL_ENDPOINTS_MAX) : 0;
 }
 
@@ -285,6 +289,8 @@ typedef struct ep_snap {
   const char *dep;
   size_t n;
   resil_endpoint_stats es[RESIL_ENDPOINTS_MAX];
+  bool dns; /* endpoints from DNS: ds is filled */
+  resil_endpoints_dns_stats ds;
 } ep_snap;
 
 /* Label endpoint="host:port": hosts are [A-Za-z0-9._:%-] (resil_endpoints_parse),
@@ -295,6 +301,26 @@ typedef struct ep_snap {
 #define EP_LABELS "dependency=\"%s\",endpoint=\"%s\""
 #define EP_ARGS v[j_].dep, EP->endpoint
 
+/* Per dependency whose endpoints come from DNS (ENDPOINTS_FROM_DNS). */
+static void render_endpoints_dns(resil_sbuf *b, const ep_snap *v, size_t nv) {
+  bool any = false;
+  for (size_t j = 0; j < nv; j++) any |= v[j].dns;
+  if (!any) return;
+  family(b, "resil_endpoint_dns_stale", "gauge",
+         "1 while the last refresh of the dependency's name failed: its addresses are the "
+         "last good answer.");
+  for (size_t j = 0; j < nv; j++)
+    if (v[j].dns)
+      resil__sb_printf(b, "resil_endpoint_dns_stale{dependency=\"%s\"} %d\n", v[j].dep,
+                       v[j].ds.stale);
+  family(b, "resil_endpoint_dns_dropped", "gauge",
+         "Addresses of the name's last answer left out: beyond the 16 a dependency may have.");
+  for (size_t j = 0; j < nv; j++)
+    if (v[j].dns)
+      resil__sb_printf(b, "resil_endpoint_dns_dropped{dependency=\"%s\"} %u\n", v[j].dep,
+                       v[j].ds.dropped);
+}
+
 static void render_endpoints(resil_sbuf *b, const resil_stats_vec *s) {
   size_t nv = 0;
   ep_snap *v = NULL;
@@ -304,14 +330,15 @@ static void render_endpoints(resil_sbuf *b, const resil_stats_vec *s) {
       return;
     }
     v[nv].dep = D->name;
-    v[nv].n = endpoints_of(D->name, v[nv].es);
+    v[nv].n = endpoints_of(D->name, v[nv].es, &v[nv].dns, &v[nv].ds);
     if (v[nv].n > RESIL_ENDPOINTS_MAX) v[nv].n = RESIL_ENDPOINTS_MAX;
-    if (v[nv].n) nv++;
+    if (v[nv].n || v[nv].dns) nv++;
   }
   if (!nv) {
     free(v);
     return;
   }
+  render_endpoints_dns(b, v, nv);
   family(b, "resil_endpoint_ejected", "gauge",
          "1 while outlier detection has ejected this address of the dependency.");
   EP_EACH(v, nv) resil__sb_printf(b, "resil_endpoint_ejected{" EP_LABELS "} %d\n", EP_ARGS, EP->ejected);
@@ -344,9 +371,25 @@ static void render_endpoints(resil_sbuf *b, const resil_stats_vec *s) {
   free(v);
 }
 
+static void json_endpoints_dns(resil_sbuf *b, const resil_endpoints_dns_stats *ds) {
+  resil__sb_printf(b,
+                   ",\"endpoints_dns\":{\"host\":\"%s\",\"port\":%u,\"addresses\":%u,"
+                   "\"draining\":%u,\"dropped\":%u,\"refreshes\":%llu,\"failures\":%llu,"
+                   "\"added\":%llu,\"removed\":%llu,\"stale\":%s,\"last_error\":",
+                   ds->host, ds->port, ds->addresses, ds->draining, ds->dropped,
+                   (unsigned long long)ds->refreshes, (unsigned long long)ds->failures,
+                   (unsigned long long)ds->added, (unsigned long long)ds->removed,
+                   ds->stale ? "true" : "false");
+  resil__sb_json_string(b, ds->last_error);
+  resil__sb_printf(b, "}");
+}
+
 static void json_endpoints(resil_sbuf *b, const char *dep) {
   resil_endpoint_stats es[RESIL_ENDPOINTS_MAX];
-  size_t n = endpoints_of(dep, es);
+  resil_endpoints_dns_stats ds;
+  bool dns;
+  size_t n = endpoints_of(dep, es, &dns, &ds);
+  if (dns) json_endpoints_dns(b, &ds);
   if (!n) return;
   resil__sb_printf(b, ",\"endpoints\":[");
   for (size_t i = 0; i < n && i < RESIL_ENDPOINTS_MAX; i++)

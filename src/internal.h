@@ -125,6 +125,8 @@ typedef struct resil_sbuf {
 
 /* Append printf-style; on allocation failure sets oom and drops the text. */
 void resil__sb_printf(resil_sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Append s as a JSON string: quoted; quote, backslash and control bytes escaped. */
+void resil__sb_json_string(resil_sbuf *b, const char *s);
 /* Hand the string to *out (NUL-terminated, malloc'd) or fail with
  * RESIL_E_NOMEM (the buffer is freed either way on failure). */
 resil_status resil__sb_finish(resil_sbuf *b, char **out, size_t *len, resil_err *err);

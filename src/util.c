@@ -248,6 +248,19 @@ void resil__sb_printf(resil_sbuf *b, const char *fmt, ...) {
   }
 }
 
+void resil__sb_json_string(resil_sbuf *b, const char *s) {
+  resil__sb_printf(b, "\"");
+  for (const unsigned char *c = (const unsigned char *)s; *c; c++) {
+    if (*c == '"' || *c == '\\')
+      resil__sb_printf(b, "\\%c", *c);
+    else if (*c < 0x20 || *c == 0x7f)
+      resil__sb_printf(b, "\\u%04x", *c);
+    else
+      resil__sb_printf(b, "%c", *c);
+  }
+  resil__sb_printf(b, "\"");
+}
+
 resil_status resil__sb_finish(resil_sbuf *b, char **out, size_t *len, resil_err *err) {
   if (b->oom || !b->p) {
     free(b->p);

@@ -68,15 +68,21 @@ static void f_close(void *ctx, void *conn) {
 
 static const char *const HOSTS3 = "127.0.0.1:7001, 127.0.0.1:7002,127.0.0.1:7003";
 
-static resil_pool *make(const char *hosts, uint32_t max_size, const resil_outlier_config *oc) {
+/* A test pool's config (the fake addresses reset). */
+static resil_pool_config test_cfg(const char *name, uint32_t max_size) {
   memset(&S, 0, sizeof S);
   resil_pool_config pc;
   resil_pool_config_init(&pc);
-  pc.name = "multi";
+  pc.name = name;
   pc.max_size = max_size;
   pc.housekeeping_ms = 0;
   pc.validate_after_idle_ms = 3600000;
   pc.acquire_timeout_ms = 50;
+  return pc;
+}
+
+static resil_pool *make(const char *hosts, uint32_t max_size, const resil_outlier_config *oc) {
+  resil_pool_config pc = test_cfg("multi", max_size);
   resil_pool_connector cn = {.close = f_close};
   resil_err err;
   resil_pool *p = resil_pool_new_endpoints(&pc, &cn, f_connect_to, hosts, 6379, oc, &err);
@@ -620,14 +626,7 @@ static int dns_teardown(void **s) {
 }
 
 static resil_pool *make_dns(uint32_t max_size, const resil_outlier_config *oc) {
-  memset(&S, 0, sizeof S);
-  resil_pool_config pc;
-  resil_pool_config_init(&pc);
-  pc.name = "dns";
-  pc.max_size = max_size;
-  pc.housekeeping_ms = 0;
-  pc.validate_after_idle_ms = 3600000;
-  pc.acquire_timeout_ms = 50;
+  resil_pool_config pc = test_cfg("dns", max_size);
   resil_pool_connector cn = {.close = f_close};
   resil_err err;
   resil_pool *p = resil_pool_new_endpoints_dns(&pc, &cn, f_connect_to, DNS_NAME, 7000, oc, &err);
@@ -662,6 +661,21 @@ static int dns_call(resil_pool *p) {
   return call(p);
 }
 
+/* Borrow 6 connections, keep one to 10.9.0.<i+1> (returned) and give the
+ * others back (idle). */
+static resil_pool_conn *hold_one_on(resil_pool *p, int i) {
+  resil_pool_conn *cs[6], *held = NULL;
+  resil_err err;
+  for (int k = 0; k < 6; k++)
+    assert_int_equal(resil_pool_acquire(p, resil_deadline_in_ms(20), &cs[k], &err), RESIL_OK);
+  for (int k = 0; k < 6; k++) {
+    if (!held && ((fconn *)resil_pool_conn_handle(cs[k]))->addr == i) held = cs[k];
+    else resil_pool_release(p, cs[k], RESIL_POOL_OK);
+  }
+  assert_non_null(held);
+  return held;
+}
+
 /* The set grows and shrinks with the name; the addresses that stay keep
  * their ejection; a removed address gets no new call, its idle
  * connections close at once and a borrowed one on release. */
@@ -680,15 +694,7 @@ static void test_dns_set_follows_the_name(void **state) {
   assert_true(find(es, 3, 1)->ejected);
   /* connections to 10.9.0.3: one borrowed across the change, the others
    * idle (with .2 ejected, least outstanding alternates .1 and .3) */
-  resil_pool_conn *cs[6], *held = NULL;
-  resil_err err;
-  for (int k = 0; k < 6; k++)
-    assert_int_equal(resil_pool_acquire(p, resil_deadline_in_ms(20), &cs[k], &err), RESIL_OK);
-  for (int k = 0; k < 6; k++) {
-    if (!held && ((fconn *)resil_pool_conn_handle(cs[k]))->addr == 2) held = cs[k];
-    else resil_pool_release(p, cs[k], RESIL_POOL_OK);
-  }
-  assert_non_null(held);
+  resil_pool_conn *held = hold_one_on(p, 2);
   int opened2 = atomic_load(&S.connects[2]);
   assert_true(opened2 >= 2);
   assert_int_equal(atomic_load(&S.closes[2]), 0);
@@ -818,6 +824,76 @@ static void test_dns_bound(void **state) {
   assert_int_equal(atomic_load(&S.open), 0);
 }
 
+/* Does the export (Prometheus, or JSON if json) contain want? */
+static bool exported(bool json, const char *want) {
+  char *text = NULL;
+  resil_err err;
+  assert_int_equal((json ? resil_export_json : resil_export_prometheus)(&text, NULL, &err),
+                   RESIL_OK);
+  bool has = strstr(text, want) != NULL;
+  if (!has && getenv("RESIL_TEST_VERBOSE")) print_message("# no '%s' in:\n%s\n", want, text);
+  free(text);
+  return has;
+}
+
+/* The name's metrics: resil_endpoint_dns_stale and _dropped (and the JSON
+ * endpoints_dns object) follow the set; a removed address's per-address
+ * series leave /metrics at once. */
+static void test_dns_metrics(void **state) {
+  (void)state;
+  resil_outlier_config oc = ocfg(5, 1000, 10000, 50);
+  resil_pool *p = make_dns(8, &oc);
+  resil_dep *d = make_dep(p);
+  for (int k = 0; k < 30; k++) assert_true(dns_call(p) >= 0);
+  const char *ep3 = "endpoint=\"10.9.0.3:7000\"";
+  resil_endpoints_dns_stats ds;
+  assert_true(exported(false, "resil_endpoint_dns_stale{dependency=\"multi-dep\"} 0\n"));
+  assert_true(exported(false, "resil_endpoint_dns_dropped{dependency=\"multi-dep\"} 0\n"));
+  assert_true(exported(false, "# TYPE resil_endpoint_dns_stale gauge\n"));
+  assert_true(exported(false, "# TYPE resil_endpoint_dns_dropped gauge\n"));
+  assert_true(exported(false, ep3));
+  assert_true(exported(true, "\"endpoints_dns\":{\"host\":\"" DNS_NAME "\",\"port\":7000,"
+                             "\"addresses\":3,\"draining\":0,\"dropped\":0,\"refreshes\":1,"
+                             "\"failures\":0,\"added\":3,\"removed\":0,\"stale\":false,"
+                             "\"last_error\":\"\"}"));
+  /* 10.9.0.3 removed, a connection to it still borrowed (so it drains):
+   * its series go at once all the same */
+  resil_pool_conn *held = hold_one_on(p, 2);
+  dns_set((const int[]){0, 1, -1});
+  fake_clock_advance_ms(DNS_TTL_MS + 1);
+  assert_true(TEST_WAIT_UNTIL((dns_call(p), resil_pool_endpoints_dns_stats(p, &ds),
+                               ds.addresses == 2 && ds.draining == 1),
+                              5000));
+  assert_false(exported(false, ep3));
+  assert_false(exported(true, "\"10.9.0.3:7000\""));
+  assert_true(exported(false, "endpoint=\"10.9.0.1:7000\""));
+  assert_true(exported(true, "\"addresses\":2,\"draining\":1,"));
+  resil_pool_release(p, held, RESIL_POOL_OK);
+  /* 20 addresses: 16 kept, 4 dropped */
+  int all[NADDR + 1];
+  for (int i = 0; i < NADDR; i++) all[i] = i;
+  all[NADDR] = -1;
+  dns_set(all);
+  fake_clock_advance_ms(DNS_TTL_MS + 1);
+  assert_true(TEST_WAIT_UNTIL((dns_call(p), resil_pool_endpoints_dns_stats(p, &ds),
+                               ds.addresses == RESIL_ENDPOINTS_MAX),
+                              5000));
+  assert_true(exported(false, "resil_endpoint_dns_dropped{dependency=\"multi-dep\"} 4\n"));
+  assert_true(exported(true, "\"addresses\":16,"));
+  assert_true(exported(true, "\"dropped\":4,"));
+  /* the name no longer resolves: stale, the error in the JSON */
+  assert_int_equal(unlink(hosts_path), 0);
+  fake_clock_advance_ms(DNS_TTL_MS + 1);
+  assert_true(TEST_WAIT_UNTIL((dns_call(p), resil_pool_endpoints_dns_stats(p, &ds), ds.stale),
+                              5000));
+  assert_true(exported(false, "resil_endpoint_dns_stale{dependency=\"multi-dep\"} 1\n"));
+  assert_true(exported(true, "\"stale\":true,\"last_error\":\""));
+  assert_true(exported(true, hosts_path));
+  assert_true(exported(false, ep3)); /* 10.9.0.3 is in the last good set */
+  resil_dep_free(d);
+  resil_pool_free(p);
+}
+
 /* Threads acquire and release while the set changes under them (TSan). */
 typedef struct churn {
   resil_pool *p;
@@ -886,6 +962,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_dns_failure_keeps_the_set, dns_setup, dns_teardown),
       cmocka_unit_test_setup_teardown(test_dns_bound, dns_setup, dns_teardown),
       cmocka_unit_test_setup_teardown(test_dns_churn_under_load, dns_setup, dns_teardown),
+      cmocka_unit_test_setup_teardown(test_dns_metrics, dns_setup, dns_teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
