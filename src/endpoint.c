@@ -435,9 +435,13 @@ static void record(struct resil__group *g, ep *e, bool ok) {
 }
 
 resil_status resil__endpoints_breaker_outcome(const resil_pool *attached, resil_status outcome) {
-  const struct resil__group *g = last.g;
+  /* last.g may have been freed since (this thread's last call went to
+   * another dependency, since freed): it is only compared, never read;
+   * the group read is the attached pool's, alive while its dependency is. */
+  const struct resil__group *g = attached ? resil__pool_group(attached) : NULL;
+  bool mine = g && g == last.g;
   last.g = NULL;
-  if (!g || !last.failed || !attached || g->front != attached) return outcome;
+  if (!mine || !last.failed) return outcome;
   uint32_t others = atomic_load_explicit(&g->live, memory_order_relaxed) &
                     ~atomic_load_explicit(&g->ejected, memory_order_relaxed) & ~BIT(last.idx);
   FOR_BITS(i, others)

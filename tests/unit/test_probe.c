@@ -466,8 +466,16 @@ static void fork_child_probes_again_and_never_waits_for_the_parents_probe(void *
     resil_dep_set_probe(d, NULL, NULL); /* must not wait for the parent's probe */
     probe_ctx child;
     ctx_init(&child, RESIL_OK);
+    /* Held until the state is checked: the new probe is due at once (one
+     * interval after the break began has passed), and a probe thread that
+     * ran first would have moved the breaker on before the check. */
+    child.block = true;
     if (resil_dep_set_probe(d, probe_fn, &child) != RESIL_OK) _exit(2);
     if (resil_breaker_get_state(resil_dep_breaker(d)) != RESIL_BREAKER_OPEN) _exit(3);
+    pthread_mutex_lock(&child.mu);
+    child.block = false;
+    pthread_cond_broadcast(&child.cv);
+    pthread_mutex_unlock(&child.mu);
     fake_clock_advance_ms(70);
     if (!wait_calls(&child, 1)) _exit(4); /* a probe thread runs in the child */
     if (!wait_counted(d, 1)) _exit(5); /* the child's (the parent's never ended here) */
