@@ -22,6 +22,35 @@ _Static_assert(RESIL_POOL_CLOSE_REASON_COUNT_ <= RESIL_POOL_CLOSE_REASON_SLOTS,
 _Static_assert(RESIL_BREAKER_STATE_COUNT_ <= RESIL_BREAKER_STATE_SLOTS,
                "resil_breaker_stats.transitions[] is full");
 
+/* ---- Invariant checks (issue #15) --------------------------------------
+ * RESIL_INVARIANT(cond, fmt, ...) checks a structural invariant where a
+ * locked (or atomic) change could break it, as SQLite's
+ * sqlite3PcachePageSanity() inside assert() does. Compiled in with
+ * -DRESIL_INVARIANTS (meson -Dinvariants=true: the builds scripts/test.sh
+ * makes, so the ASan and TSan runs stop at the line where a hand-off goes
+ * wrong), compiled out otherwise (release and bench builds: no code, no
+ * evaluation of the arguments). A broken one prints "resil: invariant broken
+ * at FILE:LINE (FUNC): " and the message (name the object, the invariant as
+ * written and the values) to stderr, then aborts. */
+#ifdef RESIL_INVARIANTS
+#define RESIL_INVARIANTS_ON 1
+#define RESIL_INVARIANT_AT(file, line, func, cond, ...)                                     \
+  (__builtin_expect(!!(cond), 1) ? (void)0                                                 \
+                                 : resil__invariant_broken(file, line, func, __VA_ARGS__))
+#else
+#define RESIL_INVARIANTS_ON 0
+#define RESIL_INVARIANT_AT(file, line, func, cond, ...) ((void)0)
+#endif
+#define RESIL_INVARIANT(cond, ...) \
+  RESIL_INVARIANT_AT(__FILE__, __LINE__, __func__, cond, __VA_ARGS__)
+/* RESIL_INVARIANT_AT: the same, reporting a given place (a check function
+ * called from several places passes its caller's). */
+
+/* Whether this library was built with the checks (for the tests). */
+bool resil__invariants_enabled(void);
+__attribute__((noreturn, cold, format(printf, 4, 5))) void resil__invariant_broken(
+    const char *file, int line, const char *func, const char *fmt, ...);
+
 #define RESIL_CACHELINE 64
 #define RESIL_STRIPES 8 /* power of two */
 
@@ -346,6 +375,10 @@ void resil__adaptive_fork_child(resil__alimit *alim, resil__throttle *thr);
  * one never cancels a call: admissions wait or are refused until fewer
  * calls than the new limit are in flight. Thread-safe. */
 void resil__dep_set_limit(resil_dep *d, uint32_t limit);
+/* Test hook (tests/unit/test_invariants.c): add delta to the in-flight count
+ * of the bulkhead's slots word, bypassing every check: a corrupted count the
+ * invariant checks must catch at the next slot change. */
+void resil__dep_test_inflight_add(resil_dep *d, int32_t delta);
 /* The dependency's event rate limit (for adaptive.c's events). */
 resil__ev_bucket *resil__dep_ev(resil_dep *d);
 
@@ -377,6 +410,12 @@ void resil__fork_init(void);
 void resil__dep_fork_prepare(void);
 void resil__dep_fork_parent(void);
 void resil__dep_fork_child(void);
+/* Test hooks (tests/unit/test_invariants.c), each bypassing the checks it
+ * sets up a failure for: add delta to the pool's `open` count; and make the
+ * next return of a connection leave it idle without handing it to a queued
+ * waiter (the lost hand-off the invariant checks must catch). */
+void resil__pool_test_open_add(resil_pool *p, int32_t delta);
+void resil__pool_test_skip_dispatch(resil_pool *p);
 void resil__pool_fork_prepare(void);
 void resil__pool_fork_parent(void);
 void resil__pool_fork_child(void);
