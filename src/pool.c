@@ -139,32 +139,44 @@ struct resil_pool {
   char name[NAME_MAX_LEN + 1];
   resil_pool_connector cn;
 
-  pthread_mutex_t mu;
-  pthread_cond_t drain_cv; /* broadcast when a slot frees while draining */
-  pthread_cond_t hk_cv;    /* wakes the housekeeper to stop */
-  pthread_t hk;
-  bool hk_running, hk_stop, draining;
-
+  /* What acquire and release write or read under the mutex, packed on two
+   * cache lines of their own (they move between CPUs with the mutex when
+   * threads contend; they were spread over six): the mutex, the lists, the
+   * counts, the flags and the counters of those paths. All under mu except
+   * gen and fork_gen (below). */
+  _Alignas(RESIL_CACHELINE) pthread_mutex_t mu;
   resil_pool_conn *idle_head, *idle_tail;
-  waiter *wq_head, *wq_tail;
+  waiter *wq_head;
+  waiter *wq_tail; /* second line */
   uint32_t open, idle, in_use, connecting, waiters;
-  uint64_t acquired, acquire_timeouts, connects_ok, connects_failed, connects_timed_out;
-  uint64_t quick_acquires; /* served at once: in latency's first bucket, 0 ns in its sum */
-  uint64_t closed[RESIL_POOL_CLOSE_REASON_COUNT_];
+  bool draining;
+  bool forked;             /* fork work left for the first use in the child */
+  bool test_skip_dispatch; /* resil__pool_test_skip_dispatch() */
+  /* Forks this pool went through: written only by the atfork child handler,
+   * before the child has other threads. */
+  uint32_t fork_gen;
   /* Generation (resil_pool_evict): written under mu, read anywhere. A
    * connection of an older generation is closed on borrow and on return. */
   _Atomic uint64_t gen;
-  uint64_t evictions;
-  bool test_skip_dispatch; /* resil__pool_test_skip_dispatch(); under mu */
+  uint64_t acquired;
+  uint64_t quick_acquires; /* served at once: in latency's first bucket, 0 ns in its sum */
 
-  /* Fork (all under mu except fork_gen, which only the atfork child handler
-   * writes, before the child has other threads). */
-  uint32_t fork_gen;          /* forks this pool went through */
-  bool forked;                /* fork work left for the first use in the child */
-  bool hk_restart;            /* the housekeeper ran in the parent */
-  resil_pool_conn *orphans;   /* the parent's idle connections, to abandon */
+  pthread_cond_t drain_cv; /* broadcast when a slot frees while draining */
+  pthread_cond_t hk_cv;    /* wakes the housekeeper to stop */
+  pthread_t hk;
+  bool hk_running, hk_stop;
+  uint64_t acquire_timeouts, connects_ok, connects_failed, connects_timed_out;
+  uint64_t closed[RESIL_POOL_CLOSE_REASON_COUNT_];
+  uint64_t evictions;
+
+  /* Fork (under mu). */
+  bool hk_restart;                 /* the housekeeper ran in the parent */
+  resil_pool_conn *orphans;        /* the parent's idle connections, to abandon */
   resil_pool *reg_next, *reg_prev; /* every pool, for the atfork handler */
 };
+_Static_assert(offsetof(struct resil_pool, quick_acquires) + sizeof(uint64_t) -
+                       offsetof(struct resil_pool, mu) <= 2 * RESIL_CACHELINE,
+               "the hot fields of a pool span two cache lines");
 
 /* ---- Configuration ------------------------------------------------------ */
 
