@@ -51,6 +51,20 @@ bool resil__invariants_enabled(void);
 __attribute__((noreturn, cold, format(printf, 4, 5))) void resil__invariant_broken(
     const char *file, int line, const char *func, const char *fmt, ...);
 
+/* resil_status_is_rejection() inline, for done() on every call: a set of
+ * statuses named one by one (never a numeric range: statuses are only
+ * appended, docs/abi.md), as a bit mask. */
+_Static_assert(RESIL_STATUS_COUNT_ <= 64, "resil__rejections needs a wider mask");
+#define RESIL__S(s) (1ull << (s))
+#define RESIL__REJECTIONS                                                                   \
+  (RESIL__S(RESIL_E_BREAKER_OPEN) | RESIL__S(RESIL_E_CONCURRENCY_FULL) |                    \
+   RESIL__S(RESIL_E_QUEUE_TIMEOUT) | RESIL__S(RESIL_E_POOL_TIMEOUT) |                       \
+   RESIL__S(RESIL_E_DEADLINE) | RESIL__S(RESIL_E_DRAINING) | RESIL__S(RESIL_E_RETRY_BUDGET) | \
+   RESIL__S(RESIL_E_THROTTLED) | RESIL__S(RESIL_E_RATE_LIMITED) | RESIL__S(RESIL_E_PAUSED))
+static inline bool resil__is_rejection(resil_status s) {
+  return (unsigned)s < 64 && (RESIL__REJECTIONS >> (unsigned)s & 1);
+}
+
 #define RESIL_CACHELINE 64
 #define RESIL_STRIPES 8 /* power of two */
 
