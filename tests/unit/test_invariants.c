@@ -138,7 +138,6 @@ static void pool_open_count_above_max_aborts(void **state) {
 
 typedef struct queued {
   resil_pool *p;
-  _Atomic int done;
   resil_status st;
 } queued;
 
@@ -147,7 +146,6 @@ static void *queued_acquire(void *arg) {
   resil_pool_conn *c = NULL;
   q->st = resil_pool_acquire(q->p, resil_deadline_in_ms(20000), &c, NULL);
   if (c) resil_pool_release(q->p, c, RESIL_POOL_OK);
-  atomic_store(&q->done, 1);
   return NULL;
 }
 
