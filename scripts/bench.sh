@@ -133,8 +133,8 @@ start_load_sampler() {
 
 stop_load_sampler() {
   if [[ -n $LOAD_PID ]]; then
-    kill "$LOAD_PID" 2>/dev/null
-    wait "$LOAD_PID" 2>/dev/null
+    kill "$LOAD_PID" 2>/dev/null || true
+    wait "$LOAD_PID" 2>/dev/null || true # its status is the signal's
     LOAD_PID=
   fi
   return 0
