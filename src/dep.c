@@ -518,8 +518,6 @@ static resil_status reject(resil_dep *d, resil_status s, resil_err *err) {
 
 /* ---- the concurrency limit --------------------------------------------- */
 
-/* Take a slot if fewer calls than the limit in force are in flight: one
- * CAS on the word holding both. */
 /* The bulkhead's invariants (RESIL_INVARIANT, internal.h) on a value of the
  * slots word that one atomic change produced: the limit in force is within
  * 1..limit.max_concurrent, and so is every in-flight count a slot was taken
@@ -536,6 +534,8 @@ static inline void slots_check(const resil_dep *d, uint64_t w, const char *what)
   (void)d, (void)w, (void)what;
 }
 
+/* Take a slot if fewer calls than the limit in force are in flight: one
+ * CAS on the word holding both. */
 static inline bool try_slot(resil_dep *d) {
   uint64_t w = atomic_load_explicit(&d->slots, memory_order_relaxed);
   while ((uint32_t)w < (uint32_t)(w >> 32)) {
