@@ -955,9 +955,7 @@ static resil_status pg_connect_once(resil_pg *pg, resil_deadline deadline, const
     bump(&pg->connects_failed);
     return resil_err_set(err, RESIL_E_NOMEM, "out of memory");
   }
-  w->pq = c;
-  w->prepared = NULL;
-  w->nprepared = 0;
+  *w = (pg_conn){.pq = c}; /* never returned, no byte count yet, nothing prepared */
   bump(&pg->connects_ok);
   *out = w;
   return RESIL_OK;
