@@ -1,5 +1,6 @@
 /* Core engine benchmark: admit+done and open rejection, in ns/op, against a
- * plain mutex-protected breaker measured in the same run; pool
+ * plain mutex-protected breaker measured in the same run (the two sides'
+ * runs alternate, so both see the same load); pool
  * acquire+release against a mutex-protected free list; and the time to
  * render the Prometheus text and the JSON snapshot for 100 dependencies
  * (no baseline). Prints numbers; never passes or fails.
@@ -238,11 +239,36 @@ typedef struct row {
   double med, min, max;
 } row;
 
+static row summarize(double *v);
+
 static row repeat(int kind, resil_dep *dep, naive *nv, int threads, long *allocs_seen) {
   double v[32];
   for (int r = 0; r < runs; r++) v[r] = measure(kind, dep, nv, threads, allocs_seen);
+  return summarize(v);
+}
+
+static row summarize(double *v) {
   qsort(v, (size_t)runs, sizeof v[0], cmp_d);
   return (row){v[runs / 2], v[0], v[runs - 1]};
+}
+
+/* resil's runs (kind, dep) and the baseline's (bkind, bdep or nv) alternate - b r,
+ * r b, b r... - so that both see the same load on a shared machine (one
+ * block after the other, a build starting in between moved the ratio by 2x). */
+static void repeat_pair(int kind, resil_dep *dep, int bkind, resil_dep *bdep, naive *nv,
+                        int threads, long *allocs_seen, row *r, row *b) {
+  double v[32], w[32];
+  for (int i = 0; i < runs; i++) {
+    if (i & 1) {
+      v[i] = measure(kind, dep, NULL, threads, allocs_seen);
+      w[i] = measure(bkind, bdep, nv, threads, NULL);
+    } else {
+      w[i] = measure(bkind, bdep, nv, threads, NULL);
+      v[i] = measure(kind, dep, NULL, threads, allocs_seen);
+    }
+  }
+  *r = summarize(v);
+  *b = summarize(w);
 }
 
 /* base.med <= 0: no baseline ("-"). */
@@ -341,16 +367,16 @@ int main(int argc, char **argv) {
   printf("|%s|%s|%s|%s|%s|%s|%s|\n", "----------------------------------------------",
          "----------", "----------", "----------", "----------", "--------", "--------");
   long a = 0;
-  row base1 = repeat(1, NULL, &nv, 1, NULL);
-  row r1 = repeat(0, dep, NULL, 1, &a);
+  row base1, r1;
+  repeat_pair(0, dep, 1, NULL, &nv, 1, &a, &r1, &base1);
   print_row("core.admit_done.1thread", "admit+done, breaker closed, 1 thread", r1, base1, a);
   a = 0;
-  row base2 = repeat(1, NULL, &nv, 2, NULL);
-  row r2 = repeat(0, dep, NULL, 2, &a);
+  row base2, r2;
+  repeat_pair(0, dep, 1, NULL, &nv, 2, &a, &r2, &base2);
   print_row("core.admit_done.2threads", "admit+done, breaker closed, 2 threads", r2, base2, a);
   a = 0;
-  row base4 = repeat(1, NULL, &nv, 4, NULL);
-  row r4 = repeat(0, dep, NULL, 4, &a);
+  row base4, r4;
+  repeat_pair(0, dep, 1, NULL, &nv, 4, &a, &r4, &base4);
   print_row("core.admit_done.4threads", "admit+done, breaker closed, 4 threads", r4, base4, a);
   /* the opt-in policies on (admit+done with 1 call in flight: the adaptive
    * limit is app-limited, so it stays at its minimum, never below 1 call) */
@@ -381,16 +407,16 @@ int main(int argc, char **argv) {
   print_row("core.admit_done_throttle.1thread", "admit+done, throttling on, 1 thread", rt, base1,
             a);
   a = 0;
-  row bo = repeat(3, NULL, &nv_open, 1, NULL);
-  row ro = repeat(2, tripped, NULL, 1, &a);
+  row bo, ro;
+  repeat_pair(2, tripped, 3, NULL, &nv_open, 1, &a, &ro, &bo);
   print_row("core.reject_open.1thread", "rejection, breaker open (tripped), 1 thread", ro, bo, a);
   a = 0;
   row rf = repeat(2, open_dep, NULL, 1, &a);
   print_row("core.reject_forced_open.1thread", "rejection, breaker forced open, 1 thread", rf, bo,
             a);
   a = 0;
-  row bo2 = repeat(3, NULL, &nv_open, 2, NULL);
-  row ro2 = repeat(2, tripped, NULL, 2, &a);
+  row bo2, ro2;
+  repeat_pair(2, tripped, 3, NULL, &nv_open, 2, &a, &ro2, &bo2);
   print_row("core.reject_open.2threads", "rejection, breaker open, 2 threads", ro2, bo2, a);
   /* the outbound rate limit on at a rate that never limits (1e9/s, burst
    * 1e6): the cost of the GCRA compare-and-swap, as a ratio to the same
@@ -401,13 +427,15 @@ int main(int argc, char **argv) {
   c.rate_limit.burst = 1000000;
   resil_dep *rated = resil_dep_new(&c, &err);
   a = 0;
-  row rr1 = repeat(0, rated, NULL, 1, &a);
+  row rr1, off1;
+  repeat_pair(0, rated, 0, dep, NULL, 1, &a, &rr1, &off1);
   print_row("core.admit_done_ratelimit.1thread", "admit+done, rate limit on (ratio: to off)", rr1,
-            r1, a);
+            off1, a);
   a = 0;
-  row rr2 = repeat(0, rated, NULL, 2, &a);
+  row rr2, off2;
+  repeat_pair(0, rated, 0, dep, NULL, 2, &a, &rr2, &off2);
   print_row("core.admit_done_ratelimit.2threads", "  same, 2 threads (ratio: to off, 2 thr.)", rr2,
-            r2, a);
+            off2, a);
   {
     resil_dep_stats rs;
     resil_dep_get_stats(rated, &rs);
@@ -423,8 +451,8 @@ int main(int argc, char **argv) {
   resil_dep *limited = resil_dep_new(&c, &err);
   naive nv_lim = {.mu = PTHREAD_MUTEX_INITIALIZER, .limit = 1};
   a = 0;
-  row bl = repeat(1, NULL, &nv_lim, 2, NULL);
-  row rl = repeat(0, limited, NULL, 2, &a);
+  row bl, rl;
+  repeat_pair(0, limited, 1, NULL, &nv_lim, 2, &a, &rl, &bl);
   print_row("core.admit_done_limit1_queue.2threads", "admit+done, limit 1 + queue, 2 threads", rl,
             bl, a);
   printf("(limit row: resil queues FIFO and hands the slot over; the mutex baseline "
@@ -446,16 +474,16 @@ int main(int argc, char **argv) {
   }
   for (int i = 0; i < 4; i++) fl_put(&g_fl, &fake_conns[i]);
   a = 0;
-  row bp1 = repeat(5, NULL, NULL, 1, NULL);
-  row rp1 = repeat(4, NULL, NULL, 1, &a);
+  row bp1, rp1;
+  repeat_pair(4, NULL, 5, NULL, NULL, 1, &a, &rp1, &bp1);
   print_row("core.pool_acquire_release.1thread", "pool acquire+release, 1 thread", rp1, bp1, a);
   a = 0;
-  row bp2 = repeat(5, NULL, NULL, 2, NULL);
-  row rp2 = repeat(4, NULL, NULL, 2, &a);
+  row bp2, rp2;
+  repeat_pair(4, NULL, 5, NULL, NULL, 2, &a, &rp2, &bp2);
   print_row("core.pool_acquire_release.2threads", "pool acquire+release, 2 threads", rp2, bp2, a);
   a = 0;
-  row bp4 = repeat(5, NULL, NULL, 4, NULL);
-  row rp4 = repeat(4, NULL, NULL, 4, &a);
+  row bp4, rp4;
+  repeat_pair(4, NULL, 5, NULL, NULL, 4, &a, &rp4, &bp4);
   print_row("core.pool_acquire_release.4threads", "pool acquire+release, 4 threads", rp4, bp4, a);
   resil_pool_free(g_pool);
   g_pool = NULL;

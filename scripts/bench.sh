@@ -50,6 +50,7 @@ BENCH_PACKAGES=(build-essential meson ninja-build pkg-config
 QUICK=0
 CHILD=
 LOAD_BEFORE='?'
+LOAD_PID=
 
 usage() { awk 'NR > 1 && !/^#/ {exit} NR > 1' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
@@ -58,6 +59,7 @@ say() { printf '\n==> %s\n' "$*"; }
 on_exit() {
   local rc=$?
   set +e
+  stop_load_sampler
   if [[ -n $CHILD ]] && kill -0 "$CHILD" 2>/dev/null; then
     kill -TERM "$CHILD" 2>/dev/null
     wait "$CHILD" 2>/dev/null
@@ -122,6 +124,28 @@ build() {
   fi
 }
 
+# The 1-minute load average every 5 s while the benchmarks run (other jobs
+# on a shared machine move every figure): $LOGS/load.log.
+start_load_sampler() {
+  (while :; do cut -d' ' -f1 /proc/loadavg; sleep 5; done) >"$LOGS/load.log" 2>/dev/null &
+  LOAD_PID=$!
+}
+
+stop_load_sampler() {
+  if [[ -n $LOAD_PID ]]; then
+    kill "$LOAD_PID" 2>/dev/null || true
+    wait "$LOAD_PID" 2>/dev/null || true # its status is the signal's
+    LOAD_PID=
+  fi
+  return 0
+}
+
+# "min X, median Y, max Z over N samples" of $LOGS/load.log.
+load_during() {
+  sort -n "$LOGS/load.log" 2>/dev/null | awk '{v[NR] = $1}
+    END { if (NR) printf "min %s, median %s, max %s (%d samples, every 5 s)", v[1], v[int((NR + 1) / 2)], v[NR], NR; else printf "?" }'
+}
+
 describe_machine() {
   local cpu os
   cpu=$(sed -n 's/^model name[[:space:]]*:[[:space:]]*//p' /proc/cpuinfo | head -n1)
@@ -139,7 +163,8 @@ describe_machine() {
     "libpq $(pkg-config --modversion libpq 2>/dev/null || echo -)," \
     "$(redis-server --version 2>/dev/null | awk '{print "redis " substr($3, 3)}')," \
     "PostgreSQL $("$RESIL_TEST_PG_BIN/postgres" --version 2>/dev/null | awk '{print $3}')"
-  echo "load:    1-min load average $LOAD_BEFORE before the benchmarks, $(cut -d' ' -f1 /proc/loadavg) after"
+  echo "load:    1-min load average $LOAD_BEFORE before the benchmarks, $(cut -d' ' -f1 /proc/loadavg) after;"
+  echo "         during them: $(load_during)"
   echo "date:    $(date -u '+%Y-%m-%d %H:%M UTC')"
 }
 
@@ -154,6 +179,8 @@ print_table() {
   cat "${logs[@]}" | grep '^SUMMARY ' | awk '
     function raw_is(name) {
       if (name ~ /^core\.pool/) return "mutex free list";
+      if (name ~ /^core\.admit_done_ratelimit/) return "resil, rate limit off";
+      if (name ~ /^core\.admit_done_limit1_queue/) return "one-mutex breaker (rejects)";
       if (name ~ /^core\.render/) return "?";
       if (name ~ /^core\.admit_done_ratelimit/) return "resil, rate limit off";
       if (name ~ /^core\./) return "one-mutex breaker";
@@ -280,6 +307,7 @@ main() {
   fi
   local tb=$SECONDS
   LOAD_BEFORE=$(cut -d' ' -f1 /proc/loadavg)
+  start_load_sampler
 
   say "bench_core --runs $core_runs"
   run_logged "$LOGS/core.log" "$BUILD/bench/bench_core" --runs "$core_runs" --summary
@@ -324,6 +352,7 @@ main() {
   done
 
   local tbench=$((SECONDS - tb))
+  stop_load_sampler
   stop_all_servers
   say "summary"
   print_table "benchmarks took ${tbench} s; $((SECONDS - t0)) s in all"

@@ -49,20 +49,23 @@ FUZZ_SECONDS=20         # per fuzz target
 # build runs; empty: all), B_SOAK (0: no soak step),
 # B_ADAPTERS (1: the adapters whose drivers are installed must be built).
 build_config() {
-  B_OPTS=(--buildtype=debugoptimized -Dtests=enabled)
+  # -Dinvariants=true: the core's invariant checks (RESIL_INVARIANT in
+  # src/internal.h) abort at the change that breaks one; release builds
+  # (scripts/bench.sh, users) leave them out.
+  B_OPTS=(--buildtype=debugoptimized -Dtests=enabled -Dinvariants=true)
   B_ENV=() B_SUITES=() B_SOAK=1 B_ADAPTERS=1
   case $1 in
     plain)
       # What users ship: gcc at -O3 (buildtype=release), where gcc finds
       # warnings (e.g. maybe-uninitialized) that -O2 does not; warnings fail.
       B_DIR=build-test B_CC=gcc B_TMULT=1
-      B_OPTS=(--buildtype=release -Dtests=enabled -Dwerror=true) ;;
+      B_OPTS=(--buildtype=release -Dtests=enabled -Dwerror=true -Dinvariants=true) ;;
     core)
       # The README's promise that the core builds and works alone: no
       # adapter at all; the unit and tools suites (cheap: -O1, no servers).
       B_DIR=build-core B_CC=gcc B_TMULT=1 B_SUITES=(unit tools) B_SOAK=0 B_ADAPTERS=0
       B_OPTS=(--buildtype=debugoptimized -Doptimization=1 -Dtests=enabled -Dwerror=true
-              -Dredis=disabled -Dpg=disabled -Dhttp=disabled) ;;
+              -Dinvariants=true -Dredis=disabled -Dpg=disabled -Dhttp=disabled) ;;
     asan)
       # The library's suites and the soak; the demo (suite examples) runs
       # in the plain build only: it is example code, its library paths are

@@ -518,14 +518,32 @@ static resil_status reject(resil_dep *d, resil_status s, resil_err *err) {
 
 /* ---- the concurrency limit --------------------------------------------- */
 
+/* The bulkhead's invariants (RESIL_INVARIANT, internal.h) on a value of the
+ * slots word that one atomic change produced: the limit in force is within
+ * 1..limit.max_concurrent, and so is every in-flight count a slot was taken
+ * or given back at (a lowered limit may leave more in flight than it allows,
+ * never more than the ceiling). Nothing unless built with RESIL_INVARIANTS. */
+static inline void slots_check(const resil_dep *d, uint64_t w, const char *what) {
+  RESIL_INVARIANT((uint32_t)(w >> 32) >= 1 &&
+                      (uint32_t)(w >> 32) <= d->cfg.limit.max_concurrent &&
+                      (uint32_t)w <= d->cfg.limit.max_concurrent,
+                  "bulkhead '%s': %s: 1 <= limit <= limit.max_concurrent and in flight <= "
+                  "limit.max_concurrent (limit %u, in flight %u, max_concurrent %u)",
+                  d->name, what, (uint32_t)(w >> 32), (uint32_t)w,
+                  d->cfg.limit.max_concurrent);
+  (void)d, (void)w, (void)what;
+}
+
 /* Take a slot if fewer calls than the limit in force are in flight: one
  * CAS on the word holding both. */
 static inline bool try_slot(resil_dep *d) {
   uint64_t w = atomic_load_explicit(&d->slots, memory_order_relaxed);
   while ((uint32_t)w < (uint32_t)(w >> 32)) {
     if (atomic_compare_exchange_weak_explicit(&d->slots, &w, w + 1, memory_order_seq_cst,
-                                              memory_order_relaxed))
+                                              memory_order_relaxed)) {
+      slots_check(d, w + 1, "slot taken");
       return true;
+    }
   }
   return false;
 }
@@ -594,6 +612,11 @@ static resil_status wait_slot(resil_dep *d, resil_deadline deadline) {
 /* Give a slot back; returns how many calls were in flight before. */
 static uint32_t release_slot(resil_dep *d) {
   uint64_t was = atomic_fetch_sub_explicit(&d->slots, 1, memory_order_seq_cst);
+  RESIL_INVARIANT((uint32_t)was >= 1 && (uint32_t)was <= d->cfg.limit.max_concurrent,
+                  "bulkhead '%s': a slot given back: 1 <= in flight <= limit.max_concurrent "
+                  "before it (in flight %u, limit %u, max_concurrent %u)",
+                  d->name, (uint32_t)was, (uint32_t)(was >> 32), d->cfg.limit.max_concurrent);
+  slots_check(d, was - 1, "slot given back");
   if (atomic_load_explicit(&d->nwaiters, memory_order_seq_cst) > 0) {
     pthread_mutex_lock(&d->qmu);
     grant_locked(d);
@@ -608,6 +631,7 @@ void resil__dep_set_limit(resil_dep *d, uint32_t limit) {
                                                 (uint64_t)limit << 32 | (w & 0xffffffffu),
                                                 memory_order_seq_cst, memory_order_relaxed)) {
   }
+  slots_check(d, (uint64_t)limit << 32 | (w & 0xffffffffu), "limit set");
   if (limit > (uint32_t)(w >> 32) && atomic_load_explicit(&d->nwaiters, memory_order_seq_cst)) {
     pthread_mutex_lock(&d->qmu);
     grant_locked(d);
@@ -616,6 +640,10 @@ void resil__dep_set_limit(resil_dep *d, uint32_t limit) {
 }
 
 resil__ev_bucket *resil__dep_ev(resil_dep *d) { return &d->ev; }
+
+void resil__dep_test_inflight_add(resil_dep *d, int32_t delta) {
+  atomic_fetch_add_explicit(&d->slots, (uint64_t)(int64_t)delta, memory_order_seq_cst);
+}
 
 /* done()'s share of the opt-in policies: out of line, so a dependency
  * without them pays one branch. */
@@ -643,6 +671,15 @@ static resil_status admit_gates(resil_dep *d, const resil_breaker_ticket *t,
   return RESIL_OK;
 }
 
+/* Whether admit has a gate to pass (throttling on, a rate limit, a pause):
+ * one test of three words or'ed together, a single branch predicted not
+ * taken when none is on. */
+static inline bool gated(resil_dep *d) {
+  uint64_t any = (uint64_t)(uintptr_t)d->thr | d->flow.interval_ns |
+                 atomic_load_explicit(&d->flow.pause_until, memory_order_relaxed);
+  return __builtin_expect(any != 0, 0);
+}
+
 resil_status resil_dep_admit(resil_dep *d, resil_deadline deadline, resil_permit *p,
                              resil_err *err) {
   if (!d || !p)
@@ -659,7 +696,7 @@ resil_status resil_dep_admit(resil_dep *d, resil_deadline deadline, resil_permit
     resil_breaker_record(d->breaker, t, RESIL_E_DEADLINE, 0);
     return reject(d, RESIL_E_DEADLINE, err);
   }
-  if (d->thr || resil__flow_gate(&d->flow)) { /* throttling, a rate limit or a pause */
+  if (gated(d)) { /* throttling, a rate limit or a pause */
     resil_status st = admit_gates(d, &t, deadline, &now);
     if (st != RESIL_OK) {
       resil_breaker_record(d->breaker, t, st, 0);
@@ -709,7 +746,7 @@ void resil_dep_done(resil_permit *p, resil_status outcome) {
                                             outcome);
   resil__breaker_record_at(d->breaker, p->ticket, seen, lat, now);
   dep_stripe *s = my_stripe(d);
-  if (resil_status_is_rejection(outcome)) {
+  if (resil__is_rejection(outcome)) {
     atomic_fetch_add_explicit(&s->rejections[reject_reason_of(outcome)], 1, memory_order_relaxed);
     atomic_fetch_add_explicit(&s->late_rejections, 1, memory_order_relaxed);
   } else {

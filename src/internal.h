@@ -22,6 +22,49 @@ _Static_assert(RESIL_POOL_CLOSE_REASON_COUNT_ <= RESIL_POOL_CLOSE_REASON_SLOTS,
 _Static_assert(RESIL_BREAKER_STATE_COUNT_ <= RESIL_BREAKER_STATE_SLOTS,
                "resil_breaker_stats.transitions[] is full");
 
+/* ---- Invariant checks (issue #15) --------------------------------------
+ * RESIL_INVARIANT(cond, fmt, ...) checks a structural invariant where a
+ * locked (or atomic) change could break it, as SQLite's
+ * sqlite3PcachePageSanity() inside assert() does. Compiled in with
+ * -DRESIL_INVARIANTS (meson -Dinvariants=true: the builds scripts/test.sh
+ * makes, so the ASan and TSan runs stop at the line where a hand-off goes
+ * wrong), compiled out otherwise (release and bench builds: no code, no
+ * evaluation of the arguments). A broken one prints "resil: invariant broken
+ * at FILE:LINE (FUNC): " and the message (name the object, the invariant as
+ * written and the values) to stderr, then aborts. */
+#ifdef RESIL_INVARIANTS
+#define RESIL_INVARIANTS_ON 1
+#define RESIL_INVARIANT_AT(file, line, func, cond, ...)                                     \
+  (__builtin_expect(!!(cond), 1) ? (void)0                                                 \
+                                 : resil__invariant_broken(file, line, func, __VA_ARGS__))
+#else
+#define RESIL_INVARIANTS_ON 0
+#define RESIL_INVARIANT_AT(file, line, func, cond, ...) ((void)0)
+#endif
+#define RESIL_INVARIANT(cond, ...) \
+  RESIL_INVARIANT_AT(__FILE__, __LINE__, __func__, cond, __VA_ARGS__)
+/* RESIL_INVARIANT_AT: the same, reporting a given place (a check function
+ * called from several places passes its caller's). */
+
+/* Whether this library was built with the checks (for the tests). */
+bool resil__invariants_enabled(void);
+__attribute__((noreturn, cold, format(printf, 4, 5))) void resil__invariant_broken(
+    const char *file, int line, const char *func, const char *fmt, ...);
+
+/* resil_status_is_rejection() inline, for done() on every call: a set of
+ * statuses named one by one (never a numeric range: statuses are only
+ * appended, docs/abi.md), as a bit mask. */
+_Static_assert(RESIL_STATUS_COUNT_ <= 64, "resil__rejections needs a wider mask");
+#define RESIL__S(s) (1ull << (s))
+#define RESIL__REJECTIONS                                                                   \
+  (RESIL__S(RESIL_E_BREAKER_OPEN) | RESIL__S(RESIL_E_CONCURRENCY_FULL) |                    \
+   RESIL__S(RESIL_E_QUEUE_TIMEOUT) | RESIL__S(RESIL_E_POOL_TIMEOUT) |                       \
+   RESIL__S(RESIL_E_DEADLINE) | RESIL__S(RESIL_E_DRAINING) | RESIL__S(RESIL_E_RETRY_BUDGET) | \
+   RESIL__S(RESIL_E_THROTTLED) | RESIL__S(RESIL_E_RATE_LIMITED) | RESIL__S(RESIL_E_PAUSED))
+static inline bool resil__is_rejection(resil_status s) {
+  return (unsigned)s < 64 && (RESIL__REJECTIONS >> (unsigned)s & 1);
+}
+
 #define RESIL_CACHELINE 64
 #define RESIL_STRIPES 8 /* power of two */
 
@@ -142,12 +185,20 @@ uint64_t resil__now_coarse_ns(void);
 /* The fake clock installed by resil_clock_set(), NULL if none (deadline.c). */
 extern _Atomic(resil_clock_fn) resil__clock_fn;
 
+/* clock_gettime() as the kernel's vDSO exports it, called directly rather
+ * than through glibc's wrapper (~1-1.5 ns less per read); glibc's
+ * clock_gettime where that is not possible (vdso.c). Set at load time. */
+typedef int (*resil__gettime_fn)(clockid_t, struct timespec *);
+extern resil__gettime_fn resil__vdso_gettime;
+/* "vdso" or "libc": what resil__vdso_gettime is (tests). */
+const char *resil__vdso_gettime_source(void);
+
 /* resil__now_coarse_ns() inlined, for the pool's hot paths. */
 static inline uint64_t resil__now_coarse_inline_ns(void) {
   if (__builtin_expect(atomic_load_explicit(&resil__clock_fn, memory_order_relaxed) != NULL, 0))
     return resil_now_ns();
   struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+  resil__vdso_gettime(CLOCK_MONOTONIC_COARSE, &ts);
   return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
@@ -373,6 +424,10 @@ void resil__adaptive_fork_child(resil__alimit *alim, resil__throttle *thr);
  * one never cancels a call: admissions wait or are refused until fewer
  * calls than the new limit are in flight. Thread-safe. */
 void resil__dep_set_limit(resil_dep *d, uint32_t limit);
+/* Test hook (tests/unit/test_invariants.c): add delta to the in-flight count
+ * of the bulkhead's slots word, bypassing every check: a corrupted count the
+ * invariant checks must catch at the next slot change. */
+void resil__dep_test_inflight_add(resil_dep *d, int32_t delta);
 /* The dependency's event rate limit (for adaptive.c's events). */
 resil__ev_bucket *resil__dep_ev(resil_dep *d);
 
@@ -404,6 +459,12 @@ void resil__fork_init(void);
 void resil__dep_fork_prepare(void);
 void resil__dep_fork_parent(void);
 void resil__dep_fork_child(void);
+/* Test hooks (tests/unit/test_invariants.c), each bypassing the checks it
+ * sets up a failure for: add delta to the pool's `open` count; and make the
+ * next return of a connection leave it idle without handing it to a queued
+ * waiter (the lost hand-off the invariant checks must catch). */
+void resil__pool_test_open_add(resil_pool *p, int32_t delta);
+void resil__pool_test_skip_dispatch(resil_pool *p);
 void resil__pool_fork_prepare(void);
 void resil__pool_fork_parent(void);
 void resil__pool_fork_child(void);

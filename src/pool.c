@@ -140,34 +140,49 @@ struct resil_pool {
   resil_pool_connector cn;
 
   /* Set for a pool made by resil_pool_new_endpoints() (a "front" holding no
-   * connection): its public functions go to endpoint.c. Next to mu, which
-   * acquire and release touch anyway. */
+   * connection): its public functions go to endpoint.c. Read-only after
+   * creation, beside the connector (read-only too), so it shares no line
+   * with what acquire and release write. */
   struct resil__group *group;
-  pthread_mutex_t mu;
-  pthread_cond_t drain_cv; /* broadcast when a slot frees while draining */
-  pthread_cond_t hk_cv;    /* wakes the housekeeper to stop */
-  pthread_t hk;
-  bool hk_running, hk_stop, draining;
 
+  /* What acquire and release write or read under the mutex, packed on two
+   * cache lines of their own (they move between CPUs with the mutex when
+   * threads contend; they were spread over six): the mutex, the lists, the
+   * counts, the flags and the counters of those paths. All under mu except
+   * gen and fork_gen (below). */
+  _Alignas(RESIL_CACHELINE) pthread_mutex_t mu;
   resil_pool_conn *idle_head, *idle_tail;
-  waiter *wq_head, *wq_tail;
+  waiter *wq_head;
+  waiter *wq_tail; /* second line */
   uint32_t open, idle, in_use, connecting, waiters;
-  uint64_t acquired, acquire_timeouts, connects_ok, connects_failed, connects_timed_out;
-  uint64_t quick_acquires; /* served at once: in latency's first bucket, 0 ns in its sum */
-  uint64_t closed[RESIL_POOL_CLOSE_REASON_COUNT_];
+  bool draining;
+  bool forked;             /* fork work left for the first use in the child */
+  bool test_skip_dispatch; /* resil__pool_test_skip_dispatch() */
+  /* Forks this pool went through: written only by the atfork child handler,
+   * before the child has other threads. */
+  uint32_t fork_gen;
   /* Generation (resil_pool_evict): written under mu, read anywhere. A
    * connection of an older generation is closed on borrow and on return. */
   _Atomic uint64_t gen;
+  uint64_t acquired;
+  uint64_t quick_acquires; /* served at once: in latency's first bucket, 0 ns in its sum */
+
+  pthread_cond_t drain_cv; /* broadcast when a slot frees while draining */
+  pthread_cond_t hk_cv;    /* wakes the housekeeper to stop */
+  pthread_t hk;
+  bool hk_running, hk_stop;
+  uint64_t acquire_timeouts, connects_ok, connects_failed, connects_timed_out;
+  uint64_t closed[RESIL_POOL_CLOSE_REASON_COUNT_];
   uint64_t evictions;
 
-  /* Fork (all under mu except fork_gen, which only the atfork child handler
-   * writes, before the child has other threads). */
-  uint32_t fork_gen;          /* forks this pool went through */
-  bool forked;                /* fork work left for the first use in the child */
-  bool hk_restart;            /* the housekeeper ran in the parent */
-  resil_pool_conn *orphans;   /* the parent's idle connections, to abandon */
+  /* Fork (under mu). */
+  bool hk_restart;                 /* the housekeeper ran in the parent */
+  resil_pool_conn *orphans;        /* the parent's idle connections, to abandon */
   resil_pool *reg_next, *reg_prev; /* every pool, for the atfork handler */
 };
+_Static_assert(offsetof(struct resil_pool, quick_acquires) + sizeof(uint64_t) -
+                       offsetof(struct resil_pool, mu) <= 2 * RESIL_CACHELINE,
+               "the hot fields of a pool span two cache lines");
 
 /* ---- Configuration ------------------------------------------------------ */
 
@@ -295,6 +310,42 @@ static void waiter_unlink_locked(resil_pool *p, waiter *w) {
   p->waiters--;
 }
 
+/* The pool's invariants (RESIL_INVARIANT, internal.h), checked before every
+ * unlock of p->mu (and before a waiter sleeps), so that a broken hand-off
+ * stops the test builds where it happens; nothing in other builds. The idle
+ * and waiter lists are walked (up to one node past their counts). */
+#define pool_check_locked(p) pool_check(p, __LINE__, __func__)
+static void pool_check(const resil_pool *p, int line, const char *func) {
+#if RESIL_INVARIANTS_ON
+#define CHECK(...) RESIL_INVARIANT_AT(__FILE__, line, func, __VA_ARGS__)
+  uint64_t open = p->open, connecting = p->connecting, idle = p->idle, in_use = p->in_use;
+  CHECK(open + connecting <= p->cfg.max_size,
+        "pool '%s': open + connecting <= max_size (open %llu, connecting %llu, max_size %u)",
+        p->name, (unsigned long long)open, (unsigned long long)connecting, p->cfg.max_size);
+  CHECK(idle + in_use <= open,
+        "pool '%s': idle + in_use <= open (idle %llu, in_use %llu, open %llu)", p->name,
+        (unsigned long long)idle, (unsigned long long)in_use, (unsigned long long)open);
+  CHECK(!p->wq_head || !p->idle_head,
+        "pool '%s': waiters queued => no idle connection (%u waiting, %llu idle)", p->name,
+        p->waiters, (unsigned long long)idle);
+  CHECK(!p->draining || !p->wq_head, "pool '%s': draining => no waiter queued (%u waiting)",
+        p->name, p->waiters);
+  uint64_t n = 0;
+  const resil_pool_conn *last = NULL;
+  for (const resil_pool_conn *c = p->idle_head; c && n <= idle; c = c->next) last = c, n++;
+  CHECK(n == idle && last == p->idle_tail,
+        "pool '%s': the idle list holds `idle` connections, idle_tail last (list %llu, idle %llu)",
+        p->name, (unsigned long long)n, (unsigned long long)idle);
+  n = 0;
+  for (const waiter *w = p->wq_head; w && n <= p->waiters; w = w->next) n++;
+  CHECK(n == p->waiters, "pool '%s': the waiter queue holds `waiters` (queue %llu, waiters %u)",
+        p->name, (unsigned long long)n, p->waiters);
+#undef CHECK
+#else
+  (void)p, (void)line, (void)func;
+#endif
+}
+
 /* Connections waiting to be closed once the lock is released. */
 typedef struct close_list {
   resil_pool_conn *head;
@@ -366,6 +417,12 @@ static void add_idle_locked(resil_pool *p, resil_pool_conn *c, uint64_t now, clo
   }
   c->idle_since_ns = now;
   idle_push_head_locked(p, c);
+#if RESIL_INVARIANTS_ON
+  if (p->test_skip_dispatch) { /* a lost hand-off, for the invariant test */
+    p->test_skip_dispatch = false;
+    return;
+  }
+#endif
   if (p->wq_head) dispatch_locked(p);
 }
 
@@ -468,6 +525,7 @@ static resil_status connect_slot(resil_pool *p, resil_deadline deadline, resil_p
     else if (st == RESIL_E_FAILURE) p->connects_failed++;
     slot_freed_locked(p);
   }
+  pool_check_locked(p);
   pthread_mutex_unlock(&p->mu);
   if (st == RESIL_E_NOMEM && !c)
     return resil_err_set(err, st, "pool '%s': out of memory", p->name);
@@ -494,6 +552,7 @@ static resil_status open_one(resil_pool *p, resil_deadline deadline, resil_err *
   uint64_t now = pool_now();
   pthread_mutex_lock(&p->mu);
   add_idle_locked(p, c, now, &dead);
+  pool_check_locked(p);
   pthread_mutex_unlock(&p->mu);
   close_all(p, &dead);
   return RESIL_OK;
@@ -564,6 +623,7 @@ void resil__pool_fork_child(void) {
     resil__cond_init(&p->drain_cv);
     resil__cond_init(&p->hk_cv);
     if (p->group) resil__group_fork_child(p->group);
+    pool_check_locked(p);
     pthread_mutex_unlock(&p->mu);
   }
   pthread_mutex_unlock(&pools_mu);
@@ -667,26 +727,31 @@ resil_status resil_pool_prewarm(resil_pool *p, resil_deadline deadline, resil_er
     if (p->forked) {
       resil_pool_conn *orphans;
       after_fork_locked(p, &orphans);
+      pool_check_locked(p);
       pthread_mutex_unlock(&p->mu);
       abandon_all(p, orphans);
       pthread_mutex_lock(&p->mu);
     }
     if (p->draining) {
+      pool_check_locked(p);
       pthread_mutex_unlock(&p->mu);
       return resil_err_set(err, RESIL_E_CLOSED, "pool '%s': draining", p->name);
     }
     if (p->idle >= p->cfg.min_idle || !slot_free_locked(p)) {
+      pool_check_locked(p);
       pthread_mutex_unlock(&p->mu);
       return RESIL_OK;
     }
     if (resil_deadline_expired(deadline)) {
       uint32_t open = p->open;
+      pool_check_locked(p);
       pthread_mutex_unlock(&p->mu);
       return resil_err_set(err, RESIL_E_TIMEOUT,
                            "pool '%s': prewarm: deadline passed with %u of %u open", p->name,
                            open, p->cfg.min_idle);
     }
     p->connecting++;
+    pool_check_locked(p);
     pthread_mutex_unlock(&p->mu);
     resil_status st = open_one(p, deadline, err);
     if (st != RESIL_OK) return st;
@@ -702,6 +767,7 @@ static void refill(resil_pool *p) {
     bool go = !p->hk_stop && !p->draining && p->idle < p->cfg.min_idle && !p->wq_head &&
               slot_free_locked(p);
     if (go) p->connecting++;
+    pool_check_locked(p);
     pthread_mutex_unlock(&p->mu);
     if (!go || open_one(p, RESIL_DEADLINE_UNSET, NULL) != RESIL_OK) return;
   }
@@ -718,11 +784,13 @@ static void *housekeeper(void *arg) {
     if (p->hk_stop || p->draining) continue;
     close_list dead = {NULL};
     evict_locked(p, resil_now_ns(), &dead);
+    pool_check_locked(p);
     pthread_mutex_unlock(&p->mu);
     close_all(p, &dead);
     refill(p);
     pthread_mutex_lock(&p->mu);
   }
+  pool_check_locked(p);
   pthread_mutex_unlock(&p->mu);
   return NULL;
 }
@@ -747,6 +815,7 @@ resil_status resil_pool_drain(resil_pool *p, resil_deadline deadline) {
     idle_unlink_locked(p, c);
     retire_locked(p, c, RESIL_POOL_CLOSE_DRAIN, &dead);
   }
+  pool_check_locked(p);
   pthread_mutex_unlock(&p->mu);
   abandon_all(p, orphans);
   close_all(p, &dead);
@@ -755,6 +824,7 @@ resil_status resil_pool_drain(resil_pool *p, resil_deadline deadline) {
   while (p->open + p->connecting > 0)
     if (resil__cond_wait_until(&p->drain_cv, &p->mu, deadline) == ETIMEDOUT) break;
   bool done = p->open + p->connecting == 0;
+  pool_check_locked(p);
   pthread_mutex_unlock(&p->mu);
   return done ? RESIL_OK : RESIL_E_TIMEOUT;
 }
@@ -772,6 +842,7 @@ void resil_pool_free(resil_pool *p) {
   bool join = p->hk_running; /* false in a child until restarted */
   p->hk_stop = true;
   pthread_cond_signal(&p->hk_cv);
+  pool_check_locked(p);
   pthread_mutex_unlock(&p->mu);
   if (join) pthread_join(p->hk, NULL); /* a refill connect in flight is closed as drained */
   pool_destroy(p);
@@ -798,6 +869,7 @@ static resil_status wait_locked(resil_pool *p, resil_deadline deadline, grant *g
 
   uint64_t t0 = resil_now_ns();
   resil_deadline until = resil_deadline_bound(deadline, p->cfg.acquire_timeout_ms);
+  pool_check_locked(p);
   while (w.state == W_WAITING)
     if (resil__cond_wait_until(&w.cv, &p->mu, until) == ETIMEDOUT && w.state == W_WAITING) {
       waiter_unlink_locked(p, &w);
@@ -806,6 +878,7 @@ static resil_status wait_locked(resil_pool *p, resil_deadline deadline, grant *g
   if (atomic_load_explicit(&w.waking, memory_order_acquire)) {
     /* granted by a thread that signals after unlocking: let it finish with
      * our node (a few instructions away unless it was preempted) */
+    pool_check_locked(p);
     pthread_mutex_unlock(&p->mu);
     for (unsigned i = 0; atomic_load_explicit(&w.waking, memory_order_acquire); i++)
       if (i < 64) cpu_relax(); else sched_yield();
@@ -888,6 +961,7 @@ static resil_status vet_locked(resil_pool *p, resil_deadline deadline, grant *g,
         return out_of_time_locked(p, *did_io, false, err);
       }
       *did_io = true;
+      pool_check_locked(p);
       pthread_mutex_unlock(&p->mu);
       bool ok = p->cn.validate(p->cn.ctx, c->handle,
                                resil_deadline_bound(deadline, p->cfg.validate_timeout_ms));
@@ -946,6 +1020,7 @@ static resil_status connect_and_lend(resil_pool *p, resil_deadline deadline,
     c->did_io = true;
     *out = c;
   }
+  pool_check_locked(p);
   pthread_mutex_unlock(&p->mu);
   close_all(p, &dead);
   return st;
@@ -970,6 +1045,7 @@ static resil_status acquire(resil_pool *p, resil_deadline deadline, resil_pool_c
   /* From here we hold a grant and keep our slot until we return. */
   if (st == RESIL_OK) st = vet_locked(p, deadline, &g, &dead, out, &did_io, err);
   if (st == RESIL_OK && g.kind == G_SLOT) st = slot_check_locked(p, deadline, did_io, err);
+  pool_check_locked(p);
   pthread_mutex_unlock(&p->mu);
   if (orphans) abandon_all(p, orphans);
   close_all(p, &dead);
@@ -1013,6 +1089,7 @@ static bool acquire_quick(resil_pool *p, uint64_t now, resil_pool_conn **out) {
       ok = false;
     }
   }
+  pool_check_locked(p);
   pthread_mutex_unlock(&p->mu);
   return ok;
 }
@@ -1068,6 +1145,7 @@ bool resil_pool_evict(resil_pool *p, uint64_t generation) {
   pthread_mutex_lock(&p->mu);
   uint64_t g = gen_locked(p);
   if (generation != RESIL_POOL_GEN_CURRENT && generation != g) {
+    pool_check_locked(p);
     pthread_mutex_unlock(&p->mu);
     return false; /* an eviction since then already covered it */
   }
@@ -1081,6 +1159,7 @@ bool resil_pool_evict(resil_pool *p, uint64_t generation) {
     freed = true;
   }
   if (freed) slot_freed_locked(p);
+  pool_check_locked(p);
   pthread_mutex_unlock(&p->mu);
   close_all(p, &dead);
   return true;
@@ -1119,9 +1198,24 @@ void resil_pool_release(resil_pool *p, resil_pool_conn *c, resil_pool_return how
   if (tail && (lifetime_over(tail, now) || idle_over(p, tail, now, p->idle - 1)) &&
       sweep_tail_locked(p, now, &dead))
     slot_freed_locked(p);
+  pool_check_locked(p);
   pthread_mutex_unlock(&p->mu);
   wake_flush();
   if (dead.head) close_all(p, &dead);
+}
+
+/* ---- Test hooks (internal.h) -------------------------------------------- */
+
+void resil__pool_test_open_add(resil_pool *p, int32_t delta) {
+  pthread_mutex_lock(&p->mu);
+  p->open += (uint32_t)delta;
+  pthread_mutex_unlock(&p->mu);
+}
+
+void resil__pool_test_skip_dispatch(resil_pool *p) {
+  pthread_mutex_lock(&p->mu);
+  p->test_skip_dispatch = true;
+  pthread_mutex_unlock(&p->mu);
 }
 
 /* ---- Introspection ------------------------------------------------------- */

@@ -41,23 +41,10 @@ const char *resil_status_name(resil_status s) {
   return statuses[s].name;
 }
 
-/* A switch, not a numeric range: statuses are only ever added at the end of
- * the enum (docs/abi.md), so a new rejection is listed here by name. */
-bool resil_status_is_rejection(resil_status s) {
-  switch (s) {
-    case RESIL_E_BREAKER_OPEN:
-    case RESIL_E_CONCURRENCY_FULL:
-    case RESIL_E_QUEUE_TIMEOUT:
-    case RESIL_E_POOL_TIMEOUT:
-    case RESIL_E_DEADLINE:
-    case RESIL_E_DRAINING:
-    case RESIL_E_RETRY_BUDGET:
-    case RESIL_E_THROTTLED:
-    case RESIL_E_RATE_LIMITED:
-    case RESIL_E_PAUSED: return true;
-    default: return false;
-  }
-}
+/* A set of statuses named one by one (internal.h), not a numeric range:
+ * statuses are only ever added at the end of the enum (docs/abi.md), so a
+ * new rejection is listed there by name. */
+bool resil_status_is_rejection(resil_status s) { return resil__is_rejection(s); }
 
 resil_status_class resil_status_class_of(resil_status s) {
   switch (s) {

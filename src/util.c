@@ -105,6 +105,26 @@ void resil__sleep_until(resil_deadline d, uint64_t max_ns) {
   }
 }
 
+bool resil__invariants_enabled(void) { return RESIL_INVARIANTS_ON; }
+
+void resil__invariant_broken(const char *file, int line, const char *func, const char *fmt,
+                             ...) {
+  /* One write, so that the line is whole even if other threads print. */
+  char msg[512];
+  int n = snprintf(msg, sizeof msg, "resil: invariant broken at %s:%d (%s): ", file, line, func);
+  if (n < 0 || (size_t)n >= sizeof msg) n = 0;
+  va_list ap;
+  va_start(ap, fmt);
+  int m = vsnprintf(msg + n, sizeof msg - (size_t)n, fmt, ap);
+  va_end(ap);
+  size_t len = m < 0 ? (size_t)n : (size_t)n + (size_t)m;
+  if (len > sizeof msg - 2) len = sizeof msg - 2;
+  msg[len++] = '\n';
+  fwrite(msg, 1, len, stderr);
+  fflush(stderr);
+  abort();
+}
+
 void resil__strlcpy(char *dst, const char *src, size_t size) {
   if (size == 0) return;
   size_t n = src ? strlen(src) : 0;

@@ -17,7 +17,7 @@
 uint64_t resil__now_coarse_ns(void) {
   if (resil_clock_is_fake()) return resil_now_ns();
   struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+  resil__vdso_gettime(CLOCK_MONOTONIC_COARSE, &ts);
   return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 

@@ -404,6 +404,7 @@ struct resil_pg {
 typedef struct pg_conn {
   PGconn *pq;
   uint64_t returned_ns; /* when it last came back to the pool clean (0 never) */
+  uint64_t rx_mark;     /* bytes received when its last statement ended (rx_meter) or 0 */
   char **prepared; /* names prepared on this session */
   size_t nprepared;
 } pg_conn;
@@ -890,7 +891,7 @@ static void give_back(resil_pg *pg, resil_pool_conn *pc, disp d, resil_deadline 
     PGTransactionStatusType ts = PQtransactionStatus(w->pq);
     if (ts == PQTRANS_INTRANS || ts == PQTRANS_INERROR) {
       resil_deadline rd = resil_deadline_bound(deadline, pg->cfg.rollback_timeout_ms);
-      pg_stmt rs = {.conn = w->pq, .deadline = rd, .sql = "ROLLBACK", .phase = "rollback",
+      pg_stmt rs = {.conn = w->pq, .rx_mark = &w->rx_mark, .deadline = rd, .sql = "ROLLBACK", .phase = "rollback",
                     .d = DISP_BROKEN};
       resil_status st = RESIL_E_DEADLINE;
       if (!resil_deadline_expired(rd)) st = pg_stmt_simple(&pg->env, &rs, NULL, 0, NULL);
@@ -930,6 +931,7 @@ static bool conn_quick_ok(pg_conn *w, uint64_t bypass_ns) {
     /* Unsolicited data or a hang-up: a notice or notification is fine; EOF
      * or an error marks the connection bad. */
     if (!PQconsumeInput(w->pq) || PQstatus(w->pq) != CONNECTION_OK) return false;
+    w->rx_mark = 0; /* read outside a statement: the next one measures its start */
     PGnotify *nt;
     while ((nt = PQnotifies(w->pq)) != NULL) PQfreemem(nt);
   }
@@ -966,7 +968,7 @@ static bool pg_validate(void *ctx, void *conn, resil_deadline deadline) {
     failover(pg, resil_pool_generation(pg->pool)); /* closed by the server: see acquire_live */
     return false;
   }
-  pg_stmt s = {.conn = w->pq, .deadline = deadline, .sql = "", .phase = "validate"};
+  pg_stmt s = {.conn = w->pq, .rx_mark = &w->rx_mark, .deadline = deadline, .sql = "", .phase = "validate"};
   resil_status st = pg_stmt_simple(&pg->env, &s, NULL, 0, NULL);
   disp d = s.d;
   if (d == DISP_MOVED) /* only current-generation connections are validated */
@@ -997,7 +999,7 @@ static resil_status pg_probe(void *ctx, resil_deadline deadline, resil_err *err)
     return resil_err_set(err, st, "%s: probe: connect: %s", pg->name,
                          ce.msg[0] ? ce.msg : resil_strerror(st));
   pg_conn *w = conn;
-  pg_stmt s = {.conn = w->pq, .deadline = deadline, .sql = pg->probe_sql, .phase = "probe"};
+  pg_stmt s = {.conn = w->pq, .rx_mark = &w->rx_mark, .deadline = deadline, .sql = pg->probe_sql, .phase = "probe"};
   st = pg_stmt_simple(&pg->env, &s, NULL, 0, err);
   if (s.d == DISP_REAP) { /* still running at the deadline: cancel and close it aside */
     PGconn *c = w->pq;
@@ -1092,7 +1094,7 @@ static resil_status query_attempt_once(query_ctx *x, resil_attempt *a, disp *dou
     resil_pool_release(pg->pool, pc, RESIL_POOL_OK);
     return late;
   }
-  pg_stmt s = {.conn = w->pq, .deadline = qd, .q = x->q, .name = x->name, .phase = "query"};
+  pg_stmt s = {.conn = w->pq, .rx_mark = &w->rx_mark, .deadline = qd, .q = x->q, .name = x->name, .phase = "query"};
   if (!x->name) {
     st = pg_stmt_run(&pg->env, &s, a->err);
     x->res = s.res;
@@ -1186,7 +1188,7 @@ static resil_status tx_open(resil_pg *pg, resil_deadline deadline, const char *b
   if (st != RESIL_OK) return st;
   pg_conn *w = resil_pool_conn_handle(tx->pc);
   resil_deadline qd = resil_deadline_bound(deadline, pg->cfg.query_timeout_ms);
-  pg_stmt s = {.conn = w->pq, .deadline = qd, .sql = begin_sql ? begin_sql : "BEGIN",
+  pg_stmt s = {.conn = w->pq, .rx_mark = &w->rx_mark, .deadline = qd, .sql = begin_sql ? begin_sql : "BEGIN",
                .phase = "begin"};
   if (resil_deadline_expired(qd)) {
     st = spent_before_sending(pg, tx->pc, "begin", err);
@@ -1243,7 +1245,7 @@ resil_status resil_pg_tx_query_ex(resil_pg_tx *tx, const resil_pg_query_args *q,
   resil_deadline qd = resil_deadline_bound(tx->deadline, pg->cfg.query_timeout_ms);
   resil_err e;
   resil_status st;
-  pg_stmt s = {.conn = w->pq, .deadline = qd, .q = q, .phase = "query"};
+  pg_stmt s = {.conn = w->pq, .rx_mark = &w->rx_mark, .deadline = qd, .q = q, .phase = "query"};
   if (resil_deadline_expired(qd))
     st = resil_err_set(&e, RESIL_E_TIMEOUT, "%s: query: transaction deadline passed", pg->name);
   else
@@ -1286,7 +1288,7 @@ static resil_status tx_finish(resil_pg_tx *tx, bool commit, bool *retryable, res
       bool do_commit = commit && !tx->failed;
       resil_deadline qd = resil_deadline_bound(tx->deadline, pg->cfg.query_timeout_ms);
       resil_err e;
-      pg_stmt s = {.conn = w->pq, .deadline = qd, .sql = do_commit ? "COMMIT" : "ROLLBACK",
+      pg_stmt s = {.conn = w->pq, .rx_mark = &w->rx_mark, .deadline = qd, .sql = do_commit ? "COMMIT" : "ROLLBACK",
                    .phase = do_commit ? "commit" : "rollback"};
       char tag[32];
       resil_status st;

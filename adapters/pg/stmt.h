@@ -37,6 +37,9 @@ typedef enum send_kind { SEND_PARAMS = 0, SEND_PREPARE, SEND_PREPARED } send_kin
 typedef struct pg_stmt {
   /* in */
   PGconn *conn;
+  uint64_t *rx_mark;            /* the connection's received-byte count when its
+                                   last statement ended (0: measure it), updated
+                                   when this one ends; may be NULL */
   resil_deadline deadline;      /* the statement's (query_timeout_ms applied) */
   const resil_pg_query_args *q; /* NULL: sql through the simple protocol */
   const char *sql;              /* with q NULL */

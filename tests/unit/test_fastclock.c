@@ -6,7 +6,8 @@
  * from several threads at once and after idle gaps, never step back by more
  * than that, and fall back to clock_gettime for good when its TSC stops
  * agreeing (injected); the portable path must be clock_gettime itself; both
- * follow a fake clock when one is set. */
+ * follow a fake clock when one is set. And clock_gettime as the core calls
+ * it, straight into the vDSO (src/vdso.c), must be the kernel's. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -15,6 +16,7 @@
 #include <string.h>
 #include <pthread.h>
 #include <stdlib.h>
+#include <sys/auxv.h>
 #include <time.h>
 #include <cmocka.h>
 #if defined(__x86_64__)
@@ -416,8 +418,36 @@ static void auto_names_its_source(void **state) {
   assert_string_equal(resil__fast_clock_source(), s);
 }
 
+/* The vDSO's clock_gettime, called directly (src/vdso.c), is found where
+ * the process has a vDSO, and answers as glibc's clock_gettime does for
+ * both clocks the core reads it for (resil_now_ns(), the coarse clock of
+ * the pool and the windows). */
+static void vdso_clock_gettime_is_found_and_agrees(void **state) {
+  (void)state;
+  if (getauxval(AT_SYSINFO_EHDR)) assert_string_equal(resil__vdso_gettime_source(), "vdso");
+  static const clockid_t ids[] = {CLOCK_MONOTONIC, CLOCK_MONOTONIC_COARSE};
+  for (unsigned k = 0; k < 1000; k++) {
+    clockid_t id = ids[k % 2];
+    struct timespec a, b, c;
+    assert_int_equal(clock_gettime(id, &a), 0);
+    assert_int_equal(resil__vdso_gettime(id, &b), 0);
+    assert_int_equal(clock_gettime(id, &c), 0);
+    uint64_t na = (uint64_t)a.tv_sec * 1000000000ull + (uint64_t)a.tv_nsec;
+    uint64_t nb = (uint64_t)b.tv_sec * 1000000000ull + (uint64_t)b.tv_nsec;
+    uint64_t nc = (uint64_t)c.tv_sec * 1000000000ull + (uint64_t)c.tv_nsec;
+    assert_true(na <= nb && nb <= nc); /* the same clock: read in order, never out of it */
+  }
+  /* the pool's coarse clock is it, within the kernel tick */
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+  uint64_t coarse = resil__now_coarse_ns();
+  assert_true(coarse >= (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec);
+  assert_true(coarse <= resil_now_ns());
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
+      cmocka_unit_test(vdso_clock_gettime_is_found_and_agrees),
       cmocka_unit_test(clock_choice_follows_cpu_kernel_and_env),
       cmocka_unit_test(tsc_calibrates_in_about_20ms_reading_clock_gettime_meanwhile),
       cmocka_unit_test(tsc_agrees_with_monotonic_across_reanchors),

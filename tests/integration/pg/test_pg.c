@@ -696,6 +696,19 @@ static void huge_value_over_max_result_bytes_is_a_caller_error(void **state) {
   PQfinish(watcher);
 }
 
+/* The same as a connection's very first statement: its byte meter has no
+ * previous statement's count to start from and measures one. */
+static void huge_value_as_a_connections_first_statement_is_a_caller_error(void **state) {
+  (void)state;
+  PGconn *watcher = raw_connect(pg_conninfo());
+  resil_pg *pg = make_pg("big-first-db", small_result_bound);
+  assert_int_equal(pg_stats(pg).connects_ok, 0); /* no connection yet */
+  big_call c = big_query(pg, "SELECT repeat('x', 50000000) /* resil-big-first */", 5000);
+  check_cut_at_bound(pg, watcher, &c, "first", value_peak_limit_kb());
+  resil_pg_free(pg);
+  PQfinish(watcher);
+}
+
 /* Many small rows (~100 MB in all), none large. */
 static void many_rows_over_max_result_bytes_is_a_caller_error(void **state) {
   (void)state;
@@ -1561,6 +1574,7 @@ int main(void) {
       cmocka_unit_test(blackholed_connection_times_out_and_its_cancel_is_abandoned),
       cmocka_unit_test(reply_cut_mid_way_is_a_failure_and_the_connection_is_replaced),
       cmocka_unit_test(huge_value_over_max_result_bytes_is_a_caller_error),
+      cmocka_unit_test(huge_value_as_a_connections_first_statement_is_a_caller_error),
       cmocka_unit_test(many_rows_over_max_result_bytes_is_a_caller_error),
       cmocka_unit_test(result_within_max_result_bytes_is_returned),
       cmocka_unit_test(large_result_streaming_past_the_deadline_times_out),
