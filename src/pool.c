@@ -668,6 +668,29 @@ static void pool_destroy(resil_pool *p) {
   free(p);
 }
 
+/* A pool object for cfg (a valid config): zeroed, its histogram, config,
+ * name and locks set up; NULL with err set when out of memory or locks. */
+static resil_pool *pool_alloc(const resil_pool_config *cfg, resil_err *err) {
+  size_t size = (sizeof(resil_pool) + RESIL_CACHELINE - 1) / RESIL_CACHELINE * RESIL_CACHELINE;
+  resil_pool *p = aligned_alloc(RESIL_CACHELINE, size);
+  if (!p) {
+    resil_err_set(err, RESIL_E_NOMEM, "pool '%s': out of memory", cfg->name);
+    return NULL;
+  }
+  memset(p, 0, sizeof *p);
+  resil__hist_init(&p->latency);
+  p->cfg = *cfg;
+  resil__strlcpy(p->name, cfg->name, sizeof p->name);
+  p->cfg.name = p->name;
+  if (pthread_mutex_init(&p->mu, NULL) || resil__cond_init(&p->drain_cv) ||
+      resil__cond_init(&p->hk_cv)) {
+    free(p); /* init failures leave nothing to destroy on Linux */
+    resil_err_set(err, RESIL_E_SYSTEM, "pool '%s': cannot initialise locks", cfg->name);
+    return NULL;
+  }
+  return p;
+}
+
 resil_pool *resil_pool_new(const resil_pool_config *cfg, const resil_pool_connector *connector,
                            resil_err *err) {
   resil__fork_init();
@@ -685,24 +708,9 @@ resil_pool *resil_pool_new(const resil_pool_config *cfg, const resil_pool_connec
   }
   if (resil__problems_finish(&pr, err) != RESIL_OK) return NULL;
 
-  size_t size = (sizeof(resil_pool) + RESIL_CACHELINE - 1) / RESIL_CACHELINE * RESIL_CACHELINE;
-  resil_pool *p = aligned_alloc(RESIL_CACHELINE, size);
-  if (!p) {
-    resil_err_set(err, RESIL_E_NOMEM, "pool '%s': out of memory", cfg->name);
-    return NULL;
-  }
-  memset(p, 0, sizeof *p);
-  resil__hist_init(&p->latency);
-  p->cfg = *cfg;
-  resil__strlcpy(p->name, cfg->name, sizeof p->name);
-  p->cfg.name = p->name;
+  resil_pool *p = pool_alloc(cfg, err);
+  if (!p) return NULL;
   p->cn = *connector;
-  if (pthread_mutex_init(&p->mu, NULL) || resil__cond_init(&p->drain_cv) ||
-      resil__cond_init(&p->hk_cv)) {
-    free(p); /* init failures leave nothing to destroy on Linux */
-    resil_err_set(err, RESIL_E_SYSTEM, "pool '%s': cannot initialise locks", cfg->name);
-    return NULL;
-  }
   if (cfg->housekeeping_ms) {
     int rc = pthread_create(&p->hk, NULL, housekeeper, p);
     if (rc) {
@@ -1257,23 +1265,8 @@ const char *resil_pool_name(const resil_pool *p) { return p ? p->name : NULL; }
 
 resil_pool *resil__pool_new_front(const resil_pool_config *cfg, struct resil__group *g,
                                   uint64_t gen, resil_err *err) {
-  size_t size = (sizeof(resil_pool) + RESIL_CACHELINE - 1) / RESIL_CACHELINE * RESIL_CACHELINE;
-  resil_pool *p = aligned_alloc(RESIL_CACHELINE, size);
-  if (!p) {
-    resil_err_set(err, RESIL_E_NOMEM, "pool '%s': out of memory", cfg->name);
-    return NULL;
-  }
-  memset(p, 0, sizeof *p);
-  resil__hist_init(&p->latency);
-  p->cfg = *cfg;
-  resil__strlcpy(p->name, cfg->name, sizeof p->name);
-  p->cfg.name = p->name;
-  if (pthread_mutex_init(&p->mu, NULL) || resil__cond_init(&p->drain_cv) ||
-      resil__cond_init(&p->hk_cv)) {
-    free(p);
-    resil_err_set(err, RESIL_E_SYSTEM, "pool '%s': cannot initialise locks", cfg->name);
-    return NULL;
-  }
+  resil_pool *p = pool_alloc(cfg, err);
+  if (!p) return NULL;
   p->group = g;
   atomic_store(&p->gen, gen);
   pools_add(p);
