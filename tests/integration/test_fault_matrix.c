@@ -418,6 +418,7 @@ typedef struct cell {
   bool done;
   resil_status seen[THRESHOLD];
   uint64_t broken; /* connections the pool closed as broken during the faults */
+  unsigned kept_clean; /* timeouts whose connect completed and went back clean */
   int64_t max_took_us, max_over_us, reject_us;
   double seconds;
 } cell;
@@ -493,6 +494,7 @@ static void run_cell(void **state) {
   uint64_t tripped_at = 0;
   c->max_took_us = 0;
   c->broken = 0;
+  c->kept_clean = 0;
   c->max_over_us = INT64_MIN;
   for (unsigned i = 0; i < THRESHOLD; i++) {
     resil_err err = {0};
@@ -548,6 +550,8 @@ static void run_cell(void **state) {
                   (unsigned long long)(pa.connects_timed_out - pb.connects_timed_out),
                   in_connect ? ", failed in the driver's connect" : "");
     c->broken += broken;
+    if (st == RESIL_E_TIMEOUT && pa.connects_ok > pb.connects_ok && broken == 0)
+      c->kept_clean++;
     resil_dep_stats d = dep_stats(c);
     assert_int_equal(d.calls[want] - d0.calls[want], i + 1);
     assert_int_equal(d.calls[other], d0.calls[other]);
@@ -624,12 +628,17 @@ static void run_cell(void **state) {
                c->name, acc - acc1, (unsigned long long)bg);
   }
 
-  /* 3. The faulted connections are gone, while the fault is still on. */
-  unsigned stray = a->stray ? a->stray(c->cl) : 0;
+  /* 3. The faulted connections are gone, while the fault is still on. A
+   * connection whose connect used its call's whole deadline and sent
+   * nothing went back to the pool clean (the timeout rule): it is idle, not
+   * faulted, and may stay (seen in pg_throttle under ASan). */
+  unsigned idle = pool_stats(c).idle;
+  unsigned kept = idle < c->kept_clean ? idle : c->kept_clean;
+  unsigned stray = (a->stray ? a->stray(c->cl) : 0) + kept;
   if (!wait_active_at_most(fp, stray, ACTIVE_WAIT_MS))
     fail_msg("%s: %u connections still open through the proxy %d ms after the faults "
-             "(allowed %u)",
-             c->name, fp_active(fp), ACTIVE_WAIT_MS, stray);
+             "(allowed %u: %u idle and clean)",
+             c->name, fp_active(fp), ACTIVE_WAIT_MS, stray, kept);
   p2 = pool_stats(c);
   assert_int_equal(p2.in_use, 0);
   assert_int_equal(p2.waiters, 0);
@@ -647,7 +656,7 @@ static void run_cell(void **state) {
   resil_dep_stats d3 = dep_stats(c);
   must_succeed(c, "half-open probe");
   resil_dep_stats d4 = dep_stats(c);
-  if (fp_accepted(fp) <= acc2)
+  if (kept == 0 && fp_accepted(fp) <= acc2)
     fail_msg("%s: the first call after the fault reused a connection", c->name);
   if (d4.breaker.state != RESIL_BREAKER_CLOSED)
     fail_msg("%s: breaker %s after a successful probe", c->name,
