@@ -65,9 +65,22 @@ typedef struct hdr_span {
   uint32_t name, value;
 } hdr_span;
 
+/* Most sockets one handle has open at once: the cached connection and the
+ * happy-eyeballs attempts of a new one (curl 7.88 makes at most two). */
+#define HTTP_MAX_SOCKS 4
+
 typedef struct http_conn {
   CURL *easy;
+  /* The handle's own multi: the transfer is driven here (perform_bounded)
+   * so that resil, not curl's timers, decides when the wait ends; it holds
+   * the connection cache (CURLMOPT_MAXCONNECTS 1) and the DNS cache. */
+  CURLM *multi;
   char errbuf[CURL_ERROR_SIZE];
+  int sock_errno; /* errno of a socket() that failed in open_socket(), else 0 */
+  /* The sockets curl has open for this handle (open_socket/close_socket),
+   * so that a child of fork can silence them (conn_abandon). */
+  curl_socket_t socks[HTTP_MAX_SOCKS];
+  bool untracked; /* a socket did not fit in socks[]: abandon leaks the handle */
   /* Scratch space for the headers of the response being received, kept
    * from call to call so that receiving them allocates nothing. */
   char *hbuf;
@@ -362,50 +375,65 @@ resil_status resil_http_config_validate(const resil_http_config *cfg, resil_err 
 static size_t on_body(char *data, size_t size, size_t nmemb, void *ud);
 static size_t on_header(char *data, size_t size, size_t nmemb, void *ud);
 
-/* libcurl's progress callback: abort a transfer that runs past the
- * process's drain cutoff (a transfer started before the drain; one started
- * after has its timeout capped by the cutoff already). curl calls it at
- * least once a second, more often while data moves. */
-static int on_progress(void *p, curl_off_t dt, curl_off_t dn, curl_off_t ut, curl_off_t un) {
-  (void)p, (void)dt, (void)dn, (void)ut, (void)un;
-  uint64_t cut = resil_drain_cutoff().at_ns;
-  return cut && resil_now_ns() >= cut;
-}
-
 /* curl's socket, made here so that a failed socket() leaves its errno
  * behind: curl 7.88 reports it as CURLE_COULDNT_CONNECT with no errno
  * (CURLINFO_OS_ERRNO stays 0), exactly like a refused connect, and EMFILE
  * is this process's limit, not the dependency's failure. ud is the
- * transfer's xfer.sock_errno (NULL outside a transfer). */
+ * http_conn; the socket is remembered in its socks[]. */
 static curl_socket_t open_socket(void *ud, curlsocktype purpose, struct curl_sockaddr *a) {
   (void)purpose;
+  http_conn *c = ud;
   curl_socket_t s = socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
-  if (s == CURL_SOCKET_BAD && ud) *(int *)ud = errno;
+  if (s == CURL_SOCKET_BAD) {
+    c->sock_errno = errno;
+    return s;
+  }
+  for (size_t i = 0; i < HTTP_MAX_SOCKS; i++)
+    if (c->socks[i] == CURL_SOCKET_BAD) {
+      c->socks[i] = s;
+      return s;
+    }
+  c->untracked = true;
   return s;
+}
+
+static int close_socket(void *ud, curl_socket_t s) {
+  http_conn *c = ud;
+  for (size_t i = 0; i < HTTP_MAX_SOCKS; i++)
+    if (c->socks[i] == s) c->socks[i] = CURL_SOCKET_BAD;
+  return close(s);
 }
 
 static resil_status conn_open(void *ctx, resil_deadline deadline, void **out, resil_err *err) {
   (void)deadline;
   resil_http *h = ctx;
   http_conn *c = calloc(1, sizeof *c);
+  if (c && !(c->multi = curl_multi_init())) {
+    free(c);
+    c = NULL;
+  }
   if (!c || !(c->easy = curl_easy_init())) {
+    if (c) curl_multi_cleanup(c->multi);
     free(c);
     /* Local (memory): not the dependency's failure. */
     return resil_err_set(err, RESIL_E_NOMEM, "http '%s': cannot create a curl handle", h->name);
   }
+  for (size_t i = 0; i < HTTP_MAX_SOCKS; i++) c->socks[i] = CURL_SOCKET_BAD;
+  curl_multi_setopt(c->multi, CURLMOPT_MAXCONNECTS, 1L);
   CURL *e = c->easy;
   curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
   curl_easy_setopt(e, CURLOPT_MAXCONNECTS, 1L);
   curl_easy_setopt(e, CURLOPT_ERRORBUFFER, c->errbuf);
   curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
   curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
-  curl_easy_setopt(e, CURLOPT_XFERINFOFUNCTION, on_progress);
-  curl_easy_setopt(e, CURLOPT_NOPROGRESS, 0L);
   curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
   curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
   curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
   curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
   curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, open_socket);
+  curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, c);
+  curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, close_socket);
+  curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, c);
   curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, h->tls_verify ? 1L : 0L);
   curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, h->tls_verify ? 2L : 0L);
   if (h->ca_file) curl_easy_setopt(e, CURLOPT_CAINFO, h->ca_file);
@@ -422,30 +450,82 @@ static void conn_close(void *ctx, void *conn) {
   http_conn *c = conn;
   if (!c) return;
   curl_easy_cleanup(c->easy);
+  curl_multi_cleanup(c->multi); /* closes the cached connection: close_socket needs c */
   free(c->hbuf);
   free(c->spans);
   free(c);
 }
 
-/* A child of fork frees the parent's easy handle. Its connection cache
- * (CURLOPT_MAXCONNECTS 1: at most the last connection) may hold a live
- * connection, which curl_easy_cleanup() would shut down cleanly (TLS
- * close_notify, HTTP/2 GOAWAY): that socket is pointed at /dev/null first.
+/* A child of fork frees the parent's handle. Its connection cache
+ * (CURLMOPT_MAXCONNECTS 1: at most the last connection) may hold a live
+ * connection, which curl would shut down cleanly (TLS close_notify, HTTP/2
+ * GOAWAY): every socket the handle has open is pointed at /dev/null first.
  * If that cannot be done the handle is left allocated rather than risk it. */
 static void conn_abandon(void *ctx, void *conn) {
   http_conn *c = conn;
-  if (!c) return;
-  curl_socket_t s = CURL_SOCKET_BAD;
-  if (curl_easy_getinfo(c->easy, CURLINFO_ACTIVESOCKET, &s) == CURLE_OK &&
-      s != CURL_SOCKET_BAD && !resil_x_silence_fd((int)s))
-    c->easy = NULL; /* leaked: see above */
-  if (c->easy) {
-    conn_close(ctx, c);
-    return;
+  if (!c || c->untracked) return; /* leaked: see above */
+  for (size_t i = 0; i < HTTP_MAX_SOCKS; i++)
+    if (c->socks[i] != CURL_SOCKET_BAD && !resil_x_silence_fd((int)c->socks[i]))
+      return; /* leaked: see above */
+  conn_close(ctx, c);
+}
+
+/* ---- running a transfer ----------------------------------------------- */
+
+/* Run the transfer set up on e to its end, on the multi m, and return
+ * curl's result. The wait between curl's steps is resil's: it never sleeps
+ * past `deadline` bounded by the drain cutoff (re-read on every wake-up,
+ * and at most RESIL_DRAIN_CHECK_MS at a time while no cutoff is set), so
+ * the call ends at its deadline even when curl's own timer does not fire.
+ * A soak call with ~200 ms left once returned "Operation timed out after
+ * 1202 milliseconds" from curl_easy_perform(): curl noticed its
+ * CURLOPT_TIMEOUT_MS a second late. Our reading of curl 7.88 (not
+ * reproduced in isolation): add_next_timeout() compares in whole ms and
+ * drops a pending expiry less than 1 ms ahead when another timer of the
+ * transfer fires, so it sleeps until curl's next wake-up. curl's timeouts stay set
+ * and usually end the transfer first, with curl's own message. When resil's
+ * bound passes first, the transfer is abandoned (its connection closed,
+ * never reused), errbuf (CURL_ERROR_SIZE) says so, and the result is
+ * CURLE_OPERATION_TIMEDOUT, or CURLE_ABORTED_BY_CALLBACK when the drain
+ * cutoff was the bound. */
+static CURLcode perform_bounded(CURL *e, CURLM *m, resil_deadline deadline, char *errbuf) {
+  if (curl_multi_add_handle(m, e) != CURLM_OK) return CURLE_FAILED_INIT;
+  const uint64_t t0 = resil_now_ns();
+  CURLcode rc = CURLE_OK;
+  for (;;) {
+    int running = 0, queued = 0;
+    CURLMcode mc = curl_multi_perform(m, &running);
+    CURLMsg *msg = mc == CURLM_OK ? curl_multi_info_read(m, &queued) : NULL;
+    if (msg && msg->msg == CURLMSG_DONE) {
+      rc = msg->data.result;
+      break;
+    }
+    if (mc != CURLM_OK || !running) {
+      rc = mc == CURLM_OUT_OF_MEMORY ? CURLE_OUT_OF_MEMORY : CURLE_FAILED_INIT;
+      break;
+    }
+    const uint64_t cut = resil_drain_cutoff().at_ns;
+    const uint64_t end = cut && cut < deadline.at_ns ? cut : deadline.at_ns;
+    const uint64_t now = resil_now_ns();
+    if (now >= end) {
+      curl_off_t got = 0;
+      curl_easy_getinfo(e, CURLINFO_SIZE_DOWNLOAD_T, &got);
+      rc = end == cut ? CURLE_ABORTED_BY_CALLBACK : CURLE_OPERATION_TIMEDOUT;
+      snprintf(errbuf, CURL_ERROR_SIZE, "%s after %llu ms with %lld bytes received",
+               rc == CURLE_OPERATION_TIMEDOUT ? "timed out at the call's deadline"
+                                              : "cut at the drain cutoff",
+               (unsigned long long)((now - t0) / 1000000u), (long long)got);
+      break;
+    }
+    uint64_t wait_ms = (end - now + 999999u) / 1000000u;
+    if (!cut && wait_ms > RESIL_DRAIN_CHECK_MS) wait_ms = RESIL_DRAIN_CHECK_MS;
+    if (curl_multi_poll(m, NULL, 0, (int)wait_ms, NULL) != CURLM_OK) {
+      rc = CURLE_FAILED_INIT;
+      break;
+    }
   }
-  free(c->hbuf);
-  free(c->spans);
-  free(c);
+  curl_multi_remove_handle(m, e);
+  return rc;
 }
 
 /* ---- resolving with resil_resolve -------------------------------------- */
@@ -534,7 +614,10 @@ static resil_status probe_run(resil_http *h, CURL *e, struct curl_slist *hdrs,
   curl_easy_setopt(e, CURLOPT_HTTPHEADER, hdrs);
   curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, cto);
   curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)left);
-  CURLcode rc = curl_easy_perform(e);
+  CURLM *m = curl_multi_init();
+  if (!m) return resil_err_set(err, RESIL_E_NOMEM, "http '%s': probe: no curl handle", h->name);
+  CURLcode rc = perform_bounded(e, m, resil_deadline_in_ms(left), errbuf);
+  curl_multi_cleanup(m); /* FORBID_REUSE: nothing cached */
   curl_easy_setopt(e, CURLOPT_ERRORBUFFER, (char *)NULL); /* errbuf is this frame's */
   long code = 0;
   curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &code);
@@ -744,7 +827,6 @@ typedef struct xfer {
   bool headers_done; /* the blank line ending the last response's headers came */
   bool too_big;
   bool nomem;
-  int sock_errno; /* errno of a socket() that failed in open_socket(), else 0 */
 } xfer;
 
 static size_t on_body(char *data, size_t size, size_t nmemb, void *ud) {
@@ -1015,6 +1097,7 @@ typedef struct http_try {
   bool has_ra;         /* the response has a Retry-After */
   bool clean;          /* failed before any connection: the handle stays good */
   bool header_refused; /* curl refused a header line too long (curl_refused_header) */
+  int sock_errno;      /* the handle's sock_errno after a failed transfer */
   resil_http_phase phase;
   char detail[CURL_ERROR_SIZE];
 } http_try;
@@ -1142,7 +1225,7 @@ static resil_status try_prepare(http_try *t) {
   const call_ctx *c = t->c;
   CURL *e = t->hc->easy;
   t->x = (xfer){.resp = t->r, .hc = t->hc, .dep = h->dep, .max = h->max_body};
-  curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, &t->x.sock_errno);
+  t->hc->sock_errno = 0;
   t->hc->hlen = t->hc->nspans = 0;
   t->hc->errbuf[0] = '\0';
   curl_easy_setopt(e, CURLOPT_URL, c->url);
@@ -1161,7 +1244,7 @@ static resil_status try_prepare(http_try *t) {
 
 static void try_perform(http_try *t) {
   CURL *e = t->hc->easy;
-  t->rc = curl_easy_perform(e);
+  t->rc = perform_bounded(e, t->hc->multi, t->a->deadline, t->hc->errbuf);
   /* From here the body is the caller's (or freed): no longer held for a
    * call in flight. */
   resil_dep_memory_add(t->h->dep, -(int64_t)t->x.cap);
@@ -1216,6 +1299,7 @@ static void read_failure(http_try *t) {
     snprintf(t->detail, sizeof t->detail, "timed out (%.200s)", curl_words);
   }
   t->hc->hlen = t->hc->nspans = 0;
+  t->sock_errno = t->hc->sock_errno;
   t->clean = rc == CURLE_COULDNT_CONNECT || rc == CURLE_COULDNT_RESOLVE_HOST;
   t->header_refused = rc == CURLE_OUT_OF_MEMORY && !t->x.nomem && curl_refused_header(e, &t->x);
 }
@@ -1225,7 +1309,6 @@ static void read_failure(http_try *t) {
  * the handle to the pool (RESIL_POOL_BROKEN frees it). */
 static void try_release(http_try *t, resil_pool_return how) {
   CURL *e = t->hc->easy;
-  curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, (void *)NULL);
   curl_easy_setopt(e, CURLOPT_HTTPHEADER, (struct curl_slist *)NULL);
   if (t->tail) t->tail->next = NULL;
   if (t->pin) {
@@ -1268,7 +1351,7 @@ static resil_status classify_response(http_try *t) {
 static resil_status failure_status(http_try *t) {
   switch (t->rc) {
   case CURLE_OPERATION_TIMEDOUT:
-  case CURLE_ABORTED_BY_CALLBACK: /* on_progress: the drain's cutoff passed */
+  case CURLE_ABORTED_BY_CALLBACK: /* perform_bounded: the drain cutoff passed */
     return RESIL_E_TIMEOUT;
   case CURLE_URL_MALFORMAT:
   case CURLE_UNSUPPORTED_PROTOCOL:
@@ -1308,11 +1391,11 @@ static resil_status classify_failure(http_try *t) {
                    CURL_MAX_HTTP_HEADER, (int)rc);
   }
   if (t->x.nomem || rc == CURLE_OUT_OF_MEMORY) return try_nomem(t);
-  if (rc == CURLE_COULDNT_CONNECT && resil_x_local_errno(t->x.sock_errno))
+  if (rc == CURLE_COULDNT_CONNECT && resil_x_local_errno(t->sock_errno))
     return try_err(t, RESIL_E_SYSTEM,
                    "connect: cannot create a socket: %s (a local resource limit; not counted "
                    "against the dependency)",
-                   strerror(t->x.sock_errno));
+                   strerror(t->sock_errno));
   resil_status out = failure_status(t);
   return try_err(t, out, "%s: %s (curl %d)", resil_http_phase_name(t->phase), t->detail,
                  (int)rc);

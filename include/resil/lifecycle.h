@@ -78,9 +78,9 @@ RESIL_API resil_status resil_prewarm_all(resil_deadline deadline, resil_err *err
  * deadline. Code of your own that waits (resil_dep_call work functions,
  * the two-step admit/done) should bound its waits with resil_drain_bound()
  * too; resil_dep_call() and resil_dep_done() turn a RESIL_E_TIMEOUT or
- * RESIL_E_DEADLINE that ends at the cutoff into RESIL_E_DRAINING. An HTTP
- * transfer already running when the drain starts notices the cutoff within
- * libcurl's progress period (up to 1 s). Returns RESIL_OK, or
+ * RESIL_E_DEADLINE that ends at the cutoff into RESIL_E_DRAINING. Every
+ * adapter's wait (an HTTP transfer's too) notices a cutoff set while it
+ * waits within RESIL_DRAIN_CHECK_MS. Returns RESIL_OK, or
  * RESIL_E_TIMEOUT with err saying how
  * many calls were still in flight where ("drain: 2 calls still in flight at
  * the deadline: orders-db 2") or which pool still had borrowed

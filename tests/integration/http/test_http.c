@@ -16,6 +16,8 @@
 #include "faultproxy.h"
 #endif
 #include "resil/http.h"
+#include "resil/lifecycle.h"
+#include "resil/testing.h" /* resil_drain_reset */
 #include "testutil.h"
 #include "probe_heal.h"
 
@@ -262,6 +264,60 @@ static void dripped_body_times_out_at_deadline(void **state) {
   assert_int_equal(r.phase, RESIL_HTTP_PHASE_RECEIVE);
   resil_http_response_free(&r);
   resil_http_free(h);
+}
+
+/* A drain that starts while a transfer waits for its answer cuts it at the
+ * drain cutoff: resil's own wait between curl's steps re-reads the cutoff
+ * at least every RESIL_DRAIN_CHECK_MS and then sleeps only until it. (It
+ * used to be noticed only when curl woke up for its own reasons, up to a
+ * second later; the same wait is what ends every transfer at its deadline
+ * even if curl's timeout timer does not fire.) */
+typedef struct drain_call {
+  resil_http *h;
+  resil_status st;
+  double ended_ms;
+  resil_err err;
+} drain_call;
+
+static void *slow_call(void *arg) {
+  drain_call *c = arg;
+  resil_http_response r;
+  c->st = resil_http_get(c->h, resil_deadline_in_ms(5000), "/slow?ms=4000", &r, &c->err);
+  c->ended_ms = t_now_ms();
+  resil_http_response_free(&r);
+  return NULL;
+}
+
+static uint32_t in_flight(resil_http *h) {
+  resil_dep_stats s;
+  resil_dep_get_stats(resil_http_dep(h), &s);
+  return s.in_flight;
+}
+
+static void transfer_in_flight_is_cut_at_the_drain_cutoff(void **state) {
+  (void)state;
+  drain_call c = {.h = client("drain-cut", NULL)};
+  pthread_t th;
+  assert_int_equal(pthread_create(&th, NULL, slow_call, &c), 0);
+  assert_true(TEST_WAIT_UNTIL(in_flight(c.h) == 1, 2000));
+  t_sleep_ms(50); /* the request is out, curl waits for the answer */
+  test_sched_watch w;
+  test_sched_watch_start(&w);
+  double t0 = t_now_ms();
+  resil_err err = {0};
+  resil_status st = resil_drain(0, resil_deadline_in_ms(400), &err);
+  pthread_join(th, NULL);
+  unsigned late = test_sched_watch_stop(&w);
+  double took = c.ended_ms - t0;
+  resil_drain_reset();
+  assert_int_equal(st, RESIL_OK);
+  assert_int_equal(c.st, RESIL_E_DRAINING);
+  assert_non_null(strstr(c.err.msg, "drain"));
+  /* The cutoff: 400 ms - a fifth of it = 320 ms after the drain began. */
+  if (took < 300 || took > test_upper_ms(320) + late)
+    fail_msg("cut %.0f ms after the drain began; want 300..%u (scheduling delay %u ms): %s",
+             took, test_upper_ms(320) + late, late, c.err.msg);
+  resil_http_free(c.h);
 }
 
 static void deadline_is_sent_as_grpc_timeout(void **state) {
@@ -1223,6 +1279,7 @@ int main(void) {
       cmocka_unit_test(slow_endpoint_times_out_within_deadline),
       cmocka_unit_test(request_timeout_caps_a_long_deadline),
       cmocka_unit_test(dripped_body_times_out_at_deadline),
+      cmocka_unit_test(transfer_in_flight_is_cut_at_the_drain_cutoff),
       cmocka_unit_test(deadline_is_sent_as_grpc_timeout),
       cmocka_unit_test(deadline_header_name_is_configurable_and_can_be_off),
       cmocka_unit_test(expired_deadline_is_rejected_without_a_transfer),
