@@ -571,6 +571,42 @@ static void connection_closed_by_the_server_while_idle_is_replaced(void **state)
   child_stop(&own);
 }
 
+/* fork() with a warm handle: the child gets a connection of its own (it
+ * frees the parent's handle without touching its socket), and the parent
+ * goes on over the very same connection. */
+static void one_connection(resil_http_config *c) { c->pool.max_size = 1; }
+
+static void fork_child_uses_its_own_connection_and_leaves_the_parents(void **state) {
+  (void)state;
+  resil_http *h = client("fork", one_connection);
+  int sfd = stats_open();
+  resil_http_response r;
+  assert_int_equal(resil_http_get(h, resil_deadline_in_ms(2000), "/fast", &r, NULL), RESIL_OK);
+  resil_http_response_free(&r);
+  hstats before = stats(sfd, false);
+  pid_t pid = fork();
+  assert_true(pid >= 0);
+  if (pid == 0) {
+    resil_http_response cr;
+    resil_status st = resil_http_get(h, resil_deadline_in_ms(2000), "/fast", &cr, NULL);
+    bool own = st == RESIL_OK && cr.status == 200 && !cr.reused;
+    resil_http_response_free(&cr);
+    resil_http_free(h);
+    _exit(own ? 0 : 1);
+  }
+  int ws = 0;
+  assert_int_equal(waitpid(pid, &ws, 0), pid);
+  assert_true(WIFEXITED(ws) && WEXITSTATUS(ws) == 0);
+  assert_int_equal(resil_http_get(h, resil_deadline_in_ms(2000), "/fast", &r, NULL), RESIL_OK);
+  assert_int_equal(r.status, 200);
+  assert_true(r.reused); /* the parent's connection still works */
+  resil_http_response_free(&r);
+  hstats after = stats(sfd, false);
+  assert_int_equal(after.accepted, before.accepted + 1); /* the child's one connection */
+  close(sfd);
+  resil_http_free(h);
+}
+
 static void one_connection_short_wait(resil_http_config *c) {
   c->pool.max_size = 1;
   c->pool.acquire_timeout_ms = 50;
@@ -1290,6 +1326,7 @@ int main(void) {
       cmocka_unit_test(sixteen_callers_never_open_more_than_four_connections),
       cmocka_unit_test(connection_closed_by_the_server_while_idle_is_replaced),
       cmocka_unit_test(busy_pool_rejects_with_pool_timeout),
+      cmocka_unit_test(fork_child_uses_its_own_connection_and_leaves_the_parents),
       cmocka_unit_test(cut_body_fails_and_its_connection_is_not_reused),
       cmocka_unit_test(response_cut_inside_its_headers_is_a_failure),
       cmocka_unit_test(nothing_listening_fails_fast_in_connect),
