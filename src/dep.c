@@ -740,10 +740,12 @@ void resil_dep_done(resil_permit *p, resil_status outcome) {
   if (cut_by_drain(p, outcome, now)) outcome = RESIL_E_DRAINING;
   uint64_t lat = now > p->start_ns ? now - p->start_ns : 0;
   resil_status seen = outcome; /* what the breaker sees */
+  /* Several addresses (endpoint.h): RESIL_E_CALLER is the class the breaker
+   * ignores (neither success nor failure; a probe slot is given back). */
   if (__builtin_expect(outcome != RESIL_OK, 0) &&
-      resil_status_class_of(outcome) == RESIL_CLASS_FAILURE) /* several addresses: endpoint.h */
-    seen = resil__endpoints_breaker_outcome(atomic_load_explicit(&d->pool, memory_order_relaxed),
-                                            outcome);
+      resil_status_class_of(outcome) == RESIL_CLASS_FAILURE &&
+      resil__endpoints_failure_ignored(atomic_load_explicit(&d->pool, memory_order_relaxed)))
+    seen = RESIL_E_CALLER;
   resil__breaker_record_at(d->breaker, p->ticket, seen, lat, now);
   dep_stripe *s = my_stripe(d);
   if (resil__is_rejection(outcome)) {

@@ -396,7 +396,7 @@ static void success_rate_check(struct resil__group *g) {
 /* ---- The call path ---------------------------------------------------------- */
 
 /* What the last outcome recorded on this thread was, for resil_dep_done()'s
- * breaker rule (resil__endpoints_breaker_outcome). */
+ * breaker rule (resil__endpoints_failure_ignored). */
 static _Thread_local __attribute__((tls_model("initial-exec"))) struct {
   const struct resil__group *g;
   unsigned idx;
@@ -434,20 +434,20 @@ static void record(struct resil__group *g, ep *e, bool ok) {
   if (n && (c >= n || atomic_load_explicit(&e->probation, memory_order_relaxed))) eject(g, e);
 }
 
-resil_status resil__endpoints_breaker_outcome(const resil_pool *attached, resil_status outcome) {
+bool resil__endpoints_failure_ignored(const resil_pool *attached) {
   /* last.g may have been freed since (this thread's last call went to
    * another dependency, since freed): it is only compared, never read;
    * the group read is the attached pool's, alive while its dependency is. */
   const struct resil__group *g = attached ? resil__pool_group(attached) : NULL;
   bool mine = g && g == last.g;
   last.g = NULL;
-  if (!mine || !last.failed) return outcome;
+  if (!mine || !last.failed) return false;
   uint32_t others = atomic_load_explicit(&g->live, memory_order_relaxed) &
                     ~atomic_load_explicit(&g->ejected, memory_order_relaxed) & ~BIT(last.idx);
   FOR_BITS(i, others)
   if (atomic_load_explicit(&g->eps[i].last_ok, memory_order_relaxed) == 1)
-    return RESIL_E_CALLER; /* another address is healthy: ignored by the breaker */
-  return outcome;
+    return true; /* another address is healthy */
+  return false;
 }
 
 /* Power of two choices, least outstanding, among the addresses in the set

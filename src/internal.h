@@ -506,11 +506,11 @@ bool resil__group_evict(struct resil__group *g, uint64_t generation);
 void resil__group_fork_prepare(struct resil__group *g);
 void resil__group_fork_parent(struct resil__group *g);
 void resil__group_fork_child(struct resil__group *g);
-/* resil_dep_done(): the outcome its breaker sees for a failed call on the
- * dependency whose attached pool is `attached` (the endpoint rule in
- * resil/endpoint.h): RESIL_E_CALLER (ignored) when the call's address failed
- * and another address is healthy, else outcome. Reads and clears what the
- * last release or failed acquire on this thread recorded. */
-resil_status resil__endpoints_breaker_outcome(const resil_pool *attached, resil_status outcome);
+/* resil_dep_done(), for a failed call on the dependency whose attached pool
+ * is `attached`: true when the breaker must not count it (the endpoint rule
+ * in resil/endpoint.h: the call's address failed and another address is
+ * healthy). Reads and clears what the last release or failed acquire on
+ * this thread recorded. */
+bool resil__endpoints_failure_ignored(const resil_pool *attached);
 
 #endif
