@@ -168,6 +168,23 @@ static summary summarize(writer *ws, uint64_t t_switch, bool need_b) {
   return s;
 }
 
+/* One line for the log: what the run saw. signal names the failover signal
+ * ("25006", "READONLY"), counted read_only times. Returns dep's stats. */
+static resil_dep_stats print_run(const summary *s, uint64_t t_switch, const char *signal,
+                      unsigned long long read_only, unsigned long long replays,
+                      unsigned long long failovers, resil_dep *dep) {
+  resil_dep_stats ds;
+  resil_dep_get_stats(dep, &ds);
+  print_message("# %d calls, %d failed; recovered %lld ms after the switch; %s seen %llu, "
+                "replayed %llu, failovers %llu, evicted %llu, breaker opened %llu\n",
+                s->calls, s->failures,
+                s->first_ok_after == UINT64_MAX ? -1LL : (long long)(s->first_ok_after - t_switch),
+                signal, read_only, replays, failovers,
+                (unsigned long long)ds.pool.closed[RESIL_POOL_CLOSE_EVICTED],
+                (unsigned long long)ds.breaker.transitions[RESIL_BREAKER_OPEN]);
+  return ds;
+}
+
 static void free_writers(writer *ws) {
   for (int i = 0; i < WRITERS; i++) free(ws[i].recs);
 }
@@ -286,16 +303,7 @@ static void pg_writes_move_to_the_new_writer_within_a_second(void **state) {
   summary s = summarize(ws, t_switch, true);
   resil_pg_stats ps;
   resil_pg_get_stats(pg, &ps);
-  resil_dep_stats ds;
-  resil_dep_get_stats(resil_pg_dep(pg), &ds);
-  print_message("# %d calls, %d failed; recovered %lld ms after the switch; 25006 seen %llu, "
-                "replayed %llu, failovers %llu, evicted %llu, breaker opened %llu\n",
-                s.calls, s.failures,
-                s.first_ok_after == UINT64_MAX ? -1LL : (long long)(s.first_ok_after - t_switch),
-                (unsigned long long)ps.read_only, (unsigned long long)ps.replays,
-                (unsigned long long)ps.failovers,
-                (unsigned long long)ds.pool.closed[RESIL_POOL_CLOSE_EVICTED],
-                (unsigned long long)ds.breaker.transitions[RESIL_BREAKER_OPEN]);
+  resil_dep_stats ds = print_run(&s, t_switch, "25006", ps.read_only, ps.replays, ps.failovers, resil_pg_dep(pg));
   assert_true(recovered);
   assert_true(s.first_ok_after - t_switch <= test_upper_ms(RECOVER_MS));
   assert_true(ps.read_only >= 1);             /* the demotion was seen... */
@@ -433,16 +441,8 @@ static void redis_writes_move_to_the_new_primary_within_a_second(void **state) {
   summary s = summarize(ws, t_switch, false);
   resil_redis_stats rs;
   resil_redis_get_stats(r, &rs);
-  resil_dep_stats ds;
-  resil_dep_get_stats(resil_redis_dep(r), &ds);
-  print_message("# %d calls, %d failed; recovered %lld ms after the switch; READONLY seen %llu, "
-                "replayed %llu, failovers %llu, evicted %llu, breaker opened %llu\n",
-                s.calls, s.failures,
-                s.first_ok_after == UINT64_MAX ? -1LL : (long long)(s.first_ok_after - t_switch),
-                (unsigned long long)rs.read_only, (unsigned long long)rs.replays,
-                (unsigned long long)rs.failovers,
-                (unsigned long long)ds.pool.closed[RESIL_POOL_CLOSE_EVICTED],
-                (unsigned long long)ds.breaker.transitions[RESIL_BREAKER_OPEN]);
+  resil_dep_stats ds = print_run(&s, t_switch, "READONLY", rs.read_only, rs.replays,
+                                 rs.failovers, resil_redis_dep(r));
   assert_true(recovered);
   assert_true(s.first_ok_after - t_switch <= test_upper_ms(RECOVER_MS));
   assert_true(rs.read_only >= 1);

@@ -104,6 +104,22 @@ static void finish(worker *ws) {
 }
 
 /* Failures of calls started in [from, to). */
+/* Connects that succeeded so far in pool p. */
+static uint64_t connects_ok(resil_pool *p) {
+  resil_pool_stats st;
+  resil_pool_get_stats(p, &st);
+  return st.connects_ok;
+}
+
+/* Wait (up to 10 s) for n more successful connects in p than it had when
+ * called: new connections made with whatever password is current. Returns
+ * the count it started from. */
+static uint64_t wait_new_connects(resil_pool *p, uint64_t n) {
+  uint64_t from = connects_ok(p);
+  assert_true(TEST_WAIT_UNTIL(connects_ok(p) >= from + n, 10000));
+  return from;
+}
+
 static int failures(worker *ws, uint64_t from, uint64_t to, int *calls) {
   int n = 0, c = 0;
   for (int i = 0; i < THREADS; i++)
@@ -205,13 +221,7 @@ static void redis_rotation_under_load_fails_only_calls_in_flight(void **state) {
   redisFree(admin);
   /* Enough new connections after the change: LIFETIME_MS churn. */
   assert_true(TEST_WAIT_UNTIL(all_made_calls_since(ws, t_file + CHECK_MS, 300), 10000));
-  resil_pool_stats before;
-  resil_pool_get_stats(resil_redis_pool(r), &before);
-  assert_true(TEST_WAIT_UNTIL(({
-    resil_pool_stats now;
-    resil_pool_get_stats(resil_redis_pool(r), &now);
-    now.connects_ok >= before.connects_ok + 5;
-  }), 10000));
+  wait_new_connects(resil_redis_pool(r), 5);
 
   /* The file vanishes: new connections keep the last good password. */
   unlink(pwpath);
@@ -221,13 +231,7 @@ static void redis_rotation_under_load_fails_only_calls_in_flight(void **state) {
     resil_redis_get_stats(r, &st);
     st.password_errors >= 1;
   }), 5000));
-  resil_pool_stats gone;
-  resil_pool_get_stats(resil_redis_pool(r), &gone);
-  assert_true(TEST_WAIT_UNTIL(({
-    resil_pool_stats now;
-    resil_pool_get_stats(resil_redis_pool(r), &now);
-    now.connects_ok >= gone.connects_ok + 5;
-  }), 10000));
+  uint64_t gone = wait_new_connects(resil_redis_pool(r), 5);
   finish(ws);
 
   int calls_all, calls_after;
@@ -248,7 +252,7 @@ static void redis_rotation_under_load_fails_only_calls_in_flight(void **state) {
   assert_int_equal(f_after, 0);
   assert_int_equal(st.password_changes, 1);
   assert_true(st.password_errors >= 1);
-  assert_true(ps.connects_ok >= gone.connects_ok + 5); /* connected after the file vanished */
+  assert_true(ps.connects_ok >= gone + 5); /* connected after the file vanished */
   (void)t_gone;
   free_workers(ws);
   resil_redis_free(r);
@@ -341,14 +345,9 @@ static void pg_rotation(bool use_cb) {
     put_file(newpw);
   }
   uint64_t t_file = test_now_ms();
-  resil_pool_stats before;
-  resil_pool_get_stats(resil_pg_pool(pg), &before);
+  uint64_t before = connects_ok(resil_pg_pool(pg));
   assert_true(TEST_WAIT_UNTIL(all_made_calls_since(ws, t_file + CHECK_MS, 100), 10000));
-  assert_true(TEST_WAIT_UNTIL(({
-    resil_pool_stats now;
-    resil_pool_get_stats(resil_pg_pool(pg), &now);
-    now.connects_ok >= before.connects_ok + 5;
-  }), 10000));
+  assert_true(TEST_WAIT_UNTIL(connects_ok(resil_pg_pool(pg)) >= before + 5, 10000));
   finish(ws);
 
   int calls_all, calls_after;
