@@ -309,6 +309,37 @@ redis3_ensure() {
 
 # ------------------------------------------------------------- postgresql ---
 
+# _pg_write_conf DATA ADDR SOCKDIR TITLE NET: a test instance's settings
+# (port RESIL_TEST_PG_PORT on ADDR, its socket in SOCKDIR) appended to
+# DATA/postgresql.conf, and its pg_hba.conf: the admin over the socket and
+# postgres over TCP from NET trusted; everyone else (the resil role) over
+# TCP from NET gets a real password check.
+_pg_write_conf() {
+  local data=$1 addr=$2 sock=$3 title=$4 net=$5
+  _srv_as_pg tee -a "$data/postgresql.conf" >/dev/null <<EOF
+
+# ---- resil test instance$title ----
+listen_addresses = '$addr'
+port = $RESIL_TEST_PG_PORT
+unix_socket_directories = '$sock'
+max_connections = 30            # small on purpose: tests exhaust it
+superuser_reserved_connections = 3
+shared_buffers = 16MB
+fsync = off
+synchronous_commit = off
+full_page_writes = off
+logging_collector = off
+log_min_messages = warning
+log_connections = off
+EOF
+  _srv_as_pg tee "$data/pg_hba.conf" >/dev/null <<EOF
+# TYPE  DATABASE  USER      ADDRESS        METHOD
+local   all       all                      trust
+host    all       postgres  $net   trust
+host    all       all       $net   scram-sha-256
+EOF
+}
+
 _pg_dir() { echo "$RESIL_TEST_TMPDIR/pg"; }
 
 # One-time: initdb, configuration, the resil role and database.
@@ -322,30 +353,7 @@ pg_init() {
     _srv_err "initdb failed"; echo "$out" >&2; return 1
   fi
   # Our settings go last in postgresql.conf, so they win.
-  _srv_as_pg tee -a "$RESIL_TEST_PG_DATA/postgresql.conf" >/dev/null <<EOF
-
-# ---- resil test instance ----
-listen_addresses = '127.0.0.1'
-port = $RESIL_TEST_PG_PORT
-unix_socket_directories = '$RESIL_TEST_PG_SOCKDIR'
-max_connections = 30            # small on purpose: tests exhaust it
-superuser_reserved_connections = 3
-shared_buffers = 16MB
-fsync = off
-synchronous_commit = off
-full_page_writes = off
-logging_collector = off
-log_min_messages = warning
-log_connections = off
-EOF
-  # Admin over the socket and as postgres over TCP: trusted. Everyone else
-  # (the resil role) over TCP: a real password check.
-  _srv_as_pg tee "$RESIL_TEST_PG_DATA/pg_hba.conf" >/dev/null <<EOF
-# TYPE  DATABASE  USER      ADDRESS        METHOD
-local   all       all                      trust
-host    all       postgres  127.0.0.1/32   trust
-host    all       all       127.0.0.1/32   scram-sha-256
-EOF
+  _pg_write_conf "$RESIL_TEST_PG_DATA" 127.0.0.1 "$RESIL_TEST_PG_SOCKDIR" "" 127.0.0.1/32
   pg_start || return 1
   if ! out=$(_srv_as_pg "$RESIL_TEST_PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 \
       -h "$RESIL_TEST_PG_SOCKDIR" -p "$RESIL_TEST_PG_PORT" -U postgres -d postgres 2>&1 <<EOF
@@ -422,26 +430,7 @@ _pg2_init() {
       -A trust -E UTF8 --locale=C --no-sync --no-instructions 2>&1); then
     _srv_err "pg2: initdb failed"; echo "$out" >&2; return 1
   fi
-  _srv_as_pg tee -a "$data/postgresql.conf" >/dev/null <<EOF
-
-# ---- resil test instance: failover twin ----
-listen_addresses = '$RESIL_TEST_PG2_ADDR'
-port = $RESIL_TEST_PG_PORT
-unix_socket_directories = '$sock'
-max_connections = 30
-superuser_reserved_connections = 3
-shared_buffers = 16MB
-fsync = off
-synchronous_commit = off
-full_page_writes = off
-logging_collector = off
-log_min_messages = warning
-EOF
-  _srv_as_pg tee "$data/pg_hba.conf" >/dev/null <<EOF
-local   all       all                      trust
-host    all       postgres  127.0.0.0/8    trust
-host    all       all       127.0.0.0/8    scram-sha-256
-EOF
+  _pg_write_conf "$data" "$RESIL_TEST_PG2_ADDR" "$sock" ": failover twin" 127.0.0.0/8
 }
 
 pg2_stop() {
