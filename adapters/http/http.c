@@ -430,6 +430,13 @@ static resil_status conn_open(void *ctx, resil_deadline deadline, void **out, re
   curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
   curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
   curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+#if LIBCURL_VERSION_NUM >= 0x075700
+  /* A transfer ended while curl's resolver thread is still in getaddrinfo()
+   * (a DNS server that never answers) leaves that thread to finish on its
+   * own; without this, curl waits for it when the transfer ends, seconds
+   * past the deadline. Older curl: resolve_with_resil is forced on. */
+  curl_easy_setopt(e, CURLOPT_QUICK_EXIT, 1L);
+#endif
   curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, open_socket);
   curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, c);
   curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, close_socket);
@@ -601,6 +608,9 @@ static resil_status probe_run(resil_http *h, CURL *e, struct curl_slist *hdrs,
   char errbuf[CURL_ERROR_SIZE] = "";
   curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
   curl_easy_setopt(e, CURLOPT_FORBID_REUSE, 1L);
+#if LIBCURL_VERSION_NUM >= 0x075700
+  curl_easy_setopt(e, CURLOPT_QUICK_EXIT, 1L); /* see conn_open() */
+#endif
   curl_easy_setopt(e, CURLOPT_ERRORBUFFER, errbuf);
   curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, probe_body);
   curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
@@ -766,8 +776,11 @@ resil_http *resil_http_new(const resil_http_config *cfg, resil_err *err) {
     h->host = host;
     h->port = port;
     /* Without curl's threaded resolver a lookup could block past the
-     * deadline: resolve with resil_resolve() instead. */
-    h->use_resil_resolve = !numeric && (cfg->resolve_with_resil || !curl_async_dns);
+     * deadline, and before curl 7.87 (CURLOPT_QUICK_EXIT) the end of a
+     * transfer waits for a lookup still running: resolve with
+     * resil_resolve() instead. */
+    h->use_resil_resolve = !numeric && (cfg->resolve_with_resil || !curl_async_dns ||
+                                        LIBCURL_VERSION_NUM < 0x075700);
     h->https = https;
     h->numeric_host = numeric;
   }

@@ -130,7 +130,9 @@ typedef struct resil_http_config {
    * format; default "grpc-timeout"; "" or NULL sends none; copied. */
   const char *deadline_header; /* at most 64 characters */
   /* Default false: host names are looked up by curl's threaded resolver,
-   * bounded by the connect timeout, cached per handle (60 s). true: looked
+   * bounded by the connect timeout (a lookup still running then is left to
+   * finish on its own thread: CURLOPT_QUICK_EXIT; before curl 7.87 this
+   * field is forced true), cached per handle (60 s). true: looked
    * up with resil_resolve() (bounded the same way, cached process-wide for
    * its short TTL, so a failover's new address is seen within seconds) and
    * handed to curl with CURLOPT_RESOLVE. Always on when libcurl was built

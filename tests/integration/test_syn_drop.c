@@ -20,6 +20,19 @@
  * phase and the address, one timeout in the dependency's snapshot (not a
  * failure, not an ignored outcome), and no descriptor left open.
  *
+ * A DNS server that never answers, the other network blackhole a
+ * dependency's name can fall into: the program also enters a private mount
+ * namespace (unshare(CLONE_NEWNS), mounts made private) and bind-mounts over
+ * /etc/resolv.conf a file naming 127.0.0.1 (of the private network
+ * namespace) as the only nameserver, where a UDP and a TCP socket are bound
+ * to port 53 and never answer (glibc would wait 2 s x 2 attempts). A client
+ * of each adapter for the name "dns-blackhole.resil-test", with a 300 ms
+ * connect timeout and a 1 s deadline, must give up at the connect timeout
+ * (+ slack) with RESIL_E_TIMEOUT (HTTP: phase "dns"), naming the host; HTTP
+ * both with curl's threaded resolver (the default: curl must not wait for
+ * its resolver thread when the transfer ends, CURLOPT_QUICK_EXIT) and with
+ * resolve_with_resil.
+ *
  * Without the permission (unshare fails, e.g. EPERM outside a privileged
  * container) or without a working iptables, every case skips saying why,
  * unless RESIL_REQUIRE_NETNS=1, which makes them fail instead. */
@@ -39,7 +52,11 @@
 #include <spawn.h>
 #include <stdio.h>
 #include <string.h>
+#include <netdb.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <sys/ioctl.h>
+#include <sys/mount.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -57,6 +74,7 @@ extern char **environ;
 #define SLACK_MS test_slack_ms(CONNECT_TIMEOUT_MS)
 
 static char netns_problem[512]; /* why the namespace could not be set up; "" if it was */
+static char dns_problem[512];   /* why the DNS blackhole could not be set up; "" if it was */
 static uint16_t drop_port;      /* SYNs to 127.0.0.1:drop_port are dropped */
 static uint16_t open_port;      /* no rule, no listener: refused */
 
@@ -172,6 +190,41 @@ static bool install_rule(void) {
   return true;
 }
 
+#define BLACKHOLE_NAME "dns-blackhole.resil-test"
+
+/* In the private network namespace (loopback up): a private mount
+ * namespace whose /etc/resolv.conf names 127.0.0.1:53, where nothing ever
+ * answers. The sockets stay open (and unread) for the life of the process. */
+static void setup_dns_blackhole(void) {
+  if (unshare(CLONE_NEWNS) != 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0) {
+    snprintf(dns_problem, sizeof dns_problem, "private mount namespace: %s", strerror(errno));
+    return;
+  }
+  static char path[] = "/tmp/resil-resolv.XXXXXX";
+  int fd = mkstemp(path);
+  static const char conf[] = "nameserver 127.0.0.1\noptions timeout:2 attempts:2\n";
+  bool wrote = fd >= 0 && write(fd, conf, sizeof conf - 1) == (ssize_t)(sizeof conf - 1);
+  if (fd >= 0) close(fd);
+  bool mounted = wrote && mount(path, "/etc/resolv.conf", NULL, MS_BIND, NULL) == 0;
+  int e = errno;
+  if (fd >= 0) unlink(path); /* the mount keeps the file */
+  if (!mounted) {
+    snprintf(dns_problem, sizeof dns_problem, "bind-mounting a resolv.conf: %s", strerror(e));
+    return;
+  }
+  static const int types[] = {SOCK_DGRAM, SOCK_STREAM};
+  for (int i = 0; i < 2; i++) {
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(53)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    int s53 = socket(AF_INET, types[i] | SOCK_CLOEXEC, 0);
+    if (s53 < 0 || bind(s53, (struct sockaddr *)&a, sizeof a) != 0 ||
+        (types[i] == SOCK_STREAM && listen(s53, 64) != 0)) {
+      snprintf(dns_problem, sizeof dns_problem, "binding 127.0.0.1:53: %s", strerror(errno));
+      return;
+    }
+  }
+}
+
 static void setup_netns(void) {
   if (unshare(CLONE_NEWNET) != 0) {
     problem("unshare(CLONE_NEWNET): %s (needs CAP_SYS_ADMIN, e.g. root outside an "
@@ -180,6 +233,10 @@ static void setup_netns(void) {
     return;
   }
   if (loopback_up() && pick_ports()) install_rule();
+  if (netns_problem[0])
+    snprintf(dns_problem, sizeof dns_problem, "no network namespace: %.400s", netns_problem);
+  else
+    setup_dns_blackhole();
 }
 
 /* Every case starts with this: skip (or fail with RESIL_REQUIRE_NETNS=1)
@@ -192,6 +249,15 @@ static void need_netns(void) {
              netns_problem);
   print_message("# SKIP syn_drop: cannot drop SYNs in a private network namespace: %s\n",
                 netns_problem);
+  skip();
+}
+
+static void need_dns_blackhole(void) {
+  if (!dns_problem[0]) return;
+  const char *req = test_env("RESIL_REQUIRE_NETNS");
+  if (req && strcmp(req, "1") == 0)
+    fail_msg("RESIL_REQUIRE_NETNS=1 but the DNS blackhole could not be set up: %s", dns_problem);
+  print_message("# SKIP dns blackhole: %s\n", dns_problem);
   skip();
 }
 
@@ -234,8 +300,10 @@ static int connect_pending_after(uint16_t port, int wait_ms, int *soerr) {
   return rc;
 }
 
-/* The dependency counted exactly one admitted call, as a timeout. */
-static void assert_one_timeout(resil_dep *dep) {
+/* The dependency counted exactly one admitted call, as a timeout, and its
+ * pool keeps `open` connections (an HTTP handle whose lookup by resil
+ * failed made no connection and is kept). */
+static void assert_one_timeout(resil_dep *dep, uint32_t open) {
   resil_dep_stats s;
   resil_dep_get_stats(dep, &s);
   if (s.admitted != 1 || s.calls[RESIL_OUTCOME_TIMEOUT] != 1 ||
@@ -250,7 +318,7 @@ static void assert_one_timeout(resil_dep *dep) {
              (unsigned long long)s.calls[RESIL_OUTCOME_IGNORED],
              (unsigned long long)s.rejected_after_admit, s.in_flight);
   assert_true(s.has_pool);
-  assert_int_equal(s.pool.open, 0); /* nothing half-connected is kept */
+  assert_int_equal(s.pool.open, open); /* nothing half-connected is kept */
   assert_int_equal(s.pool.in_use, 0);
 }
 
@@ -325,7 +393,7 @@ static void redis_connect_times_out_at_connect_timeout(void **state) {
   snprintf(where, sizeof where, "connect to 127.0.0.1:%u: timed out", (unsigned)drop_port);
   assert_msg_has(err.msg, where);
   assert_msg_has(err.msg, "syn-drop-redis");
-  assert_one_timeout(resil_redis_dep(r));
+  assert_one_timeout(resil_redis_dep(r), 0);
   assert_pool_connect_timed_out(resil_redis_pool(r));
   resil_redis_free(r);
   assert_int_equal(count_open_fds(), fds_before);
@@ -361,7 +429,7 @@ static void pg_connect_times_out_at_connect_timeout(void **state) {
   assert_msg_has(err.msg, "connect");
   assert_msg_has(err.msg, where);
   assert_msg_has(err.msg, "syn-drop-pg");
-  assert_one_timeout(resil_pg_dep(pg));
+  assert_one_timeout(resil_pg_dep(pg), 0);
   assert_pool_connect_timed_out(resil_pg_pool(pg));
   resil_pg_stats ps;
   resil_pg_get_stats(pg, &ps);
@@ -413,7 +481,7 @@ static void http_connect_times_out_at_connect_timeout(void **state) {
   assert_msg_has(err.msg, where);
   assert_msg_has(err.msg, "syn-drop-http");
   resil_http_response_free(&resp);
-  assert_one_timeout(resil_http_dep(h));
+  assert_one_timeout(resil_http_dep(h), 0);
   /* The pool's "connect" made the easy handle (no I/O); the handle whose
    * transfer failed was closed as broken, with its socket. */
   resil_pool_stats ps;
@@ -421,6 +489,134 @@ static void http_connect_times_out_at_connect_timeout(void **state) {
   assert_int_equal(ps.closed[RESIL_POOL_CLOSE_BROKEN], 1);
   resil_http_free(h);
   assert_int_equal(count_open_fds(), fds_before);
+}
+
+/* ---- a DNS server that never answers ------------------------------------ */
+
+typedef struct lookup {
+  _Atomic bool done;
+  int rc;
+} lookup;
+
+static void *lookup_main(void *arg) {
+  lookup *l = arg;
+  struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+  struct addrinfo *res = NULL;
+  l->rc = getaddrinfo(BLACKHOLE_NAME, "80", &hints, &res);
+  if (res) freeaddrinfo(res);
+  atomic_store(&l->done, true);
+  return NULL;
+}
+
+/* The set-up holds: a plain getaddrinfo() of the name is still waiting
+ * after 500 ms (it did not fail at once: the name reaches the silent
+ * nameserver). The lookup thread is left to end on its own. */
+static void the_nameserver_never_answers(void **state) {
+  (void)state;
+  need_dns_blackhole();
+  static lookup l; /* outlives the test: the thread may run on */
+  pthread_t th;
+  assert_int_equal(pthread_create(&th, NULL, lookup_main, &l), 0);
+  pthread_detach(th);
+  test_sleep_ms(500);
+  if (atomic_load(&l.done))
+    fail_msg("getaddrinfo(\"%s\") returned within 500 ms (%s): the blackhole did not apply",
+             BLACKHOLE_NAME, gai_strerror(l.rc));
+}
+
+/* The call took the connect timeout (the lookup is part of the connect),
+ * ended RESIL_E_TIMEOUT and named the host. */
+static void assert_dns_timeout(const char *what, resil_status st, uint64_t took,
+                               const char *msg) {
+  if (st != RESIL_E_TIMEOUT) fail_msg("%s: status %s: %s", what, resil_status_name(st), msg);
+  assert_took_connect_timeout(took, what, st, msg);
+  assert_msg_has(msg, BLACKHOLE_NAME);
+}
+
+static void redis_lookup_times_out_at_connect_timeout(void **state) {
+  (void)state;
+  need_dns_blackhole();
+  resil_redis_config cfg;
+  resil_redis_config_init(&cfg, "dns-blackhole-redis");
+  cfg.host = BLACKHOLE_NAME;
+  cfg.port = open_port;
+  cfg.connect_timeout_ms = CONNECT_TIMEOUT_MS;
+  resil_err err = {0};
+  resil_redis *r = resil_redis_new(&cfg, &err);
+  if (!r) fail_msg("resil_redis_new: %s", err.msg);
+  redisReply *rep = NULL;
+  uint64_t t0 = resil_now_ns();
+  resil_status st = resil_redis_command(r, resil_deadline_in_ms(DEADLINE_MS), 0, &rep, &err,
+                                        "PING");
+  assert_dns_timeout("resil_redis_command", st, ms_since(t0), err.msg);
+  assert_null(rep);
+  assert_one_timeout(resil_redis_dep(r), 0);
+  resil_redis_free(r);
+}
+
+static void pg_lookup_times_out_at_connect_timeout(void **state) {
+  (void)state;
+  need_dns_blackhole();
+  char conninfo[128];
+  snprintf(conninfo, sizeof conninfo, "host=%s port=%u dbname=x user=x", BLACKHOLE_NAME,
+           (unsigned)open_port);
+  resil_pg_config cfg;
+  resil_pg_config_init(&cfg, "dns-blackhole-pg");
+  cfg.conninfo = conninfo;
+  cfg.connect_timeout_ms = CONNECT_TIMEOUT_MS;
+  resil_err err = {0};
+  resil_pg *pg = resil_pg_new(&cfg, &err);
+  if (!pg) fail_msg("resil_pg_new: %s", err.msg);
+  PGresult *res = NULL;
+  uint64_t t0 = resil_now_ns();
+  resil_status st =
+      resil_pg_query(pg, resil_deadline_in_ms(DEADLINE_MS), 0, "SELECT 1", 0, NULL, &res, &err);
+  assert_dns_timeout("resil_pg_query", st, ms_since(t0), err.msg);
+  assert_null(res);
+  assert_one_timeout(resil_pg_dep(pg), 0);
+  resil_pg_free(pg);
+}
+
+static void http_lookup(bool with_resil) {
+  need_dns_blackhole();
+  char url[96];
+  snprintf(url, sizeof url, "http://%s:%u", BLACKHOLE_NAME, (unsigned)open_port);
+  resil_http_config cfg;
+  resil_http_config_init(&cfg, with_resil ? "dns-blackhole-http-resil" : "dns-blackhole-http");
+  cfg.base_url = url;
+  cfg.connect_timeout_ms = CONNECT_TIMEOUT_MS;
+  cfg.resolve_with_resil = with_resil;
+  resil_err err = {0};
+  resil_http *h = resil_http_new(&cfg, &err);
+  if (!h) fail_msg("resil_http_new: %s", err.msg);
+  resil_http_response resp;
+  uint64_t t0 = resil_now_ns();
+  resil_status st = resil_http_get(h, resil_deadline_in_ms(DEADLINE_MS), "/x", &resp, &err);
+  assert_dns_timeout("resil_http_get", st, ms_since(t0), err.msg);
+  if (resp.phase != RESIL_HTTP_PHASE_DNS)
+    fail_msg("phase %s, expected dns: %s", resil_http_phase_name(resp.phase), err.msg);
+  assert_msg_has(err.msg, "dns: ");
+  resil_http_response_free(&resp);
+  assert_one_timeout(resil_http_dep(h), with_resil ? 1 : 0);
+  resil_http_free(h);
+}
+
+/* curl's threaded resolver (the default): the transfer ends at the connect
+ * timeout, and neither it nor resil_http_free() waits for the resolver
+ * thread, still blocked in getaddrinfo(). */
+static void http_lookup_by_curl_times_out_at_connect_timeout(void **state) {
+  (void)state;
+  uint64_t t0 = resil_now_ns();
+  http_lookup(false);
+  uint64_t took = ms_since(t0);
+  if (took > CONNECT_TIMEOUT_MS + SLACK_MS)
+    fail_msg("the call and resil_http_free() took %llu ms: curl waited for its resolver thread",
+             (unsigned long long)took);
+}
+
+static void http_lookup_by_resil_times_out_at_connect_timeout(void **state) {
+  (void)state;
+  http_lookup(true);
 }
 
 /* With --rule-check only the check of the set-up itself (meson suite
@@ -431,6 +627,7 @@ int main(int argc, char **argv) {
   if (argc > 1 && strcmp(argv[1], "--rule-check") == 0) {
     const struct CMUnitTest rule[] = {
         cmocka_unit_test(the_rule_drops_the_syn),
+        cmocka_unit_test(the_nameserver_never_answers),
     };
     return cmocka_run_group_tests_name("syn_drop_rule", rule, NULL, NULL);
   }
@@ -438,6 +635,10 @@ int main(int argc, char **argv) {
       cmocka_unit_test(redis_connect_times_out_at_connect_timeout),
       cmocka_unit_test(pg_connect_times_out_at_connect_timeout),
       cmocka_unit_test(http_connect_times_out_at_connect_timeout),
+      cmocka_unit_test(redis_lookup_times_out_at_connect_timeout),
+      cmocka_unit_test(pg_lookup_times_out_at_connect_timeout),
+      cmocka_unit_test(http_lookup_by_curl_times_out_at_connect_timeout),
+      cmocka_unit_test(http_lookup_by_resil_times_out_at_connect_timeout),
   };
   return cmocka_run_group_tests_name("syn_drop", tests, NULL, NULL);
 }
