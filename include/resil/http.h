@@ -135,8 +135,11 @@ typedef struct resil_http_config {
    * field is forced true), cached per handle (60 s). true: looked
    * up with resil_resolve() (bounded the same way, cached process-wide for
    * its short TTL, so a failover's new address is seen within seconds) and
-   * handed to curl with CURLOPT_RESOLVE. Always on when libcurl was built
-   * without the threaded resolver. No effect for a numeric host. */
+   * handed to curl with CURLOPT_RESOLVE; lookups left running by timed-out
+   * calls then share resil's few resolver threads instead of one curl
+   * thread each, which matters when a DNS server stops answering. Always on
+   * when libcurl was built without the threaded resolver. No effect for a
+   * numeric host. */
   bool resolve_with_resil;
   /* The recovery probe (see resil_dep_set_probe()): while the breaker is
    * open, a GET of this path (joined to base_url like a request's; NULL or
