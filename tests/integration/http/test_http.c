@@ -24,6 +24,11 @@
 /* httpd, port, base and the group set-up that starts testhttpd: procs.h */
 TESTHTTPD_GROUP
 
+/* The fork test's child starts threads after a multi-threaded fork (the
+ * pool's housekeeper): tell ThreadSanitizer that this is intended. */
+const char *__tsan_default_options(void);
+const char *__tsan_default_options(void) { return "die_after_fork=0"; }
+
 /* A client for this test: name unique per test, tweak adjusts the config. */
 static resil_http *client(const char *name, void (*tweak)(resil_http_config *)) {
   resil_http_config cfg;
