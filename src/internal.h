@@ -465,6 +465,10 @@ void resil__dep_fork_child(void);
  * waiter (the lost hand-off the invariant checks must catch). */
 void resil__pool_test_open_add(resil_pool *p, int32_t delta);
 void resil__pool_test_skip_dispatch(resil_pool *p);
+/* The next parking release of p calls fn(arg) after deciding to park and
+ * before parking (tests/unit/test_pool.c: a waiter queues right then).
+ * Only in builds with -Dinvariants=true; a no-op otherwise. */
+void resil__pool_test_before_park(resil_pool *p, void (*fn)(void *), void *arg);
 void resil__pool_fork_prepare(void);
 void resil__pool_fork_parent(void);
 void resil__pool_fork_child(void);

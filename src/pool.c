@@ -35,6 +35,21 @@
  * connections to close are collected on a local list under the lock and
  * closed after it is released.
  *
+ * Parking (park_*). A release that finds nobody queued parks the
+ * connection in one of the pool's PARK_SLOTS slots (the calling thread's,
+ * by a per-thread index) with one compare-and-swap instead of the mutex, and
+ * an acquire by a thread of the same index takes it back with one more: a
+ * thread that borrows and returns in a loop touches no shared line. A parked
+ * connection stays counted in `in_use` (the stats show it as idle). Parking
+ * never hides a connection from a thread that needs it: a queued waiter
+ * raises park_block and then sweeps every slot into the idle list, while a
+ * parking release re-reads park_block (and the generation) after its
+ * compare-and-swap and, seeing it raised, takes its connection back and
+ * releases under the mutex (both are sequentially consistent: one of the
+ * two always sees the other; both racing for the slot, one wins). Drain,
+ * fork and the housekeeper sweep the slots too; an acquire that finds the
+ * idle list empty sweeps them before it connects.
+ *
  * Fork (fork.c, resil/pool.h). The atfork handler holds every pool's mutex
  * across fork(); in the child it resets the counts (every connection of the
  * parent is either idle - its session is the parent's too - or held by a
@@ -59,6 +74,9 @@
 #define DRAIN_UNSET_MS 30000      /* bound on a drain given an unset deadline */
 
 typedef enum { W_WAITING, W_CONN, W_SLOT, W_CLOSED } waiter_state;
+
+#define PARK_SLOTS 8 /* a power of two */
+#define PARK_PTR ((UINT64_C(1) << 48) - 1)
 
 /* One queued acquirer. Lives on the acquirer's stack; granted under mu and
  * signalled under mu, or by a releasing thread just after it unlocks mu (see
@@ -119,7 +137,10 @@ static void wake_locked(waiter *w) {
 struct resil_pool_conn {
   void *handle;
   uint64_t expires_ns;          /* end of the jittered lifetime; 0 = never */
-  uint64_t idle_since_ns;       /* when it was last returned (or opened) */
+  /* When it was last returned (or opened). Atomic (relaxed) because the
+   * locked release glances at parked connections it does not own
+   * (unpark_aged_locked); everyone else reads it owning the connection. */
+  _Atomic uint64_t idle_since_ns;
   bool did_io;                  /* the acquire that lent it connected or validated */
   resil_pool_conn *prev, *next; /* idle list; `next` also links close lists */
   uint32_t fork_gen;            /* the pool's fork_gen when it was opened */
@@ -175,10 +196,26 @@ struct resil_pool {
   uint64_t closed[RESIL_POOL_CLOSE_REASON_COUNT_];
   uint64_t evictions;
 
+  /* Parking (see the top of this file). park_block: > 0 while a waiter is
+   * queued (one per waiter) or the pool drains (+1 for good). park_undo:
+   * parked takes that then went the locked way (under mu). */
+  _Atomic uint32_t park_block;
+  uint64_t park_undo;
+#if RESIL_INVARIANTS_ON
+  void (*_Atomic test_park_fn)(void *); /* resil__pool_test_before_park() */
+  void *test_park_arg;
+#endif
+
   /* Fork (under mu). */
   bool hk_restart;                 /* the housekeeper ran in the parent */
   resil_pool_conn *orphans;        /* the parent's idle connections, to abandon */
   resil_pool *reg_next, *reg_prev; /* every pool, for the atfork handler */
+
+  /* One cache line each: (takes mod 2^16) << 48 | the parked connection. */
+  struct park_slot {
+    _Alignas(RESIL_CACHELINE) _Atomic uint64_t w;
+    _Atomic uint64_t takes_hi; /* takes in units of 2^16 */
+  } park[PARK_SLOTS];
 };
 _Static_assert(offsetof(struct resil_pool, quick_acquires) + sizeof(uint64_t) -
                        offsetof(struct resil_pool, mu) <= 2 * RESIL_CACHELINE,
@@ -273,6 +310,10 @@ static inline uint64_t pool_now(void) { return resil__now_coarse_inline_ns(); }
  * HZ=100). */
 #define COARSE_SLACK_NS (25 * MS)
 
+static inline uint64_t idle_since(const resil_pool_conn *c) {
+  return atomic_load_explicit(&c->idle_since_ns, memory_order_relaxed);
+}
+
 /* now - t, or 0 if t is later (a clock that moved backwards). */
 static uint64_t since(uint64_t now, uint64_t t) { return now > t ? now - t : 0; }
 
@@ -284,7 +325,7 @@ static bool lifetime_over(const resil_pool_conn *c, uint64_t now) {
  * (`idle_left` = idle connections other than c). */
 static bool idle_over(const resil_pool *p, const resil_pool_conn *c, uint64_t now,
                       uint32_t idle_left) {
-  return p->cfg.idle_timeout_ms && since(now, c->idle_since_ns) >= p->cfg.idle_timeout_ms * MS &&
+  return p->cfg.idle_timeout_ms && since(now, idle_since(c)) >= p->cfg.idle_timeout_ms * MS &&
          idle_left >= p->cfg.min_idle;
 }
 
@@ -415,7 +456,7 @@ static void add_idle_locked(resil_pool *p, resil_pool_conn *c, uint64_t now, clo
     slot_freed_locked(p);
     return;
   }
-  c->idle_since_ns = now;
+  atomic_store_explicit(&c->idle_since_ns, now, memory_order_relaxed);
   idle_push_head_locked(p, c);
 #if RESIL_INVARIANTS_ON
   if (p->test_skip_dispatch) { /* a lost hand-off, for the invariant test */
@@ -449,6 +490,150 @@ static bool take_locked(resil_pool *p, grant *g) {
     g->conn = NULL;
     return true;
   }
+  return false;
+}
+
+/* ---- Parking (see the top of this file) ---------------------------------- */
+
+static bool needs_validation(const resil_pool *p, const resil_pool_conn *c, uint64_t now);
+
+/* This thread's slot index + 1 (0: not assigned yet): threads are spread
+ * over the slots in turn. */
+static _Thread_local __attribute__((tls_model("initial-exec"))) unsigned park_idx;
+static _Atomic unsigned park_next;
+
+static inline struct park_slot *my_slot(resil_pool *p) {
+  unsigned i = park_idx;
+  if (__builtin_expect(!i, 0))
+    park_idx = i = atomic_fetch_add_explicit(&park_next, 1, memory_order_relaxed) % PARK_SLOTS + 1;
+  return &p->park[i - 1];
+}
+
+static inline resil_pool_conn *park_conn(uint64_t w) {
+  return (resil_pool_conn *)(uintptr_t)(w & PARK_PTR);
+}
+
+/* Take whatever is parked in s (not counted as a take), or NULL. */
+static resil_pool_conn *park_grab(struct park_slot *s) {
+  uint64_t w = atomic_load(&s->w);
+  while (w & PARK_PTR)
+    if (atomic_compare_exchange_weak(&s->w, &w, w & ~PARK_PTR)) return park_conn(w);
+  return NULL;
+}
+
+/* Put c, taken from the idle list's ends, where its idle time belongs: the
+ * list stays ordered newest (head) to longest idle (tail). */
+static void idle_insert_by_age_locked(resil_pool *p, resil_pool_conn *c) {
+  resil_pool_conn *at = p->idle_head;
+  while (at && idle_since(at) >= idle_since(c)) at = at->next; /* ties: it is older */
+  if (!at) { /* the longest idle: the tail */
+    c->next = NULL;
+    c->prev = p->idle_tail;
+    if (p->idle_tail) p->idle_tail->next = c; else p->idle_head = c;
+    p->idle_tail = c;
+    p->idle++;
+    return;
+  }
+  if (at == p->idle_head) {
+    idle_push_head_locked(p, c);
+    return;
+  }
+  c->prev = at->prev;
+  c->next = at;
+  at->prev->next = c;
+  at->prev = c;
+  p->idle++;
+}
+
+/* A parked connection taken out (counted in_use until now): idle again,
+ * serving a waiter, or closed if draining or of an older generation. */
+static void unpark_one_locked(resil_pool *p, resil_pool_conn *c, close_list *l) {
+  p->in_use--;
+  if (p->draining || c->gen != gen_locked(p)) {
+    retire_locked(p, c, p->draining ? RESIL_POOL_CLOSE_DRAIN : RESIL_POOL_CLOSE_EVICTED, l);
+    slot_freed_locked(p);
+    return;
+  }
+  idle_insert_by_age_locked(p, c);
+  if (p->wq_head) dispatch_locked(p);
+}
+
+static void unpark_all_locked(resil_pool *p, close_list *l) {
+  for (unsigned i = 0; i < PARK_SLOTS; i++) {
+    resil_pool_conn *c = park_grab(&p->park[i]);
+    if (c) unpark_one_locked(p, c, l);
+  }
+}
+
+/* Parked connections past their lifetime or idle timeout, to the idle list
+ * (by age: the tail sweep that follows closes them). For the locked
+ * release, which trims the tail as it goes. */
+static void unpark_aged_locked(resil_pool *p, uint64_t now, close_list *l) {
+  for (unsigned i = 0; i < PARK_SLOTS; i++) {
+    struct park_slot *s = &p->park[i];
+    uint64_t w = atomic_load_explicit(&s->w, memory_order_acquire);
+    resil_pool_conn *c = park_conn(w);
+    if (!c || !(lifetime_over(c, now) || (p->cfg.idle_timeout_ms &&
+                                           since(now, idle_since(c)) >=
+                                               p->cfg.idle_timeout_ms * MS)))
+      continue;
+    if (atomic_compare_exchange_strong(&s->w, &w, w & ~PARK_PTR)) unpark_one_locked(p, c, l);
+  }
+}
+
+/* The release without the mutex: park c in this thread's slot, if nobody
+ * is queued, the pool is not draining, c is current and its slot is free.
+ * False: not parked (release under the mutex). */
+static bool park_put(resil_pool *p, resil_pool_conn *c, uint64_t now) {
+  if (atomic_load_explicit(&p->park_block, memory_order_relaxed)) return false;
+  uint64_t g = atomic_load_explicit(&p->gen, memory_order_relaxed);
+  if (c->gen != g || lifetime_over(c, now)) return false;
+  struct park_slot *s = my_slot(p);
+  uint64_t w = atomic_load_explicit(&s->w, memory_order_relaxed);
+  if (w & PARK_PTR) return false;
+  atomic_store_explicit(&c->idle_since_ns, now, memory_order_relaxed);
+#if RESIL_INVARIANTS_ON
+  void (*fn)(void *) = atomic_exchange(&p->test_park_fn, NULL);
+  if (fn) fn(p->test_park_arg); /* the race with a waiter, made to happen */
+#endif
+  if (!atomic_compare_exchange_strong(&s->w, &w, w | (uint64_t)(uintptr_t)c)) return false;
+  if (!atomic_load(&p->park_block) && atomic_load(&p->gen) == g) return true;
+  /* A waiter queued, a drain began or an eviction came meanwhile: take c
+   * back unless their sweep took it already. */
+  w = atomic_load(&s->w);
+  while (park_conn(w) == c)
+    if (atomic_compare_exchange_weak(&s->w, &w, w & ~PARK_PTR)) return false;
+  return true;
+}
+
+/* The acquire without the mutex: the connection parked in this thread's
+ * slot, if nobody is queued and it can be lent as it is (current, within
+ * its lifetime, no validation due, not idle past idle_timeout_ms). One
+ * that cannot goes back to the idle list, for the full acquire to vet. */
+static bool park_take(resil_pool *p, uint64_t now, resil_pool_conn **out) {
+  struct park_slot *s = my_slot(p);
+  uint64_t w = atomic_load_explicit(&s->w, memory_order_relaxed);
+  if (!(w & PARK_PTR) || atomic_load_explicit(&p->park_block, memory_order_relaxed)) return false;
+  uint64_t nw = (w & ~PARK_PTR) + (UINT64_C(1) << 48); /* one more take, mod 2^16 */
+  if (!atomic_compare_exchange_strong_explicit(&s->w, &w, nw, memory_order_acquire,
+                                               memory_order_relaxed))
+    return false;
+  if (!(nw >> 48)) atomic_fetch_add_explicit(&s->takes_hi, 1, memory_order_relaxed);
+  resil_pool_conn *c = park_conn(w);
+  if (c->gen == atomic_load_explicit(&p->gen, memory_order_acquire) && !lifetime_over(c, now) &&
+      !needs_validation(p, c, now) &&
+      !(p->cfg.idle_timeout_ms && since(now, idle_since(c)) >= p->cfg.idle_timeout_ms * MS)) {
+    c->did_io = false;
+    *out = c;
+    return true;
+  }
+  close_list dead = {NULL};
+  pthread_mutex_lock(&p->mu);
+  p->park_undo++; /* not lent from the slot after all */
+  unpark_one_locked(p, c, &dead);
+  pool_check_locked(p);
+  pthread_mutex_unlock(&p->mu);
+  close_all(p, &dead);
   return false;
 }
 
@@ -537,7 +722,7 @@ static resil_status connect_slot(resil_pool *p, resil_deadline deadline, resil_p
   c->handle = h;
   c->gen = gen;
   c->expires_ns = lifetime_end(p, now);
-  c->idle_since_ns = now;
+  atomic_store_explicit(&c->idle_since_ns, now, memory_order_relaxed);
   *out = c;
   return RESIL_OK;
 }
@@ -608,6 +793,15 @@ void resil__pool_fork_child(void) {
       p->orphans = p->idle_head;
     }
     p->idle_head = p->idle_tail = NULL;
+    for (unsigned i = 0; i < PARK_SLOTS; i++) { /* parked: the parent's too */
+      uint64_t w = atomic_load_explicit(&p->park[i].w, memory_order_relaxed);
+      resil_pool_conn *c = park_conn(w);
+      if (!c) continue;
+      c->next = p->orphans;
+      p->orphans = c;
+      atomic_store_explicit(&p->park[i].w, w & ~PARK_PTR, memory_order_relaxed);
+    }
+    atomic_store_explicit(&p->park_block, p->draining ? 1u : 0u, memory_order_relaxed);
     /* In use, connecting or queued: all by threads of the parent (the
      * forking thread's own borrowed connection comes back with an older
      * fork_gen). Their waiter nodes and condvars are never touched again. */
@@ -791,6 +985,7 @@ static void *housekeeper(void *arg) {
       resil__cond_wait_until(&p->hk_cv, &p->mu, next);
     if (p->hk_stop || p->draining) continue;
     close_list dead = {NULL};
+    unpark_all_locked(p, &dead); /* so that ages are judged for every idle connection */
     evict_locked(p, resil_now_ns(), &dead);
     pool_check_locked(p);
     pthread_mutex_unlock(&p->mu);
@@ -810,8 +1005,10 @@ resil_status resil_pool_drain(resil_pool *p, resil_deadline deadline) {
   close_list dead = {NULL};
   resil_pool_conn *orphans = NULL;
   pthread_mutex_lock(&p->mu);
+  if (!p->draining) atomic_fetch_add(&p->park_block, 1); /* for good */
   p->draining = true;
   if (p->forked) after_fork_locked(p, &orphans);
+  unpark_all_locked(p, &dead);
   while (p->wq_head) {
     waiter *w = p->wq_head;
     waiter_unlink_locked(p, w);
@@ -860,7 +1057,7 @@ void resil_pool_free(resil_pool *p) {
 
 /* Queue as a waiter until handed a grant, the wait ends, or drain. */
 static resil_status wait_locked(resil_pool *p, resil_deadline deadline, grant *g,
-                                resil_err *err) {
+                                close_list *dead, resil_err *err) {
   if (p->waiters >= p->cfg.max_waiters) {
     p->acquire_timeouts++;
     return resil_err_set(err, RESIL_E_POOL_TIMEOUT,
@@ -874,6 +1071,10 @@ static resil_status wait_locked(resil_pool *p, resil_deadline deadline, grant *g
   if (p->wq_tail) p->wq_tail->next = &w; else p->wq_head = &w;
   p->wq_tail = &w;
   p->waiters++;
+  /* No parking while we wait, and what is parked comes to the idle list
+   * (and to us, the oldest waiter first): see park_put(). */
+  atomic_fetch_add(&p->park_block, 1);
+  unpark_all_locked(p, dead);
 
   uint64_t t0 = resil_now_ns();
   resil_deadline until = resil_deadline_bound(deadline, p->cfg.acquire_timeout_ms);
@@ -893,6 +1094,7 @@ static resil_status wait_locked(resil_pool *p, resil_deadline deadline, grant *g
     pthread_mutex_lock(&p->mu);
   }
   pthread_cond_destroy(&w.cv);
+  if (!p->forked) atomic_fetch_sub(&p->park_block, 1); /* (reset in a child of fork) */
 
   switch (w.state) {
   case W_CONN:
@@ -924,7 +1126,7 @@ static resil_pool_close_reason stale_reason_locked(const resil_pool *p,
 }
 
 static bool needs_validation(const resil_pool *p, const resil_pool_conn *c, uint64_t now) {
-  return p->cn.validate && since(now, c->idle_since_ns) >= p->cfg.validate_after_idle_ms * MS;
+  return p->cn.validate && since(now, idle_since(c)) >= p->cfg.validate_after_idle_ms * MS;
 }
 
 /* Give back a reserved slot unused. */
@@ -1048,8 +1250,10 @@ static resil_status acquire(resil_pool *p, resil_deadline deadline, resil_pool_c
   if (__builtin_expect(p->forked, 0)) after_fork_locked(p, &orphans);
   if (p->draining)
     st = resil_err_set(err, RESIL_E_CLOSED, "pool '%s': draining", p->name);
-  else if (p->wq_head || !take_locked(p, &g))
-    st = wait_locked(p, deadline, &g, err);
+  else {
+    if (!p->idle_head && !p->wq_head) unpark_all_locked(p, &dead); /* before connecting */
+    if (p->wq_head || !take_locked(p, &g)) st = wait_locked(p, deadline, &g, &dead, err);
+  }
   /* From here we hold a grant and keep our slot until we return. */
   if (st == RESIL_OK) st = vet_locked(p, deadline, &g, &dead, out, &did_io, err);
   if (st == RESIL_OK && g.kind == G_SLOT) st = slot_check_locked(p, deadline, did_io, err);
@@ -1116,7 +1320,7 @@ resil_status resil_pool_acquire(resil_pool *p, resil_deadline deadline, resil_po
   bool near = deadline.at_ns && deadline.at_ns <= now + COARSE_SLACK_NS;
   if (near && resil__now_fast_ns() >= deadline.at_ns)
     return resil_err_set(err, RESIL_E_DEADLINE, "pool '%s': deadline already passed", p->name);
-  if (acquire_quick(p, now, out)) return RESIL_OK;
+  if (park_take(p, now, out) || acquire_quick(p, now, out)) return RESIL_OK;
   return acquire_timed(p, deadline, out, err);
 }
 
@@ -1157,8 +1361,9 @@ bool resil_pool_evict(resil_pool *p, uint64_t generation) {
     pthread_mutex_unlock(&p->mu);
     return false; /* an eviction since then already covered it */
   }
-  atomic_store_explicit(&p->gen, g + 1, memory_order_release);
+  atomic_store(&p->gen, g + 1); /* before the sweep: see park_put() */
   p->evictions++;
+  unpark_all_locked(p, &dead);
   bool freed = false;
   while (p->idle_head) {
     resil_pool_conn *c = p->idle_head;
@@ -1185,8 +1390,9 @@ void resil_pool_release(resil_pool *p, resil_pool_conn *c, resil_pool_return how
     abandon_one(p, c);
     return;
   }
-  close_list dead = {NULL};
   uint64_t now = pool_now();
+  if (how == RESIL_POOL_OK && park_put(p, c, now)) return;
+  close_list dead = {NULL};
   wake_defer.open = true;
   pthread_mutex_lock(&p->mu);
   p->in_use--;
@@ -1201,6 +1407,7 @@ void resil_pool_release(resil_pool *p, resil_pool_conn *c, resil_pool_return how
   } else {
     add_idle_locked(p, c, now, &dead);
   }
+  unpark_aged_locked(p, now, &dead);
   /* the tail (the longest idle) is checked first, inline: usually fresh */
   resil_pool_conn *tail = p->idle_tail;
   if (tail && (lifetime_over(tail, now) || idle_over(p, tail, now, p->idle - 1)) &&
@@ -1218,6 +1425,15 @@ void resil__pool_test_open_add(resil_pool *p, int32_t delta) {
   pthread_mutex_lock(&p->mu);
   p->open += (uint32_t)delta;
   pthread_mutex_unlock(&p->mu);
+}
+
+void resil__pool_test_before_park(resil_pool *p, void (*fn)(void *), void *arg) {
+#if RESIL_INVARIANTS_ON
+  p->test_park_arg = arg;
+  atomic_store(&p->test_park_fn, fn);
+#else
+  (void)p, (void)fn, (void)arg;
+#endif
 }
 
 void resil__pool_test_skip_dispatch(resil_pool *p) {
@@ -1252,7 +1468,18 @@ void resil_pool_get_stats(const resil_pool *p, resil_pool_stats *out) {
   memcpy(out->closed, p->closed, sizeof p->closed);
   out->evictions = p->evictions;
   out->generation = gen_locked(p);
-  uint64_t quick = p->quick_acquires;
+  uint64_t quick = p->quick_acquires - p->park_undo;
+  for (unsigned i = 0; i < PARK_SLOTS; i++) {
+    uint64_t w = atomic_load(&m->park[i].w);
+    uint64_t takes = (atomic_load(&m->park[i].takes_hi) << 16) + (w >> 48);
+    quick += takes;
+    out->acquired += takes;
+    if (park_conn(w)) { /* counted in_use under mu: show it idle */
+      out->idle++;
+      if (out->in_use) out->in_use--;
+    }
+  }
+  out->acquired -= p->park_undo;
   pthread_mutex_unlock(&m->mu);
   resil__hist_read(&p->latency, &out->acquire_latency);
   out->acquire_latency.counts[0] += quick;
@@ -1280,6 +1507,7 @@ void resil__pool_set_generation(resil_pool *p, uint64_t gen) { atomic_store(&p->
 bool resil__pool_close_one_idle(resil_pool *p) {
   close_list dead = {NULL};
   pthread_mutex_lock(&p->mu);
+  unpark_all_locked(p, &dead);
   resil_pool_conn *c = p->idle_tail;
   if (c) {
     idle_unlink_locked(p, c);

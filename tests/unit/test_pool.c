@@ -20,6 +20,7 @@
 #include <time.h>
 
 #include "fake_clock.h"
+#include "internal.h" /* resil__pool_test_before_park, resil__invariants_enabled */
 #include "resil/adapter.h"
 #include "resil/resil.h"
 
@@ -1626,6 +1627,161 @@ static void a_connect_begun_before_an_eviction_is_lent_once_then_closed(void **s
   assert_int_equal(stats().closed[RESIL_POOL_CLOSE_EVICTED], 1);
 }
 
+/* ---- Parking (pool.c: a release with nobody queued parks the connection
+ * in the thread's slot; the next acquire of that thread takes it back) ---- */
+
+/* A parked connection is idle to everyone: the stats show it idle, and
+ * another thread gets it rather than a new connection. */
+static void a_parked_connection_is_idle_to_other_threads(void **state) {
+  (void)state;
+  resil_pool_config c = base_config();
+  c.max_size = 2;
+  make_pool(&c);
+  resil_pool_conn *a = must_acquire();
+  resil_pool_release(P, a, RESIL_POOL_OK); /* parked in this thread's slot */
+  resil_pool_stats s = stats();
+  assert_int_equal(s.open, 1);
+  assert_int_equal(s.idle, 1);
+  assert_int_equal(s.in_use, 0);
+  job j;
+  job_start(&j, 2000, true);
+  job_join(&j);
+  assert_int_equal(j.st, RESIL_OK);
+  assert_int_equal(j.id, 1);                  /* the parked one... */
+  assert_int_equal(atomic_load(&F.connects), 1); /* ...not a new connection */
+  s = stats();
+  assert_int_equal(s.acquired, 2);
+  assert_int_equal(s.idle, 1);
+  assert_int_equal(s.in_use, 0);
+}
+
+typedef struct churn {
+  pthread_t t;
+  int n, ok, timeouts;
+} churn;
+
+static void *churn_main(void *arg) {
+  churn *c = arg;
+  for (int i = 0; i < c->n; i++) {
+    resil_pool_conn *x = NULL;
+    resil_status st = resil_pool_acquire(P, resil_deadline_in_ms(10000), &x, NULL);
+    if (st == RESIL_OK) {
+      c->ok++;
+      resil_pool_release(P, x, RESIL_POOL_OK);
+    } else {
+      c->timeouts++;
+    }
+  }
+  return NULL;
+}
+
+/* One connection, four threads taking turns as fast as they can: every
+ * release races a thread that is about to queue. A connection parked just
+ * as a waiter queued and left there would strand that waiter until its
+ * acquire timeout (300 ms here): none may time out, and the counts add up. */
+static void no_waiter_is_stranded_by_a_parked_connection(void **state) {
+  (void)state;
+  resil_pool_config c = base_config();
+  c.max_size = 1;
+  c.acquire_timeout_ms = 300;
+  make_pool(&c);
+  enum { T = 4 };
+  churn w[T];
+  int per = test_build_mult() > 1 ? 2000 : 10000;
+  for (int i = 0; i < T; i++) {
+    w[i] = (churn){.n = per};
+    assert_int_equal(pthread_create(&w[i].t, NULL, churn_main, &w[i]), 0);
+  }
+  int ok = 0, timeouts = 0;
+  for (int i = 0; i < T; i++) {
+    pthread_join(w[i].t, NULL);
+    ok += w[i].ok;
+    timeouts += w[i].timeouts;
+  }
+  resil_pool_stats s = stats();
+  print_message("# %d acquires, %d timed out; %llu waited (not parked)\n", ok, timeouts,
+                (unsigned long long)(s.acquire_latency.count - s.acquire_latency.counts[0]));
+  assert_int_equal(timeouts, 0);
+  assert_int_equal(ok, T * per);
+  assert_int_equal(s.acquired, (uint64_t)(T * per));
+  assert_int_equal(s.acquire_timeouts, 0);
+  assert_int_equal(s.open, 1);
+  assert_int_equal(s.idle, 1);
+  assert_int_equal(s.in_use, 0);
+  assert_int_equal(atomic_load(&F.connects), 1);
+}
+
+static job racing_waiter;
+
+static void queue_a_waiter(void *arg) {
+  (void)arg;
+  job_start(&racing_waiter, 2000, true);
+  WAIT_FOR(stats().waiters == 1);
+}
+
+/* The race itself, made to happen: a release decides to park (nobody is
+ * queued), then a waiter queues and sweeps the slots (nothing parked yet),
+ * then the release parks. It must see the waiter and hand the connection
+ * over; parked, it would leave the waiter until its acquire timeout. */
+static void a_waiter_that_queues_while_a_release_parks_is_served(void **state) {
+  (void)state;
+  if (!resil__invariants_enabled()) {
+    print_message("built without -Dinvariants=true: no hook to make the race\n");
+    skip();
+  }
+  resil_pool_config c = base_config();
+  c.max_size = 1;
+  c.acquire_timeout_ms = 2000;
+  make_pool(&c);
+  resil_pool_conn *a = must_acquire();
+  resil__pool_test_before_park(P, queue_a_waiter, NULL);
+  uint64_t t0 = real_ms();
+  resil_pool_release(P, a, RESIL_POOL_OK);
+  job_join(&racing_waiter);
+  assert_int_equal(racing_waiter.st, RESIL_OK);
+  assert_true(real_ms() - t0 < 1000); /* served on the release, not at its timeout */
+  assert_int_equal(stats().acquire_timeouts, 0);
+}
+
+/* Drain and eviction reach parked connections at once. */
+static void drain_and_evict_close_parked_connections(void **state) {
+  (void)state;
+  resil_pool_config c = base_config();
+  make_pool(&c);
+  resil_pool_conn *a = must_acquire();
+  resil_pool_release(P, a, RESIL_POOL_OK); /* parked */
+  assert_true(resil_pool_evict(P, RESIL_POOL_GEN_CURRENT));
+  resil_pool_stats s = stats();
+  assert_int_equal(s.closed[RESIL_POOL_CLOSE_EVICTED], 1);
+  assert_int_equal(s.open, 0);
+  assert_int_equal(atomic_load(&F.closes), 1);
+  a = must_acquire();
+  resil_pool_release(P, a, RESIL_POOL_OK); /* parked again */
+  assert_int_equal(resil_pool_drain(P, resil_deadline_in_ms(1000)), RESIL_OK);
+  s = stats();
+  assert_int_equal(s.closed[RESIL_POOL_CLOSE_DRAIN], 1);
+  assert_int_equal(s.open, 0);
+  assert_int_equal(atomic_load(&F.closes), 2);
+}
+
+/* A parked connection whose validation is due is validated like any idle
+ * one (the full acquire vets it), and its take is not counted twice. */
+static void a_parked_connection_due_for_validation_is_validated(void **state) {
+  (void)state;
+  resil_pool_config c = base_config();
+  c.validate_after_idle_ms = 100;
+  make_pool(&c);
+  resil_pool_conn *a = must_acquire();
+  resil_pool_release(P, a, RESIL_POOL_OK);
+  fake_clock_advance_ms(150);
+  a = must_acquire();
+  assert_int_equal(id_of(a), 1);
+  assert_int_equal(atomic_load(&F.validations), 1);
+  assert_true(resil_pool_conn_did_io(a));
+  resil_pool_release(P, a, RESIL_POOL_OK);
+  assert_int_equal(stats().acquired, 2);
+}
+
 /* A test on the real clock, or on the fake clock. */
 #define REAL(f) cmocka_unit_test_setup_teardown(f, setup_real, teardown)
 #define FAKE(f) cmocka_unit_test_setup_teardown(f, setup_fake, teardown)
@@ -1680,6 +1836,11 @@ int main(void) {
       REAL(evict_closes_idle_now_and_borrowed_on_release),
       REAL(eviction_hands_freed_slots_to_waiters),
       REAL(a_connect_begun_before_an_eviction_is_lent_once_then_closed),
+      REAL(a_parked_connection_is_idle_to_other_threads),
+      REAL(no_waiter_is_stranded_by_a_parked_connection),
+      REAL(a_waiter_that_queues_while_a_release_parks_is_served),
+      REAL(drain_and_evict_close_parked_connections),
+      FAKE(a_parked_connection_due_for_validation_is_validated),
   };
   return cmocka_run_group_tests_name("pool", tests, NULL, NULL);
 }
