@@ -345,6 +345,54 @@ static void assert_msg_has(const char *msg, const char *needle) {
   if (!strstr(msg, needle)) fail_msg("message lacks \"%s\": %s", needle, msg);
 }
 
+/* A Redis client of host:port with a CONNECT_TIMEOUT_MS connect timeout;
+ * one PING under a DEADLINE_MS deadline, its duration in *took_ms. */
+static resil_redis *redis_client(const char *name, const char *host, uint16_t port) {
+  resil_redis_config cfg;
+  resil_redis_config_init(&cfg, name);
+  cfg.host = host;
+  cfg.port = port;
+  cfg.connect_timeout_ms = CONNECT_TIMEOUT_MS;
+  resil_err err = {0};
+  resil_redis *r = resil_redis_new(&cfg, &err);
+  if (!r) fail_msg("resil_redis_new: %s", err.msg);
+  return r;
+}
+
+static resil_status redis_ping(resil_redis *r, uint64_t *took_ms, resil_err *err) {
+  redisReply *rep = NULL;
+  uint64_t t0 = resil_now_ns();
+  resil_status st =
+      resil_redis_command(r, resil_deadline_in_ms(DEADLINE_MS), 0, &rep, err, "PING");
+  *took_ms = ms_since(t0);
+  assert_null(rep);
+  return st;
+}
+
+/* The same for PostgreSQL: a client of host:port, one SELECT 1. */
+static resil_pg *pg_client(const char *name, const char *host, uint16_t port) {
+  char conninfo[128];
+  snprintf(conninfo, sizeof conninfo, "host=%s port=%u dbname=x user=x", host, (unsigned)port);
+  resil_pg_config cfg;
+  resil_pg_config_init(&cfg, name);
+  cfg.conninfo = conninfo;
+  cfg.connect_timeout_ms = CONNECT_TIMEOUT_MS;
+  resil_err err = {0};
+  resil_pg *pg = resil_pg_new(&cfg, &err);
+  if (!pg) fail_msg("resil_pg_new: %s", err.msg);
+  return pg;
+}
+
+static resil_status pg_select1(resil_pg *pg, uint64_t *took_ms, resil_err *err) {
+  PGresult *res = NULL;
+  uint64_t t0 = resil_now_ns();
+  resil_status st =
+      resil_pg_query(pg, resil_deadline_in_ms(DEADLINE_MS), 0, "SELECT 1", 0, NULL, &res, err);
+  *took_ms = ms_since(t0);
+  assert_null(res); /* pg.h: *res is NULL unless the server rejected the statement */
+  return st;
+}
+
 /* ---- tests ------------------------------------------------------------ */
 
 /* The rule is in force: a SYN to the dropped port stays unanswered (no
@@ -369,20 +417,10 @@ static void redis_connect_times_out_at_connect_timeout(void **state) {
   (void)state;
   need_netns();
   int fds_before = count_open_fds();
-  resil_redis_config cfg;
-  resil_redis_config_init(&cfg, "syn-drop-redis");
-  cfg.host = "127.0.0.1";
-  cfg.port = drop_port;
-  cfg.connect_timeout_ms = CONNECT_TIMEOUT_MS;
+  resil_redis *r = redis_client("syn-drop-redis", "127.0.0.1", drop_port);
   resil_err err = {0};
-  resil_redis *r = resil_redis_new(&cfg, &err);
-  if (!r) fail_msg("resil_redis_new: %s", err.msg);
-  redisReply *rep = NULL;
-  uint64_t t0 = resil_now_ns();
-  resil_status st = resil_redis_command(r, resil_deadline_in_ms(DEADLINE_MS), 0, &rep, &err,
-                                        "PING");
-  uint64_t took = ms_since(t0);
-  assert_null(rep);
+  uint64_t took;
+  resil_status st = redis_ping(r, &took, &err);
   /* redis.h: "RESIL_E_TIMEOUT  the deadline (or command_timeout_ms) passed
    * while connecting"; the message names the phase and the address:
    * "<name>: connect to 127.0.0.1:P: timed out after N ms (connect_timeout_ms)" */
@@ -403,22 +441,10 @@ static void pg_connect_times_out_at_connect_timeout(void **state) {
   (void)state;
   need_netns();
   int fds_before = count_open_fds();
-  char conninfo[128];
-  snprintf(conninfo, sizeof conninfo, "host=127.0.0.1 port=%u dbname=x user=x",
-           (unsigned)drop_port);
-  resil_pg_config cfg;
-  resil_pg_config_init(&cfg, "syn-drop-pg");
-  cfg.conninfo = conninfo;
-  cfg.connect_timeout_ms = CONNECT_TIMEOUT_MS;
+  resil_pg *pg = pg_client("syn-drop-pg", "127.0.0.1", drop_port);
   resil_err err = {0};
-  resil_pg *pg = resil_pg_new(&cfg, &err);
-  if (!pg) fail_msg("resil_pg_new: %s", err.msg);
-  PGresult *res = NULL;
-  uint64_t t0 = resil_now_ns();
-  resil_status st =
-      resil_pg_query(pg, resil_deadline_in_ms(DEADLINE_MS), 0, "SELECT 1", 0, NULL, &res, &err);
-  uint64_t took = ms_since(t0);
-  assert_null(res); /* pg.h: *res is NULL unless the server rejected the statement */
+  uint64_t took;
+  resil_status st = pg_select1(pg, &took, &err);
   /* pg.h: "RESIL_E_TIMEOUT  our deadline passed"; the connect is bounded
    * by min(connect_timeout_ms, the deadline). */
   if (st != RESIL_E_TIMEOUT) fail_msg("status %s: %s", resil_status_name(st), err.msg);
@@ -536,20 +562,11 @@ static void assert_dns_timeout(const char *what, resil_status st, uint64_t took,
 static void redis_lookup_times_out_at_connect_timeout(void **state) {
   (void)state;
   need_dns_blackhole();
-  resil_redis_config cfg;
-  resil_redis_config_init(&cfg, "dns-blackhole-redis");
-  cfg.host = BLACKHOLE_NAME;
-  cfg.port = open_port;
-  cfg.connect_timeout_ms = CONNECT_TIMEOUT_MS;
+  resil_redis *r = redis_client("dns-blackhole-redis", BLACKHOLE_NAME, open_port);
   resil_err err = {0};
-  resil_redis *r = resil_redis_new(&cfg, &err);
-  if (!r) fail_msg("resil_redis_new: %s", err.msg);
-  redisReply *rep = NULL;
-  uint64_t t0 = resil_now_ns();
-  resil_status st = resil_redis_command(r, resil_deadline_in_ms(DEADLINE_MS), 0, &rep, &err,
-                                        "PING");
-  assert_dns_timeout("resil_redis_command", st, ms_since(t0), err.msg);
-  assert_null(rep);
+  uint64_t took;
+  resil_status st = redis_ping(r, &took, &err);
+  assert_dns_timeout("resil_redis_command", st, took, err.msg);
   assert_one_timeout(resil_redis_dep(r), 0);
   resil_redis_free(r);
 }
@@ -557,22 +574,11 @@ static void redis_lookup_times_out_at_connect_timeout(void **state) {
 static void pg_lookup_times_out_at_connect_timeout(void **state) {
   (void)state;
   need_dns_blackhole();
-  char conninfo[128];
-  snprintf(conninfo, sizeof conninfo, "host=%s port=%u dbname=x user=x", BLACKHOLE_NAME,
-           (unsigned)open_port);
-  resil_pg_config cfg;
-  resil_pg_config_init(&cfg, "dns-blackhole-pg");
-  cfg.conninfo = conninfo;
-  cfg.connect_timeout_ms = CONNECT_TIMEOUT_MS;
+  resil_pg *pg = pg_client("dns-blackhole-pg", BLACKHOLE_NAME, open_port);
   resil_err err = {0};
-  resil_pg *pg = resil_pg_new(&cfg, &err);
-  if (!pg) fail_msg("resil_pg_new: %s", err.msg);
-  PGresult *res = NULL;
-  uint64_t t0 = resil_now_ns();
-  resil_status st =
-      resil_pg_query(pg, resil_deadline_in_ms(DEADLINE_MS), 0, "SELECT 1", 0, NULL, &res, &err);
-  assert_dns_timeout("resil_pg_query", st, ms_since(t0), err.msg);
-  assert_null(res);
+  uint64_t took;
+  resil_status st = pg_select1(pg, &took, &err);
+  assert_dns_timeout("resil_pg_query", st, took, err.msg);
   assert_one_timeout(resil_pg_dep(pg), 0);
   resil_pg_free(pg);
 }
