@@ -321,12 +321,16 @@ static bool lifetime_over(const resil_pool_conn *c, uint64_t now) {
   return c->expires_ns && now >= c->expires_ns;
 }
 
+/* Idle longer than idle_timeout_ms (whatever min_idle says). */
+static bool idle_expired(const resil_pool *p, const resil_pool_conn *c, uint64_t now) {
+  return p->cfg.idle_timeout_ms && since(now, idle_since(c)) >= p->cfg.idle_timeout_ms * MS;
+}
+
 /* Idle longer than idle_timeout_ms, and closing it keeps min_idle idle
  * (`idle_left` = idle connections other than c). */
 static bool idle_over(const resil_pool *p, const resil_pool_conn *c, uint64_t now,
                       uint32_t idle_left) {
-  return p->cfg.idle_timeout_ms && since(now, idle_since(c)) >= p->cfg.idle_timeout_ms * MS &&
-         idle_left >= p->cfg.min_idle;
+  return idle_expired(p, c, now) && idle_left >= p->cfg.min_idle;
 }
 
 static void idle_unlink_locked(resil_pool *p, resil_pool_conn *c) {
@@ -448,14 +452,19 @@ static void retire_locked(resil_pool *p, resil_pool_conn *c, resil_pool_close_re
   close_push(l, c);
 }
 
+/* A connection about to go idle that must not (the pool drains, or it is of
+ * an older generation): closed, its slot handed on. True if so. */
+static bool retire_unwanted_locked(resil_pool *p, resil_pool_conn *c, close_list *l) {
+  if (!p->draining && c->gen == gen_locked(p)) return false;
+  retire_locked(p, c, p->draining ? RESIL_POOL_CLOSE_DRAIN : RESIL_POOL_CLOSE_EVICTED, l);
+  slot_freed_locked(p);
+  return true;
+}
+
 /* A connection no one holds yet (just connected, or just returned): make it
  * idle and serve waiters, or close it if the pool is draining. */
 static void add_idle_locked(resil_pool *p, resil_pool_conn *c, uint64_t now, close_list *l) {
-  if (p->draining || c->gen != gen_locked(p)) {
-    retire_locked(p, c, p->draining ? RESIL_POOL_CLOSE_DRAIN : RESIL_POOL_CLOSE_EVICTED, l);
-    slot_freed_locked(p);
-    return;
-  }
+  if (retire_unwanted_locked(p, c, l)) return;
   atomic_store_explicit(&c->idle_since_ns, now, memory_order_relaxed);
   idle_push_head_locked(p, c);
 #if RESIL_INVARIANTS_ON
@@ -549,11 +558,7 @@ static void idle_insert_by_age_locked(resil_pool *p, resil_pool_conn *c) {
  * serving a waiter, or closed if draining or of an older generation. */
 static void unpark_one_locked(resil_pool *p, resil_pool_conn *c, close_list *l) {
   p->in_use--;
-  if (p->draining || c->gen != gen_locked(p)) {
-    retire_locked(p, c, p->draining ? RESIL_POOL_CLOSE_DRAIN : RESIL_POOL_CLOSE_EVICTED, l);
-    slot_freed_locked(p);
-    return;
-  }
+  if (retire_unwanted_locked(p, c, l)) return;
   idle_insert_by_age_locked(p, c);
   if (p->wq_head) dispatch_locked(p);
 }
@@ -573,10 +578,7 @@ static void unpark_aged_locked(resil_pool *p, uint64_t now, close_list *l) {
     struct park_slot *s = &p->park[i];
     uint64_t w = atomic_load_explicit(&s->w, memory_order_acquire);
     resil_pool_conn *c = park_conn(w);
-    if (!c || !(lifetime_over(c, now) || (p->cfg.idle_timeout_ms &&
-                                           since(now, idle_since(c)) >=
-                                               p->cfg.idle_timeout_ms * MS)))
-      continue;
+    if (!c || !(lifetime_over(c, now) || idle_expired(p, c, now))) continue;
     if (atomic_compare_exchange_strong(&s->w, &w, w & ~PARK_PTR)) unpark_one_locked(p, c, l);
   }
 }
@@ -621,8 +623,7 @@ static bool park_take(resil_pool *p, uint64_t now, resil_pool_conn **out) {
   if (!(nw >> 48)) atomic_fetch_add_explicit(&s->takes_hi, 1, memory_order_relaxed);
   resil_pool_conn *c = park_conn(w);
   if (c->gen == atomic_load_explicit(&p->gen, memory_order_acquire) && !lifetime_over(c, now) &&
-      !needs_validation(p, c, now) &&
-      !(p->cfg.idle_timeout_ms && since(now, idle_since(c)) >= p->cfg.idle_timeout_ms * MS)) {
+      !needs_validation(p, c, now) && !idle_expired(p, c, now)) {
     c->did_io = false;
     *out = c;
     return true;
