@@ -23,26 +23,7 @@
 #define W_FAIL 1
 #define W_SLOW 2
 
-struct resil_breaker {
-  resil_breaker_config cfg;
-  char name[64];
-  _Alignas(RESIL_CACHELINE) _Atomic uint64_t word; /* gen << 8 | state */
-  _Atomic uint64_t open_until_ns;
-  _Atomic uint64_t half; /* gen << 32 | probes_in_flight << 16 | successes */
-  _Alignas(RESIL_CACHELINE) _Atomic uint32_t consecutive;
-  resil_window window;
-  uint64_t slow_ns;
-
-  pthread_mutex_t mu; /* state changes only */
-  resil_breaker_mode mode;
-  uint32_t trip_streak;
-  uint64_t closed_at_ns, opened_at_ns;
-  resil_trip_reason last_reason;
-  uint64_t trip_calls, trip_bad; /* window figures at the last trip */
-  _Atomic uint64_t transitions[RESIL_BREAKER_STATE_COUNT_];
-};
-
-#define WORD(gen, st) (((uint64_t)(gen) << 8) | (uint64_t)(st))
+#define WORD(gen, st) RESIL__BREAKER_WORD(gen, st)
 #define W_STATE(w) ((resil_breaker_state)((w)&0xff))
 #define W_GEN(w) ((uint32_t)((w) >> 8))
 #define H_GEN(h) ((uint32_t)((h) >> 32))
@@ -355,8 +336,7 @@ void resil__breaker_record_at(resil_breaker *b, resil_breaker_ticket t, resil_st
   if (cls != RESIL_CLASS_SUCCESS && cls != RESIL_CLASS_FAILURE) return;
   bool failed = cls == RESIL_CLASS_FAILURE;
   if (!now) now = resil_now_ns();
-  uint64_t v[RESIL_WINDOW_VALS] = {1, failed, slow};
-  resil__window_add(&b->window, now, v);
+  resil__window_count(&b->window, now, failed, slow);
   if (failed) {
     atomic_fetch_add_explicit(&b->consecutive, 1, memory_order_relaxed);
   } else if (atomic_load_explicit(&b->consecutive, memory_order_relaxed) != 0) {

@@ -571,8 +571,9 @@ static void grant_locked(resil_dep *d) {
   }
 }
 
-/* Wait for a slot until the earlier of the deadline and max_wait_ms. */
-static resil_status wait_slot(resil_dep *d, resil_deadline deadline) {
+/* Wait for a slot until the earlier of the deadline and max_wait_ms. Out
+ * of line: admit's common case stays small. */
+static __attribute__((noinline)) resil_status wait_slot(resil_dep *d, resil_deadline deadline) {
   if (d->cfg.limit.max_waiters == 0) return RESIL_E_CONCURRENCY_FULL;
   resil_deadline until = resil_deadline_bound(deadline, d->cfg.limit.max_wait_ms);
   waiter w = {0};
@@ -660,7 +661,7 @@ static __attribute__((noinline)) void policies_done(resil_dep *d, const resil_pe
  * half-open probe: those are the breaker's to limit), then a pause and the
  * outbound rate limit (flow.c), which may wait within the call's allowed
  * wait and then move *now. */
-static resil_status admit_gates(resil_dep *d, const resil_breaker_ticket *t,
+static __attribute__((noinline)) resil_status admit_gates(resil_dep *d, const resil_breaker_ticket *t,
                                 resil_deadline deadline, uint64_t *now) {
   if (d->thr && !t->probe) {
     resil_status st = resil__throttle_admit(d->thr, d, *now);
@@ -689,7 +690,7 @@ resil_status resil_dep_admit(resil_dep *d, resil_deadline deadline, resil_permit
   if (atomic_load_explicit(&d->draining, memory_order_relaxed))
     return reject(d, RESIL_E_DRAINING, err);
   resil_breaker_ticket t;
-  if (resil_breaker_acquire(d->breaker, &t) != RESIL_OK)
+  if (resil__breaker_acquire(d->breaker, &t) != RESIL_OK)
     return reject(d, RESIL_E_BREAKER_OPEN, err);
   uint64_t now = resil__now_fast_ns();
   if (deadline.at_ns && now >= deadline.at_ns) {
@@ -710,7 +711,7 @@ resil_status resil_dep_admit(resil_dep *d, resil_deadline deadline, resil_permit
       resil_breaker_record(d->breaker, t, st, 0);
       return reject(d, st, err);
     }
-    now = resil__now_fast_ns();
+    now = resil__now_fast_slow(); /* the same reading, out of line: we waited anyway */
   }
   uint64_t cap = now + (uint64_t)d->cfg.timeout_ms * 1000000ull;
   p->dep = d;
@@ -746,7 +747,7 @@ void resil_dep_done(resil_permit *p, resil_status outcome) {
       resil_status_class_of(outcome) == RESIL_CLASS_FAILURE &&
       resil__endpoints_failure_ignored(atomic_load_explicit(&d->pool, memory_order_relaxed)))
     seen = RESIL_E_CALLER;
-  resil__breaker_record_at(d->breaker, p->ticket, seen, lat, now);
+  resil__breaker_record_now(d->breaker, p->ticket, seen, lat, now);
   dep_stripe *s = my_stripe(d);
   if (resil__is_rejection(outcome)) {
     atomic_fetch_add_explicit(&s->rejections[reject_reason_of(outcome)], 1, memory_order_relaxed);

@@ -78,14 +78,12 @@
 
 #include "internal.h"
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define HAVE_TSC RESIL__HAVE_TSC
+#if HAVE_TSC
 #include <cpuid.h>
 #include <sys/prctl.h>
 #include <x86intrin.h>
-#define HAVE_TSC 1
 __extension__ typedef unsigned __int128 u128;
-#else
-#define HAVE_TSC 0
 #endif
 
 #define ANCHOR_NS 100000000ull  /* re-anchor every 100 ms of TSC time */
@@ -93,19 +91,22 @@ __extension__ typedef unsigned __int128 u128;
 #define SAMPLE_MAX_NS 20000ull  /* a wider TSC/clock_gettime bracket is retried later */
 #define AGREE_NS 50000ull       /* validation bound: 50 us ... */
 #define AGREE_PPM_DIV 2000ull   /* ... plus 500 ppm of the time since the last check */
-#define ANCHORS 8u
+#define ANCHORS RESIL__ANCHORS
 #define RETRY_NS 60000000000ull /* after a failed check: calibrate again in 60 s, */
 #define RETRIES 3u              /* then 120 s, 240 s; the 4th failure is final */
 
 enum { FC_UNKNOWN = 0, FC_OFF, FC_CALIB, FC_TSC, FC_FAILED };
+_Static_assert(FC_TSC == RESIL__FC_TSC, "the inline fast path's test of fc_mode");
 
-typedef struct anchor {
-  _Atomic uint64_t tsc, ns, mult, span; /* span: valid TSC ticks after tsc */
-} anchor;
+typedef resil__anchor anchor;
 
-static _Atomic int fc_mode;
-static _Atomic uint64_t fc_idx; /* anchor in use: ring[fc_idx % ANCHORS]; 0: none yet */
-static anchor fc_ring[ANCHORS];
+/* Read by resil__now_fast_ns(), inline (internal.h). */
+#define fc_mode resil__fc_mode
+#define fc_idx resil__fc_idx
+#define fc_ring resil__fc_ring
+_Atomic int fc_mode;
+_Atomic uint64_t fc_idx; /* anchor in use: ring[fc_idx % ANCHORS]; 0: none yet */
+anchor fc_ring[ANCHORS];
 static _Atomic int fc_busy;         /* a thread is calibrating or re-anchoring */
 static _Atomic uint64_t fc_anchors; /* anchors published, for tests */
 static _Atomic uint64_t fc_checks;  /* validations passed */
@@ -448,7 +449,11 @@ static __attribute__((noinline)) uint64_t now_slow(uint64_t seen) {
   return resil_now_ns();
 }
 
-uint64_t resil__now_fast_ns(void) {
+/* resil__now_fast_ns() when its inline fast path does not apply: the same
+ * fast path once more (a new anchor was published meanwhile), a reading
+ * outside the anchor's span, the TSC off, calibrating or failed, a fake
+ * clock. */
+uint64_t resil__now_fast_slow(void) {
   int mode = atomic_load_explicit(&fc_mode, memory_order_relaxed);
   bool fake = atomic_load_explicit(&resil__clock_fn, memory_order_relaxed) != NULL;
   /* clock_gettime by choice or for good: no detour through now_slow() */

@@ -4,7 +4,7 @@
 #include "internal.h"
 
 static const uint64_t bounds[RESIL_HIST_BOUNDS] = {
-    100000ull,     250000ull,     500000ull,     1000000ull,    2500000ull,   5000000ull,
+    RESIL__HIST_BOUND0_NS, 250000ull,     500000ull,     1000000ull,    2500000ull,   5000000ull,
     10000000ull,   25000000ull,   50000000ull,   100000000ull,  250000000ull, 500000000ull,
     1000000000ull, 2500000000ull, 5000000000ull, 10000000000ull, 30000000000ull, 60000000000ull,
 };
@@ -24,12 +24,6 @@ unsigned resil__hist_bucket(uint64_t ns) {
 }
 
 void resil__hist_init(resil_hist *h) { memset(h, 0, sizeof *h); }
-
-void resil__hist_observe(resil_hist *h, uint64_t ns) {
-  resil_hist_stripe *s = &h->s[resil__stripe()];
-  atomic_fetch_add_explicit(&s->counts[resil__hist_bucket(ns)], 1, memory_order_relaxed);
-  atomic_fetch_add_explicit(&s->sum_ns, ns, memory_order_relaxed);
-}
 
 void resil__hist_read(const resil_hist *h, resil_hist_snapshot *out) {
   memset(out, 0, sizeof *out);

@@ -68,14 +68,26 @@ static inline bool resil__is_rejection(resil_status s) {
 #define RESIL_CACHELINE 64
 #define RESIL_STRIPES 8 /* power of two */
 
+/* Thread-local storage as the library uses it: initial-exec, so that a
+ * reading is a plain %fs-relative load even inside the shared library. */
+#define RESIL_TLS _Thread_local __attribute__((tls_model("initial-exec")))
+
 /* This thread's stripe, 0..RESIL_STRIPES-1, assigned round-robin on first
- * use so that two threads rarely share one. */
-unsigned resil__stripe(void);
+ * use so that two threads rarely share one. Inline: done() asks three
+ * times a call. */
+extern RESIL_TLS unsigned resil__my_stripe; /* ~0u: not assigned yet */
+unsigned resil__stripe_assign(void);
+static inline unsigned resil__stripe(void) {
+  unsigned s = resil__my_stripe;
+  return __builtin_expect(s != ~0u, 1) ? s : resil__stripe_assign();
+}
 
 /* ---- Striped latency histogram ---------------------------------------- */
 typedef struct resil_hist_stripe {
-  _Alignas(RESIL_CACHELINE) _Atomic uint64_t counts[RESIL_HIST_BOUNDS + 1];
-  _Atomic uint64_t sum_ns;
+  /* sum_ns first: it shares its cache line with the low buckets, where the
+   * calls of a fast dependency land */
+  _Alignas(RESIL_CACHELINE) _Atomic uint64_t sum_ns;
+  _Atomic uint64_t counts[RESIL_HIST_BOUNDS + 1];
 } resil_hist_stripe;
 
 typedef struct resil_hist {
@@ -83,11 +95,21 @@ typedef struct resil_hist {
 } resil_hist;
 
 void resil__hist_init(resil_hist *h);
-/* Record one observation; lock-free, allocation-free. */
-void resil__hist_observe(resil_hist *h, uint64_t ns);
 void resil__hist_read(const resil_hist *h, resil_hist_snapshot *out);
 /* Index of the bucket ns falls in (RESIL_HIST_BOUNDS for +Inf). */
 unsigned resil__hist_bucket(uint64_t ns);
+/* The first bound (100 us): resil_hist_bounds_ns()[0]. */
+#define RESIL__HIST_BOUND0_NS 100000ull
+
+/* Record one observation; lock-free, allocation-free. Inline, with the
+ * first bucket decided by one comparison (the calls of a dependency
+ * answering within 100 us; slower ones pay a binary search). */
+static inline void resil__hist_observe(resil_hist *h, uint64_t ns) {
+  resil_hist_stripe *s = &h->s[resil__stripe()];
+  unsigned b = __builtin_expect(ns <= RESIL__HIST_BOUND0_NS, 1) ? 0 : resil__hist_bucket(ns);
+  atomic_fetch_add_explicit(&s->counts[b], 1, memory_order_relaxed);
+  atomic_fetch_add_explicit(&s->sum_ns, ns, memory_order_relaxed);
+}
 
 /* ---- Time and waiting ------------------------------------------------- */
 
@@ -212,7 +234,49 @@ static inline uint64_t resil__now_coarse_inline_ns(void) {
  * elsewhere, with RESIL_CLOCK=portable, after a failed check, and with a
  * fake clock installed, resil_now_ns(). Lock-free and allocation-free.
  * fastclock.c explains the scheme. */
-uint64_t resil__now_fast_ns(void);
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define RESIL__HAVE_TSC 1
+#else
+#define RESIL__HAVE_TSC 0
+#endif
+/* An anchor: ns = ns + ((TSC - tsc) * mult) >> 32 for a TSC within span
+ * ticks after tsc. fastclock.c owns these; they are here for the inline
+ * fast path. */
+typedef struct resil__anchor {
+  _Atomic uint64_t tsc, ns, mult, span;
+} resil__anchor;
+#define RESIL__ANCHORS 8u
+#define RESIL__FC_TSC 3 /* resil__fc_mode: the TSC path is on */
+extern _Atomic int resil__fc_mode;
+extern _Atomic uint64_t resil__fc_idx; /* anchor in use: ring[idx % RESIL__ANCHORS] */
+extern resil__anchor resil__fc_ring[RESIL__ANCHORS];
+uint64_t resil__now_fast_slow(void);
+
+/* Inline, for the call path: the common case (TSC on, no fake clock, the
+ * anchor unchanged during the reading and the TSC within the first half of
+ * its span) is an RDTSC, five loads and a multiply; anything else is
+ * resil__now_fast_slow(). */
+static inline uint64_t resil__now_fast_ns(void) {
+#if RESIL__HAVE_TSC
+  if (__builtin_expect(
+          atomic_load_explicit(&resil__fc_mode, memory_order_relaxed) == RESIL__FC_TSC &&
+              atomic_load_explicit(&resil__clock_fn, memory_order_relaxed) == NULL,
+          1)) {
+    uint64_t idx = atomic_load_explicit(&resil__fc_idx, memory_order_acquire);
+    const resil__anchor *a = &resil__fc_ring[idx % RESIL__ANCHORS];
+    uint64_t t = __builtin_ia32_rdtsc();
+    uint64_t at = atomic_load_explicit(&a->tsc, memory_order_acquire);
+    uint64_t an = atomic_load_explicit(&a->ns, memory_order_acquire);
+    uint64_t mult = atomic_load_explicit(&a->mult, memory_order_acquire);
+    uint64_t span = atomic_load_explicit(&a->span, memory_order_acquire);
+    uint64_t d = t - at; /* huge if t < at: the slow path */
+    if (__builtin_expect(
+            atomic_load_explicit(&resil__fc_idx, memory_order_relaxed) == idx && d < span / 2, 1))
+      return an + ((d * mult) >> 32);
+  }
+#endif
+  return resil__now_fast_slow();
+}
 /* "tsc" or "clock_gettime": what resil__now_fast_ns() reads now (while it
  * calibrates, and after a fallback: clock_gettime). */
 const char *resil__fast_clock_source(void);
@@ -272,28 +336,107 @@ typedef struct resil_window {
   uint64_t bucket_ns;
   uint32_t nbuckets;
   resil_window_bucket *b; /* nbuckets entries */
-  /* The last epoch computed and where its period starts, to skip a 64-bit
-   * division on most adds (packed: start_ns can be recomputed from epoch). */
-  _Alignas(RESIL_CACHELINE) _Atomic uint64_t hint_epoch;
+  /* The bucket of the last period an add saw: its epoch << 8 | its index in
+   * b (nbuckets <= RESIL__WINDOW_MAX_BUCKETS), so that an add skips the
+   * division by bucket_ns and the modulo by nbuckets while that period lasts
+   * (its start is (epoch - 1) * bucket_ns). 0: none yet. */
+  _Alignas(RESIL_CACHELINE) _Atomic uint64_t hint;
 } resil_window;
+#define RESIL__WINDOW_MAX_BUCKETS 255u
 
-/* Allocate a window of nbuckets buckets covering window_ns. 0 or
- * RESIL_E_NOMEM. */
+/* Allocate a window of nbuckets (1..RESIL__WINDOW_MAX_BUCKETS) buckets
+ * covering window_ns. 0, RESIL_E_NOMEM, or RESIL_E_INVALID for a bucket
+ * count out of range. */
 resil_status resil__window_init(resil_window *w, uint64_t window_ns, uint32_t nbuckets);
 void resil__window_destroy(resil_window *w);
 /* Add vals (RESIL_WINDOW_VALS entries) to the bucket holding now. Lock-free
  * (a bounded spin while another thread recycles the same bucket). */
 void resil__window_add(resil_window *w, uint64_t now, const uint64_t *vals);
+/* Count one call in the bucket holding now: calls + 1, failures + failed,
+ * slow calls + slow (resil__window_add with vals {1, failed, slow}). Inline
+ * for the call path: while the period of the last add lasts and its bucket
+ * is recycled, three loads and the adds; anything else (a new period, a
+ * bucket being recycled) goes through resil__window_add. */
+static inline void resil__window_count(resil_window *w, uint64_t now, bool failed, bool slow) {
+  uint64_t h = atomic_load_explicit(&w->hint, memory_order_relaxed);
+  uint64_t e = h >> 8;
+  if (__builtin_expect(e != 0 && now - (e - 1) * w->bucket_ns < w->bucket_ns, 1)) {
+    resil_window_bucket *b = &w->b[h & 0xff];
+    if (__builtin_expect(atomic_load_explicit(&b->epoch, memory_order_acquire) == e << 1, 1)) {
+      resil_window_cell *c = &b->cell[resil__stripe()];
+      atomic_fetch_add_explicit(&c->v[0], 1, memory_order_relaxed);
+      if (failed) atomic_fetch_add_explicit(&c->v[1], 1, memory_order_relaxed);
+      if (slow) atomic_fetch_add_explicit(&c->v[2], 1, memory_order_relaxed);
+      return;
+    }
+  }
+  const uint64_t v[RESIL_WINDOW_VALS] = {1, failed, slow};
+  resil__window_add(w, now, v);
+}
 /* Sum of every bucket within the window ending at now. */
 void resil__window_sum(const resil_window *w, uint64_t now, uint64_t *out);
 /* Forget everything. Concurrent adds may survive; callers bump a
  * generation to keep stale ones out. */
 void resil__window_reset(resil_window *w);
 
+/* ---- Circuit breaker (breaker.c) ----------------------------------------
+ * Here rather than in breaker.c so that a dependency's admit and done take
+ * the common case (closed; a success that was not slow) inline. */
+struct resil_breaker {
+  resil_breaker_config cfg;
+  char name[64];
+  _Alignas(RESIL_CACHELINE) _Atomic uint64_t word; /* gen << 8 | state */
+  _Atomic uint64_t open_until_ns;
+  _Atomic uint64_t half; /* gen << 32 | probes_in_flight << 16 | successes */
+  _Alignas(RESIL_CACHELINE) _Atomic uint32_t consecutive;
+  resil_window window;
+  uint64_t slow_ns;
+
+  pthread_mutex_t mu; /* state changes only */
+  resil_breaker_mode mode;
+  uint32_t trip_streak;
+  uint64_t closed_at_ns, opened_at_ns;
+  resil_trip_reason last_reason;
+  uint64_t trip_calls, trip_bad; /* window figures at the last trip */
+  _Atomic uint64_t transitions[RESIL_BREAKER_STATE_COUNT_];
+};
+
+/* The state word: generation << 8 | state. */
+#define RESIL__BREAKER_WORD(gen, st) (((uint64_t)(gen) << 8) | (uint64_t)(st))
+
 /* resil_breaker_record() with the current time supplied by the caller (0:
  * read the clock), so a dependency's done() reads the clock once. */
 void resil__breaker_record_at(resil_breaker *b, resil_breaker_ticket t, resil_status outcome,
                               uint64_t latency_ns, uint64_t now);
+
+/* resil_breaker_acquire(), with CLOSED decided inline (one load). */
+static inline resil_status resil__breaker_acquire(resil_breaker *b, resil_breaker_ticket *t) {
+  uint64_t w = atomic_load_explicit(&b->word, memory_order_acquire);
+  if (__builtin_expect((w & 0xff) == RESIL_BREAKER_CLOSED, 1)) {
+    *t = (resil_breaker_ticket){.gen = (uint32_t)(w >> 8), .probe = 0, .counted = 1};
+    return RESIL_OK;
+  }
+  return resil_breaker_acquire(b, t);
+}
+
+/* resil__breaker_record_at() with a success in CLOSED that was not slow
+ * recorded inline: the window's call count, and the run of consecutive
+ * failures ended (written only when there was one). */
+static inline void resil__breaker_record_now(resil_breaker *b, resil_breaker_ticket t,
+                                             resil_status outcome, uint64_t latency_ns,
+                                             uint64_t now) {
+  if (__builtin_expect(outcome == RESIL_OK && t.counted && !t.probe &&
+                           (latency_ns <= b->slow_ns || b->slow_ns == 0) &&
+                           atomic_load_explicit(&b->word, memory_order_acquire) ==
+                               RESIL__BREAKER_WORD(t.gen, RESIL_BREAKER_CLOSED),
+                       1)) {
+    resil__window_count(&b->window, now, false, false);
+    if (atomic_load_explicit(&b->consecutive, memory_order_relaxed) != 0)
+      atomic_store_explicit(&b->consecutive, 0, memory_order_relaxed);
+    return;
+  }
+  resil__breaker_record_at(b, t, outcome, latency_ns, now);
+}
 
 /* Worst-case bytes of a breaker with config c (object and window). */
 uint64_t resil__breaker_memory_bound(const resil_breaker_config *c);

@@ -11,16 +11,12 @@ const char *resil_version(void) { return RESIL_VERSION_STRING; }
 unsigned resil_version_number(void) { return RESIL_VERSION_NUMBER; }
 
 static _Atomic unsigned next_stripe;
-/* initial-exec: a plain %fs-relative load even inside the shared library */
-#define RESIL_TLS _Thread_local __attribute__((tls_model("initial-exec")))
-static RESIL_TLS unsigned my_stripe = ~0u;
+RESIL_TLS unsigned resil__my_stripe = ~0u;
 
-unsigned resil__stripe(void) {
-  unsigned s = my_stripe;
-  if (s == ~0u) {
-    s = atomic_fetch_add_explicit(&next_stripe, 1, memory_order_relaxed) & (RESIL_STRIPES - 1);
-    my_stripe = s;
-  }
+unsigned resil__stripe_assign(void) {
+  unsigned s =
+      atomic_fetch_add_explicit(&next_stripe, 1, memory_order_relaxed) & (RESIL_STRIPES - 1);
+  resil__my_stripe = s;
   return s;
 }
 

@@ -22,6 +22,7 @@ uint64_t resil__now_coarse_ns(void) {
 }
 
 resil_status resil__window_init(resil_window *w, uint64_t window_ns, uint32_t nbuckets) {
+  if (nbuckets > RESIL__WINDOW_MAX_BUCKETS) return RESIL_E_INVALID;
   w->nbuckets = nbuckets ? nbuckets : 1;
   w->bucket_ns = window_ns / w->nbuckets;
   if (w->bucket_ns == 0) w->bucket_ns = 1;
@@ -42,21 +43,26 @@ static void zero_bucket(resil_window_bucket *b) {
       atomic_store_explicit(&b->cell[s].v[i], 0, memory_order_relaxed);
 }
 
-/* now's epoch (+1: epoch 0 means "never used"), usually without dividing. */
-static inline uint64_t epoch_of(resil_window *w, uint64_t now) {
-  uint64_t h = atomic_load_explicit(&w->hint_epoch, memory_order_relaxed);
-  if (h) {
-    uint64_t start = (h - 1) * w->bucket_ns;
-    if (now >= start && now - start < w->bucket_ns) return h;
+/* now's epoch (+1: epoch 0 means "never used") and its bucket, usually
+ * without dividing (the hint: see resil_window). */
+static inline uint64_t epoch_of(resil_window *w, uint64_t now, uint32_t *idx) {
+  uint64_t h = atomic_load_explicit(&w->hint, memory_order_relaxed);
+  uint64_t e = h >> 8;
+  if (e && now - (e - 1) * w->bucket_ns < w->bucket_ns) {
+    *idx = (uint32_t)(h & 0xff);
+    return e;
   }
-  uint64_t e = now / w->bucket_ns + 1;
-  if (e != h) atomic_store_explicit(&w->hint_epoch, e, memory_order_relaxed);
+  e = now / w->bucket_ns + 1;
+  *idx = (uint32_t)(e % w->nbuckets);
+  /* a thread with an older reading of the clock does not move it back */
+  if (e > h >> 8) atomic_store_explicit(&w->hint, e << 8 | *idx, memory_order_relaxed);
   return e;
 }
 
 void resil__window_add(resil_window *w, uint64_t now, const uint64_t *vals) {
-  uint64_t e = epoch_of(w, now);
-  resil_window_bucket *b = &w->b[e % w->nbuckets];
+  uint32_t idx;
+  uint64_t e = epoch_of(w, now, &idx);
+  resil_window_bucket *b = &w->b[idx];
   uint64_t tag = atomic_load_explicit(&b->epoch, memory_order_acquire);
   for (unsigned spins = 0; (tag >> 1) != e || (tag & 1); spins++) {
     if ((tag >> 1) > e || spins > 1000) break; /* late writer or stuck: count anyway */
