@@ -2,14 +2,27 @@
  * retry policy with a budget + metrics, and the process-wide registry.
  *
  * Fast path (closed breaker, free slot): one atomic load of the breaker word,
- * a CAS on the in-flight count, one clock read at admit and one at done,
- * striped counter and histogram adds. No lock, no allocation.
+ * a slot taken, one clock read at admit and one at done, striped counter
+ * and histogram adds. No lock, no allocation.
  *
- * The in-flight count is the one shared cache line written by every call:
- * an exact limit needs one counter, as any semaphore does.
+ * Slots are counted in one word (taken, below), which an exact limit needs,
+ * as any semaphore does; but a call does not write it in the common case.
+ * Parking: done() with nobody queued and a limit in force of at least
+ * PARK_MIN_LIMIT (and no adaptive limit, which needs the exact count at
+ * each done and moves the limit) keeps the slot in its thread's stripe (one CAS on a line
+ * the thread writes anyway) instead of giving it back, and the next admit
+ * on that stripe takes it from there. A parked slot still counts as taken,
+ * so "taken <= limit.max_concurrent" keeps in-flight calls under the
+ * ceiling exactly; in flight = taken - parked. An admit that finds the
+ * count full takes any stripe's parked slot before it queues or rejects,
+ * and a parked slot is used only while taken is within the limit in force
+ * (an adaptive limit lowered below it gives the slot back instead). A waiter
+ * raises nwaiters before it looks at the parked slots, and a parking done()
+ * reads nwaiters after parking (both seq_cst), so one of the two sees the
+ * other: a parked slot is never left while someone waits for one.
  *
  * Slot hand-off: a call that finds the limit full and may queue takes the
- * queue mutex, re-tries the CAS and otherwise appends itself to a FIFO list
+ * queue mutex, re-tries and otherwise appends itself to a FIFO list
  * and sleeps on its own condition variable. done() decrements in-flight and,
  * only if someone is queued, takes the mutex and grants freed slots to the
  * oldest waiters. The seq_cst ordering of "in-flight--, then read nwaiters"
@@ -48,6 +61,7 @@ typedef struct waiter {
 
 typedef struct dep_stripe {
   _Alignas(RESIL_CACHELINE) _Atomic uint64_t calls[RESIL_OUTCOME_COUNT_];
+  _Atomic uint32_t parked; /* 1: a slot parked by a call of this stripe */
   _Atomic uint64_t rejections[RESIL_REJECT_COUNT_];
   _Atomic uint64_t retries;
   _Atomic uint64_t late_rejections;
@@ -69,8 +83,9 @@ struct resil_dep {
   resil__alimit *alim;
   resil__throttle *thr;
   bool features; /* alim || thr: done() has work for them */
+  bool park;     /* !alim: done() may park its slot (see the top) */
 
-  /* the concurrency limit: limit << 32 | in flight */
+  /* the concurrency limit: limit << 32 | taken (in flight + parked) */
   _Alignas(RESIL_CACHELINE) _Atomic uint64_t slots;
   _Alignas(RESIL_CACHELINE) _Atomic uint32_t nwaiters;
   pthread_mutex_t qmu;
@@ -93,6 +108,9 @@ struct resil_dep {
 
   /* outbound rate limit, pauses, memory gauge (flow.c) */
   resil__flow flow;
+
+  void (*_Atomic test_park_fn)(void *); /* resil__dep_test_before_park() */
+  void *test_park_arg;
 };
 
 #define B_REQ 0
@@ -344,6 +362,11 @@ static void dep_destroy(resil_dep *d) {
   free(d);
 }
 
+/* A parked slot is kept only while the limit in force is at least this:
+ * a stripe parks at most one, so at most RESIL_STRIPES of them are away
+ * from the count (and taken back by an admit that finds it full). */
+#define PARK_MIN_LIMIT 32u
+
 resil_dep *resil_dep_new(const resil_dep_config *cfg, resil_err *err) {
   if (resil_dep_config_validate(cfg, err) != RESIL_OK) return NULL;
   resil__fork_init();
@@ -389,6 +412,7 @@ resil_dep *resil_dep_new(const resil_dep_config *cfg, resil_err *err) {
     return NULL;
   }
   d->features = d->alim || d->thr;
+  d->park = !d->alim;
   /* our own constant: the caller's string need not outlive the config */
   d->cfg.adaptive.algorithm = !d->alim ? "off"
                               : strcmp(cfg->adaptive.algorithm, "aimd") == 0 ? "aimd"
@@ -464,6 +488,15 @@ bool resil_dep_is_warm(const resil_dep *d) {
 
 static inline dep_stripe *my_stripe(resil_dep *d) { return &d->stripe[resil__stripe()]; }
 
+/* Calls in flight: slots taken less those parked (see the top). Two reads
+ * that are not one snapshot: clamped. */
+static uint32_t in_flight(resil_dep *d) {
+  uint32_t taken = (uint32_t)atomic_load_explicit(&d->slots, memory_order_seq_cst), parked = 0;
+  for (unsigned i = 0; i < RESIL_STRIPES; i++)
+    parked += atomic_load_explicit(&d->stripe[i].parked, memory_order_relaxed);
+  return taken > parked ? taken - parked : 0;
+}
+
 static void count_reject(resil_dep *d, resil_status s) {
   int r = reject_reason_of(s);
   if (r >= 0) atomic_fetch_add_explicit(&my_stripe(d)->rejections[r], 1, memory_order_relaxed);
@@ -481,7 +514,7 @@ static resil_status reject(resil_dep *d, resil_status s, resil_err *err) {
     case RESIL_E_CONCURRENCY_FULL: {
       uint64_t w = atomic_load(&d->slots);
       return resil_err_set(err, s, "%s: rejected, %u calls in flight (%s %u) and %s", d->name,
-                           (uint32_t)w, d->alim ? "adaptive limit" : "limit.max_concurrent",
+                           in_flight(d), d->alim ? "adaptive limit" : "limit.max_concurrent",
                            (uint32_t)(w >> 32),
                            d->cfg.limit.max_waiters ? "the wait queue is full"
                                                     : "no queueing (limit.max_waiters 0)");
@@ -527,15 +560,15 @@ static inline void slots_check(const resil_dep *d, uint64_t w, const char *what)
   RESIL_INVARIANT((uint32_t)(w >> 32) >= 1 &&
                       (uint32_t)(w >> 32) <= d->cfg.limit.max_concurrent &&
                       (uint32_t)w <= d->cfg.limit.max_concurrent,
-                  "bulkhead '%s': %s: 1 <= limit <= limit.max_concurrent and in flight <= "
-                  "limit.max_concurrent (limit %u, in flight %u, max_concurrent %u)",
+                  "bulkhead '%s': %s: 1 <= limit <= limit.max_concurrent and taken <= "
+                  "limit.max_concurrent (limit %u, taken %u, max_concurrent %u)",
                   d->name, what, (uint32_t)(w >> 32), (uint32_t)w,
                   d->cfg.limit.max_concurrent);
   (void)d, (void)w, (void)what;
 }
 
-/* Take a slot if fewer calls than the limit in force are in flight: one
- * CAS on the word holding both. */
+/* Take a slot from the count if fewer than the limit in force are taken:
+ * one CAS on the word holding both. */
 static inline bool try_slot(resil_dep *d) {
   uint64_t w = atomic_load_explicit(&d->slots, memory_order_relaxed);
   while ((uint32_t)w < (uint32_t)(w >> 32)) {
@@ -547,6 +580,32 @@ static inline bool try_slot(resil_dep *d) {
   }
   return false;
 }
+
+static uint32_t give_back(resil_dep *d);
+
+/* Take the slot parked in stripe s, if there is one. It is the caller's if
+ * the slots taken are still within the limit in force; otherwise (an
+ * adaptive limit went below them) it is given back and false returned. */
+static inline bool take_parked(resil_dep *d, dep_stripe *s) {
+  if (!atomic_load_explicit(&s->parked, memory_order_relaxed) ||
+      !atomic_exchange_explicit(&s->parked, 0, memory_order_seq_cst))
+    return false;
+  uint64_t w = atomic_load_explicit(&d->slots, memory_order_relaxed);
+  if (__builtin_expect((uint32_t)w <= (uint32_t)(w >> 32), 1)) return true;
+  (void)give_back(d);
+  return false;
+}
+
+/* Any stripe's parked slot (the count is full: slots may be parked
+ * elsewhere). */
+static bool take_any_parked(resil_dep *d) {
+  for (unsigned i = 0; i < RESIL_STRIPES; i++)
+    if (take_parked(d, &d->stripe[i])) return true;
+  return false;
+}
+
+/* A slot, from the count or else from a stripe where one is parked. */
+static bool try_slot_any(resil_dep *d) { return try_slot(d) || take_any_parked(d); }
 
 static void q_remove(resil_dep *d, waiter *w) {
   if (w->prev)
@@ -562,7 +621,7 @@ static void q_remove(resil_dep *d, waiter *w) {
 
 /* Grant freed slots to the oldest waiters. qmu held. */
 static void grant_locked(resil_dep *d) {
-  while (d->qhead && try_slot(d)) {
+  while (d->qhead && try_slot_any(d)) {
     waiter *w = d->qhead;
     q_remove(d, w);
     atomic_fetch_sub_explicit(&d->nwaiters, 1, memory_order_seq_cst);
@@ -584,7 +643,7 @@ static __attribute__((noinline)) resil_status wait_slot(resil_dep *d, resil_dead
     return RESIL_E_CONCURRENCY_FULL;
   }
   atomic_fetch_add_explicit(&d->nwaiters, 1, memory_order_seq_cst);
-  if (!d->qhead && try_slot(d)) { /* freed while we came in */
+  if (!d->qhead && try_slot_any(d)) { /* freed while we came in */
     atomic_fetch_sub_explicit(&d->nwaiters, 1, memory_order_seq_cst);
     pthread_mutex_unlock(&d->qmu);
     return RESIL_OK;
@@ -610,12 +669,13 @@ static __attribute__((noinline)) resil_status wait_slot(resil_dep *d, resil_dead
   return st;
 }
 
-/* Give a slot back; returns how many calls were in flight before. */
-static uint32_t release_slot(resil_dep *d) {
+/* Give a slot back to the count (and to the oldest waiters); returns
+ * how many were taken before. */
+static uint32_t give_back(resil_dep *d) {
   uint64_t was = atomic_fetch_sub_explicit(&d->slots, 1, memory_order_seq_cst);
   RESIL_INVARIANT((uint32_t)was >= 1 && (uint32_t)was <= d->cfg.limit.max_concurrent,
-                  "bulkhead '%s': a slot given back: 1 <= in flight <= limit.max_concurrent "
-                  "before it (in flight %u, limit %u, max_concurrent %u)",
+                  "bulkhead '%s': a slot given back: 1 <= taken <= limit.max_concurrent "
+                  "before it (taken %u, limit %u, max_concurrent %u)",
                   d->name, (uint32_t)was, (uint32_t)(was >> 32), d->cfg.limit.max_concurrent);
   slots_check(d, was - 1, "slot given back");
   if (atomic_load_explicit(&d->nwaiters, memory_order_seq_cst) > 0) {
@@ -624,6 +684,32 @@ static uint32_t release_slot(resil_dep *d) {
     pthread_mutex_unlock(&d->qmu);
   }
   return (uint32_t)was;
+}
+
+/* The call of stripe s ended: park its slot there (see the top) or give it
+ * back. Returns how many slots were taken before if it gave it back (with
+ * an adaptive limit, which never parks: how many calls were in flight), 0
+ * if it parked it. */
+static uint32_t release_slot(resil_dep *d, dep_stripe *s) {
+  uint64_t w = atomic_load_explicit(&d->slots, memory_order_relaxed);
+  if (d->park && (uint32_t)(w >> 32) >= PARK_MIN_LIMIT && (uint32_t)w <= (uint32_t)(w >> 32) &&
+      atomic_load_explicit(&d->nwaiters, memory_order_relaxed) == 0) {
+    uint32_t none = 0;
+#if RESIL_INVARIANTS_ON
+    if (atomic_load_explicit(&d->test_park_fn, memory_order_relaxed)) {
+      void (*hook)(void *) = atomic_exchange(&d->test_park_fn, NULL);
+      if (hook) hook(d->test_park_arg);
+    }
+#endif
+    if (atomic_compare_exchange_strong_explicit(&s->parked, &none, 1, memory_order_seq_cst,
+                                                memory_order_relaxed)) {
+      if (atomic_load_explicit(&d->nwaiters, memory_order_seq_cst) == 0) return 0;
+      /* someone queued meanwhile: take it back (unless a call already
+       * did) and hand it over */
+      if (!atomic_exchange_explicit(&s->parked, 0, memory_order_seq_cst)) return 0;
+    }
+  }
+  return give_back(d);
 }
 
 void resil__dep_set_limit(resil_dep *d, uint32_t limit) {
@@ -641,6 +727,15 @@ void resil__dep_set_limit(resil_dep *d, uint32_t limit) {
 }
 
 resil__ev_bucket *resil__dep_ev(resil_dep *d) { return &d->ev; }
+
+void resil__dep_test_before_park(resil_dep *d, void (*fn)(void *), void *arg) {
+#if RESIL_INVARIANTS_ON
+  d->test_park_arg = arg;
+  atomic_store(&d->test_park_fn, fn);
+#else
+  (void)d, (void)fn, (void)arg;
+#endif
+}
 
 void resil__dep_test_inflight_add(resil_dep *d, int32_t delta) {
   atomic_fetch_add_explicit(&d->slots, (uint64_t)(int64_t)delta, memory_order_seq_cst);
@@ -704,7 +799,8 @@ resil_status resil_dep_admit(resil_dep *d, resil_deadline deadline, resil_permit
       return reject(d, st, err);
     }
   }
-  bool fast = atomic_load_explicit(&d->nwaiters, memory_order_relaxed) == 0 && try_slot(d);
+  bool fast = atomic_load_explicit(&d->nwaiters, memory_order_relaxed) == 0 &&
+              (take_parked(d, my_stripe(d)) || try_slot(d) || take_any_parked(d));
   if (!fast) {
     resil_status st = wait_slot(d, deadline);
     if (st != RESIL_OK) {
@@ -756,7 +852,7 @@ void resil_dep_done(resil_permit *p, resil_status outcome) {
     atomic_fetch_add_explicit(&s->calls[outcome_of(outcome)], 1, memory_order_relaxed);
     resil__hist_observe(&d->latency, lat);
   }
-  uint32_t inflight = holds_slot ? release_slot(d) : 0;
+  uint32_t inflight = holds_slot ? release_slot(d, s) : 0;
   if (d->features) policies_done(d, p, outcome, lat, now, inflight);
 }
 
@@ -787,6 +883,8 @@ void resil__dep_fork_child(void) {
     d->fork_gen = (d->fork_gen + 1) & FORK_GEN_MASK;
     atomic_store_explicit(&d->slots, atomic_load(&d->slots) & ~(uint64_t)0xffffffffu,
                           memory_order_relaxed); /* keep the limit, no call in flight */
+    for (unsigned i = 0; i < RESIL_STRIPES; i++)
+      atomic_store_explicit(&d->stripe[i].parked, 0, memory_order_relaxed);
     resil__adaptive_fork_child(d->alim, d->thr);
     atomic_store_explicit(&d->nwaiters, 0, memory_order_relaxed);
     d->qhead = d->qtail = NULL;
@@ -888,7 +986,7 @@ void resil_dep_get_stats(const resil_dep *cd, resil_dep_stats *o) {
     o->rejected_after_admit += atomic_load_explicit(&s->late_rejections, memory_order_relaxed);
   }
   uint64_t slots = atomic_load(&d->slots);
-  o->in_flight = (uint32_t)slots;
+  o->in_flight = in_flight(d);
   o->admitted = o->rejected_after_admit + o->in_flight;
   for (int k = 0; k < RESIL_OUTCOME_COUNT_; k++) o->admitted += o->calls[k];
   o->limit = (uint32_t)(slots >> 32);

@@ -571,6 +571,10 @@ void resil__dep_set_limit(resil_dep *d, uint32_t limit);
  * of the bulkhead's slots word, bypassing every check: a corrupted count the
  * invariant checks must catch at the next slot change. */
 void resil__dep_test_inflight_add(resil_dep *d, int32_t delta);
+/* The next parking done() of d calls fn(arg) after deciding to park (no
+ * waiter seen) and before parking (tests/unit/test_dep.c: a waiter queues
+ * right then). Only in builds with -Dinvariants=true; a no-op otherwise. */
+void resil__dep_test_before_park(resil_dep *d, void (*fn)(void *), void *arg);
 /* The dependency's event rate limit (for adaptive.c's events). */
 resil__ev_bucket *resil__dep_ev(resil_dep *d);
 

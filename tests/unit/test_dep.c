@@ -15,6 +15,7 @@
 #include <cmocka.h>
 
 #include "fake_clock.h"
+#include "internal.h" /* resil__dep_test_before_park, resil__invariants_enabled */
 #include "resil/adapter.h"
 #include "resil/resil.h"
 #include "testutil.h"
@@ -676,6 +677,102 @@ static void stress_in_flight_never_exceeds_the_limit(void **state) {
   resil_dep_free(d);
 }
 
+/* ---- parked slots (src/dep.c, top) ------------------------------------ */
+
+static void *admit_done_once(void *arg) {
+  resil_permit p;
+  if (resil_dep_admit(arg, RESIL_DEADLINE_UNSET, &p, NULL) == RESIL_OK)
+    resil_dep_done(&p, RESIL_OK);
+  return NULL;
+}
+
+/* With a limit of 32 a finished call parks its slot in its thread's stripe.
+ * Parked slots are not in flight, and they are not lost: one thread can
+ * still hold all 32 (its own stripe's, the count's, then the other
+ * stripes'), and the 33rd call is refused as full. */
+static void parked_slots_are_free_and_the_limit_stays_exact(void **state) {
+  (void)state;
+  resil_dep *d = mk("park-exact", 32, 0, 0);
+  for (int i = 0; i < 8; i++) { /* threads in turn: several stripes park one */
+    pthread_t t;
+    pthread_create(&t, NULL, admit_done_once, d);
+    pthread_join(t, NULL);
+  }
+  resil_dep_stats st;
+  resil_dep_get_stats(d, &st);
+  assert_int_equal(st.in_flight, 0);
+  assert_int_equal(st.admitted, 8);
+  resil_permit p[33];
+  for (int i = 0; i < 32; i++)
+    assert_int_equal(resil_dep_admit(d, RESIL_DEADLINE_UNSET, &p[i], NULL), RESIL_OK);
+  resil_err err;
+  assert_int_equal(resil_dep_admit(d, RESIL_DEADLINE_UNSET, &p[32], &err),
+                   RESIL_E_CONCURRENCY_FULL);
+  assert_non_null(strstr(err.msg, "32 calls in flight (limit.max_concurrent 32)"));
+  resil_dep_get_stats(d, &st);
+  assert_int_equal(st.in_flight, 32);
+  for (int i = 0; i < 32; i++) resil_dep_done(&p[i], RESIL_OK);
+  resil_dep_get_stats(d, &st);
+  assert_int_equal(st.in_flight, 0);
+  assert_int_equal(st.admitted, 40);
+  assert_int_equal(st.calls[RESIL_OUTCOME_SUCCESS], 40);
+  resil_dep_free(d);
+}
+
+/* More threads than a parking limit: never more than 32 calls inside, and
+ * the limit is reached. */
+static void stress_in_flight_never_exceeds_a_parking_limit(void **state) {
+  (void)state;
+  resil_dep *d = mk("park-stress", 32, 16, 200);
+  atomic_store(&g_inside, 0);
+  atomic_store(&g_max, 0);
+  enum { T = 40 };
+  pthread_t th[T];
+  for (int i = 0; i < T; i++) pthread_create(&th[i], NULL, limit_worker, d);
+  for (int i = 0; i < T; i++) pthread_join(th[i], NULL);
+  assert_true(atomic_load(&g_max) <= 32);
+  assert_true(atomic_load(&g_max) >= 24); /* the threads did crowd in */
+  resil_dep_stats st;
+  resil_dep_get_stats(d, &st);
+  assert_int_equal(st.in_flight, 0);
+  assert_int_equal(st.waiters, 0);
+  assert_int_equal(st.admitted, st.calls[RESIL_OUTCOME_SUCCESS]);
+  resil_dep_free(d);
+}
+
+static queued park_waiter;
+static pthread_t park_waiter_thread;
+
+static void queue_a_waiter(void *arg) {
+  park_waiter = (queued){.d = arg, .deadline = resil_deadline_in_ms(10000)};
+  pthread_create(&park_waiter_thread, NULL, queue_one, &park_waiter);
+  wait_for_waiters(arg, 1);
+}
+
+/* The race parking must not lose: a done() decides to park (nobody queued),
+ * and a caller queues before the slot is parked. The done() sees the waiter
+ * after parking and hands the slot over; without that check the waiter
+ * would sit until limit.max_wait_ms (5 s). */
+static void a_waiter_that_queues_as_a_slot_parks_gets_it(void **state) {
+  (void)state;
+  if (!resil__invariants_enabled()) skip(); /* the hook is in invariant builds */
+  resil_dep *d = mk("park-race", 32, 4, 5000);
+  resil_permit p[32];
+  for (int i = 0; i < 32; i++)
+    assert_int_equal(resil_dep_admit(d, RESIL_DEADLINE_UNSET, &p[i], NULL), RESIL_OK);
+  resil__dep_test_before_park(d, queue_a_waiter, d);
+  resil_dep_done(&p[0], RESIL_OK); /* parks, with the waiter queued meanwhile */
+  pthread_join(park_waiter_thread, NULL);
+  assert_int_equal(park_waiter.st, RESIL_OK);
+  assert_true(park_waiter.waited_ns < 2000 * MS);
+  for (int i = 1; i < 32; i++) resil_dep_done(&p[i], RESIL_OK);
+  resil_dep_stats st;
+  resil_dep_get_stats(d, &st);
+  assert_int_equal(st.in_flight, 0);
+  assert_int_equal(st.waiters, 0);
+  resil_dep_free(d);
+}
+
 /* ---- fork() ---------------------------------------------------------- */
 
 /* In a child: report a failed check on stderr and exit 1. */
@@ -838,6 +935,9 @@ int main(void) {
       R(config_validation_reports_every_problem_by_name),
       R(stress_limit_and_counters_hold_exactly),
       R(stress_in_flight_never_exceeds_the_limit),
+      R(parked_slots_are_free_and_the_limit_stays_exact),
+      R(stress_in_flight_never_exceeds_a_parking_limit),
+      R(a_waiter_that_queues_as_a_slot_parks_gets_it),
       F(fork_child_gets_free_slots_and_a_fresh_half_open_round),
   };
   return cmocka_run_group_tests_name("dep", tests, NULL, NULL);

@@ -219,9 +219,9 @@ static void bulkhead_double_release_aborts(void **state) {
   run_child(bulkhead_body, 0, &r);
   expect_clean(&r);
   run_child(bulkhead_body, -1, &r);
-  const char *needles[] = {"resil: invariant broken at ", "dep.c:", "(release_slot)",
-                           "bulkhead 'inv-bulkhead': a slot given back: 1 <= in flight",
-                           "(in flight 0, limit 4, max_concurrent 4)", NULL};
+  const char *needles[] = {"resil: invariant broken at ", "dep.c:", "(give_back)",
+                           "bulkhead 'inv-bulkhead': a slot given back: 1 <= taken",
+                           "(taken 0, limit 4, max_concurrent 4)", NULL};
   expect_abort(&r, needles);
 }
 
@@ -230,8 +230,8 @@ static void bulkhead_in_flight_above_ceiling_aborts(void **state) {
   NEED_CHECKS();
   child_result r;
   run_child(bulkhead_body, 4, &r);
-  const char *needles[] = {"bulkhead 'inv-bulkhead': a slot given back: 1 <= in flight",
-                           "(in flight 5, limit 4, max_concurrent 4)", NULL};
+  const char *needles[] = {"bulkhead 'inv-bulkhead': a slot given back: 1 <= taken",
+                           "(taken 5, limit 4, max_concurrent 4)", NULL};
   expect_abort(&r, needles);
 }
 
