@@ -460,13 +460,9 @@ uint64_t resil__now_fast_slow(void) {
   if (mode == FC_OFF && !fake) return mono_ns();
 #if HAVE_TSC
   if (__builtin_expect(mode == FC_TSC, 1) && !fake) {
-    uint64_t idx = atomic_load_explicit(&fc_idx, memory_order_acquire);
-    const anchor *a = &fc_ring[idx % ANCHORS];
-    uint64_t t = __rdtsc();
-    uint64_t at = atomic_load_explicit(&a->tsc, memory_order_acquire);
-    uint64_t an = atomic_load_explicit(&a->ns, memory_order_acquire);
-    uint64_t mult = atomic_load_explicit(&a->mult, memory_order_acquire);
-    uint64_t span = atomic_load_explicit(&a->span, memory_order_acquire);
+    resil__anchor_view v;
+    resil__anchor_read(&v);
+    uint64_t idx = v.idx, t = v.t, at = v.at, an = v.an, mult = v.mult, span = v.span;
     uint64_t d = t - at; /* huge if t < at: slow path */
     /* The slot is ours unless the writer lapped the ring meanwhile. */
     if (__builtin_expect(atomic_load_explicit(&fc_idx, memory_order_relaxed) - idx < ANCHORS - 1,

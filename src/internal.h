@@ -252,6 +252,24 @@ extern _Atomic uint64_t resil__fc_idx; /* anchor in use: ring[idx % RESIL__ANCHO
 extern resil__anchor resil__fc_ring[RESIL__ANCHORS];
 uint64_t resil__now_fast_slow(void);
 
+#if RESIL__HAVE_TSC
+/* A TSC reading with the anchor in use: idx, then (acquire) the anchor's
+ * fields around an RDTSC. The reader re-reads resil__fc_idx afterwards to
+ * know whether the slot was reused meanwhile. */
+typedef struct resil__anchor_view {
+  uint64_t idx, t, at, an, mult, span;
+} resil__anchor_view;
+static inline void resil__anchor_read(resil__anchor_view *v) {
+  v->idx = atomic_load_explicit(&resil__fc_idx, memory_order_acquire);
+  const resil__anchor *a = &resil__fc_ring[v->idx % RESIL__ANCHORS];
+  v->t = __builtin_ia32_rdtsc();
+  v->at = atomic_load_explicit(&a->tsc, memory_order_acquire);
+  v->an = atomic_load_explicit(&a->ns, memory_order_acquire);
+  v->mult = atomic_load_explicit(&a->mult, memory_order_acquire);
+  v->span = atomic_load_explicit(&a->span, memory_order_acquire);
+}
+#endif
+
 /* Inline, for the call path: the common case (TSC on, no fake clock, the
  * anchor unchanged during the reading and the TSC within the first half of
  * its span) is an RDTSC, five loads and a multiply; anything else is
@@ -262,17 +280,13 @@ static inline uint64_t resil__now_fast_ns(void) {
           atomic_load_explicit(&resil__fc_mode, memory_order_relaxed) == RESIL__FC_TSC &&
               atomic_load_explicit(&resil__clock_fn, memory_order_relaxed) == NULL,
           1)) {
-    uint64_t idx = atomic_load_explicit(&resil__fc_idx, memory_order_acquire);
-    const resil__anchor *a = &resil__fc_ring[idx % RESIL__ANCHORS];
-    uint64_t t = __builtin_ia32_rdtsc();
-    uint64_t at = atomic_load_explicit(&a->tsc, memory_order_acquire);
-    uint64_t an = atomic_load_explicit(&a->ns, memory_order_acquire);
-    uint64_t mult = atomic_load_explicit(&a->mult, memory_order_acquire);
-    uint64_t span = atomic_load_explicit(&a->span, memory_order_acquire);
-    uint64_t d = t - at; /* huge if t < at: the slow path */
-    if (__builtin_expect(
-            atomic_load_explicit(&resil__fc_idx, memory_order_relaxed) == idx && d < span / 2, 1))
-      return an + ((d * mult) >> 32);
+    resil__anchor_view v;
+    resil__anchor_read(&v);
+    uint64_t d = v.t - v.at; /* huge if t < at: the slow path */
+    if (__builtin_expect(atomic_load_explicit(&resil__fc_idx, memory_order_relaxed) == v.idx &&
+                             d < v.span / 2,
+                         1))
+      return v.an + ((d * v.mult) >> 32);
   }
 #endif
   return resil__now_fast_slow();
